@@ -1,0 +1,111 @@
+//! The crate's one error type.
+//!
+//! Owns: every way a fleetkv call can fail, shaped so that callers (and the
+//! CLI's exit codes) can tell "someone else won" ([`Error::Conflict`]) from
+//! "you sent something wrong" ([`Error::Invalid`], [`Error::Filter`]) from
+//! "it is not there" ([`Error::NotFound`]). Must not: format for a particular
+//! front end; the CLI and server map variants to exit codes and statuses.
+
+use serde_json::Value;
+
+use crate::filter::FilterError;
+use crate::model::Kind;
+
+/// Result alias used throughout fleetkv.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in fleetkv.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object does not exist.
+    #[error("{kind} {key} not found")]
+    NotFound {
+        /// What kind of object was looked up.
+        kind: Kind,
+        /// The key or address that was asked for.
+        key: String,
+    },
+    /// An object with that key or name exists already.
+    #[error("{kind} {key} already exists")]
+    AlreadyExists {
+        /// The kind of the colliding object.
+        kind: Kind,
+        /// The key or Name that collides.
+        key: String,
+    },
+    /// A compare-and-swap precondition did not hold: somebody else changed the
+    /// object first. Nothing was written.
+    #[error("conflict at {path}: expected {}, found {}", show(expected), show(actual))]
+    Conflict {
+        /// JSON Pointer of the value that was tested.
+        path: String,
+        /// What the caller expected (`None`: expected absent).
+        expected: Option<Value>,
+        /// What the store holds (`None`: absent).
+        actual: Option<Value>,
+    },
+    /// The input is malformed or breaks a rule of the data model. Nothing was
+    /// written.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// Where the problem is (a field, a patch op, a param name...).
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A param value does not fit its definition's schema.
+    #[error("param {param}: value does not match its schema: {reason}")]
+    Schema {
+        /// The param's name.
+        param: String,
+        /// The validator's explanation.
+        reason: String,
+    },
+    /// A profile is still named by machines and cannot be deleted.
+    #[error("profile {profile} is in use by machines: {}{}", machines.join(", "), if *more > 0 { format!(" and {more} more") } else { String::new() })]
+    InUse {
+        /// The profile that was to be deleted.
+        profile: String,
+        /// Names of (up to a few of) the machines that hold it.
+        machines: Vec<String>,
+        /// How many more machines hold it beyond those listed.
+        more: u64,
+    },
+    /// A filter did not parse or bind. Renders with a caret under the input.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// A stored record could not be decoded.
+    #[error("corrupt record at key {key}: {reason}")]
+    Corrupt {
+        /// The sled key of the record.
+        key: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The storage engine failed.
+    #[error("storage: {0}")]
+    Storage(#[from] sled::Error),
+}
+
+fn show(v: &Option<Value>) -> String {
+    match v {
+        Some(v) => v.to_string(),
+        None => "absent".to_string(),
+    }
+}
+
+impl Error {
+    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn not_found(kind: Kind, key: impl Into<String>) -> Self {
+        Error::NotFound {
+            kind,
+            key: key.into(),
+        }
+    }
+}
