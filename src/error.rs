@@ -35,7 +35,11 @@ pub enum Error {
     },
     /// A compare-and-swap precondition did not hold: somebody else changed the
     /// object first. Nothing was written.
-    #[error("conflict at {path}: expected {}, found {}", show(expected), show(actual))]
+    #[error(
+        "conflict at {path}: expected {}, found {}",
+        show(expected),
+        show(actual)
+    )]
     Conflict {
         /// JSON Pointer of the value that was tested.
         path: String,

@@ -4,6 +4,11 @@
 
 pub mod error;
 pub mod filter;
+pub(crate) mod index;
 pub mod model;
+pub mod store;
 
 pub use error::{Error, Result};
+pub use filter::Filter;
+pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};
+pub use store::{ListOptions, Options, Query, Store};

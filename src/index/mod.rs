@@ -1,0 +1,634 @@
+//! In-memory roaring-bitmap indexes and the planner that answers bound
+//! filters with them (DESIGN.md §4).
+//!
+//! Owns: postings from (key, type-canonical value) to bitmaps of dense object
+//! ids, the ordered distinct values per key, bitmap evaluation of
+//! [`Bound`] filters, counting without materialising the answer, and sorted
+//! id walks for listing. Must not: read or write storage, decode documents,
+//! or decide what a filter means — the reference evaluator in
+//! [`crate::filter`] defines that, and property tests hold this module to it.
+//!
+//! Every bound predicate is answerable here (fields, `Profiles`, Meta and
+//! effective params are all indexed), so the planner never falls back to
+//! decoding documents.
+//!
+//! Defaults are virtual: a machine with no own, profile or `global` value
+//! for param `k` is in no posting of `k`; a predicate that its definition's
+//! default satisfies adds "every object without a value" (`U − has(k)`). So a
+//! definition's default can change without touching any posting.
+
+mod value;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound as RangeBound;
+
+use roaring::RoaringBitmap;
+use serde_json::Value;
+
+use crate::filter::{Bound, BoundPred, Key, Ordinal, Test};
+use value::NumKey;
+pub(crate) use value::ValueKey;
+
+/// One indexed key: its distinct values in order, each with the objects that
+/// hold it, and the objects that hold any value.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Postings {
+    pub(crate) values: BTreeMap<ValueKey, RoaringBitmap>,
+    pub(crate) has: RoaringBitmap,
+}
+
+/// What an object contributes to the index: `(key, value)` pairs.
+pub(crate) type Entries = Vec<(Key, ValueKey)>;
+
+/// Param defaults, as binding and evaluation need them.
+pub(crate) trait Defaults {
+    /// The definition's default for `name`.
+    fn default_of(&self, name: &str) -> Option<&Value>;
+    /// Every param name that has a default.
+    fn with_defaults(&self) -> Vec<&str>;
+}
+
+/// The postings of one kind of object.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Index {
+    universe: RoaringBitmap,
+    keys: HashMap<Key, Postings>,
+    /// Objects holding their own `Params[k]` (machines only): what makes a
+    /// `global` change pure bitmap algebra.
+    own: HashMap<String, RoaringBitmap>,
+}
+
+impl Index {
+    pub(crate) fn universe(&self) -> &RoaringBitmap {
+        &self.universe
+    }
+
+    pub(crate) fn own(&self, param: &str) -> Option<&RoaringBitmap> {
+        self.own.get(param)
+    }
+
+    /// Objects whose `key` equals `value`.
+    pub(crate) fn lookup(&self, key: &Key, value: &ValueKey) -> Option<&RoaringBitmap> {
+        self.keys.get(key).and_then(|p| p.values.get(value))
+    }
+
+    pub(crate) fn insert(&mut self, id: u32, entries: &[(Key, ValueKey)], own: &[&str]) {
+        self.universe.insert(id);
+        for (k, v) in entries {
+            self.add(k, v, id);
+        }
+        for name in own {
+            self.own.entry((*name).to_string()).or_default().insert(id);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, id: u32, entries: &[(Key, ValueKey)], own: &[&str]) {
+        self.universe.remove(id);
+        for (k, v) in entries {
+            self.sub(k, v, id);
+        }
+        for name in own {
+            if let Some(b) = self.own.get_mut(*name) {
+                b.remove(id);
+                if b.is_empty() {
+                    self.own.remove(*name);
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, k: &Key, v: &ValueKey, id: u32) {
+        let p = self.keys.entry(k.clone()).or_default();
+        p.values.entry(v.clone()).or_default().insert(id);
+        // `has` means "holds a value" and is kept for scalar keys only.
+        if !matches!(k, Key::Profiles) {
+            p.has.insert(id);
+        }
+    }
+
+    fn sub(&mut self, k: &Key, v: &ValueKey, id: u32) {
+        let Some(p) = self.keys.get_mut(k) else {
+            return;
+        };
+        if let Some(b) = p.values.get_mut(v) {
+            b.remove(id);
+            if b.is_empty() {
+                p.values.remove(v);
+            }
+        }
+        p.has.remove(id);
+        if p.values.is_empty() {
+            self.keys.remove(k);
+        }
+    }
+
+    /// Moves `ids` from whatever value they hold for `key` to `new` (or to no
+    /// value): bulk maintenance for profile param changes.
+    pub(crate) fn reassign(&mut self, key: &Key, ids: &RoaringBitmap, new: Option<&ValueKey>) {
+        if ids.is_empty() {
+            return;
+        }
+        let p = self.keys.entry(key.clone()).or_default();
+        if !p.has.is_disjoint(ids) {
+            p.values.retain(|_, b| {
+                *b -= ids;
+                !b.is_empty()
+            });
+            p.has -= ids;
+        }
+        if let Some(v) = new {
+            *p.values.entry(v.clone()).or_default() |= ids;
+            p.has |= ids;
+        }
+        if p.values.is_empty() {
+            self.keys.remove(key);
+        }
+    }
+
+    /// Approximate number of objects `b` selects: the planner's ordering key.
+    fn estimate(&self, b: &Bound, d: &dyn Defaults) -> u64 {
+        let n = self.universe.len();
+        match b {
+            Bound::All => n,
+            Bound::And(cs) => cs.iter().map(|c| self.estimate(c, d)).min().unwrap_or(n),
+            Bound::Or(cs) => cs
+                .iter()
+                .map(|c| self.estimate(c, d))
+                .fold(0u64, u64::saturating_add)
+                .min(n),
+            Bound::Not(c) => n.saturating_sub(self.estimate(c, d)),
+            Bound::Pred(p) => self.estimate_pred(p, d),
+        }
+    }
+
+    fn estimate_pred(&self, p: &BoundPred, d: &dyn Defaults) -> u64 {
+        let n = self.universe.len();
+        let post = self.keys.get(&p.key);
+        let len = |v: &ValueKey| post.and_then(|p| p.values.get(v)).map_or(0, |b| b.len());
+        match (&p.key, &p.test) {
+            (Key::Profiles, Test::HasAll(names)) => names
+                .iter()
+                .map(|s| len(&ValueKey::str(s)))
+                .min()
+                .unwrap_or(n),
+            (Key::Profiles, Test::HasAny(names)) => names
+                .iter()
+                .map(|s| len(&ValueKey::str(s)))
+                .sum::<u64>()
+                .min(n),
+            (key, Test::Equals(alts)) => {
+                let mut e: u64 = alts.iter().map(|v| len(&ValueKey::of(v))).sum();
+                if let Key::Param(name) = key {
+                    if d.default_of(name)
+                        .is_some_and(|dv| p.test.matches_scalar(dv))
+                    {
+                        e += n - post.map_or(0, |p| p.has.len());
+                    }
+                }
+                e.min(n)
+            }
+            _ => post.map_or(n, |p| p.has.len().max(n / 2)),
+        }
+    }
+
+    /// The ids `b` selects within `within` (all objects when `None`).
+    pub(crate) fn eval(
+        &self,
+        b: &Bound,
+        within: Option<&RoaringBitmap>,
+        d: &dyn Defaults,
+    ) -> RoaringBitmap {
+        match b {
+            Bound::All => within.unwrap_or(&self.universe).clone(),
+            Bound::And(cs) => {
+                let mut acc: Option<RoaringBitmap> = None;
+                for c in self.by_estimate(cs, d) {
+                    let next = self.eval(c, acc.as_ref().or(within), d);
+                    let empty = next.is_empty();
+                    acc = Some(next);
+                    if empty {
+                        break;
+                    }
+                }
+                acc.unwrap_or_else(|| within.unwrap_or(&self.universe).clone())
+            }
+            Bound::Or(cs) => {
+                let mut acc = RoaringBitmap::new();
+                for c in cs {
+                    acc |= self.eval(c, within, d);
+                }
+                acc
+            }
+            Bound::Not(c) => {
+                let base = within.unwrap_or(&self.universe);
+                base - self.eval(c, Some(base), d)
+            }
+            Bound::Pred(p) => self.eval_pred(p, within, d),
+        }
+    }
+
+    /// `|eval(b)|`, finishing with `intersection_len` arithmetic so that the
+    /// last (largest) step is never materialised.
+    pub(crate) fn count(&self, b: &Bound, within: Option<&RoaringBitmap>, d: &dyn Defaults) -> u64 {
+        let base_len = || within.map_or(self.universe.len(), |w| w.len());
+        match b {
+            Bound::All => base_len(),
+            Bound::And(cs) if !cs.is_empty() => {
+                let ordered = self.by_estimate(cs, d);
+                let (last, first) = ordered.split_last().expect("non-empty");
+                if first.is_empty() {
+                    return self.count(last, within, d);
+                }
+                let mut acc: Option<RoaringBitmap> = None;
+                for c in first {
+                    let next = self.eval(c, acc.as_ref().or(within), d);
+                    if next.is_empty() {
+                        return 0;
+                    }
+                    acc = Some(next);
+                }
+                self.count(last, acc.as_ref(), d)
+            }
+            Bound::Not(c) => base_len() - self.count(c, within, d),
+            Bound::Pred(p) => self.count_pred(p, within, d),
+            _ => self.eval(b, within, d).len(),
+        }
+    }
+
+    fn by_estimate<'b>(&self, cs: &'b [Bound], d: &dyn Defaults) -> Vec<&'b Bound> {
+        let mut v: Vec<(u64, &Bound)> = cs.iter().map(|c| (self.estimate(c, d), c)).collect();
+        v.sort_by_key(|(e, _)| *e);
+        v.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Count of a scalar `Equals` (the hot path) by lengths alone: one object
+    /// holds one value per scalar key, so the postings are disjoint.
+    fn count_pred(&self, p: &BoundPred, within: Option<&RoaringBitmap>, d: &dyn Defaults) -> u64 {
+        let Test::Equals(alts) = &p.test else {
+            return self.eval_pred(p, within, d).len();
+        };
+        let post = self.keys.get(&p.key);
+        let inter = |b: &RoaringBitmap| within.map_or(b.len(), |w| w.intersection_len(b));
+        let mut n: u64 = alts
+            .iter()
+            .filter_map(|v| post.and_then(|p| p.values.get(&ValueKey::of(v))))
+            .map(inter)
+            .sum();
+        if self.default_matches(p, d) {
+            let base = within.map_or(self.universe.len(), |w| w.len());
+            n += base - post.map_or(0, |p| inter(&p.has));
+        }
+        n
+    }
+
+    fn default_matches(&self, p: &BoundPred, d: &dyn Defaults) -> bool {
+        match &p.key {
+            Key::Param(name) => d.default_of(name).is_some_and(|v| p.test.matches_scalar(v)),
+            _ => false,
+        }
+    }
+
+    fn eval_pred(
+        &self,
+        p: &BoundPred,
+        within: Option<&RoaringBitmap>,
+        d: &dyn Defaults,
+    ) -> RoaringBitmap {
+        let base = within.unwrap_or(&self.universe);
+        let clip = |b: &RoaringBitmap| -> RoaringBitmap {
+            match within {
+                Some(w) => w & b,
+                None => b.clone(),
+            }
+        };
+        let empty = RoaringBitmap::new();
+        match &p.key {
+            Key::Profiles => {
+                let post = self.keys.get(&Key::Profiles);
+                let members = |s: &str| {
+                    post.and_then(|p| p.values.get(&ValueKey::str(s)))
+                        .unwrap_or(&empty)
+                };
+                set_test(&p.test, base, members, || {
+                    post.map(|p| {
+                        p.values
+                            .keys()
+                            .filter_map(|k| match k {
+                                ValueKey::Str(s) => Some(s.to_string()),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+                })
+            }
+            Key::ParamNames => {
+                let holders = |s: &str| -> RoaringBitmap {
+                    if d.default_of(s).is_some() {
+                        base.clone()
+                    } else {
+                        self.keys
+                            .get(&Key::Param(s.to_string()))
+                            .map(|p| &p.has & base)
+                            .unwrap_or_default()
+                    }
+                };
+                let names = || {
+                    let mut n: Vec<String> = self
+                        .keys
+                        .keys()
+                        .filter_map(|k| match k {
+                            Key::Param(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    n.extend(d.with_defaults().into_iter().map(str::to_string));
+                    n.sort();
+                    n.dedup();
+                    n
+                };
+                set_test_owned(&p.test, base, holders, names)
+            }
+            Key::MetaKeys => {
+                let holders = |s: &str| -> RoaringBitmap {
+                    self.keys
+                        .get(&Key::Meta(s.to_string()))
+                        .map(|p| &p.has & base)
+                        .unwrap_or_default()
+                };
+                let names = || {
+                    self.keys
+                        .keys()
+                        .filter_map(|k| match k {
+                            Key::Meta(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                };
+                set_test_owned(&p.test, base, holders, names)
+            }
+            key => {
+                let post = self.keys.get(key);
+                let mut out = RoaringBitmap::new();
+                if let Some(post) = post {
+                    for_each_matching(post, &p.test, key, |b| out |= clip(b));
+                }
+                if self.default_matches(p, d) {
+                    match post {
+                        Some(post) => out |= base - &post.has,
+                        None => out |= base,
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Ids in `ids`, ordered by `key`'s value (objects without one last,
+    /// a param's default sorted as its value), ties by id.
+    pub(crate) fn sorted(&self, ids: &RoaringBitmap, key: &Key, d: &dyn Defaults) -> Vec<u32> {
+        let mut groups: Vec<(ValueKey, RoaringBitmap)> = Vec::new();
+        let post = self.keys.get(key);
+        let mut rest = ids.clone();
+        if let Some(post) = post {
+            for (v, b) in &post.values {
+                if rest.is_empty() {
+                    break;
+                }
+                let g = &rest & b;
+                if !g.is_empty() {
+                    rest -= &g;
+                    groups.push((v.clone(), g));
+                }
+            }
+        }
+        if let (Key::Param(name), false) = (key, rest.is_empty()) {
+            if let Some(dv) = d.default_of(name) {
+                let dk = ValueKey::of(dv);
+                let g = std::mem::take(&mut rest);
+                match groups.binary_search_by(|(v, _)| v.cmp(&dk)) {
+                    Ok(i) => groups[i].1 |= g,
+                    Err(i) => groups.insert(i, (dk, g)),
+                }
+            }
+        }
+        let mut out: Vec<u32> = Vec::with_capacity(ids.len() as usize);
+        for (_, g) in groups {
+            out.extend(g.iter());
+        }
+        out.extend(rest.iter());
+        out
+    }
+}
+
+fn set_test<'a, F, N>(test: &Test, base: &RoaringBitmap, members: F, names: N) -> RoaringBitmap
+where
+    F: Fn(&str) -> &'a RoaringBitmap,
+    N: Fn() -> Vec<String>,
+{
+    set_test_owned(test, base, |s| members(s) & base, names)
+}
+
+/// Set-key tests given "holders of element s, within base" and the list of
+/// known elements.
+fn set_test_owned<F, N>(test: &Test, base: &RoaringBitmap, holders: F, names: N) -> RoaringBitmap
+where
+    F: Fn(&str) -> RoaringBitmap,
+    N: Fn() -> Vec<String>,
+{
+    match test {
+        Test::HasAll(items) => {
+            let mut acc: Option<RoaringBitmap> = None;
+            for s in items {
+                let h = holders(s);
+                acc = Some(match acc {
+                    Some(a) => a & h,
+                    None => h,
+                });
+                if acc.as_ref().is_some_and(RoaringBitmap::is_empty) {
+                    break;
+                }
+            }
+            acc.unwrap_or_else(|| base.clone())
+        }
+        Test::HasAny(items) => {
+            let mut acc = RoaringBitmap::new();
+            for s in items {
+                acc |= holders(s);
+            }
+            acc
+        }
+        Test::AnyMatches(re) => {
+            let mut acc = RoaringBitmap::new();
+            for s in names().iter().filter(|s| re.is_match(s)) {
+                acc |= holders(s);
+            }
+            acc
+        }
+        // Scalar tests on a set key do not bind.
+        _ => RoaringBitmap::new(),
+    }
+}
+
+/// Calls `f` with the posting of every distinct value of `post` that `test`
+/// accepts, walking only the type segments and ranges that can match.
+fn for_each_matching(post: &Postings, test: &Test, key: &Key, mut f: impl FnMut(&RoaringBitmap)) {
+    let vals = &post.values;
+    match test {
+        Test::Equals(alts) => {
+            for v in alts {
+                if let Some(b) = vals.get(&ValueKey::of(v)) {
+                    f(b);
+                }
+            }
+        }
+        Test::Less(o, incl) => walk_ordinal(vals, o, None, Some((o, *incl)), &mut f),
+        Test::Greater(o, incl) => walk_ordinal(vals, o, Some((o, *incl)), None, &mut f),
+        Test::Between(lo, hi) => walk_ordinal(vals, lo, Some((lo, true)), Some((hi, true)), &mut f),
+        Test::Matches(re) => {
+            let prefix = literal_prefix(re.as_str());
+            let start = RangeBound::Included(ValueKey::str(&prefix));
+            for (v, b) in vals.range((start, RangeBound::Unbounded)) {
+                let ValueKey::Str(s) = v else { break };
+                if !s.starts_with(prefix.as_str()) {
+                    break;
+                }
+                if re.is_match(s) {
+                    f(b);
+                }
+            }
+        }
+        _ => {
+            let _ = key;
+        }
+    }
+}
+
+/// Walks the number segment with `num` bounds, the string segment with `text`
+/// bounds, or (Address) every string parsed as an IP against `ip` bounds.
+fn walk_ordinal(
+    vals: &BTreeMap<ValueKey, RoaringBitmap>,
+    shape: &Ordinal,
+    lo: Option<(&Ordinal, bool)>,
+    hi: Option<(&Ordinal, bool)>,
+    f: &mut impl FnMut(&RoaringBitmap),
+) {
+    if shape.ip.is_some() {
+        let strings = vals.range((
+            RangeBound::Included(ValueKey::Str("".into())),
+            RangeBound::Excluded(ValueKey::Json("".into())),
+        ));
+        for (v, b) in strings {
+            let ValueKey::Str(s) = v else { continue };
+            let Ok(ip) = s.parse::<std::net::IpAddr>() else {
+                continue;
+            };
+            let ok_lo = lo.is_none_or(|(o, incl)| {
+                o.ip.is_some_and(|l| same_family(l, ip) && if incl { ip >= l } else { ip > l })
+            });
+            let ok_hi = hi.is_none_or(|(o, incl)| {
+                o.ip.is_some_and(|h| same_family(h, ip) && if incl { ip <= h } else { ip < h })
+            });
+            if ok_lo && ok_hi {
+                f(b);
+            }
+        }
+        return;
+    }
+    let num = |o: &Ordinal| o.num.map(|n| ValueKey::Num(NumKey::new(n)));
+    let text = |o: &Ordinal| o.text.as_deref().map(ValueKey::str);
+    // Each type segment is walked only if every given bound has that type.
+    for (conv, seg_lo, seg_hi) in [
+        (
+            &num as &dyn Fn(&Ordinal) -> Option<ValueKey>,
+            ValueKey::Num(NumKey::new(f64::NEG_INFINITY)),
+            ValueKey::Num(NumKey::new(f64::INFINITY)),
+        ),
+        (&text, ValueKey::str(""), ValueKey::Json("".into())),
+    ] {
+        let l = match lo {
+            Some((o, incl)) => match conv(o) {
+                Some(k) if incl => RangeBound::Included(k),
+                Some(k) => RangeBound::Excluded(k),
+                None => continue,
+            },
+            None => RangeBound::Included(seg_lo.clone()),
+        };
+        let h = match hi {
+            Some((o, incl)) => match conv(o) {
+                Some(k) if incl => RangeBound::Included(k),
+                Some(k) => RangeBound::Excluded(k),
+                None => continue,
+            },
+            None if matches!(seg_hi, ValueKey::Json(_)) => RangeBound::Excluded(seg_hi.clone()),
+            None => RangeBound::Included(seg_hi.clone()),
+        };
+        if range_is_empty(&l, &h) {
+            continue;
+        }
+        for (v, b) in vals.range((l, h)) {
+            // NaN-free JSON numbers only; strings in their own segment.
+            if std::mem::discriminant(v) == std::mem::discriminant(&seg_lo) {
+                f(b);
+            }
+        }
+    }
+}
+
+fn same_family(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+fn range_is_empty(l: &RangeBound<ValueKey>, h: &RangeBound<ValueKey>) -> bool {
+    use RangeBound::*;
+    match (l, h) {
+        (Included(a), Included(b)) => a > b,
+        (Included(a), Excluded(b)) | (Excluded(a), Included(b)) | (Excluded(a), Excluded(b)) => {
+            a >= b
+        }
+        _ => false,
+    }
+}
+
+/// The literal text every match of an anchored pattern starts with (`^node-00`
+/// gives `node-00`), or "" when there is none. Conservative: stops at the
+/// first metacharacter and drops a literal that a quantifier follows.
+fn literal_prefix(pattern: &str) -> String {
+    let Some(rest) = pattern.strip_prefix('^') else {
+        return String::new();
+    };
+    if rest.contains('|') {
+        // An alternation may end the anchored branch early (`^a|b`).
+        return String::new();
+    }
+    let mut out = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if "\\.[](){}*+?|^$".contains(c) {
+            if "*?{".contains(c) {
+                out.pop();
+            }
+            return out;
+        }
+        if chars.peek().is_some_and(|n| "*?{".contains(*n)) {
+            return out;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(literal_prefix("^node-00[0-9]+$"), "node-00");
+        assert_eq!(literal_prefix("node"), "");
+        assert_eq!(literal_prefix("^abc*"), "ab");
+        assert_eq!(literal_prefix("^abc?d"), "ab");
+        assert_eq!(literal_prefix("^a|b"), "");
+        assert_eq!(literal_prefix("^ab\\.c"), "ab");
+    }
+}

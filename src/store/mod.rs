@@ -1,0 +1,1419 @@
+//! The store: machines, profiles and param definitions kept durably in sled,
+//! written atomically, and indexed in memory.
+//!
+//! Owns: the sled layout, revisions, the write pipeline (resolve → modify a
+//! copy → validate against every other object → one atomic sled batch and the
+//! matching index change, under one lock), object addressing, effective
+//! params, listing and counting. Must not: parse filters (see
+//! [`crate::filter`]) or evaluate them on bitmaps (see `crate::index`).
+//!
+//! # Layout
+//! One sled tree, keys prefixed by kind so that one `Batch` (atomic in sled)
+//! covers a whole write:
+//! `m` + machine id (u32, big-endian) → machine JSON; `p` + name → profile
+//! JSON; `d` + name → param definition JSON; `s:rev` → the store revision;
+//! `s:next` → the next machine id.
+//!
+//! # Dense ids
+//! Machines get a dense `u32` id on create, persisted as their record key, and
+//! never reused: ids are the default listing order (creation order), and a
+//! reused id would let a stale id from a caller name a different machine.
+//! 4 billion creates are the limit. Profiles are few and all in memory; their
+//! ids are assigned at open in name order and are not persisted.
+//!
+//! # Concurrency
+//! Writers are serialized by one mutex; each holds the state's write lock only
+//! for the sled batch and the index change, so readers see either all of a
+//! write or none of it, and a writer reads its own write when it returns.
+
+mod patch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use roaring::RoaringBitmap;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::filter::{Bound, Field, Filter, Key, ParamTypes, Subject};
+use crate::index::{Defaults, Entries, Index, ValueKey};
+use crate::model::{Kind, Machine, Object, ParamDef, Profile, GLOBAL_PROFILE};
+
+/// The in-memory half of a write, applied with its sled batch.
+type Apply = Box<dyn FnOnce(&mut State)>;
+
+const REV_KEY: &[u8] = b"s:rev";
+const NEXT_ID_KEY: &[u8] = b"s:next";
+
+/// How to open a store.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Flush every acknowledged write to disk before the call returns.
+    /// Without it sled flushes in the background (every 500 ms) and on
+    /// [`Store::flush`] / drop.
+    pub durable: bool,
+}
+
+/// A fleetkv store. Cheap to clone (an `Arc`); `Send + Sync`.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    options: Options,
+    writer: Mutex<()>,
+    state: RwLock<State>,
+}
+
+/// Everything kept in memory, replaced only under the state's write lock.
+pub(crate) struct State {
+    rev: u64,
+    next_id: u32,
+    machines: Index,
+    profiles: BTreeMap<String, Profile>,
+    profile_ids: HashMap<String, u32>,
+    profile_names: HashMap<u32, String>,
+    next_profile_id: u32,
+    profile_index: Index,
+    params: BTreeMap<String, ParamDef>,
+    validators: HashMap<String, Arc<jsonschema::Validator>>,
+}
+
+impl Defaults for State {
+    fn default_of(&self, name: &str) -> Option<&Value> {
+        self.params.get(name).and_then(ParamDef::default_value)
+    }
+    fn with_defaults(&self) -> Vec<&str> {
+        self.params
+            .values()
+            .filter(|d| d.default_value().is_some())
+            .map(|d| d.name.as_str())
+            .collect()
+    }
+}
+
+impl ParamTypes for State {
+    fn schema_type(&self, name: &str) -> Option<&str> {
+        self.params.get(name).and_then(ParamDef::schema_type)
+    }
+}
+
+fn machine_key(id: u32) -> [u8; 5] {
+    let mut k = [b'm'; 5];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn named_key(prefix: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1);
+    k.push(prefix);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: String::from_utf8_lossy(key).escape_debug().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Serializing our own model types to JSON cannot fail (string keys only).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(kind: Kind, v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| Error::invalid(format!("{kind}"), e.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// The effective params of a machine without definition defaults: own, then
+/// each profile in order, then `global` (DESIGN.md §1).
+fn effective_explicit(m: &Machine, profiles: &BTreeMap<String, Profile>) -> Map<String, Value> {
+    let mut out = m.params.clone();
+    for name in m
+        .profiles
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(GLOBAL_PROFILE))
+    {
+        if let Some(p) = profiles.get(name) {
+            for (k, v) in &p.params {
+                if !out.contains_key(k) {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn with_defaults(
+    mut params: Map<String, Value>,
+    defs: &BTreeMap<String, ParamDef>,
+) -> Map<String, Value> {
+    for d in defs.values() {
+        if let Some(v) = d.default_value() {
+            if !params.contains_key(&d.name) {
+                params.insert(d.name.clone(), v.clone());
+            }
+        }
+    }
+    params
+}
+
+fn common_entries(
+    e: &mut Entries,
+    name: &str,
+    description: &str,
+    params: &Map<String, Value>,
+    meta: &BTreeMap<String, String>,
+) {
+    e.push((Key::Field(Field::Name), ValueKey::str(name)));
+    e.push((Key::Field(Field::Description), ValueKey::str(description)));
+    for (k, v) in params {
+        e.push((Key::Param(k.clone()), ValueKey::of(v)));
+    }
+    for (k, v) in meta {
+        e.push((Key::Meta(k.clone()), ValueKey::str(v)));
+    }
+}
+
+fn machine_entries(m: &Machine, profiles: &BTreeMap<String, Profile>) -> Entries {
+    let mut e = Entries::with_capacity(16 + m.params.len());
+    common_entries(
+        &mut e,
+        &m.name,
+        &m.description,
+        &effective_explicit(m, profiles),
+        &m.meta,
+    );
+    e.push((Key::Field(Field::Uuid), ValueKey::str(&m.uuid.to_string())));
+    if !m.address.is_empty() {
+        e.push((Key::Field(Field::Address), ValueKey::str(&m.address)));
+    }
+    e.push((Key::Field(Field::Workflow), ValueKey::str(&m.workflow)));
+    e.push((Key::Field(Field::Runnable), ValueKey::Bool(m.runnable)));
+    for p in &m.profiles {
+        e.push((Key::Profiles, ValueKey::str(p)));
+    }
+    e
+}
+
+fn profile_entries(p: &Profile) -> Entries {
+    let mut e = Entries::with_capacity(4 + p.params.len());
+    common_entries(&mut e, &p.name, &p.description, &p.params, &p.meta);
+    e
+}
+
+fn own_keys(params: &Map<String, Value>) -> Vec<&str> {
+    params.keys().map(String::as_str).collect()
+}
+
+impl Index {
+    /// Applies the difference between an object's old and new entries.
+    fn replace_entries(
+        &mut self,
+        id: u32,
+        old: Option<(&Entries, Vec<&str>)>,
+        new: Option<(&Entries, Vec<&str>)>,
+    ) {
+        let empty = Entries::new();
+        let (oe, oo) = old.unwrap_or((&empty, Vec::new()));
+        let (ne, no) = new
+            .as_ref()
+            .map(|(e, o)| (*e, o.clone()))
+            .unwrap_or((&empty, Vec::new()));
+        let gone: Entries = oe.iter().filter(|x| !ne.contains(x)).cloned().collect();
+        let came: Entries = ne.iter().filter(|x| !oe.contains(x)).cloned().collect();
+        let gone_own: Vec<&str> = oo.iter().filter(|x| !no.contains(x)).copied().collect();
+        let came_own: Vec<&str> = no.iter().filter(|x| !oo.contains(x)).copied().collect();
+        self.remove(id, &gone, &gone_own);
+        if new.is_some() {
+            self.insert(id, &came, &came_own);
+        }
+    }
+}
+
+/// Listing options (drpcli's `sort`, `limit`, `offset`, `reverse`, `--slim`,
+/// `--params`, `--aggregate`).
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Sort by this key (a field, `Params.NAME`, `Meta.KEY` or a bare param name).
+    pub sort: Option<String>,
+    /// Reverse the order.
+    pub reverse: bool,
+    /// Skip this many.
+    pub offset: usize,
+    /// Return at most this many.
+    pub limit: Option<usize>,
+    /// Leave these fields out (`Params`, `Meta`).
+    pub slim: Vec<String>,
+    /// Return only these params.
+    pub params: Option<Vec<String>>,
+    /// Return effective params (own → profiles → global → default).
+    pub aggregate: bool,
+}
+
+/// A filter bound against the store's definitions, ready to run many times.
+#[derive(Debug, Clone)]
+pub struct Query {
+    kind: Kind,
+    bound: Bound,
+}
+
+impl Store {
+    /// Opens (or creates) a store in directory `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(path, Options::default())
+    }
+
+    /// Opens with options.
+    pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Store> {
+        let db = sled::Config::new().path(path.as_ref()).open()?;
+        Store::from_db(db, options)
+    }
+
+    /// A store in a temporary directory, removed when the last clone drops.
+    pub fn temporary() -> Result<Store> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Store::from_db(db, Options::default())
+    }
+
+    fn from_db(db: sled::Db, options: Options) -> Result<Store> {
+        let state = load_state(&db)?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                options,
+                writer: Mutex::new(()),
+                state: RwLock::new(state),
+            }),
+        };
+        if !store.state().profiles.contains_key(GLOBAL_PROFILE) {
+            store.profiles().create(Profile::new(GLOBAL_PROFILE))?;
+        }
+        Ok(store)
+    }
+
+    pub(crate) fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.inner.state.read()
+    }
+
+    /// Machines.
+    pub fn machines(&self) -> Machines<'_> {
+        Machines { store: self }
+    }
+
+    /// Profiles.
+    pub fn profiles(&self) -> Profiles<'_> {
+        Profiles { store: self }
+    }
+
+    /// Param definitions.
+    pub fn params(&self) -> Params<'_> {
+        Params { store: self }
+    }
+
+    /// The store revision: the number of the last write.
+    pub fn revision(&self) -> u64 {
+        self.state().rev
+    }
+
+    /// Writes everything acknowledged so far to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Rebuilds every index from the stored documents and compares it with
+    /// the live one. An operator's and the test suite's check.
+    pub fn verify_indexes(&self) -> Result<()> {
+        let _w = self.inner.writer.lock();
+        let fresh = load_state(&self.inner.db)?;
+        let live = self.state();
+        if fresh.machines != live.machines {
+            return Err(Error::Corrupt {
+                key: "index:machines".into(),
+                reason: index_diff(&fresh.machines, &live.machines),
+            });
+        }
+        // Profile ids are positional; compare through names.
+        let by_name = |s: &State| -> Vec<(String, Entries)> {
+            s.profiles
+                .values()
+                .map(|p| (p.name.clone(), profile_entries(p)))
+                .collect()
+        };
+        if by_name(&fresh) != by_name(&live)
+            || fresh.profile_index.universe().len() != live.profile_index.universe().len()
+        {
+            return Err(Error::Corrupt {
+                key: "index:profiles".into(),
+                reason: "profile index differs from stored profiles".into(),
+            });
+        }
+        for p in live.profiles.values() {
+            let id = live.profile_ids[&p.name];
+            let rebuilt = Index::default();
+            let _ = rebuilt;
+            for (k, v) in profile_entries(p) {
+                if !live
+                    .profile_index
+                    .lookup(&k, &v)
+                    .is_some_and(|b| b.contains(id))
+                {
+                    return Err(Error::Corrupt {
+                        key: format!("index:profiles:{}", p.name),
+                        reason: format!("missing {k:?} = {v:?}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one write: `f` builds the batch and index change from the current
+    /// state; both are applied together under the state lock.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&State, u64) -> Result<(sled::Batch, Apply, T)>,
+    ) -> Result<T> {
+        let _w = self.inner.writer.lock();
+        let (mut batch, apply, out) = {
+            let st = self.inner.state.read();
+            f(&st, st.rev + 1)?
+        };
+        {
+            let mut st = self.inner.state.write();
+            let rev = st.rev + 1;
+            batch.insert(REV_KEY, &rev.to_be_bytes());
+            self.inner.db.apply_batch(batch)?;
+            st.rev = rev;
+            apply(&mut st);
+        }
+        if self.inner.options.durable {
+            self.inner.db.flush()?;
+        }
+        Ok(out)
+    }
+
+    fn load_machine(&self, id: u32) -> Result<Machine> {
+        let key = machine_key(id);
+        match self.inner.db.get(key)? {
+            Some(bytes) => decode(&key, &bytes),
+            None => Err(Error::Corrupt {
+                key: format!("m{id}"),
+                reason: "indexed machine has no record".into(),
+            }),
+        }
+    }
+
+    /// Machine ids for `filter`, under the given state.
+    fn eval(&self, st: &State, q: &Query) -> RoaringBitmap {
+        match q.kind {
+            Kind::Machine => st.machines.eval(&q.bound, None, st),
+            _ => st.profile_index.eval(&q.bound, None, st),
+        }
+    }
+}
+
+fn index_diff(a: &Index, b: &Index) -> String {
+    if a.universe() != b.universe() {
+        return format!(
+            "universe differs: rebuilt {} objects, live {}",
+            a.universe().len(),
+            b.universe().len()
+        );
+    }
+    "postings differ from a rebuild".into()
+}
+
+/// Reads every record and builds the in-memory state.
+fn load_state(db: &sled::Db) -> Result<State> {
+    let rev = match db.get(REV_KEY)? {
+        Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(|_| Error::Corrupt {
+            key: "s:rev".into(),
+            reason: "not 8 bytes".into(),
+        })?),
+        None => 0,
+    };
+    let mut next_id = match db.get(NEXT_ID_KEY)? {
+        Some(b) => u32::from_be_bytes(b.as_ref().try_into().map_err(|_| Error::Corrupt {
+            key: "s:next".into(),
+            reason: "not 4 bytes".into(),
+        })?),
+        None => 0,
+    };
+    let mut st = State {
+        rev,
+        next_id: 0,
+        machines: Index::default(),
+        profiles: BTreeMap::new(),
+        profile_ids: HashMap::new(),
+        profile_names: HashMap::new(),
+        next_profile_id: 0,
+        profile_index: Index::default(),
+        params: BTreeMap::new(),
+        validators: HashMap::new(),
+    };
+    for item in db.scan_prefix(b"d") {
+        let (k, v) = item?;
+        let def: ParamDef = decode(&k, &v)?;
+        if let Ok(v) = jsonschema::validator_for(&def.schema) {
+            st.validators.insert(def.name.clone(), Arc::new(v));
+        }
+        st.params.insert(def.name.clone(), def);
+    }
+    for item in db.scan_prefix(b"p") {
+        let (k, v) = item?;
+        let p: Profile = decode(&k, &v)?;
+        st.add_profile(p);
+    }
+    for item in db.scan_prefix(b"m") {
+        let (k, v) = item?;
+        let id = k
+            .get(1..5)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .filter(|_| k.len() == 5)
+            .ok_or_else(|| Error::Corrupt {
+                key: String::from_utf8_lossy(&k).escape_debug().to_string(),
+                reason: "bad machine key".into(),
+            })?;
+        let m: Machine = decode(&k, &v)?;
+        let entries = machine_entries(&m, &st.profiles);
+        st.machines.insert(id, &entries, &own_keys(&m.params));
+        next_id = next_id.max(id + 1);
+    }
+    st.next_id = next_id;
+    Ok(st)
+}
+
+impl State {
+    fn add_profile(&mut self, p: Profile) {
+        let id = self.next_profile_id;
+        self.next_profile_id += 1;
+        self.profile_index.insert(id, &profile_entries(&p), &[]);
+        self.profile_ids.insert(p.name.clone(), id);
+        self.profile_names.insert(id, p.name.clone());
+        self.profiles.insert(p.name.clone(), p);
+    }
+
+    fn machine_id(&self, addr: &str) -> Result<u32> {
+        let (field, value) = if let Some(u) = addr
+            .strip_prefix("Uuid:")
+            .or_else(|| addr.strip_prefix("Key:"))
+        {
+            (Field::Uuid, canonical_uuid(u)?)
+        } else if let Some(n) = addr.strip_prefix("Name:") {
+            (Field::Name, n.to_string())
+        } else if let Ok(u) = Uuid::parse_str(addr) {
+            (Field::Uuid, u.to_string())
+        } else {
+            (Field::Name, addr.to_string())
+        };
+        self.machines
+            .lookup(&Key::Field(field), &ValueKey::str(&value))
+            .and_then(|b| b.min())
+            .ok_or_else(|| Error::not_found(Kind::Machine, addr))
+    }
+
+    fn members(&self, profile: &str) -> RoaringBitmap {
+        self.machines
+            .lookup(&Key::Profiles, &ValueKey::str(profile))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Checks own params that changed against their definitions' schemas.
+    fn check_params(
+        &self,
+        old: Option<&Map<String, Value>>,
+        new: &Map<String, Value>,
+    ) -> Result<()> {
+        for (k, v) in new {
+            if old.and_then(|o| o.get(k)) == Some(v) {
+                continue;
+            }
+            if let Some(val) = self.validators.get(k) {
+                if let Err(e) = val.validate(v) {
+                    return Err(Error::Schema {
+                        param: k.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_machine(&self, id: Option<u32>, old: Option<&Machine>, m: &Machine) -> Result<()> {
+        m.check()?;
+        if let Some(b) = self
+            .machines
+            .lookup(&Key::Field(Field::Name), &ValueKey::str(&m.name))
+        {
+            if b.iter().any(|other| Some(other) != id) {
+                return Err(Error::AlreadyExists {
+                    kind: Kind::Machine,
+                    key: format!("Name:{}", m.name),
+                });
+            }
+        }
+        for p in &m.profiles {
+            if !self.profiles.contains_key(p) {
+                return Err(Error::invalid(
+                    "machine Profiles",
+                    format!("profile {p:?} does not exist"),
+                ));
+            }
+        }
+        self.check_params(old.map(|o| &o.params), &m.params)
+    }
+}
+
+fn canonical_uuid(s: &str) -> Result<String> {
+    Uuid::parse_str(s)
+        .map(|u| u.to_string())
+        .map_err(|e| Error::invalid("Uuid", format!("{s:?}: {e}")))
+}
+
+/// Parses a listing sort key (a field, `Params.NAME`, `Meta.KEY` or a bare param).
+fn sort_key(kind: Kind, s: &str) -> Result<Key> {
+    let field = match s {
+        "Name" => Some(Field::Name),
+        "Description" => Some(Field::Description),
+        "Uuid" if kind == Kind::Machine => Some(Field::Uuid),
+        "Address" if kind == Kind::Machine => Some(Field::Address),
+        "Workflow" if kind == Kind::Machine => Some(Field::Workflow),
+        "Runnable" if kind == Kind::Machine => Some(Field::Runnable),
+        _ => None,
+    };
+    if let Some(f) = field {
+        return Ok(Key::Field(f));
+    }
+    match s {
+        "" | "Profiles" | "Params" | "Meta" => Err(Error::invalid(
+            "sort",
+            format!("cannot sort by {s:?}: give a field, a param or Meta.KEY"),
+        )),
+        _ => Ok(if let Some(m) = s.strip_prefix("Meta.") {
+            Key::Meta(m.to_string())
+        } else {
+            Key::Param(s.strip_prefix("Params.").unwrap_or(s).to_string())
+        }),
+    }
+}
+
+/// Shapes one listed object: effective params, `params` selection, `slim`.
+fn shape(mut doc: Value, effective: Option<Map<String, Value>>, opts: &ListOptions) -> Value {
+    if let Value::Object(obj) = &mut doc {
+        if let Some(eff) = effective {
+            obj.insert("Params".into(), Value::Object(eff));
+        }
+        if let Some(keep) = &opts.params {
+            if let Some(Value::Object(p)) = obj.get_mut("Params") {
+                p.retain(|k, _| keep.iter().any(|x| x == k));
+            }
+        }
+        for s in &opts.slim {
+            obj.remove(s.as_str());
+        }
+    }
+    doc
+}
+
+fn window(ids: Vec<u32>, opts: &ListOptions) -> Vec<u32> {
+    let mut ids = ids;
+    if opts.reverse {
+        ids.reverse();
+    }
+    ids.into_iter()
+        .skip(opts.offset)
+        .take(opts.limit.unwrap_or(usize::MAX))
+        .collect()
+}
+
+/// Machines: addressed by Uuid, `Uuid:…`, `Key:…` or `Name:…` (a bare
+/// non-UUID address is taken as a Name).
+pub struct Machines<'a> {
+    store: &'a Store,
+}
+
+/// Profiles, addressed by name.
+pub struct Profiles<'a> {
+    store: &'a Store,
+}
+
+/// Param definitions, addressed by name.
+pub struct Params<'a> {
+    store: &'a Store,
+}
+
+impl Machines<'_> {
+    /// Creates a machine; assigns a v4 Uuid when it has none. Returns it as stored.
+    pub fn create(&self, mut m: Machine) -> Result<Machine> {
+        if m.uuid.is_nil() {
+            m.uuid = Uuid::new_v4();
+        }
+        normalize_machine(&mut m);
+        self.store.write(|st, rev| {
+            st.check_machine(None, None, &m)?;
+            if st
+                .machines
+                .lookup(
+                    &Key::Field(Field::Uuid),
+                    &ValueKey::str(&m.uuid.to_string()),
+                )
+                .is_some()
+            {
+                return Err(Error::AlreadyExists {
+                    kind: Kind::Machine,
+                    key: m.uuid.to_string(),
+                });
+            }
+            let id = st.next_id;
+            if id == u32::MAX {
+                return Err(Error::invalid(
+                    "machine",
+                    "the store has run out of machine ids",
+                ));
+            }
+            m.revision = rev;
+            let mut batch = sled::Batch::default();
+            batch.insert(&machine_key(id), encode(&m));
+            batch.insert(NEXT_ID_KEY, &(id + 1).to_be_bytes());
+            let out = m.clone();
+            let apply = Box::new(move |st: &mut State| {
+                let e = machine_entries(&m, &st.profiles);
+                st.machines.insert(id, &e, &own_keys(&m.params));
+                st.next_id = id + 1;
+            });
+            Ok((batch, apply as Apply, out))
+        })
+    }
+
+    /// The machine at `addr`.
+    pub fn get(&self, addr: &str) -> Result<Machine> {
+        let id = self.store.state().machine_id(addr)?;
+        self.store.load_machine(id)
+    }
+
+    /// Whether a machine exists at `addr`.
+    pub fn exists(&self, addr: &str) -> Result<bool> {
+        match self.store.state().machine_id(addr) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every machine, in creation order.
+    pub fn list_all(&self) -> Result<Vec<Machine>> {
+        let st = self.store.state();
+        st.machines
+            .universe()
+            .iter()
+            .map(|id| self.store.load_machine(id))
+            .collect()
+    }
+
+    /// Replaces the machine at `addr` with `m` (same Uuid, or none given).
+    pub fn replace(&self, addr: &str, m: Machine) -> Result<Machine> {
+        let new = to_json(&m);
+        self.modify(addr, move |doc| {
+            let mut new = new;
+            if let (Value::Object(n), Some(u)) = (&mut new, doc.get("Uuid")) {
+                if m.uuid.is_nil() {
+                    n.insert("Uuid".into(), u.clone());
+                }
+            }
+            *doc = new;
+            Ok(())
+        })
+    }
+
+    /// RFC 7396 merge patch (drpcli `update`).
+    pub fn update(&self, addr: &str, merge: &Value) -> Result<Machine> {
+        self.modify(addr, |doc| patch::apply_merge(doc, merge))
+    }
+
+    /// RFC 6902 patch, atomic: all of it or nothing.
+    pub fn patch(&self, addr: &str, ops: &Value) -> Result<Machine> {
+        let ops = patch::parse_patch(ops)?;
+        self.modify(addr, |doc| patch::apply_patch(doc, &ops))
+    }
+
+    /// Reference update (drpcli `-r`): fails with a conflict, writing nothing,
+    /// if any path that differs between `reference` and `desired` changed since.
+    pub fn update_from(&self, addr: &str, reference: &Value, desired: &Value) -> Result<Machine> {
+        self.modify(addr, |doc| patch::apply_reference(doc, reference, desired))
+    }
+
+    /// Sets own param `key`.
+    pub fn set_param(&self, addr: &str, key: &str, value: Value) -> Result<Machine> {
+        self.modify(addr, |doc| {
+            patch::params_of(doc)?.insert(key.to_string(), value);
+            Ok(())
+        })
+    }
+
+    /// Compare-and-set of own param `key`: only if its own value (or, when it
+    /// has none, its definition's default) equals `expected` (`None`: absent).
+    pub fn set_param_if(
+        &self,
+        addr: &str,
+        key: &str,
+        expected: Option<&Value>,
+        value: Value,
+    ) -> Result<Machine> {
+        let default = self.store.state().default_of(key).cloned();
+        self.modify(addr, |doc| {
+            patch::param_cas(doc, key, expected, value, default.as_ref())
+        })
+    }
+
+    /// Removes own param `key`; returns the removed value (`None` if it had none).
+    pub fn remove_param(&self, addr: &str, key: &str) -> Result<Option<Value>> {
+        let mut removed = None;
+        self.modify(addr, |doc| {
+            removed = patch::params_of(doc)?.shift_remove(key);
+            Ok(())
+        })?;
+        Ok(removed)
+    }
+
+    /// Own params, or with `aggregate` the effective ones (own → profiles →
+    /// global → default).
+    pub fn params(&self, addr: &str, aggregate: bool) -> Result<Map<String, Value>> {
+        let st = self.store.state();
+        let m = self.store.load_machine(st.machine_id(addr)?)?;
+        Ok(if aggregate {
+            with_defaults(effective_explicit(&m, &st.profiles), &st.params)
+        } else {
+            m.params
+        })
+    }
+
+    /// One param, own or (with `aggregate`) effective.
+    pub fn get_param(&self, addr: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
+        Ok(self.params(addr, aggregate)?.get(key).cloned())
+    }
+
+    /// Deletes the machine; returns it as it was.
+    pub fn delete(&self, addr: &str) -> Result<Machine> {
+        self.store.write(|st, _| {
+            let id = st.machine_id(addr)?;
+            let old = self.store.load_machine(id)?;
+            let mut batch = sled::Batch::default();
+            batch.remove(&machine_key(id));
+            let out = old.clone();
+            let apply = Box::new(move |st: &mut State| {
+                let e = machine_entries(&old, &st.profiles);
+                st.machines.remove(id, &e, &own_keys(&old.params));
+            });
+            Ok((batch, apply as Apply, out))
+        })
+    }
+
+    /// Binds `filter` for repeated [`count_query`](Self::count_query) / list calls.
+    pub fn prepare(&self, filter: &Filter) -> Result<Query> {
+        let st = self.store.state();
+        Ok(Query {
+            kind: Kind::Machine,
+            bound: filter.bind(Kind::Machine, &*st)?,
+        })
+    }
+
+    /// How many machines match; answered from the indexes alone.
+    pub fn count(&self, filter: &Filter) -> Result<u64> {
+        let q = self.prepare(filter)?;
+        Ok(self.count_query(&q))
+    }
+
+    /// [`count`](Self::count) for a prepared query.
+    pub fn count_query(&self, q: &Query) -> u64 {
+        let st = self.store.state();
+        st.machines.count(&q.bound, None, &*st)
+    }
+
+    /// Matching machines as JSON, shaped by `opts`.
+    pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
+        let q = self.prepare(filter)?;
+        self.list_query(&q, opts)
+    }
+
+    /// [`list`](Self::list) for a prepared query.
+    pub fn list_query(&self, q: &Query, opts: &ListOptions) -> Result<Vec<Value>> {
+        let st = self.store.state();
+        let ids = self.store.eval(&st, q);
+        let ordered = match &opts.sort {
+            Some(s) => st.machines.sorted(&ids, &sort_key(Kind::Machine, s)?, &*st),
+            None => ids.iter().collect(),
+        };
+        window(ordered, opts)
+            .into_iter()
+            .map(|id| {
+                let m = self.store.load_machine(id)?;
+                let eff = opts
+                    .aggregate
+                    .then(|| with_defaults(effective_explicit(&m, &st.profiles), &st.params));
+                Ok(shape(to_json(&m), eff, opts))
+            })
+            .collect()
+    }
+
+    /// The reference path: decodes every machine and runs the reference
+    /// evaluator. For tests and benchmarks; use [`list`](Self::list).
+    pub fn scan(&self, filter: &Filter) -> Result<Vec<Machine>> {
+        let st = self.store.state();
+        let bound = filter.bind(Kind::Machine, &*st)?;
+        let mut out = Vec::new();
+        for item in self.store.inner.db.scan_prefix(b"m") {
+            let (k, v) = item?;
+            let m: Machine = decode(&k, &v)?;
+            let params = with_defaults(effective_explicit(&m, &st.profiles), &st.params);
+            let Value::Object(doc) = to_json(&m) else {
+                continue;
+            };
+            if bound.matches(&Subject {
+                doc: &doc,
+                params: &params,
+            }) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    fn modify(&self, addr: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Machine> {
+        self.store.write(|st, rev| {
+            let id = st.machine_id(addr)?;
+            let old = self.store.load_machine(id)?;
+            let mut doc = to_json(&old);
+            f(&mut doc)?;
+            let mut m: Machine = from_json(Kind::Machine, doc)?;
+            if m.uuid != old.uuid {
+                return Err(Error::invalid(
+                    "machine Uuid",
+                    format!("Uuid is immutable ({} → {})", old.uuid, m.uuid),
+                ));
+            }
+            normalize_machine(&mut m);
+            st.check_machine(Some(id), Some(&old), &m)?;
+            m.revision = rev;
+            let mut batch = sled::Batch::default();
+            batch.insert(&machine_key(id), encode(&m));
+            let out = m.clone();
+            let apply = Box::new(move |st: &mut State| {
+                let oe = machine_entries(&old, &st.profiles);
+                let ne = machine_entries(&m, &st.profiles);
+                st.machines.replace_entries(
+                    id,
+                    Some((&oe, own_keys(&old.params))),
+                    Some((&ne, own_keys(&m.params))),
+                );
+            });
+            Ok((batch, apply as Apply, out))
+        })
+    }
+}
+
+/// Canonical forms the filter language relies on (IP text).
+fn normalize_machine(m: &mut Machine) {
+    if let Ok(ip) = m.address.parse::<std::net::IpAddr>() {
+        m.address = ip.to_string();
+    }
+}
+
+impl Profiles<'_> {
+    /// Creates a profile.
+    pub fn create(&self, p: Profile) -> Result<Profile> {
+        self.write_profile(None, move |_| Ok(to_json(&p)))
+    }
+
+    /// The profile named `name`.
+    pub fn get(&self, name: &str) -> Result<Profile> {
+        self.store
+            .state()
+            .profiles
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(Kind::Profile, name))
+    }
+
+    /// Whether it exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.store.state().profiles.contains_key(name)
+    }
+
+    /// Every profile, by name.
+    pub fn list_all(&self) -> Vec<Profile> {
+        self.store.state().profiles.values().cloned().collect()
+    }
+
+    /// Replaces a profile (same Name).
+    pub fn replace(&self, name: &str, p: Profile) -> Result<Profile> {
+        let new = to_json(&p);
+        self.write_profile(Some(name), move |_| Ok(new))
+    }
+
+    /// RFC 7396 merge patch.
+    pub fn update(&self, name: &str, merge: &Value) -> Result<Profile> {
+        self.modify(name, |doc| patch::apply_merge(doc, merge))
+    }
+
+    /// RFC 6902 patch, atomic.
+    pub fn patch(&self, name: &str, ops: &Value) -> Result<Profile> {
+        let ops = patch::parse_patch(ops)?;
+        self.modify(name, |doc| patch::apply_patch(doc, &ops))
+    }
+
+    /// Reference update (drpcli `-r`).
+    pub fn update_from(&self, name: &str, reference: &Value, desired: &Value) -> Result<Profile> {
+        self.modify(name, |doc| patch::apply_reference(doc, reference, desired))
+    }
+
+    /// Sets param `key`.
+    pub fn set_param(&self, name: &str, key: &str, value: Value) -> Result<Profile> {
+        self.modify(name, |doc| {
+            patch::params_of(doc)?.insert(key.to_string(), value);
+            Ok(())
+        })
+    }
+
+    /// Compare-and-set of param `key` (see [`Machines::set_param_if`]).
+    pub fn set_param_if(
+        &self,
+        name: &str,
+        key: &str,
+        expected: Option<&Value>,
+        value: Value,
+    ) -> Result<Profile> {
+        let default = self.store.state().default_of(key).cloned();
+        self.modify(name, |doc| {
+            patch::param_cas(doc, key, expected, value, default.as_ref())
+        })
+    }
+
+    /// Removes param `key`; returns the removed value.
+    pub fn remove_param(&self, name: &str, key: &str) -> Result<Option<Value>> {
+        let mut removed = None;
+        self.modify(name, |doc| {
+            removed = patch::params_of(doc)?.shift_remove(key);
+            Ok(())
+        })?;
+        Ok(removed)
+    }
+
+    /// Own params, or with `aggregate` with definition defaults filled in.
+    pub fn params(&self, name: &str, aggregate: bool) -> Result<Map<String, Value>> {
+        let st = self.store.state();
+        let p = st
+            .profiles
+            .get(name)
+            .ok_or_else(|| Error::not_found(Kind::Profile, name))?;
+        Ok(if aggregate {
+            with_defaults(p.params.clone(), &st.params)
+        } else {
+            p.params.clone()
+        })
+    }
+
+    /// One param.
+    pub fn get_param(&self, name: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
+        Ok(self.params(name, aggregate)?.get(key).cloned())
+    }
+
+    /// Deletes a profile no machine names (never `global`).
+    pub fn delete(&self, name: &str) -> Result<Profile> {
+        if name == GLOBAL_PROFILE {
+            return Err(Error::invalid(
+                "profile global",
+                "the global profile cannot be deleted",
+            ));
+        }
+        self.store.write(|st, _| {
+            let old = st
+                .profiles
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::not_found(Kind::Profile, name))?;
+            let members = st.members(name);
+            if !members.is_empty() {
+                let shown: Vec<String> = members
+                    .iter()
+                    .take(5)
+                    .map(|id| self.store.load_machine(id).map(|m| m.name))
+                    .collect::<Result<_>>()?;
+                return Err(Error::InUse {
+                    profile: name.to_string(),
+                    more: members.len() - shown.len() as u64,
+                    machines: shown,
+                });
+            }
+            let mut batch = sled::Batch::default();
+            batch.remove(named_key(b'p', name));
+            let out = old.clone();
+            let apply = Box::new(move |st: &mut State| {
+                if let Some(id) = st.profile_ids.remove(&old.name) {
+                    st.profile_names.remove(&id);
+                    st.profile_index.remove(id, &profile_entries(&old), &[]);
+                }
+                st.profiles.remove(&old.name);
+            });
+            Ok((batch, apply as Apply, out))
+        })
+    }
+
+    /// Binds `filter` for profiles.
+    pub fn prepare(&self, filter: &Filter) -> Result<Query> {
+        let st = self.store.state();
+        Ok(Query {
+            kind: Kind::Profile,
+            bound: filter.bind(Kind::Profile, &*st)?,
+        })
+    }
+
+    /// How many profiles match.
+    pub fn count(&self, filter: &Filter) -> Result<u64> {
+        let q = self.prepare(filter)?;
+        let st = self.store.state();
+        Ok(st.profile_index.count(&q.bound, None, &*st))
+    }
+
+    /// Matching profiles as JSON; by Name unless sorted otherwise.
+    pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
+        let q = self.prepare(filter)?;
+        let st = self.store.state();
+        let ids = self.store.eval(&st, &q);
+        let key = sort_key(Kind::Profile, opts.sort.as_deref().unwrap_or("Name"))?;
+        let ordered = st.profile_index.sorted(&ids, &key, &*st);
+        Ok(window(ordered, opts)
+            .into_iter()
+            .filter_map(|id| st.profile_names.get(&id).and_then(|n| st.profiles.get(n)))
+            .map(|p| {
+                let eff = opts
+                    .aggregate
+                    .then(|| with_defaults(p.params.clone(), &st.params));
+                shape(to_json(p), eff, opts)
+            })
+            .collect())
+    }
+
+    fn modify(&self, name: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Profile> {
+        self.write_profile(Some(name), |old| {
+            let mut doc = to_json(old.ok_or_else(|| Error::not_found(Kind::Profile, name))?);
+            f(&mut doc)?;
+            Ok(doc)
+        })
+    }
+
+    /// Creates (`name` None) or changes a profile, recomputing the effective
+    /// params of the machines it reaches.
+    fn write_profile(
+        &self,
+        name: Option<&str>,
+        f: impl FnOnce(Option<&Profile>) -> Result<Value>,
+    ) -> Result<Profile> {
+        self.store.write(|st, rev| {
+            let old = match name {
+                Some(n) => Some(
+                    st.profiles
+                        .get(n)
+                        .cloned()
+                        .ok_or_else(|| Error::not_found(Kind::Profile, n))?,
+                ),
+                None => None,
+            };
+            let mut p: Profile = from_json(Kind::Profile, f(old.as_ref())?)?;
+            p.check()?;
+            match &old {
+                Some(o) if o.name != p.name => {
+                    return Err(Error::invalid(
+                        "profile Name",
+                        format!(
+                            "Name is the key and cannot change ({} → {})",
+                            o.name, p.name
+                        ),
+                    ))
+                }
+                None if st.profiles.contains_key(&p.name) => {
+                    return Err(Error::AlreadyExists {
+                        kind: Kind::Profile,
+                        key: p.name.clone(),
+                    })
+                }
+                _ => {}
+            }
+            st.check_params(old.as_ref().map(|o| &o.params), &p.params)?;
+            p.revision = rev;
+            let mut batch = sled::Batch::default();
+            batch.insert(named_key(b'p', &p.name), encode(&p));
+            // Machines whose effective params may change, decoded now (before
+            // the state lock) for the rare ones that need their profile order.
+            let changed = changed_keys(old.as_ref().map(|o| &o.params), &p.params);
+            let plan = plan_profile_change(self.store, st, &p, &changed)?;
+            let out = p.clone();
+            let apply = Box::new(move |st: &mut State| {
+                match old {
+                    Some(o) => {
+                        let id = st.profile_ids[&o.name];
+                        let oe = profile_entries(&o);
+                        let ne = profile_entries(&p);
+                        st.profile_index.replace_entries(
+                            id,
+                            Some((&oe, Vec::new())),
+                            Some((&ne, Vec::new())),
+                        );
+                        st.profiles.insert(p.name.clone(), p);
+                    }
+                    None => st.add_profile(p),
+                }
+                plan.apply(st);
+            });
+            Ok((batch, apply as Apply, out))
+        })
+    }
+}
+
+fn changed_keys(old: Option<&Map<String, Value>>, new: &Map<String, Value>) -> Vec<String> {
+    let mut keys: Vec<String> = new
+        .iter()
+        .filter(|(k, v)| old.and_then(|o| o.get(*k)) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if let Some(o) = old {
+        keys.extend(o.keys().filter(|k| !new.contains_key(*k)).cloned());
+    }
+    keys
+}
+
+/// The index changes a profile's param change causes, worked out as bitmap
+/// algebra: for param `k` of profile `p`, the machines that take `k` from `p`
+/// (or from what `p` falls back to) are `members(p) − own(k)`, less those
+/// where another profile with `k` comes first. Only machines that hold `p`
+/// and another profile with `k` need their profile order read.
+struct ProfilePlan {
+    moves: Vec<(String, RoaringBitmap, Option<ValueKey>)>,
+    singles: Vec<(String, u32, Option<ValueKey>)>,
+}
+
+fn plan_profile_change(
+    store: &Store,
+    st: &State,
+    p: &Profile,
+    changed: &[String],
+) -> Result<ProfilePlan> {
+    let mut plan = ProfilePlan {
+        moves: Vec::new(),
+        singles: Vec::new(),
+    };
+    let is_global = p.name == GLOBAL_PROFILE;
+    let global = if is_global {
+        Some(p)
+    } else {
+        st.profiles.get(GLOBAL_PROFILE)
+    };
+    for k in changed {
+        let mut reach = if is_global {
+            st.machines.universe().clone()
+        } else {
+            st.members(&p.name)
+        };
+        if let Some(own) = st.machines.own(k) {
+            reach -= own;
+        }
+        if reach.is_empty() {
+            continue;
+        }
+        let mut overlap = RoaringBitmap::new();
+        for q in st.profiles.values() {
+            if q.name != p.name && q.name != GLOBAL_PROFILE && q.params.contains_key(k) {
+                overlap |= &reach & &st.members(&q.name);
+            }
+        }
+        reach -= &overlap;
+        let fallback = global.and_then(|g| g.params.get(k));
+        let new = if is_global {
+            p.params.get(k)
+        } else {
+            p.params.get(k).or(fallback)
+        };
+        plan.moves.push((k.clone(), reach, new.map(ValueKey::of)));
+        if is_global {
+            // Every other profile outranks global: the overlap keeps its value.
+            continue;
+        }
+        for id in &overlap {
+            let m = store.load_machine(id)?;
+            let mut profiles = st.profiles.clone();
+            profiles.insert(p.name.clone(), p.clone());
+            let v = effective_explicit(&m, &profiles).get(k).map(ValueKey::of);
+            plan.singles.push((k.clone(), id, v));
+        }
+    }
+    Ok(plan)
+}
+
+impl ProfilePlan {
+    fn apply(self, st: &mut State) {
+        for (k, ids, v) in self.moves {
+            st.machines.reassign(&Key::Param(k), &ids, v.as_ref());
+        }
+        for (k, id, v) in self.singles {
+            let mut one = RoaringBitmap::new();
+            one.insert(id);
+            st.machines.reassign(&Key::Param(k), &one, v.as_ref());
+        }
+    }
+}
+
+impl Params<'_> {
+    /// Creates a param definition; its schema must compile, and its default
+    /// (if any) must fit it.
+    pub fn create(&self, d: ParamDef) -> Result<ParamDef> {
+        self.write_def(None, move |_| Ok(to_json(&d)))
+    }
+
+    /// The definition named `name`.
+    pub fn get(&self, name: &str) -> Result<ParamDef> {
+        self.store
+            .state()
+            .params
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(Kind::Param, name))
+    }
+
+    /// Whether it exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.store.state().params.contains_key(name)
+    }
+
+    /// Every definition, by name.
+    pub fn list_all(&self) -> Vec<ParamDef> {
+        self.store.state().params.values().cloned().collect()
+    }
+
+    /// Replaces a definition.
+    pub fn replace(&self, name: &str, d: ParamDef) -> Result<ParamDef> {
+        let new = to_json(&d);
+        self.write_def(Some(name), move |_| Ok(new))
+    }
+
+    /// RFC 7396 merge patch.
+    pub fn update(&self, name: &str, merge: &Value) -> Result<ParamDef> {
+        self.modify(name, |doc| patch::apply_merge(doc, merge))
+    }
+
+    /// RFC 6902 patch, atomic.
+    pub fn patch(&self, name: &str, ops: &Value) -> Result<ParamDef> {
+        let ops = patch::parse_patch(ops)?;
+        self.modify(name, |doc| patch::apply_patch(doc, &ops))
+    }
+
+    /// Reference update.
+    pub fn update_from(&self, name: &str, reference: &Value, desired: &Value) -> Result<ParamDef> {
+        self.modify(name, |doc| patch::apply_reference(doc, reference, desired))
+    }
+
+    /// Deletes a definition. Values already stored stay as they are.
+    pub fn delete(&self, name: &str) -> Result<ParamDef> {
+        self.store.write(|st, _| {
+            let old = st
+                .params
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::not_found(Kind::Param, name))?;
+            let mut batch = sled::Batch::default();
+            batch.remove(named_key(b'd', name));
+            let out = old.clone();
+            let apply = Box::new(move |st: &mut State| {
+                st.params.remove(&old.name);
+                st.validators.remove(&old.name);
+            });
+            Ok((batch, apply as Apply, out))
+        })
+    }
+
+    fn modify(&self, name: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<ParamDef> {
+        self.write_def(Some(name), |old| {
+            let mut doc = to_json(old.ok_or_else(|| Error::not_found(Kind::Param, name))?);
+            f(&mut doc)?;
+            Ok(doc)
+        })
+    }
+
+    fn write_def(
+        &self,
+        name: Option<&str>,
+        f: impl FnOnce(Option<&ParamDef>) -> Result<Value>,
+    ) -> Result<ParamDef> {
+        self.store.write(|st, rev| {
+            let old = match name {
+                Some(n) => Some(
+                    st.params
+                        .get(n)
+                        .cloned()
+                        .ok_or_else(|| Error::not_found(Kind::Param, n))?,
+                ),
+                None => None,
+            };
+            let mut d: ParamDef = from_json(Kind::Param, f(old.as_ref())?)?;
+            if d.name.is_empty() {
+                return Err(Error::invalid(
+                    "param Name",
+                    "Name is required and may not be empty",
+                ));
+            }
+            match &old {
+                Some(o) if o.name != d.name => {
+                    return Err(Error::invalid(
+                        "param Name",
+                        format!(
+                            "Name is the key and cannot change ({} → {})",
+                            o.name, d.name
+                        ),
+                    ))
+                }
+                None if st.params.contains_key(&d.name) => {
+                    return Err(Error::AlreadyExists {
+                        kind: Kind::Param,
+                        key: d.name.clone(),
+                    })
+                }
+                _ => {}
+            }
+            let validator = jsonschema::validator_for(&d.schema)
+                .map_err(|e| Error::invalid(format!("param {} Schema", d.name), e.to_string()))?;
+            if let Some(def) = d.default_value() {
+                if let Err(e) = validator.validate(def) {
+                    return Err(Error::Schema {
+                        param: d.name.clone(),
+                        reason: format!("default: {e}"),
+                    });
+                }
+            }
+            d.revision = rev;
+            let mut batch = sled::Batch::default();
+            batch.insert(named_key(b'd', &d.name), encode(&d));
+            let out = d.clone();
+            let apply = Box::new(move |st: &mut State| {
+                st.validators.insert(d.name.clone(), Arc::new(validator));
+                st.params.insert(d.name.clone(), d);
+            });
+            Ok((batch, apply as Apply, out))
+        })
+    }
+}
