@@ -1,0 +1,554 @@
+//! The core store through its public API: data model rules, atomic updates,
+//! compare-and-swap, effective params, durability and bad input.
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use fleetkv::{Error, Machine, Options, ParamDef, Profile, Store};
+use serde_json::{json, Value};
+
+fn store() -> Store {
+    Store::temporary().unwrap()
+}
+
+fn member(name: &str, profiles: &[&str]) -> Machine {
+    let mut m = Machine::new(name);
+    m.profiles = profiles.iter().map(|s| s.to_string()).collect();
+    m
+}
+
+fn snapshot(s: &Store) -> Value {
+    json!({
+        "machines": s.machines().list_all().unwrap(),
+        "profiles": s.profiles().list_all(),
+        "params": s.params().list_all(),
+        "rev": s.revision(),
+    })
+}
+
+#[test]
+fn machines_crud_and_addressing() {
+    let s = store();
+    let m = s.machines().create(Machine::new("fred")).unwrap();
+    assert!(!m.uuid.is_nil());
+    assert!(m.runnable, "Runnable defaults to true");
+    assert!(m.revision > 0);
+    let u = m.uuid.to_string();
+    for addr in [
+        u.clone(),
+        format!("Uuid:{u}"),
+        format!("Key:{u}"),
+        "Name:fred".into(),
+        "fred".into(),
+    ] {
+        assert_eq!(s.machines().get(&addr).unwrap().uuid, m.uuid, "{addr}");
+        assert!(s.machines().exists(&addr).unwrap());
+    }
+    assert!(!s.machines().exists("Name:nobody").unwrap());
+    assert!(matches!(
+        s.machines().get("Name:nobody"),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.machines().get("Uuid:not-a-uuid"),
+        Err(Error::Invalid { .. })
+    ));
+
+    let updated = s
+        .machines()
+        .update("fred", &json!({"Description": "d", "Workflow": "w"}))
+        .unwrap();
+    assert_eq!(updated.description, "d");
+    assert!(updated.revision > m.revision);
+    let mut r = updated.clone();
+    r.address = "10.0.0.1".into();
+    let replaced = s.machines().replace("fred", r).unwrap();
+    assert_eq!(replaced.address, "10.0.0.1");
+    assert_eq!(replaced.uuid, m.uuid);
+    assert_eq!(s.machines().list_all().unwrap().len(), 1);
+    s.machines().delete(&u).unwrap();
+    assert!(!s.machines().exists(&u).unwrap());
+    assert!(matches!(
+        s.machines().delete(&u),
+        Err(Error::NotFound { .. })
+    ));
+    s.verify_indexes().unwrap();
+}
+
+#[test]
+fn unknown_fields_round_trip() {
+    let s = store();
+    let drp = json!({
+        "Name": "d1", "Uuid": "3f0e7a52-6f0e-4b3c-9b3e-0a2b1c9d8e7f", "Available": true,
+        "Errors": [], "Validated": true, "Arch": "amd64", "BootEnv": "local",
+        "Context": "", "Fingerprint": {"SSNHash": "x", "MemoryIds": ["a"]},
+        "Profiles": [], "Params": {"a/b": {"deep": [1, 2]}}, "Meta": {"icon": "server"}
+    });
+    let m: Machine = serde_json::from_value(drp.clone()).unwrap();
+    s.machines().create(m).unwrap();
+    let back = serde_json::to_value(s.machines().get("d1").unwrap()).unwrap();
+    for (k, v) in drp.as_object().unwrap() {
+        assert_eq!(&back[k], v, "field {k}");
+    }
+}
+
+#[test]
+fn uuid_is_immutable_and_unique_names() {
+    let s = store();
+    let m = s.machines().create(Machine::new("a")).unwrap();
+    s.machines().create(Machine::new("b")).unwrap();
+    let before = snapshot(&s);
+    let other = uuid::Uuid::new_v4().to_string();
+    assert!(matches!(
+        s.machines().update("a", &json!({"Uuid": other})),
+        Err(Error::Invalid { .. })
+    ));
+    assert!(matches!(
+        s.machines().patch(
+            "a",
+            &json!([{"op": "replace", "path": "/Uuid", "value": other}])
+        ),
+        Err(Error::Invalid { .. })
+    ));
+    assert!(matches!(
+        s.machines().update("a", &json!({"Name": "b"})),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        s.machines().create(Machine::new("b")),
+        Err(Error::AlreadyExists { .. })
+    ));
+    let mut dup = Machine::new("c");
+    dup.uuid = m.uuid;
+    assert!(matches!(
+        s.machines().create(dup),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        s.machines().create(Machine::new("")),
+        Err(Error::Invalid { .. })
+    ));
+    assert_eq!(snapshot(&s), before, "refused writes changed the store");
+    // Renaming to a free name works.
+    s.machines().update("a", &json!({"Name": "z"})).unwrap();
+    assert!(s.machines().exists("Name:z").unwrap());
+    assert!(!s.machines().exists("Name:a").unwrap());
+}
+
+#[test]
+fn profiles_rules() {
+    let s = store();
+    assert!(s.profiles().exists("global"), "global always exists");
+    assert!(s.profiles().delete("global").is_err());
+    assert!(matches!(
+        s.machines().create(member("m", &["nope"])),
+        Err(Error::Invalid { .. })
+    ));
+    s.profiles().create(Profile::new("p")).unwrap();
+    assert!(matches!(
+        s.profiles().create(Profile::new("p")),
+        Err(Error::AlreadyExists { .. })
+    ));
+    for i in 0..7 {
+        s.machines()
+            .create(member(&format!("m{i}"), &["p"]))
+            .unwrap();
+    }
+    match s.profiles().delete("p") {
+        Err(Error::InUse {
+            profile,
+            machines,
+            more,
+        }) => {
+            assert_eq!(profile, "p");
+            assert_eq!(machines.len(), 5);
+            assert_eq!(more, 2);
+            assert!(machines.contains(&"m0".to_string()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        s.machines()
+            .update("m0", &json!({"Profiles": ["p", "missing"]})),
+        Err(Error::Invalid { .. })
+    ));
+    for i in 0..7 {
+        s.machines()
+            .update(&format!("m{i}"), &json!({"Profiles": []}))
+            .unwrap();
+    }
+    s.profiles().delete("p").unwrap();
+    assert!(!s.profiles().exists("p"));
+    s.verify_indexes().unwrap();
+}
+
+#[test]
+fn schema_validation() {
+    let s = store();
+    s.params()
+        .create(ParamDef::new(
+            "cluster/leader",
+            json!({"type": "boolean", "default": false}),
+        ))
+        .unwrap();
+    assert!(matches!(
+        s.params().create(ParamDef::new(
+            "bad",
+            json!({"type": "boolean", "default": "x"})
+        )),
+        Err(Error::Schema { .. })
+    ));
+    assert!(matches!(
+        s.params()
+            .create(ParamDef::new("bad2", json!({"type": 12}))),
+        Err(Error::Invalid { .. })
+    ));
+    s.machines().create(Machine::new("m")).unwrap();
+    s.profiles().create(Profile::new("p")).unwrap();
+    let before = snapshot(&s);
+    match s.machines().set_param("m", "cluster/leader", json!("yes")) {
+        Err(Error::Schema { param, .. }) => assert_eq!(param, "cluster/leader"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        s.profiles().set_param("p", "cluster/leader", json!(3)),
+        Err(Error::Schema { .. })
+    ));
+    let mut bad = Machine::new("n");
+    bad.params.insert("cluster/leader".into(), json!("x"));
+    assert!(matches!(
+        s.machines().create(bad),
+        Err(Error::Schema { .. })
+    ));
+    assert_eq!(snapshot(&s), before);
+    s.machines()
+        .set_param("m", "cluster/leader", json!(true))
+        .unwrap();
+}
+
+#[test]
+fn effective_params_order() {
+    let s = store();
+    s.params()
+        .create(ParamDef::new("k", json!({"default": "def"})))
+        .unwrap();
+    let mut a = Profile::new("a");
+    a.params.insert("k".into(), json!("from-a"));
+    s.profiles().create(a).unwrap();
+    let mut b = Profile::new("b");
+    b.params.insert("k".into(), json!("from-b"));
+    s.profiles().create(b).unwrap();
+    s.machines().create(member("m", &[])).unwrap();
+    let get = |s: &Store| s.machines().get_param("m", "k", true).unwrap();
+    assert_eq!(get(&s), Some(json!("def")));
+    s.profiles()
+        .set_param("global", "k", json!("from-global"))
+        .unwrap();
+    assert_eq!(get(&s), Some(json!("from-global")));
+    s.machines()
+        .update("m", &json!({"Profiles": ["b", "a"]}))
+        .unwrap();
+    assert_eq!(get(&s), Some(json!("from-b")));
+    s.machines()
+        .update("m", &json!({"Profiles": ["a", "b"]}))
+        .unwrap();
+    assert_eq!(get(&s), Some(json!("from-a")));
+    s.machines().set_param("m", "k", json!("own")).unwrap();
+    assert_eq!(get(&s), Some(json!("own")));
+    assert_eq!(
+        s.machines().get_param("m", "k", false).unwrap(),
+        Some(json!("own"))
+    );
+    assert_eq!(
+        s.machines().remove_param("m", "k").unwrap(),
+        Some(json!("own"))
+    );
+    assert_eq!(s.machines().get_param("m", "k", false).unwrap(), None);
+    assert_eq!(get(&s), Some(json!("from-a")));
+    let all = s.machines().params("m", true).unwrap();
+    assert_eq!(all["k"], json!("from-a"));
+    s.verify_indexes().unwrap();
+}
+
+#[test]
+fn patch_is_atomic_and_conflicts_are_typed() {
+    let s = store();
+    let mut m = Machine::new("m");
+    m.params.insert("a".into(), json!(1));
+    s.machines().create(m).unwrap();
+    let before = snapshot(&s);
+    let r = s.machines().patch(
+        "m",
+        &json!([
+            {"op": "replace", "path": "/Params/a", "value": 2},
+            {"op": "test", "path": "/Params/a", "value": 3}
+        ]),
+    );
+    match r {
+        Err(Error::Conflict {
+            path,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(path, "/Params/a");
+            assert_eq!(expected, Some(json!(3)));
+            assert_eq!(actual, Some(json!(2)), "actual is as the op saw it");
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        json!({"op": "add"}),
+        json!([{"op": "add", "value": 1}]),
+        json!([{"op": "frobnicate", "path": "/Params/a"}]),
+        json!([{"op": "remove", "path": "/Params/missing"}]),
+        json!([{"op": "add", "path": "/Profiles/-", "value": "missing"}]),
+        json!([{"op": "replace", "path": "/Runnable", "value": "yes"}]),
+        json!([{"op": "replace", "path": "/Address", "value": "not-an-ip"}]),
+        json!([{"op": "remove", "path": "/Name"}]),
+    ] {
+        let e = s.machines().patch("m", &bad).unwrap_err();
+        assert!(matches!(e, Error::Invalid { .. }), "{bad}: {e:?}");
+    }
+    assert_eq!(snapshot(&s), before, "refused patches changed the store");
+    s.machines()
+        .patch("m", &json!([{"op": "test", "path": "/Params/a", "value": 1}, {"op": "replace", "path": "/Params/a", "value": 2}]))
+        .unwrap();
+    assert_eq!(
+        s.machines().get_param("m", "a", false).unwrap(),
+        Some(json!(2))
+    );
+}
+
+#[test]
+fn reference_update() {
+    let s = store();
+    s.profiles().create(Profile::new("example")).unwrap();
+    let seen = serde_json::to_value(s.profiles().get("example").unwrap()).unwrap();
+    let mut want = seen.clone();
+    want["Params"]["my/data"] = json!("foo");
+    s.profiles().update_from("example", &seen, &want).unwrap();
+    // A second caller with the same stale reference loses, and writes nothing.
+    let mut other = seen.clone();
+    other["Params"]["my/data"] = json!("bar");
+    let rev = s.revision();
+    assert!(matches!(
+        s.profiles().update_from("example", &seen, &other),
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(s.revision(), rev);
+    assert_eq!(
+        s.profiles().get_param("example", "my/data", false).unwrap(),
+        Some(json!("foo"))
+    );
+    // A change elsewhere does not conflict.
+    let mut desc = seen.clone();
+    desc["Description"] = json!("shared");
+    s.profiles().update_from("example", &seen, &desc).unwrap();
+    assert_eq!(s.profiles().get("example").unwrap().description, "shared");
+}
+
+#[test]
+fn param_cas_race_has_one_winner_per_round() {
+    const THREADS: usize = 32;
+    const ROUNDS: u64 = 1000;
+    let s = store();
+    s.profiles().create(Profile::new("example")).unwrap();
+    s.profiles()
+        .set_param("example", "round", json!(0))
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let s = s.clone();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                let mut wins = Vec::new();
+                for r in 0..ROUNDS {
+                    barrier.wait();
+                    match s.profiles().set_param_if(
+                        "example",
+                        "round",
+                        Some(&json!(r)),
+                        json!(r + 1),
+                    ) {
+                        Ok(_) => wins.push(r),
+                        Err(Error::Conflict { .. }) => {}
+                        Err(e) => panic!("thread {t}: {e}"),
+                    }
+                    barrier.wait();
+                }
+                wins
+            })
+        })
+        .collect();
+    let mut per_round = vec![0u32; ROUNDS as usize];
+    for h in handles {
+        for r in h.join().unwrap() {
+            per_round[r as usize] += 1;
+        }
+    }
+    assert!(
+        per_round.iter().all(|&n| n == 1),
+        "winners per round: {per_round:?}"
+    );
+    assert_eq!(
+        s.profiles().get_param("example", "round", false).unwrap(),
+        Some(json!(ROUNDS))
+    );
+}
+
+#[test]
+fn cas_counter_loses_no_increment() {
+    const THREADS: usize = 32;
+    const EACH: u64 = 50;
+    let s = store();
+    s.machines().create(Machine::new("counter")).unwrap();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let s = s.clone();
+            thread::spawn(move || {
+                for _ in 0..EACH {
+                    loop {
+                        let cur = s.machines().get_param("counter", "n", false).unwrap();
+                        let next = cur.as_ref().and_then(Value::as_u64).unwrap_or(0) + 1;
+                        match s
+                            .machines()
+                            .set_param_if("counter", "n", cur.as_ref(), json!(next))
+                        {
+                            Ok(_) => break,
+                            Err(Error::Conflict { .. }) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        s.machines().get_param("counter", "n", false).unwrap(),
+        Some(json!(THREADS as u64 * EACH))
+    );
+}
+
+#[test]
+fn concurrent_patches_of_different_objects_do_not_interfere() {
+    let s = store();
+    for t in 0..16 {
+        s.machines().create(Machine::new(format!("m{t}"))).unwrap();
+    }
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let s = s.clone();
+            thread::spawn(move || {
+                for i in 0..100 {
+                    s.machines()
+                        .patch(
+                            &format!("m{t}"),
+                            &json!([{"op": "add", "path": "/Params/i", "value": i}]),
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    for t in 0..16 {
+        assert_eq!(
+            s.machines()
+                .get_param(&format!("m{t}"), "i", false)
+                .unwrap(),
+            Some(json!(99))
+        );
+    }
+    s.verify_indexes().unwrap();
+}
+
+#[test]
+fn durable_writes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut uuids = Vec::new();
+    {
+        let s = Store::open_with(dir.path(), Options { durable: true }).unwrap();
+        s.params()
+            .create(ParamDef::new("p", json!({"type": "number"})))
+            .unwrap();
+        s.profiles().create(Profile::new("prof")).unwrap();
+        for i in 0..50 {
+            let m = s
+                .machines()
+                .create(member(&format!("m{i}"), &["prof"]))
+                .unwrap();
+            s.machines()
+                .set_param(&m.uuid.to_string(), "p", json!(i))
+                .unwrap();
+            uuids.push(m.uuid);
+        }
+        s.machines().delete("m0").unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.machines().list_all().unwrap().len(), 49);
+    for (i, u) in uuids.iter().enumerate().skip(1) {
+        assert_eq!(
+            s.machines().get_param(&u.to_string(), "p", false).unwrap(),
+            Some(json!(i))
+        );
+    }
+    assert!(s.profiles().exists("prof"));
+    assert!(s.params().exists("p"));
+    s.verify_indexes().unwrap();
+    // New ids continue after the old ones.
+    s.machines().create(Machine::new("new")).unwrap();
+    s.verify_indexes().unwrap();
+}
+
+#[test]
+fn corrupt_record_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.machines().create(Machine::new("ok")).unwrap();
+        s.flush().unwrap();
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"m\0\0\0\x07", b"{not json".as_slice()).unwrap();
+        db.flush().unwrap();
+    }
+    match Store::open(dir.path()) {
+        Err(Error::Corrupt { key, .. }) => assert!(key.contains('m'), "{key}"),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("opened a corrupt store"),
+    }
+}
+
+#[test]
+fn merge_update_rules() {
+    let s = store();
+    let mut m = Machine::new("m");
+    m.params.insert("a".into(), json!(1));
+    m.params.insert("b".into(), json!(2));
+    s.machines().create(m).unwrap();
+    let out = s
+        .machines()
+        .update(
+            "m",
+            &json!({"Params": {"a": null, "c": 3}, "Revision": 999}),
+        )
+        .unwrap();
+    assert_eq!(out.params.get("a"), None);
+    assert_eq!(out.params["c"], json!(3));
+    assert_ne!(out.revision, 999, "Revision is the store's");
+    assert!(matches!(
+        s.machines().update("m", &json!([1])),
+        Err(Error::Invalid { .. })
+    ));
+    assert!(matches!(
+        s.machines().update("m", &json!({"Runnable": "x"})),
+        Err(Error::Invalid { .. })
+    ));
+}
