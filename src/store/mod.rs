@@ -703,6 +703,87 @@ impl Machines<'_> {
         })
     }
 
+    /// Creates or replaces (by Uuid) many machines as one atomic write: all
+    /// of them or, on the first invalid one, none. For bulk loads; callers
+    /// chunk large sets (10,000 a call is a good size). Names are checked
+    /// against the store as it was before the call, so two machines cannot
+    /// swap names in one import. Returns how many were created and how many
+    /// replaced.
+    pub fn import(&self, machines: Vec<Machine>) -> Result<(usize, usize)> {
+        self.store.write(|st, rev| {
+            let mut batch = sled::Batch::default();
+            let mut names: HashMap<String, Uuid> = HashMap::with_capacity(machines.len());
+            let mut next = st.next_id;
+            let mut planned: Vec<(u32, Option<Machine>, Machine)> =
+                Vec::with_capacity(machines.len());
+            let (mut created, mut replaced) = (0, 0);
+            for mut m in machines {
+                if m.uuid.is_nil() {
+                    m.uuid = Uuid::new_v4();
+                }
+                normalize_machine(&mut m);
+                if names
+                    .insert(m.name.clone(), m.uuid)
+                    .is_some_and(|u| u != m.uuid)
+                {
+                    return Err(Error::AlreadyExists {
+                        kind: Kind::Machine,
+                        key: format!("Name:{}", m.name),
+                    });
+                }
+                let existing = st
+                    .machines
+                    .lookup(
+                        &Key::Field(Field::Uuid),
+                        &ValueKey::str(&m.uuid.to_string()),
+                    )
+                    .and_then(|b| b.min());
+                let (id, old) = match existing {
+                    Some(id) => {
+                        replaced += 1;
+                        (id, Some(self.store.load_machine(id)?))
+                    }
+                    None => {
+                        created += 1;
+                        next = next.checked_add(1).ok_or_else(|| {
+                            Error::invalid("machine", "the store has run out of machine ids")
+                        })?;
+                        (next - 1, None)
+                    }
+                };
+                st.check_machine(Some(id), old.as_ref(), &m)
+                    .map_err(|e| match e {
+                        Error::Invalid { what, reason } => {
+                            Error::invalid(format!("{what} of {}", m.name), reason)
+                        }
+                        other => other,
+                    })?;
+                m.revision = rev;
+                batch.insert(&machine_key(id), encode(&m));
+                planned.push((id, old, m));
+            }
+            batch.insert(NEXT_ID_KEY, &next.to_be_bytes());
+            let apply = Box::new(move |st: &mut State| {
+                for (id, old, m) in planned {
+                    let ne = machine_entries(&m, &st.profiles);
+                    match old {
+                        Some(o) => {
+                            let oe = machine_entries(&o, &st.profiles);
+                            st.machines.replace_entries(
+                                id,
+                                Some((&oe, own_keys(&o.params))),
+                                Some((&ne, own_keys(&m.params))),
+                            );
+                        }
+                        None => st.machines.insert(id, &ne, &own_keys(&m.params)),
+                    }
+                }
+                st.next_id = next;
+            });
+            Ok((batch, apply as Apply, (created, replaced)))
+        })
+    }
+
     /// The machine at `addr`.
     pub fn get(&self, addr: &str) -> Result<Machine> {
         let id = self.store.state().machine_id(addr)?;
