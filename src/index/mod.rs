@@ -261,19 +261,19 @@ impl Index {
         v.into_iter().map(|(_, c)| c).collect()
     }
 
-    /// Count of a scalar `Equals` (the hot path) by lengths alone: one object
-    /// holds one value per scalar key, so the postings are disjoint.
+    /// Count of one predicate by lengths alone for scalar keys: an object
+    /// holds one value per scalar key, so the matching postings are disjoint
+    /// and the count is the sum of their (clipped) lengths.
     fn count_pred(&self, p: &BoundPred, within: Option<&RoaringBitmap>, d: &dyn Defaults) -> u64 {
-        let Test::Equals(alts) = &p.test else {
+        if matches!(p.key, Key::Profiles | Key::ParamNames | Key::MetaKeys) {
             return self.eval_pred(p, within, d).len();
-        };
+        }
         let post = self.keys.get(&p.key);
         let inter = |b: &RoaringBitmap| within.map_or(b.len(), |w| w.intersection_len(b));
-        let mut n: u64 = alts
-            .iter()
-            .filter_map(|v| post.and_then(|p| p.values.get(&ValueKey::of(v))))
-            .map(inter)
-            .sum();
+        let mut n = 0;
+        if let Some(post) = post {
+            for_each_matching(post, &p.test, |b| n += inter(b));
+        }
         if self.default_matches(p, d) {
             let base = within.map_or(self.universe.len(), |w| w.len());
             n += base - post.map_or(0, |p| inter(&p.has));
@@ -371,7 +371,7 @@ impl Index {
                 let post = self.keys.get(key);
                 let mut out = RoaringBitmap::new();
                 if let Some(post) = post {
-                    for_each_matching(post, &p.test, key, |b| out |= clip(b));
+                    for_each_matching(post, &p.test, |b| out |= clip(b));
                 }
                 if self.default_matches(p, d) {
                     match post {
@@ -472,12 +472,16 @@ where
 
 /// Calls `f` with the posting of every distinct value of `post` that `test`
 /// accepts, walking only the type segments and ranges that can match.
-fn for_each_matching(post: &Postings, test: &Test, key: &Key, mut f: impl FnMut(&RoaringBitmap)) {
+fn for_each_matching(post: &Postings, test: &Test, mut f: impl FnMut(&RoaringBitmap)) {
     let vals = &post.values;
     match test {
         Test::Equals(alts) => {
-            for v in alts {
-                if let Some(b) = vals.get(&ValueKey::of(v)) {
+            // `In a,a` or `3,3.0` name one posting twice; visit it once.
+            let mut keys: Vec<ValueKey> = alts.iter().map(ValueKey::of).collect();
+            keys.sort();
+            keys.dedup();
+            for k in &keys {
+                if let Some(b) = vals.get(k) {
                     f(b);
                 }
             }
@@ -498,9 +502,8 @@ fn for_each_matching(post: &Postings, test: &Test, key: &Key, mut f: impl FnMut(
                 }
             }
         }
-        _ => {
-            let _ = key;
-        }
+        // Set tests never reach scalar postings.
+        _ => {}
     }
 }
 

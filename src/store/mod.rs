@@ -382,6 +382,13 @@ impl Store {
         Ok(())
     }
 
+    /// Rebuilds the in-memory state from sled and hands it back opaque, so a
+    /// caller can measure what the indexes occupy. Not for production use.
+    #[doc(hidden)]
+    pub fn rebuild_probe(&self) -> Result<Box<dyn std::any::Any>> {
+        Ok(Box::new(load_state(&self.inner.db)?))
+    }
+
     /// Runs one write: `f` builds the batch and index change from the current
     /// state; both are applied together under the state lock.
     fn write<T>(

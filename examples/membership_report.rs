@@ -1,0 +1,203 @@
+//! Prints fleetkv's membership figures next to its peers, measured in one run
+//! on one machine: count and list for five queries against a reference scan,
+//! SQLite with expression indexes, and raw roaring bitmaps (the floor); then
+//! bulk import against raw sled batches, rebuild on open, index memory and
+//! write costs.
+//!
+//! `cargo run --release --example membership_report -- --machines 100000`
+
+#[path = "../benches/support/fleet.rs"]
+mod fleet;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fleetkv::{ListOptions, Store};
+use serde_json::json;
+
+/// Counts live heap bytes so that index memory is measured, not estimated.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds the
+// `GlobalAlloc` contract; the counter is only arithmetic on the sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = System.alloc(l);
+        if !p.is_null() {
+            LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l);
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        let q = System.realloc(p, l, new);
+        if !q.is_null() {
+            LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Median time of one call: `samples` samples, each timing a batch sized so
+/// that a sample takes about 2 ms (at least one call).
+fn median(samples: usize, mut f: impl FnMut()) -> Duration {
+    let t = Instant::now();
+    f();
+    let one = t.elapsed().max(Duration::from_nanos(20));
+    let batch = (Duration::from_millis(2).as_nanos() / one.as_nanos()).clamp(1, 100_000) as u32;
+    let mut times: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            t.elapsed() / batch
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn fmt(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    format!("{:.1}×", a.as_secs_f64() / b.as_secs_f64())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args
+        .iter()
+        .position(|a| a == "--machines")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let scan_samples = if n >= 500_000 { 1 } else { 3 };
+    println!("fleet: {n} machines, {} cluster profiles; {} cores", fleet::CLUSTERS, std::thread::available_parallelism().map_or(1, |c| c.get()));
+
+    // Bulk import vs raw sled batches of the same encoded bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let store = fleet::fleetkv(n, Some(dir.path()));
+    store.flush().unwrap();
+    let import = t.elapsed();
+    let raw_dir = tempfile::tempdir().unwrap();
+    let raw = sled::open(raw_dir.path()).unwrap();
+    let docs: Vec<Vec<u8>> = (0..n).map(|i| serde_json::to_vec(&fleet::machine(i)).unwrap()).collect();
+    let t = Instant::now();
+    for (c, chunk) in docs.chunks(10_000).enumerate() {
+        let mut b = sled::Batch::default();
+        for (j, d) in chunk.iter().enumerate() {
+            b.insert(&((c * 10_000 + j) as u32).to_be_bytes(), d.as_slice());
+        }
+        raw.apply_batch(b).unwrap();
+    }
+    raw.flush().unwrap();
+    let raw_time = t.elapsed();
+    drop(raw);
+    drop(docs);
+    let sqlite_t = Instant::now();
+    let sql = fleet::Sqlite::load(n);
+    let sqlite_load = sqlite_t.elapsed();
+    let floor = fleet::Floor::build(n);
+
+    println!();
+    println!("| query | answer | fleetkv count | scan | SQLite | floor | vs scan | vs SQLite | vs floor | fleetkv list 100 | SQLite list 100 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, (name, text)) in fleet::QUERIES.iter().enumerate() {
+        let f = fleet::filter(text);
+        let q = store.machines().prepare(&f).unwrap();
+        let answer = store.machines().count_query(&q);
+        let scan_len = store.machines().scan(&f).unwrap().len() as u64;
+        assert_eq!(answer, scan_len, "{name}: index and scan disagree");
+        assert_eq!(answer, sql.count(i), "{name}: SQLite disagrees");
+        assert_eq!(answer, floor.count(i), "{name}: floor disagrees");
+        let ours = median(101, || {
+            black_box(store.machines().count_query(&q));
+        });
+        let scan = median(scan_samples, || {
+            black_box(store.machines().scan(&f).unwrap());
+        });
+        let sqlite = median(11, || {
+            black_box(sql.count(i));
+        });
+        let fl = median(101, || {
+            black_box(floor.count(i));
+        });
+        let opts = ListOptions { limit: Some(100), slim: vec!["Params".into(), "Meta".into()], ..Default::default() };
+        let list = median(31, || {
+            black_box(store.machines().list_query(&q, &opts).unwrap());
+        });
+        let sql_list = median(11, || {
+            black_box(sql.list(i));
+        });
+        println!(
+            "| {name} `{text}` | {answer} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt(ours), fmt(scan), fmt(sqlite), fmt(fl),
+            ratio(scan, ours), ratio(sqlite, ours), ratio(ours, fl), fmt(list), fmt(sql_list)
+        );
+    }
+
+    println!();
+    println!("| figure | value |");
+    println!("|---|---:|");
+    println!("| bulk import (fleetkv, batches of 10k) | {} ({:.0} machines/s) |", fmt(import), n as f64 / import.as_secs_f64());
+    println!("| raw sled batched insert, same bytes | {} ({:.0} machines/s) |", fmt(raw_time), n as f64 / raw_time.as_secs_f64());
+    println!("| import / raw sled rate | {:.0}% |", 100.0 * raw_time.as_secs_f64() / import.as_secs_f64());
+    println!("| SQLite load + index build | {} |", fmt(sqlite_load));
+
+    // Index memory: live heap held by a second rebuild (the first warms
+    // sled's page cache so that the delta is the index alone).
+    drop(store.rebuild_probe().unwrap());
+    let before = LIVE.load(Ordering::Relaxed);
+    let probe = store.rebuild_probe().unwrap();
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    drop(probe);
+    println!("| index memory | {:.1} MiB ({:.0} bytes/machine) |", bytes as f64 / 1048576.0, bytes as f64 / n as f64);
+
+    // Writes with index maintenance.
+    let mut i = 0u64;
+    let write = median(201, || {
+        i += 1;
+        store.machines().set_param("node-0000042", "rack", json!(i % 50)).unwrap();
+    });
+    println!("| one param write incl. index maintenance (median) | {} |", fmt(write));
+    let t = Instant::now();
+    store.profiles().set_param("global", "site/ntp", json!("10.0.0.1")).unwrap();
+    let global_add = t.elapsed();
+    let t = Instant::now();
+    store.profiles().set_param("global", "site/ntp", json!("10.0.0.2")).unwrap();
+    let global_change = t.elapsed();
+    println!("| `global` param added / changed on {n} machines | {} / {} |", fmt(global_add), fmt(global_change));
+    let t = Instant::now();
+    store.profiles().set_param("cluster-7", "cluster/data", json!("x")).unwrap();
+    println!("| cluster profile param change ({} members) | {} |", n / fleet::CLUSTERS, fmt(t.elapsed()));
+    store.verify_indexes().unwrap();
+
+    // Rebuild on open.
+    drop(store);
+    let t = Instant::now();
+    let reopened = Store::open(dir.path()).unwrap();
+    println!("| open (rebuild indexes from sled) | {} |", fmt(t.elapsed()));
+    drop(reopened);
+}
