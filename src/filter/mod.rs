@@ -6,16 +6,32 @@
 //! evaluation. Must not: read storage or indexes. The index module answers the
 //! same bound filters with bitmaps and is tested against [`Bound::matches`].
 //!
-//! CONTRACT STUB — the filter helper replaces the bodies; the public names and
-//! shapes below are what the store and index code rely on.
+//! Layout: [`parse`](self) (nom parser for the triple/boolean form, the
+//! query-string form and drpcli argument words), `display` (canonical text and
+//! error rendering), `bind` (literal conversion, type checks, regex
+//! compilation) and `eval` (the reference evaluator). Limits: inputs over
+//! [`MAX_INPUT_LEN`] bytes are [`FilterErrorKind::TooLong`]; nesting of
+//! parentheses and `Not` deeper than [`MAX_DEPTH`] is
+//! [`FilterErrorKind::TooDeep`]. No input makes any of this panic or overflow
+//! the stack (fuzzed: `fuzz/`, target `filter_parse`).
 
-use std::fmt;
 use std::net::IpAddr;
 
 use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::model::Kind;
+
+mod bind;
+mod display;
+mod eval;
+mod parse;
+
+/// Longest accepted filter text, in bytes (for `from_args`, the joined words).
+pub const MAX_INPUT_LEN: usize = 16 * 1024;
+
+/// Deepest accepted nesting of parentheses and `Not`.
+pub const MAX_DEPTH: usize = 64;
 
 /// A byte range in the filter's source text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,16 +187,6 @@ pub struct FilterError {
     pub input: String,
 }
 
-impl fmt::Display for FilterError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "filter error at byte {}: expected {}, found {}",
-            self.offset, self.expected, self.found
-        )
-    }
-}
-
 impl std::error::Error for FilterError {}
 
 /// A parsed filter. The empty filter matches everything.
@@ -195,25 +201,223 @@ impl Filter {
     pub fn all() -> Filter {
         Filter { expr: None }
     }
-    /// Parses triples / boolean expressions.
-    pub fn parse(_input: &str) -> Result<Filter, FilterError> {
-        unimplemented!()
+    /// Parses triples / boolean expressions (`grammar/filter.ebnf`).
+    ///
+    /// Empty or all-whitespace input is the empty filter. Error offsets are
+    /// byte offsets into `input`.
+    pub fn parse(input: &str) -> Result<Filter, FilterError> {
+        parse::parse_text(input, None)
+            .map(|expr| Filter { expr })
+            .map_err(|e| e.into_error(input))
     }
-    /// Parses drpcli's argument words.
-    pub fn from_args(_args: &[String]) -> Result<Filter, FilterError> {
-        unimplemented!()
+
+    /// Parses drpcli's argument words, e.g.
+    /// `["cluster/manager", "Eq", "false", "Profiles", "Eq", "example"]`,
+    /// `["Name=fred"]` or a whole expression as one word
+    /// `["Profiles Eq a And (x Eq 1 Or y Eq 2)"]`, possibly mixed.
+    ///
+    /// The words are joined with single spaces and parsed as [`Filter::parse`]
+    /// does, except that a value position at the start of a word (or right
+    /// after `KEY=` in a word) takes the whole word as one literal when the
+    /// word is not already a value or list on its own (it has spaces, or
+    /// parentheses as in `^(a|b)$`). A word that is a JSON string (`"true"`)
+    /// is a quoted literal. Error offsets and [`FilterError::input`] refer to
+    /// the joined text.
+    pub fn from_args(args: &[String]) -> Result<Filter, FilterError> {
+        let mut joined = String::new();
+        let mut bounds = Vec::with_capacity(args.len());
+        for (n, a) in args.iter().enumerate() {
+            if n > 0 {
+                joined.push(' ');
+            }
+            let start = joined.len();
+            joined.push_str(a);
+            bounds.push((start, joined.len()));
+            if joined.len() > MAX_INPUT_LEN {
+                break;
+            }
+        }
+        parse::parse_text(&joined, Some(&bounds))
+            .map(|expr| Filter { expr })
+            .map_err(|e| e.into_error(&joined))
     }
-    /// Parses DRP's API query string.
-    pub fn from_query(_query: &str) -> Result<Filter, FilterError> {
-        unimplemented!()
+
+    /// Parses DRP's API query string:
+    /// `Name=Eq(fred)&Params.cluster/leader=Eq(true)&Profiles=In(a,b)`.
+    ///
+    /// `&` separates predicates (And); `KEY=VALUE` alone means Eq; a value of
+    /// the form `Op(args)` names the operator; keys and values are URL-decoded
+    /// (`%XX` and `+`) before `Op(...)` is recognised and the arguments are
+    /// split on commas (only for In, Nin, Between, Except and the set keys
+    /// Profiles/Params/Meta; other operators take everything inside the
+    /// parentheses as one value). An argument that is a JSON string (`"a,b"`)
+    /// is a quoted literal. A leading `?` is skipped; empty parts are ignored.
+    /// Listing options (`limit`, `sort`, ...) are not recognised here: the
+    /// caller removes them first. Offsets refer to the raw query text.
+    pub fn from_query(query: &str) -> Result<Filter, FilterError> {
+        parse::parse_query(query)
+            .map(|expr| Filter { expr })
+            .map_err(|e| e.into_error(query))
     }
-    /// Both must hold (splicing a stored filter safely).
-    pub fn and(self, _other: Filter) -> Filter {
-        unimplemented!()
+
+    /// Both must hold (splicing a stored filter safely): an And of the two
+    /// expressions, whatever they are; either empty gives the other. Top-level
+    /// Ands are flattened, so splicing triples stays one flat And.
+    pub fn and(self, other: Filter) -> Filter {
+        let expr = match (self.expr, other.expr) {
+            (None, e) | (e, None) => e,
+            (Some(a), Some(b)) => {
+                let mut items = Vec::new();
+                for e in [a, b] {
+                    match e {
+                        Expr::And(v) if v.len() >= 2 => items.extend(v),
+                        e => items.push(e),
+                    }
+                }
+                Some(Expr::And(items))
+            }
+        };
+        Filter { expr }
     }
+
     /// Checks against field types and param definitions; converts literals once.
-    pub fn bind(&self, _kind: Kind, _types: &dyn ParamTypes) -> Result<Bound, FilterError> {
-        unimplemented!()
+    ///
+    /// A filter does not remember its source text (it may be spliced from
+    /// several), so a binding error is reported against the filter's
+    /// canonical text (its `Display`): [`FilterError::input`] holds that text
+    /// and the offset points into it, at the offending key, operator or
+    /// literal. For a filter already written canonically the offsets are the
+    /// source offsets.
+    pub fn bind(&self, kind: Kind, types: &dyn ParamTypes) -> Result<Bound, FilterError> {
+        let Some(expr) = &self.expr else {
+            return Ok(Bound::All);
+        };
+        match bind::bind_expr(expr, kind, types) {
+            Ok(b) => Ok(b),
+            Err(first) => {
+                let canon = self.to_string();
+                if let Ok(Filter { expr: Some(e2) }) = Filter::parse(&canon) {
+                    if let Err(e) = bind::bind_expr(&e2, kind, types) {
+                        return Err(e.into_error(&canon));
+                    }
+                }
+                Err(first.into_fallback_error(&canon))
+            }
+        }
+    }
+
+    /// The same filter with every span zeroed: compare ASTs with this.
+    pub fn without_spans(&self) -> Filter {
+        Filter {
+            expr: self.expr.as_ref().map(Expr::without_spans),
+        }
+    }
+
+    /// True for the empty filter (matches everything).
+    pub fn is_all(&self) -> bool {
+        self.expr.is_none()
+    }
+}
+
+impl Expr {
+    /// The same expression with every span zeroed.
+    pub fn without_spans(&self) -> Expr {
+        match self {
+            Expr::And(v) => Expr::And(v.iter().map(Expr::without_spans).collect()),
+            Expr::Or(v) => Expr::Or(v.iter().map(Expr::without_spans).collect()),
+            Expr::Not(e) => Expr::Not(Box::new(e.without_spans())),
+            Expr::Pred(p) => Expr::Pred(Predicate {
+                key: p.key.clone(),
+                op: p.op,
+                values: p
+                    .values
+                    .iter()
+                    .map(|l| Literal {
+                        text: l.text.clone(),
+                        quoted: l.quoted,
+                        span: Span::default(),
+                    })
+                    .collect(),
+                span: Span::default(),
+            }),
+        }
+    }
+}
+
+impl Key {
+    /// True for the set-valued keys (`Profiles`, `Params`, `Meta`), whose
+    /// values are lists and whose tests are HasAll/HasAny/AnyMatches.
+    pub fn is_set(&self) -> bool {
+        matches!(self, Key::Profiles | Key::ParamNames | Key::MetaKeys)
+    }
+}
+
+impl Field {
+    /// The field's DRP name (`Name`, `Uuid`, ...), as written in filters and
+    /// as the key in an object's JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Name => "Name",
+            Field::Uuid => "Uuid",
+            Field::Description => "Description",
+            Field::Address => "Address",
+            Field::Workflow => "Workflow",
+            Field::Runnable => "Runnable",
+        }
+    }
+
+    /// The field named exactly `name` (case-sensitive, as DRP).
+    pub fn from_name(name: &str) -> Option<Field> {
+        Some(match name {
+            "Name" => Field::Name,
+            "Uuid" => Field::Uuid,
+            "Description" => Field::Description,
+            "Address" => Field::Address,
+            "Workflow" => Field::Workflow,
+            "Runnable" => Field::Runnable,
+            _ => return None,
+        })
+    }
+}
+
+impl Op {
+    /// All eleven operators.
+    pub const ALL: [Op; 11] = [
+        Op::Eq,
+        Op::Ne,
+        Op::Lt,
+        Op::Lte,
+        Op::Gt,
+        Op::Gte,
+        Op::In,
+        Op::Nin,
+        Op::Re,
+        Op::Between,
+        Op::Except,
+    ];
+
+    /// The canonical spelling (`Eq`, `Between`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Eq => "Eq",
+            Op::Ne => "Ne",
+            Op::Lt => "Lt",
+            Op::Lte => "Lte",
+            Op::Gt => "Gt",
+            Op::Gte => "Gte",
+            Op::In => "In",
+            Op::Nin => "Nin",
+            Op::Re => "Re",
+            Op::Between => "Between",
+            Op::Except => "Except",
+        }
+    }
+
+    /// The operator spelled `word`, case-insensitively.
+    pub fn from_name(word: &str) -> Option<Op> {
+        Op::ALL
+            .into_iter()
+            .find(|op| op.name().eq_ignore_ascii_case(word))
     }
 }
 
@@ -257,8 +461,13 @@ pub enum Test {
 
 impl Test {
     /// Whether one stored scalar value passes (scalar tests only; false for set tests).
-    pub fn matches_scalar(&self, _v: &Value) -> bool {
-        unimplemented!()
+    pub fn matches_scalar(&self, v: &Value) -> bool {
+        eval::matches_scalar(self, v)
+    }
+
+    /// Whether a set of names passes (set tests only; false for scalar tests).
+    pub fn matches_set<'s>(&self, set: impl IntoIterator<Item = &'s str> + Clone) -> bool {
+        eval::matches_set(self, set)
     }
 }
 
@@ -297,8 +506,9 @@ pub struct Subject<'a> {
 }
 
 impl Bound {
-    /// The reference evaluator.
-    pub fn matches(&self, _s: &Subject<'_>) -> bool {
-        unimplemented!()
+    /// The reference evaluator: whether the subject passes. This is the
+    /// definition the bitmap index is tested against.
+    pub fn matches(&self, s: &Subject<'_>) -> bool {
+        eval::matches(self, s)
     }
 }
