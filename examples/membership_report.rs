@@ -93,7 +93,11 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     let scan_samples = if n >= 500_000 { 1 } else { 3 };
-    println!("fleet: {n} machines, {} cluster profiles; {} cores", fleet::CLUSTERS, std::thread::available_parallelism().map_or(1, |c| c.get()));
+    println!(
+        "fleet: {n} machines, {} cluster profiles; {} cores",
+        fleet::CLUSTERS,
+        std::thread::available_parallelism().map_or(1, |c| c.get())
+    );
 
     // Bulk import vs raw sled batches of the same encoded bytes.
     let dir = tempfile::tempdir().unwrap();
@@ -103,7 +107,9 @@ fn main() {
     let import = t.elapsed();
     let raw_dir = tempfile::tempdir().unwrap();
     let raw = sled::open(raw_dir.path()).unwrap();
-    let docs: Vec<Vec<u8>> = (0..n).map(|i| serde_json::to_vec(&fleet::machine(i)).unwrap()).collect();
+    let docs: Vec<Vec<u8>> = (0..n)
+        .map(|i| serde_json::to_vec(&fleet::machine(i)).unwrap())
+        .collect();
     let t = Instant::now();
     for (c, chunk) in docs.chunks(10_000).enumerate() {
         let mut b = sled::Batch::default();
@@ -144,7 +150,11 @@ fn main() {
         let fl = median(101, || {
             black_box(floor.count(i));
         });
-        let opts = ListOptions { limit: Some(100), slim: vec!["Params".into(), "Meta".into()], ..Default::default() };
+        let opts = ListOptions {
+            limit: Some(100),
+            slim: vec!["Params".into(), "Meta".into()],
+            ..Default::default()
+        };
         let list = median(31, || {
             black_box(store.machines().list_query(&q, &opts).unwrap());
         });
@@ -153,17 +163,35 @@ fn main() {
         });
         println!(
             "| {name} `{text}` | {answer} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            fmt(ours), fmt(scan), fmt(sqlite), fmt(fl),
-            ratio(scan, ours), ratio(sqlite, ours), ratio(ours, fl), fmt(list), fmt(sql_list)
+            fmt(ours),
+            fmt(scan),
+            fmt(sqlite),
+            fmt(fl),
+            ratio(scan, ours),
+            ratio(sqlite, ours),
+            ratio(ours, fl),
+            fmt(list),
+            fmt(sql_list)
         );
     }
 
     println!();
     println!("| figure | value |");
     println!("|---|---:|");
-    println!("| bulk import (fleetkv, batches of 10k) | {} ({:.0} machines/s) |", fmt(import), n as f64 / import.as_secs_f64());
-    println!("| raw sled batched insert, same bytes | {} ({:.0} machines/s) |", fmt(raw_time), n as f64 / raw_time.as_secs_f64());
-    println!("| import / raw sled rate | {:.0}% |", 100.0 * raw_time.as_secs_f64() / import.as_secs_f64());
+    println!(
+        "| bulk import (fleetkv, batches of 10k) | {} ({:.0} machines/s) |",
+        fmt(import),
+        n as f64 / import.as_secs_f64()
+    );
+    println!(
+        "| raw sled batched insert, same bytes | {} ({:.0} machines/s) |",
+        fmt(raw_time),
+        n as f64 / raw_time.as_secs_f64()
+    );
+    println!(
+        "| import / raw sled rate | {:.0}% |",
+        100.0 * raw_time.as_secs_f64() / import.as_secs_f64()
+    );
     println!("| SQLite load + index build | {} |", fmt(sqlite_load));
 
     // Index memory: live heap held by a second rebuild (the first warms
@@ -173,31 +201,61 @@ fn main() {
     let probe = store.rebuild_probe().unwrap();
     let bytes = LIVE.load(Ordering::Relaxed) - before;
     drop(probe);
-    println!("| index memory | {:.1} MiB ({:.0} bytes/machine) |", bytes as f64 / 1048576.0, bytes as f64 / n as f64);
+    println!(
+        "| index memory | {:.1} MiB ({:.0} bytes/machine) |",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / n as f64
+    );
 
     // Writes with index maintenance.
     let mut i = 0u64;
     let write = median(201, || {
         i += 1;
-        store.machines().set_param("node-0000042", "rack", json!(i % 50)).unwrap();
+        store
+            .machines()
+            .set_param("node-0000042", "rack", json!(i % 50))
+            .unwrap();
     });
-    println!("| one param write incl. index maintenance (median) | {} |", fmt(write));
+    println!(
+        "| one param write incl. index maintenance (median) | {} |",
+        fmt(write)
+    );
     let t = Instant::now();
-    store.profiles().set_param("global", "site/ntp", json!("10.0.0.1")).unwrap();
+    store
+        .profiles()
+        .set_param("global", "site/ntp", json!("10.0.0.1"))
+        .unwrap();
     let global_add = t.elapsed();
     let t = Instant::now();
-    store.profiles().set_param("global", "site/ntp", json!("10.0.0.2")).unwrap();
+    store
+        .profiles()
+        .set_param("global", "site/ntp", json!("10.0.0.2"))
+        .unwrap();
     let global_change = t.elapsed();
-    println!("| `global` param added / changed on {n} machines | {} / {} |", fmt(global_add), fmt(global_change));
+    println!(
+        "| `global` param added / changed on {n} machines | {} / {} |",
+        fmt(global_add),
+        fmt(global_change)
+    );
     let t = Instant::now();
-    store.profiles().set_param("cluster-7", "cluster/data", json!("x")).unwrap();
-    println!("| cluster profile param change ({} members) | {} |", n / fleet::CLUSTERS, fmt(t.elapsed()));
+    store
+        .profiles()
+        .set_param("cluster-7", "cluster/data", json!("x"))
+        .unwrap();
+    println!(
+        "| cluster profile param change ({} members) | {} |",
+        n / fleet::CLUSTERS,
+        fmt(t.elapsed())
+    );
     store.verify_indexes().unwrap();
 
     // Rebuild on open.
     drop(store);
     let t = Instant::now();
     let reopened = Store::open(dir.path()).unwrap();
-    println!("| open (rebuild indexes from sled) | {} |", fmt(t.elapsed()));
+    println!(
+        "| open (rebuild indexes from sled) | {} |",
+        fmt(t.elapsed())
+    );
     drop(reopened);
 }

@@ -14,16 +14,28 @@ pub const CLUSTERS: usize = 1000;
 /// The five membership queries of the issue.
 pub const QUERIES: [(&str, &str); 5] = [
     ("Q1", "Profiles Eq cluster-7"),
-    ("Q2", "cluster/manager Eq false cluster/leader Eq true Profiles Eq cluster-7"),
-    ("Q3", "Profiles In cluster-1,cluster-2 And Not cluster/leader Eq true"),
+    (
+        "Q2",
+        "cluster/manager Eq false cluster/leader Eq true Profiles Eq cluster-7",
+    ),
+    (
+        "Q3",
+        "Profiles In cluster-1,cluster-2 And Not cluster/leader Eq true",
+    ),
     ("Q4", "rack Between 10 20"),
     ("Q5", "Name Re ^node-00[0-9]+$"),
 ];
 
 pub fn definitions() -> Vec<ParamDef> {
     vec![
-        ParamDef::new("cluster/manager", json!({"type": "boolean", "default": false})),
-        ParamDef::new("cluster/leader", json!({"type": "boolean", "default": false})),
+        ParamDef::new(
+            "cluster/manager",
+            json!({"type": "boolean", "default": false}),
+        ),
+        ParamDef::new(
+            "cluster/leader",
+            json!({"type": "boolean", "default": false}),
+        ),
         ParamDef::new("rack", json!({"type": "integer"})),
         ParamDef::new("cluster/profile", json!({"type": "string"})),
         ParamDef::new("cluster/filter", json!({"type": "string"})),
@@ -33,7 +45,10 @@ pub fn definitions() -> Vec<ParamDef> {
 pub fn profile(c: usize) -> Profile {
     let mut p = Profile::new(format!("cluster-{c}"));
     p.params.insert("cluster/profile".into(), json!(p.name));
-    p.params.insert("cluster/filter".into(), json!(format!("Profiles Eq {}", p.name)));
+    p.params.insert(
+        "cluster/filter".into(),
+        json!(format!("Profiles Eq {}", p.name)),
+    );
     p
 }
 
@@ -57,12 +72,24 @@ pub fn machine(i: usize) -> Machine {
     p.insert("rack".into(), json!((i / 40) % 50));
     p.insert("hw/cores".into(), json!([8, 16, 32, 64][i % 4]));
     p.insert("hw/memory-gb".into(), json!(32 * (1 + i % 8)));
-    p.insert("os/family".into(), json!(["ubuntu", "rhel", "debian"][i % 3]));
-    p.insert("bios/version".into(), json!(format!("1.{}.{}", i % 7, i % 13)));
+    p.insert(
+        "os/family".into(),
+        json!(["ubuntu", "rhel", "debian"][i % 3]),
+    );
+    p.insert(
+        "bios/version".into(),
+        json!(format!("1.{}.{}", i % 7, i % 13)),
+    );
     p.insert("site".into(), json!(format!("dc-{}", i % 5)));
-    p.insert("power/state".into(), json!(if i % 17 == 0 { "off" } else { "on" }));
+    p.insert(
+        "power/state".into(),
+        json!(if i % 17 == 0 { "off" } else { "on" }),
+    );
     p.insert("serial".into(), json!(format!("SN{i:08}")));
-    m.meta.insert("icon".into(), if i % 10 == 0 { "anchor" } else { "server" }.into());
+    m.meta.insert(
+        "icon".into(),
+        if i % 10 == 0 { "anchor" } else { "server" }.into(),
+    );
     m
 }
 
@@ -81,7 +108,9 @@ pub fn fleetkv(n: usize, dir: Option<&std::path::Path>) -> Store {
     let mut start = 0;
     while start < n {
         let end = (start + 10_000).min(n);
-        s.machines().import((start..end).map(machine).collect()).unwrap();
+        s.machines()
+            .import((start..end).map(machine).collect())
+            .unwrap();
         start = end;
     }
     s
@@ -135,9 +164,12 @@ impl Sqlite {
             2,
             FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
             |ctx| {
-                let re = ctx.get_or_create_aux(0, |vr| -> Result<regex::Regex, Box<dyn std::error::Error + Send + Sync>> {
-                    Ok(regex::Regex::new(vr.as_str()?)?)
-                })?;
+                let re = ctx.get_or_create_aux(
+                    0,
+                    |vr| -> Result<regex::Regex, Box<dyn std::error::Error + Send + Sync>> {
+                        Ok(regex::Regex::new(vr.as_str()?)?)
+                    },
+                )?;
                 let text = ctx.get::<String>(1)?;
                 Ok(re.is_match(&text))
             },
@@ -151,11 +183,20 @@ impl Sqlite {
         .unwrap();
         let tx = conn.unchecked_transaction().unwrap();
         {
-            let mut ins = tx.prepare("INSERT INTO machines (id, name, doc) VALUES (?1, ?2, ?3)").unwrap();
-            let mut mp = tx.prepare("INSERT INTO machine_profiles (machine_id, profile) VALUES (?1, ?2)").unwrap();
+            let mut ins = tx
+                .prepare("INSERT INTO machines (id, name, doc) VALUES (?1, ?2, ?3)")
+                .unwrap();
+            let mut mp = tx
+                .prepare("INSERT INTO machine_profiles (machine_id, profile) VALUES (?1, ?2)")
+                .unwrap();
             for i in 0..n {
                 let m = machine(i);
-                ins.execute(params![i as i64, m.name, serde_json::to_string(&m).unwrap()]).unwrap();
+                ins.execute(params![
+                    i as i64,
+                    m.name,
+                    serde_json::to_string(&m).unwrap()
+                ])
+                .unwrap();
                 for p in &m.profiles {
                     mp.execute(params![i as i64, p]).unwrap();
                 }
@@ -173,13 +214,18 @@ impl Sqlite {
     }
 
     pub fn count(&self, i: usize) -> u64 {
-        self.conn.prepare_cached(SQL_COUNT[i]).unwrap().query_row([], |r| r.get::<_, i64>(0)).unwrap() as u64
+        self.conn
+            .prepare_cached(SQL_COUNT[i])
+            .unwrap()
+            .query_row([], |r| r.get::<_, i64>(0))
+            .unwrap() as u64
     }
 
     pub fn list(&self, i: usize) -> usize {
         let mut st = self.conn.prepare_cached(SQL_LIST[i]).unwrap();
         let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
-        rows.map(|r| serde_json::from_str::<serde_json::Value>(&r.unwrap()).unwrap()).count()
+        rows.map(|r| serde_json::from_str::<serde_json::Value>(&r.unwrap()).unwrap())
+            .count()
     }
 }
 
