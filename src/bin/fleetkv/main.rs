@@ -501,8 +501,11 @@ fn with_store(data: &Path, timeout: f64, f: impl FnOnce(&Store) -> Out) -> Out {
 }
 
 fn open_store(data: &Path, timeout: f64) -> Out<Store> {
-    let timeout = Duration::try_from_secs_f64(timeout.max(0.0))
-        .map_err(|e| Failure::input(format!("--lock-timeout {timeout}: {e}")))?;
+    let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| {
+        Failure::input(format!(
+            "--lock-timeout {timeout}: expected a non-negative number of seconds"
+        ))
+    })?;
     let start = Instant::now();
     let mut backoff = Duration::from_millis(4);
     loop {
