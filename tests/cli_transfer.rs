@@ -1,7 +1,6 @@
 //! `import` / `export`: drpcli list output in, a lossless export out.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -10,7 +9,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_fleetkv");
 
 fn run(db: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     let mut c = assert_cmd::Command::new(BIN);
-    c.env_remove("FLEETKV_DATA").arg("--data").arg(db).args(args);
+    c.env_remove("FLEETKV_DATA")
+        .arg("--data")
+        .arg(db)
+        .args(args);
     if let Some(s) = stdin {
         c.write_stdin(s);
     }
@@ -64,16 +66,18 @@ fn import_arrays_by_kind_and_round_trip() {
         {"Name": "global", "Params": {"site": "ams"}}
     ]);
     let machines: Vec<Value> = (0..30)
-        .map(|i| json!({
-            "Uuid": format!("00000000-0000-4000-8000-{i:012}"),
-            "Name": format!("m{i:02}"),
-            "Address": format!("10.0.0.{i}"),
-            "Profiles": ["example"],
-            "Params": {"cluster/leader": i == 3},
-            "Meta": {"color": "black"},
-            "Stage": "discover",
-            "Arch": "amd64"
-        }))
+        .map(|i| {
+            json!({
+                "Uuid": format!("00000000-0000-4000-8000-{i:012}"),
+                "Name": format!("m{i:02}"),
+                "Address": format!("10.0.0.{i}"),
+                "Profiles": ["example"],
+                "Params": {"cluster/leader": i == 3},
+                "Meta": {"color": "black"},
+                "Stage": "discover",
+                "Arch": "amd64"
+            })
+        })
         .collect();
     let machines = Value::Array(machines);
     // Detected kinds, in dependency order given file by file; one via stdin.
@@ -96,9 +100,16 @@ fn import_arrays_by_kind_and_round_trip() {
     assert_eq!(first["profiles"][1]["Params"]["site"], "ams");
 
     // Round trip: export → import into a fresh store → the same export.
-    let whole = write(&dir, "all.json", &serde_json::from_str::<Value>(&ok(&db, &["export"])).unwrap());
+    let whole = write(
+        &dir,
+        "all.json",
+        &serde_json::from_str::<Value>(&ok(&db, &["export"])).unwrap(),
+    );
     let fresh = dir.path().join("b");
-    assert_eq!(ok(&fresh, &["import", whole.to_str().unwrap()]).trim(), "34");
+    assert_eq!(
+        ok(&fresh, &["import", whole.to_str().unwrap()]).trim(),
+        "34"
+    );
     assert_eq!(export(&fresh), first);
     ok(&fresh, &["import", whole.to_str().unwrap()]);
     assert_eq!(export(&fresh), first);
@@ -129,13 +140,22 @@ fn import_bad_input_exits_2() {
         ("42", "expected a JSON array or an export object"),
         (r#"{"machines": {}}"#, "machines must be an array"),
         (r#"{"widgets": []}"#, "unknown key \"widgets\""),
-        (r#"[{"Name": "m", "Profiles": ["ghost"]}]"#, "import machines #0"),
-        (r#"[{"Name": "p", "Schema": {"type": 7}}]"#, "import params #0"),
+        (
+            r#"[{"Name": "m", "Profiles": ["ghost"]}]"#,
+            "import machines #0",
+        ),
+        (
+            r#"[{"Name": "p", "Schema": {"type": 7}}]"#,
+            "import params #0",
+        ),
     ] {
         let (code, out, err) = run(&db, &["import", "-"], Some(input));
         assert_eq!(code, 2, "{input}: {err}");
         assert!(out.is_empty());
-        assert!(err.starts_with("Error: ") && err.contains(says), "{input}: {err}");
+        assert!(
+            err.starts_with("Error: ") && err.contains(says),
+            "{input}: {err}"
+        );
     }
     let (code, _, err) = run(&db, &["import", "/nonexistent/file.json"], None);
     assert_eq!(code, 2);

@@ -7,7 +7,7 @@ use fleetkv::{Kind, Machine, ParamDef, Profile, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::{decode, to_value, Failure, Out};
+use crate::{decode, Failure, Out};
 
 /// Objects written between flushes (and progress updates).
 const BATCH: usize = 500;
@@ -179,7 +179,7 @@ fn upsert(s: &Store, kind: Kind, doc: Value) -> Out<()> {
 }
 
 fn short(v: &Value) -> String {
-    let t = to_value(v).to_string();
+    let t = v.to_string();
     match t.char_indices().nth(40) {
         Some((i, _)) => format!("{}…", &t[..i]),
         None => t,
