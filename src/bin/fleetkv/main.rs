@@ -1,0 +1,767 @@
+//! `fleetkv`: drpcli's verbs on an embedded fleetkv store.
+//!
+//! Every run opens the store (waiting, with jittered backoff, while another
+//! process holds it), does one verb, flushes and exits. Results go to stdout,
+//! errors to stderr as `Error: …`; exit codes follow DESIGN.md §6.
+
+/// Writes to stdout; a closed pipe (`fleetkv … | head`) is not an error.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+mod transfer;
+mod words;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fleetkv::{Error, Filter, Kind, ListOptions, Machine, ParamDef, Profile, Store};
+use serde_json::{json, Map, Value};
+
+/// drpcli-compatible command-line tool for a fleetkv store.
+#[derive(Parser)]
+#[command(name = "fleetkv", version, about, allow_negative_numbers = true)]
+struct Cli {
+    /// Store directory.
+    #[arg(long, global = true, env = "FLEETKV_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Reference: the object (update) or param value (set) as last seen.
+    #[arg(short = 'r', long = "ref", global = true, value_name = "REF")]
+    reference: Option<String>,
+    /// Output format.
+    #[arg(short = 'F', long, global = true, value_enum, default_value_t = Format::Json)]
+    format: Format,
+    /// How long to wait for a store another process holds, in seconds.
+    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECONDS")]
+    lock_timeout: f64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Json,
+    Table,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Machines (ID: a Uuid, `Uuid:…`, `Key:…`, `Name:…` or a bare name).
+    Machines {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Profiles (ID: the name).
+    Profiles {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Param definitions (ID: the name).
+    Params {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// Load a JSON array of one kind, or an export object, from FILE or `-`.
+    Import {
+        /// The file, or `-` for stdin.
+        file: String,
+        /// The kind of a plain array (detected from its fields otherwise).
+        #[arg(long, value_enum)]
+        kind: Option<transfer::KindArg>,
+    },
+    /// Write everything as `{"params":[…],"profiles":[…],"machines":[…]}`.
+    Export,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Create from JSON, a bare name, or `-` (stdin).
+    Create { input: String },
+    /// Show one object.
+    Show { id: String },
+    /// Exit 0 if it exists, 4 if not.
+    Exists { id: String },
+    /// Delete one object.
+    Destroy { id: String },
+    /// List objects matching filter words.
+    List(ListArgs),
+    /// Count objects matching filter words.
+    Count(ListArgs),
+    /// Merge JSON into an object (with -r: a reference update).
+    Update { id: String, input: String },
+    /// Apply an RFC 6902 JSON Patch (an array of operations).
+    Patch { id: String, input: String },
+    /// `set ID param KEY to VALUE` (with -r: compare-and-set).
+    Set {
+        id: String,
+        #[arg(value_parser = ["param"])]
+        param: String,
+        key: String,
+        #[arg(value_parser = ["to"])]
+        to: String,
+        value: String,
+    },
+    /// `get ID param KEY`: the param's value, `null` if none.
+    Get {
+        id: String,
+        #[arg(value_parser = ["param"])]
+        param: String,
+        key: String,
+        /// Effective value (own → profiles → global → default).
+        #[arg(long)]
+        aggregate: bool,
+    },
+    /// The object's params.
+    Params {
+        id: String,
+        /// Effective params (own → profiles → global → default).
+        #[arg(long)]
+        aggregate: bool,
+    },
+    /// `remove ID param KEY`.
+    Remove {
+        id: String,
+        #[arg(value_parser = ["param"])]
+        param: String,
+        key: String,
+    },
+    /// Add a profile to a machine.
+    Addprofile { id: String, profile: String },
+    /// Remove a profile from a machine.
+    Removeprofile { id: String, profile: String },
+    /// Set a machine's workflow.
+    Workflow { id: String, workflow: String },
+    /// Meta annotations.
+    Meta {
+        #[command(subcommand)]
+        verb: MetaVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetaVerb {
+    /// `meta set ID key K to V`.
+    Set {
+        id: String,
+        #[arg(value_parser = ["key"])]
+        key_word: String,
+        key: String,
+        #[arg(value_parser = ["to"])]
+        to: String,
+        value: String,
+    },
+    /// `meta get ID key K`: the value, `null` if none.
+    Get {
+        id: String,
+        #[arg(value_parser = ["key"])]
+        key_word: String,
+        key: String,
+    },
+    /// `meta remove ID key K`.
+    Remove {
+        id: String,
+        #[arg(value_parser = ["key"])]
+        key_word: String,
+        key: String,
+    },
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Filter words, with drpcli's `sort KEY`, `limit N`, `offset N`, `reverse` mixed in.
+    words: Vec<String>,
+    /// Return at most N.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Skip N.
+    #[arg(long, value_name = "N")]
+    offset: Option<usize>,
+    /// Leave these fields out (`Params,Meta`).
+    #[arg(long, value_name = "FIELDS")]
+    slim: Option<String>,
+    /// Return only these params.
+    #[arg(long, value_name = "NAMES")]
+    params: Option<String>,
+    /// Show effective params.
+    #[arg(long)]
+    aggregate: bool,
+}
+
+/// A failure with its exit code (DESIGN.md §6).
+pub struct Failure {
+    code: u8,
+    msg: String,
+}
+
+impl Failure {
+    /// Bad input: exit 2.
+    pub fn input(msg: impl Into<String>) -> Self {
+        Failure {
+            code: 2,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::NotFound { .. } => 4,
+            Error::Conflict { .. } => 3,
+            Error::Invalid { .. }
+            | Error::Schema { .. }
+            | Error::Filter(_)
+            | Error::AlreadyExists { .. }
+            | Error::InUse { .. } => 2,
+            _ => 1,
+        };
+        Failure {
+            code,
+            msg: e.to_string(),
+        }
+    }
+}
+
+type Out<T = ()> = Result<T, Failure>;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            eprint!("Error: {}", text.strip_prefix("error: ").unwrap_or(&text));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("Error: {}", f.msg);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Out {
+    let data = cli
+        .data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("fleetkv.db"));
+    let ctx = Ctx {
+        format: cli.format,
+        reference: cli.reference.clone(),
+    };
+    let (kind, verb) = match cli.cmd {
+        Cmd::Machines { verb } => (Kind::Machine, verb),
+        Cmd::Profiles { verb } => (Kind::Profile, verb),
+        Cmd::Params { verb } => (Kind::Param, verb),
+        Cmd::Import { file, kind } => {
+            ctx.no_ref("import")?;
+            let doc = parse_json(&format!("import file {file}"), &read_file(&file)?)?;
+            return with_store(&data, cli.lock_timeout, |s| {
+                transfer::import(s, doc, kind).map(|n| outln!("{}", json!(n)))
+            });
+        }
+        Cmd::Export => {
+            ctx.no_ref("export")?;
+            return with_store(&data, cli.lock_timeout, |s| {
+                ctx.print(&transfer::export(s)?, None);
+                Ok(())
+            });
+        }
+    };
+    // Read stdin and parse inputs before taking the store.
+    let input = match &verb {
+        Verb::Create { input } | Verb::Update { input, .. } | Verb::Patch { input, .. } => {
+            Some(read_input(input)?)
+        }
+        _ => None,
+    };
+    with_store(&data, cli.lock_timeout, |s| ctx.verb(s, kind, verb, input))
+}
+
+/// Output format and the `-r` reference.
+struct Ctx {
+    format: Format,
+    reference: Option<String>,
+}
+
+impl Ctx {
+    fn no_ref(&self, verb: &str) -> Out {
+        match self.reference {
+            Some(_) => Err(Failure::input(format!("-r/--ref is not used by {verb}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn print(&self, v: &Value, kind: Option<Kind>) {
+        match (self.format, kind) {
+            (Format::Table, Some(k)) if v.is_object() || v.is_array() => {
+                out!("{}", table(k, v))
+            }
+            _ => outln!(
+                "{}",
+                serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+            ),
+        }
+    }
+
+    fn verb(&self, s: &Store, kind: Kind, verb: Verb, input: Option<String>) -> Out {
+        let input = input.unwrap_or_default();
+        let show = |v: Value| {
+            self.print(&v, Some(kind));
+            Ok(())
+        };
+        let uses_ref = matches!(verb, Verb::Update { .. } | Verb::Set { .. });
+        if !uses_ref {
+            self.no_ref("this verb (only update and set take it)")?;
+        }
+        match verb {
+            Verb::Create { .. } => show(create(s, kind, &input)?),
+            Verb::Show { id } => show(get(s, kind, &id)?),
+            Verb::Exists { id } => {
+                let found = match kind {
+                    Kind::Machine => s.machines().exists(&id)?,
+                    Kind::Profile => s.profiles().exists(&id),
+                    Kind::Param => s.params().exists(&id),
+                };
+                if found {
+                    Ok(())
+                } else {
+                    Err(Error::NotFound { kind, key: id }.into())
+                }
+            }
+            Verb::Destroy { id } => {
+                match kind {
+                    Kind::Machine => drop(s.machines().delete(&id)?),
+                    Kind::Profile => drop(s.profiles().delete(&id)?),
+                    Kind::Param => drop(s.params().delete(&id)?),
+                }
+                outln!("Deleted {kind} {id}");
+                Ok(())
+            }
+            Verb::List(args) => {
+                let (filter, opts) = listing(kind, &args)?;
+                show(Value::Array(list(s, kind, &filter, &opts)?))
+            }
+            Verb::Count(args) => {
+                let (filter, _) = listing(kind, &args)?;
+                let n = match kind {
+                    Kind::Machine => s.machines().count(&filter)?,
+                    Kind::Profile => s.profiles().count(&filter)?,
+                    Kind::Param => list(s, kind, &filter, &ListOptions::default())?.len() as u64,
+                };
+                outln!("{n}");
+                Ok(())
+            }
+            Verb::Update { id, .. } => {
+                let merge = parse_json("update JSON", &input)?;
+                let out = match &self.reference {
+                    None => match kind {
+                        Kind::Machine => to_value(s.machines().update(&id, &merge)?),
+                        Kind::Profile => to_value(s.profiles().update(&id, &merge)?),
+                        Kind::Param => to_value(s.params().update(&id, &merge)?),
+                    },
+                    Some(r) => {
+                        let reference = parse_json("-r reference object", r)?;
+                        if !reference.is_object() {
+                            return Err(Failure::input(
+                                "-r reference object: expected a JSON object",
+                            ));
+                        }
+                        let mut desired = reference.clone();
+                        json_patch::merge(&mut desired, &merge);
+                        match kind {
+                            Kind::Machine => {
+                                to_value(s.machines().update_from(&id, &reference, &desired)?)
+                            }
+                            Kind::Profile => {
+                                to_value(s.profiles().update_from(&id, &reference, &desired)?)
+                            }
+                            Kind::Param => {
+                                to_value(s.params().update_from(&id, &reference, &desired)?)
+                            }
+                        }
+                    }
+                };
+                show(out)
+            }
+            Verb::Patch { id, .. } => {
+                let ops = parse_json("patch", &input)?;
+                show(patch(s, kind, &id, &ops)?)
+            }
+            Verb::Set { id, key, value, .. } => {
+                let value = loose_json(&value);
+                let expected = self.reference.as_deref().map(loose_json);
+                let expected = expected.as_ref().filter(|v| !v.is_null());
+                let m = with_params(kind, "set")?;
+                let out = match (m, &self.reference) {
+                    (Kind::Machine, None) => to_value(s.machines().set_param(&id, &key, value)?),
+                    (Kind::Machine, Some(_)) => {
+                        to_value(s.machines().set_param_if(&id, &key, expected, value)?)
+                    }
+                    (_, None) => to_value(s.profiles().set_param(&id, &key, value)?),
+                    (_, Some(_)) => {
+                        to_value(s.profiles().set_param_if(&id, &key, expected, value)?)
+                    }
+                };
+                outln!(
+                    "{}",
+                    pretty(out.pointer(&param_ptr(&key)).unwrap_or(&Value::Null))
+                );
+                Ok(())
+            }
+            Verb::Get {
+                id, key, aggregate, ..
+            } => {
+                let v = match with_params(kind, "get")? {
+                    Kind::Machine => s.machines().get_param(&id, &key, aggregate)?,
+                    _ => s.profiles().get_param(&id, &key, aggregate)?,
+                };
+                outln!("{}", pretty(&v.unwrap_or(Value::Null)));
+                Ok(())
+            }
+            Verb::Params { id, aggregate } => {
+                let v = match with_params(kind, "params")? {
+                    Kind::Machine => s.machines().params(&id, aggregate)?,
+                    _ => s.profiles().params(&id, aggregate)?,
+                };
+                outln!("{}", pretty(&Value::Object(v)));
+                Ok(())
+            }
+            Verb::Remove { id, key, .. } => {
+                let v = match with_params(kind, "remove")? {
+                    Kind::Machine => s.machines().remove_param(&id, &key)?,
+                    _ => s.profiles().remove_param(&id, &key)?,
+                };
+                outln!("{}", pretty(&v.unwrap_or(Value::Null)));
+                Ok(())
+            }
+            Verb::Addprofile { id, profile } => {
+                machines_only(kind, "addprofile")?;
+                show(profile_edit(s, &id, &profile, true)?)
+            }
+            Verb::Removeprofile { id, profile } => {
+                machines_only(kind, "removeprofile")?;
+                show(profile_edit(s, &id, &profile, false)?)
+            }
+            Verb::Workflow { id, workflow } => {
+                machines_only(kind, "workflow")?;
+                show(to_value(
+                    s.machines().update(&id, &json!({ "Workflow": workflow }))?,
+                ))
+            }
+            Verb::Meta { verb } => self.meta(s, kind, verb),
+        }
+    }
+
+    fn meta(&self, s: &Store, kind: Kind, verb: MetaVerb) -> Out {
+        with_params(kind, "meta")?;
+        let (id, merge) = match verb {
+            MetaVerb::Get { id, key, .. } => {
+                let obj = get(s, kind, &id)?;
+                let v = obj.pointer(&format!("/Meta/{}", escape(&key)));
+                outln!("{}", pretty(v.unwrap_or(&Value::Null)));
+                return Ok(());
+            }
+            MetaVerb::Set { id, key, value, .. } => (id, json!({ "Meta": { key: value } })),
+            MetaVerb::Remove { id, key, .. } => (id, json!({ "Meta": { key: null } })),
+        };
+        let out = match kind {
+            Kind::Machine => to_value(s.machines().update(&id, &merge)?),
+            _ => to_value(s.profiles().update(&id, &merge)?),
+        };
+        self.print(&out, Some(kind));
+        Ok(())
+    }
+}
+
+/// Opens the store (waiting while another process holds it), runs `f`,
+/// flushes and closes.
+fn with_store(data: &Path, timeout: f64, f: impl FnOnce(&Store) -> Out) -> Out {
+    let store = open_store(data, timeout)?;
+    f(&store)?;
+    store.flush()?;
+    Ok(())
+}
+
+fn open_store(data: &Path, timeout: f64) -> Out<Store> {
+    let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| {
+        Failure::input(format!(
+            "--lock-timeout {timeout}: expected a non-negative number of seconds"
+        ))
+    })?;
+    let start = Instant::now();
+    let mut backoff = Duration::from_millis(4);
+    loop {
+        match Store::open(data) {
+            Ok(s) => return Ok(s),
+            Err(Error::Storage(e)) if e.to_string().contains("could not acquire lock") => {
+                let waited = start.elapsed();
+                if waited >= timeout {
+                    return Err(Failure {
+                        code: 5,
+                        msg: format!(
+                            "store {} is busy: another process held it for the whole {:.1}s lock timeout (--lock-timeout)",
+                            data.display(),
+                            waited.as_secs_f64()
+                        ),
+                    });
+                }
+                // Full jitter in [backoff/2, backoff], capped at what is left.
+                let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+                let nap = backoff / 2 + backoff / 2 * jitter / 1000;
+                std::thread::sleep(nap.min(timeout - waited));
+                backoff = (backoff * 2).min(Duration::from_millis(60));
+            }
+            Err(e) => {
+                return Err(Failure {
+                    code: 1,
+                    msg: format!("cannot open store {}: {e}", data.display()),
+                })
+            }
+        }
+    }
+}
+
+/// The argument itself, or stdin for `-`.
+fn read_input(arg: &str) -> Out<String> {
+    if arg != "-" {
+        return Ok(arg.to_string());
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::input(format!("reading stdin: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| Failure::input(format!("stdin is not UTF-8: {e}")))
+}
+
+/// Reads a file for import (`-`: stdin).
+pub fn read_file(arg: &str) -> Out<String> {
+    if arg == "-" {
+        return read_input(arg);
+    }
+    std::fs::read_to_string(arg).map_err(|e| Failure::input(format!("reading {arg}: {e}")))
+}
+
+fn parse_json(what: &str, text: &str) -> Out<Value> {
+    serde_json::from_str(text).map_err(|e| {
+        Failure::input(format!(
+            "{what} is not valid JSON: {e} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// VALUE and REF words: JSON when they parse as JSON, else a plain string.
+fn loose_json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// A JSON Pointer token.
+fn escape(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+fn param_ptr(key: &str) -> String {
+    format!("/Params/{}", escape(key))
+}
+
+fn with_params(kind: Kind, verb: &str) -> Out<Kind> {
+    match kind {
+        Kind::Param => Err(Failure::input(format!(
+            "params (definitions) have no {verb}: use machines or profiles"
+        ))),
+        k => Ok(k),
+    }
+}
+
+fn machines_only(kind: Kind, verb: &str) -> Out {
+    match kind {
+        Kind::Machine => Ok(()),
+        k => Err(Failure::input(format!(
+            "{verb} is a machines verb, not one for {}",
+            k.plural()
+        ))),
+    }
+}
+
+/// `create JSON|NAME`: JSON when it looks like JSON, else a bare name.
+fn create(s: &Store, kind: Kind, input: &str) -> Out<Value> {
+    let t = input.trim();
+    let doc = if t.starts_with(['{', '[', '"']) {
+        parse_json(&format!("{kind} JSON"), t)?
+    } else if t.is_empty() {
+        return Err(Failure::input(format!(
+            "create needs a {kind} JSON object or a name"
+        )));
+    } else {
+        json!({ "Name": t })
+    };
+    Ok(match kind {
+        Kind::Machine => to_value(s.machines().create(decode::<Machine>(kind, doc)?)?),
+        Kind::Profile => to_value(s.profiles().create(decode::<Profile>(kind, doc)?)?),
+        Kind::Param => to_value(s.params().create(decode::<ParamDef>(kind, doc)?)?),
+    })
+}
+
+/// A JSON object as a model type, with the error naming the kind.
+pub fn decode<T: serde::de::DeserializeOwned>(kind: Kind, doc: Value) -> Out<T> {
+    if !doc.is_object() {
+        return Err(Failure::input(format!(
+            "{kind}: expected a JSON object, found {doc}"
+        )));
+    }
+    serde_json::from_value(doc).map_err(|e| Failure::input(format!("{kind} JSON: {e}")))
+}
+
+fn get(s: &Store, kind: Kind, id: &str) -> Out<Value> {
+    Ok(match kind {
+        Kind::Machine => to_value(s.machines().get(id)?),
+        Kind::Profile => to_value(s.profiles().get(id)?),
+        Kind::Param => to_value(s.params().get(id)?),
+    })
+}
+
+fn patch(s: &Store, kind: Kind, id: &str, ops: &Value) -> Out<Value> {
+    Ok(match kind {
+        Kind::Machine => to_value(s.machines().patch(id, ops)?),
+        Kind::Profile => to_value(s.profiles().patch(id, ops)?),
+        Kind::Param => to_value(s.params().patch(id, ops)?),
+    })
+}
+
+/// Adds or removes one profile in one atomic patch (guarded by a `test`).
+fn profile_edit(s: &Store, id: &str, profile: &str, add: bool) -> Out<Value> {
+    let m = s.machines().get(id)?;
+    let mut profiles = m.profiles.clone();
+    let has = profiles.iter().any(|p| p == profile);
+    match (add, has) {
+        (true, false) => profiles.push(profile.to_string()),
+        (false, true) => profiles.retain(|p| p != profile),
+        _ => return Ok(to_value(m)),
+    }
+    let ops = json!([
+        { "op": "test", "path": "/Profiles", "value": m.profiles },
+        { "op": "replace", "path": "/Profiles", "value": profiles },
+    ]);
+    Ok(to_value(s.machines().patch(id, &ops)?))
+}
+
+/// The filter and listing options a `list`/`count` line gives.
+fn listing(kind: Kind, args: &ListArgs) -> Out<(Filter, ListOptions)> {
+    let mut opts = ListOptions {
+        limit: args.limit,
+        offset: args.offset.unwrap_or(0),
+        aggregate: args.aggregate,
+        slim: args.slim.as_deref().map(words::csv).unwrap_or_default(),
+        params: args.params.as_deref().map(words::csv),
+        ..ListOptions::default()
+    };
+    let filter_words = words::split(&args.words, &mut opts).map_err(Failure::input)?;
+    let filter = if filter_words.is_empty() {
+        Filter::all()
+    } else if kind == Kind::Param {
+        return Err(Failure::input(format!(
+            "params list takes no filter words (found {:?}); it lists every definition",
+            filter_words.join(" ")
+        )));
+    } else {
+        Filter::from_args(&filter_words).map_err(Error::from)?
+    };
+    Ok((filter, opts))
+}
+
+fn list(s: &Store, kind: Kind, filter: &Filter, opts: &ListOptions) -> Out<Vec<Value>> {
+    Ok(match kind {
+        Kind::Machine => s.machines().list(filter, opts)?,
+        Kind::Profile => s.profiles().list(filter, opts)?,
+        Kind::Param => {
+            let mut all: Vec<Value> = s.params().list_all().into_iter().map(to_value).collect();
+            if let Some(key) = &opts.sort {
+                all.sort_by_key(|v| v.get(key).map(|k| k.to_string()).unwrap_or_default());
+            }
+            if opts.reverse {
+                all.reverse();
+            }
+            let mut out: Vec<Value> = all
+                .into_iter()
+                .skip(opts.offset)
+                .take(opts.limit.unwrap_or(usize::MAX))
+                .collect();
+            for v in &mut out {
+                if let Value::Object(o) = v {
+                    for f in &opts.slim {
+                        o.remove(f);
+                    }
+                }
+            }
+            out
+        }
+    })
+}
+
+/// `-F table`: Name/Uuid/Workflow for machines, Name/Description otherwise.
+fn table(kind: Kind, v: &Value) -> String {
+    let rows: Vec<&Map<String, Value>> = match v {
+        Value::Array(a) => a.iter().filter_map(Value::as_object).collect(),
+        Value::Object(o) => vec![o],
+        _ => Vec::new(),
+    };
+    let cols: &[&str] = match kind {
+        Kind::Machine => &["Name", "Uuid", "Workflow"],
+        _ => &["Name", "Description"],
+    };
+    let cell = |r: &Map<String, Value>, c: &str| match r.get(c) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    };
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).chars().count())
+                .fold(c.len(), usize::max)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let mut l = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        l.truncate(l.trim_end().len());
+        l + "\n"
+    };
+    let mut out = line(cols.iter().map(|c| c.to_string()).collect());
+    for r in &rows {
+        out += &line(cols.iter().map(|c| cell(r, c)).collect());
+    }
+    out
+}

@@ -1,0 +1,163 @@
+//! `import` / `export`: drpcli list output in, a lossless export out.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetkv");
+
+fn run(db: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut c = assert_cmd::Command::new(BIN);
+    c.env_remove("FLEETKV_DATA")
+        .arg("--data")
+        .arg(db)
+        .args(args);
+    if let Some(s) = stdin {
+        c.write_stdin(s);
+    }
+    let o = c.output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ok(db: &Path, args: &[&str]) -> String {
+    let (code, out, err) = run(db, args, None);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    out
+}
+
+fn export(db: &Path) -> Value {
+    let mut v: Value = serde_json::from_str(&ok(db, &["export"])).unwrap();
+    strip_revisions(&mut v);
+    v
+}
+
+fn strip_revisions(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.remove("Revision");
+            o.values_mut().for_each(strip_revisions);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_revisions),
+        _ => {}
+    }
+}
+
+fn write(dir: &TempDir, name: &str, v: &Value) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, serde_json::to_string_pretty(v).unwrap()).unwrap();
+    p
+}
+
+#[test]
+fn import_arrays_by_kind_and_round_trip() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("a");
+    let params = json!([
+        {"Name": "cluster/leader", "Schema": {"type": "boolean", "default": false}},
+        {"Name": "my/data", "Description": "shared", "Schema": {"type": "string", "default": "none"}, "Secure": false, "Documentation": "kept"}
+    ]);
+    let profiles = json!([
+        {"Name": "example", "Params": {"cluster/profile": "example"}, "Meta": {"icon": "cube"}, "Partial": false},
+        {"Name": "global", "Params": {"site": "ams"}}
+    ]);
+    let machines: Vec<Value> = (0..30)
+        .map(|i| {
+            json!({
+                "Uuid": format!("00000000-0000-4000-8000-{i:012}"),
+                "Name": format!("m{i:02}"),
+                "Address": format!("10.0.0.{i}"),
+                "Profiles": ["example"],
+                "Params": {"cluster/leader": i == 3},
+                "Meta": {"color": "black"},
+                "Stage": "discover",
+                "Arch": "amd64"
+            })
+        })
+        .collect();
+    let machines = Value::Array(machines);
+    // Detected kinds, in dependency order given file by file; one via stdin.
+    let pp = write(&dir, "params.json", &params);
+    assert_eq!(ok(&db, &["import", pp.to_str().unwrap()]).trim(), "2");
+    let (code, out, err) = run(&db, &["import", "-"], Some(&profiles.to_string()));
+    assert_eq!((code, out.trim()), (0, "2"), "{err}");
+    let mp = write(&dir, "machines.json", &machines);
+    assert_eq!(ok(&db, &["import", mp.to_str().unwrap()]).trim(), "30");
+    // Idempotent: importing again replaces, never duplicates.
+    ok(&db, &["import", mp.to_str().unwrap()]);
+    ok(&db, &["import", pp.to_str().unwrap()]);
+    let first = export(&db);
+    assert_eq!(first["machines"].as_array().unwrap().len(), 30);
+    // Unknown fields kept; missing known ones filled with their defaults.
+    assert_eq!(first["params"][1], params[1]);
+    assert_eq!(first["params"][0]["Schema"], params[0]["Schema"]);
+    assert_eq!(first["machines"][5]["Stage"], "discover");
+    assert_eq!(first["profiles"][0]["Partial"], false);
+    assert_eq!(first["profiles"][1]["Params"]["site"], "ams");
+
+    // Round trip: export → import into a fresh store → the same export.
+    let whole = write(
+        &dir,
+        "all.json",
+        &serde_json::from_str::<Value>(&ok(&db, &["export"])).unwrap(),
+    );
+    let fresh = dir.path().join("b");
+    assert_eq!(
+        ok(&fresh, &["import", whole.to_str().unwrap()]).trim(),
+        "34"
+    );
+    assert_eq!(export(&fresh), first);
+    ok(&fresh, &["import", whole.to_str().unwrap()]);
+    assert_eq!(export(&fresh), first);
+}
+
+#[test]
+fn import_kind_flag_and_name_keyed_machines() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("db");
+    // Without --kind a bare-Name array is profiles; with it, machines.
+    let named = json!([{"Name": "n1"}, {"Name": "n2"}]);
+    let f = write(&dir, "n.json", &named);
+    ok(&db, &["import", f.to_str().unwrap(), "--kind", "machines"]);
+    ok(&db, &["import", f.to_str().unwrap(), "--kind", "machines"]);
+    let all = export(&db);
+    assert_eq!(all["machines"].as_array().unwrap().len(), 2);
+    assert_eq!(all["profiles"].as_array().unwrap().len(), 1, "only global");
+    ok(&db, &["import", f.to_str().unwrap()]);
+    assert_eq!(export(&db)["profiles"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn import_bad_input_exits_2() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("db");
+    for (input, says) in [
+        ("{\"machines\": [", "not valid JSON"),
+        ("42", "expected a JSON array or an export object"),
+        (r#"{"machines": {}}"#, "machines must be an array"),
+        (r#"{"widgets": []}"#, "unknown key \"widgets\""),
+        (
+            r#"[{"Name": "m", "Profiles": ["ghost"]}]"#,
+            "import machines #0",
+        ),
+        (
+            r#"[{"Name": "p", "Schema": {"type": 7}}]"#,
+            "import params #0",
+        ),
+    ] {
+        let (code, out, err) = run(&db, &["import", "-"], Some(input));
+        assert_eq!(code, 2, "{input}: {err}");
+        assert!(out.is_empty());
+        assert!(
+            err.starts_with("Error: ") && err.contains(says),
+            "{input}: {err}"
+        );
+    }
+    let (code, _, err) = run(&db, &["import", "/nonexistent/file.json"], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/file.json"), "{err}");
+}
