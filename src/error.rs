@@ -43,10 +43,11 @@ pub enum Error {
     Conflict {
         /// JSON Pointer of the value that was tested.
         path: String,
-        /// What the caller expected (`None`: expected absent).
-        expected: Option<Value>,
+        /// What the caller expected (`None`: expected absent). Boxed to keep
+        /// `Result<T, Error>` small.
+        expected: Option<Box<Value>>,
         /// What the store holds (`None`: absent).
-        actual: Option<Value>,
+        actual: Option<Box<Value>>,
     },
     /// The input is malformed or breaks a rule of the data model. Nothing was
     /// written.
@@ -91,7 +92,7 @@ pub enum Error {
     Storage(#[from] sled::Error),
 }
 
-fn show(v: &Option<Value>) -> String {
+fn show(v: &Option<Box<Value>>) -> String {
     match v {
         Some(v) => v.to_string(),
         None => "absent".to_string(),

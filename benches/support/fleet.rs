@@ -224,8 +224,8 @@ impl Sqlite {
     pub fn list(&self, i: usize) -> usize {
         let mut st = self.conn.prepare_cached(SQL_LIST[i]).unwrap();
         let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
-        rows.map(|r| serde_json::from_str::<serde_json::Value>(&r.unwrap()).unwrap())
-            .count()
+        let docs: Vec<serde_json::Value> = rows.map(|r| serde_json::from_str(&r.unwrap()).unwrap()).collect();
+        docs.len()
     }
 }
 

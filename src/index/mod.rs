@@ -17,6 +17,7 @@
 //! default satisfies adds "every object without a value" (`U − has(k)`). So a
 //! definition's default can change without touching any posting.
 
+mod posting;
 mod value;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,13 +28,14 @@ use serde_json::Value;
 
 use crate::filter::{Bound, BoundPred, Key, Ordinal, Test};
 use value::NumKey;
+pub(crate) use posting::Posting;
 pub(crate) use value::ValueKey;
 
 /// One indexed key: its distinct values in order, each with the objects that
 /// hold it, and the objects that hold any value.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Postings {
-    pub(crate) values: BTreeMap<ValueKey, RoaringBitmap>,
+    pub(crate) values: BTreeMap<ValueKey, Posting>,
     pub(crate) has: RoaringBitmap,
 }
 
@@ -68,7 +70,7 @@ impl Index {
     }
 
     /// Objects whose `key` equals `value`.
-    pub(crate) fn lookup(&self, key: &Key, value: &ValueKey) -> Option<&RoaringBitmap> {
+    pub(crate) fn lookup(&self, key: &Key, value: &ValueKey) -> Option<&Posting> {
         self.keys.get(key).and_then(|p| p.values.get(value))
     }
 
@@ -98,8 +100,18 @@ impl Index {
     }
 
     fn add(&mut self, k: &Key, v: &ValueKey, id: u32) {
-        let p = self.keys.entry(k.clone()).or_default();
-        p.values.entry(v.clone()).or_default().insert(id);
+        // Look up before inserting: cloning keys on every add is the bulk of
+        // rebuild and import time otherwise.
+        let p = match self.keys.get_mut(k) {
+            Some(p) => p,
+            None => self.keys.entry(k.clone()).or_default(),
+        };
+        match p.values.get_mut(v) {
+            Some(post) => post.insert(id),
+            None => {
+                p.values.insert(v.clone(), Posting::One(id));
+            }
+        }
         // `has` means "holds a value" and is kept for scalar keys only.
         if !matches!(k, Key::Profiles) {
             p.has.insert(id);
@@ -110,11 +122,8 @@ impl Index {
         let Some(p) = self.keys.get_mut(k) else {
             return;
         };
-        if let Some(b) = p.values.get_mut(v) {
-            b.remove(id);
-            if b.is_empty() {
-                p.values.remove(v);
-            }
+        if p.values.get_mut(v).is_some_and(|post| post.remove(id)) {
+            p.values.remove(v);
         }
         p.has.remove(id);
         if p.values.is_empty() {
@@ -130,14 +139,18 @@ impl Index {
         }
         let p = self.keys.entry(key.clone()).or_default();
         if !p.has.is_disjoint(ids) {
-            p.values.retain(|_, b| {
-                *b -= ids;
-                !b.is_empty()
-            });
+            p.values.retain(|_, post| !post.remove_all(ids));
             p.has -= ids;
         }
         if let Some(v) = new {
-            *p.values.entry(v.clone()).or_default() |= ids;
+            match p.values.get_mut(v) {
+                Some(post) => post.insert_all(ids),
+                None => {
+                    if let Some(post) = Posting::from_bitmap(ids.clone()) {
+                        p.values.insert(v.clone(), post);
+                    }
+                }
+            }
             p.has |= ids;
         }
         if p.values.is_empty() {
@@ -269,14 +282,14 @@ impl Index {
             return self.eval_pred(p, within, d).len();
         }
         let post = self.keys.get(&p.key);
-        let inter = |b: &RoaringBitmap| within.map_or(b.len(), |w| w.intersection_len(b));
         let mut n = 0;
         if let Some(post) = post {
-            for_each_matching(post, &p.test, |b| n += inter(b));
+            for_each_matching(post, &p.test, |b| n += b.len_within(within));
         }
         if self.default_matches(p, d) {
             let base = within.map_or(self.universe.len(), |w| w.len());
-            n += base - post.map_or(0, |p| inter(&p.has));
+            let has = post.map_or(0, |p| within.map_or(p.has.len(), |w| w.intersection_len(&p.has)));
+            n += base - has;
         }
         n
     }
@@ -295,21 +308,15 @@ impl Index {
         d: &dyn Defaults,
     ) -> RoaringBitmap {
         let base = within.unwrap_or(&self.universe);
-        let clip = |b: &RoaringBitmap| -> RoaringBitmap {
-            match within {
-                Some(w) => w & b,
-                None => b.clone(),
-            }
-        };
-        let empty = RoaringBitmap::new();
         match &p.key {
             Key::Profiles => {
                 let post = self.keys.get(&Key::Profiles);
-                let members = |s: &str| {
+                let members = |s: &str| -> RoaringBitmap {
                     post.and_then(|p| p.values.get(&ValueKey::str(s)))
-                        .unwrap_or(&empty)
+                        .map(|m| m.and(base))
+                        .unwrap_or_default()
                 };
-                set_test(&p.test, base, members, || {
+                set_test_owned(&p.test, base, members, || {
                     post.map(|p| {
                         p.values
                             .keys()
@@ -371,7 +378,7 @@ impl Index {
                 let post = self.keys.get(key);
                 let mut out = RoaringBitmap::new();
                 if let Some(post) = post {
-                    for_each_matching(post, &p.test, |b| out |= clip(b));
+                    for_each_matching(post, &p.test, |b| b.add_to(&mut out, within));
                 }
                 if self.default_matches(p, d) {
                     match post {
@@ -395,7 +402,7 @@ impl Index {
                 if rest.is_empty() {
                     break;
                 }
-                let g = &rest & b;
+                let g = b.and(&rest);
                 if !g.is_empty() {
                     rest -= &g;
                     groups.push((v.clone(), g));
@@ -419,14 +426,6 @@ impl Index {
         out.extend(rest.iter());
         out
     }
-}
-
-fn set_test<'a, F, N>(test: &Test, base: &RoaringBitmap, members: F, names: N) -> RoaringBitmap
-where
-    F: Fn(&str) -> &'a RoaringBitmap,
-    N: Fn() -> Vec<String>,
-{
-    set_test_owned(test, base, |s| members(s) & base, names)
 }
 
 /// Set-key tests given "holders of element s, within base" and the list of
@@ -472,7 +471,7 @@ where
 
 /// Calls `f` with the posting of every distinct value of `post` that `test`
 /// accepts, walking only the type segments and ranges that can match.
-fn for_each_matching(post: &Postings, test: &Test, mut f: impl FnMut(&RoaringBitmap)) {
+fn for_each_matching(post: &Postings, test: &Test, mut f: impl FnMut(&Posting)) {
     let vals = &post.values;
     match test {
         Test::Equals(alts) => {
@@ -510,11 +509,11 @@ fn for_each_matching(post: &Postings, test: &Test, mut f: impl FnMut(&RoaringBit
 /// Walks the number segment with `num` bounds, the string segment with `text`
 /// bounds, or (Address) every string parsed as an IP against `ip` bounds.
 fn walk_ordinal(
-    vals: &BTreeMap<ValueKey, RoaringBitmap>,
+    vals: &BTreeMap<ValueKey, Posting>,
     shape: &Ordinal,
     lo: Option<(&Ordinal, bool)>,
     hi: Option<(&Ordinal, bool)>,
-    f: &mut impl FnMut(&RoaringBitmap),
+    f: &mut impl FnMut(&Posting),
 ) {
     if shape.ip.is_some() {
         let strings = vals.range((

@@ -39,7 +39,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::filter::{Bound, Field, Filter, Key, ParamTypes, Subject};
-use crate::index::{Defaults, Entries, Index, ValueKey};
+use crate::index::{Defaults, Entries, Index, Posting, ValueKey};
 use crate::model::{Kind, Machine, Object, ParamDef, Profile, GLOBAL_PROFILE};
 
 /// The in-memory half of a write, applied with its sled batch.
@@ -538,7 +538,7 @@ impl State {
     fn members(&self, profile: &str) -> RoaringBitmap {
         self.machines
             .lookup(&Key::Profiles, &ValueKey::str(profile))
-            .cloned()
+            .map(Posting::to_bitmap)
             .unwrap_or_default()
     }
 
@@ -952,11 +952,18 @@ impl Machines<'_> {
         window(ordered, opts)
             .into_iter()
             .map(|id| {
+                if !opts.aggregate {
+                    // Straight from stored JSON to the answer: no typed detour.
+                    let key = machine_key(id);
+                    let bytes = self.store.inner.db.get(key)?.ok_or_else(|| Error::Corrupt {
+                        key: format!("m{id}"),
+                        reason: "indexed machine has no record".into(),
+                    })?;
+                    return Ok(shape(decode(&key, &bytes)?, None, opts));
+                }
                 let m = self.store.load_machine(id)?;
-                let eff = opts
-                    .aggregate
-                    .then(|| with_defaults(effective_explicit(&m, &st.profiles), &st.params));
-                Ok(shape(to_json(&m), eff, opts))
+                let eff = with_defaults(effective_explicit(&m, &st.profiles), &st.params);
+                Ok(shape(to_json(&m), Some(eff), opts))
             })
             .collect()
     }

@@ -69,8 +69,8 @@ pub(crate) fn apply_patch(doc: &mut Value, ops: &[PatchOperation]) -> Result<()>
             return Err(match (&e.kind, op) {
                 (PatchErrorKind::TestFailed, PatchOperation::Test(t)) => Error::Conflict {
                     path: t.path.to_string(),
-                    expected: Some(t.value.clone()),
-                    actual: doc.pointer(t.path.as_str()).cloned(),
+                    expected: Some(Box::new(t.value.clone())),
+                    actual: doc.pointer(t.path.as_str()).cloned().map(Box::new),
                 },
                 _ => Error::invalid(
                     format!("patch operation {i} ({} {})", op_name(op), op.path()),
@@ -134,8 +134,8 @@ pub(crate) fn apply_reference(doc: &mut Value, reference: &Value, desired: &Valu
         if !json_eq(expected, actual) {
             return Err(Error::Conflict {
                 path,
-                expected: expected.cloned(),
-                actual: actual.cloned(),
+                expected: expected.cloned().map(Box::new),
+                actual: actual.cloned().map(Box::new),
             });
         }
     }
@@ -168,8 +168,8 @@ pub(crate) fn param_cas(
     if !ok {
         return Err(Error::Conflict {
             path: format!("/Params/{}", escape_pointer(key)),
-            expected: expected.cloned(),
-            actual: actual.cloned().or_else(|| default.cloned()),
+            expected: expected.cloned().map(Box::new),
+            actual: actual.or(default).cloned().map(Box::new),
         });
     }
     params.insert(key.to_string(), value);
@@ -216,8 +216,8 @@ mod tests {
                 actual,
             }) => {
                 assert_eq!(path, "/Params/a");
-                assert_eq!(expected, Some(json!(2)));
-                assert_eq!(actual, Some(json!(1)));
+                assert_eq!(expected.as_deref(), Some(&json!(2)));
+                assert_eq!(actual.as_deref(), Some(&json!(1)));
             }
             other => panic!("{other:?}"),
         }
@@ -273,7 +273,7 @@ mod tests {
                 expected, actual, ..
             }) => {
                 assert_eq!(expected, None);
-                assert_eq!(actual, Some(json!(0)));
+                assert_eq!(actual.as_deref(), Some(&json!(0)));
             }
             other => panic!("{other:?}"),
         }

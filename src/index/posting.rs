@@ -1,0 +1,169 @@
+//! One posting list: the ids holding one (key, value). Most values of
+//! high-cardinality keys (Name, Uuid, Address, serial numbers) are held by a
+//! single object, so that case is stored inline — no bitmap allocation, and
+//! counting it never touches the heap.
+
+use roaring::RoaringBitmap;
+
+/// The ids holding one value; never empty.
+#[derive(Debug, Clone)]
+pub(crate) enum Posting {
+    One(u32),
+    Many(RoaringBitmap),
+}
+
+impl PartialEq for Posting {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Posting {
+    pub(crate) fn insert(&mut self, id: u32) {
+        match self {
+            Posting::One(x) if *x == id => {}
+            Posting::One(x) => {
+                let b: RoaringBitmap = [*x, id].into_iter().collect();
+                *self = Posting::Many(b);
+            }
+            Posting::Many(b) => {
+                b.insert(id);
+            }
+        }
+    }
+
+    /// Removes `id`; true when nothing is left.
+    pub(crate) fn remove(&mut self, id: u32) -> bool {
+        match self {
+            Posting::One(x) => *x == id,
+            Posting::Many(b) => {
+                b.remove(id);
+                self.shrink()
+            }
+        }
+    }
+
+    /// Removes `ids`; true when nothing is left.
+    pub(crate) fn remove_all(&mut self, ids: &RoaringBitmap) -> bool {
+        match self {
+            Posting::One(x) => ids.contains(*x),
+            Posting::Many(b) => {
+                *b -= ids;
+                self.shrink()
+            }
+        }
+    }
+
+    pub(crate) fn insert_all(&mut self, ids: &RoaringBitmap) {
+        let mut b = self.to_bitmap();
+        b |= ids;
+        *self = Posting::Many(b);
+        self.shrink();
+    }
+
+    /// Back to the inline form when one id is left; true when empty.
+    fn shrink(&mut self) -> bool {
+        if let Posting::Many(b) = self {
+            match (b.len(), b.min()) {
+                (0, _) => return true,
+                (1, Some(x)) => *self = Posting::One(x),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    pub(crate) fn from_bitmap(b: RoaringBitmap) -> Option<Posting> {
+        let mut p = Posting::Many(b);
+        (!p.shrink()).then_some(p)
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Posting::One(_) => 1,
+            Posting::Many(b) => b.len(),
+        }
+    }
+
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        match self {
+            Posting::One(x) => *x == id,
+            Posting::Many(b) => b.contains(id),
+        }
+    }
+
+    pub(crate) fn min(&self) -> Option<u32> {
+        match self {
+            Posting::One(x) => Some(*x),
+            Posting::Many(b) => b.min(),
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let (one, many) = match self {
+            Posting::One(x) => (Some(*x), None),
+            Posting::Many(b) => (None, Some(b.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// `|self ∩ within|` (`|self|` when `within` is `None`).
+    pub(crate) fn len_within(&self, within: Option<&RoaringBitmap>) -> u64 {
+        match (self, within) {
+            (_, None) => self.len(),
+            (Posting::One(x), Some(w)) => u64::from(w.contains(*x)),
+            (Posting::Many(b), Some(w)) => w.intersection_len(b),
+        }
+    }
+
+    /// `out |= self ∩ within`.
+    pub(crate) fn add_to(&self, out: &mut RoaringBitmap, within: Option<&RoaringBitmap>) {
+        match (self, within) {
+            (Posting::One(x), w) => {
+                if w.is_none_or(|w| w.contains(*x)) {
+                    out.insert(*x);
+                }
+            }
+            (Posting::Many(b), None) => *out |= b,
+            (Posting::Many(b), Some(w)) => *out |= w & b,
+        }
+    }
+
+    /// `self ∩ other` as a bitmap.
+    pub(crate) fn and(&self, other: &RoaringBitmap) -> RoaringBitmap {
+        let mut out = RoaringBitmap::new();
+        self.add_to(&mut out, Some(other));
+        out
+    }
+
+    pub(crate) fn to_bitmap(&self) -> RoaringBitmap {
+        match self {
+            Posting::One(x) => std::iter::once(*x).collect(),
+            Posting::Many(b) => b.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_and_many_are_the_same_set() {
+        let mut p = Posting::One(3);
+        p.insert(5);
+        assert!(matches!(p, Posting::Many(_)));
+        assert!(!p.remove(3));
+        assert!(matches!(p, Posting::One(5)));
+        assert_eq!(p, Posting::Many([5].into_iter().collect()));
+        assert!(p.remove(5));
+        let w: RoaringBitmap = [1, 5].into_iter().collect();
+        assert_eq!(Posting::One(5).len_within(Some(&w)), 1);
+        assert_eq!(Posting::One(4).len_within(Some(&w)), 0);
+        let mut q = Posting::One(1);
+        q.insert_all(&w);
+        assert_eq!(q.len(), 2);
+        assert!(!q.remove_all(&[1].into_iter().collect()));
+        assert_eq!(q, Posting::One(5));
+    }
+}
