@@ -114,7 +114,6 @@ fn quickstart_until_the_filter_runs_now() {
 }
 
 #[test]
-#[ignore = "needs filter parser (merge of branch filter)"]
 fn quickstart_runs() {
     let (dir, out) = run(&script());
     check_race(&dir, &out);

@@ -647,7 +647,6 @@ fn help_and_version_exit_0() {
 // ---- listing: these need Filter::bind, which the contract stub leaves unimplemented.
 
 #[test]
-#[ignore = "needs filter parser (merge of branch filter)"]
 fn list_and_count_with_drpcli_words() {
     let e = Env::new();
     e.cluster();
@@ -748,7 +747,6 @@ fn list_and_count_with_drpcli_words() {
 }
 
 #[test]
-#[ignore = "needs filter parser (merge of branch filter)"]
 fn filter_errors_exit_2_with_caret() {
     let e = Env::new();
     e.cluster();

@@ -292,7 +292,11 @@ fn patch_is_atomic_and_conflicts_are_typed() {
         }) => {
             assert_eq!(path, "/Params/a");
             assert_eq!(expected.as_deref(), Some(&json!(3)));
-            assert_eq!(actual.as_deref(), Some(&json!(2)), "actual is as the op saw it");
+            assert_eq!(
+                actual.as_deref(),
+                Some(&json!(2)),
+                "actual is as the op saw it"
+            );
         }
         other => panic!("{other:?}"),
     }

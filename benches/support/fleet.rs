@@ -224,7 +224,9 @@ impl Sqlite {
     pub fn list(&self, i: usize) -> usize {
         let mut st = self.conn.prepare_cached(SQL_LIST[i]).unwrap();
         let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
-        let docs: Vec<serde_json::Value> = rows.map(|r| serde_json::from_str(&r.unwrap()).unwrap()).collect();
+        let docs: Vec<serde_json::Value> = rows
+            .map(|r| serde_json::from_str(&r.unwrap()).unwrap())
+            .collect();
         docs.len()
     }
 }

@@ -27,8 +27,8 @@ use roaring::RoaringBitmap;
 use serde_json::Value;
 
 use crate::filter::{Bound, BoundPred, Key, Ordinal, Test};
-use value::NumKey;
 pub(crate) use posting::Posting;
+use value::NumKey;
 pub(crate) use value::ValueKey;
 
 /// One indexed key: its distinct values in order, each with the objects that
@@ -288,7 +288,9 @@ impl Index {
         }
         if self.default_matches(p, d) {
             let base = within.map_or(self.universe.len(), |w| w.len());
-            let has = post.map_or(0, |p| within.map_or(p.has.len(), |w| w.intersection_len(&p.has)));
+            let has = post.map_or(0, |p| {
+                within.map_or(p.has.len(), |w| w.intersection_len(&p.has))
+            });
             n += base - has;
         }
         n

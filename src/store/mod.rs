@@ -12,7 +12,9 @@
 //! covers a whole write:
 //! `m` + machine id (u32, big-endian) → machine JSON; `p` + name → profile
 //! JSON; `d` + name → param definition JSON; `s:rev` → the store revision;
-//! `s:next` → the next machine id.
+//! `s:next` → the next machine id; `s:secret` → the token signing secret.
+//! Other modules may keep records under their own prefixes: `j` (jobs),
+//! `c` (the change log).
 //!
 //! # Dense ids
 //! Machines get a dense `u32` id on create, persisted as their record key, and
@@ -47,6 +49,7 @@ type Apply = Box<dyn FnOnce(&mut State)>;
 
 const REV_KEY: &[u8] = b"s:rev";
 const NEXT_ID_KEY: &[u8] = b"s:next";
+const SECRET_KEY: &[u8] = b"s:secret";
 
 /// How to open a store.
 #[derive(Debug, Clone, Default)]
@@ -302,7 +305,35 @@ impl Store {
         if !store.state().profiles.contains_key(GLOBAL_PROFILE) {
             store.profiles().create(Profile::new(GLOBAL_PROFILE))?;
         }
+        if store.inner.db.get(SECRET_KEY)?.is_none() {
+            // 244 random bits from two v4 UUIDs (the OS generator, through
+            // `getrandom`); created once with the store, never exported.
+            let mut secret = Uuid::new_v4().as_bytes().to_vec();
+            secret.extend_from_slice(Uuid::new_v4().as_bytes());
+            store
+                .inner
+                .db
+                .compare_and_swap(SECRET_KEY, None as Option<&[u8]>, Some(secret))?
+                .ok();
+        }
         Ok(store)
+    }
+
+    /// The store's signing secret (for tokens). Created with the store.
+    pub(crate) fn secret(&self) -> Result<Vec<u8>> {
+        match self.inner.db.get(SECRET_KEY)? {
+            Some(s) => Ok(s.to_vec()),
+            None => Err(Error::Corrupt {
+                key: "s:secret".into(),
+                reason: "the store has no signing secret".into(),
+            }),
+        }
+    }
+
+    /// The underlying sled database, for modules that keep records of their
+    /// own under their own key prefix (documented in the layout above).
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.inner.db
     }
 
     pub(crate) fn state(&self) -> RwLockReadGuard<'_, State> {
@@ -955,10 +986,15 @@ impl Machines<'_> {
                 if !opts.aggregate {
                     // Straight from stored JSON to the answer: no typed detour.
                     let key = machine_key(id);
-                    let bytes = self.store.inner.db.get(key)?.ok_or_else(|| Error::Corrupt {
-                        key: format!("m{id}"),
-                        reason: "indexed machine has no record".into(),
-                    })?;
+                    let bytes = self
+                        .store
+                        .inner
+                        .db
+                        .get(key)?
+                        .ok_or_else(|| Error::Corrupt {
+                            key: format!("m{id}"),
+                            reason: "indexed machine has no record".into(),
+                        })?;
                     return Ok(shape(decode(&key, &bytes)?, None, opts));
                 }
                 let m = self.store.load_machine(id)?;
