@@ -556,3 +556,49 @@ fn merge_update_rules() {
         Err(Error::Invalid { .. })
     ));
 }
+
+#[test]
+fn patch_many_is_all_or_nothing() {
+    let s = store();
+    for n in ["a", "b", "c"] {
+        s.machines().create(Machine::new(n)).unwrap();
+    }
+    let set = |v: bool| json!([{"op": "add", "path": "/Params/leader", "value": v}]);
+    let before = snapshot(&s);
+    let r = s.machines().patch_many(&[
+        ("a".into(), set(true)),
+        (
+            "b".into(),
+            json!([{"op": "test", "path": "/Params/leader", "value": false}]),
+        ),
+    ]);
+    assert!(matches!(r, Err(Error::Conflict { .. })), "{r:?}");
+    assert_eq!(snapshot(&s), before, "a failed batch wrote something");
+    let twice = s
+        .machines()
+        .patch_many(&[("a".into(), set(true)), ("Name:a".into(), set(false))]);
+    assert!(matches!(twice, Err(Error::Invalid { .. })));
+    let same_name = s.machines().patch_many(&[
+        (
+            "a".into(),
+            json!([{"op": "replace", "path": "/Name", "value": "z"}]),
+        ),
+        (
+            "b".into(),
+            json!([{"op": "replace", "path": "/Name", "value": "z"}]),
+        ),
+    ]);
+    assert!(matches!(same_name, Err(Error::AlreadyExists { .. })));
+    assert_eq!(snapshot(&s), before);
+    let out = s
+        .machines()
+        .patch_many(&[("a".into(), set(true)), ("c".into(), set(true))])
+        .unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].revision, out[1].revision, "one write, one revision");
+    assert_eq!(
+        s.machines().get_param("c", "leader", false).unwrap(),
+        Some(json!(true))
+    );
+    s.verify_indexes().unwrap();
+}

@@ -1029,37 +1029,95 @@ impl Machines<'_> {
         Ok(out)
     }
 
-    fn modify(&self, addr: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Machine> {
+    /// RFC 6902 patches of several machines as one atomic write: every
+    /// patch applies, or none does and the first failure is returned (a
+    /// failed `test` as [`Error::Conflict`]). Each machine may appear once.
+    pub fn patch_many(&self, patches: &[(String, Value)]) -> Result<Vec<Machine>> {
+        let parsed: Vec<(&str, Vec<json_patch::PatchOperation>)> = patches
+            .iter()
+            .map(|(addr, ops)| Ok((addr.as_str(), patch::parse_patch(ops)?)))
+            .collect::<Result<_>>()?;
         self.store.write(|st, rev| {
-            let id = st.machine_id(addr)?;
-            let old = self.store.load_machine(id)?;
-            let mut doc = to_json(&old);
-            f(&mut doc)?;
-            let mut m: Machine = from_json(Kind::Machine, doc)?;
-            if m.uuid != old.uuid {
-                return Err(Error::invalid(
-                    "machine Uuid",
-                    format!("Uuid is immutable ({} → {})", old.uuid, m.uuid),
-                ));
-            }
-            normalize_machine(&mut m);
-            st.check_machine(Some(id), Some(&old), &m)?;
-            m.revision = rev;
             let mut batch = sled::Batch::default();
-            batch.insert(&machine_key(id), encode(&m));
-            let out = m.clone();
+            let mut changes = Vec::with_capacity(parsed.len());
+            let mut seen = std::collections::HashSet::new();
+            for (addr, ops) in &parsed {
+                let id = st.machine_id(addr)?;
+                if !seen.insert(id) {
+                    return Err(Error::invalid(
+                        "patch_many",
+                        format!("machine {addr} is named twice"),
+                    ));
+                }
+                let (old, new) = self.change(st, rev, id, |doc| patch::apply_patch(doc, ops))?;
+                if changes
+                    .iter()
+                    .any(|(_, _, m): &(u32, Machine, Machine)| m.name == new.name)
+                {
+                    return Err(Error::AlreadyExists {
+                        kind: Kind::Machine,
+                        key: format!("Name:{}", new.name),
+                    });
+                }
+                batch.insert(&machine_key(id), encode(&new));
+                changes.push((id, old, new));
+            }
+            let out = changes.iter().map(|(_, _, m)| m.clone()).collect();
             let apply = Box::new(move |st: &mut State| {
-                let oe = machine_entries(&old, &st.profiles);
-                let ne = machine_entries(&m, &st.profiles);
-                st.machines.replace_entries(
-                    id,
-                    Some((&oe, own_keys(&old.params))),
-                    Some((&ne, own_keys(&m.params))),
-                );
+                for (id, old, new) in changes {
+                    reindex_machine(st, id, &old, &new);
+                }
             });
             Ok((batch, apply as Apply, out))
         })
     }
+
+    fn modify(&self, addr: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Machine> {
+        self.store.write(|st, rev| {
+            let id = st.machine_id(addr)?;
+            let (old, m) = self.change(st, rev, id, f)?;
+            let mut batch = sled::Batch::default();
+            batch.insert(&machine_key(id), encode(&m));
+            let out = m.clone();
+            let apply = Box::new(move |st: &mut State| reindex_machine(st, id, &old, &m));
+            Ok((batch, apply as Apply, out))
+        })
+    }
+
+    /// Loads machine `id`, lets `f` change its JSON, and checks the result
+    /// against the data model and every other object. Writes nothing.
+    fn change(
+        &self,
+        st: &State,
+        rev: u64,
+        id: u32,
+        f: impl FnOnce(&mut Value) -> Result<()>,
+    ) -> Result<(Machine, Machine)> {
+        let old = self.store.load_machine(id)?;
+        let mut doc = to_json(&old);
+        f(&mut doc)?;
+        let mut m: Machine = from_json(Kind::Machine, doc)?;
+        if m.uuid != old.uuid {
+            return Err(Error::invalid(
+                "machine Uuid",
+                format!("Uuid is immutable ({} → {})", old.uuid, m.uuid),
+            ));
+        }
+        normalize_machine(&mut m);
+        st.check_machine(Some(id), Some(&old), &m)?;
+        m.revision = rev;
+        Ok((old, m))
+    }
+}
+
+fn reindex_machine(st: &mut State, id: u32, old: &Machine, new: &Machine) {
+    let oe = machine_entries(old, &st.profiles);
+    let ne = machine_entries(new, &st.profiles);
+    st.machines.replace_entries(
+        id,
+        Some((&oe, own_keys(&old.params))),
+        Some((&ne, own_keys(&new.params))),
+    );
 }
 
 /// Canonical forms the filter language relies on (IP text).
