@@ -67,11 +67,19 @@ pub(crate) fn apply_patch(doc: &mut Value, ops: &[PatchOperation]) -> Result<()>
         }
         if let Err(e) = json_patch::patch(doc, std::slice::from_ref(op)) {
             return Err(match (&e.kind, op) {
-                (PatchErrorKind::TestFailed, PatchOperation::Test(t)) => Error::Conflict {
-                    path: t.path.to_string(),
-                    expected: Some(Box::new(t.value.clone())),
-                    actual: doc.pointer(t.path.as_str()).cloned().map(Box::new),
-                },
+                // A test of a path that is not there failed its expectation
+                // too: it is a conflict (actual: absent), not bad input.
+                (_, PatchOperation::Test(t))
+                    if matches!(e.kind, PatchErrorKind::TestFailed)
+                        || t.path.as_str().starts_with('/')
+                            && doc.pointer(t.path.as_str()).is_none() =>
+                {
+                    Error::Conflict {
+                        path: t.path.to_string(),
+                        expected: Some(Box::new(t.value.clone())),
+                        actual: doc.pointer(t.path.as_str()).cloned().map(Box::new),
+                    }
+                }
                 _ => Error::invalid(
                     format!("patch operation {i} ({} {})", op_name(op), op.path()),
                     e.kind.to_string(),
