@@ -87,6 +87,17 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A watch asked for events older than the change log keeps.
+    #[error("revision {requested} is compacted: the oldest kept is {oldest}")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision still in the log.
+        oldest: u64,
+    },
+    /// A wait ran out of time.
+    #[error("timeout")]
+    Timeout,
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),

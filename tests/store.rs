@@ -477,7 +477,14 @@ fn durable_writes_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let mut uuids = Vec::new();
     {
-        let s = Store::open_with(dir.path(), Options { durable: true }).unwrap();
+        let s = Store::open_with(
+            dir.path(),
+            Options {
+                durable: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
         s.params()
             .create(ParamDef::new("p", json!({"type": "number"})))
             .unwrap();

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
 use roaring::RoaringBitmap;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -43,6 +43,7 @@ use crate::error::{Error, Result};
 use crate::filter::{Bound, Field, Filter, Key, ParamTypes, Subject};
 use crate::index::{Defaults, Entries, Index, Posting, ValueKey};
 use crate::model::{Kind, Machine, Object, ParamDef, Profile, GLOBAL_PROFILE};
+use crate::watch::{encode_event, log_key, Action, Change, LOG_RETAIN};
 
 /// The in-memory half of a write, applied with its sled batch.
 type Apply = Box<dyn FnOnce(&mut State)>;
@@ -50,14 +51,76 @@ type Apply = Box<dyn FnOnce(&mut State)>;
 const REV_KEY: &[u8] = b"s:rev";
 const NEXT_ID_KEY: &[u8] = b"s:next";
 const SECRET_KEY: &[u8] = b"s:secret";
+const LOG_LEN_KEY: &[u8] = b"s:logn";
+
+/// Stages an object's new record and its change event.
+fn record<T: serde::Serialize>(
+    batch: &mut sled::Batch,
+    log: &mut Vec<Change>,
+    key: &[u8],
+    name: &str,
+    new: &T,
+    old: Option<&T>,
+) {
+    let bytes = encode(new);
+    batch.insert(key, bytes.clone());
+    log.push(Change {
+        kind: kind_of_key(key),
+        key: name.to_string(),
+        action: if old.is_some() {
+            Action::Update
+        } else {
+            Action::Create
+        },
+        object: bytes,
+        previous: old.map(encode),
+    });
+}
+
+/// Stages an object's removal and its change event.
+fn erase<T: serde::Serialize>(
+    batch: &mut sled::Batch,
+    log: &mut Vec<Change>,
+    key: &[u8],
+    name: &str,
+    old: &T,
+) {
+    batch.remove(key);
+    log.push(Change {
+        kind: kind_of_key(key),
+        key: name.to_string(),
+        action: Action::Delete,
+        object: encode(old),
+        previous: None,
+    });
+}
+
+fn kind_of_key(key: &[u8]) -> Kind {
+    match key.first() {
+        Some(b'm') => Kind::Machine,
+        Some(b'p') => Kind::Profile,
+        _ => Kind::Param,
+    }
+}
 
 /// How to open a store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Flush every acknowledged write to disk before the call returns.
     /// Without it sled flushes in the background (every 500 ms) and on
     /// [`Store::flush`] / drop.
     pub durable: bool,
+    /// How many change events the log keeps for resuming watches.
+    pub log_retain: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durable: false,
+            log_retain: LOG_RETAIN,
+        }
+    }
 }
 
 /// A fleetkv store. Cheap to clone (an `Arc`); `Send + Sync`.
@@ -71,6 +134,9 @@ struct Inner {
     options: Options,
     writer: Mutex<()>,
     state: RwLock<State>,
+    /// Signalled after every write, for watches and waits.
+    written: Mutex<()>,
+    wake: Condvar,
 }
 
 /// Everything kept in memory, replaced only under the state's write lock.
@@ -85,6 +151,8 @@ pub(crate) struct State {
     profile_index: Index,
     params: BTreeMap<String, ParamDef>,
     validators: HashMap<String, Arc<jsonschema::Validator>>,
+    /// Events in the persisted change log.
+    log_len: usize,
 }
 
 impl Defaults for State {
@@ -288,8 +356,13 @@ impl Store {
 
     /// A store in a temporary directory, removed when the last clone drops.
     pub fn temporary() -> Result<Store> {
+        Store::temporary_with(Options::default())
+    }
+
+    /// A temporary store with options.
+    pub fn temporary_with(options: Options) -> Result<Store> {
         let db = sled::Config::new().temporary(true).open()?;
-        Store::from_db(db, Options::default())
+        Store::from_db(db, options)
     }
 
     fn from_db(db: sled::Db, options: Options) -> Result<Store> {
@@ -300,6 +373,8 @@ impl Store {
                 options,
                 writer: Mutex::new(()),
                 state: RwLock::new(state),
+                written: Mutex::new(()),
+                wake: Condvar::new(),
             }),
         };
         if !store.state().profiles.contains_key(GLOBAL_PROFILE) {
@@ -333,7 +408,6 @@ impl Store {
 
     /// The underlying sled database, for modules that keep records of their
     /// own under their own key prefix (documented in the layout above).
-    #[allow(dead_code)] // until the job and watch modules land
     pub(crate) fn db(&self) -> &sled::Db {
         &self.inner.db
     }
@@ -426,25 +500,80 @@ impl Store {
     /// state; both are applied together under the state lock.
     fn write<T>(
         &self,
-        f: impl FnOnce(&State, u64) -> Result<(sled::Batch, Apply, T)>,
+        f: impl FnOnce(&State, u64, &mut Vec<Change>) -> Result<(sled::Batch, Apply, T)>,
     ) -> Result<T> {
         let _w = self.inner.writer.lock();
-        let (mut batch, apply, out) = {
+        let mut changes = Vec::new();
+        let (mut batch, apply, out, rev, log_len) = {
             let st = self.inner.state.read();
-            f(&st, st.rev + 1)?
+            let rev = st.rev + 1;
+            let (batch, apply, out) = f(&st, rev, &mut changes)?;
+            (batch, apply, out, rev, st.log_len)
         };
+        // The change log rides in the same batch; the oldest events go.
+        for (seq, c) in changes.iter().enumerate() {
+            let seq = u32::try_from(seq)
+                .map_err(|_| Error::invalid("write", "too many objects in one write"))?;
+            batch.insert(&log_key(rev, seq), encode_event(rev, seq, c));
+        }
+        let excess = (log_len + changes.len()).saturating_sub(self.inner.options.log_retain);
+        for k in self.inner.db.scan_prefix(b"c").keys().take(excess) {
+            batch.remove(k?);
+        }
+        let log_len = log_len + changes.len() - excess;
+        batch.insert(LOG_LEN_KEY, &(log_len as u64).to_be_bytes());
+        batch.insert(REV_KEY, &rev.to_be_bytes());
         {
             let mut st = self.inner.state.write();
-            let rev = st.rev + 1;
-            batch.insert(REV_KEY, &rev.to_be_bytes());
             self.inner.db.apply_batch(batch)?;
             st.rev = rev;
+            st.log_len = log_len;
             apply(&mut st);
         }
         if self.inner.options.durable {
             self.inner.db.flush()?;
         }
+        // Wake watchers and waiters (they re-check the revision under this lock).
+        let _g = self.inner.written.lock();
+        self.inner.wake.notify_all();
         Ok(out)
+    }
+
+    /// Blocks until the store's revision passes `seen`, or `deadline`.
+    pub(crate) fn wait_for_write(&self, seen: u64, deadline: std::time::Instant) -> Result<()> {
+        let mut g = self.inner.written.lock();
+        while self.revision() <= seen {
+            if self.inner.wake.wait_until(&mut g, deadline).timed_out() && self.revision() <= seen {
+                return Err(Error::Timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// The reference evaluator on a stored object's JSON, with effective
+    /// params as the store resolves them now.
+    pub(crate) fn matches_doc(&self, kind: Kind, bound: &Bound, doc: &Value) -> bool {
+        let st = self.state();
+        let params = match kind {
+            Kind::Machine => match serde_json::from_value::<Machine>(doc.clone()) {
+                Ok(m) => with_defaults(effective_explicit(&m, &st.profiles), &st.params),
+                Err(_) => return false,
+            },
+            _ => with_defaults(
+                doc.get("Params")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+                &st.params,
+            ),
+        };
+        match doc.as_object() {
+            Some(obj) => bound.matches(&Subject {
+                doc: obj,
+                params: &params,
+            }),
+            None => false,
+        }
     }
 
     fn load_machine(&self, id: u32) -> Result<Machine> {
@@ -505,6 +634,13 @@ fn load_state(db: &sled::Db) -> Result<State> {
         profile_index: Index::default(),
         params: BTreeMap::new(),
         validators: HashMap::new(),
+        log_len: match db.get(LOG_LEN_KEY)? {
+            Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(|_| Error::Corrupt {
+                key: "s:logn".into(),
+                reason: "not 8 bytes".into(),
+            })?) as usize,
+            None => 0,
+        },
     };
     for item in db.scan_prefix(b"d") {
         let (k, v) = item?;
@@ -707,7 +843,7 @@ impl Machines<'_> {
             m.uuid = Uuid::new_v4();
         }
         normalize_machine(&mut m);
-        self.store.write(|st, rev| {
+        self.store.write(|st, rev, log| {
             st.check_machine(None, None, &m)?;
             if st
                 .machines
@@ -731,7 +867,14 @@ impl Machines<'_> {
             }
             m.revision = rev;
             let mut batch = sled::Batch::default();
-            batch.insert(&machine_key(id), encode(&m));
+            record(
+                &mut batch,
+                log,
+                &machine_key(id),
+                &m.uuid.to_string(),
+                &m,
+                None,
+            );
             batch.insert(NEXT_ID_KEY, &(id + 1).to_be_bytes());
             let out = m.clone();
             let apply = Box::new(move |st: &mut State| {
@@ -750,7 +893,7 @@ impl Machines<'_> {
     /// swap names in one import. Returns how many were created and how many
     /// replaced.
     pub fn import(&self, machines: Vec<Machine>) -> Result<(usize, usize)> {
-        self.store.write(|st, rev| {
+        self.store.write(|st, rev, log| {
             let mut batch = sled::Batch::default();
             let mut names: HashMap<String, Uuid> = HashMap::with_capacity(machines.len());
             let mut next = st.next_id;
@@ -799,7 +942,14 @@ impl Machines<'_> {
                         other => other,
                     })?;
                 m.revision = rev;
-                batch.insert(&machine_key(id), encode(&m));
+                record(
+                    &mut batch,
+                    log,
+                    &machine_key(id),
+                    &m.uuid.to_string(),
+                    &m,
+                    old.as_ref(),
+                );
                 planned.push((id, old, m));
             }
             batch.insert(NEXT_ID_KEY, &next.to_be_bytes());
@@ -933,11 +1083,17 @@ impl Machines<'_> {
 
     /// Deletes the machine; returns it as it was.
     pub fn delete(&self, addr: &str) -> Result<Machine> {
-        self.store.write(|st, _| {
+        self.store.write(|st, _, log| {
             let id = st.machine_id(addr)?;
             let old = self.store.load_machine(id)?;
             let mut batch = sled::Batch::default();
-            batch.remove(&machine_key(id));
+            erase(
+                &mut batch,
+                log,
+                &machine_key(id),
+                &old.uuid.to_string(),
+                &old,
+            );
             let out = old.clone();
             let apply = Box::new(move |st: &mut State| {
                 let e = machine_entries(&old, &st.profiles);
@@ -1037,7 +1193,7 @@ impl Machines<'_> {
             .iter()
             .map(|(addr, ops)| Ok((addr.as_str(), patch::parse_patch(ops)?)))
             .collect::<Result<_>>()?;
-        self.store.write(|st, rev| {
+        self.store.write(|st, rev, log| {
             let mut batch = sled::Batch::default();
             let mut changes = Vec::with_capacity(parsed.len());
             let mut seen = std::collections::HashSet::new();
@@ -1059,7 +1215,14 @@ impl Machines<'_> {
                         key: format!("Name:{}", new.name),
                     });
                 }
-                batch.insert(&machine_key(id), encode(&new));
+                record(
+                    &mut batch,
+                    log,
+                    &machine_key(id),
+                    &new.uuid.to_string(),
+                    &new,
+                    Some(&old),
+                );
                 changes.push((id, old, new));
             }
             let out = changes.iter().map(|(_, _, m)| m.clone()).collect();
@@ -1073,11 +1236,18 @@ impl Machines<'_> {
     }
 
     fn modify(&self, addr: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Machine> {
-        self.store.write(|st, rev| {
+        self.store.write(|st, rev, log| {
             let id = st.machine_id(addr)?;
             let (old, m) = self.change(st, rev, id, f)?;
             let mut batch = sled::Batch::default();
-            batch.insert(&machine_key(id), encode(&m));
+            record(
+                &mut batch,
+                log,
+                &machine_key(id),
+                &m.uuid.to_string(),
+                &m,
+                Some(&old),
+            );
             let out = m.clone();
             let apply = Box::new(move |st: &mut State| reindex_machine(st, id, &old, &m));
             Ok((batch, apply as Apply, out))
@@ -1234,7 +1404,7 @@ impl Profiles<'_> {
                 "the global profile cannot be deleted",
             ));
         }
-        self.store.write(|st, _| {
+        self.store.write(|st, _, log| {
             let old = st
                 .profiles
                 .get(name)
@@ -1254,7 +1424,7 @@ impl Profiles<'_> {
                 });
             }
             let mut batch = sled::Batch::default();
-            batch.remove(named_key(b'p', name));
+            erase(&mut batch, log, &named_key(b'p', name), name, &old);
             let out = old.clone();
             let apply = Box::new(move |st: &mut State| {
                 if let Some(id) = st.profile_ids.remove(&old.name) {
@@ -1317,7 +1487,7 @@ impl Profiles<'_> {
         name: Option<&str>,
         f: impl FnOnce(Option<&Profile>) -> Result<Value>,
     ) -> Result<Profile> {
-        self.store.write(|st, rev| {
+        self.store.write(|st, rev, log| {
             let old = match name {
                 Some(n) => Some(
                     st.profiles
@@ -1350,7 +1520,14 @@ impl Profiles<'_> {
             st.check_params(old.as_ref().map(|o| &o.params), &p.params)?;
             p.revision = rev;
             let mut batch = sled::Batch::default();
-            batch.insert(named_key(b'p', &p.name), encode(&p));
+            record(
+                &mut batch,
+                log,
+                &named_key(b'p', &p.name),
+                &p.name,
+                &p,
+                old.as_ref(),
+            );
             // Machines whose effective params may change, decoded now (before
             // the state lock) for the rare ones that need their profile order.
             let changed = changed_keys(old.as_ref().map(|o| &o.params), &p.params);
@@ -1521,14 +1698,14 @@ impl Params<'_> {
 
     /// Deletes a definition. Values already stored stay as they are.
     pub fn delete(&self, name: &str) -> Result<ParamDef> {
-        self.store.write(|st, _| {
+        self.store.write(|st, _, log| {
             let old = st
                 .params
                 .get(name)
                 .cloned()
                 .ok_or_else(|| Error::not_found(Kind::Param, name))?;
             let mut batch = sled::Batch::default();
-            batch.remove(named_key(b'd', name));
+            erase(&mut batch, log, &named_key(b'd', name), name, &old);
             let out = old.clone();
             let apply = Box::new(move |st: &mut State| {
                 st.params.remove(&old.name);
@@ -1551,7 +1728,7 @@ impl Params<'_> {
         name: Option<&str>,
         f: impl FnOnce(Option<&ParamDef>) -> Result<Value>,
     ) -> Result<ParamDef> {
-        self.store.write(|st, rev| {
+        self.store.write(|st, rev, log| {
             let old = match name {
                 Some(n) => Some(
                     st.params
@@ -1598,7 +1775,14 @@ impl Params<'_> {
             }
             d.revision = rev;
             let mut batch = sled::Batch::default();
-            batch.insert(named_key(b'd', &d.name), encode(&d));
+            record(
+                &mut batch,
+                log,
+                &named_key(b'd', &d.name),
+                &d.name,
+                &d,
+                old.as_ref(),
+            );
             let out = d.clone();
             let apply = Box::new(move |st: &mut State| {
                 st.validators.insert(d.name.clone(), Arc::new(validator));

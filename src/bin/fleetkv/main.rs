@@ -226,7 +226,9 @@ impl From<Error> for Failure {
             | Error::Schema { .. }
             | Error::Filter(_)
             | Error::AlreadyExists { .. }
-            | Error::InUse { .. } => 2,
+            | Error::InUse { .. }
+            | Error::Compacted { .. } => 2,
+            Error::Timeout => 5,
             _ => 1,
         };
         Failure {

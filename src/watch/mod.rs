@@ -1,0 +1,358 @@
+//! Change events, watches, and waits built on them (DESIGN.md §5).
+//!
+//! Owns: the change log's record format and retention, [`Event`], [`Watch`]
+//! (ordered, gap-free, resumable delivery), and the blocking waits —
+//! [`Store::wait_machine`] and [`Store::count_wait`] — that wake on the write
+//! that satisfies them instead of sleeping. Must not: decide what is written;
+//! the store's write pipeline hands every write's changes here
+//! ([`Change`]) and they land in the same atomic sled batch as the write.
+//!
+//! # The log
+//! Every write appends one event per object it changed under key
+//! `c` + revision (u64, big-endian) + sequence (u32, big-endian), holding the
+//! object after the write and (for updates and deletes) before it. The log
+//! keeps the newest [`LOG_RETAIN`] events; a watch from an older revision
+//! fails with [`Error::Compacted`] naming the oldest revision still kept, as
+//! etcd does.
+//!
+//! # Filters on watches
+//! A watch with a filter delivers the events of objects that match the
+//! filter before or after the write, so a subscriber sees members leave as
+//! well as join. Both sides are judged with the param definitions and
+//! profiles as they are when the event is delivered. A profile change that
+//! moves machines in or out of a filter through their effective params is
+//! one profile event, not one event per machine.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::filter::{Bound, Filter};
+use crate::model::Kind;
+use crate::store::Store;
+
+/// How many events the persisted change log keeps.
+pub const LOG_RETAIN: usize = 100_000;
+
+/// What a write did to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// The object was created.
+    Create,
+    /// The object was changed.
+    Update,
+    /// The object was deleted.
+    Delete,
+}
+
+/// One change to one object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The revision of the write.
+    #[serde(rename = "Revision")]
+    pub revision: u64,
+    /// Position within the write (a bulk import changes many objects at one revision).
+    #[serde(rename = "Seq")]
+    pub seq: u32,
+    /// The object's kind.
+    #[serde(rename = "Kind")]
+    pub kind: Kind,
+    /// Its key: a machine's Uuid, a profile's or param's Name.
+    #[serde(rename = "Key")]
+    pub key: String,
+    /// What happened.
+    #[serde(rename = "Action")]
+    pub action: Action,
+    /// The object after the write (for a delete: as it was).
+    #[serde(rename = "Object")]
+    pub object: Value,
+    /// The object before the write (updates and deletes).
+    #[serde(rename = "Previous", default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Value>,
+}
+
+/// A change handed from the write pipeline: the encoded object bytes as
+/// stored, so nothing is encoded twice.
+pub(crate) struct Change {
+    pub(crate) kind: Kind,
+    pub(crate) key: String,
+    pub(crate) action: Action,
+    pub(crate) object: Vec<u8>,
+    pub(crate) previous: Option<Vec<u8>>,
+}
+
+pub(crate) fn log_key(rev: u64, seq: u32) -> [u8; 13] {
+    let mut k = [b'c'; 13];
+    k[1..9].copy_from_slice(&rev.to_be_bytes());
+    k[9..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Encodes an event around the stored object bytes (already JSON).
+pub(crate) fn encode_event(rev: u64, seq: u32, c: &Change) -> Vec<u8> {
+    let head = serde_json::json!({
+        "Revision": rev, "Seq": seq, "Kind": c.kind, "Key": c.key, "Action": c.action,
+    })
+    .to_string();
+    let mut out = Vec::with_capacity(head.len() + c.object.len() * 2 + 32);
+    out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    out.extend_from_slice(b",\"Object\":");
+    out.extend_from_slice(&c.object);
+    if let Some(p) = &c.previous {
+        out.extend_from_slice(b",\"Previous\":");
+        out.extend_from_slice(p);
+    }
+    out.push(b'}');
+    out
+}
+
+/// When a count-wait is satisfied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountCondition {
+    /// `count >= n`
+    AtLeast(u64),
+    /// `count == n`
+    Exactly(u64),
+    /// `count <= n`
+    AtMost(u64),
+}
+
+impl CountCondition {
+    /// Whether `count` satisfies it.
+    pub fn holds(self, count: u64) -> bool {
+        match self {
+            CountCondition::AtLeast(n) => count >= n,
+            CountCondition::Exactly(n) => count == n,
+            CountCondition::AtMost(n) => count <= n,
+        }
+    }
+}
+
+impl std::str::FromStr for CountCondition {
+    type Err = Error;
+    /// `">= 12"`, `"== 3"`, `"<= 0"` (spaces optional; `=` alone means `==`).
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim();
+        let (op, rest) = if let Some(r) = t.strip_prefix(">=") {
+            ("ge", r)
+        } else if let Some(r) = t.strip_prefix("<=") {
+            ("le", r)
+        } else if let Some(r) = t.strip_prefix("==") {
+            ("eq", r)
+        } else if let Some(r) = t.strip_prefix('=') {
+            ("eq", r)
+        } else {
+            return Err(Error::invalid(
+                "--until",
+                format!("{s:?}: expected \">= N\", \"== N\" or \"<= N\""),
+            ));
+        };
+        let n: u64 = rest.trim().parse().map_err(|_| {
+            Error::invalid(
+                "--until",
+                format!(
+                    "{s:?}: expected a count after the operator, found {:?}",
+                    rest.trim()
+                ),
+            )
+        })?;
+        Ok(match op {
+            "ge" => CountCondition::AtLeast(n),
+            "le" => CountCondition::AtMost(n),
+            _ => CountCondition::Exactly(n),
+        })
+    }
+}
+
+/// An ordered, gap-free stream of events from a revision on.
+pub struct Watch {
+    store: Store,
+    kind: Option<Kind>,
+    filter: Option<(Filter, Bound)>,
+    /// The next (revision, seq) to deliver.
+    next: (u64, u32),
+}
+
+impl Store {
+    /// Events of `kind` (all kinds when `None`) whose object matches `filter`
+    /// before or after the write, from revision `from` on (inclusive;
+    /// default: the next write). A `from` older than the log keeps is
+    /// [`Error::Compacted`]; one beyond the next revision is invalid.
+    pub fn watch(
+        &self,
+        kind: Option<Kind>,
+        filter: Option<Filter>,
+        from: Option<u64>,
+    ) -> Result<Watch> {
+        let current = self.revision();
+        let from = from.unwrap_or(current + 1);
+        if from > current + 1 {
+            return Err(Error::invalid(
+                "watch revision",
+                format!("revision {from} is in the future (the store is at {current})"),
+            ));
+        }
+        if from <= current {
+            let oldest = self.oldest_logged()?;
+            if oldest.is_none_or(|o| from < o) {
+                return Err(Error::Compacted {
+                    requested: from,
+                    oldest: oldest.unwrap_or(current + 1),
+                });
+            }
+        }
+        let filter = match (filter, kind) {
+            (Some(f), Some(k)) => {
+                let bound = f.bind(k, &*self.state())?;
+                Some((f, bound))
+            }
+            (Some(_), None) => {
+                return Err(Error::invalid(
+                    "watch filter",
+                    "a filter needs a kind (machines or profiles)",
+                ))
+            }
+            _ => None,
+        };
+        Ok(Watch {
+            store: self.clone(),
+            kind,
+            filter,
+            next: (from, 0),
+        })
+    }
+
+    fn oldest_logged(&self) -> Result<Option<u64>> {
+        Ok(match self.db().scan_prefix(b"c").next() {
+            Some(item) => {
+                let (k, _) = item?;
+                k.get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+            }
+            None => None,
+        })
+    }
+
+    /// Blocks until machine `addr` matches `filter` (checked now and after
+    /// every write), or `timeout` passes ([`Error::Timeout`]).
+    pub fn wait_machine(&self, addr: &str, filter: &Filter, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let uuid = self.machines().get(addr)?.uuid.to_string();
+        let me = Filter::parse(&format!("Uuid Eq {uuid}"))?.and(filter.clone());
+        loop {
+            let seen = self.revision();
+            let q = self.machines().prepare(&me)?;
+            if self.machines().count_query(&q) == 1 {
+                return Ok(());
+            }
+            if !self.machines().exists(&uuid)? {
+                return Err(Error::not_found(Kind::Machine, addr));
+            }
+            self.wait_for_write(seen, deadline)?;
+        }
+    }
+
+    /// Blocks until the number of machines matching `filter` satisfies
+    /// `until`, re-counting on every write (counting never reads a document);
+    /// returns the count, or [`Error::Timeout`].
+    pub fn count_wait(
+        &self,
+        filter: &Filter,
+        until: CountCondition,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.revision();
+            let q = self.machines().prepare(filter)?;
+            let n = self.machines().count_query(&q);
+            if until.holds(n) {
+                return Ok(n);
+            }
+            self.wait_for_write(seen, deadline)?;
+        }
+    }
+}
+
+impl Watch {
+    /// The next event, waiting up to `timeout` for one; `Ok(None)` on timeout.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Event>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.poll()? {
+                return Ok(Some(e));
+            }
+            let seen = self.next.0.saturating_sub(1).max(self.store.revision());
+            match self.store.wait_for_write(seen, deadline) {
+                Ok(()) => {}
+                Err(Error::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next event already in the log, without waiting.
+    pub fn poll(&mut self) -> Result<Option<Event>> {
+        let start = log_key(self.next.0, self.next.1);
+        for item in self.store.db().range(start..) {
+            let (k, v) = item?;
+            if k.first() != Some(&b'c') {
+                break;
+            }
+            let e: Event = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+                key: format!("c{:?}", &k[1..]),
+                reason: e.to_string(),
+            })?;
+            if (e.revision, e.seq) < self.next {
+                // Trimmed past us while we were not looking.
+                continue;
+            }
+            self.next = (e.revision, e.seq + 1);
+            if self.wanted(&e) {
+                return Ok(Some(e));
+            }
+        }
+        // Nothing more now: the next write is the next revision.
+        let current = self.store.revision();
+        if self.next.0 <= current {
+            self.next = (current + 1, 0);
+        }
+        Ok(None)
+    }
+
+    /// The revision the watch will deliver next (for resuming).
+    pub fn next_revision(&self) -> u64 {
+        self.next.0
+    }
+
+    fn wanted(&self, e: &Event) -> bool {
+        if self.kind.is_some_and(|k| k != e.kind) {
+            return false;
+        }
+        let Some((_, bound)) = &self.filter else {
+            return true;
+        };
+        [Some(&e.object), e.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|doc| self.store.matches_doc(e.kind, bound, doc))
+    }
+}
+
+impl Iterator for Watch {
+    type Item = Result<Event>;
+    /// Blocks until the next event.
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.next_timeout(Duration::from_secs(3600)) {
+                Ok(Some(e)) => return Some(Ok(e)),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}

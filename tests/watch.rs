@@ -1,0 +1,229 @@
+//! Change events, watches and waits through the public API.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fleetkv::{Action, CountCondition, Error, Filter, Kind, Machine, Options, Profile, Store};
+use serde_json::json;
+
+fn member(name: &str, profile: &str) -> Machine {
+    let mut m = Machine::new(name);
+    m.profiles.push(profile.into());
+    m
+}
+
+#[test]
+fn every_write_is_an_event_in_order() {
+    let s = Store::temporary().unwrap();
+    let start = s.revision() + 1;
+    let mut w = s.watch(None, None, Some(start)).unwrap();
+    s.profiles().create(Profile::new("p")).unwrap();
+    let m = s.machines().create(member("a", "p")).unwrap();
+    s.machines().set_param("a", "k", json!(1)).unwrap();
+    s.machines()
+        .import(vec![Machine::new("b"), Machine::new("c")])
+        .unwrap();
+    s.machines().delete("a").unwrap();
+    let mut got = Vec::new();
+    while let Some(e) = w.poll().unwrap() {
+        got.push(e);
+    }
+    let summary: Vec<(Kind, Action, String)> = got
+        .iter()
+        .map(|e| (e.kind, e.action, e.key.clone()))
+        .collect();
+    let ua = m.uuid.to_string();
+    assert_eq!(summary.len(), 6, "{summary:?}");
+    assert_eq!(summary[0], (Kind::Profile, Action::Create, "p".into()));
+    assert_eq!(summary[1], (Kind::Machine, Action::Create, ua.clone()));
+    assert_eq!(summary[2], (Kind::Machine, Action::Update, ua.clone()));
+    assert_eq!(summary[5], (Kind::Machine, Action::Delete, ua));
+    // Revisions never go back; the import's two events share one revision.
+    assert!(got
+        .windows(2)
+        .all(|w| (w[0].revision, w[0].seq) < (w[1].revision, w[1].seq)));
+    assert_eq!(got[3].revision, got[4].revision);
+    assert_eq!(got[2].object["Params"]["k"], json!(1));
+    assert_eq!(got[2].previous.as_ref().unwrap()["Params"].get("k"), None);
+    assert_eq!(got.last().unwrap().revision, s.revision());
+    // Resuming from any revision gives the same tail, no gap, no duplicate.
+    let mut again = s.watch(None, None, Some(got[2].revision)).unwrap();
+    let mut tail = Vec::new();
+    while let Some(e) = again.poll().unwrap() {
+        tail.push(e);
+    }
+    assert_eq!(tail, got[2..].to_vec());
+}
+
+#[test]
+fn compacted_and_future_revisions_are_errors() {
+    let s = Store::temporary_with(Options {
+        log_retain: 5,
+        ..Options::default()
+    })
+    .unwrap();
+    for i in 0..10 {
+        s.machines().create(Machine::new(format!("m{i}"))).unwrap();
+    }
+    match s.watch(None, None, Some(1)) {
+        Err(Error::Compacted { requested, oldest }) => {
+            assert_eq!(requested, 1);
+            assert_eq!(oldest, s.revision() - 4);
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("watch from a compacted revision"),
+    }
+    let oldest = s.revision() - 4;
+    let mut w = s.watch(None, None, Some(oldest)).unwrap();
+    let mut n = 0;
+    while w.poll().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 5);
+    assert!(matches!(
+        s.watch(None, None, Some(s.revision() + 2)),
+        Err(Error::Invalid { .. })
+    ));
+    s.watch(None, None, Some(s.revision() + 1)).unwrap();
+}
+
+#[test]
+fn filtered_watch_sees_members_leave_and_join() {
+    let s = Store::temporary().unwrap();
+    s.profiles().create(Profile::new("p")).unwrap();
+    s.profiles().create(Profile::new("q")).unwrap();
+    s.machines().create(member("in", "p")).unwrap();
+    s.machines().create(member("out", "q")).unwrap();
+    let mut w = s
+        .watch(
+            Some(Kind::Machine),
+            Some(Filter::parse("Profiles Eq p").unwrap()),
+            None,
+        )
+        .unwrap();
+    s.machines().set_param("out", "x", json!(1)).unwrap(); // never a member: not seen
+    s.machines()
+        .update("in", &json!({"Profiles": ["q"]}))
+        .unwrap(); // leaves
+    s.machines()
+        .update("out", &json!({"Profiles": ["p"]}))
+        .unwrap(); // joins
+    s.profiles().set_param("p", "x", json!(2)).unwrap(); // another kind
+    let names: Vec<String> = std::iter::from_fn(|| w.poll().unwrap())
+        .map(|e| e.object["Name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["in", "out"]);
+}
+
+#[test]
+fn watch_wakes_on_write() {
+    let s = Store::temporary().unwrap();
+    let mut w = s.watch(Some(Kind::Machine), None, None).unwrap();
+    assert!(w.next_timeout(Duration::from_millis(20)).unwrap().is_none());
+    let writer = {
+        let s = s.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            s.machines().create(Machine::new("late")).unwrap();
+        })
+    };
+    let e = w
+        .next_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("an event");
+    assert_eq!(e.object["Name"], json!("late"));
+    writer.join().unwrap();
+}
+
+#[test]
+fn count_wait_is_a_barrier() {
+    let s = Store::temporary().unwrap();
+    s.profiles().create(Profile::new("c")).unwrap();
+    let f = Filter::parse("Profiles Eq c done Eq true").unwrap();
+    for i in 0..5 {
+        s.machines().create(member(&format!("m{i}"), "c")).unwrap();
+    }
+    let workers: Vec<_> = (0..5)
+        .map(|i| {
+            let s = s.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(10 * i));
+                s.machines()
+                    .set_param(&format!("m{i}"), "done", json!(true))
+                    .unwrap();
+            })
+        })
+        .collect();
+    let n = s
+        .count_wait(&f, CountCondition::AtLeast(5), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(n, 5);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let t = Instant::now();
+    let r = s.count_wait(&f, CountCondition::Exactly(6), Duration::from_millis(100));
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    assert_eq!(
+        s.count_wait(&f, CountCondition::AtMost(5), Duration::ZERO)
+            .unwrap(),
+        5
+    );
+    assert!("~ 3".parse::<CountCondition>().is_err());
+    assert!(">= x".parse::<CountCondition>().is_err());
+    assert_eq!(
+        ">=12".parse::<CountCondition>().unwrap(),
+        CountCondition::AtLeast(12)
+    );
+    assert_eq!(
+        "== 3".parse::<CountCondition>().unwrap(),
+        CountCondition::Exactly(3)
+    );
+}
+
+#[test]
+fn wait_machine_wakes_when_it_matches() {
+    let s = Store::temporary().unwrap();
+    s.machines().create(Machine::new("m")).unwrap();
+    let waiter = {
+        let s = s.clone();
+        thread::spawn(move || {
+            s.wait_machine(
+                "m",
+                &Filter::parse("Workflow Eq done").unwrap(),
+                Duration::from_secs(30),
+            )
+        })
+    };
+    thread::sleep(Duration::from_millis(30));
+    s.machines()
+        .update("m", &json!({"Workflow": "done"}))
+        .unwrap();
+    waiter.join().unwrap().unwrap();
+    let r = s.wait_machine(
+        "m",
+        &Filter::parse("Workflow Eq never").unwrap(),
+        Duration::from_millis(50),
+    );
+    assert!(matches!(r, Err(Error::Timeout)));
+    assert!(matches!(
+        s.wait_machine("nobody", &Filter::all(), Duration::from_millis(5)),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[test]
+fn events_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let rev;
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.machines().create(Machine::new("a")).unwrap();
+        rev = s.revision();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    let mut w = s.watch(None, None, Some(rev)).unwrap();
+    let e = w.poll().unwrap().expect("persisted event");
+    assert_eq!(e.object["Name"], json!("a"));
+}
