@@ -21,6 +21,7 @@ macro_rules! outln {
 }
 
 mod transfer;
+mod wait;
 mod words;
 
 use std::io::Read;
@@ -85,12 +86,43 @@ enum Cmd {
     },
     /// Write everything as `{"params":[…],"profiles":[…],"machines":[…]}`.
     Export,
+    /// Print change events as JSON lines: `watch machines|profiles|params [FILTER…] [--from REV]`.
+    Watch {
+        /// The kind to watch.
+        #[arg(value_enum)]
+        kind: transfer::KindArg,
+        /// Filter words: events for objects matching before or after the write.
+        words: Vec<String>,
+        /// First revision to print (default: the next write).
+        #[arg(long, value_name = "REV")]
+        from: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+    },
 }
 
 #[derive(Subcommand)]
 enum Verb {
     /// Create from JSON, a bare name, or `-` (stdin).
     Create { input: String },
+    /// `wait ID FIELD VALUE [TIMEOUT]`: until the machine's FIELD (or param) equals VALUE; prints `complete` or `timeout`.
+    Wait {
+        id: String,
+        field: String,
+        value: String,
+        /// Seconds (default 3600).
+        timeout: Option<f64>,
+    },
+    /// `await ID EXPR… [--timeout S]`: until the machine matches the filter; prints `complete` or `timeout`.
+    Await {
+        id: String,
+        #[arg(required = true)]
+        expr: Vec<String>,
+        /// Seconds (default 3600).
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
     /// Show one object.
     Show { id: String },
     /// Exit 0 if it exists, 4 if not.
@@ -199,6 +231,12 @@ struct ListArgs {
     /// Show effective params.
     #[arg(long)]
     aggregate: bool,
+    /// `count` only: block until the count satisfies `>= N`, `== N` or `<= N`.
+    #[arg(long, value_name = "COND")]
+    until: Option<String>,
+    /// With `--until`: give up after this many seconds (exit 5).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600.0)]
+    timeout: f64,
 }
 
 /// A failure with its exit code (DESIGN.md §6).
@@ -213,6 +251,60 @@ impl Failure {
         Failure {
             code: 2,
             msg: msg.into(),
+        }
+    }
+}
+
+impl Failure {
+    /// A wait ran out of time: exit 5.
+    pub fn timeout() -> Self {
+        Failure {
+            code: 5,
+            msg: "timeout".into(),
+        }
+    }
+
+    /// Anything else: exit 1.
+    pub fn other(msg: impl Into<String>) -> Self {
+        Failure {
+            code: 1,
+            msg: msg.into(),
+        }
+    }
+}
+
+/// drpcli's wait output: `complete`, or `timeout` with exit code 5.
+fn waited(r: Out) -> Out {
+    match r {
+        Ok(()) => {
+            outln!("complete");
+            Ok(())
+        }
+        Err(f) if f.code == 5 => {
+            outln!("timeout");
+            Err(f)
+        }
+        Err(f) => Err(f),
+    }
+}
+
+fn seconds(s: f64) -> Out<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| Failure::input(format!("{s}: expected a non-negative number of seconds")))
+}
+
+impl From<fleetkv::filter::FilterError> for Failure {
+    fn from(e: fleetkv::filter::FilterError) -> Self {
+        Error::from(e).into()
+    }
+}
+
+impl From<transfer::KindArg> for Kind {
+    fn from(k: transfer::KindArg) -> Self {
+        match k {
+            transfer::KindArg::Machines => Kind::Machine,
+            transfer::KindArg::Profiles => Kind::Profile,
+            transfer::KindArg::Params => Kind::Param,
         }
     }
 }
@@ -286,7 +378,63 @@ fn run(cli: Cli) -> Out {
                 Ok(())
             });
         }
+        Cmd::Watch {
+            kind,
+            words,
+            from,
+            timeout,
+        } => {
+            let filter = (!words.is_empty())
+                .then(|| Filter::from_args(&words))
+                .transpose()?;
+            let timeout = timeout.map(seconds).transpose()?;
+            return wait::watch(&data, cli.lock_timeout, kind.into(), filter, from, timeout);
+        }
     };
+    // Waits release the store between checks.
+    match &verb {
+        Verb::Wait {
+            id,
+            field,
+            value,
+            timeout,
+        } => {
+            let words = [field.clone(), "Eq".into(), value.clone()];
+            let f = Filter::from_args(&words)?;
+            return waited(wait::machine(
+                &data,
+                cli.lock_timeout,
+                id,
+                &f,
+                seconds(timeout.unwrap_or(3600.0))?,
+            ));
+        }
+        Verb::Await { id, expr, timeout } => {
+            let f = Filter::from_args(expr)?;
+            return waited(wait::machine(
+                &data,
+                cli.lock_timeout,
+                id,
+                &f,
+                seconds(timeout.unwrap_or(3600.0))?,
+            ));
+        }
+        Verb::Count(args) if args.until.is_some() => {
+            let (filter, _) = listing(kind, args)?;
+            let until = args.until.as_deref().unwrap_or_default();
+            let n = wait::count_until(
+                &data,
+                cli.lock_timeout,
+                kind,
+                &filter,
+                until,
+                seconds(args.timeout)?,
+            )?;
+            outln!("{n}");
+            return Ok(());
+        }
+        _ => {}
+    }
     // Read stdin and parse inputs before taking the store.
     let input = match &verb {
         Verb::Create { input } | Verb::Update { input, .. } | Verb::Patch { input, .. } => {
@@ -335,6 +483,10 @@ impl Ctx {
         }
         match verb {
             Verb::Create { .. } => show(create(s, kind, &input)?),
+            // Waits never hold the store: `run` handles them before opening it.
+            Verb::Wait { .. } | Verb::Await { .. } => {
+                Err(Failure::other("wait needs the store released"))
+            }
             Verb::Show { id } => show(get(s, kind, &id)?),
             Verb::Exists { id } => {
                 let found = match kind {

@@ -1,0 +1,174 @@
+//! `count --until`, `wait`, `await` and `watch` across real processes: the
+//! waiting process releases the store, so writers get their turn, and it
+//! wakes on their writes.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+
+fn fleetkv(dir: &std::path::Path) -> Command {
+    let mut c = Command::cargo_bin("fleetkv").unwrap();
+    c.arg("--data").arg(dir.join("store"));
+    c
+}
+
+fn ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = fleetkv(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn count_until_is_a_barrier_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["profiles", "create", "c"]);
+    for i in 0..4 {
+        let name = format!("m{i}");
+        ok(d, &["machines", "create", &name]);
+        ok(d, &["machines", "addprofile", &name, "c"]);
+    }
+    let waiter = fleetkv(d)
+        .args([
+            "machines",
+            "count",
+            "Profiles",
+            "Eq",
+            "c",
+            "done",
+            "Eq",
+            "true",
+            "--until",
+            ">= 4",
+            "--timeout",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Writers get the store while the waiter waits.
+    for i in 0..4 {
+        ok(
+            d,
+            &[
+                "machines",
+                "set",
+                &format!("m{i}"),
+                "param",
+                "done",
+                "to",
+                "true",
+            ],
+        );
+    }
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+
+    let t = Instant::now();
+    let out = fleetkv(d)
+        .args([
+            "machines",
+            "count",
+            "done",
+            "Eq",
+            "true",
+            "--until",
+            "== 9",
+            "--timeout",
+            "0.3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "timeout is exit code 5");
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let out = fleetkv(d)
+        .args(["machines", "count", "--until", "about 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--until"));
+}
+
+#[test]
+fn wait_and_await_print_complete_or_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["machines", "create", "m"]);
+    let waiter = fleetkv(d)
+        .args(["machines", "wait", "Name:m", "Workflow", "install", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    ok(d, &["machines", "workflow", "m", "install"]);
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "complete");
+
+    let out = fleetkv(d)
+        .args([
+            "machines",
+            "await",
+            "m",
+            "Workflow Eq other",
+            "--timeout",
+            "0.2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "timeout");
+    let out = fleetkv(d)
+        .args(["machines", "await", "m", "Workflow Eq install"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = fleetkv(d)
+        .args(["machines", "wait", "nobody", "Workflow", "x", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+}
+
+#[test]
+fn watch_prints_json_lines_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["machines", "create", "a"]);
+    ok(d, &["machines", "create", "b"]);
+    ok(d, &["machines", "set", "a", "param", "x", "to", "1"]);
+    let out = ok(d, &["watch", "machines", "--from", "1", "--timeout", "0.2"]);
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2]["Action"], "update");
+    let from = events[1]["Revision"].as_u64().unwrap().to_string();
+    let filtered = ok(
+        d,
+        &[
+            "watch",
+            "machines",
+            "Name",
+            "Eq",
+            "a",
+            "--from",
+            &from,
+            "--timeout",
+            "0.2",
+        ],
+    );
+    assert_eq!(filtered.lines().count(), 1, "{filtered}");
+    let out = fleetkv(d)
+        .args(["watch", "machines", "--from", "999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
