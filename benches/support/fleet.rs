@@ -83,12 +83,17 @@ pub fn machine(i: usize) -> Machine {
     p.insert("site".into(), json!(format!("dc-{}", i % 5)));
     p.insert(
         "power/state".into(),
-        json!(if i % 17 == 0 { "off" } else { "on" }),
+        json!(if i.is_multiple_of(17) { "off" } else { "on" }),
     );
     p.insert("serial".into(), json!(format!("SN{i:08}")));
     m.meta.insert(
         "icon".into(),
-        if i % 10 == 0 { "anchor" } else { "server" }.into(),
+        if i.is_multiple_of(10) {
+            "anchor"
+        } else {
+            "server"
+        }
+        .into(),
     );
     m
 }
