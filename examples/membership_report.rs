@@ -101,10 +101,15 @@ fn main() {
 
     // Bulk import vs raw sled batches of the same encoded bytes.
     let dir = tempfile::tempdir().unwrap();
+    let store = fleet::fleetkv(0, Some(dir.path()));
+    let machines: Vec<_> = (0..n).map(fleet::machine).collect();
     let t = Instant::now();
-    let store = fleet::fleetkv(n, Some(dir.path()));
+    for chunk in machines.chunks(10_000) {
+        store.machines().import(chunk.to_vec()).unwrap();
+    }
     store.flush().unwrap();
     let import = t.elapsed();
+    drop(machines);
     let raw_dir = tempfile::tempdir().unwrap();
     let raw = sled::open(raw_dir.path()).unwrap();
     let docs: Vec<Vec<u8>> = (0..n)

@@ -242,11 +242,11 @@ fn with_defaults(
     params
 }
 
-fn common_entries(
+fn common_entries<'a>(
     e: &mut Entries,
     name: &str,
     description: &str,
-    params: &Map<String, Value>,
+    params: impl IntoIterator<Item = (&'a String, &'a Value)>,
     meta: &BTreeMap<String, String>,
 ) {
     e.push((Key::Field(Field::Name), ValueKey::str(name)));
@@ -261,11 +261,26 @@ fn common_entries(
 
 fn machine_entries(m: &Machine, profiles: &BTreeMap<String, Profile>) -> Entries {
     let mut e = Entries::with_capacity(16 + m.params.len());
+    // Effective params by reference (own, profiles in order, global): the
+    // first holder of each name wins. Profile lists are short.
+    let chain: Vec<&Map<String, Value>> = m
+        .profiles
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(GLOBAL_PROFILE))
+        .filter_map(|p| profiles.get(p).map(|p| &p.params))
+        .collect();
+    let chain = &chain;
+    let inherited = chain.iter().enumerate().flat_map(|(i, params)| {
+        params.iter().filter(move |(k, _)| {
+            !m.params.contains_key(*k) && !chain[..i].iter().any(|earlier| earlier.contains_key(*k))
+        })
+    });
     common_entries(
         &mut e,
         &m.name,
         &m.description,
-        &effective_explicit(m, profiles),
+        m.params.iter().chain(inherited),
         &m.meta,
     );
     e.push((Key::Field(Field::Uuid), ValueKey::str(&m.uuid.to_string())));
