@@ -1,4 +1,4 @@
-//! fleetkv: an embeddable coordination store for machine fleets.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
