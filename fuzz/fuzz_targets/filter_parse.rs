@@ -4,7 +4,7 @@
 //! other two entry points keep their meaning through their canonical text.
 #![no_main]
 
-use fleetkv::filter::{Bound, Filter, ParamTypes, Subject};
+use fleetkv::filter::{Bound, Expr, Filter, Op, ParamTypes, Subject};
 use fleetkv::model::Kind;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Map, Value};
@@ -63,8 +63,26 @@ fn results(b: &Bound, subs: &[Subj]) -> Vec<bool> {
         .collect()
 }
 
+fn has_re(e: &Expr) -> bool {
+    match e {
+        Expr::And(v) | Expr::Or(v) => v.iter().any(has_re),
+        Expr::Not(x) => has_re(x),
+        Expr::Pred(p) => p.op == Op::Re,
+    }
+}
+
 /// Canonical text must parse and bind to a filter with the same meaning.
+///
+/// Regex compilation (instrumented) dominates the cost of an execution, so a
+/// filter with `Re` is bound once, not compared: the round trip of its AST
+/// is still checked for `Filter::parse` results.
 fn same_meaning(f: &Filter, origin: &str) {
+    if f.expr.as_ref().is_some_and(has_re) {
+        if let Err(e) = f.bind(Kind::Machine, &Types) {
+            let _ = e.to_string();
+        }
+        return;
+    }
     let text = f.to_string();
     let g = match Filter::parse(&text) {
         Ok(g) => g,
@@ -105,8 +123,10 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => panic!("canonical text {text:?} of {s:?} does not parse:\n{e}"),
         }
         same_meaning(&f, s);
-        if let Err(e) = f.bind(Kind::Profile, &Types) {
-            let _ = e.to_string();
+        if !f.expr.as_ref().is_some_and(has_re) {
+            if let Err(e) = f.bind(Kind::Profile, &Types) {
+                let _ = e.to_string();
+            }
         }
     } else if let Err(e) = Filter::parse(s) {
         let _ = e.to_string();

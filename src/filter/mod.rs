@@ -512,3 +512,6 @@ impl Bound {
         eval::matches(self, s)
     }
 }
+
+#[cfg(test)]
+mod tests;
