@@ -809,6 +809,8 @@ fn args_form() {
     same(&["Profiles", "In", "a,b"], "Profiles In a,b");
     same(&["x", "Eq", "\"true\""], "x Eq \"true\"");
     same(&["x", "Eq", ""], "x Eq \"\"");
+    same(&["x", "Eq", "", "y", "Eq", "1"], "x Eq \"\" y Eq 1");
+    same(&["Profiles", "In", "", "y=1"], "Profiles In \"\" y Eq 1");
     same(&["x", "Eq", "And"], "x Eq \"And\"");
     same(
         &["Profiles Eq a And (x Eq 1 Or y Eq 2)"],

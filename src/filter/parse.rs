@@ -561,6 +561,9 @@ impl<'a> P<'a, '_> {
 
     /// A comma-separated list of values (at least one).
     fn value_list(&mut self, i: &'a str, op: Op) -> PResult<'a, Vec<Literal>> {
+        if let Some(found) = self.empty_word(i) {
+            return Ok(found);
+        }
         let j = ws(i);
         if let Some(found) = self.whole_word(j, op) {
             return Ok(found);
@@ -583,6 +586,20 @@ impl<'a> P<'a, '_> {
             }
         }
         Ok((r, vals))
+    }
+
+    /// `from_args`: an empty word in value position is the empty string.
+    fn empty_word(&self, i: &'a str) -> Option<(&'a str, Vec<Literal>)> {
+        let args = self.args?;
+        let p = self.off(i);
+        let q = if i.starts_with(' ') { p + 1 } else { p };
+        let &(s, e) = args.iter().find(|&&(s, e)| s == q && e == q)?;
+        let lit = Literal {
+            text: String::new(),
+            quoted: false,
+            span: Span { start: s, end: e },
+        };
+        Some((&self.src[e..], vec![lit]))
     }
 
     /// `from_args`: at the start of a word (or right after `KEY=`), a word
