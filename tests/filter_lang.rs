@@ -771,7 +771,7 @@ fn query_form() {
     // Offsets are in the raw query.
     let e = Filter::from_query("Name=Eq(a)&rack=Equals(3)").unwrap_err();
     assert_err(&e, FilterErrorKind::UnknownOperator, 16);
-    assert_eq!(e.found, "\"Equals\"");
+    assert_eq!(e.found, "Equals");
     let e = Filter::from_query("Name=Eq(a)&rack").unwrap_err();
     assert_err(&e, FilterErrorKind::MissingValue, 15);
     let e = Filter::from_query("Name=a%zz").unwrap_err();
@@ -809,6 +809,8 @@ fn args_form() {
     same(&["Profiles", "In", "a,b"], "Profiles In a,b");
     same(&["x", "Eq", "\"true\""], "x Eq \"true\"");
     same(&["x", "Eq", ""], "x Eq \"\"");
+    same(&["x", "Eq", "", "y", "Eq", "1"], "x Eq \"\" y Eq 1");
+    same(&["Profiles", "In", "", "y=1"], "Profiles In \"\" y Eq 1");
     same(&["x", "Eq", "And"], "x Eq \"And\"");
     same(
         &["Profiles Eq a And (x Eq 1 Or y Eq 2)"],
@@ -887,7 +889,7 @@ fn parse_errors_kinds_and_offsets() {
         e.expected,
         "an operator (Eq, Ne, Lt, Lte, Gt, Gte, In, Nin, Re, Between, Except)"
     );
-    assert_eq!(e.found, "\"Equals\"");
+    assert_eq!(e.found, "Equals");
 }
 
 #[test]

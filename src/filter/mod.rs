@@ -6,7 +6,7 @@
 //! evaluation. Must not: read storage or indexes. The index module answers the
 //! same bound filters with bitmaps and is tested against [`Bound::matches`].
 //!
-//! Layout: [`parse`](self) (nom parser for the triple/boolean form, the
+//! Layout: `parse` (nom parser for the triple/boolean form, the
 //! query-string form and drpcli argument words), `display` (canonical text and
 //! error rendering), `bind` (literal conversion, type checks, regex
 //! compilation) and `eval` (the reference evaluator). Limits: inputs over
@@ -512,3 +512,6 @@ impl Bound {
         eval::matches(self, s)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -115,17 +115,17 @@ pub(crate) fn describe(i: &str) -> String {
     }
     let end = if is_key_char(c) {
         i.find(|c: char| !is_key_char(c)).unwrap_or(i.len())
-    } else if is_plain(c) {
+    } else if is_plain(c) && !c.is_ascii_punctuation() {
         i.find(|c: char| !is_plain(c)).unwrap_or(i.len())
     } else {
-        c.len_utf8()
+        // Punctuation: just the one character, in backticks.
+        return format!("`{c}`");
     };
-    let mut word = &i[..end];
+    let word = &i[..end];
     if word.len() > 40 {
-        word = &word[..floor_boundary(word, 40)];
-        return format!("\"{word}...\"");
+        return format!("{}...", &word[..floor_boundary(word, 40)]);
     }
-    format!("\"{word}\"")
+    word.to_owned()
 }
 
 /// Scans a bracket group starting at `start` (`[` or `{`) to its matching
@@ -286,7 +286,7 @@ pub(crate) fn parse_text(src: &str, args: Option<&[(usize, usize)]>) -> Result<O
         return Err(p.err(
             FilterErrorKind::UnbalancedParen,
             rest,
-            "no `)` here: there is no `(` to close",
+            "end of input (this `)` closes no `(`)",
         ));
     }
     if !rest.is_empty() {
@@ -561,6 +561,9 @@ impl<'a> P<'a, '_> {
 
     /// A comma-separated list of values (at least one).
     fn value_list(&mut self, i: &'a str, op: Op) -> PResult<'a, Vec<Literal>> {
+        if let Some(found) = self.empty_word(i) {
+            return Ok(found);
+        }
         let j = ws(i);
         if let Some(found) = self.whole_word(j, op) {
             return Ok(found);
@@ -583,6 +586,20 @@ impl<'a> P<'a, '_> {
             }
         }
         Ok((r, vals))
+    }
+
+    /// `from_args`: an empty word in value position is the empty string.
+    fn empty_word(&self, i: &'a str) -> Option<(&'a str, Vec<Literal>)> {
+        let args = self.args?;
+        let p = self.off(i);
+        let q = if i.starts_with(' ') { p + 1 } else { p };
+        let &(s, e) = args.iter().find(|&&(s, e)| s == q && e == q)?;
+        let lit = Literal {
+            text: String::new(),
+            quoted: false,
+            span: Span { start: s, end: e },
+        };
+        Some((&self.src[e..], vec![lit]))
     }
 
     /// `from_args`: at the start of a word (or right after `KEY=`), a word
@@ -751,7 +768,13 @@ pub(crate) fn quoted_string(i: &str) -> Result<(&str, String), QErr> {
                 FilterErrorKind::InvalidText,
                 at,
                 "a valid JSON string escape",
-                e.to_string(),
+                {
+                    let msg = e.to_string();
+                    match msg.find(" at line ") {
+                        Some(k) => msg[..k].to_owned(),
+                        None => msg,
+                    }
+                },
             ))
         }
     }
@@ -905,7 +928,11 @@ fn query_part(part: &str, start: usize) -> Result<Predicate, PErr> {
                 kind: FilterErrorKind::Syntax,
                 at: start + eq,
                 expected: "a key (a field, Profiles, Params, Meta or a param name)".into(),
-                found: format!("{key_text:?}"),
+                found: if key_text.is_empty() {
+                    "an empty key".to_owned()
+                } else {
+                    key_text
+                },
             })
         }
     };
@@ -924,7 +951,7 @@ fn query_part(part: &str, start: usize) -> Result<Predicate, PErr> {
                     kind: FilterErrorKind::UnknownOperator,
                     at: vbase,
                     expected: OPS_EXPECTED.into(),
-                    found: format!("\"{}\"", &val[..p]),
+                    found: val[..p].to_owned(),
                 })
             }
         },
