@@ -5,11 +5,12 @@
 
 use roaring::RoaringBitmap;
 
-/// The ids holding one value; never empty.
+/// The ids holding one value; never empty. 16 bytes: the bitmap is boxed
+/// so that the common single-id case keeps map entries small.
 #[derive(Debug, Clone)]
 pub(crate) enum Posting {
     One(u32),
-    Many(RoaringBitmap),
+    Many(Box<RoaringBitmap>),
 }
 
 impl PartialEq for Posting {
@@ -24,7 +25,7 @@ impl Posting {
             Posting::One(x) if *x == id => {}
             Posting::One(x) => {
                 let b: RoaringBitmap = [*x, id].into_iter().collect();
-                *self = Posting::Many(b);
+                *self = Posting::Many(Box::new(b));
             }
             Posting::Many(b) => {
                 b.insert(id);
@@ -48,7 +49,7 @@ impl Posting {
         match self {
             Posting::One(x) => ids.contains(*x),
             Posting::Many(b) => {
-                *b -= ids;
+                **b -= ids;
                 self.shrink()
             }
         }
@@ -57,7 +58,7 @@ impl Posting {
     pub(crate) fn insert_all(&mut self, ids: &RoaringBitmap) {
         let mut b = self.to_bitmap();
         b |= ids;
-        *self = Posting::Many(b);
+        *self = Posting::Many(Box::new(b));
         self.shrink();
     }
 
@@ -74,7 +75,7 @@ impl Posting {
     }
 
     pub(crate) fn from_bitmap(b: RoaringBitmap) -> Option<Posting> {
-        let mut p = Posting::Many(b);
+        let mut p = Posting::Many(Box::new(b));
         (!p.shrink()).then_some(p)
     }
 
@@ -112,7 +113,7 @@ impl Posting {
         match (self, within) {
             (_, None) => self.len(),
             (Posting::One(x), Some(w)) => u64::from(w.contains(*x)),
-            (Posting::Many(b), Some(w)) => w.intersection_len(b),
+            (Posting::Many(b), Some(w)) => w.intersection_len(&**b),
         }
     }
 
@@ -124,8 +125,8 @@ impl Posting {
                     out.insert(*x);
                 }
             }
-            (Posting::Many(b), None) => *out |= b,
-            (Posting::Many(b), Some(w)) => *out |= w & b,
+            (Posting::Many(b), None) => *out |= &**b,
+            (Posting::Many(b), Some(w)) => *out |= w & &**b,
         }
     }
 
@@ -139,13 +140,18 @@ impl Posting {
     pub(crate) fn to_bitmap(&self) -> RoaringBitmap {
         match self {
             Posting::One(x) => std::iter::once(*x).collect(),
-            Posting::Many(b) => b.clone(),
+            Posting::Many(b) => (**b).clone(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn posting_is_two_words() {
+        assert_eq!(std::mem::size_of::<super::Posting>(), 16);
+    }
+
     use super::*;
 
     #[test]
@@ -155,7 +161,7 @@ mod tests {
         assert!(matches!(p, Posting::Many(_)));
         assert!(!p.remove(3));
         assert!(matches!(p, Posting::One(5)));
-        assert_eq!(p, Posting::Many([5].into_iter().collect()));
+        assert_eq!(p, Posting::Many(Box::new([5].into_iter().collect())));
         assert!(p.remove(5));
         let w: RoaringBitmap = [1, 5].into_iter().collect();
         assert_eq!(Posting::One(5).len_within(Some(&w)), 1);
