@@ -113,7 +113,7 @@ impl Posting {
         match (self, within) {
             (_, None) => self.len(),
             (Posting::One(x), Some(w)) => u64::from(w.contains(*x)),
-            (Posting::Many(b), Some(w)) => w.intersection_len(&**b),
+            (Posting::Many(b), Some(w)) => w.intersection_len(b),
         }
     }
 
