@@ -52,6 +52,8 @@ const REV_KEY: &[u8] = b"s:rev";
 const NEXT_ID_KEY: &[u8] = b"s:next";
 const SECRET_KEY: &[u8] = b"s:secret";
 const LOG_LEN_KEY: &[u8] = b"s:logn";
+/// Writes of at least this many objects apply to sled and the index in parallel.
+const PARALLEL_APPLY: usize = 256;
 
 /// Stages an object's new record and its change event.
 fn record<T: serde::Serialize>(
@@ -540,10 +542,35 @@ impl Store {
         batch.insert(REV_KEY, &rev.to_be_bytes());
         {
             let mut st = self.inner.state.write();
-            self.inner.db.apply_batch(batch)?;
+            if changes.len() < PARALLEL_APPLY {
+                self.inner.db.apply_batch(batch)?;
+                apply(&mut st);
+            } else {
+                // Big writes (imports): sled and the index work side by side,
+                // both under the state lock. Should sled fail, the index is
+                // rebuilt from what sled holds (the batch is all or nothing).
+                let db = &self.inner.db;
+                let applied = std::thread::scope(|scope| {
+                    let sled = scope.spawn(move || db.apply_batch(batch));
+                    apply(&mut st);
+                    sled.join()
+                });
+                match applied {
+                    Ok(Ok(())) => {}
+                    failed => {
+                        *st = load_state(db)?;
+                        return Err(match failed {
+                            Ok(Err(e)) => e.into(),
+                            _ => Error::Corrupt {
+                                key: "batch".into(),
+                                reason: "the storage thread panicked".into(),
+                            },
+                        });
+                    }
+                }
+            }
             st.rev = rev;
             st.log_len = log_len;
-            apply(&mut st);
         }
         if self.inner.options.durable {
             self.inner.db.flush()?;
@@ -999,19 +1026,25 @@ impl Machines<'_> {
                 planned.push((id, old, m));
             }
             batch.insert(NEXT_ID_KEY, &next.to_be_bytes());
-            let apply = Box::new(move |st: &mut State| {
-                for (id, old, m) in planned {
+            // Index entries are worked out now, outside the state's write
+            // lock (profiles cannot change: the writer lock is held).
+            let planned: Vec<_> = planned
+                .into_iter()
+                .map(|(id, old, m)| {
                     let ne = machine_entries(&m, &st.profiles);
+                    let oe = old.map(|o| (machine_entries(&o, &st.profiles), o.params));
+                    (id, oe, ne, m.params)
+                })
+                .collect();
+            let apply = Box::new(move |st: &mut State| {
+                for (id, old, ne, params) in planned {
                     match old {
-                        Some(o) => {
-                            let oe = machine_entries(&o, &st.profiles);
-                            st.machines.replace_entries(
-                                id,
-                                Some((&oe, own_keys(&o.params))),
-                                Some((&ne, own_keys(&m.params))),
-                            );
-                        }
-                        None => st.machines.insert(id, &ne, &own_keys(&m.params)),
+                        Some((oe, old_params)) => st.machines.replace_entries(
+                            id,
+                            Some((&oe, own_keys(&old_params))),
+                            Some((&ne, own_keys(&params))),
+                        ),
+                        None => st.machines.insert(id, &ne, &own_keys(&params)),
                     }
                 }
                 st.next_id = next;
