@@ -165,7 +165,7 @@ enum Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    let m = 0..40usize;
+    let m = 0..200usize;
     let p = 0..4usize;
     let k = 0..4usize;
     prop_oneof![
@@ -327,7 +327,7 @@ fn check(s: &Store, filters: &[String]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 16, max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn indexed_equals_scan(
@@ -335,7 +335,7 @@ proptest! {
         steps in proptest::collection::vec(step(), 1..25),
     ) {
         let s = Store::temporary().unwrap();
-        seed(&s, 40);
+        seed(&s, 200);
         check(&s, &filters);
         for st in &steps {
             apply(&s, st);
