@@ -333,7 +333,6 @@ impl Store {
 
     /// The underlying sled database, for modules that keep records of their
     /// own under their own key prefix (documented in the layout above).
-    #[allow(dead_code)] // until the job and watch modules land
     pub(crate) fn db(&self) -> &sled::Db {
         &self.inner.db
     }
