@@ -13,4 +13,4 @@ pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};
 pub use store::{ListOptions, Options, Query, Store};
-pub use template::{Job, RenderContext, Template, TemplateError, TokenMinter};
+pub use template::{Job, RenderContext, Template, TemplateError, TemplateErrorKind, TokenMinter};

@@ -238,6 +238,9 @@ fn escapes_and_literals() {
         ),
         "a\tbéA|raw\\n|1.5|-2"
     );
+    for bad in [r#"{{ "\x+1" }}"#, r#"{{ "\q" }}"#, "{{ 1x }}", "{{ .A. }}"] {
+        assert_eq!(err(bad).kind, K::Syntax, "{bad}");
+    }
 }
 
 fn err(text: &str) -> TemplateError {

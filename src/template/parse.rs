@@ -744,7 +744,9 @@ impl<'a> P<'a> {
                         'U' => 8,
                         _ => 0,
                     };
-                    let hex = t.get(j + 1..j + 1 + width).filter(|h| h.len() == width);
+                    let hex = t
+                        .get(j + 1..j + 1 + width)
+                        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
                     let c = hex
                         .filter(|_| width > 0)
                         .and_then(|h| u32::from_str_radix(h, 16).ok())
