@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::filter::FilterError;
 use crate::model::Kind;
+use crate::template::TemplateError;
 
 /// Result alias used throughout fleetkv.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -98,6 +99,10 @@ pub enum Error {
     /// A wait ran out of time.
     #[error("timeout")]
     Timeout,
+    /// A template did not parse or render. Renders with a caret under the
+    /// offending line. Boxed to keep `Result<T, Error>` small.
+    #[error(transparent)]
+    Template(#[from] Box<TemplateError>),
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),

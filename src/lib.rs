@@ -7,10 +7,12 @@ pub mod filter;
 pub(crate) mod index;
 pub mod model;
 pub mod store;
+pub mod template;
 pub mod watch;
 
 pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};
 pub use store::{ListOptions, Options, Query, Store};
+pub use template::{Job, RenderContext, Template, TemplateError, TemplateErrorKind, TokenMinter};
 pub use watch::{Action, CountCondition, Event, Watch};

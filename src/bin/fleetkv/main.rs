@@ -20,6 +20,7 @@ macro_rules! outln {
     }};
 }
 
+mod render;
 mod transfer;
 mod wait;
 mod words;
@@ -177,6 +178,9 @@ enum Verb {
     Removeprofile { id: String, profile: String },
     /// Set a machine's workflow.
     Workflow { id: String, workflow: String },
+    /// Render a Go template from FILE (or `-`: stdin) against a machine's
+    /// effective params.
+    Render { id: String, file: String },
     /// Meta annotations.
     Meta {
         #[command(subcommand)]
@@ -319,7 +323,8 @@ impl From<Error> for Failure {
             | Error::Filter(_)
             | Error::AlreadyExists { .. }
             | Error::InUse { .. }
-            | Error::Compacted { .. } => 2,
+            | Error::Compacted { .. }
+            | Error::Template(_) => 2,
             Error::Timeout => 5,
             _ => 1,
         };
@@ -440,6 +445,7 @@ fn run(cli: Cli) -> Out {
         Verb::Create { input } | Verb::Update { input, .. } | Verb::Patch { input, .. } => {
             Some(read_input(input)?)
         }
+        Verb::Render { file, .. } => Some(read_file(file)?),
         _ => None,
     };
     with_store(&data, cli.lock_timeout, |s| ctx.verb(s, kind, verb, input))
@@ -621,6 +627,10 @@ impl Ctx {
                 ))
             }
             Verb::Meta { verb } => self.meta(s, kind, verb),
+            Verb::Render { id, file } => {
+                machines_only(kind, "render")?;
+                render::render(s, &id, &file, &input)
+            }
         }
     }
 

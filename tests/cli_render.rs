@@ -1,0 +1,86 @@
+//! `fleetkv machines render ID FILE|-`.
+
+use std::path::Path;
+
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetkv");
+
+fn run(db: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut c = assert_cmd::Command::new(BIN);
+    c.env_remove("FLEETKV_DATA")
+        .arg("--data")
+        .arg(db)
+        .args(args);
+    if let Some(s) = stdin {
+        c.write_stdin(s);
+    }
+    let o = c.output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ok(db: &Path, args: &[&str]) -> String {
+    let (code, out, err) = run(db, args, None);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    out
+}
+
+#[test]
+fn render_prints_the_text_and_errors_exit_2() {
+    let dir = TempDir::new().unwrap();
+    let db = &dir.path().join("db");
+    ok(
+        db,
+        &["machines", "create", r#"{"Name":"m1","Workflow":"wf"}"#],
+    );
+    ok(
+        db,
+        &["machines", "set", "m1", "param", "my/data", "to", "42"],
+    );
+
+    let text = "{{ .Machine.Name }}/{{ .Machine.Workflow }} data={{ .Param \"my/data\" }}\n\
+                {{- if .ParamExists \"cluster/profile\" }} yes{{ else }} no{{ end }}\n";
+    let (code, out, err) = run(db, &["machines", "render", "Name:m1", "-"], Some(text));
+    assert_eq!((code, out.as_str()), (0, "m1/wf data=42 no\n"), "{err}");
+
+    let file = dir.path().join("task.tmpl");
+    std::fs::write(&file, "x\n{{ frob }}\n").unwrap();
+    let (code, out, err) = run(
+        db,
+        &["machines", "render", "m1", file.to_str().unwrap()],
+        None,
+    );
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(
+        err.contains("task.tmpl:2:4") && err.contains("unknown function"),
+        "{err}"
+    );
+    assert!(err.contains("\n  {{ frob }}\n     ^"), "{err}");
+
+    // No minter yet: only templates that ask for a token fail.
+    ok(
+        db,
+        &[
+            "machines",
+            "set",
+            "m1",
+            "param",
+            "cluster/profile",
+            "to",
+            "c1",
+        ],
+    );
+    let tok = "{{ .GenerateProfileToken (.Param \"cluster/profile\") 7200 }}";
+    let (code, _, err) = run(db, &["machines", "render", "m1", "-"], Some(tok));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("token minting not available"), "{err}");
+
+    let (code, _, _) = run(db, &["machines", "render", "nosuch", "-"], Some("x"));
+    assert_eq!(code, 4);
+    let (code, _, err) = run(db, &["profiles", "render", "global", "-"], Some("x"));
+    assert_eq!(code, 2, "{err}");
+}
