@@ -8,6 +8,7 @@
 
 use serde_json::Value;
 
+use crate::auth::AuthError;
 use crate::filter::FilterError;
 use crate::model::Kind;
 
@@ -87,6 +88,10 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A token was refused: forged, tampered, expired, not yet valid, or
+    /// without a claim for the request. Nothing was read or written.
+    #[error("token refused: {0}")]
+    Auth(#[from] AuthError),
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
