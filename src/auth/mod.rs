@@ -117,13 +117,13 @@ pub enum AuthError {
     #[error("bad signature: not signed by this store, or changed after signing")]
     BadSignature,
     /// The token's `exp` (plus the leeway) has passed.
-    #[error("token expired at {expired_at} (unix seconds)")]
+    #[error("expired at {expired_at} (unix seconds)")]
     Expired {
         /// The token's `exp`, in unix seconds.
         expired_at: u64,
     },
     /// The token's `nbf` (less the leeway) is still in the future.
-    #[error("token not valid before {not_before} (unix seconds)")]
+    #[error("not valid before {not_before} (unix seconds)")]
     NotYetValid {
         /// The token's `nbf`, in unix seconds.
         not_before: u64,
