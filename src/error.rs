@@ -8,6 +8,7 @@
 
 use serde_json::Value;
 
+use crate::auth::AuthError;
 use crate::filter::FilterError;
 use crate::model::Kind;
 use crate::template::TemplateError;
@@ -103,6 +104,10 @@ pub enum Error {
     /// offending line. Boxed to keep `Result<T, Error>` small.
     #[error(transparent)]
     Template(#[from] Box<TemplateError>),
+    /// A token was refused: forged, tampered, expired, not yet valid, or
+    /// without a claim for the request. Nothing was read or written.
+    #[error("token refused: {0}")]
+    Auth(#[from] AuthError),
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod error;
 pub mod filter;
 pub(crate) mod index;
@@ -10,6 +11,7 @@ pub mod store;
 pub mod template;
 pub mod watch;
 
+pub use auth::{AuthError, Claim, Scoped, TokenClaims};
 pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};

@@ -61,7 +61,8 @@ fn render_prints_the_text_and_errors_exit_2() {
     );
     assert!(err.contains("\n  {{ frob }}\n     ^"), "{err}");
 
-    // No minter yet: only templates that ask for a token fail.
+    // A token for a profile that does not exist is a positioned error; once
+    // it exists the rendered token works with -T on that profile.
     ok(
         db,
         &[
@@ -77,7 +78,19 @@ fn render_prints_the_text_and_errors_exit_2() {
     let tok = "{{ .GenerateProfileToken (.Param \"cluster/profile\") 7200 }}";
     let (code, _, err) = run(db, &["machines", "render", "m1", "-"], Some(tok));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("token minting not available"), "{err}");
+    assert!(err.contains("profile c1 not found"), "{err}");
+    ok(db, &["profiles", "create", "c1"]);
+    let (code, token, err) = run(db, &["machines", "render", "m1", "-"], Some(tok));
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim();
+    ok(
+        db,
+        &[
+            "-T", token, "profiles", "set", "c1", "param", "k", "to", "v",
+        ],
+    );
+    let (code, _, err) = run(db, &["-T", token, "profiles", "show", "global"], None);
+    assert_eq!(code, 6, "a profile token reaches only its profile: {err}");
 
     let (code, _, _) = run(db, &["machines", "render", "nosuch", "-"], Some("x"));
     assert_eq!(code, 4);

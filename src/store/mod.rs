@@ -412,7 +412,6 @@ impl Store {
     }
 
     /// The store's signing secret (for tokens). Created with the store.
-    #[allow(dead_code)] // until the auth module lands
     pub(crate) fn secret(&self) -> Result<Vec<u8>> {
         match self.inner.db.get(SECRET_KEY)? {
             Some(s) => Ok(s.to_vec()),

@@ -20,6 +20,7 @@ macro_rules! outln {
     }};
 }
 
+mod auth;
 mod render;
 mod transfer;
 mod wait;
@@ -31,7 +32,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fleetkv::{Error, Filter, Kind, ListOptions, Machine, ParamDef, Profile, Store};
+use fleetkv::{Error, Filter, Kind, ListOptions, Machine, ParamDef, Profile, Scoped, Store};
 use serde_json::{json, Map, Value};
 
 /// drpcli-compatible command-line tool for a fleetkv store.
@@ -50,6 +51,16 @@ struct Cli {
     /// How long to wait for a store another process holds, in seconds.
     #[arg(long, global = true, default_value_t = 30.0, value_name = "SECONDS")]
     lock_timeout: f64,
+    /// A token (`profiles token`): every verb is checked against its claims.
+    #[arg(
+        short = 'T',
+        long,
+        global = true,
+        env = "RS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -181,6 +192,16 @@ enum Verb {
     /// Render a Go template from FILE (or `-`: stdin) against a machine's
     /// effective params.
     Render { id: String, file: String },
+    /// `profiles token NAME`: print a token for the profile (DRP's GenerateProfileToken).
+    Token {
+        id: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        ttl: u64,
+        /// Extra claims (`machines/*/*`).
+        #[arg(long, num_args = 1.., value_name = "SCOPE/ACTION/SPECIFIC")]
+        claims: Vec<String>,
+    },
     /// Meta annotations.
     Meta {
         #[command(subcommand)]
@@ -317,6 +338,7 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
             Error::NotFound { .. } => 4,
+            Error::Auth(_) => 6,
             Error::Conflict { .. } => 3,
             Error::Invalid { .. }
             | Error::Schema { .. }
@@ -373,12 +395,14 @@ fn run(cli: Cli) -> Out {
             ctx.no_ref("import")?;
             let doc = parse_json(&format!("import file {file}"), &read_file(&file)?)?;
             return with_store(&data, cli.lock_timeout, |s| {
+                auth::check_bulk(&auth::access(s, cli.token.as_deref())?, true)?;
                 transfer::import(s, doc, kind).map(|n| outln!("{}", json!(n)))
             });
         }
         Cmd::Export => {
             ctx.no_ref("export")?;
             return with_store(&data, cli.lock_timeout, |s| {
+                auth::check_bulk(&auth::access(s, cli.token.as_deref())?, false)?;
                 ctx.print(&transfer::export(s)?, None);
                 Ok(())
             });
@@ -448,7 +472,16 @@ fn run(cli: Cli) -> Out {
         Verb::Render { file, .. } => Some(read_file(file)?),
         _ => None,
     };
-    with_store(&data, cli.lock_timeout, |s| ctx.verb(s, kind, verb, input))
+    let token = cli.token.as_deref();
+    if let Verb::Token { id, ttl, claims } = &verb {
+        ctx.no_ref("token")?;
+        return with_store(&data, cli.lock_timeout, |s| {
+            auth::mint(s, token, kind, id, *ttl, claims)
+        });
+    }
+    with_store(&data, cli.lock_timeout, |s| {
+        ctx.verb(&auth::access(s, token)?, kind, verb, input)
+    })
 }
 
 /// Output format and the `-r` reference.
@@ -477,7 +510,7 @@ impl Ctx {
         }
     }
 
-    fn verb(&self, s: &Store, kind: Kind, verb: Verb, input: Option<String>) -> Out {
+    fn verb(&self, s: &Scoped, kind: Kind, verb: Verb, input: Option<String>) -> Out {
         let input = input.unwrap_or_default();
         let show = |v: Value| {
             self.print(&v, Some(kind));
@@ -497,8 +530,8 @@ impl Ctx {
             Verb::Exists { id } => {
                 let found = match kind {
                     Kind::Machine => s.machines().exists(&id)?,
-                    Kind::Profile => s.profiles().exists(&id),
-                    Kind::Param => s.params().exists(&id),
+                    Kind::Profile => s.profiles().exists(&id)?,
+                    Kind::Param => s.params().exists(&id)?,
                 };
                 if found {
                     Ok(())
@@ -631,10 +664,11 @@ impl Ctx {
                 machines_only(kind, "render")?;
                 render::render(s, &id, &file, &input)
             }
+            Verb::Token { .. } => Err(Failure::input("token is handled before the store opens")),
         }
     }
 
-    fn meta(&self, s: &Store, kind: Kind, verb: MetaVerb) -> Out {
+    fn meta(&self, s: &Scoped, kind: Kind, verb: MetaVerb) -> Out {
         with_params(kind, "meta")?;
         let (id, merge) = match verb {
             MetaVerb::Get { id, key, .. } => {
@@ -775,7 +809,7 @@ fn machines_only(kind: Kind, verb: &str) -> Out {
 }
 
 /// `create JSON|NAME`: JSON when it looks like JSON, else a bare name.
-fn create(s: &Store, kind: Kind, input: &str) -> Out<Value> {
+fn create(s: &Scoped, kind: Kind, input: &str) -> Out<Value> {
     let t = input.trim();
     let doc = if t.starts_with(['{', '[', '"']) {
         parse_json(&format!("{kind} JSON"), t)?
@@ -803,7 +837,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(kind: Kind, doc: Value) -> Out<T> 
     serde_json::from_value(doc).map_err(|e| Failure::input(format!("{kind} JSON: {e}")))
 }
 
-fn get(s: &Store, kind: Kind, id: &str) -> Out<Value> {
+fn get(s: &Scoped, kind: Kind, id: &str) -> Out<Value> {
     Ok(match kind {
         Kind::Machine => to_value(s.machines().get(id)?),
         Kind::Profile => to_value(s.profiles().get(id)?),
@@ -811,7 +845,7 @@ fn get(s: &Store, kind: Kind, id: &str) -> Out<Value> {
     })
 }
 
-fn patch(s: &Store, kind: Kind, id: &str, ops: &Value) -> Out<Value> {
+fn patch(s: &Scoped, kind: Kind, id: &str, ops: &Value) -> Out<Value> {
     Ok(match kind {
         Kind::Machine => to_value(s.machines().patch(id, ops)?),
         Kind::Profile => to_value(s.profiles().patch(id, ops)?),
@@ -820,7 +854,7 @@ fn patch(s: &Store, kind: Kind, id: &str, ops: &Value) -> Out<Value> {
 }
 
 /// Adds or removes one profile in one atomic patch (guarded by a `test`).
-fn profile_edit(s: &Store, id: &str, profile: &str, add: bool) -> Out<Value> {
+fn profile_edit(s: &Scoped, id: &str, profile: &str, add: bool) -> Out<Value> {
     let m = s.machines().get(id)?;
     let mut profiles = m.profiles.clone();
     let has = profiles.iter().any(|p| p == profile);
@@ -860,12 +894,12 @@ fn listing(kind: Kind, args: &ListArgs) -> Out<(Filter, ListOptions)> {
     Ok((filter, opts))
 }
 
-fn list(s: &Store, kind: Kind, filter: &Filter, opts: &ListOptions) -> Out<Vec<Value>> {
+fn list(s: &Scoped, kind: Kind, filter: &Filter, opts: &ListOptions) -> Out<Vec<Value>> {
     Ok(match kind {
         Kind::Machine => s.machines().list(filter, opts)?,
         Kind::Profile => s.profiles().list(filter, opts)?,
         Kind::Param => {
-            let mut all: Vec<Value> = s.params().list_all().into_iter().map(to_value).collect();
+            let mut all: Vec<Value> = s.params().list_all()?.into_iter().map(to_value).collect();
             if let Some(key) = &opts.sort {
                 all.sort_by_key(|v| v.get(key).map(|k| k.to_string()).unwrap_or_default());
             }

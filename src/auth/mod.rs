@@ -1,0 +1,903 @@
+//! Claims and scoped tokens: who may touch what, through a signed token.
+//!
+//! Owns: the [`Claim`] grammar (DRP's `scope/action/specific` triple), the
+//! signed token format (JWT, HS256, keyed by the store's own random secret),
+//! token minting and verification on [`Store`], and [`Scoped`], a handle
+//! whose every operation checks the token's claims before delegating to the
+//! store. Must not: store anything (tokens are stateless; the only stored
+//! thing is the secret, which the store creates and export never reads),
+//! change what an unscoped [`Store`] handle may do (the library's caller owns
+//! the store), or format for a front end.
+//!
+//! # Claims
+//!
+//! A claim is `scope/action/specific`; each part is `*` (anything) or a comma
+//! list of names: `profiles/get,update/example`, `machines/*/*`, `*/*/*`.
+//! The specific is everything after the second `/`, so a param name such as
+//! `cluster/profile` can be named. Scopes and actions are checked against the
+//! vocabulary below when a claim is parsed, so a typo is an error rather
+//! than a claim that silently allows nothing.
+//!
+//! Scopes: `machines`, `profiles`, `params` (param definitions).
+//!
+//! | action      | operations                                                    |
+//! |-------------|---------------------------------------------------------------|
+//! | `get`       | `get`, `exists`, `params`, `get_param`                        |
+//! | `list`      | `list`, `list_all`, `count`                                   |
+//! | `create`    | `create`                                                      |
+//! | `update`    | `replace`, `update` (merge), `update_from` (reference update) |
+//! | `patch`     | `patch`, `patch_many` (each machine)                          |
+//! | `param-set` | `set_param`, `set_param_if`, `remove_param`                   |
+//! | `delete`    | `delete`                                                      |
+//!
+//! The specific is the object's key: a profile's or param's Name; for a
+//! machine its Uuid or its Name (either matches; an address given as
+//! `Uuid:…`/`Name:…` is compared without the prefix, and any other address
+//! is resolved to the machine to compare its Uuid and Name). `list` and
+//! `count` read many objects, so they are checked with the specific `*`: a
+//! token needs `list` on `*` for that scope (a claim naming objects does not
+//! let it list them). A wildcard in a request only matches a wildcard in a
+//! claim.
+//!
+//! # Tokens
+//!
+//! [`Store::generate_profile_token`] mints DRP's profile token:
+//! `profiles/get,update,patch,param-set/NAME`, valid for a TTL.
+//! [`Store::generate_token`] mints any claims. A token is a JWT signed with
+//! HMAC-SHA256 under the store's secret; its payload has `exp`, `iat`, `nbf`,
+//! a unique `jti` and `claims` (the claim strings). Tokens of one store are
+//! refused by every other store.
+//!
+//! A token that was signed with another key and a token whose payload was
+//! changed after signing are indistinguishable to the verifier (the MAC does
+//! not match either way); both are [`AuthError::BadSignature`]. So is a token
+//! whose header names another known algorithm (`HS512`, `RS256`…); an unknown
+//! one (`none`) does not parse and is [`AuthError::Malformed`].
+//!
+//! Clock skew: `exp` and `nbf` are honoured with a leeway of [`LEEWAY_SECS`]
+//! seconds: a token that expired 2 s ago still works, one that expired 30 s
+//! ago is refused.
+//!
+//! Tokens are not bound to the existence of what they name: a token minted
+//! for a profile that is later deleted still verifies, and every operation on
+//! the missing profile is [`Error::NotFound`] (as it would be for the owner);
+//! if a profile of that name is created again, the token applies to it.
+//!
+//! A refused check reads and writes nothing.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::model::{Machine, ParamDef, Profile};
+use crate::store::{ListOptions, Store};
+
+/// Seconds of clock skew allowed on a token's `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// The scopes a claim may name (besides `*`).
+pub const SCOPES: &[&str] = &["machines", "profiles", "params"];
+
+/// The actions a claim may name (besides `*`); see the module doc.
+pub const ACTIONS: &[&str] = &[
+    "get",
+    "list",
+    "create",
+    "update",
+    "patch",
+    "param-set",
+    "delete",
+];
+
+/// The claims of a profile token: everything a cluster member does to its
+/// shared profile.
+pub const PROFILE_ACTIONS: &str = "get,update,patch,param-set";
+
+/// Why a token or a claim was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Not a token (not three base64url parts, bad base64, bad JSON, missing
+    /// fields) or a claim string that does not parse.
+    #[error("malformed: {reason}")]
+    Malformed {
+        /// What is wrong, and where.
+        reason: String,
+    },
+    /// The signature does not match: the token was signed with another key
+    /// (another store's, a forger's) or its contents were changed after
+    /// signing; the two cannot be told apart.
+    #[error("bad signature: not signed by this store, or changed after signing")]
+    BadSignature,
+    /// The token's `exp` (plus the leeway) has passed.
+    #[error("expired at {expired_at} (unix seconds)")]
+    Expired {
+        /// The token's `exp`, in unix seconds.
+        expired_at: u64,
+    },
+    /// The token's `nbf` (less the leeway) is still in the future.
+    #[error("not valid before {not_before} (unix seconds)")]
+    NotYetValid {
+        /// The token's `nbf`, in unix seconds.
+        not_before: u64,
+    },
+    /// No claim covers the scope at all.
+    #[error("no claim on {scope}: needs {needed}")]
+    WrongKind {
+        /// The scope asked for.
+        scope: String,
+        /// The claim that would allow the request.
+        needed: String,
+    },
+    /// Claims cover the scope, but none the action.
+    #[error("may not {action}: needs {needed}")]
+    WrongAction {
+        /// The action asked for.
+        action: String,
+        /// The claim that would allow the request.
+        needed: String,
+    },
+    /// Claims cover the scope and action, but for other objects.
+    #[error("not for {specific}: needs {needed}")]
+    WrongObject {
+        /// The object asked for.
+        specific: String,
+        /// The claim that would allow the request.
+        needed: String,
+    },
+}
+
+fn malformed(reason: impl Into<String>) -> Error {
+    Error::Auth(AuthError::Malformed {
+        reason: reason.into(),
+    })
+}
+
+/// One part of a claim: `*` or a list of names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Any,
+    List(Vec<String>),
+}
+
+impl Part {
+    fn allows(&self, v: &str) -> bool {
+        match self {
+            Part::Any => true,
+            Part::List(l) => l.iter().any(|x| x == v),
+        }
+    }
+
+    fn parse(claim: &str, which: &str, text: &str, vocab: Option<&[&str]>) -> Result<Part> {
+        let mut items = Vec::new();
+        for item in text.split(',') {
+            if item.is_empty() {
+                return Err(malformed(format!(
+                    "claim {claim:?}: the {which} part {text:?} has an empty name"
+                )));
+            }
+            if item == "*" {
+                return Ok(Part::Any);
+            }
+            if item.chars().any(char::is_whitespace) {
+                return Err(malformed(format!(
+                    "claim {claim:?}: {which} {item:?} contains whitespace"
+                )));
+            }
+            if let Some(vocab) = vocab {
+                if !vocab.contains(&item) {
+                    return Err(malformed(format!(
+                        "claim {claim:?}: unknown {which} {item:?} (expected * or one of {})",
+                        vocab.join(", ")
+                    )));
+                }
+            }
+            items.push(item.to_string());
+        }
+        Ok(Part::List(items))
+    }
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::Any => f.write_str("*"),
+            Part::List(l) => f.write_str(&l.join(",")),
+        }
+    }
+}
+
+/// A claim `scope/action/specific`, each part `*` or a comma list.
+///
+/// ```
+/// use fleetkv::auth::Claim;
+/// let c: Claim = "profiles/get,update/example".parse().unwrap();
+/// assert!(c.allows("profiles", "update", "example"));
+/// assert!(!c.allows("profiles", "delete", "example"));
+/// assert_eq!(c.to_string(), "profiles/get,update/example");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    scope: Part,
+    action: Part,
+    specific: Part,
+}
+
+impl Claim {
+    /// Whether this claim allows `action` on object `specific` of `scope`.
+    /// A `*` in the request matches only a `*` in the claim.
+    pub fn allows(&self, scope: &str, action: &str, specific: &str) -> bool {
+        self.scope.allows(scope) && self.action.allows(action) && self.specific.allows(specific)
+    }
+
+    /// The profile-token claim for `profile`: `profiles/get,update,patch,param-set/NAME`.
+    pub fn profile(profile: &str) -> Result<Claim> {
+        format!("profiles/{PROFILE_ACTIONS}/{profile}").parse()
+    }
+}
+
+impl FromStr for Claim {
+    type Err = Error;
+
+    /// Parses `scope/action/specific`; errors are [`AuthError::Malformed`]
+    /// naming the claim and the part at fault.
+    fn from_str(s: &str) -> Result<Claim> {
+        let mut parts = s.splitn(3, '/');
+        let (Some(scope), Some(action), Some(specific)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed(format!(
+                "claim {s:?}: expected scope/action/specific (three parts separated by /)"
+            )));
+        };
+        Ok(Claim {
+            scope: Part::parse(s, "scope", scope, Some(SCOPES))?,
+            action: Part::parse(s, "action", action, Some(ACTIONS))?,
+            specific: Part::parse(s, "specific", specific, None)?,
+        })
+    }
+}
+
+impl fmt::Display for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.scope, self.action, self.specific)
+    }
+}
+
+/// A verified token's contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims {
+    /// What the token allows.
+    pub claims: Vec<Claim>,
+    /// `exp`: when it stops working (unix seconds, before the leeway).
+    pub expires_at: u64,
+    /// `iat`: when it was minted (unix seconds).
+    pub issued_at: u64,
+    /// `nbf`: when it starts working (unix seconds, before the leeway).
+    pub not_before: Option<u64>,
+    /// `jti`: the token's unique id.
+    pub id: String,
+}
+
+impl TokenClaims {
+    /// Whether some claim allows the request.
+    pub fn allows(&self, scope: &str, action: &str, specific: &str) -> bool {
+        self.claims
+            .iter()
+            .any(|c| c.allows(scope, action, specific))
+    }
+
+    /// `Ok` if some claim allows the request; otherwise the closest miss:
+    /// [`AuthError::WrongObject`] (scope and action covered, for other
+    /// objects), [`AuthError::WrongAction`] (scope covered, not the action),
+    /// [`AuthError::WrongKind`] (scope not covered). Does not look at expiry
+    /// (verification did).
+    pub fn check(&self, scope: &str, action: &str, specific: &str) -> Result<()> {
+        if self.allows(scope, action, specific) {
+            return Ok(());
+        }
+        let needed = format!("{scope}/{action}/{specific}");
+        let scoped = self.claims.iter().filter(|c| c.scope.allows(scope));
+        let err = if scoped.clone().any(|c| c.action.allows(action)) {
+            AuthError::WrongObject {
+                specific: specific.to_string(),
+                needed,
+            }
+        } else if scoped.count() > 0 {
+            AuthError::WrongAction {
+                action: action.to_string(),
+                needed,
+            }
+        } else {
+            AuthError::WrongKind {
+                scope: scope.to_string(),
+                needed,
+            }
+        };
+        Err(err.into())
+    }
+
+    /// `Ok` if every request `claim` could make is allowed by these claims
+    /// (each name in each part, with `*` matched only by `*`). Used to let a
+    /// token mint only tokens narrower than itself.
+    pub fn check_covers(&self, claim: &Claim) -> Result<()> {
+        let names = |p: &Part| match p {
+            Part::Any => vec!["*".to_string()],
+            Part::List(l) => l.clone(),
+        };
+        for s in names(&claim.scope) {
+            for a in names(&claim.action) {
+                for o in names(&claim.specific) {
+                    self.check(&s, &a, &o)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The JWT payload.
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    exp: u64,
+    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    jti: String,
+    claims: Vec<String>,
+}
+
+/// Now, in unix seconds.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// DRP's `GenerateProfileToken`: a token allowing `get`, `update`,
+    /// `patch` and `param-set` on profile `profile` for `ttl`.
+    /// [`Error::NotFound`] if there is no such profile.
+    pub fn generate_profile_token(&self, profile: &str, ttl: Duration) -> Result<String> {
+        self.generate_profile_token_with(profile, ttl, &[])
+    }
+
+    /// [`Store::generate_profile_token`] with DRP's `ExtraClaims` added
+    /// (e.g. `machines/*/*` for multi-machine cluster tasks).
+    pub fn generate_profile_token_with(
+        &self,
+        profile: &str,
+        ttl: Duration,
+        extra: &[Claim],
+    ) -> Result<String> {
+        self.profiles().get(profile)?;
+        let mut claims = vec![Claim::profile(profile)?];
+        claims.extend_from_slice(extra);
+        self.generate_token(&claims, ttl)
+    }
+
+    /// A token carrying `claims`, valid from now for `ttl`.
+    pub fn generate_token(&self, claims: &[Claim], ttl: Duration) -> Result<String> {
+        self.generate_token_at(claims, ttl, now_secs())
+    }
+
+    /// [`Store::generate_token`] with an explicit clock: `now` in unix
+    /// seconds becomes `iat` and `nbf`, `now + ttl` (whole seconds) `exp`.
+    pub fn generate_token_at(&self, claims: &[Claim], ttl: Duration, now: u64) -> Result<String> {
+        let payload = Payload {
+            exp: now.saturating_add(ttl.as_secs()),
+            iat: now,
+            nbf: Some(now),
+            jti: Uuid::new_v4().to_string(),
+            claims: claims.iter().map(Claim::to_string).collect(),
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &payload,
+            &EncodingKey::from_secret(&self.secret()?),
+        )
+        .map_err(|e| malformed(format!("cannot sign token: {e}")))
+    }
+
+    /// Checks the token's signature, time window and claims; its contents.
+    pub fn verify_token(&self, token: &str) -> Result<TokenClaims> {
+        self.verify_token_at(token, now_secs())
+    }
+
+    /// [`Store::verify_token`] with an explicit clock (`now` in unix seconds).
+    pub fn verify_token_at(&self, token: &str, now: u64) -> Result<TokenClaims> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        let data = jsonwebtoken::decode::<Payload>(
+            token.trim(),
+            &DecodingKey::from_secret(&self.secret()?),
+            &v,
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                Error::Auth(AuthError::BadSignature)
+            }
+            _ => malformed(format!("not a fleetkv token: {e}")),
+        })?;
+        let p = data.claims;
+        if now > p.exp.saturating_add(LEEWAY_SECS) {
+            return Err(AuthError::Expired { expired_at: p.exp }.into());
+        }
+        if let Some(nbf) = p.nbf {
+            if now.saturating_add(LEEWAY_SECS) < nbf {
+                return Err(AuthError::NotYetValid { not_before: nbf }.into());
+            }
+        }
+        let claims = p
+            .claims
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<Vec<Claim>>>()?;
+        Ok(TokenClaims {
+            claims,
+            expires_at: p.exp,
+            issued_at: p.iat,
+            not_before: p.nbf,
+            id: p.jti,
+        })
+    }
+
+    /// Verifies `token` and returns a handle whose every operation is
+    /// checked against its claims.
+    pub fn with_token(&self, token: &str) -> Result<Scoped<'_>> {
+        Ok(Scoped {
+            store: self,
+            claims: self.verify_token(token)?,
+        })
+    }
+
+    /// A handle checked against already verified claims (e.g. from
+    /// [`Store::verify_token_at`]).
+    pub fn with_claims(&self, claims: TokenClaims) -> Scoped<'_> {
+        Scoped {
+            store: self,
+            claims,
+        }
+    }
+}
+
+/// A store seen through a token: every operation checks the claims first.
+pub struct Scoped<'a> {
+    store: &'a Store,
+    claims: TokenClaims,
+}
+
+impl<'a> Scoped<'a> {
+    /// The token's verified claims.
+    pub fn claims(&self) -> &TokenClaims {
+        &self.claims
+    }
+
+    /// Machines, checked against scope `machines`.
+    pub fn machines(&self) -> ScopedMachines<'_> {
+        ScopedMachines {
+            store: self.store,
+            claims: &self.claims,
+        }
+    }
+
+    /// Profiles, checked against scope `profiles`.
+    pub fn profiles(&self) -> ScopedProfiles<'_> {
+        ScopedProfiles {
+            store: self.store,
+            claims: &self.claims,
+        }
+    }
+
+    /// Param definitions, checked against scope `params`.
+    pub fn params(&self) -> ScopedParams<'_> {
+        ScopedParams {
+            store: self.store,
+            claims: &self.claims,
+        }
+    }
+}
+
+/// [`crate::store::Machines`] behind a claims check.
+pub struct ScopedMachines<'a> {
+    store: &'a Store,
+    claims: &'a TokenClaims,
+}
+
+/// [`crate::store::Profiles`] behind a claims check.
+pub struct ScopedProfiles<'a> {
+    store: &'a Store,
+    claims: &'a TokenClaims,
+}
+
+/// [`crate::store::Params`] behind a claims check.
+pub struct ScopedParams<'a> {
+    store: &'a Store,
+    claims: &'a TokenClaims,
+}
+
+const M: &str = "machines";
+const P: &str = "profiles";
+const D: &str = "params";
+
+impl ScopedMachines<'_> {
+    /// Checks `action` on the machine at `addr` (its Uuid or Name).
+    fn check(&self, action: &str, addr: &str) -> Result<()> {
+        let bare = addr
+            .strip_prefix("Uuid:")
+            .or_else(|| addr.strip_prefix("Name:"))
+            .unwrap_or(addr);
+        let refused = match self.claims.check(M, action, bare) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if let Error::Auth(AuthError::WrongObject { .. }) = refused {
+            // A claim may name the machine by its other identity.
+            if let Ok(m) = self.store.machines().get(addr) {
+                if self.claims.allows(M, action, &m.uuid.to_string())
+                    || self.claims.allows(M, action, &m.name)
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Err(refused)
+    }
+
+    fn check_new(&self, m: &Machine) -> Result<()> {
+        match self.claims.check(M, "create", &m.name) {
+            Err(_) if !m.uuid.is_nil() && self.claims.allows(M, "create", &m.uuid.to_string()) => {
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// `create` on the new machine's Name (or Uuid).
+    pub fn create(&self, m: Machine) -> Result<Machine> {
+        self.check_new(&m)?;
+        self.store.machines().create(m)
+    }
+    /// `get`.
+    pub fn get(&self, addr: &str) -> Result<Machine> {
+        self.check("get", addr)?;
+        self.store.machines().get(addr)
+    }
+    /// `get`.
+    pub fn exists(&self, addr: &str) -> Result<bool> {
+        self.check("get", addr)?;
+        self.store.machines().exists(addr)
+    }
+    /// `list` on `*`.
+    pub fn list_all(&self) -> Result<Vec<Machine>> {
+        self.claims.check(M, "list", "*")?;
+        self.store.machines().list_all()
+    }
+    /// `list` on `*`.
+    pub fn count(&self, filter: &Filter) -> Result<u64> {
+        self.claims.check(M, "list", "*")?;
+        self.store.machines().count(filter)
+    }
+    /// `list` on `*`.
+    pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
+        self.claims.check(M, "list", "*")?;
+        self.store.machines().list(filter, opts)
+    }
+    /// `update`.
+    pub fn replace(&self, addr: &str, m: Machine) -> Result<Machine> {
+        self.check("update", addr)?;
+        self.store.machines().replace(addr, m)
+    }
+    /// `update`.
+    pub fn update(&self, addr: &str, merge: &Value) -> Result<Machine> {
+        self.check("update", addr)?;
+        self.store.machines().update(addr, merge)
+    }
+    /// `update`.
+    pub fn update_from(&self, addr: &str, reference: &Value, desired: &Value) -> Result<Machine> {
+        self.check("update", addr)?;
+        self.store.machines().update_from(addr, reference, desired)
+    }
+    /// `patch`.
+    pub fn patch(&self, addr: &str, ops: &Value) -> Result<Machine> {
+        self.check("patch", addr)?;
+        self.store.machines().patch(addr, ops)
+    }
+    /// `patch` on every machine named (all checked before anything is written).
+    pub fn patch_many(&self, patches: &[(String, Value)]) -> Result<Vec<Machine>> {
+        for (addr, _) in patches {
+            self.check("patch", addr)?;
+        }
+        self.store.machines().patch_many(patches)
+    }
+    /// `param-set`.
+    pub fn set_param(&self, addr: &str, key: &str, value: Value) -> Result<Machine> {
+        self.check("param-set", addr)?;
+        self.store.machines().set_param(addr, key, value)
+    }
+    /// `param-set`.
+    pub fn set_param_if(
+        &self,
+        addr: &str,
+        key: &str,
+        expected: Option<&Value>,
+        value: Value,
+    ) -> Result<Machine> {
+        self.check("param-set", addr)?;
+        self.store
+            .machines()
+            .set_param_if(addr, key, expected, value)
+    }
+    /// `param-set`.
+    pub fn remove_param(&self, addr: &str, key: &str) -> Result<Option<Value>> {
+        self.check("param-set", addr)?;
+        self.store.machines().remove_param(addr, key)
+    }
+    /// `get`.
+    pub fn params(&self, addr: &str, aggregate: bool) -> Result<Map<String, Value>> {
+        self.check("get", addr)?;
+        self.store.machines().params(addr, aggregate)
+    }
+    /// `get`.
+    pub fn get_param(&self, addr: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
+        self.check("get", addr)?;
+        self.store.machines().get_param(addr, key, aggregate)
+    }
+    /// `delete`.
+    pub fn delete(&self, addr: &str) -> Result<Machine> {
+        self.check("delete", addr)?;
+        self.store.machines().delete(addr)
+    }
+}
+
+impl ScopedProfiles<'_> {
+    /// `create` on the new profile's Name.
+    pub fn create(&self, p: Profile) -> Result<Profile> {
+        self.claims.check(P, "create", &p.name)?;
+        self.store.profiles().create(p)
+    }
+    /// `get`.
+    pub fn get(&self, name: &str) -> Result<Profile> {
+        self.claims.check(P, "get", name)?;
+        self.store.profiles().get(name)
+    }
+    /// `get`.
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        self.claims.check(P, "get", name)?;
+        Ok(self.store.profiles().exists(name))
+    }
+    /// `list` on `*`.
+    pub fn list_all(&self) -> Result<Vec<Profile>> {
+        self.claims.check(P, "list", "*")?;
+        Ok(self.store.profiles().list_all())
+    }
+    /// `list` on `*`.
+    pub fn count(&self, filter: &Filter) -> Result<u64> {
+        self.claims.check(P, "list", "*")?;
+        self.store.profiles().count(filter)
+    }
+    /// `list` on `*`.
+    pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
+        self.claims.check(P, "list", "*")?;
+        self.store.profiles().list(filter, opts)
+    }
+    /// `update`.
+    pub fn replace(&self, name: &str, p: Profile) -> Result<Profile> {
+        self.claims.check(P, "update", name)?;
+        self.store.profiles().replace(name, p)
+    }
+    /// `update`.
+    pub fn update(&self, name: &str, merge: &Value) -> Result<Profile> {
+        self.claims.check(P, "update", name)?;
+        self.store.profiles().update(name, merge)
+    }
+    /// `update`.
+    pub fn update_from(&self, name: &str, reference: &Value, desired: &Value) -> Result<Profile> {
+        self.claims.check(P, "update", name)?;
+        self.store.profiles().update_from(name, reference, desired)
+    }
+    /// `patch`.
+    pub fn patch(&self, name: &str, ops: &Value) -> Result<Profile> {
+        self.claims.check(P, "patch", name)?;
+        self.store.profiles().patch(name, ops)
+    }
+    /// `param-set`.
+    pub fn set_param(&self, name: &str, key: &str, value: Value) -> Result<Profile> {
+        self.claims.check(P, "param-set", name)?;
+        self.store.profiles().set_param(name, key, value)
+    }
+    /// `param-set`.
+    pub fn set_param_if(
+        &self,
+        name: &str,
+        key: &str,
+        expected: Option<&Value>,
+        value: Value,
+    ) -> Result<Profile> {
+        self.claims.check(P, "param-set", name)?;
+        self.store
+            .profiles()
+            .set_param_if(name, key, expected, value)
+    }
+    /// `param-set`.
+    pub fn remove_param(&self, name: &str, key: &str) -> Result<Option<Value>> {
+        self.claims.check(P, "param-set", name)?;
+        self.store.profiles().remove_param(name, key)
+    }
+    /// `get`.
+    pub fn params(&self, name: &str, aggregate: bool) -> Result<Map<String, Value>> {
+        self.claims.check(P, "get", name)?;
+        self.store.profiles().params(name, aggregate)
+    }
+    /// `get`.
+    pub fn get_param(&self, name: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
+        self.claims.check(P, "get", name)?;
+        self.store.profiles().get_param(name, key, aggregate)
+    }
+    /// `delete`.
+    pub fn delete(&self, name: &str) -> Result<Profile> {
+        self.claims.check(P, "delete", name)?;
+        self.store.profiles().delete(name)
+    }
+}
+
+impl ScopedParams<'_> {
+    /// `create` on the new definition's Name.
+    pub fn create(&self, d: ParamDef) -> Result<ParamDef> {
+        self.claims.check(D, "create", &d.name)?;
+        self.store.params().create(d)
+    }
+    /// `get`.
+    pub fn get(&self, name: &str) -> Result<ParamDef> {
+        self.claims.check(D, "get", name)?;
+        self.store.params().get(name)
+    }
+    /// `get`.
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        self.claims.check(D, "get", name)?;
+        Ok(self.store.params().exists(name))
+    }
+    /// `list` on `*`.
+    pub fn list_all(&self) -> Result<Vec<ParamDef>> {
+        self.claims.check(D, "list", "*")?;
+        Ok(self.store.params().list_all())
+    }
+    /// `update`.
+    pub fn replace(&self, name: &str, d: ParamDef) -> Result<ParamDef> {
+        self.claims.check(D, "update", name)?;
+        self.store.params().replace(name, d)
+    }
+    /// `update`.
+    pub fn update(&self, name: &str, merge: &Value) -> Result<ParamDef> {
+        self.claims.check(D, "update", name)?;
+        self.store.params().update(name, merge)
+    }
+    /// `update`.
+    pub fn update_from(&self, name: &str, reference: &Value, desired: &Value) -> Result<ParamDef> {
+        self.claims.check(D, "update", name)?;
+        self.store.params().update_from(name, reference, desired)
+    }
+    /// `patch`.
+    pub fn patch(&self, name: &str, ops: &Value) -> Result<ParamDef> {
+        self.claims.check(D, "patch", name)?;
+        self.store.params().patch(name, ops)
+    }
+    /// `delete`.
+    pub fn delete(&self, name: &str) -> Result<ParamDef> {
+        self.claims.check(D, "delete", name)?;
+        self.store.params().delete(name)
+    }
+}
+
+/// `.GenerateProfileToken` in templates: the store's owner may mint any
+/// profile token.
+impl crate::template::TokenMinter for Store {
+    fn profile_token(&self, profile: &str, ttl_secs: u64) -> Result<String> {
+        self.generate_profile_token(profile, Duration::from_secs(ttl_secs))
+    }
+}
+
+/// `.GenerateProfileToken` through a token: only tokens no wider than the
+/// caller's own (its claims must cover the profile token's).
+impl crate::template::TokenMinter for Scoped<'_> {
+    fn profile_token(&self, profile: &str, ttl_secs: u64) -> Result<String> {
+        self.claims.check_covers(&Claim::profile(profile)?)?;
+        self.store
+            .generate_profile_token(profile, Duration::from_secs(ttl_secs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> Claim {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parse_and_display_round_trip() {
+        for s in [
+            "profiles/get,update/example",
+            "machines/*/*",
+            "*/*/*",
+            "params/get/cluster/profile",
+        ] {
+            assert_eq!(c(s).to_string(), s);
+        }
+        // A `*` in a list makes the part a wildcard.
+        assert_eq!(c("profiles/get,*/x").to_string(), "profiles/*/x");
+    }
+
+    #[test]
+    fn parse_errors_say_what_and_where() {
+        let cases = [
+            ("profiles/get", "three parts"),
+            ("", "three parts"),
+            ("profiles//x", "action part"),
+            ("profiles/get,/x", "action part"),
+            ("machnes/get/x", "unknown scope \"machnes\""),
+            ("profiles/fetch/x", "unknown action \"fetch\""),
+            ("profiles/get/", "specific part"),
+            ("profiles/get/a b", "whitespace"),
+        ];
+        for (s, want) in cases {
+            let e = s.parse::<Claim>().unwrap_err();
+            assert!(
+                matches!(e, Error::Auth(AuthError::Malformed { .. })),
+                "{s}: {e:?}"
+            );
+            assert!(e.to_string().contains(want), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn allows_and_closest_miss() {
+        let t = TokenClaims {
+            claims: vec![c("profiles/get,update/example")],
+            expires_at: 0,
+            issued_at: 0,
+            not_before: None,
+            id: String::new(),
+        };
+        assert!(t.check("profiles", "get", "example").is_ok());
+        let miss = |s, a, o| match t.check(s, a, o) {
+            Err(Error::Auth(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            miss("profiles", "get", "other"),
+            AuthError::WrongObject { .. }
+        ));
+        assert!(matches!(
+            miss("profiles", "delete", "example"),
+            AuthError::WrongAction { .. }
+        ));
+        assert!(matches!(
+            miss("machines", "get", "m1"),
+            AuthError::WrongKind { .. }
+        ));
+        assert!(matches!(
+            miss("profiles", "list", "*"),
+            AuthError::WrongAction { .. }
+        ));
+        assert_eq!(
+            miss("profiles", "update", "other").to_string(),
+            "not for other: needs profiles/update/other"
+        );
+        assert!(t.check_covers(&c("profiles/get/example")).is_ok());
+        assert!(t.check_covers(&c("profiles/get/*")).is_err());
+        assert!(t.check_covers(&c("profiles/get,delete/example")).is_err());
+    }
+}
