@@ -2,12 +2,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod error;
 pub mod filter;
 pub(crate) mod index;
 pub mod model;
 pub mod store;
 
+pub use cluster::{start_workflow, Cluster, Role, WorkflowReport};
 pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};

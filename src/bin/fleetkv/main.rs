@@ -20,6 +20,7 @@ macro_rules! outln {
     }};
 }
 
+mod cluster;
 mod transfer;
 mod words;
 
@@ -85,6 +86,11 @@ enum Cmd {
     },
     /// Write everything as `{"params":[…],"profiles":[…],"machines":[…]}`.
     Export,
+    /// The cluster pattern: a cluster profile, members, roles, elections.
+    Cluster {
+        #[command(subcommand)]
+        verb: cluster::ClusterVerb,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +151,8 @@ enum Verb {
     Removeprofile { id: String, profile: String },
     /// Set a machine's workflow.
     Workflow { id: String, workflow: String },
+    /// Set a workflow (and meta) on every machine the filter selects.
+    WorkflowAll(cluster::WorkflowAllArgs),
     /// Meta annotations.
     Meta {
         #[command(subcommand)]
@@ -276,6 +284,10 @@ fn run(cli: Cli) -> Out {
             return with_store(&data, cli.lock_timeout, |s| {
                 transfer::import(s, doc, kind).map(|n| outln!("{}", json!(n)))
             });
+        }
+        Cmd::Cluster { verb } => {
+            ctx.no_ref("cluster")?;
+            return with_store(&data, cli.lock_timeout, |s| cluster::run(&ctx, s, verb));
         }
         Cmd::Export => {
             ctx.no_ref("export")?;
@@ -465,6 +477,10 @@ impl Ctx {
                 show(to_value(
                     s.machines().update(&id, &json!({ "Workflow": workflow }))?,
                 ))
+            }
+            Verb::WorkflowAll(args) => {
+                machines_only(kind, "workflow-all")?;
+                cluster::workflow_all(self, s, args)
             }
             Verb::Meta { verb } => self.meta(s, kind, verb),
         }
