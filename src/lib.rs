@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod filter;
 pub(crate) mod index;
@@ -12,6 +13,7 @@ pub mod template;
 pub mod watch;
 
 pub use auth::{AuthError, Claim, Scoped, TokenClaims};
+pub use cluster::{start_workflow, Cluster, Role, WorkflowReport};
 pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};

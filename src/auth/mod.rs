@@ -484,6 +484,14 @@ impl<'a> Scoped<'a> {
         &self.claims
     }
 
+    /// The store itself, once `scope/action/specific` is allowed: for
+    /// coarse operations (cluster elections, workflows on many machines)
+    /// that are authorized as a whole.
+    pub fn authorize(&self, scope: &str, action: &str, specific: &str) -> Result<&'a Store> {
+        self.claims.check(scope, action, specific)?;
+        Ok(self.store)
+    }
+
     /// Machines, checked against scope `machines`.
     pub fn machines(&self) -> ScopedMachines<'_> {
         ScopedMachines {

@@ -21,6 +21,7 @@ macro_rules! outln {
 }
 
 mod auth;
+mod cluster;
 mod render;
 mod transfer;
 mod wait;
@@ -112,6 +113,11 @@ enum Cmd {
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
     },
+    /// The cluster pattern: a cluster profile, members, roles, elections.
+    Cluster {
+        #[command(subcommand)]
+        verb: cluster::ClusterVerb,
+    },
 }
 
 #[derive(Subcommand)]
@@ -202,6 +208,8 @@ enum Verb {
         #[arg(long, num_args = 1.., value_name = "SCOPE/ACTION/SPECIFIC")]
         claims: Vec<String>,
     },
+    /// Set a workflow (and meta) on every machine the filter selects.
+    WorkflowAll(cluster::WorkflowAllArgs),
     /// Meta annotations.
     Meta {
         #[command(subcommand)]
@@ -397,6 +405,15 @@ fn run(cli: Cli) -> Out {
             return with_store(&data, cli.lock_timeout, |s| {
                 auth::check_bulk(&auth::access(s, cli.token.as_deref())?, true)?;
                 transfer::import(s, doc, kind).map(|n| outln!("{}", json!(n)))
+            });
+        }
+        Cmd::Cluster { verb } => {
+            ctx.no_ref("cluster")?;
+            // Cluster verbs write many machines: a token needs machines/update/*.
+            return with_store(&data, cli.lock_timeout, |s| {
+                let store =
+                    auth::access(s, cli.token.as_deref())?.authorize("machines", "update", "*")?;
+                cluster::run(&ctx, store, verb)
             });
         }
         Cmd::Export => {
@@ -658,6 +675,10 @@ impl Ctx {
                 show(to_value(
                     s.machines().update(&id, &json!({ "Workflow": workflow }))?,
                 ))
+            }
+            Verb::WorkflowAll(args) => {
+                machines_only(kind, "workflow-all")?;
+                cluster::workflow_all(self, s.authorize("machines", "update", "*")?, args)
             }
             Verb::Meta { verb } => self.meta(s, kind, verb),
             Verb::Render { id, file } => {

@@ -1,0 +1,139 @@
+//! `fleetkv cluster …` and `fleetkv machines workflow-all …`: the cluster
+//! pattern's verbs on [`fleetkv::Cluster`] and [`fleetkv::start_workflow`].
+
+use clap::{Args, Subcommand, ValueEnum};
+use fleetkv::{Cluster, Error, Filter, Kind, Role, Store};
+use serde_json::{json, Value};
+
+use super::{listing, to_value, Ctx, Failure, ListArgs, Out};
+
+/// The cluster verbs.
+#[derive(Subcommand)]
+pub enum ClusterVerb {
+    /// Create or complete cluster profile NAME and the `cluster/*` params.
+    Init {
+        name: String,
+        /// The member filter (default `Profiles Eq NAME`).
+        #[arg(long, value_name = "FILTER")]
+        filter: Option<String>,
+    },
+    /// Add the cluster profile to MACHINE.
+    Add { name: String, machine: String },
+    /// Remove the cluster profile from MACHINE.
+    Remove { name: String, machine: String },
+    /// List the members, narrowed by extra filter words.
+    Members {
+        name: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Count the members, narrowed by extra filter words.
+    Count {
+        name: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Show a member's role, or set it.
+    Role {
+        name: String,
+        machine: String,
+        role: Option<RoleArg>,
+    },
+    /// Make sure N non-manager members are leaders (random, atomic,
+    /// idempotent); prints the leaders.
+    Elect {
+        name: String,
+        /// How many leaders.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        leaders: usize,
+    },
+}
+
+/// A role word.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// `cluster/manager` true.
+    Manager,
+    /// `cluster/leader` true.
+    Leader,
+    /// Neither.
+    Worker,
+}
+
+/// `machines workflow-all WORKFLOW FILTER… [--meta KEY=VALUE]…`.
+#[derive(Args)]
+pub struct WorkflowAllArgs {
+    /// The workflow to set.
+    workflow: String,
+    /// Filter words selecting the machines (required).
+    #[arg(required = true)]
+    words: Vec<String>,
+    /// Also set Meta KEY to VALUE (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+}
+
+/// Runs one cluster verb.
+pub fn run(ctx: &Ctx, s: &Store, verb: ClusterVerb) -> Out {
+    let show = |v: Value| {
+        ctx.print(&v, Some(Kind::Machine));
+        Ok(())
+    };
+    match verb {
+        ClusterVerb::Init { name, filter } => {
+            Cluster::init(s, &name, filter.as_deref())?;
+            ctx.print(&to_value(s.profiles().get(&name)?), Some(Kind::Profile));
+            Ok(())
+        }
+        ClusterVerb::Add { name, machine } => {
+            show(to_value(Cluster::open(s, &name)?.add(&machine)?))
+        }
+        ClusterVerb::Remove { name, machine } => {
+            show(to_value(Cluster::open(s, &name)?.remove(&machine)?))
+        }
+        ClusterVerb::Members { name, list } => {
+            let (extra, opts) = listing(Kind::Machine, &list)?;
+            show(Value::Array(
+                Cluster::open(s, &name)?.members(extra, &opts)?,
+            ))
+        }
+        ClusterVerb::Count { name, list } => {
+            let (extra, _) = listing(Kind::Machine, &list)?;
+            outln!("{}", Cluster::open(s, &name)?.count(extra)?);
+            Ok(())
+        }
+        ClusterVerb::Role {
+            name,
+            machine,
+            role,
+        } => {
+            let c = Cluster::open(s, &name)?;
+            let role = match role {
+                None => return show(json!(c.role(&machine)?)),
+                Some(RoleArg::Manager) => Role::Manager,
+                Some(RoleArg::Leader) => Role::Leader,
+                Some(RoleArg::Worker) => Role::Worker,
+            };
+            show(to_value(c.set_role(&machine, role)?))
+        }
+        ClusterVerb::Elect { name, leaders } => {
+            show(to_value(Cluster::open(s, &name)?.elect(leaders)?))
+        }
+    }
+}
+
+/// `machines workflow-all`: prints the report as JSON.
+pub fn workflow_all(ctx: &Ctx, s: &Store, args: WorkflowAllArgs) -> Out {
+    let meta = args
+        .meta
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(Failure::input(format!("--meta {kv:?}: expected KEY=VALUE"))),
+        })
+        .collect::<Out<Vec<_>>>()?;
+    let filter = Filter::from_args(&args.words).map_err(Error::from)?;
+    let report = fleetkv::start_workflow(s, &filter, &args.workflow, &meta)?;
+    ctx.print(&to_value(report), None);
+    Ok(())
+}
