@@ -6,6 +6,8 @@ pub mod error;
 pub mod filter;
 pub(crate) mod index;
 pub mod model;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -20,6 +20,7 @@ macro_rules! outln {
     }};
 }
 
+mod remote;
 mod transfer;
 mod words;
 
@@ -48,6 +49,8 @@ struct Cli {
     /// How long to wait for a store another process holds, in seconds.
     #[arg(long, global = true, default_value_t = 30.0, value_name = "SECONDS")]
     lock_timeout: f64,
+    #[command(flatten)]
+    remote: remote::RemoteArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -85,6 +88,9 @@ enum Cmd {
     },
     /// Write everything as `{"params":[…],"profiles":[…],"machines":[…]}`.
     Export,
+    /// Serve the store over HTTP (DRP's /api/v3 subset).
+    #[cfg(feature = "server")]
+    Serve(remote::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -266,10 +272,18 @@ fn run(cli: Cli) -> Out {
         format: cli.format,
         reference: cli.reference.clone(),
     };
+    let remote = cli.remote.client()?;
     let (kind, verb) = match cli.cmd {
+        #[cfg(feature = "server")]
+        Cmd::Serve(args) => return args.run(data),
         Cmd::Machines { verb } => (Kind::Machine, verb),
         Cmd::Profiles { verb } => (Kind::Profile, verb),
         Cmd::Params { verb } => (Kind::Param, verb),
+        Cmd::Import { .. } | Cmd::Export if remote.is_some() => {
+            return Err(Failure::input(
+                "import and export work on an embedded store only (drop -E)",
+            ))
+        }
         Cmd::Import { file, kind } => {
             ctx.no_ref("import")?;
             let doc = parse_json(&format!("import file {file}"), &read_file(&file)?)?;
@@ -292,6 +306,9 @@ fn run(cli: Cli) -> Out {
         }
         _ => None,
     };
+    if let Some(r) = remote {
+        return r.verb(&ctx, kind, verb, input);
+    }
     with_store(&data, cli.lock_timeout, |s| ctx.verb(s, kind, verb, input))
 }
 
