@@ -8,6 +8,8 @@ pub mod error;
 pub mod filter;
 pub(crate) mod index;
 pub mod model;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod store;
 pub mod template;
 pub mod watch;

@@ -154,6 +154,19 @@ pub enum AuthError {
     },
 }
 
+impl AuthError {
+    /// True for a valid token that lacks the claim (HTTP 403); false for a
+    /// token that is not acceptable at all (HTTP 401).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(
+            self,
+            AuthError::WrongKind { .. }
+                | AuthError::WrongAction { .. }
+                | AuthError::WrongObject { .. }
+        )
+    }
+}
+
 fn malformed(reason: impl Into<String>) -> Error {
     Error::Auth(AuthError::Malformed {
         reason: reason.into(),

@@ -22,6 +22,7 @@ macro_rules! outln {
 
 mod auth;
 mod cluster;
+mod remote;
 mod render;
 mod transfer;
 mod wait;
@@ -62,6 +63,8 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    #[command(flatten)]
+    remote: remote::RemoteArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -118,6 +121,9 @@ enum Cmd {
         #[command(subcommand)]
         verb: cluster::ClusterVerb,
     },
+    /// Serve the store over HTTP (DRP's /api/v3 subset).
+    #[cfg(feature = "server")]
+    Serve(remote::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -395,10 +401,20 @@ fn run(cli: Cli) -> Out {
         format: cli.format,
         reference: cli.reference.clone(),
     };
+    let remote = cli.remote.client(cli.token.as_deref())?;
     let (kind, verb) = match cli.cmd {
+        #[cfg(feature = "server")]
+        Cmd::Serve(args) => return args.run(data),
         Cmd::Machines { verb } => (Kind::Machine, verb),
         Cmd::Profiles { verb } => (Kind::Profile, verb),
         Cmd::Params { verb } => (Kind::Param, verb),
+        Cmd::Import { .. } | Cmd::Export | Cmd::Watch { .. } | Cmd::Cluster { .. }
+            if remote.is_some() =>
+        {
+            return Err(Failure::input(
+                "import, export, watch and cluster work on an embedded store only (drop -E)",
+            ))
+        }
         Cmd::Import { file, kind } => {
             ctx.no_ref("import")?;
             let doc = parse_json(&format!("import file {file}"), &read_file(&file)?)?;
@@ -437,6 +453,20 @@ fn run(cli: Cli) -> Out {
             return wait::watch(&data, cli.lock_timeout, kind.into(), filter, from, timeout);
         }
     };
+    if remote.is_some()
+        && (matches!(
+            verb,
+            Verb::Wait { .. }
+                | Verb::Await { .. }
+                | Verb::Render { .. }
+                | Verb::Token { .. }
+                | Verb::WorkflowAll(_)
+        ) || matches!(&verb, Verb::Count(a) if a.until.is_some()))
+    {
+        return Err(Failure::input(
+            "this verb works on an embedded store only (drop -E)",
+        ));
+    }
     // Waits release the store between checks.
     match &verb {
         Verb::Wait {
@@ -489,6 +519,9 @@ fn run(cli: Cli) -> Out {
         Verb::Render { file, .. } => Some(read_file(file)?),
         _ => None,
     };
+    if let Some(r) = remote {
+        return r.verb(&ctx, kind, verb, input);
+    }
     let token = cli.token.as_deref();
     if let Verb::Token { id, ttl, claims } = &verb {
         ctx.no_ref("token")?;

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# OpenAPI conformance of `fleetkv serve`: schemathesis fuzzes every operation
+# of the generated /api/v3/openapi.json and fails on any 5xx or any answer
+# that does not match the document. Bounded: few examples, 3 minutes at most.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --bin fleetkv
+BIN="${CARGO_TARGET_DIR:-target}/debug/fleetkv"
+WORK=$(mktemp -d)
+SERVE_PID=""
+cleanup() {
+    if [ -n "$SERVE_PID" ]; then
+        kill "$SERVE_PID" 2>/dev/null || true
+        wait "$SERVE_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if ! python3 -m venv "$WORK/venv" >/dev/null 2>&1; then
+    apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$WORK/venv"
+fi
+"$WORK/venv/bin/pip" install -q schemathesis
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+URL="http://127.0.0.1:$PORT"
+"$BIN" serve --data "$WORK/db" --listen "127.0.0.1:$PORT" 2>"$WORK/serve.log" &
+SERVE_PID=$!
+for _ in $(seq 200); do
+    if python3 -c "import urllib.request; urllib.request.urlopen('$URL/api/v3/info', timeout=1)" 2>/dev/null; then
+        break
+    fi
+    kill -0 "$SERVE_PID" 2>/dev/null || { cat "$WORK/serve.log"; exit 1; }
+    sleep 0.1
+done
+KEY=$(cat "$WORK/db/admin.key")
+python3 - "$URL" "$KEY" "$WORK/openapi.json" <<'PY'
+import sys, urllib.request
+url, key, out = sys.argv[1:]
+req = urllib.request.Request(url + "/api/v3/openapi.json", headers={"Authorization": "Bearer " + key})
+open(out, "wb").write(urllib.request.urlopen(req, timeout=10).read())
+PY
+
+timeout 180 "$WORK/venv/bin/schemathesis" run "$WORK/openapi.json" \
+    --url "$URL" \
+    -H "Authorization: Bearer $KEY" \
+    --checks not_a_server_error,response_schema_conformance \
+    --max-examples 15 \
+    --request-timeout 10 \
+    --generation-deterministic
+kill -0 "$SERVE_PID" || { echo "fleetkv serve died"; cat "$WORK/serve.log"; exit 1; }

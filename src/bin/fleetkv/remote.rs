@@ -1,0 +1,509 @@
+//! Remote mode: every verb sent to `fleetkv serve` (`-E URL` / `$RS_ENDPOINT`),
+//! with the same output and exit codes as on an embedded store; and the
+//! `serve` subcommand's flags.
+//!
+//! Credentials: `-T TOKEN` / `$RS_TOKEN` (a JWT or the admin key, sent as
+//! Bearer), or `-U USER -P PASS` / `$RS_KEY=USER:PASS` (basic auth).
+
+use std::time::Duration;
+
+use clap::Args;
+use fleetkv::{Filter, Kind};
+use serde_json::{json, Value};
+
+use super::{
+    escape, listing, loose_json, machines_only, parse_json, pretty, with_params, Ctx, Failure,
+    ListArgs, MetaVerb, Out, Verb,
+};
+
+/// Flags that select remote mode.
+#[derive(Args)]
+pub struct RemoteArgs {
+    /// Send every verb to this `fleetkv serve` URL instead of opening a store.
+    #[arg(
+        short = 'E',
+        long,
+        global = true,
+        env = "RS_ENDPOINT",
+        value_name = "URL"
+    )]
+    endpoint: Option<String>,
+    /// User name for basic auth (with -P).
+    #[arg(short = 'U', long, global = true, value_name = "USER")]
+    username: Option<String>,
+    /// Password for basic auth (with -U).
+    #[arg(short = 'P', long, global = true, value_name = "PASS")]
+    password: Option<String>,
+    /// Seconds to wait for the server's answer.
+    #[arg(long, global = true, default_value_t = 60.0, value_name = "SECONDS")]
+    http_timeout: f64,
+}
+
+impl RemoteArgs {
+    /// The client, when an endpoint is given.
+    pub fn client(&self, token: Option<&str>) -> Out<Option<Remote>> {
+        let Some(ep) = &self.endpoint else {
+            return Ok(None);
+        };
+        let auth = match (token, &self.username, &self.password) {
+            (Some(t), _, _) => Some(format!("Bearer {t}")),
+            (None, Some(u), Some(p)) => Some(basic(&format!("{u}:{p}"))),
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                return Err(Failure::input("-U and -P go together"))
+            }
+            (None, None, None) => std::env::var("RS_KEY").ok().map(|k| basic(&k)),
+        };
+        let timeout = Duration::try_from_secs_f64(self.http_timeout)
+            .map_err(|_| Failure::input("--http-timeout: expected a non-negative number"))?;
+        Ok(Some(Remote {
+            agent: ureq::AgentBuilder::new().timeout(timeout).build(),
+            base: format!("{}/api/v3", ep.trim_end_matches('/')),
+            auth,
+        }))
+    }
+}
+
+/// `fleetkv serve` flags.
+#[cfg(feature = "server")]
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8092", value_name = "ADDR")]
+    listen: String,
+    /// Flush every write to disk before answering.
+    #[arg(long)]
+    durable: bool,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
+    max_body_bytes: usize,
+    /// Largest total size of a request's headers, in bytes.
+    #[arg(long, default_value_t = 16 << 10, value_name = "BYTES")]
+    max_header_bytes: usize,
+    /// Longest a request may take, in seconds.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    request_timeout: f64,
+    /// Add (or replace) a basic-auth user `NAME:PASS` in the store directory, then exit.
+    #[arg(long, value_name = "NAME:PASS")]
+    add_user: Option<String>,
+}
+
+#[cfg(feature = "server")]
+impl ServeArgs {
+    /// Runs the server (or adds a user) on store directory `data`.
+    pub fn run(self, data: std::path::PathBuf) -> Out {
+        if let Some(nv) = &self.add_user {
+            let (n, p) = nv
+                .split_once(':')
+                .ok_or_else(|| Failure::input("--add-user: expected NAME:PASS"))?;
+            fleetkv::server::auth::add_user(&data, n, p)
+                .map_err(|e| Failure::input(format!("--add-user: {e}")))?;
+            eprintln!("fleetkv: user {n} saved");
+            return Ok(());
+        }
+        let request_timeout = Duration::try_from_secs_f64(self.request_timeout)
+            .map_err(|_| Failure::input("--request-timeout: expected a positive number"))?;
+        fleetkv::server::run(fleetkv::server::Config {
+            data,
+            listen: self.listen,
+            durable: self.durable,
+            max_body_bytes: self.max_body_bytes,
+            max_header_bytes: self.max_header_bytes,
+            request_timeout,
+        })
+        .map_err(|msg| Failure { code: 1, msg })
+    }
+}
+
+fn basic(user_pass: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::from("Basic ");
+    for c in user_pass.as_bytes().chunks(3) {
+        let n = c.iter().fold(0u32, |a, &b| a << 8 | u32::from(b)) << (8 * (3 - c.len()));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Percent-encodes a path segment (`keep_slash`: a param name's `/` stays).
+fn enc(s: &str, keep_slash: bool) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                out.push(b as char)
+            }
+            b'/' if keep_slash => out.push('/'),
+            b => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// A connection to `fleetkv serve`.
+pub struct Remote {
+    agent: ureq::Agent,
+    base: String,
+    auth: Option<String>,
+}
+
+/// What came back: the body and the list count header.
+struct Answer {
+    body: Value,
+    count: Option<u64>,
+}
+
+impl Remote {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &Value)>,
+        headers: &[(&str, String)],
+    ) -> Out<Answer> {
+        let url = format!("{}{path}", self.base);
+        let mut r = self.agent.request(method, &url);
+        if let Some(a) = &self.auth {
+            r = r.set("Authorization", a);
+        }
+        for (k, v) in headers {
+            r = r.set(k, v);
+        }
+        let res = match body {
+            Some((ct, b)) => r.set("Content-Type", ct).send_string(&b.to_string()),
+            None => r.call(),
+        };
+        match res {
+            Ok(resp) => {
+                let count = resp.header("X-DRP-List-Count").and_then(|c| c.parse().ok());
+                let text = resp
+                    .into_string()
+                    .map_err(|e| transport(&url, &e.to_string()))?;
+                let body = if text.trim().is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_str(&text).map_err(|_| Failure {
+                        code: 1,
+                        msg: format!("{url}: the server's answer is not JSON"),
+                    })?
+                };
+                Ok(Answer { body, count })
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                let err: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let typ = err.get("Type").and_then(Value::as_str).unwrap_or("");
+                let msg = err
+                    .pointer("/Messages/0")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+                    .unwrap_or_else(|| format!("{url}: HTTP {code} {}", text.trim()));
+                let code = match code {
+                    400 | 413 | 415 | 431 => 2,
+                    401 | 403 => 6,
+                    404 => 4,
+                    409 if typ == "Conflict" => 3,
+                    409 => 2,
+                    408 | 503 | 504 => 5,
+                    _ => 1,
+                };
+                Err(Failure { code, msg })
+            }
+            Err(ureq::Error::Transport(t)) => {
+                let what = match t.message() {
+                    Some(m) => format!("{}: {m}", t.kind()),
+                    None => t.kind().to_string(),
+                };
+                Err(transport(&url, &what))
+            }
+        }
+    }
+
+    fn get(&self, path: &str) -> Out<Value> {
+        Ok(self.call("GET", path, None, &[])?.body)
+    }
+
+    fn merge(&self, path: &str, doc: &Value) -> Out<Value> {
+        Ok(self
+            .call(
+                "PATCH",
+                path,
+                Some(("application/merge-patch+json", doc)),
+                &[],
+            )?
+            .body)
+    }
+
+    fn patch(&self, path: &str, ops: &Value) -> Out<Value> {
+        Ok(self
+            .call(
+                "PATCH",
+                path,
+                Some(("application/json-patch+json", ops)),
+                &[],
+            )?
+            .body)
+    }
+
+    /// Runs one verb on the server.
+    pub fn verb(&self, ctx: &Ctx, kind: Kind, verb: Verb, input: Option<String>) -> Out {
+        let input = input.unwrap_or_default();
+        let show = |v: Value| {
+            ctx.print(&v, Some(kind));
+            Ok(())
+        };
+        if !matches!(verb, Verb::Update { .. } | Verb::Set { .. }) {
+            ctx.no_ref("this verb (only update and set take it)")?;
+        }
+        let coll = format!("/{}", kind.plural());
+        let obj = |id: &str| format!("{coll}/{}", enc(id, false));
+        let param = |id: &str, key: &str| format!("{}/params/{}", obj(id), enc(key, true));
+        match verb {
+            Verb::Create { .. } => {
+                let t = input.trim();
+                let doc = if t.starts_with(['{', '[', '"']) {
+                    parse_json(&format!("{kind} JSON"), t)?
+                } else if t.is_empty() {
+                    return Err(Failure::input(format!(
+                        "create needs a {kind} JSON object or a name"
+                    )));
+                } else {
+                    json!({ "Name": t })
+                };
+                show(
+                    self.call("POST", &coll, Some(("application/json", &doc)), &[])?
+                        .body,
+                )
+            }
+            Verb::Show { id } => show(self.get(&obj(&id))?),
+            Verb::Exists { id } => self.get(&obj(&id)).map(drop),
+            Verb::Destroy { id } => {
+                self.call("DELETE", &obj(&id), None, &[])?;
+                outln!("Deleted {kind} {id}");
+                Ok(())
+            }
+            Verb::List(args) => show(self.get(&format!("{coll}{}", query(kind, &args)?))?),
+            Verb::Count(args) => {
+                let a = self.call("HEAD", &format!("{coll}{}", query(kind, &args)?), None, &[])?;
+                outln!("{}", a.count.unwrap_or(0));
+                Ok(())
+            }
+            Verb::Update { id, .. } => {
+                let merge = parse_json("update JSON", &input)?;
+                match &ctx.reference {
+                    None => show(self.merge(&obj(&id), &merge)?),
+                    Some(r) => {
+                        let reference = parse_json("-r reference object", r)?;
+                        if !reference.is_object() {
+                            return Err(Failure::input(
+                                "-r reference object: expected a JSON object",
+                            ));
+                        }
+                        show(self.patch(&obj(&id), &reference_patch(&reference, &merge))?)
+                    }
+                }
+            }
+            Verb::Patch { id, .. } => {
+                let ops = parse_json("patch", &input)?;
+                show(self.patch(&obj(&id), &ops)?)
+            }
+            Verb::Set { id, key, value, .. } => {
+                with_params(kind, "set")?;
+                let value = loose_json(&value);
+                let expect: Vec<(&str, String)> = match ctx.reference.as_deref().map(loose_json) {
+                    None => vec![],
+                    Some(Value::Null) => vec![("X-Fleetkv-Expect", "absent".to_string())],
+                    Some(v) => vec![("X-Fleetkv-Expect", v.to_string())],
+                };
+                let a = self.call(
+                    "POST",
+                    &param(&id, &key),
+                    Some(("application/json", &value)),
+                    &expect,
+                )?;
+                outln!("{}", pretty(&a.body));
+                Ok(())
+            }
+            Verb::Get {
+                id, key, aggregate, ..
+            } => {
+                with_params(kind, "get")?;
+                let q = if aggregate { "?aggregate=true" } else { "" };
+                outln!(
+                    "{}",
+                    pretty(&self.get(&format!("{}{q}", param(&id, &key)))?)
+                );
+                Ok(())
+            }
+            Verb::Params { id, aggregate } => {
+                with_params(kind, "params")?;
+                let q = if aggregate { "?aggregate=true" } else { "" };
+                outln!("{}", pretty(&self.get(&format!("{}/params{q}", obj(&id)))?));
+                Ok(())
+            }
+            Verb::Remove { id, key, .. } => {
+                with_params(kind, "remove")?;
+                let a = self.call("DELETE", &param(&id, &key), None, &[])?;
+                outln!("{}", pretty(&a.body));
+                Ok(())
+            }
+            Verb::Addprofile { id, profile } => {
+                machines_only(kind, "addprofile")?;
+                show(self.profile_edit(&obj(&id), &profile, true)?)
+            }
+            Verb::Removeprofile { id, profile } => {
+                machines_only(kind, "removeprofile")?;
+                show(self.profile_edit(&obj(&id), &profile, false)?)
+            }
+            Verb::Workflow { id, workflow } => {
+                machines_only(kind, "workflow")?;
+                show(self.merge(&obj(&id), &json!({ "Workflow": workflow }))?)
+            }
+            Verb::Meta { verb } => {
+                with_params(kind, "meta")?;
+                let (id, merge) = match verb {
+                    MetaVerb::Get { id, key, .. } => {
+                        let o = self.get(&obj(&id))?;
+                        let v = o.pointer(&format!("/Meta/{}", escape(&key)));
+                        outln!("{}", pretty(v.unwrap_or(&Value::Null)));
+                        return Ok(());
+                    }
+                    MetaVerb::Set { id, key, value, .. } => (id, json!({ "Meta": { key: value } })),
+                    MetaVerb::Remove { id, key, .. } => (id, json!({ "Meta": { key: null } })),
+                };
+                show(self.merge(&obj(&id), &merge)?)
+            }
+            // `run` refuses these before dispatching here.
+            Verb::Wait { .. }
+            | Verb::Await { .. }
+            | Verb::Render { .. }
+            | Verb::Token { .. }
+            | Verb::WorkflowAll(_) => Err(Failure::input(
+                "this verb works on an embedded store only (drop -E)",
+            )),
+        }
+    }
+
+    /// Adds or removes one profile with a `test`-guarded patch.
+    fn profile_edit(&self, path: &str, profile: &str, add: bool) -> Out<Value> {
+        let m = self.get(path)?;
+        let old = m.get("Profiles").cloned().unwrap_or(json!([]));
+        let mut profiles: Vec<Value> = old.as_array().cloned().unwrap_or_default();
+        let has = profiles.iter().any(|p| p == profile);
+        match (add, has) {
+            (true, false) => profiles.push(json!(profile)),
+            (false, true) => profiles.retain(|p| p != profile),
+            _ => return Ok(m),
+        }
+        let ops = json!([
+            { "op": "test", "path": "/Profiles", "value": old },
+            { "op": "replace", "path": "/Profiles", "value": profiles },
+        ]);
+        self.patch(path, &ops)
+    }
+}
+
+fn transport(url: &str, e: &str) -> Failure {
+    let code = if e.contains("timed out") { 5 } else { 1 };
+    Failure {
+        code,
+        msg: format!("cannot reach the server at {url}: {e}"),
+    }
+}
+
+/// The list/count query string: listing keys plus the filter in fleetkv's
+/// text form (parsed here first, so a bad filter fails as it does embedded).
+fn query(kind: Kind, args: &ListArgs) -> Out<String> {
+    let (filter, opts) = listing(kind, args)?;
+    let mut q: Vec<String> = Vec::new();
+    if !filter.is_all() {
+        q.push(format!("filter={}", enc(&filter_text(&filter), false)));
+    }
+    if let Some(s) = &opts.sort {
+        q.push(format!("sort={}", enc(s, false)));
+    }
+    if let Some(l) = opts.limit {
+        q.push(format!("limit={l}"));
+    }
+    if opts.offset > 0 {
+        q.push(format!("offset={}", opts.offset));
+    }
+    if opts.reverse {
+        q.push("reverse=true".into());
+    }
+    if !opts.slim.is_empty() {
+        q.push(format!("slim={}", enc(&opts.slim.join(","), false)));
+    }
+    if let Some(p) = &opts.params {
+        q.push(format!("params={}", enc(&p.join(","), false)));
+    }
+    if opts.aggregate {
+        q.push("aggregate=true".into());
+    }
+    Ok(if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    })
+}
+
+fn filter_text(f: &Filter) -> String {
+    f.to_string()
+}
+
+/// drpcli's reference update as one JSON Patch: for every path that differs
+/// between the reference and the desired object, a `test` of the reference's
+/// value (or, where the reference has none, of its nearest parent) and then
+/// the change. `Revision` takes no part.
+fn reference_patch(reference: &Value, merge: &Value) -> Value {
+    let mut reference = reference.clone();
+    if let Value::Object(m) = &mut reference {
+        m.remove("Revision");
+    }
+    let mut desired = reference.clone();
+    json_patch::merge(&mut desired, merge);
+    if let Value::Object(m) = &mut desired {
+        m.remove("Revision");
+    }
+    let diff = json_patch::diff(&reference, &desired);
+    let mut ops = Vec::new();
+    for op in diff.iter() {
+        let mut path = op.path().to_string();
+        loop {
+            if let Some(v) = reference.pointer(&path) {
+                ops.push(json!({ "op": "test", "path": path, "value": v }));
+                break;
+            }
+            match path.rfind('/') {
+                Some(i) => path.truncate(i),
+                None => break,
+            }
+        }
+    }
+    if let Ok(Value::Array(changes)) = serde_json::to_value(&diff) {
+        ops.extend(changes);
+    }
+    Value::Array(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_header() {
+        assert_eq!(basic("admin:key"), "Basic YWRtaW46a2V5");
+        assert_eq!(basic("a"), "Basic YQ==");
+    }
+
+    #[test]
+    fn encodes() {
+        assert_eq!(enc("a/b c", true), "a/b%20c");
+        assert_eq!(enc("a/b", false), "a%2Fb");
+    }
+}

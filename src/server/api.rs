@@ -1,0 +1,854 @@
+//! The `/api/v3` handlers and the OpenAPI document generated from them.
+//!
+//! One generic set of handlers serves `machines`, `profiles` and `params`
+//! (the `{kind}` path segment). Reads call the store directly (µs-fast);
+//! writes go through [`App::write`], which moves durable (fsyncing) writes
+//! off the async workers.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::auth::{Authenticator, Principal};
+use super::error::{ApiError, ApiErrorBody};
+use crate::{Error, Filter, Kind, ListOptions, Machine, ParamDef, Profile, Store};
+
+/// The header carrying a list's total count (before `offset`/`limit`).
+pub const LIST_COUNT: &str = "x-drp-list-count";
+/// The header carrying a param CAS's expected value (JSON, or `absent`).
+pub const EXPECT: &str = "x-fleetkv-expect";
+
+/// What the handlers share.
+pub struct App {
+    /// The one store.
+    pub store: Store,
+    /// Credentials and claims.
+    pub auth: Authenticator,
+    /// Writes fsync: run them on the blocking pool.
+    pub durable: bool,
+}
+
+type St = State<Arc<App>>;
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+impl App {
+    /// Runs a write: inline when it does not wait for the disk, else on the
+    /// blocking pool.
+    async fn write<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Store) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        if !self.durable {
+            return f(&self.store);
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string())
+            })?
+    }
+}
+
+/// The collections (`{kind}`).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum Collection {
+    Machines,
+    Profiles,
+    Params,
+}
+
+/// One RFC 6902 operation.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct PatchOp {
+    /// `add`, `remove`, `replace`, `move`, `copy` or `test`.
+    #[schema(pattern = "^(add|remove|replace|move|copy|test)$")]
+    op: String,
+    /// JSON Pointer of the target.
+    path: String,
+    /// The value (add, replace, test).
+    #[schema(value_type = Object)]
+    value: Option<Value>,
+    /// The source (move, copy).
+    from: Option<String>,
+}
+
+/// Listing keys of the query string; every other key is a filter
+/// (`Name=Eq(fred)&Params.cluster/leader=Eq(true)`).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// Sort by this key.
+    sort: Option<String>,
+    /// Return at most this many.
+    limit: Option<usize>,
+    /// Skip this many.
+    offset: Option<usize>,
+    /// Reverse the order (`true`).
+    reverse: Option<bool>,
+    /// Leave these fields out (`Params,Meta`).
+    slim: Option<String>,
+    /// Return only these params (comma-separated).
+    params: Option<String>,
+    /// Effective params (`true`).
+    aggregate: Option<bool>,
+    /// fleetkv extension: a filter in fleetkv's text form (`Name Eq a Or Name Eq b`), ANDed with the others.
+    filter: Option<String>,
+}
+
+/// `?aggregate=true`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AggregateParam {
+    /// Effective params (own → profiles → global → default).
+    aggregate: Option<bool>,
+}
+
+/// `GET /api/v3/info`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct Info {
+    /// Always `fleetkv`.
+    id: String,
+    /// The server's version.
+    version: String,
+    /// The store's revision.
+    revision: u64,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "fleetkv",
+        description = "DRP's /api/v3 subset: machines, profiles and params. \
+        Authenticate with `Authorization: Bearer <admin key or token>` or basic auth. \
+        Param compare-and-set: `POST .../params/{key}` with `X-Fleetkv-Expect: <JSON or absent>`; \
+        object compare-and-set: `PATCH` with `test` operations."
+    ),
+    paths(
+        info,
+        list,
+        count,
+        create,
+        show,
+        replace,
+        patch,
+        destroy,
+        params,
+        patch_params,
+        get_param,
+        set_param,
+        remove_param
+    ),
+    components(schemas(ApiErrorBody, PatchOp, Info, Collection))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+/// `GET /api/v3/openapi.json`.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+/// Health and version; the one unauthenticated call.
+#[utoipa::path(get, path = "/api/v3/info", responses((status = 200, body = Info)))]
+pub async fn info(State(app): St) -> Json<Info> {
+    Json(Info {
+        id: "fleetkv".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        revision: app.store.revision(),
+    })
+}
+
+fn kind_of(s: &str) -> ApiResult<Kind> {
+    match s {
+        "machines" => Ok(Kind::Machine),
+        "profiles" => Ok(Kind::Profile),
+        "params" => Ok(Kind::Param),
+        _ => Err(ApiError::not_found(format!("no collection {s:?}"))),
+    }
+}
+
+/// An object key from one path segment: no `/` (an encoded slash), no dot
+/// segments.
+fn check_id(id: &str) -> ApiResult<()> {
+    if id.is_empty() || id == "." || id == ".." || id.contains('/') || id.contains('\0') {
+        return Err(ApiError::bad_request(format!("bad object key {id:?}")));
+    }
+    Ok(())
+}
+
+/// A param name from the wildcard: `/`-separated, no empty or dot segments.
+fn check_key(key: &str) -> ApiResult<()> {
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+        || key.contains('\0')
+    {
+        return Err(ApiError::bad_request(format!("bad param name {key:?}")));
+    }
+    Ok(())
+}
+
+fn with_params(kind: Kind) -> ApiResult<()> {
+    if kind == Kind::Param {
+        return Err(ApiError::bad_request(
+            "params (definitions) have no params: use machines or profiles",
+        ));
+    }
+    Ok(())
+}
+
+fn to_value<T: Serialize>(v: T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn ok(status: StatusCode, v: Value) -> Response {
+    (status, Json(v)).into_response()
+}
+
+/// Decodes `%XX` and `+`.
+fn url_decode(s: &str) -> ApiResult<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::bad_request(format!("bad %-escape at {i}")))?;
+                out.push(hex);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad_request("query is not UTF-8"))
+}
+
+fn flag(key: &str, v: &str) -> ApiResult<bool> {
+    match v {
+        "" | "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ApiError::bad_request(format!(
+            "{key}={v}: expected true or false"
+        ))),
+    }
+}
+
+fn number(key: &str, v: &str) -> ApiResult<usize> {
+    v.parse()
+        .map_err(|_| ApiError::bad_request(format!("{key}={v}: expected a number")))
+}
+
+fn csv(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The filter and listing options of a list/count query string. Listing
+/// keys are blanked out in place so that filter error offsets still point
+/// into the text the client sent.
+fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
+    let mut opts = ListOptions::default();
+    let mut rest = query.as_bytes().to_vec();
+    let mut extra: Option<Filter> = None;
+    let mut at = 0;
+    for part in query.split('&') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let key = url_decode(k)?;
+        let listing_key = matches!(
+            key.as_str(),
+            "sort" | "limit" | "offset" | "reverse" | "slim" | "params" | "aggregate" | "filter"
+        );
+        if listing_key {
+            let v = url_decode(v)?;
+            match key.as_str() {
+                "sort" => opts.sort = Some(v),
+                "limit" => opts.limit = Some(number(&key, &v)?),
+                "offset" => opts.offset = number(&key, &v)?,
+                "reverse" => opts.reverse = flag(&key, &v)?,
+                "aggregate" => opts.aggregate = flag(&key, &v)?,
+                "slim" => opts.slim = csv(&v),
+                "params" => opts.params = Some(csv(&v)),
+                _ => {
+                    let f = Filter::parse(&v).map_err(Error::from)?;
+                    extra = Some(match extra {
+                        Some(e) => e.and(f),
+                        None => f,
+                    });
+                }
+            }
+            rest[at..at + part.len()].fill(b'&');
+        }
+        at += part.len() + 1;
+    }
+    let rest = String::from_utf8(rest).map_err(|_| ApiError::bad_request("query is not UTF-8"))?;
+    let mut filter = Filter::from_query(&rest).map_err(Error::from)?;
+    if let Some(e) = extra {
+        filter = filter.and(e);
+    }
+    Ok((filter, opts))
+}
+
+fn params_list(store: &Store, filter: &Filter, opts: &ListOptions) -> ApiResult<Vec<Value>> {
+    if !filter.is_all() {
+        return Err(ApiError::bad_request(
+            "params (definitions) take no filter: the list has every definition",
+        ));
+    }
+    let mut all: Vec<Value> = store
+        .params()
+        .list_all()
+        .into_iter()
+        .map(to_value)
+        .collect();
+    if let Some(key) = &opts.sort {
+        all.sort_by_key(|v| v.get(key).map(|k| k.to_string()).unwrap_or_default());
+    }
+    if opts.reverse {
+        all.reverse();
+    }
+    let mut out: Vec<Value> = all
+        .into_iter()
+        .skip(opts.offset)
+        .take(opts.limit.unwrap_or(usize::MAX))
+        .collect();
+    for v in &mut out {
+        if let Value::Object(o) = v {
+            for f in &opts.slim {
+                o.remove(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn count_header(n: u64) -> [(HeaderName, HeaderValue); 1] {
+    [(HeaderName::from_static(LIST_COUNT), HeaderValue::from(n))]
+}
+
+/// Lists objects matching the query-string filter.
+#[utoipa::path(get, path = "/api/v3/{kind}",
+    params(("kind" = Collection, Path, description = "machines, profiles or params"), ListParams),
+    responses(
+        (status = 200, description = "The matching objects; the total in X-DRP-List-Count", body = Vec<Object>,
+            headers(("X-DRP-List-Count" = u64, description = "Matches before offset/limit"))),
+        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+pub async fn list(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path(kind): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    app.auth.authorize(&who, kind.plural(), "list", "")?;
+    let (filter, opts) = listing(q.as_deref().unwrap_or(""))?;
+    let s = &app.store;
+    let (n, items) = match kind {
+        Kind::Machine => {
+            let q = s.machines().prepare(&filter)?;
+            (
+                s.machines().count_query(&q),
+                s.machines().list_query(&q, &opts)?,
+            )
+        }
+        Kind::Profile => (
+            s.profiles().count(&filter)?,
+            s.profiles().list(&filter, &opts)?,
+        ),
+        Kind::Param => {
+            let all = ListOptions {
+                slim: vec![],
+                ..ListOptions::default()
+            };
+            let n = params_list(s, &filter, &all)?.len() as u64;
+            (n, params_list(s, &filter, &opts)?)
+        }
+    };
+    Ok((count_header(n), Json(Value::Array(items))).into_response())
+}
+
+/// Counts objects matching the filter: headers only, from the indexes.
+#[utoipa::path(head, path = "/api/v3/{kind}",
+    params(("kind" = Collection, Path, description = "machines, profiles or params"), ListParams),
+    responses(
+        (status = 200, description = "The count in X-DRP-List-Count",
+            headers(("X-DRP-List-Count" = u64, description = "Matches"))),
+        (status = 400), (status = 401), (status = 404)))]
+pub async fn count(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path(kind): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    app.auth.authorize(&who, kind.plural(), "list", "")?;
+    let (filter, _) = listing(q.as_deref().unwrap_or(""))?;
+    let s = &app.store;
+    let n = match kind {
+        Kind::Machine => s.machines().count(&filter)?,
+        Kind::Profile => s.profiles().count(&filter)?,
+        Kind::Param => params_list(s, &filter, &ListOptions::default())?.len() as u64,
+    };
+    Ok((count_header(n), ()).into_response())
+}
+
+/// A JSON body, after checking the content type against `allowed` (a
+/// missing content type is taken as JSON).
+fn json_body(headers: &HeaderMap, body: &Bytes, allowed: &[&str]) -> ApiResult<(Value, String)> {
+    let ct = match headers.get(header::CONTENT_TYPE) {
+        None => "application/json".to_string(),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| ApiError::media_type("Content-Type is not text"))?
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    };
+    if !allowed.contains(&ct.as_str()) {
+        return Err(ApiError::media_type(format!(
+            "Content-Type {ct:?}: expected {}",
+            allowed.join(" or ")
+        )));
+    }
+    let v = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+    Ok((v, ct))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kind: Kind, doc: Value) -> ApiResult<T> {
+    if !doc.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "{kind}: expected a JSON object"
+        )));
+    }
+    serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("{kind} JSON: {e}")))
+}
+
+const JSON: &[&str] = &["application/json"];
+
+/// Creates an object.
+#[utoipa::path(post, path = "/api/v3/{kind}",
+    params(("kind" = Collection, Path, description = "machines, profiles or params")),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 201, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
+        (status = 415, body = ApiErrorBody)))]
+pub async fn create(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    app.auth.authorize(&who, kind.plural(), "create", "")?;
+    let (doc, _) = json_body(&headers, &body, JSON)?;
+    let v = app
+        .write(move |s| {
+            Ok(match kind {
+                Kind::Machine => to_value(s.machines().create(decode::<Machine>(kind, doc)?)?),
+                Kind::Profile => to_value(s.profiles().create(decode::<Profile>(kind, doc)?)?),
+                Kind::Param => to_value(s.params().create(decode::<ParamDef>(kind, doc)?)?),
+            })
+        })
+        .await?;
+    Ok(ok(StatusCode::CREATED, v))
+}
+
+fn get_obj(s: &Store, kind: Kind, id: &str) -> ApiResult<Value> {
+    Ok(match kind {
+        Kind::Machine => to_value(s.machines().get(id)?),
+        Kind::Profile => to_value(s.profiles().get(id)?),
+        Kind::Param => to_value(s.params().get(id)?),
+    })
+}
+
+/// Shows one object.
+#[utoipa::path(get, path = "/api/v3/{kind}/{id}",
+    params(("kind" = Collection, Path, description = "machines, profiles or params"),
+        ("id" = String, Path, description = "Uuid, Name:…, Key:… or name")),
+    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody)))]
+pub async fn show(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id)): Path<(String, String)>,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_id(&id)?;
+    app.auth.authorize(&who, kind.plural(), "get", &id)?;
+    Ok(ok(StatusCode::OK, get_obj(&app.store, kind, &id)?))
+}
+
+/// Replaces one object.
+#[utoipa::path(put, path = "/api/v3/{kind}/{id}",
+    params(("kind" = Collection, Path, description = "machines, profiles or params"), ("id" = String, Path)),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
+pub async fn replace(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_id(&id)?;
+    app.auth.authorize(&who, kind.plural(), "update", &id)?;
+    let (doc, _) = json_body(&headers, &body, JSON)?;
+    let v = app
+        .write(move |s| {
+            Ok(match kind {
+                Kind::Machine => to_value(s.machines().replace(&id, decode(kind, doc)?)?),
+                Kind::Profile => to_value(s.profiles().replace(&id, decode(kind, doc)?)?),
+                Kind::Param => to_value(s.params().replace(&id, decode(kind, doc)?)?),
+            })
+        })
+        .await?;
+    Ok(ok(StatusCode::OK, v))
+}
+
+const PATCH_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/json",
+];
+
+fn apply_patch(s: &Store, kind: Kind, id: &str, doc: &Value, merge: bool) -> ApiResult<Value> {
+    Ok(match (kind, merge) {
+        (Kind::Machine, false) => to_value(s.machines().patch(id, doc)?),
+        (Kind::Profile, false) => to_value(s.profiles().patch(id, doc)?),
+        (Kind::Param, false) => to_value(s.params().patch(id, doc)?),
+        (Kind::Machine, true) => to_value(s.machines().update(id, doc)?),
+        (Kind::Profile, true) => to_value(s.profiles().update(id, doc)?),
+        (Kind::Param, true) => to_value(s.params().update(id, doc)?),
+    })
+}
+
+/// Patches one object: an RFC 6902 array (`application/json-patch+json`;
+/// its `test` operations make it a compare-and-set) or a merge patch
+/// (`application/merge-patch+json`). With `application/json` an array is a
+/// JSON Patch and an object a merge patch.
+#[utoipa::path(patch, path = "/api/v3/{kind}/{id}",
+    params(("kind" = Collection, Path, description = "machines, profiles or params"), ("id" = String, Path)),
+    request_body(content = Vec<PatchOp>, content_type = "application/json-patch+json"),
+    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
+pub async fn patch(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_id(&id)?;
+    app.auth.authorize(&who, kind.plural(), "patch", &id)?;
+    let (doc, ct) = json_body(&headers, &body, PATCH_TYPES)?;
+    let merge = match ct.as_str() {
+        "application/merge-patch+json" => true,
+        "application/json-patch+json" => false,
+        _ => doc.is_object(),
+    };
+    if !merge && !doc.is_array() {
+        return Err(ApiError::bad_request(
+            "a JSON Patch is an array of operations",
+        ));
+    }
+    let v = app
+        .write(move |s| apply_patch(s, kind, &id, &doc, merge))
+        .await?;
+    Ok(ok(StatusCode::OK, v))
+}
+
+/// Deletes one object; answers it as it was.
+#[utoipa::path(delete, path = "/api/v3/{kind}/{id}",
+    params(("kind" = Collection, Path, description = "machines, profiles or params"), ("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+pub async fn destroy(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id)): Path<(String, String)>,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_id(&id)?;
+    app.auth.authorize(&who, kind.plural(), "delete", &id)?;
+    let v = app
+        .write(move |s| {
+            Ok(match kind {
+                Kind::Machine => to_value(s.machines().delete(&id)?),
+                Kind::Profile => to_value(s.profiles().delete(&id)?),
+                Kind::Param => to_value(s.params().delete(&id)?),
+            })
+        })
+        .await?;
+    Ok(ok(StatusCode::OK, v))
+}
+
+fn params_of(
+    s: &Store,
+    kind: Kind,
+    id: &str,
+    aggregate: bool,
+) -> ApiResult<serde_json::Map<String, Value>> {
+    Ok(match kind {
+        Kind::Machine => s.machines().params(id, aggregate)?,
+        _ => s.profiles().params(id, aggregate)?,
+    })
+}
+
+/// An object's params (`aggregate=true`: the effective ones).
+#[utoipa::path(get, path = "/api/v3/{kind}/{id}/params",
+    params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path), AggregateParam),
+    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody)))]
+pub async fn params(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_id(&id)?;
+    with_params(kind)?;
+    app.auth.authorize(&who, kind.plural(), "get", &id)?;
+    let aggregate = aggregate_of(q.as_deref())?;
+    let v = params_of(&app.store, kind, &id, aggregate)?;
+    Ok(ok(StatusCode::OK, Value::Object(v)))
+}
+
+fn aggregate_of(q: Option<&str>) -> ApiResult<bool> {
+    let mut out = false;
+    for part in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        if url_decode(k)? == "aggregate" {
+            out = flag("aggregate", &url_decode(v)?)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Prefixes each operation's `path` and `from` with `/Params`.
+fn under_params(ops: Value) -> ApiResult<Value> {
+    let Value::Array(ops) = ops else {
+        return Err(ApiError::bad_request(
+            "a JSON Patch is an array of operations",
+        ));
+    };
+    ops.into_iter()
+        .map(|mut op| {
+            let o = op
+                .as_object_mut()
+                .ok_or_else(|| ApiError::bad_request("a patch operation is an object"))?;
+            for field in ["path", "from"] {
+                match o.get(field) {
+                    None => {}
+                    Some(Value::String(p)) if p.is_empty() || p.starts_with('/') => {
+                        let p = format!("/Params{p}");
+                        o.insert(field.to_string(), Value::String(p));
+                    }
+                    Some(_) => {
+                        return Err(ApiError::bad_request(format!(
+                            "patch {field}: expected a JSON Pointer"
+                        )))
+                    }
+                }
+            }
+            Ok(op)
+        })
+        .collect::<ApiResult<Vec<Value>>>()
+        .map(Value::Array)
+}
+
+/// RFC 6902 on the params map, atomically; answers the params after it.
+#[utoipa::path(patch, path = "/api/v3/{kind}/{id}/params",
+    params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path)),
+    request_body(content = Vec<PatchOp>, content_type = "application/json-patch+json"),
+    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
+pub async fn patch_params(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_id(&id)?;
+    with_params(kind)?;
+    app.auth.authorize(&who, kind.plural(), "patch", &id)?;
+    let (doc, _) = json_body(
+        &headers,
+        &body,
+        &["application/json-patch+json", "application/json"],
+    )?;
+    let ops = under_params(doc)?;
+    let v = app
+        .write(move |s| apply_patch(s, kind, &id, &ops, false))
+        .await?;
+    Ok(ok(
+        StatusCode::OK,
+        v.get("Params").cloned().unwrap_or(json!({})),
+    ))
+}
+
+/// One param's value (`null` when unset).
+#[utoipa::path(get, path = "/api/v3/{kind}/{id}/params/{key}",
+    params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path),
+        ("key" = String, Path, description = "The param name; may contain /"), AggregateParam),
+    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody)))]
+pub async fn get_param(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id, key)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_id(&id)?;
+    check_key(&key)?;
+    with_params(kind)?;
+    app.auth.authorize(&who, kind.plural(), "get", &id)?;
+    let aggregate = aggregate_of(q.as_deref())?;
+    let v = params_of(&app.store, kind, &id, aggregate)?.shift_remove(&key);
+    Ok(ok(StatusCode::OK, v.unwrap_or(Value::Null)))
+}
+
+/// Sets one param to the JSON body. With `X-Fleetkv-Expect: <JSON>` (or
+/// `absent`; `null` means absent too) it is a compare-and-set: 409 unless the
+/// param's own value (or its default) is the expected one.
+#[utoipa::path(post, path = "/api/v3/{kind}/{id}/params/{key}",
+    params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path),
+        ("key" = String, Path, description = "The param name; may contain /"),
+        ("X-Fleetkv-Expect" = Option<String>, Header, description = "Compare-and-set: the expected value as JSON, or absent")),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
+pub async fn set_param(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_id(&id)?;
+    check_key(&key)?;
+    with_params(kind)?;
+    app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
+    let (value, _) = json_body(&headers, &body, JSON)?;
+    let expect = match headers.get(EXPECT) {
+        None => None,
+        Some(h) => {
+            let t = h
+                .to_str()
+                .map_err(|_| ApiError::bad_request("X-Fleetkv-Expect is not text"))?
+                .trim();
+            Some(match t {
+                "absent" => None,
+                t => match serde_json::from_str::<Value>(t) {
+                    Ok(Value::Null) => None,
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        return Err(ApiError::bad_request(format!(
+                            "X-Fleetkv-Expect: expected JSON or absent: {e}"
+                        )))
+                    }
+                },
+            })
+        }
+    };
+    let out = value.clone();
+    app.write(move |s| {
+        match (kind, expect) {
+            (Kind::Machine, None) => drop(s.machines().set_param(&id, &key, value)?),
+            (Kind::Machine, Some(e)) => {
+                drop(s.machines().set_param_if(&id, &key, e.as_ref(), value)?)
+            }
+            (_, None) => drop(s.profiles().set_param(&id, &key, value)?),
+            (_, Some(e)) => drop(s.profiles().set_param_if(&id, &key, e.as_ref(), value)?),
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(ok(StatusCode::OK, out))
+}
+
+/// Removes one param; answers its old value (`null` if it had none).
+#[utoipa::path(delete, path = "/api/v3/{kind}/{id}/params/{key}",
+    params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path),
+        ("key" = String, Path, description = "The param name; may contain /")),
+    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody)))]
+pub async fn remove_param(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_id(&id)?;
+    check_key(&key)?;
+    with_params(kind)?;
+    app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
+    let v = app
+        .write(move |s| {
+            Ok(match kind {
+                Kind::Machine => s.machines().remove_param(&id, &key)?,
+                _ => s.profiles().remove_param(&id, &key)?,
+            })
+        })
+        .await?;
+    Ok(ok(StatusCode::OK, v.unwrap_or(Value::Null)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_keys_are_blanked() {
+        let (f, o) = listing("limit=5&Name=Eq(fred)&slim=Params,Meta&reverse").unwrap();
+        assert_eq!(o.limit, Some(5));
+        assert!(o.reverse);
+        assert_eq!(o.slim, vec!["Params", "Meta"]);
+        assert!(!f.is_all());
+        assert!(listing("limit=x").is_err());
+        assert!(listing("Name=Foo(x)").is_err());
+    }
+
+    #[test]
+    fn params_ops_are_prefixed() {
+        let v = under_params(json!([{"op": "test", "path": "/a~1b", "value": 1}])).unwrap();
+        assert_eq!(v[0]["path"], "/Params/a~1b");
+        assert!(under_params(json!({})).is_err());
+    }
+}

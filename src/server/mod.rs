@@ -1,0 +1,214 @@
+//! `fleetkv serve`: DRP's `/api/v3` subset over HTTP.
+//!
+//! Owns: the HTTP surface (routes, DRP-shaped errors, limits, the OpenAPI
+//! document), authentication of callers ([`auth`]) and the process around one
+//! [`Store`] (start, graceful stop, flush). Must not: hold any data model
+//! logic — every rule lives in the store; handlers only translate.
+//!
+//! Endpoints (all but `GET /api/v3/info` need credentials):
+//!
+//! | method | path | store call |
+//! | --- | --- | --- |
+//! | GET | `/api/v3/info` | health and version |
+//! | GET | `/api/v3/openapi.json` | this API, generated from the code |
+//! | GET, HEAD | `/api/v3/{kind}?FILTER&sort=&limit=&offset=&reverse=&slim=&params=&aggregate=` | list / count (`X-DRP-List-Count`) |
+//! | POST | `/api/v3/{kind}` | create |
+//! | GET, PUT, PATCH, DELETE | `/api/v3/{kind}/{id}` | get, replace, patch (JSON Patch or merge patch), delete |
+//! | GET, PATCH | `/api/v3/{kind}/{id}/params` | params (`?aggregate=true`), JSON Patch on the params map |
+//! | GET, POST, DELETE | `/api/v3/{kind}/{id}/params/{key…}` | get, set (CAS with `X-Fleetkv-Expect`), remove |
+//!
+//! `{kind}` is `machines`, `profiles` or `params`. Compare-and-set over
+//! HTTP: a `PATCH` whose `test` operations fail is a 409 and writes nothing;
+//! `POST …/params/KEY` with `X-Fleetkv-Expect: <JSON>` (or `absent`) sets the
+//! param only if it holds that value.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::{Options, Store};
+use api::App;
+use error::{shape_errors, ApiError};
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The store directory (also holds `admin.key` and `users`).
+    pub data: PathBuf,
+    /// Address to listen on (`127.0.0.1:8092`; port 0 picks one).
+    pub listen: String,
+    /// Open the store with [`Options::durable`].
+    pub durable: bool,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest total size of the request's headers, in bytes.
+    pub max_header_bytes: usize,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: PathBuf::from("fleetkv.db"),
+            listen: "127.0.0.1:8092".to_string(),
+            durable: false,
+            max_body_bytes: 4 << 20,
+            max_header_bytes: 16 << 10,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The router over `app`, with every limit and the error shaping.
+pub fn router(app: Arc<App>, config: &Config) -> Router {
+    let max_headers = config.max_header_bytes;
+    Router::new()
+        .route("/api/v3/openapi.json", get(api::openapi))
+        .route(
+            "/api/v3/{kind}",
+            get(api::list).head(api::count).post(api::create),
+        )
+        .route(
+            "/api/v3/{kind}/{id}",
+            get(api::show)
+                .put(api::replace)
+                .patch(api::patch)
+                .delete(api::destroy),
+        )
+        .route(
+            "/api/v3/{kind}/{id}/params",
+            get(api::params).patch(api::patch_params),
+        )
+        .route(
+            "/api/v3/{kind}/{id}/params/{*key}",
+            get(api::get_param)
+                .post(api::set_param)
+                .delete(api::remove_param),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(from_fn_with_state(app.clone(), authenticate))
+        // Unauthenticated: health and version.
+        .route("/api/v3/info", get(api::info))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(from_fn(move |req: Request, next: Next| {
+            header_limit(max_headers, req, next)
+        }))
+        .layer(from_fn(shape_errors))
+        .with_state(app)
+}
+
+async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    match app.auth.authenticate(req.headers()) {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn header_limit(max: usize, req: Request<Body>, next: Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size > max {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "TooLarge",
+            format!("request headers are {size} bytes; the limit is {max} (--max-header-bytes)"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Opens the store, prepares credentials (printing a new admin key once to
+/// stderr), listens, and serves until SIGINT/SIGTERM; then finishes in-flight
+/// requests, flushes and returns.
+pub fn run(config: Config) -> Result<(), String> {
+    let store = Store::open_with(
+        &config.data,
+        Options {
+            durable: config.durable,
+            ..Options::default()
+        },
+    )
+    .map_err(|e| format!("cannot open store {}: {e}", config.data.display()))?;
+    let (auth, created) = auth::Authenticator::load(store.clone(), &config.data)
+        .map_err(|e| format!("admin key in {}: {e}", config.data.display()))?;
+    if let Some(key) = created {
+        eprintln!(
+            "fleetkv: new admin key (saved to {}, shown only now): {key}",
+            config.data.join(auth::ADMIN_KEY_FILE).display()
+        );
+    }
+    let app = Arc::new(App {
+        store: store.clone(),
+        auth,
+        durable: config.durable,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let addr: SocketAddr = listener
+            .local_addr()
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        eprintln!("fleetkv: listening on http://{addr}");
+        axum::serve(listener, router(app, &config))
+            .with_graceful_shutdown(stop_signal())
+            .await
+            .map_err(|e| format!("server: {e}"))
+    })?;
+    store.flush().map_err(|e| format!("flush: {e}"))?;
+    eprintln!("fleetkv: stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    let int = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = int.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = int => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = int.await;
+}

@@ -1,0 +1,546 @@
+//! `fleetkv serve` end to end: the real binary on a free loopback port,
+//! driven with ureq and with the CLI's remote mode.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetkv");
+
+struct Server {
+    child: Child,
+    url: String,
+    key: String,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(dir, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        let data = dir.path().join("db");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited").unwrap();
+            if let Some(u) = line.strip_prefix("fleetkv: listening on ") {
+                break u.to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let key = std::fs::read_to_string(data.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Server {
+            child,
+            url,
+            key,
+            dir,
+        }
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.key)
+    }
+
+    /// (status, body, X-DRP-List-Count)
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &str)>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value, Option<u64>) {
+        let mut r = ureq::request(method, &format!("{}/api/v3{path}", self.url));
+        let auth = self.bearer();
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            r = r.set("Authorization", &auth);
+        }
+        for (k, v) in headers {
+            r = r.set(k, v);
+        }
+        let res = match body {
+            Some((ct, b)) => r.set("Content-Type", ct).send_string(b),
+            None => r.call(),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let count = resp.header("X-DRP-List-Count").and_then(|c| c.parse().ok());
+        let text = resp.into_string().unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, v, count)
+    }
+
+    fn json(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let (s, v, _) = self.call(
+            method,
+            path,
+            Some(("application/json", &body.to_string())),
+            &[],
+        );
+        (s, v)
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(["-E", &self.url, "-T", &self.key])
+            .args(args)
+            .env_remove("RS_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> (i32, tempfile::TempDir) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (code, dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn raw(s: &Server, request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let addr = s.url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
+}
+
+/// method, path, body, headers, expected status.
+type Case<'a> = (
+    &'a str,
+    String,
+    Option<(&'a str, &'a str)>,
+    Vec<(&'a str, &'a str)>,
+    u16,
+);
+
+fn drp_error(v: &Value, code: u16) {
+    assert_eq!(v["Code"], code, "{v}");
+    for k in ["Model", "Key", "Type"] {
+        assert!(v[k].is_string(), "{k} in {v}");
+    }
+    assert!(v["Messages"][0].is_string(), "{v}");
+}
+
+#[test]
+fn crud_list_count_and_params() {
+    let s = Server::start(&[]);
+    let (st, m) = s.json(
+        "POST",
+        "/machines",
+        &json!({"Name": "m1", "Params": {"cluster/leader": true}}),
+    );
+    assert_eq!(st, 201, "{m}");
+    let uuid = m["Uuid"].as_str().unwrap().to_string();
+    assert_eq!(s.json("POST", "/machines", &json!({"Name": "m2"})).0, 201);
+    let (st, _, n) = s.call("HEAD", "/machines?cluster/leader=Eq(true)", None, &[]);
+    assert_eq!((st, n), (200, Some(1)));
+    let (st, v, n) = s.call(
+        "GET",
+        "/machines?limit=1&slim=Params,Meta&sort=Name",
+        None,
+        &[],
+    );
+    assert_eq!((st, n), (200, Some(2)));
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["Name"], "m1");
+    assert!(v[0].get("Params").is_none());
+    let (st, v, _) = s.call("GET", &format!("/machines/{uuid}"), None, &[]);
+    assert_eq!((st, &v["Name"]), (200, &json!("m1")));
+    // Merge patch, JSON Patch with a failing test (409, nothing written).
+    let (st, v, _) = s.call(
+        "PATCH",
+        "/machines/Name:m1",
+        Some(("application/merge-patch+json", r#"{"Workflow":"w1"}"#)),
+        &[],
+    );
+    assert_eq!((st, &v["Workflow"]), (200, &json!("w1")));
+    let ops = r#"[{"op":"test","path":"/Workflow","value":"w0"},{"op":"replace","path":"/Workflow","value":"w2"}]"#;
+    let (st, v, _) = s.call(
+        "PATCH",
+        "/machines/Name:m1",
+        Some(("application/json-patch+json", ops)),
+        &[],
+    );
+    assert_eq!(st, 409);
+    drp_error(&v, 409);
+    assert!(v["Messages"].to_string().contains("/Workflow"), "{v}");
+    // Params sub-resources; keys with '/'.
+    let (st, v) = s.json("POST", "/machines/Name:m1/params/my/data", &json!("none"));
+    assert_eq!((st, v), (200, json!("none")));
+    let (_, v, _) = s.call("GET", "/machines/Name:m1/params/my/data", None, &[]);
+    assert_eq!(v, json!("none"));
+    let (_, v, _) = s.call("GET", "/machines/Name:m1/params", None, &[]);
+    assert_eq!(v["cluster/leader"], json!(true));
+    let ops = r#"[{"op":"test","path":"/my~1data","value":"none"},{"op":"replace","path":"/my~1data","value":"x"}]"#;
+    let (st, v, _) = s.call(
+        "PATCH",
+        "/machines/Name:m1/params",
+        Some(("application/json-patch+json", ops)),
+        &[],
+    );
+    assert_eq!((st, &v["my/data"]), (200, &json!("x")));
+    let (st, v, _) = s.call("DELETE", "/machines/Name:m1/params/my/data", None, &[]);
+    assert_eq!((st, v), (200, json!("x")));
+    // Profiles too.
+    assert_eq!(s.json("POST", "/profiles", &json!({"Name": "p1"})).0, 201);
+    let (st, _) = s.json("POST", "/profiles/p1/params/a", &json!(1));
+    assert_eq!(st, 200);
+    let (_, v, n) = s.call("GET", "/profiles", None, &[]);
+    assert_eq!(n, Some(v.as_array().unwrap().len() as u64));
+    let (st, _, _) = s.call("DELETE", "/machines/Name:m2", None, &[]);
+    assert_eq!(st, 200);
+    let (st, v, _) = s.call("GET", "/machines/Name:m2", None, &[]);
+    assert_eq!(st, 404);
+    drp_error(&v, 404);
+    // The OpenAPI document is generated and lists the paths.
+    let (st, v, _) = s.call("GET", "/openapi.json", None, &[]);
+    assert_eq!(st, 200);
+    assert!(v["paths"]["/api/v3/{kind}/{id}/params/{key}"].is_object());
+}
+
+#[test]
+fn credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new(BIN)
+        .args(["serve", "--add-user", "ops:s3cret", "--data"])
+        .arg(dir.path().join("db"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let s = Server::start_in(dir, &[]);
+    let mode = std::fs::metadata(s.dir.path().join("db/admin.key")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+    }
+    let (st, _, _) = s.call("GET", "/info", None, &[("Authorization", "")]);
+    assert_eq!(st, 200);
+    for (auth, want) in [
+        ("", 401),
+        ("Bearer not-a-token", 401),
+        ("Basic b3BzOndyb25n", 401),     // ops:wrong
+        ("Basic b3BzOnMzY3JldA==", 200), // ops:s3cret
+        ("Digest x", 401),
+    ] {
+        let (st, v, _) = s.call("GET", "/machines", None, &[("Authorization", auth)]);
+        assert_eq!(st, want, "{auth}: {v}");
+        if want == 401 {
+            drp_error(&v, 401);
+        }
+    }
+    let basic_admin = format!("admin:{}", s.key);
+    let out = Command::new(BIN)
+        .args(["-E", &s.url, "machines", "count"])
+        .env("RS_KEY", &basic_admin)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let out = Command::new(BIN)
+        .args(["-E", &s.url, "-U", "ops", "-P", "nope", "machines", "list"])
+        .env_remove("RS_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let s = Server::start(&["--max-body-bytes", "2000", "--max-header-bytes", "4000"]);
+    let (_, m) = s.json("POST", "/machines", &json!({"Name": "m1"}));
+    let before = m.to_string();
+    let big = format!("{{\"Name\":\"{}\"}}", "a".repeat(5000));
+    let flood = "x".repeat(5000);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/machines".into(),
+            Some(("application/json", "{\"Name\":")),
+            vec![],
+            400,
+        ),
+        (
+            "POST",
+            "/machines".into(),
+            Some(("text/plain", "{}")),
+            vec![],
+            415,
+        ),
+        (
+            "POST",
+            "/machines".into(),
+            Some(("application/json", big.as_str())),
+            vec![],
+            413,
+        ),
+        (
+            "PUT",
+            "/machines/Name:m1".into(),
+            Some(("application/json", "[]")),
+            vec![],
+            400,
+        ),
+        ("GET", "/machines?Name=Foo(x)".into(), None, vec![], 400),
+        ("GET", "/machines?limit=many".into(), None, vec![], 400),
+        ("GET", "/machines/..%2Fprofiles".into(), None, vec![], 400),
+        ("GET", "/nothing".into(), None, vec![], 404),
+        (
+            "GET",
+            "/machines/Name:m1".into(),
+            None,
+            vec![("X-Flood", flood.as_str())],
+            431,
+        ),
+        (
+            "PATCH",
+            "/machines/Name:m1".into(),
+            Some((
+                "application/json-patch+json",
+                r#"[{"op":"replace","path":"/Uuid","value":"00000000-0000-0000-0000-000000000000"}]"#,
+            )),
+            vec![],
+            400,
+        ),
+        (
+            "PATCH",
+            "/machines/Name:m1".into(),
+            Some(("application/json-patch+json", "{not json")),
+            vec![],
+            400,
+        ),
+        (
+            "POST",
+            "/machines/Name:m1/params/x".into(),
+            Some(("application/json", "1")),
+            vec![("X-Fleetkv-Expect", "{bad")],
+            400,
+        ),
+        ("DELETE", "/machines".into(), None, vec![], 405),
+    ];
+    for (method, path, body, headers, want) in &cases {
+        let (st, v, _) = s.call(method, path, *body, headers);
+        assert_eq!(st, *want, "{method} {path}: {v}");
+        drp_error(&v, *want);
+    }
+    // Dot segments (which HTTP clients normalise away) sent raw.
+    for path in [
+        "/api/v3/machines/Name:m1/params/a/../b",
+        "/api/v3/machines/../params",
+    ] {
+        let answer = raw(
+            &s,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+                s.bearer()
+            ),
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 404"),
+            "{path}: {answer}"
+        );
+        assert!(answer.contains("\"Messages\""), "{answer}");
+    }
+    let (_, v, _) = s.call("GET", "/machines?Name=Foo(x)", None, &[]);
+    assert!(v["Messages"][0].as_str().unwrap().contains("byte 5"), "{v}");
+    assert!(v["Messages"][0].as_str().unwrap().contains('^'), "{v}");
+    // A hundred-odd headers: hyper refuses them itself; the server stays up.
+    let mut r = ureq::get(&format!("{}/api/v3/info", s.url));
+    for i in 0..200 {
+        r = r.set(&format!("x-h{i}"), "v");
+    }
+    assert!(r.call().is_err());
+    let (st, v, _) = s.call("GET", "/machines/Name:m1", None, &[]);
+    assert_eq!(st, 200);
+    assert_eq!(v.to_string(), before);
+}
+
+#[test]
+fn cas_race_200_clients_one_winner_per_round() {
+    let s = Arc::new(Server::start(&[]));
+    s.json("POST", "/profiles", &json!({"Name": "cluster"}));
+    for round in 0..3 {
+        let (st, _) = s.json("POST", "/profiles/cluster/params/my/data", &json!("none"));
+        assert_eq!(st, 200);
+        let barrier = Arc::new(Barrier::new(200));
+        let handles: Vec<_> = (0..200)
+            .map(|i| {
+                let (s, barrier) = (s.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let agent = ureq::AgentBuilder::new().build();
+                    let body = json!(format!("r{round}-c{i}")).to_string();
+                    barrier.wait();
+                    let res = agent
+                        .post(&format!("{}/api/v3/profiles/cluster/params/my/data", s.url))
+                        .set("Authorization", &s.bearer())
+                        .set("Content-Type", "application/json")
+                        .set("X-Fleetkv-Expect", "\"none\"")
+                        .send_string(&body);
+                    match res {
+                        Ok(r) => (r.status(), i),
+                        Err(ureq::Error::Status(c, _)) => (c, i),
+                        Err(e) => panic!("client {i}: {e}"),
+                    }
+                })
+            })
+            .collect();
+        let results: Vec<(u16, usize)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<usize> = results.iter().filter(|r| r.0 == 200).map(|r| r.1).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        assert_eq!(results.iter().filter(|r| r.0 == 409).count(), 199);
+        let (_, v, _) = s.call("GET", "/profiles/cluster/params/my/data", None, &[]);
+        assert_eq!(v, json!(format!("r{round}-c{}", winners[0])));
+    }
+}
+
+#[test]
+fn remote_cli_exit_codes_and_output() {
+    let s = Server::start(&[]);
+    let (c, out, err) = s.cli(&[
+        "profiles",
+        "create",
+        r#"{"Name":"cl","Params":{"my/data":"none"}}"#,
+    ]);
+    assert_eq!(c, 0, "{err}");
+    assert!(out.contains("\"cl\""));
+    let (c, _, _) = s.cli(&["machines", "create", "m1"]);
+    assert_eq!(c, 0);
+    let (c, out, _) = s.cli(&["machines", "addprofile", "Name:m1", "cl"]);
+    assert_eq!(c, 0);
+    assert!(out.contains("\"cl\""));
+    let (c, out, _) = s.cli(&["machines", "count", "Profiles", "Eq", "cl"]);
+    assert_eq!((c, out.trim()), (0, "1"));
+    let (c, out, _) = s.cli(&[
+        "machines",
+        "get",
+        "Name:m1",
+        "param",
+        "my/data",
+        "--aggregate",
+    ]);
+    assert_eq!((c, out.trim()), (0, "\"none\""));
+    // The seed's leader race, sequentially: the first -r none wins, the second conflicts.
+    let (c, out, _) = s.cli(&[
+        "-r", "none", "profiles", "set", "cl", "param", "my/data", "to", "foo",
+    ]);
+    assert_eq!((c, out.trim()), (0, "\"foo\""));
+    let (c, _, err) = s.cli(&[
+        "-r", "none", "profiles", "set", "cl", "param", "my/data", "to", "bar",
+    ]);
+    assert_eq!(c, 3, "{err}");
+    assert!(err.contains("conflict"), "{err}");
+    let (c, _, _) = s.cli(&["machines", "show", "nope"]);
+    assert_eq!(c, 4);
+    let (c, _, _) = s.cli(&["machines", "exists", "Name:m1"]);
+    assert_eq!(c, 0);
+    let (c, _, err) = s.cli(&["machines", "list", "Name", "Foo", "x"]);
+    assert_eq!(c, 2);
+    assert!(err.contains('^'), "{err}");
+    let (c, _, _) = s.cli(&["machines", "create", "m1"]);
+    assert_eq!(c, 2, "duplicate is bad input, as embedded");
+    let (c, out, _) = s.cli(&[
+        "machines",
+        "update",
+        "Name:m1",
+        r#"{"Workflow":"a"}"#,
+        "-r",
+        r#"{"Workflow":""}"#,
+    ]);
+    assert_eq!(c, 0);
+    assert!(out.contains("\"a\""));
+    let (c, _, _) = s.cli(&[
+        "machines",
+        "update",
+        "Name:m1",
+        r#"{"Workflow":"b"}"#,
+        "-r",
+        r#"{"Workflow":""}"#,
+    ]);
+    assert_eq!(c, 3);
+    let (c, _, _) = s.cli(&[
+        "machines", "meta", "set", "Name:m1", "key", "icon", "to", "anchor",
+    ]);
+    assert_eq!(c, 0);
+    let (c, out, _) = s.cli(&["machines", "meta", "get", "Name:m1", "key", "icon"]);
+    assert_eq!((c, out.trim()), (0, "\"anchor\""));
+    let (c, out, _) = s.cli(&[
+        "machines",
+        "list",
+        "Name",
+        "Eq",
+        "m1",
+        "--slim",
+        "Params,Meta",
+    ]);
+    assert_eq!(c, 0);
+    assert!(
+        out.contains("\"Workflow\": \"a\"") && !out.contains("Meta"),
+        "{out}"
+    );
+    let (c, out, _) = s.cli(&["machines", "destroy", "Name:m1"]);
+    assert_eq!((c, out.trim()), (0, "Deleted machine Name:m1"));
+    let out = Command::new(BIN)
+        .args(["-E", &s.url, "-T", "forged", "machines", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let out = Command::new(BIN)
+        .args(["-E", "http://127.0.0.1:1", "machines", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+#[test]
+fn sigterm_flushes_and_exits_zero() {
+    let s = Server::start(&[]);
+    assert_eq!(s.json("POST", "/machines", &json!({"Name": "kept"})).0, 201);
+    let (code, dir) = s.stop();
+    assert_eq!(code, 0);
+    let s = Server::start_in(dir, &[]);
+    let (st, _, _) = s.call("GET", "/machines/Name:kept", None, &[]);
+    assert_eq!(st, 200);
+}
