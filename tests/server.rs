@@ -544,3 +544,117 @@ fn sigterm_flushes_and_exits_zero() {
     let (st, _, _) = s.call("GET", "/machines/Name:kept", None, &[]);
     assert_eq!(st, 200);
 }
+
+#[test]
+fn coordination_endpoints() {
+    let s = Server::start(&[]);
+    for body in [
+        json!({"Name": "cluster/manager", "Schema": {"type": "boolean", "default": false}}),
+        json!({"Name": "cluster/leader", "Schema": {"type": "boolean", "default": false}}),
+    ] {
+        assert_eq!(s.json("POST", "/params", &body).0, 201);
+    }
+    let profile =
+        json!({"Name": "c", "Params": {"cluster/profile": "c", "cluster/filter": "Profiles Eq c"}});
+    assert_eq!(s.json("POST", "/profiles", &profile).0, 201);
+    for i in 0..4 {
+        let m = json!({"Name": format!("m{i}"), "Profiles": ["c"]});
+        assert_eq!(s.json("POST", "/machines", &m).0, 201);
+    }
+
+    // Profile tokens: minted by the admin, good for their profile only.
+    let (st, v, _) = s.call("POST", "/profiles/c/token?ttl=60", None, &[]);
+    assert_eq!(st, 200, "{v}");
+    let token = format!("Bearer {}", v["Token"].as_str().unwrap());
+    let with = |m: &str, p: &str| s.call(m, p, None, &[("Authorization", &token)]).0;
+    assert_eq!(with("GET", "/profiles/c"), 200);
+    assert_eq!(with("GET", "/profiles/global"), 403);
+    assert_eq!(with("GET", "/machines"), 403);
+    assert_eq!(
+        with("POST", "/profiles/global/token"),
+        403,
+        "a token mints only what it covers"
+    );
+    assert_eq!(with("POST", "/profiles/c/token"), 200);
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(
+        s.call("GET", "/profiles/c", None, &[("Authorization", &forged)])
+            .0,
+        401
+    );
+
+    // Long-poll count: satisfied now, or 408 after the timeout.
+    let (st, v, _) = s.call("GET", "/wait/count?until=%3E%3D4&Profiles=Eq(c)", None, &[]);
+    assert_eq!((st, v["Count"].as_u64()), (200, Some(4)), "{v}");
+    let (st, v, _) = s.call(
+        "GET",
+        "/wait/count?until=%3D%3D9&timeout=0.2&Profiles=Eq(c)",
+        None,
+        &[],
+    );
+    assert_eq!(st, 408, "{v}");
+    drp_error(&v, 408);
+    assert_eq!(s.call("GET", "/wait/count?until=lots", None, &[]).0, 400);
+
+    // Election and a workflow on the leaders.
+    let (st, v, _) = s.call("POST", "/clusters/c/elect?leaders=2", None, &[]);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let body = json!({"Workflow": "k3s", "Filter": "cluster/leader Eq true Profiles Eq c", "Meta": {"icon": "anchor"}});
+    let (st, v) = s.json("POST", "/workflow-all", &body);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["succeeded"].as_array().map(Vec::len), Some(2), "{v}");
+    let (_, _, n) = s.call(
+        "HEAD",
+        "/machines?Workflow=Eq(k3s)&Meta.icon=Eq(anchor)",
+        None,
+        &[],
+    );
+    assert_eq!(n, Some(2));
+
+    // Rendering with the store's token minter.
+    let (st, text, _) = {
+        let r = ureq::post(&format!("{}/api/v3/machines/Name:m0/render", s.url))
+            .set("Authorization", &s.bearer())
+            .send_string("{{ .Param \"cluster/profile\" }}:{{ .Machine.Name }}");
+        let r = r.unwrap();
+        (r.status(), r.into_string().unwrap(), ())
+    };
+    assert_eq!((st, text.as_str()), (200, "c:m0"));
+
+    // Events as server-sent events, resumable.
+    let r = ureq::get(&format!("{}/api/v3/events?kind=profiles&from=1", s.url))
+        .set("Authorization", &s.bearer())
+        .call()
+        .unwrap();
+    assert!(r
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/event-stream"));
+    let mut lines = BufReader::new(r.into_reader()).lines();
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let l = lines.next().unwrap().unwrap();
+        if let Some(id) = l.strip_prefix("id: ") {
+            ids.push(id.to_string());
+        }
+        if let Some(d) = l.strip_prefix("data: ") {
+            let e: Value = serde_json::from_str(d).unwrap();
+            assert_eq!(e["Kind"], "profiles");
+        }
+    }
+    let r = ureq::get(&format!("{}/api/v3/events?kind=profiles", s.url))
+        .set("Authorization", &s.bearer())
+        .set("Last-Event-ID", &ids[0])
+        .call()
+        .unwrap();
+    let mut lines = BufReader::new(r.into_reader()).lines();
+    let first = loop {
+        let l = lines.next().unwrap().unwrap();
+        if let Some(id) = l.strip_prefix("id: ") {
+            break id.to_string();
+        }
+    };
+    assert_eq!(first, ids[1], "resumes right after the last event seen");
+    assert_eq!(s.call("GET", "/events?from=999999", None, &[]).0, 400);
+}

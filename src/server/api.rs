@@ -33,10 +33,14 @@ pub struct App {
     pub auth: Authenticator,
     /// Writes fsync: run them on the blocking pool.
     pub durable: bool,
+    /// Permits for long-poll waits and event streams.
+    pub waiters: Arc<tokio::sync::Semaphore>,
+    /// Longest a long-poll wait may block (under the request timeout).
+    pub max_wait: std::time::Duration,
 }
 
-type St = State<Arc<App>>;
-type ApiResult<T = Response> = Result<T, ApiError>;
+pub(crate) type St = State<Arc<App>>;
+pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
 
 impl App {
     /// Runs a write: inline when it does not wait for the disk, else on the
@@ -187,7 +191,7 @@ fn kind_of(s: &str) -> ApiResult<Kind> {
 
 /// An object key from one path segment: no `/` (an encoded slash), no dot
 /// segments.
-fn check_id(id: &str) -> ApiResult<()> {
+pub(crate) fn check_id(id: &str) -> ApiResult<()> {
     if id.is_empty() || id == "." || id == ".." || id.contains('/') || id.contains('\0') {
         return Err(ApiError::bad_request(format!("bad object key {id:?}")));
     }
@@ -215,16 +219,16 @@ fn with_params(kind: Kind) -> ApiResult<()> {
     Ok(())
 }
 
-fn to_value<T: Serialize>(v: T) -> Value {
+pub(crate) fn to_value<T: Serialize>(v: T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn ok(status: StatusCode, v: Value) -> Response {
+pub(crate) fn ok(status: StatusCode, v: Value) -> Response {
     (status, Json(v)).into_response()
 }
 
 /// Decodes `%XX` and `+`.
-fn url_decode(s: &str) -> ApiResult<String> {
+pub(crate) fn url_decode(s: &str) -> ApiResult<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -272,7 +276,7 @@ fn csv(v: &str) -> Vec<String> {
 /// The filter and listing options of a list/count query string. Listing
 /// keys are blanked out in place so that filter error offsets still point
 /// into the text the client sent.
-fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
+pub(crate) fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
     let mut opts = ListOptions::default();
     let mut rest = query.as_bytes().to_vec();
     let mut extra: Option<Filter> = None;

@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod coord;
 pub mod error;
 
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -58,8 +59,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest total size of the request's headers, in bytes.
     pub max_header_bytes: usize,
-    /// Longest a request may take.
+    /// Longest a request may take (waits are cut to fit; event streams
+    /// are not requests that end).
     pub request_timeout: Duration,
+    /// Most long-poll waits and event streams at once; more get 503.
+    pub max_waiters: usize,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             max_body_bytes: 4 << 20,
             max_header_bytes: 16 << 10,
             request_timeout: Duration::from_secs(30),
+            max_waiters: 256,
         }
     }
 }
@@ -91,6 +96,13 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
                 .patch(api::patch)
                 .delete(api::destroy),
         )
+        .route("/api/v3/events", get(coord::events))
+        .route("/api/v3/wait/count", get(coord::count_wait))
+        .route("/api/v3/wait/machines/{id}", get(coord::wait_machine))
+        .route("/api/v3/clusters/{name}/elect", post(coord::elect))
+        .route("/api/v3/workflow-all", post(coord::workflow_all))
+        .route("/api/v3/machines/{id}/render", post(coord::render))
+        .route("/api/v3/profiles/{id}/token", post(coord::token))
         .route(
             "/api/v3/{kind}/{id}/params",
             get(api::params).patch(api::patch_params),
@@ -169,6 +181,10 @@ pub fn run(config: Config) -> Result<(), String> {
         store: store.clone(),
         auth,
         durable: config.durable,
+        waiters: Arc::new(tokio::sync::Semaphore::new(config.max_waiters)),
+        max_wait: config
+            .request_timeout
+            .saturating_sub(Duration::from_millis(500)),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

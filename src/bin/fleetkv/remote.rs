@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Longest a request may take, in seconds.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     request_timeout: f64,
+    /// Most long-poll waits and event streams served at once.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_waiters: usize,
     /// Add (or replace) a basic-auth user `NAME:PASS` in the store directory, then exit.
     #[arg(long, value_name = "NAME:PASS")]
     add_user: Option<String>,
@@ -109,6 +112,7 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             max_header_bytes: self.max_header_bytes,
             request_timeout,
+            max_waiters: self.max_waiters,
         })
         .map_err(|msg| Failure { code: 1, msg })
     }

@@ -1,0 +1,332 @@
+//! The coordination verbs over HTTP: profile tokens, long-poll waits
+//! (`count --until`, machine waits), leader election, workflows on members,
+//! template rendering, and the change events as server-sent events.
+//!
+//! Owns: these routes, their authorization and the bound on concurrent
+//! waiters. Must not: implement waiting or election itself — it calls the
+//! library ([`Store::count_wait`], [`Store::watch`], [`Cluster::elect`], …)
+//! on the blocking pool so that no async worker ever blocks.
+//!
+//! | method | path | what | claim |
+//! |---|---|---|---|
+//! | POST | `/api/v3/profiles/{id}/token?ttl=S` | a profile token (`{"Token"}`) | admin, or a token covering it |
+//! | GET | `/api/v3/wait/count?until=>=N&timeout=S&FILTER` | block until the machine count holds (`{"Count"}`; 408 on timeout) | `machines/list/*` |
+//! | GET | `/api/v3/wait/machines/{id}?filter=F&timeout=S` | block until the machine matches (408 on timeout) | `machines/get/{id}` |
+//! | POST | `/api/v3/clusters/{name}/elect?leaders=N` | elect leaders (the leaders' JSON) | `machines/update/*` |
+//! | POST | `/api/v3/workflow-all` `{"Workflow","Filter","Meta"}` | start a workflow on every match (the report) | `machines/update/*` |
+//! | POST | `/api/v3/machines/{id}/render` (text body) | render a Go template (text) | `machines/get/{id}` |
+//! | GET | `/api/v3/events?kind=K&filter=F&from=REV` | events as SSE, id `REV.SEQ`, resumable with `Last-Event-ID` | `K/list/*` |
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::Extension;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::api::{check_id, listing, ok, to_value, url_decode, ApiResult, App, St};
+use super::auth::Principal;
+use super::error::ApiError;
+use crate::auth::Claim;
+use crate::template::{RenderContext, Template, TokenMinter};
+use crate::{Cluster, CountCondition, Error, Filter, Kind, Store};
+
+/// Splits `keys` out of a query string; the rest stays a filter query.
+fn take(query: &str, keys: &[&str]) -> ApiResult<(HashMap<String, String>, String)> {
+    let mut found = HashMap::new();
+    let mut rest = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let key = url_decode(k)?;
+        if keys.contains(&key.as_str()) {
+            found.insert(key, url_decode(v)?);
+        } else {
+            rest.push(part);
+        }
+    }
+    Ok((found, rest.join("&")))
+}
+
+fn seconds(v: Option<&String>, default: f64) -> ApiResult<Duration> {
+    let s = match v {
+        Some(v) => v
+            .parse::<f64>()
+            .map_err(|_| ApiError::bad_request(format!("timeout {v:?}: expected seconds")))?,
+        None => default,
+    };
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| ApiError::bad_request(format!("timeout {s}: expected seconds")))
+}
+
+impl App {
+    fn waiter(&self) -> ApiResult<OwnedSemaphorePermit> {
+        self.waiters.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Busy",
+                "too many waiting clients; try again",
+            )
+        })
+    }
+
+    /// Runs a blocking library call on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Store) -> crate::Result<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string())
+            })?
+            .map_err(ApiError::from)
+    }
+}
+
+/// `POST /api/v3/profiles/{id}/token?ttl=S`.
+pub async fn token(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    check_id(&id)?;
+    let (opts, _) = take(q.as_deref().unwrap_or(""), &["ttl"])?;
+    let ttl = seconds(opts.get("ttl"), 3600.0)?;
+    if let Principal::Token(t) = &who {
+        app.store
+            .verify_token(t)?
+            .check_covers(&Claim::profile(&id)?)?;
+    }
+    let token = app.store.generate_profile_token(&id, ttl)?;
+    Ok(ok(StatusCode::OK, json!({ "Token": token })))
+}
+
+/// `GET /api/v3/wait/count?until=…&timeout=…&FILTER`.
+pub async fn count_wait(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    app.auth.authorize(&who, "machines", "list", "")?;
+    let (opts, rest) = take(q.as_deref().unwrap_or(""), &["until", "timeout"])?;
+    let until: CountCondition = opts
+        .get("until")
+        .ok_or_else(|| ApiError::bad_request("until is required (>= N, == N or <= N)"))?
+        .parse()?;
+    let timeout = seconds(opts.get("timeout"), 30.0)?.min(app.max_wait);
+    let (filter, _) = listing(&rest)?;
+    let _permit = app.waiter()?;
+    let n = app
+        .blocking(move |s| s.count_wait(&filter, until, timeout))
+        .await?;
+    Ok(ok(StatusCode::OK, json!({ "Count": n })))
+}
+
+/// `GET /api/v3/wait/machines/{id}?filter=F&timeout=S`.
+pub async fn wait_machine(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    check_id(&id)?;
+    app.auth.authorize(&who, "machines", "get", &id)?;
+    let (opts, rest) = take(q.as_deref().unwrap_or(""), &["timeout"])?;
+    let timeout = seconds(opts.get("timeout"), 30.0)?.min(app.max_wait);
+    let (filter, _) = listing(&rest)?;
+    let _permit = app.waiter()?;
+    app.blocking(move |s| s.wait_machine(&id, &filter, timeout))
+        .await?;
+    Ok(ok(StatusCode::OK, json!({ "Status": "complete" })))
+}
+
+/// `POST /api/v3/clusters/{name}/elect?leaders=N`.
+pub async fn elect(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    check_id(&name)?;
+    app.auth.authorize(&who, "machines", "update", "")?;
+    let (opts, _) = take(q.as_deref().unwrap_or(""), &["leaders"])?;
+    let n: usize = match opts.get("leaders") {
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("leaders {v:?}: expected a count")))?,
+        None => 1,
+    };
+    let leaders = app
+        .blocking(move |s| Cluster::open(s, &name)?.elect(n))
+        .await?;
+    Ok(ok(StatusCode::OK, to_value(leaders)))
+}
+
+/// The body of `POST /api/v3/workflow-all`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowAll {
+    #[serde(rename = "Workflow")]
+    workflow: String,
+    #[serde(rename = "Filter")]
+    filter: String,
+    #[serde(rename = "Meta", default)]
+    meta: HashMap<String, String>,
+}
+
+/// `POST /api/v3/workflow-all`.
+pub async fn workflow_all(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> ApiResult {
+    app.auth.authorize(&who, "machines", "update", "")?;
+    let req: WorkflowAll = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("workflow-all body: {e}")))?;
+    let filter = Filter::parse(&req.filter).map_err(Error::from)?;
+    if filter.is_all() {
+        return Err(ApiError::bad_request(
+            "workflow-all needs a filter: it would reach every machine",
+        ));
+    }
+    let meta: Vec<(String, String)> = req.meta.into_iter().collect();
+    let report = app
+        .blocking(move |s| crate::start_workflow(s, &filter, &req.workflow, &meta))
+        .await?;
+    Ok(ok(StatusCode::OK, to_value(report)))
+}
+
+/// `POST /api/v3/machines/{id}/render`: the body is the template text.
+pub async fn render(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    check_id(&id)?;
+    app.auth.authorize(&who, "machines", "get", &id)?;
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("template is not UTF-8"))?;
+    let template = Template::parse("request", &text).map_err(Error::from)?;
+    let store = &app.store;
+    let machine = store.machines().get(&id)?;
+    let params = store.machines().params(&id, true)?;
+    // A token caller mints only tokens its own claims cover.
+    let scoped = match &who {
+        Principal::Token(t) => Some(store.with_token(t)?),
+        _ => None,
+    };
+    let minter: &dyn TokenMinter = match &scoped {
+        Some(s) => s,
+        None => store,
+    };
+    let out = template
+        .render(&RenderContext {
+            machine: &machine,
+            params: &params,
+            templates: std::slice::from_ref(&template),
+            minter,
+        })
+        .map_err(Error::from)?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}
+
+/// `GET /api/v3/events?kind=K&filter=F&from=REV` as server-sent events.
+pub async fn events(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let (opts, rest) = take(q.as_deref().unwrap_or(""), &["kind", "from"])?;
+    let kind = match opts.get("kind").map(String::as_str) {
+        None | Some("") => None,
+        Some("machines") => Some(Kind::Machine),
+        Some("profiles") => Some(Kind::Profile),
+        Some("params") => Some(Kind::Param),
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "kind {k:?}: expected machines, profiles or params"
+            )))
+        }
+    };
+    for k in [Kind::Machine, Kind::Profile, Kind::Param] {
+        if kind.is_none_or(|want| want == k) {
+            app.auth.authorize(&who, k.plural(), "list", "")?;
+        }
+    }
+    let (filter, _) = listing(&rest)?;
+    let filter = (!filter.is_all()).then_some(filter);
+    // Resume after the last event the client saw (`REV.SEQ`), else `from`.
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once('.'))
+        .and_then(|(r, s)| Some((r.parse::<u64>().ok()?, s.parse::<u32>().ok()?)));
+    let from = match (last, opts.get("from")) {
+        (Some((rev, _)), _) => Some(rev),
+        (None, Some(f)) => Some(
+            f.parse()
+                .map_err(|_| ApiError::bad_request(format!("from {f:?}: expected a revision")))?,
+        ),
+        (None, None) => None,
+    };
+    let mut watch = app.store.watch(kind, filter, from)?;
+    let permit = app.waiter()?;
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        loop {
+            let next = match watch.next_timeout(Duration::from_secs(15)) {
+                Ok(Some(e)) => e,
+                // Idle: a closed client is noticed on the next send.
+                Ok(None) => {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let _ =
+                        tx.blocking_send(SseEvent::default().event("error").data(e.to_string()));
+                    return;
+                }
+            };
+            if last.is_some_and(|seen| (next.revision, next.seq) <= seen) {
+                continue;
+            }
+            let data = serde_json::to_string(&next).unwrap_or_default();
+            let ev = SseEvent::default()
+                .id(format!("{}.{}", next.revision, next.seq))
+                .event("change")
+                .data(data);
+            // Blocks while a slow client's buffer is full; ends when it leaves.
+            if tx.blocking_send(ev).is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
