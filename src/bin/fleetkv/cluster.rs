@@ -73,6 +73,22 @@ pub struct WorkflowAllArgs {
     meta: Vec<String>,
 }
 
+impl WorkflowAllArgs {
+    /// (workflow, filter words, meta) with `--meta` parsed.
+    pub fn parts(self) -> Out<(String, Vec<String>, serde_json::Map<String, Value>)> {
+        let mut meta = serde_json::Map::new();
+        for kv in &self.meta {
+            match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => {
+                    meta.insert(k.to_string(), Value::String(v.to_string()));
+                }
+                _ => return Err(Failure::input(format!("--meta {kv:?}: expected KEY=VALUE"))),
+            }
+        }
+        Ok((self.workflow, self.words, meta))
+    }
+}
+
 /// Runs one cluster verb.
 pub fn run(ctx: &Ctx, s: &Store, verb: ClusterVerb) -> Out {
     let show = |v: Value| {

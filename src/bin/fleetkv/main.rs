@@ -408,11 +408,19 @@ fn run(cli: Cli) -> Out {
         Cmd::Machines { verb } => (Kind::Machine, verb),
         Cmd::Profiles { verb } => (Kind::Profile, verb),
         Cmd::Params { verb } => (Kind::Param, verb),
+        Cmd::Cluster {
+            verb: cluster::ClusterVerb::Elect { name, leaders },
+        } if remote.is_some() => {
+            return match &remote {
+                Some(r) => r.elect(&ctx, &name, leaders),
+                None => Ok(()),
+            };
+        }
         Cmd::Import { .. } | Cmd::Export | Cmd::Watch { .. } | Cmd::Cluster { .. }
             if remote.is_some() =>
         {
             return Err(Failure::input(
-                "import, export, watch and cluster work on an embedded store only (drop -E)",
+                "import, export, watch and cluster verbs other than elect work on an embedded store only (drop -E)",
             ))
         }
         Cmd::Import { file, kind } => {
@@ -453,22 +461,9 @@ fn run(cli: Cli) -> Out {
             return wait::watch(&data, cli.lock_timeout, kind.into(), filter, from, timeout);
         }
     };
-    if remote.is_some()
-        && (matches!(
-            verb,
-            Verb::Wait { .. }
-                | Verb::Await { .. }
-                | Verb::Render { .. }
-                | Verb::Token { .. }
-                | Verb::WorkflowAll(_)
-        ) || matches!(&verb, Verb::Count(a) if a.until.is_some()))
-    {
-        return Err(Failure::input(
-            "this verb works on an embedded store only (drop -E)",
-        ));
-    }
-    // Waits release the store between checks.
+    // Waits release the store between checks (remote waits are long-polls).
     match &verb {
+        _ if remote.is_some() => {}
         Verb::Wait {
             id,
             field,

@@ -228,6 +228,66 @@ impl Remote {
         }
     }
 
+    /// Repeats a server-side wait (each cut to the server's request
+    /// timeout) until it answers or `seconds` pass (exit 5).
+    fn long_poll(&self, path: &str, seconds: f64) -> Out<Value> {
+        let deadline = std::time::Instant::now()
+            + Duration::try_from_secs_f64(seconds)
+                .map_err(|_| Failure::input(format!("{seconds}: expected seconds")))?;
+        loop {
+            let left = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs_f64();
+            match self.call("GET", &format!("{path}&timeout={left:.3}"), None, &[]) {
+                Err(f) if f.code == 5 && left > 0.0 && std::time::Instant::now() < deadline => {
+                    continue
+                }
+                Err(f) if f.code == 5 => return Err(Failure::timeout()),
+                other => return other.map(|a| a.body),
+            }
+        }
+    }
+
+    /// POSTs a text body and returns the text answer.
+    fn post_text(&self, path: &str, text: &str) -> Out<String> {
+        let url = format!("{}{path}", self.base);
+        let mut r = self
+            .agent
+            .post(&url)
+            .set("Content-Type", "text/plain; charset=utf-8");
+        if let Some(a) = &self.auth {
+            r = r.set("Authorization", a);
+        }
+        match r.send_string(text) {
+            Ok(resp) => resp
+                .into_string()
+                .map_err(|e| transport(&url, &e.to_string())),
+            Err(ureq::Error::Status(..)) => {
+                // Re-issue through `call` for the DRP error mapping.
+                self.call(
+                    "POST",
+                    path,
+                    Some(("text/plain", &Value::String(text.into()))),
+                    &[],
+                )
+                .map(|_| String::new())
+            }
+            Err(ureq::Error::Transport(t)) => Err(transport(&url, &t.to_string())),
+        }
+    }
+
+    /// `cluster elect NAME --leaders N` on the server.
+    pub fn elect(&self, ctx: &Ctx, name: &str, leaders: usize) -> Out {
+        let a = self.call(
+            "POST",
+            &format!("/clusters/{}/elect?leaders={leaders}", enc(name, false)),
+            None,
+            &[],
+        )?;
+        ctx.print(&a.body, Some(Kind::Machine));
+        Ok(())
+    }
+
     fn get(&self, path: &str) -> Out<Value> {
         Ok(self.call("GET", path, None, &[])?.body)
     }
@@ -292,6 +352,22 @@ impl Remote {
                 Ok(())
             }
             Verb::List(args) => show(self.get(&format!("{coll}{}", query(kind, &args)?))?),
+            Verb::Count(args) if args.until.is_some() => {
+                if kind != Kind::Machine {
+                    return Err(Failure::input("count --until counts machines"));
+                }
+                let (filter, _) = listing(kind, &args)?;
+                let until = args.until.as_deref().unwrap_or_default();
+                until.parse::<fleetkv::CountCondition>()?;
+                let path = format!(
+                    "/wait/count?until={}&filter={}",
+                    enc(until, false),
+                    enc(&filter_text(&filter), false)
+                );
+                let body = self.long_poll(&path, args.timeout)?;
+                outln!("{}", body["Count"].as_u64().unwrap_or(0));
+                Ok(())
+            }
             Verb::Count(args) => {
                 let a = self.call("HEAD", &format!("{coll}{}", query(kind, &args)?), None, &[])?;
                 outln!("{}", a.count.unwrap_or(0));
@@ -382,14 +458,62 @@ impl Remote {
                 };
                 show(self.merge(&obj(&id), &merge)?)
             }
-            // `run` refuses these before dispatching here.
-            Verb::Wait { .. }
-            | Verb::Await { .. }
-            | Verb::Render { .. }
-            | Verb::Token { .. }
-            | Verb::WorkflowAll(_) => Err(Failure::input(
-                "this verb works on an embedded store only (drop -E)",
-            )),
+            Verb::Token { id, ttl, claims } => {
+                if !claims.is_empty() {
+                    return Err(Failure::input("--claims needs an embedded store (drop -E)"));
+                }
+                let a = self.call("POST", &format!("{}/token?ttl={ttl}", obj(&id)), None, &[])?;
+                outln!("{}", a.body["Token"].as_str().unwrap_or_default());
+                Ok(())
+            }
+            Verb::Render { id, .. } => {
+                out!(
+                    "{}",
+                    self.post_text(&format!("{}/render", obj(&id)), &input)?
+                );
+                Ok(())
+            }
+            Verb::WorkflowAll(args) => {
+                let (workflow, words, meta) = args.parts()?;
+                let filter = Filter::from_args(&words)?;
+                let body =
+                    json!({ "Workflow": workflow, "Filter": filter_text(&filter), "Meta": meta });
+                ctx.print(
+                    &self
+                        .call(
+                            "POST",
+                            "/workflow-all",
+                            Some(("application/json", &body)),
+                            &[],
+                        )?
+                        .body,
+                    None,
+                );
+                Ok(())
+            }
+            Verb::Wait {
+                id,
+                field,
+                value,
+                timeout,
+            } => {
+                let f = Filter::from_args(&[field, "Eq".into(), value])?;
+                let path = format!(
+                    "/wait/machines/{}?filter={}",
+                    enc(&id, false),
+                    enc(&filter_text(&f), false)
+                );
+                self.long_poll(&path, timeout.unwrap_or(3600.0)).map(drop)
+            }
+            Verb::Await { id, expr, timeout } => {
+                let f = Filter::from_args(&expr)?;
+                let path = format!(
+                    "/wait/machines/{}?filter={}",
+                    enc(&id, false),
+                    enc(&filter_text(&f), false)
+                );
+                self.long_poll(&path, timeout.unwrap_or(3600.0)).map(drop)
+            }
         }
     }
 
