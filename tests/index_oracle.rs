@@ -408,6 +408,28 @@ fn sorted_listing_matches_scan_order() {
         )
         .unwrap();
     assert!(slim[0].get("Params").is_none() && slim[0].get("Meta").is_none());
+    let mut full = s
+        .machines()
+        .list(
+            &Filter::all(),
+            &ListOptions {
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let full = full[0].as_object_mut().unwrap();
+    full.remove("Params");
+    full.remove("Meta");
+    assert_eq!(
+        slim[0],
+        Value::Object(full.clone()),
+        "slim is the object less those fields, in order"
+    );
+    assert_eq!(
+        serde_json::to_string(&slim[0]).unwrap(),
+        serde_json::to_string(&Value::Object(full.clone())).unwrap()
+    );
     let some = s
         .machines()
         .list(

@@ -881,6 +881,68 @@ fn shape(mut doc: Value, effective: Option<Map<String, Value>>, opts: &ListOptio
     doc
 }
 
+/// [`shape`] straight from stored bytes: fields that `slim` drops are only
+/// scanned, never built into values (they are most of a machine's bytes).
+fn shape_raw(key: &[u8], bytes: &[u8], opts: &ListOptions) -> Result<Value> {
+    if opts.slim.is_empty() {
+        return Ok(shape(decode(key, bytes)?, None, opts));
+    }
+    let raw: Map<String, Value> = {
+        let fields: indexmap_like::RawFields<'_> =
+            serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+                key: String::from_utf8_lossy(key).escape_debug().to_string(),
+                reason: e.to_string(),
+            })?;
+        let mut out = Map::with_capacity(fields.0.len());
+        for (k, v) in fields.0 {
+            if opts.slim.iter().any(|s| *s == k) {
+                continue;
+            }
+            out.insert(
+                k,
+                serde_json::from_str(v.get()).map_err(|e| Error::Corrupt {
+                    key: String::from_utf8_lossy(key).escape_debug().to_string(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        out
+    };
+    Ok(shape(Value::Object(raw), None, opts))
+}
+
+mod indexmap_like {
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    /// An object's fields in stored order, values left as raw JSON text
+    /// borrowed from the record.
+    pub(super) struct RawFields<'a>(pub(super) Vec<(String, &'a RawValue)>);
+
+    impl<'de> Deserialize<'de> for RawFields<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = RawFields<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<RawFields<'de>, A::Error> {
+                    let mut out = Vec::with_capacity(m.size_hint().unwrap_or(12));
+                    while let Some(kv) = m.next_entry()? {
+                        out.push(kv);
+                    }
+                    Ok(RawFields(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+}
+
 fn window(ids: Vec<u32>, opts: &ListOptions) -> Vec<u32> {
     let mut ids = ids;
     if opts.reverse {
@@ -1231,7 +1293,7 @@ impl Machines<'_> {
                             key: format!("m{id}"),
                             reason: "indexed machine has no record".into(),
                         })?;
-                    return Ok(shape(decode(&key, &bytes)?, None, opts));
+                    return shape_raw(&key, &bytes, opts);
                 }
                 let m = self.store.load_machine(id)?;
                 let eff = with_defaults(effective_explicit(&m, &st.profiles), &st.params);
