@@ -895,7 +895,7 @@ fn shape_raw(key: &[u8], bytes: &[u8], opts: &ListOptions) -> Result<Value> {
             })?;
         let mut out = Map::with_capacity(fields.0.len());
         for (k, v) in fields.0 {
-            if opts.slim.iter().any(|s| *s == k) {
+            if opts.slim.contains(&k) {
                 continue;
             }
             out.insert(
