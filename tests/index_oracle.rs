@@ -396,6 +396,38 @@ fn sorted_listing_matches_scan_order() {
         )
         .unwrap();
     assert_eq!(page, listed[5..8].to_vec());
+    // Without sort: creation order, paged off the bitmap, both directions.
+    let all = s
+        .machines()
+        .list(&Filter::all(), &ListOptions::default())
+        .unwrap();
+    let mut back = all.clone();
+    back.reverse();
+    let page2 = s
+        .machines()
+        .list(
+            &Filter::all(),
+            &ListOptions {
+                reverse: true,
+                offset: 3,
+                limit: Some(4),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(page2, back[3..7].to_vec());
+    let page3 = s
+        .machines()
+        .list(
+            &Filter::all(),
+            &ListOptions {
+                offset: 28,
+                limit: Some(9),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(page3, all[28..].to_vec());
     let slim = s
         .machines()
         .list(

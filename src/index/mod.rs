@@ -278,6 +278,14 @@ impl Index {
     /// holds one value per scalar key, so the matching postings are disjoint
     /// and the count is the sum of their (clipped) lengths.
     fn count_pred(&self, p: &BoundPred, within: Option<&RoaringBitmap>, d: &dyn Defaults) -> u64 {
+        if let (Key::Profiles, Test::HasAll(one) | Test::HasAny(one)) = (&p.key, &p.test) {
+            // One profile: its member posting's length, nothing built.
+            if let [name] = one.as_slice() {
+                return self
+                    .lookup(&Key::Profiles, &ValueKey::str(name))
+                    .map_or(0, |m| m.len_within(within));
+            }
+        }
         if matches!(p.key, Key::Profiles | Key::ParamNames | Key::MetaKeys) {
             return self.eval_pred(p, within, d).len();
         }

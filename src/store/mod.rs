@@ -1274,12 +1274,22 @@ impl Machines<'_> {
     pub fn list_query(&self, q: &Query, opts: &ListOptions) -> Result<Vec<Value>> {
         let st = self.store.state();
         let ids = self.store.eval(&st, q);
-        let ordered = match &opts.sort {
-            Some(s) => st.machines.sorted(&ids, &sort_key(Kind::Machine, s)?, &*st),
-            None => ids.iter().collect(),
+        let page = match &opts.sort {
+            Some(s) => window(
+                st.machines.sorted(&ids, &sort_key(Kind::Machine, s)?, &*st),
+                opts,
+            ),
+            // Id order needs no materialised list: take the page off the bitmap.
+            None => {
+                let take = opts.limit.unwrap_or(usize::MAX);
+                if opts.reverse {
+                    ids.iter().rev().skip(opts.offset).take(take).collect()
+                } else {
+                    ids.iter().skip(opts.offset).take(take).collect()
+                }
+            }
         };
-        window(ordered, opts)
-            .into_iter()
+        page.into_iter()
             .map(|id| {
                 if !opts.aggregate {
                     // Straight from stored JSON to the answer: no typed detour.
