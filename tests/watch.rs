@@ -227,3 +227,51 @@ fn events_survive_reopen() {
     let e = w.poll().unwrap().expect("persisted event");
     assert_eq!(e.object["Name"], json!("a"));
 }
+
+#[test]
+fn concurrent_writers_and_watchers_lose_nothing() {
+    let s = Store::temporary().unwrap();
+    let from = s.revision() + 1;
+    let watchers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut w = s.watch(Some(Kind::Machine), None, Some(from)).unwrap();
+            thread::spawn(move || {
+                let mut names = Vec::new();
+                while names.len() < 400 {
+                    match w.next_timeout(Duration::from_secs(20)).unwrap() {
+                        Some(e) => names.push(e.object["Name"].as_str().unwrap().to_string()),
+                        None => panic!("lost events: have {} of 400", names.len()),
+                    }
+                }
+                names
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            thread::spawn(move || {
+                for i in 0..100 {
+                    s.machines()
+                        .create(Machine::new(format!("w{t}-{i}")))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let mut first: Option<Vec<String>> = None;
+    for w in watchers {
+        let names = w.join().unwrap();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 400, "duplicates or gaps");
+        match &first {
+            Some(f) => assert_eq!(&names, f, "every watcher sees one order"),
+            None => first = Some(names),
+        }
+    }
+}

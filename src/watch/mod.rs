@@ -297,6 +297,10 @@ impl Watch {
 
     /// The next event already in the log, without waiting.
     pub fn poll(&mut self) -> Result<Option<Event>> {
+        // Read the revision before scanning: every event up to it is already
+        // in the log (a write lands its batch before it publishes its
+        // revision), so skipping ahead to it afterwards loses nothing.
+        let current = self.store.revision();
         let start = log_key(self.next.0, self.next.1);
         for item in self.store.db().range(start..) {
             let (k, v) = item?;
@@ -316,8 +320,7 @@ impl Watch {
                 return Ok(Some(e));
             }
         }
-        // Nothing more now: the next write is the next revision.
-        let current = self.store.revision();
+        // Nothing more up to `current`: the next write is the next revision.
         if self.next.0 <= current {
             self.next = (current + 1, 0);
         }
