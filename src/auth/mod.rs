@@ -794,6 +794,11 @@ impl ScopedParams<'_> {
         self.claims.check(D, "list", "*")?;
         Ok(self.store.params().list_all())
     }
+    /// `list`.
+    pub fn list(&self, filter: &Filter, opts: &crate::ListOptions) -> Result<Vec<Value>> {
+        self.claims.check(D, "list", "*")?;
+        self.store.params().list(filter, opts)
+    }
     /// `update`.
     pub fn replace(&self, name: &str, d: ParamDef) -> Result<ParamDef> {
         self.claims.check(D, "update", name)?;

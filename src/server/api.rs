@@ -52,12 +52,24 @@ impl App {
         if !self.durable {
             return f(&self.store);
         }
+        self.on_pool(f).await
+    }
+
+    /// Runs `f` on the blocking pool, so no async worker ever blocks.
+    pub(crate) async fn on_pool<T: Send + 'static, E: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Store) -> Result<T, E> + Send + 'static,
+    ) -> ApiResult<T>
+    where
+        ApiError: From<E>,
+    {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string())
             })?
+            .map_err(ApiError::from)
     }
 }
 
@@ -319,36 +331,7 @@ pub(crate) fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
 }
 
 fn params_list(store: &Store, filter: &Filter, opts: &ListOptions) -> ApiResult<Vec<Value>> {
-    if !filter.is_all() {
-        return Err(ApiError::bad_request(
-            "params (definitions) take no filter: the list has every definition",
-        ));
-    }
-    let mut all: Vec<Value> = store
-        .params()
-        .list_all()
-        .into_iter()
-        .map(to_value)
-        .collect();
-    if let Some(key) = &opts.sort {
-        all.sort_by_key(|v| v.get(key).map(|k| k.to_string()).unwrap_or_default());
-    }
-    if opts.reverse {
-        all.reverse();
-    }
-    let mut out: Vec<Value> = all
-        .into_iter()
-        .skip(opts.offset)
-        .take(opts.limit.unwrap_or(usize::MAX))
-        .collect();
-    for v in &mut out {
-        if let Value::Object(o) = v {
-            for f in &opts.slim {
-                o.remove(f);
-            }
-        }
-    }
-    Ok(out)
+    Ok(store.params().list(filter, opts)?)
 }
 
 fn count_header(n: u64) -> [(HeaderName, HeaderValue); 1] {

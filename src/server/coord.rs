@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -37,7 +36,7 @@ use super::auth::Principal;
 use super::error::ApiError;
 use crate::auth::Claim;
 use crate::template::{RenderContext, Template, TokenMinter};
-use crate::{Cluster, CountCondition, Error, Filter, Kind, Store};
+use crate::{Cluster, CountCondition, Error, Filter, Kind};
 
 /// Splits `keys` out of a query string; the rest stays a filter query.
 fn take(query: &str, keys: &[&str]) -> ApiResult<(HashMap<String, String>, String)> {
@@ -76,20 +75,6 @@ impl App {
             )
         })
     }
-
-    /// Runs a blocking library call on the blocking pool.
-    async fn blocking<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&Store) -> crate::Result<T> + Send + 'static,
-    ) -> ApiResult<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string())
-            })?
-            .map_err(ApiError::from)
-    }
 }
 
 /// `POST /api/v3/profiles/{id}/token?ttl=S`.
@@ -127,7 +112,7 @@ pub async fn count_wait(
     let (filter, _) = listing(&rest)?;
     let _permit = app.waiter()?;
     let n = app
-        .blocking(move |s| s.count_wait(&filter, until, timeout))
+        .on_pool(move |s| s.count_wait(&filter, until, timeout))
         .await?;
     Ok(ok(StatusCode::OK, json!({ "Count": n })))
 }
@@ -145,7 +130,7 @@ pub async fn wait_machine(
     let timeout = seconds(opts.get("timeout"), 30.0)?.min(app.max_wait);
     let (filter, _) = listing(&rest)?;
     let _permit = app.waiter()?;
-    app.blocking(move |s| s.wait_machine(&id, &filter, timeout))
+    app.on_pool(move |s| s.wait_machine(&id, &filter, timeout))
         .await?;
     Ok(ok(StatusCode::OK, json!({ "Status": "complete" })))
 }
@@ -167,7 +152,7 @@ pub async fn elect(
         None => 1,
     };
     let leaders = app
-        .blocking(move |s| Cluster::open(s, &name)?.elect(n))
+        .on_pool(move |s| Cluster::open(s, &name)?.elect(n))
         .await?;
     Ok(ok(StatusCode::OK, to_value(leaders)))
 }
@@ -201,7 +186,7 @@ pub async fn workflow_all(
     }
     let meta: Vec<(String, String)> = req.meta.into_iter().collect();
     let report = app
-        .blocking(move |s| crate::start_workflow(s, &filter, &req.workflow, &meta))
+        .on_pool(move |s| crate::start_workflow(s, &filter, &req.workflow, &meta))
         .await?;
     Ok(ok(StatusCode::OK, to_value(report)))
 }

@@ -1824,6 +1824,26 @@ impl Params<'_> {
         self.store.state().params.values().cloned().collect()
     }
 
+    /// Definitions as JSON, shaped by `opts` (by Name; `sort` orders by a
+    /// field's JSON text). Definitions take no filter: `filter` must be empty.
+    pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
+        if !filter.is_all() {
+            return Err(Error::invalid(
+                "params filter",
+                "definitions take no filter: the list has every definition",
+            ));
+        }
+        let mut all: Vec<Value> = self.list_all().iter().map(to_json).collect();
+        if let Some(key) = &opts.sort {
+            all.sort_by_key(|v| v.get(key).map(|k| k.to_string()).unwrap_or_default());
+        }
+        let page = window((0..all.len() as u32).collect(), opts);
+        Ok(page
+            .into_iter()
+            .map(|i| shape(all[i as usize].clone(), None, opts))
+            .collect())
+    }
+
     /// Replaces a definition.
     pub fn replace(&self, name: &str, d: ParamDef) -> Result<ParamDef> {
         let new = to_json(&d);

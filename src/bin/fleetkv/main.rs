@@ -947,28 +947,7 @@ fn list(s: &Scoped, kind: Kind, filter: &Filter, opts: &ListOptions) -> Out<Vec<
     Ok(match kind {
         Kind::Machine => s.machines().list(filter, opts)?,
         Kind::Profile => s.profiles().list(filter, opts)?,
-        Kind::Param => {
-            let mut all: Vec<Value> = s.params().list_all()?.into_iter().map(to_value).collect();
-            if let Some(key) = &opts.sort {
-                all.sort_by_key(|v| v.get(key).map(|k| k.to_string()).unwrap_or_default());
-            }
-            if opts.reverse {
-                all.reverse();
-            }
-            let mut out: Vec<Value> = all
-                .into_iter()
-                .skip(opts.offset)
-                .take(opts.limit.unwrap_or(usize::MAX))
-                .collect();
-            for v in &mut out {
-                if let Value::Object(o) = v {
-                    for f in &opts.slim {
-                        o.remove(f);
-                    }
-                }
-            }
-            out
-        }
+        Kind::Param => s.params().list(filter, opts)?,
     })
 }
 
