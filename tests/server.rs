@@ -545,6 +545,217 @@ fn sigterm_flushes_and_exits_zero() {
     assert_eq!(st, 200);
 }
 
+/// Opens a raw connection to the server.
+fn connect(s: &Server) -> std::net::TcpStream {
+    std::net::TcpStream::connect(s.url.trim_start_matches("http://")).unwrap()
+}
+
+/// True when the server closes `c` (EOF or reset) within `within`; bytes
+/// it sends first (an error response) are skipped.
+fn closed_within(c: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::Read as _;
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        c.set_read_timeout(Some(left)).unwrap();
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn slowloris_clients_are_cut_off_and_others_served() {
+    use std::io::Write as _;
+    let s = Server::start(&["--header-timeout", "1"]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 64 clients that send a request line, then a header byte every 100 ms.
+    let mut slow = Vec::new();
+    for _ in 0..64 {
+        let mut c = connect(&s);
+        c.write_all(b"GET /api/v3/info HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        let mut writer = c.try_clone().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if writer.write_all(b"X").is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        slow.push(c);
+    }
+    // Everyone else is served meanwhile.
+    for i in 0..20 {
+        let (st, _) = s.json("POST", "/machines", &json!({ "Name": format!("m{i}") }));
+        assert_eq!(st, 201);
+    }
+    // Every trickling connection is closed by the header deadline (1 s),
+    // long before it would finish its headers (never).
+    for c in &mut slow {
+        assert!(closed_within(c, std::time::Duration::from_secs(10)));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(s.call("HEAD", "/machines", None, &[]).2, Some(20));
+}
+
+#[test]
+fn header_floods_get_431_and_the_server_stays_up() {
+    let s = Server::start(&[]);
+    let auth = format!("Authorization: {}\r\n", s.bearer());
+    // Over the DRP-shaped limit (16 KiB): a 431 with an error body.
+    let big = format!("X-Big: {}\r\n", "a".repeat(20 << 10));
+    let out = raw(
+        &s,
+        &format!(
+            "GET /api/v3/machines HTTP/1.1\r\nHost: x\r\n{auth}{big}Connection: close\r\n\r\n"
+        ),
+    );
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    let body: Value = serde_json::from_str(&out[out.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    drp_error(&body, 431);
+    // A flood: 1 MiB of headers, and 5,000 tiny ones. Cut off before they
+    // are buffered: a bare 431 or a closed connection, never a 200.
+    let huge = format!("X-Huge: {}\r\n", "a".repeat(1 << 20));
+    let many: String = (0..5000).map(|i| format!("X-{i}: v\r\n")).collect();
+    for flood in [huge, many] {
+        let out = raw(
+            &s,
+            &format!("GET /api/v3/machines HTTP/1.1\r\nHost: x\r\n{auth}{flood}\r\n"),
+        );
+        assert!(
+            out.is_empty() || out.starts_with("HTTP/1.1 431"),
+            "{out:.200}"
+        );
+    }
+    assert_eq!(s.json("POST", "/machines", &json!({"Name": "ok"})).0, 201);
+}
+
+#[test]
+fn an_event_stream_that_is_never_read_is_dropped() {
+    use std::io::Write as _;
+    // One waiter slot: while the stalled stream holds it, waits get 503.
+    let s = Server::start(&["--write-timeout", "1", "--max-waiters", "1"]);
+    assert_eq!(s.json("POST", "/machines", &json!({"Name": "big"})).0, 201);
+    let mut c = connect(&s);
+    write!(
+        c,
+        "GET /api/v3/events?kind=machines HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+        s.bearer()
+    )
+    .unwrap();
+    let wait = "/wait/count?until=%3E%3D0&timeout=0";
+    // The stream is open once it holds the slot.
+    let mut held = false;
+    for _ in 0..100 {
+        if s.call("GET", wait, None, &[]).0 == 503 {
+            held = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(held, "the event stream never took the waiter slot");
+    // ~60 MB of events (each carries the object before and after) that the
+    // client never reads: far beyond the socket buffers.
+    for i in 0..120 {
+        let text = format!("{i}{}", "x".repeat(256 << 10));
+        let patch = json!([{"op": "add", "path": "/Description", "value": text}]).to_string();
+        let (st, _, _) = s.call(
+            "PATCH",
+            "/machines/Name:big",
+            Some(("application/json-patch+json", &patch)),
+            &[],
+        );
+        assert_eq!(st, 200);
+    }
+    // The write deadline (1 s) disconnects it and frees the slot.
+    let mut freed = false;
+    for _ in 0..200 {
+        if s.call("GET", wait, None, &[]).0 == 200 {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        freed,
+        "the stalled event stream still holds its waiter slot"
+    );
+    drop(c);
+}
+
+#[test]
+fn tls_serves_the_cli_and_refuses_plain_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (crt, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
+    let s = Server::start(&[
+        "--tls-cert",
+        crt.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["-E", &s.url, "-T", &s.key])
+            .args(args)
+            .env_remove("RS_KEY")
+            .env_remove("RS_CA_CERT")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca = crt.to_str().unwrap();
+    let (code, out, err) = cli(&["--ca-cert", ca, "machines", "create", "tls-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["Name"],
+        "tls-1"
+    );
+    let (code, out, _) = cli(&["--ca-cert", ca, "machines", "count"]);
+    assert_eq!((code, out.trim()), (0, "1"));
+    // Without trusting the certificate: a clear transport error, exit 1.
+    let (code, _, err) = cli(&["machines", "count"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the server"), "{err}");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = s.url.replace("https://", "http://");
+    let out = Command::new(BIN)
+        .args(["-E", &plain, "-T", &s.key, "machines", "count"])
+        .env_remove("RS_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // A missing key file is a clear startup error.
+    let bad = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("db2"))
+        .args(["--tls-cert", ca, "--tls-key"])
+        .arg(dir.path().join("nope.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("TLS key"));
+}
+
 #[test]
 fn coordination_endpoints() {
     let s = Server::start(&[]);
@@ -663,7 +874,7 @@ fn coordination_endpoints() {
 /// a restart, and the rebuilt indexes verify.
 #[test]
 fn kill_9_loses_no_acknowledged_write() {
-    let s = Server::start(&["--durable"]);
+    let mut s = Server::start(&["--durable"]);
     for t in 0..4 {
         let m = json!({"Name": format!("k{t}")});
         assert_eq!(s.json("POST", "/machines", &m).0, 201);
@@ -696,6 +907,8 @@ fn kill_9_loses_no_acknowledged_write() {
         .args(["-9", &s.child.id().to_string()])
         .status()
         .unwrap();
+    // Reaped, so its lock on the store is gone.
+    s.child.wait().unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked: Vec<Option<u64>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     assert!(

@@ -26,6 +26,7 @@ pub mod api;
 pub mod auth;
 pub mod coord;
 pub mod error;
+mod listen;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +65,15 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Most long-poll waits and event streams at once; more get 503.
     pub max_waiters: usize,
+    /// Longest a client may take to send a request's headers (slowloris).
+    pub header_timeout: Duration,
+    /// Longest a response write may wait for the client to read; a client
+    /// that stops reading (an event stream left open) is disconnected.
+    pub write_timeout: Duration,
+    /// Most open connections; further clients wait to be accepted.
+    pub max_connections: usize,
+    /// Serve HTTPS with this PEM certificate chain and PEM private key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Config {
@@ -76,6 +86,10 @@ impl Default for Config {
             max_header_bytes: 16 << 10,
             request_timeout: Duration::from_secs(30),
             max_waiters: 256,
+            header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            tls: None,
         }
     }
 }
@@ -186,6 +200,19 @@ pub fn run(config: Config) -> Result<(), String> {
             .request_timeout
             .saturating_sub(Duration::from_millis(500)),
     });
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let limits = listen::ConnLimits {
+        header_timeout: config.header_timeout,
+        write_timeout: config.write_timeout,
+        // Twice the DRP-shaped limit: the middleware answers moderate excess
+        // with a 431 body; hyper cuts a flood off before buffering it.
+        max_head_bytes: config.max_header_bytes.saturating_mul(2),
+        max_connections: config.max_connections,
+        grace: config.request_timeout,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -197,11 +224,11 @@ pub fn run(config: Config) -> Result<(), String> {
         let addr: SocketAddr = listener
             .local_addr()
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        eprintln!("fleetkv: listening on http://{addr}");
-        axum::serve(listener, router(app, &config))
-            .with_graceful_shutdown(stop_signal())
-            .await
-            .map_err(|e| format!("server: {e}"))
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("fleetkv: listening on {scheme}://{addr}");
+        let router = router(app, &config);
+        listen::serve(listener, tls, router, limits, stop_signal()).await;
+        Ok::<_, String>(())
     })?;
     store.flush().map_err(|e| format!("flush: {e}"))?;
     eprintln!("fleetkv: stopped");

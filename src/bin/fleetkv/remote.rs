@@ -34,6 +34,10 @@ pub struct RemoteArgs {
     /// Password for basic auth (with -U).
     #[arg(short = 'P', long, global = true, value_name = "PASS")]
     password: Option<String>,
+    /// Trust this PEM CA certificate for an https endpoint (default: the
+    /// public web roots).
+    #[arg(long, global = true, env = "RS_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Seconds to wait for the server's answer.
     #[arg(long, global = true, default_value_t = 60.0, value_name = "SECONDS")]
     http_timeout: f64,
@@ -55,12 +59,37 @@ impl RemoteArgs {
         };
         let timeout = Duration::try_from_secs_f64(self.http_timeout)
             .map_err(|_| Failure::input("--http-timeout: expected a non-negative number"))?;
+        let mut agent = ureq::AgentBuilder::new().timeout(timeout);
+        if let Some(ca) = &self.ca_cert {
+            agent = agent.tls_config(tls_trusting(ca)?);
+        }
         Ok(Some(Remote {
-            agent: ureq::AgentBuilder::new().timeout(timeout).build(),
+            agent: agent.build(),
             base: format!("{}/api/v3", ep.trim_end_matches('/')),
             auth,
         }))
     }
+}
+
+/// A TLS client configuration trusting only the CA certificates in `ca`.
+fn tls_trusting(ca: &std::path::Path) -> Out<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad =
+        |e: &dyn std::fmt::Display| Failure::input(format!("--ca-cert {}: {e}", ca.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no certificate in the file"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 /// `fleetkv serve` flags.
@@ -85,6 +114,21 @@ pub struct ServeArgs {
     /// Most long-poll waits and event streams served at once.
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_waiters: usize,
+    /// Longest a client may take to send a request's headers, in seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    header_timeout: f64,
+    /// Longest a response may wait for a client to read, in seconds.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    write_timeout: f64,
+    /// Most open connections.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    max_connections: usize,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Add (or replace) a basic-auth user `NAME:PASS` in the store directory, then exit.
     #[arg(long, value_name = "NAME:PASS")]
     add_user: Option<String>,
@@ -103,16 +147,24 @@ impl ServeArgs {
             eprintln!("fleetkv: user {n} saved");
             return Ok(());
         }
-        let request_timeout = Duration::try_from_secs_f64(self.request_timeout)
-            .map_err(|_| Failure::input("--request-timeout: expected a positive number"))?;
+        let secs = |flag: &str, v: f64| {
+            Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| Failure::input(format!("--{flag}: expected a positive number")))
+        };
         fleetkv::server::run(fleetkv::server::Config {
             data,
             listen: self.listen,
             durable: self.durable,
             max_body_bytes: self.max_body_bytes,
             max_header_bytes: self.max_header_bytes,
-            request_timeout,
+            request_timeout: secs("request-timeout", self.request_timeout)?,
             max_waiters: self.max_waiters,
+            header_timeout: secs("header-timeout", self.header_timeout)?,
+            write_timeout: secs("write-timeout", self.write_timeout)?,
+            max_connections: self.max_connections,
+            tls: self.tls_cert.zip(self.tls_key),
         })
         .map_err(|msg| Failure { code: 1, msg })
     }
