@@ -573,6 +573,32 @@ fn closed_within(c: &mut std::net::TcpStream, within: std::time::Duration) -> bo
 }
 
 #[test]
+fn sigterm_ends_open_event_streams() {
+    use std::io::{Read as _, Write as _};
+    let s = Server::start(&[]);
+    let mut c = connect(&s);
+    write!(
+        c,
+        "GET /api/v3/events HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+        s.bearer()
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // Without ending the stream the stop would wait out its 30 s grace.
+    let started = std::time::Instant::now();
+    let (code, _) = s.stop();
+    assert_eq!(code, 0);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "stop waited {:?} for an open event stream",
+        started.elapsed()
+    );
+    assert!(closed_within(&mut c, std::time::Duration::from_secs(1)));
+}
+
+#[test]
 fn slowloris_clients_are_cut_off_and_others_served() {
     use std::io::Write as _;
     let s = Server::start(&["--header-timeout", "1"]);

@@ -37,6 +37,9 @@ pub struct App {
     pub waiters: Arc<tokio::sync::Semaphore>,
     /// Longest a long-poll wait may block (under the request timeout).
     pub max_wait: std::time::Duration,
+    /// Set when the server stops: event streams end instead of holding the
+    /// graceful stop open.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 pub(crate) type St = State<Arc<App>>;

@@ -27,6 +27,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Extension;
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -308,8 +309,12 @@ pub async fn events(
             }
         }
     });
+    let mut stopping = app.stopping.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    })
+    .take_until(async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
     });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())

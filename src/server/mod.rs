@@ -199,6 +199,7 @@ pub fn run(config: Config) -> Result<(), String> {
         max_wait: config
             .request_timeout
             .saturating_sub(Duration::from_millis(500)),
+        stopping: tokio::sync::watch::Sender::new(false),
     });
     let tls = match &config.tls {
         Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
@@ -226,11 +227,20 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!("fleetkv: listening on {scheme}://{addr}");
-        let router = router(app, &config);
-        listen::serve(listener, tls, router, limits, stop_signal()).await;
+        let stop = {
+            let app = app.clone();
+            async move {
+                stop_signal().await;
+                app.stopping.send_replace(true);
+            }
+        };
+        listen::serve(listener, tls, router(app, &config), limits, stop).await;
         Ok::<_, String>(())
     })?;
     store.flush().map_err(|e| format!("flush: {e}"))?;
+    // Event-stream threads notice their closed client within a poll; nothing
+    // they hold needs waiting for once the store is flushed.
+    rt.shutdown_timeout(Duration::from_secs(1));
     eprintln!("fleetkv: stopped");
     Ok(())
 }
