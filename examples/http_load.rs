@@ -10,7 +10,7 @@
 //!
 //! ```sh
 //! cargo build --release --bin fleetkv
-//! cargo run --release --example http_load -- --machines 100000 --clients 64 --seconds 60
+//! cargo run --release --example http_load -- --machines 100000 --clients 64 --seconds 60 [--data DIR]
 //! ```
 
 #[path = "../benches/support/fleet.rs"]
@@ -116,9 +116,13 @@ fn main() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/fleetkv").to_string(),
     );
 
+    // `--data DIR` keeps the generated store for reuse (e.g. by wrk).
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let data = dir.path().join("db");
-    {
+    let data = match args.iter().position(|a| a == "--data") {
+        Some(i) => std::path::PathBuf::from(args.get(i + 1).expect("--data DIR")),
+        None => dir.path().join("db"),
+    };
+    if !data.join("db").exists() {
         let store = fleet::fleetkv(0, Some(&data));
         let machines: Vec<_> = (0..n).map(fleet::machine).collect();
         for chunk in machines.chunks(10_000) {
