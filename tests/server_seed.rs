@@ -3,12 +3,13 @@
 //! token it rendered — the leader race on `my/data` with `-r`, election,
 //! the manager's `count --until` barrier and the workflow on the leaders.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetkv");
+mod common;
+
+use common::{Server, BIN};
 
 const SCRIPT: &str = r#"
 set -euo pipefail
@@ -48,26 +49,8 @@ wait
 
 #[test]
 fn seed_through_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("db");
-    let mut server = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(u) = line.strip_prefix("fleetkv: listening on ") {
-            break u.to_string();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    let admin = std::fs::read_to_string(data.join("admin.key"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let server = Server::start(&[]);
+    let (dir, url, admin) = (&server.dir, &server.url, &server.key);
     let bin_dir = std::path::Path::new(BIN).parent().unwrap();
     let path = format!(
         "{}:{}",
@@ -78,8 +61,8 @@ fn seed_through_the_server() {
         .args(["-c", SCRIPT])
         .current_dir(dir.path())
         .env("PATH", path)
-        .env("RS_ENDPOINT", &url)
-        .env("ADMIN", &admin)
+        .env("RS_ENDPOINT", url)
+        .env("ADMIN", admin)
         .env_remove("RS_TOKEN")
         .env_remove("RS_KEY")
         .output()
@@ -100,7 +83,7 @@ fn seed_through_the_server() {
 
     let cli = |args: &[&str]| -> Value {
         let o = Command::new(BIN)
-            .args(["-E", &url, "-T", &admin])
+            .args(["-E", url, "-T", admin])
             .args(args)
             .output()
             .unwrap();
@@ -132,6 +115,4 @@ fn seed_through_the_server() {
         cli(&["machines", "count", "Workflow", "Eq", "k3s-machine-install"]),
         Value::from(3)
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }

@@ -1,0 +1,138 @@
+//! Shared by the server tests: `fleetkv serve` on a free loopback port.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fleetkv");
+
+/// A running `fleetkv serve` with its admin key; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub key: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(dir, extra)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        let data = dir.path().join("db");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited").unwrap();
+            if let Some(u) = line.strip_prefix("fleetkv: listening on ") {
+                break u.to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let key = std::fs::read_to_string(data.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Server {
+            child,
+            url,
+            key,
+            dir,
+        }
+    }
+
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.key)
+    }
+
+    /// (status, body, X-DRP-List-Count)
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &str)>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value, Option<u64>) {
+        let mut r = ureq::request(method, &format!("{}/api/v3{path}", self.url));
+        let auth = self.bearer();
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            r = r.set("Authorization", &auth);
+        }
+        for (k, v) in headers {
+            r = r.set(k, v);
+        }
+        let res = match body {
+            Some((ct, b)) => r.set("Content-Type", ct).send_string(b),
+            None => r.call(),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let count = resp.header("X-DRP-List-Count").and_then(|c| c.parse().ok());
+        let text = resp.into_string().unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, v, count)
+    }
+
+    pub fn json(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let (s, v, _) = self.call(
+            method,
+            path,
+            Some(("application/json", &body.to_string())),
+            &[],
+        );
+        (s, v)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(["-E", &self.url, "-T", &self.key])
+            .args(args)
+            .env_remove("RS_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn stop(mut self) -> (i32, tempfile::TempDir) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (code, dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
