@@ -446,6 +446,66 @@ fn closed_within(c: &mut std::net::TcpStream, within: std::time::Duration) -> bo
     }
 }
 
+/// A fake server on a free port answering every connection with `reply`
+/// (`None`: it accepts and never answers).
+fn fake_server(reply: Option<&'static [u8]>) -> String {
+    use std::io::{Read as _, Write as _};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            match reply {
+                Some(r) => {
+                    let _ = c.write_all(r);
+                }
+                None => held.push(c),
+            }
+        }
+    });
+    url
+}
+
+#[test]
+fn remote_cli_names_servers_that_answer_garbage_or_nothing() {
+    let cli = |url: &str, extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["-E", url, "-T", "x"])
+            .args(extra)
+            .args(["machines", "count"])
+            .env_remove("RS_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // HTTP, but not fleetkv's answer.
+    let url = fake_server(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"));
+    let (code, err) = cli(&url, &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no X-DRP-List-Count"), "{err}");
+    let out = Command::new(BIN)
+        .args(["-E", &url, "-T", "x", "machines", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not JSON"));
+    // Not HTTP at all.
+    let url = fake_server(Some(b"SSH-2.0-OpenSSH_9.2\r\n"));
+    let (code, err) = cli(&url, &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach the server"), "{err}");
+    // Accepts, never answers: a timeout (exit 5) after --http-timeout.
+    let url = fake_server(None);
+    let (code, err) = cli(&url, &["--http-timeout", "1"]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+}
+
 #[test]
 fn sigterm_ends_open_event_streams() {
     use std::io::{Read as _, Write as _};

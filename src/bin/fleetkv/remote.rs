@@ -237,15 +237,15 @@ impl Remote {
         match res {
             Ok(resp) => {
                 let count = resp.header("X-DRP-List-Count").and_then(|c| c.parse().ok());
-                let text = resp
-                    .into_string()
-                    .map_err(|e| transport(&url, &e.to_string()))?;
+                let text = resp.into_string().map_err(|e| unreachable(&url, &e))?;
                 let body = if text.trim().is_empty() {
                     Value::Null
                 } else {
                     serde_json::from_str(&text).map_err(|_| Failure {
                         code: 1,
-                        msg: format!("{url}: the server's answer is not JSON"),
+                        msg: format!(
+                            "{url}: the server's answer is not JSON; is this a fleetkv server?"
+                        ),
                     })?
                 };
                 Ok(Answer { body, count })
@@ -270,13 +270,7 @@ impl Remote {
                 };
                 Err(Failure { code, msg })
             }
-            Err(ureq::Error::Transport(t)) => {
-                let what = match t.message() {
-                    Some(m) => format!("{}: {m}", t.kind()),
-                    None => t.kind().to_string(),
-                };
-                Err(transport(&url, &what))
-            }
+            Err(ureq::Error::Transport(t)) => Err(transport(&url, &t)),
         }
     }
 
@@ -311,9 +305,7 @@ impl Remote {
             r = r.set("Authorization", a);
         }
         match r.send_string(text) {
-            Ok(resp) => resp
-                .into_string()
-                .map_err(|e| transport(&url, &e.to_string())),
+            Ok(resp) => resp.into_string().map_err(|e| unreachable(&url, &e)),
             Err(ureq::Error::Status(..)) => {
                 // Re-issue through `call` for the DRP error mapping.
                 self.call(
@@ -324,7 +316,7 @@ impl Remote {
                 )
                 .map(|_| String::new())
             }
-            Err(ureq::Error::Transport(t)) => Err(transport(&url, &t.to_string())),
+            Err(ureq::Error::Transport(t)) => Err(transport(&url, &t)),
         }
     }
 
@@ -417,12 +409,19 @@ impl Remote {
                     enc(&filter_text(&filter), false)
                 );
                 let body = self.long_poll(&path, args.timeout)?;
-                outln!("{}", body["Count"].as_u64().unwrap_or(0));
+                let n = body["Count"]
+                    .as_u64()
+                    .ok_or_else(|| garbage(&path, "no Count in the answer"))?;
+                outln!("{n}");
                 Ok(())
             }
             Verb::Count(args) => {
-                let a = self.call("HEAD", &format!("{coll}{}", query(kind, &args)?), None, &[])?;
-                outln!("{}", a.count.unwrap_or(0));
+                let path = format!("{coll}{}", query(kind, &args)?);
+                let n = self
+                    .call("HEAD", &path, None, &[])?
+                    .count
+                    .ok_or_else(|| garbage(&path, "no X-DRP-List-Count header in the answer"))?;
+                outln!("{n}");
                 Ok(())
             }
             Verb::Update { id, .. } => {
@@ -588,11 +587,49 @@ impl Remote {
     }
 }
 
-fn transport(url: &str, e: &str) -> Failure {
-    let code = if e.contains("timed out") { 5 } else { 1 };
+/// An answer that is not what a fleetkv server sends.
+fn garbage(path: &str, what: &str) -> Failure {
     Failure {
-        code,
-        msg: format!("cannot reach the server at {url}: {e}"),
+        code: 1,
+        msg: format!("{path}: {what}; is this a fleetkv server?"),
+    }
+}
+
+fn transport(url: &str, t: &ureq::Transport) -> Failure {
+    use std::error::Error as _;
+    let mut what = t.kind().to_string();
+    if let Some(m) = t.message() {
+        what = format!("{what}: {m}");
+    }
+    match t.source().and_then(|e| e.downcast_ref::<std::io::Error>()) {
+        Some(io) => {
+            what = format!("{what}: {io}");
+            failure(url, &what, timed_out(io))
+        }
+        None => failure(url, &what, false),
+    }
+}
+
+/// Reading the answer failed.
+fn unreachable(url: &str, e: &std::io::Error) -> Failure {
+    failure(url, &e.to_string(), timed_out(e))
+}
+
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
+}
+
+/// Exit 5 for a timeout, as a local wait's timeout; 1 otherwise.
+fn failure(url: &str, what: &str, timed_out: bool) -> Failure {
+    Failure {
+        code: if timed_out { 5 } else { 1 },
+        msg: format!(
+            "cannot reach the server at {url}: {what}{}",
+            if timed_out { " (timed out)" } else { "" }
+        ),
     }
 }
 
