@@ -669,20 +669,7 @@ fn tls_serves_the_cli_and_refuses_plain_clients() {
         key.to_str().unwrap(),
     ]);
     assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
-    let cli = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(["-E", &s.url, "-T", &s.key])
-            .args(args)
-            .env_remove("RS_KEY")
-            .env_remove("RS_CA_CERT")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| s.cli(args);
     let ca = crt.to_str().unwrap();
     let (code, out, err) = cli(&["--ca-cert", ca, "machines", "create", "tls-1"]);
     assert_eq!(code, 0, "{err}");

@@ -104,11 +104,13 @@ impl Server {
         (s, v)
     }
 
+    /// The CLI against this server as admin: (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(BIN)
             .args(["-E", &self.url, "-T", &self.key])
             .args(args)
             .env_remove("RS_KEY")
+            .env_remove("RS_CA_CERT")
             .output()
             .unwrap();
         (
