@@ -12,6 +12,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod template;
+pub mod transfer;
 pub mod watch;
 
 pub use auth::{AuthError, Claim, Scoped, TokenClaims};

@@ -679,6 +679,26 @@ fn tls_serves_the_cli_and_refuses_plain_clients() {
     );
     let (code, out, _) = cli(&["--ca-cert", ca, "machines", "count"]);
     assert_eq!((code, out.trim()), (0, "1"));
+    // The verbs on their own connections (export, import parts, the event
+    // stream) trust the same CA.
+    let (code, out, err) = cli(&["--ca-cert", ca, "export"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["machines"][0]["Name"],
+        "tls-1"
+    );
+    let (code, out, err) = cli(&[
+        "--ca-cert",
+        ca,
+        "watch",
+        "machines",
+        "--from",
+        "1",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("tls-1"), "{out}");
     // Without trusting the certificate: a clear transport error, exit 1.
     let (code, _, err) = cli(&["machines", "count"]);
     assert_eq!(code, 1);

@@ -107,7 +107,7 @@ struct PatchOp {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-struct ListParams {
+pub(crate) struct ListParams {
     /// Sort by this key.
     sort: Option<String>,
     /// Return at most this many.
@@ -169,7 +169,16 @@ pub struct Info {
         patch_params,
         get_param,
         set_param,
-        remove_param
+        remove_param,
+        super::transfer::export,
+        super::transfer::import,
+        super::cluster::cluster_init,
+        super::cluster::cluster_members,
+        super::cluster::cluster_count,
+        super::cluster::cluster_add,
+        super::cluster::cluster_remove,
+        super::cluster::cluster_role,
+        super::cluster::cluster_set_role
     ),
     components(schemas(ApiErrorBody, PatchOp, Info, Collection))
 )]
@@ -337,7 +346,7 @@ fn params_list(store: &Store, filter: &Filter, opts: &ListOptions) -> ApiResult<
     Ok(store.params().list(filter, opts)?)
 }
 
-fn count_header(n: u64) -> [(HeaderName, HeaderValue); 1] {
+pub(crate) fn count_header(n: u64) -> [(HeaderName, HeaderValue); 1] {
     [(HeaderName::from_static(LIST_COUNT), HeaderValue::from(n))]
 }
 
@@ -409,7 +418,11 @@ pub async fn count(
 
 /// A JSON body, after checking the content type against `allowed` (a
 /// missing content type is taken as JSON).
-fn json_body(headers: &HeaderMap, body: &Bytes, allowed: &[&str]) -> ApiResult<(Value, String)> {
+pub(crate) fn json_body(
+    headers: &HeaderMap,
+    body: &Bytes,
+    allowed: &[&str],
+) -> ApiResult<(Value, String)> {
     let ct = match headers.get(header::CONTENT_TYPE) {
         None => "application/json".to_string(),
         Some(v) => v
@@ -441,7 +454,7 @@ fn decode<T: serde::de::DeserializeOwned>(kind: Kind, doc: Value) -> ApiResult<T
     serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("{kind} JSON: {e}")))
 }
 
-const JSON: &[&str] = &["application/json"];
+pub(crate) const JSON: &[&str] = &["application/json"];
 
 /// Creates an object.
 #[utoipa::path(post, path = "/api/v3/{kind}",

@@ -88,6 +88,15 @@ impl ApiError {
         self
     }
 
+    /// Replaces the main (first) message, keeping status and type.
+    pub fn with_message(mut self, msg: impl Into<String>) -> Self {
+        match self.body.messages.first_mut() {
+            Some(m) => *m = msg.into(),
+            None => self.body.messages.push(msg.into()),
+        }
+        self
+    }
+
     /// The status code.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -17,6 +17,9 @@
 //! | GET, PATCH | `/api/v3/{kind}/{id}/params` | params (`?aggregate=true`), JSON Patch on the params map |
 //! | GET, POST, DELETE | `/api/v3/{kind}/{id}/params/{key…}` | get, set (CAS with `X-Fleetkv-Expect`), remove |
 //!
+//! Besides: the coordination verbs ([`coord`]), the cluster verbs
+//! ([`cluster`]) and bulk import / export ([`transfer`]), each with its table.
+//!
 //! `{kind}` is `machines`, `profiles` or `params`. Compare-and-set over
 //! HTTP: a `PATCH` whose `test` operations fail is a 409 and writes nothing;
 //! `POST …/params/KEY` with `X-Fleetkv-Expect: <JSON>` (or `absent`) sets the
@@ -24,9 +27,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod coord;
 pub mod error;
 mod listen;
+pub mod transfer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -114,6 +119,21 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         .route("/api/v3/wait/count", get(coord::count_wait))
         .route("/api/v3/wait/machines/{id}", get(coord::wait_machine))
         .route("/api/v3/clusters/{name}/elect", post(coord::elect))
+        .route("/api/v3/clusters/{name}", post(cluster::cluster_init))
+        .route(
+            "/api/v3/clusters/{name}/members",
+            get(cluster::cluster_members).head(cluster::cluster_count),
+        )
+        .route(
+            "/api/v3/clusters/{name}/members/{machine}",
+            post(cluster::cluster_add).delete(cluster::cluster_remove),
+        )
+        .route(
+            "/api/v3/clusters/{name}/members/{machine}/role",
+            get(cluster::cluster_role).put(cluster::cluster_set_role),
+        )
+        .route("/api/v3/export", get(transfer::export))
+        .route("/api/v3/import", post(transfer::import))
         .route("/api/v3/workflow-all", post(coord::workflow_all))
         .route("/api/v3/machines/{id}/render", post(coord::render))
         .route("/api/v3/profiles/{id}/token", post(coord::token))

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
@@ -24,10 +25,21 @@ impl Server {
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let data = dir.path().join("db");
+        Server::spawn(dir, &data, extra)
+    }
+
+    /// A server on the store at `data`, which the caller keeps (`dir` is
+    /// then an empty scratch directory).
+    pub fn start_at(data: &Path, extra: &[&str]) -> Server {
+        Server::spawn(tempfile::tempdir().unwrap(), data, extra)
+    }
+
+    fn spawn(dir: tempfile::TempDir, data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data)
+            .arg(data)
             .args(extra)
+            .env_remove("FLEETKV_DATA")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -104,20 +116,21 @@ impl Server {
         (s, v)
     }
 
-    /// The CLI against this server as admin: (exit code, stdout, stderr).
+    /// The CLI against this server, as admin unless `args` brings `-T`:
+    /// (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(BIN)
-            .args(["-E", &self.url, "-T", &self.key])
-            .args(args)
-            .env_remove("RS_KEY")
-            .env_remove("RS_CA_CERT")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.cli_with(args, None)
+    }
+
+    /// [`Server::cli`] with `stdin` as standard input.
+    pub fn cli_with(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        let mut c = Command::new(BIN);
+        c.args(["-E", &self.url]);
+        if !args.contains(&"-T") {
+            c.args(["-T", &self.key]);
+        }
+        c.args(args);
+        run(c, stdin)
     }
 
     /// SIGTERM, then the exit code.
@@ -137,4 +150,28 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the CLI command `c` without any fleetkv variables from the
+/// environment: (exit code, stdout, stderr).
+pub fn run(mut c: Command, stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write as _;
+    c.env_remove("FLEETKV_DATA")
+        .env_remove("RS_ENDPOINT")
+        .env_remove("RS_TOKEN")
+        .env_remove("RS_KEY")
+        .env_remove("RS_CA_CERT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }

@@ -348,9 +348,10 @@ impl From<transfer::KindArg> for Kind {
     }
 }
 
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        let code = match &e {
+impl Failure {
+    /// The exit code of a library error.
+    pub fn from_error_code(e: &Error) -> u8 {
+        match e {
             Error::NotFound { .. } => 4,
             Error::Auth(_) => 6,
             Error::Conflict { .. } => 3,
@@ -363,9 +364,14 @@ impl From<Error> for Failure {
             | Error::Template(_) => 2,
             Error::Timeout => 5,
             _ => 1,
-        };
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
         Failure {
-            code,
+            code: Failure::from_error_code(&e),
             msg: e.to_string(),
         }
     }
@@ -408,20 +414,27 @@ fn run(cli: Cli) -> Out {
         Cmd::Machines { verb } => (Kind::Machine, verb),
         Cmd::Profiles { verb } => (Kind::Profile, verb),
         Cmd::Params { verb } => (Kind::Param, verb),
-        Cmd::Cluster {
-            verb: cluster::ClusterVerb::Elect { name, leaders },
-        } if remote.is_some() => {
+        Cmd::Import { file, kind } if remote.is_some() => {
+            ctx.no_ref("import")?;
+            let doc = parse_json(&format!("import file {file}"), &read_file(&file)?)?;
             return match &remote {
-                Some(r) => r.elect(&ctx, &name, leaders),
+                Some(r) => r.import(doc, kind.map(Kind::from)),
                 None => Ok(()),
             };
         }
-        Cmd::Import { .. } | Cmd::Export | Cmd::Watch { .. } | Cmd::Cluster { .. }
-            if remote.is_some() =>
-        {
-            return Err(Failure::input(
-                "import, export, watch and cluster verbs other than elect work on an embedded store only (drop -E)",
-            ))
+        Cmd::Export if remote.is_some() => {
+            ctx.no_ref("export")?;
+            return match &remote {
+                Some(r) => r.export(&ctx),
+                None => Ok(()),
+            };
+        }
+        Cmd::Cluster { verb } if remote.is_some() => {
+            ctx.no_ref("cluster")?;
+            return match &remote {
+                Some(r) => r.cluster(&ctx, verb),
+                None => Ok(()),
+            };
         }
         Cmd::Import { file, kind } => {
             ctx.no_ref("import")?;
@@ -458,6 +471,9 @@ fn run(cli: Cli) -> Out {
                 .then(|| Filter::from_args(&words))
                 .transpose()?;
             let timeout = timeout.map(seconds).transpose()?;
+            if let Some(r) = &remote {
+                return r.watch(kind.into(), filter, from, timeout);
+            }
             return wait::watch(&data, cli.lock_timeout, kind.into(), filter, from, timeout);
         }
     };

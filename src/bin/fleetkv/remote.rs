@@ -11,6 +11,9 @@ use clap::Args;
 use fleetkv::{Filter, Kind};
 use serde_json::{json, Value};
 
+mod events;
+
+use super::cluster::{ClusterVerb, RoleArg};
 use super::{
     escape, listing, loose_json, machines_only, parse_json, pretty, with_params, Ctx, Failure,
     ListArgs, MetaVerb, Out, Verb,
@@ -59,15 +62,16 @@ impl RemoteArgs {
         };
         let timeout = Duration::try_from_secs_f64(self.http_timeout)
             .map_err(|_| Failure::input("--http-timeout: expected a non-negative number"))?;
-        let mut agent = ureq::AgentBuilder::new().timeout(timeout);
-        if let Some(ca) = &self.ca_cert {
-            agent = agent.tls_config(tls_trusting(ca)?);
-        }
-        Ok(Some(Remote {
-            agent: agent.build(),
+        let tls = self.ca_cert.as_deref().map(tls_trusting).transpose()?;
+        let mut remote = Remote {
+            agent: ureq::Agent::new(),
             base: format!("{}/api/v3", ep.trim_end_matches('/')),
             auth,
-        }))
+            timeout,
+            tls,
+        };
+        remote.agent = remote.agent_builder().timeout(timeout).build();
+        Ok(Some(remote))
     }
 }
 
@@ -206,6 +210,10 @@ pub struct Remote {
     agent: ureq::Agent,
     base: String,
     auth: Option<String>,
+    /// `--http-timeout`.
+    timeout: Duration,
+    /// `--ca-cert`: the roots every agent trusts.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// What came back: the body and the list count header.
@@ -215,6 +223,15 @@ struct Answer {
 }
 
 impl Remote {
+    /// An agent builder trusting `--ca-cert` when given.
+    pub(super) fn agent_builder(&self) -> ureq::AgentBuilder {
+        let b = ureq::AgentBuilder::new();
+        match &self.tls {
+            Some(tls) => b.tls_config(tls.clone()),
+            None => b,
+        }
+    }
+
     fn call(
         &self,
         method: &str,
@@ -222,55 +239,60 @@ impl Remote {
         body: Option<(&str, &Value)>,
         headers: &[(&str, String)],
     ) -> Out<Answer> {
+        let body = body.map(|(ct, b)| (ct, b.to_string()));
+        self.request(&self.agent, method, path, body, headers)
+            .map_err(|(_, f)| f)
+    }
+
+    /// One request through `agent`; a failure keeps the HTTP status it
+    /// came with (`None`: the server was not reached).
+    fn request(
+        &self,
+        agent: &ureq::Agent,
+        method: &str,
+        path: &str,
+        body: Option<(&str, String)>,
+        headers: &[(&str, String)],
+    ) -> Result<Answer, (Option<u16>, Failure)> {
         let url = format!("{}{path}", self.base);
-        let mut r = self.agent.request(method, &url);
+        let mut r = agent.request(method, &url);
         if let Some(a) = &self.auth {
             r = r.set("Authorization", a);
         }
         for (k, v) in headers {
             r = r.set(k, v);
         }
-        let res = match body {
-            Some((ct, b)) => r.set("Content-Type", ct).send_string(&b.to_string()),
+        let res = match &body {
+            Some((ct, b)) => r.set("Content-Type", ct).send_string(b),
             None => r.call(),
         };
         match res {
             Ok(resp) => {
                 let count = resp.header("X-DRP-List-Count").and_then(|c| c.parse().ok());
-                let text = resp.into_string().map_err(|e| unreachable(&url, &e))?;
+                let text = resp
+                    .into_string()
+                    .map_err(|e| (None, unreachable(&url, &e)))?;
                 let body = if text.trim().is_empty() {
                     Value::Null
                 } else {
-                    serde_json::from_str(&text).map_err(|_| Failure {
-                        code: 1,
-                        msg: format!(
-                            "{url}: the server's answer is not JSON; is this a fleetkv server?"
-                        ),
+                    serde_json::from_str(&text).map_err(|_| {
+                        (
+                            None,
+                            Failure {
+                                code: 1,
+                                msg: format!(
+                                    "{url}: the server's answer is not JSON; is this a fleetkv server?"
+                                ),
+                            },
+                        )
                     })?
                 };
                 Ok(Answer { body, count })
             }
             Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let err: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                let typ = err.get("Type").and_then(Value::as_str).unwrap_or("");
-                let msg = err
-                    .pointer("/Messages/0")
-                    .and_then(Value::as_str)
-                    .map(String::from)
-                    .unwrap_or_else(|| format!("{url}: HTTP {code} {}", text.trim()));
-                let code = match code {
-                    400 | 413 | 415 | 431 => 2,
-                    401 | 403 => 6,
-                    404 => 4,
-                    409 if typ == "Conflict" => 3,
-                    409 => 2,
-                    408 | 503 | 504 => 5,
-                    _ => 1,
-                };
-                Err(Failure { code, msg })
+                Err((Some(code), status_failure(&url, code, resp)))
             }
-            Err(ureq::Error::Transport(t)) => Err(transport(&url, &t)),
+            Err(ureq::Error::Transport(t)) => Err((None, transport(&url, &t))),
         }
     }
 
@@ -587,6 +609,219 @@ impl Remote {
     }
 }
 
+/// Largest body one import request carries: a bigger document goes in
+/// parts of whole objects (the server's `--max-body-bytes` is 4 MiB by
+/// default); a part the server still finds too large (413) is halved.
+const IMPORT_PART_BYTES: usize = 1 << 20;
+
+impl Remote {
+    /// `export` on the server: `GET /api/v3/export`.
+    pub fn export(&self, ctx: &Ctx) -> Out {
+        ctx.print(&self.get("/export")?, None);
+        Ok(())
+    }
+
+    /// `import` on the server: `POST /api/v3/import`, in parts when the
+    /// document is large; prints how many objects were written.
+    pub fn import(&self, doc: Value, kind: Option<Kind>) -> Out {
+        // A fresh connection per part: a server refusing a body (413)
+        // may close the connection without reading it.
+        let agent = self
+            .agent_builder()
+            .timeout(self.timeout)
+            .max_idle_connections(0)
+            .build();
+        let text = doc.to_string();
+        if text.len() <= IMPORT_PART_BYTES {
+            let q = kind.map(|k| format!("?kind={}", k.plural()));
+            let path = format!("/import{}", q.unwrap_or_default());
+            match self.request(&agent, "POST", &path, Some(("application/json", text)), &[]) {
+                Ok(a) => {
+                    outln!("{}", a.body.as_u64().unwrap_or(0));
+                    return Ok(());
+                }
+                // Too large for this server: in parts, if it has parts.
+                Err((Some(413), f)) if fleetkv::transfer::groups(doc.clone(), kind).is_err() => {
+                    return Err(too_large(Some(413), f))
+                }
+                Err((Some(413), _)) => {}
+                Err((status, f)) => return Err(too_large(status, f)),
+            }
+        }
+        // A malformed document goes whole: the server names the problem.
+        let groups = match fleetkv::transfer::groups(doc.clone(), kind) {
+            Ok(g) => g,
+            Err(_) => {
+                let q = kind.map(|k| format!("?kind={}", k.plural()));
+                let path = format!("/import{}", q.unwrap_or_default());
+                let n = self.import_part(&agent, &path, doc.to_string())?;
+                outln!("{n}");
+                return Ok(());
+            }
+        };
+        let mut n = 0;
+        for (kind, items) in groups {
+            let mut start = 0;
+            while start < items.len() {
+                let mut end = start;
+                let mut size = 2;
+                while end < items.len() {
+                    let len = items[end].to_string().len() + 1;
+                    if end > start && size + len > IMPORT_PART_BYTES {
+                        break;
+                    }
+                    size += len;
+                    end += 1;
+                }
+                n += self.import_items(&agent, kind, &items[start..end], start)?;
+                start = end;
+            }
+        }
+        outln!("{n}");
+        Ok(())
+    }
+
+    /// Sends `items` (objects `base…` of their kind) as one part; halves it
+    /// while the server answers 413.
+    fn import_items(
+        &self,
+        agent: &ureq::Agent,
+        kind: Kind,
+        items: &[Value],
+        base: usize,
+    ) -> Out<usize> {
+        let path = format!("/import?kind={}", kind.plural());
+        let body = Value::Array(items.to_vec()).to_string();
+        match self.request(agent, "POST", &path, Some(("application/json", body)), &[]) {
+            Ok(a) => Ok(a.body.as_u64().unwrap_or(0) as usize),
+            Err((Some(413), _)) if items.len() > 1 => {
+                let half = items.len() / 2;
+                Ok(self.import_items(agent, kind, &items[..half], base)?
+                    + self.import_items(agent, kind, &items[half..], base + half)?)
+            }
+            Err((status, f)) => Err(too_large(
+                status,
+                Failure {
+                    msg: shift_index(&f.msg, kind, base),
+                    ..f
+                },
+            )),
+        }
+    }
+
+    fn import_part(&self, agent: &ureq::Agent, path: &str, body: String) -> Out<usize> {
+        match self.request(agent, "POST", path, Some(("application/json", body)), &[]) {
+            Ok(a) => Ok(a.body.as_u64().unwrap_or(0) as usize),
+            Err((status, f)) => Err(too_large(status, f)),
+        }
+    }
+
+    /// The cluster verbs on the server (`/api/v3/clusters/{name}/…`).
+    pub fn cluster(&self, ctx: &Ctx, verb: ClusterVerb) -> Out {
+        let show = |v: Value| {
+            ctx.print(&v, Some(Kind::Machine));
+            Ok(())
+        };
+        let at = |name: &str| format!("/clusters/{}", enc(name, false));
+        let member = |name: &str, m: &str| format!("{}/members/{}", at(name), enc(m, false));
+        match verb {
+            ClusterVerb::Init { name, filter } => {
+                let body = match filter {
+                    Some(f) => json!({ "Filter": f }),
+                    None => json!({}),
+                };
+                let a = self.call("POST", &at(&name), Some(("application/json", &body)), &[])?;
+                ctx.print(&a.body, Some(Kind::Profile));
+                Ok(())
+            }
+            ClusterVerb::Add { name, machine } => {
+                show(self.call("POST", &member(&name, &machine), None, &[])?.body)
+            }
+            ClusterVerb::Remove { name, machine } => show(
+                self.call("DELETE", &member(&name, &machine), None, &[])?
+                    .body,
+            ),
+            ClusterVerb::Members { name, list } => {
+                let q = query(Kind::Machine, &list)?;
+                show(self.get(&format!("{}/members{q}", at(&name)))?)
+            }
+            ClusterVerb::Count { name, list } => {
+                let q = query(Kind::Machine, &list)?;
+                let a = self.call("HEAD", &format!("{}/members{q}", at(&name)), None, &[])?;
+                outln!("{}", a.count.unwrap_or(0));
+                Ok(())
+            }
+            ClusterVerb::Role {
+                name,
+                machine,
+                role,
+            } => {
+                let path = format!("{}/role", member(&name, &machine));
+                let word = match role {
+                    None => return show(self.get(&path)?),
+                    Some(RoleArg::Manager) => "manager",
+                    Some(RoleArg::Leader) => "leader",
+                    Some(RoleArg::Worker) => "worker",
+                };
+                show(
+                    self.call("PUT", &path, Some(("application/json", &json!(word))), &[])?
+                        .body,
+                )
+            }
+            ClusterVerb::Elect { name, leaders } => self.elect(ctx, &name, leaders),
+        }
+    }
+}
+
+/// A 413 names the limit to raise.
+fn too_large(status: Option<u16>, f: Failure) -> Failure {
+    match status {
+        Some(413) => Failure {
+            msg: format!(
+                "import: {} (the server's --max-body-bytes is too small for one object)",
+                f.msg
+            ),
+            ..f
+        },
+        _ => f,
+    }
+}
+
+/// `import machines #3: …` of a part starting at object `base` → `#base+3`.
+fn shift_index(msg: &str, kind: Kind, base: usize) -> String {
+    let prefix = format!("import {} #", kind.plural());
+    let Some(rest) = msg.strip_prefix(&prefix) else {
+        return msg.to_string();
+    };
+    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    match rest[..digits].parse::<usize>() {
+        Ok(i) => format!("{prefix}{}{}", i + base, &rest[digits..]),
+        Err(_) => msg.to_string(),
+    }
+}
+
+/// A DRP error answer as a failure with the matching exit code.
+fn status_failure(url: &str, code: u16, resp: ureq::Response) -> Failure {
+    let text = resp.into_string().unwrap_or_default();
+    let err: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let typ = err.get("Type").and_then(Value::as_str).unwrap_or("");
+    let msg = err
+        .pointer("/Messages/0")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| format!("{url}: HTTP {code} {}", text.trim()));
+    let code = match code {
+        400 | 413 | 415 | 431 => 2,
+        401 | 403 => 6,
+        404 => 4,
+        409 if typ == "Conflict" => 3,
+        409 => 2,
+        408 | 503 | 504 => 5,
+        _ => 1,
+    };
+    Failure { code, msg }
+}
+
 /// An answer that is not what a fleetkv server sends.
 fn garbage(path: &str, what: &str) -> Failure {
     Failure {
@@ -716,6 +951,15 @@ mod tests {
     fn basic_header() {
         assert_eq!(basic("admin:key"), "Basic YWRtaW46a2V5");
         assert_eq!(basic("a"), "Basic YQ==");
+    }
+
+    #[test]
+    fn shifts_part_indexes() {
+        assert_eq!(
+            shift_index("import machines #3: bad", Kind::Machine, 10),
+            "import machines #13: bad"
+        );
+        assert_eq!(shift_index("other", Kind::Machine, 10), "other");
     }
 
     #[test]

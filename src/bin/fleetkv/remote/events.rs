@@ -1,0 +1,272 @@
+//! `watch` on a server: the server-sent events of `GET /api/v3/events`,
+//! printed as the JSON lines the embedded `watch` prints.
+//!
+//! A reader thread holds the stream and parses it ([`Parser`]: the
+//! `text/event-stream` format — `field: value` lines, `:` comments, an empty
+//! line ending an event). Each `change` event's data is the event's JSON,
+//! serialized by the server exactly as the embedded watch does, and is
+//! printed as is. A dropped connection (or one silent for longer than the
+//! server's 15-second keep-alives allow) is reopened with `Last-Event-ID`,
+//! so nothing is lost or repeated. An `error` event (a compacted log, a
+//! failed read) reopens the stream once: the server then answers the reason
+//! as a typed error (a compacted revision is a 400, exit 2), else the
+//! message ends the watch (exit 1).
+//!
+//! `--timeout S` ends the watch (exit 0, like the embedded one) S seconds
+//! after the server accepted the stream, so the backlog of `--from` is read
+//! whatever the connection's set-up cost.
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fleetkv::{Filter, Kind};
+
+use super::{enc, filter_text, status_failure, transport, Remote};
+use crate::{Failure, Out};
+
+/// Longest silence on a stream before it is taken as dropped (the server
+/// sends a keep-alive comment every 15 seconds).
+const SILENCE: Duration = Duration::from_secs(45);
+
+/// One dispatched server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// `event:` (default `message`).
+    pub event: String,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+    /// The last event id seen on the stream so far (`id:`).
+    pub id: Option<String>,
+}
+
+/// A `text/event-stream` parser, fed one line at a time.
+#[derive(Default)]
+pub struct Parser {
+    event: String,
+    data: String,
+    has_data: bool,
+    last_id: Option<String>,
+}
+
+impl Parser {
+    /// Feeds one line (with or without its line ending); returns the event
+    /// an empty line completes.
+    pub fn line(&mut self, line: &str) -> Option<Message> {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            let event = std::mem::take(&mut self.event);
+            let data = std::mem::take(&mut self.data);
+            if !std::mem::take(&mut self.has_data) {
+                return None;
+            }
+            return Some(Message {
+                event: if event.is_empty() {
+                    "message".into()
+                } else {
+                    event
+                },
+                data: data.strip_suffix('\n').unwrap_or(&data).to_string(),
+                id: self.last_id.clone(),
+            });
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.event = value.to_string(),
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+                self.has_data = true;
+            }
+            "id" if !value.contains('\0') => self.last_id = Some(value.to_string()),
+            _ => {}
+        }
+        None
+    }
+}
+
+/// What the reader thread hands over.
+enum Item {
+    /// The stream is open (the first time only).
+    Open,
+    /// One event's JSON line.
+    Line(String),
+    /// The end, with why.
+    Failed(Failure),
+}
+
+impl Remote {
+    /// `watch KIND [FILTER] [--from REV] [--timeout S]` on the server.
+    pub fn watch(
+        &self,
+        kind: Kind,
+        filter: Option<Filter>,
+        from: Option<u64>,
+        timeout: Option<Duration>,
+    ) -> Out {
+        let mut path = format!("{}/events?kind={}", self.base, kind.plural());
+        if let Some(f) = &filter {
+            path += &format!("&filter={}", enc(&filter_text(f), false));
+        }
+        if let Some(r) = from {
+            path += &format!("&from={r}");
+        }
+        let agent = self
+            .agent_builder()
+            .timeout_connect(self.timeout)
+            .timeout_read(SILENCE)
+            .build();
+        let (tx, rx) = mpsc::channel();
+        let (auth, retry_for) = (self.auth.clone(), self.timeout);
+        std::thread::spawn(move || read(&agent, &path, auth.as_deref(), retry_for, &tx));
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let item = match deadline {
+                None => rx.recv().ok(),
+                Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                    Ok(i) => Some(i),
+                    Err(mpsc::RecvTimeoutError::Timeout) => return Ok(()),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            match item {
+                Some(Item::Open) => deadline = timeout.map(|t| Instant::now() + t),
+                Some(Item::Line(l)) => outln!("{l}"),
+                Some(Item::Failed(f)) => return Err(f),
+                None => return Err(Failure::other("the event stream ended")),
+            }
+        }
+    }
+}
+
+/// The reader thread: opens the stream, parses it, reopens it after a drop.
+fn read(
+    agent: &ureq::Agent,
+    url: &str,
+    auth: Option<&str>,
+    retry_for: Duration,
+    tx: &mpsc::Sender<Item>,
+) {
+    let mut last_id: Option<String> = None;
+    let mut opened = false;
+    // An `error` event reopens the stream once; two in a row end the watch.
+    let mut after_error: Option<String> = None;
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let mut r = agent.get(url).set("Accept", "text/event-stream");
+        if let Some(a) = auth {
+            r = r.set("Authorization", a);
+        }
+        if let Some(id) = &last_id {
+            r = r.set("Last-Event-ID", id);
+        }
+        let resp = match r.call() {
+            Ok(resp) => resp,
+            Err(ureq::Error::Status(code, resp)) => {
+                let _ = tx.send(Item::Failed(status_failure(url, code, resp)));
+                return;
+            }
+            Err(ureq::Error::Transport(t)) => {
+                let since = *down_since.get_or_insert_with(Instant::now);
+                if !opened || since.elapsed() >= retry_for {
+                    let _ = tx.send(Item::Failed(transport(url, &t)));
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        down_since = None;
+        if !opened {
+            opened = true;
+            if tx.send(Item::Open).is_err() {
+                return;
+            }
+        }
+        let mut parser = Parser::default();
+        let mut reader = BufReader::new(resp.into_reader());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let Some(m) = parser.line(&line) else {
+                continue;
+            };
+            if m.id.is_some() {
+                last_id = m.id.clone();
+            }
+            match m.event.as_str() {
+                "change" => {
+                    after_error = None;
+                    if tx.send(Item::Line(m.data)).is_err() {
+                        return;
+                    }
+                }
+                "error" => {
+                    if let Some(prev) = after_error.take() {
+                        let _ = tx.send(Item::Failed(Failure::other(prev)));
+                        return;
+                    }
+                    after_error = Some(m.data);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(text: &str) -> Vec<Message> {
+        let mut p = Parser::default();
+        text.split_inclusive('\n')
+            .filter_map(|l| p.line(l))
+            .collect()
+    }
+
+    #[test]
+    fn events_ids_and_comments() {
+        let got = feed(
+            ": keep-alive\n\nid: 3.0\nevent: change\ndata: {\"a\":1}\n\n:\n\
+             event: change\ndata:{\"b\":2}\r\n\r\n",
+        );
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].event, "change");
+        assert_eq!(got[0].data, "{\"a\":1}");
+        assert_eq!(got[0].id.as_deref(), Some("3.0"));
+        // No leading space to strip; CRLF endings; the last id carries over.
+        assert_eq!(got[1].data, "{\"b\":2}");
+        assert_eq!(got[1].id.as_deref(), Some("3.0"));
+    }
+
+    #[test]
+    fn multi_line_data_and_defaults() {
+        let got = feed("data: one\ndata\ndata:  two\nretry: 10\nid: bad\0id\n\n");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].event, "message");
+        assert_eq!(got[0].data, "one\n\n two");
+        assert_eq!(got[0].id, None, "an id with NUL is ignored");
+    }
+
+    #[test]
+    fn an_event_without_data_is_dropped() {
+        let got = feed("event: change\nid: 7.1\n\ndata: x\n\n");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].event, "message", "the event name was reset");
+        assert_eq!(got[0].id.as_deref(), Some("7.1"));
+    }
+}

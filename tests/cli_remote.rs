@@ -1,0 +1,528 @@
+//! The CLI's remote mode (`-E URL`) for `import`, `export`, `watch` and the
+//! `cluster` verbs: the same stdout, stderr and exit codes as on an embedded
+//! store holding the same data. Each comparison runs the embedded CLI on a
+//! store directory and `fleetkv serve` on a byte-for-byte copy of it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+mod common;
+
+use common::{run, Server, BIN};
+
+impl Server {
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(code, 0, "remote {args:?}: {err}");
+        out
+    }
+}
+
+/// The CLI on the embedded store `db`.
+fn local(db: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut c = Command::new(BIN);
+    c.arg("--data").arg(db).args(args);
+    run(c, stdin)
+}
+
+fn local_ok(db: &Path, args: &[&str]) -> String {
+    let (code, out, err) = local(db, args, None);
+    assert_eq!(code, 0, "embedded {args:?}: {err}");
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn write(dir: &Path, name: &str, v: &Value) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_string_pretty(v).unwrap()).unwrap();
+    p
+}
+
+fn machine(i: usize, profiles: &[&str]) -> Value {
+    json!({
+        "Uuid": format!("00000000-0000-4000-8000-{i:012}"),
+        "Name": format!("m{i}"),
+        "Address": format!("10.0.0.{i}"),
+        "Profiles": profiles,
+        "Meta": {"color": "black"},
+    })
+}
+
+/// A store with params, profiles and machines, built through the embedded CLI.
+fn seed(db: &Path, dir: &Path) {
+    let doc = json!({
+        "params": [
+            {"Name": "my/data", "Schema": {"type": "string", "default": "none"}},
+        ],
+        "profiles": [
+            {"Name": "example", "Params": {"site": "ams"}, "Meta": {"icon": "cube"}},
+        ],
+        "machines": (0..6).map(|i| machine(i, if i < 4 { &["example"] } else { &[] }))
+            .collect::<Vec<_>>(),
+    });
+    let f = write(dir, "seed.json", &doc);
+    local_ok(db, &["import", f.to_str().unwrap()]);
+}
+
+/// Embedded on `a`, remote on a server over a copy of `a`.
+fn twins(dir: &Path) -> (PathBuf, Server) {
+    let a = dir.join("a");
+    seed(&a, dir);
+    let b = dir.join("b");
+    copy_dir(&a, &b);
+    (a, Server::start_at(&b, &[]))
+}
+
+fn strip_revisions(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.remove("Revision");
+            o.values_mut().for_each(strip_revisions);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_revisions),
+        _ => {}
+    }
+}
+
+fn without_revisions(text: &str) -> Value {
+    let mut v: Value = serde_json::from_str(text).unwrap();
+    strip_revisions(&mut v);
+    v
+}
+
+#[test]
+fn export_equals_embedded_and_import_round_trips() {
+    let dir = TempDir::new().unwrap();
+    let (a, server) = twins(dir.path());
+    let embedded = local_ok(&a, &["export"]);
+    assert_eq!(server.ok(&["export"]), embedded);
+
+    // Into an empty server and an empty embedded store: the same answers.
+    let file = dir.path().join("all.json");
+    std::fs::write(&file, &embedded).unwrap();
+    let file = file.to_str().unwrap();
+    let fresh = Server::start_at(&dir.path().join("c"), &[]);
+    let d = dir.path().join("d");
+    assert_eq!(fresh.ok(&["import", file]), "9\n");
+    assert_eq!(local_ok(&d, &["import", file]), "9\n");
+    let first = fresh.ok(&["export"]);
+    assert_eq!(without_revisions(&first), without_revisions(&embedded));
+    assert_eq!(first, local_ok(&d, &["export"]));
+    // Idempotent: again, the same count and the same objects.
+    assert_eq!(fresh.ok(&["import", file]), "9\n");
+    assert_eq!(
+        without_revisions(&fresh.ok(&["export"])),
+        without_revisions(&first)
+    );
+    // A plain array from stdin, with and without --kind.
+    let names = r#"[{"Name": "n1"}, {"Name": "n2"}]"#;
+    for args in [
+        &["import", "-"][..],
+        &["import", "-", "--kind", "machines"][..],
+    ] {
+        let (code, out, err) = fresh.cli_with(args, Some(names));
+        assert_eq!((code, out.as_str()), (0, "2\n"), "{err}");
+        assert_eq!(local(&d, args, Some(names)).1, out);
+    }
+    let remote = without_revisions(&fresh.ok(&["export"]));
+    assert_eq!(remote["profiles"].as_array().unwrap().len(), 4);
+    assert_eq!(remote["machines"].as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn large_imports_go_in_parts_under_the_body_limit() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start_at(&dir.path().join("s"), &["--max-body-bytes", "4096"]);
+    let machines: Vec<Value> = (0..60).map(|i| machine(i, &[])).collect();
+    let f = write(dir.path(), "m.json", &Value::Array(machines));
+    assert_eq!(server.ok(&["import", f.to_str().unwrap()]), "60\n");
+    assert_eq!(server.ok(&["machines", "count"]), "60\n");
+    // A refused object in a later part is numbered within the whole array.
+    let mut machines: Vec<Value> = (100..160).map(|i| machine(i, &[])).collect();
+    machines[50]["Profiles"] = json!(["ghost"]);
+    let f = write(dir.path(), "bad.json", &Value::Array(machines.clone()));
+    let (code, _, err) = server.cli(&["import", f.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("import machines #50: "), "{err}");
+    let local_db = dir.path().join("l");
+    let (lcode, _, lerr) = local(&local_db, &["import", f.to_str().unwrap()], None);
+    assert_eq!((lcode, &lerr), (code, &err));
+    // One object over the limit cannot be split: the error says which limit.
+    let big = json!([{"Name": "big", "Description": "x".repeat(8000)}]);
+    let (code, _, err) = server.cli_with(&["import", "-"], Some(&big.to_string()));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-body-bytes"), "{err}");
+}
+
+#[test]
+fn refused_imports_change_nothing_and_exit_as_embedded() {
+    let dir = TempDir::new().unwrap();
+    let (a, server) = twins(dir.path());
+    let before = server.ok(&["export"]);
+    for input in [
+        "{\"machines\": [",
+        "42",
+        r#"{"machines": {}}"#,
+        r#"{"widgets": []}"#,
+        r#"[{"Name": "m", "Profiles": ["ghost"]}]"#,
+        r#"[{"Name": "p", "Schema": {"type": 7}}]"#,
+        r#"[17]"#,
+    ] {
+        let remote = server.cli_with(&["import", "-"], Some(input));
+        let embedded = local(&a, &["import", "-"], Some(input));
+        assert_eq!(remote.0, 2, "{input}: {}", remote.2);
+        assert_eq!(remote, embedded, "{input}");
+    }
+    let (code, _, err) = server.cli_with(&["import", "-", "--kind", "params"], Some("{}"));
+    assert_eq!(
+        (code, err),
+        (
+            2,
+            local(&a, &["import", "-", "--kind", "params"], Some("{}")).2
+        )
+    );
+    assert_eq!(server.ok(&["export"]), before);
+    assert_eq!(local_ok(&a, &["export"]), before);
+}
+
+/// Lines from a child's stdout, as they come.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn remote_watch_prints_the_embedded_lines() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("w");
+    let server = Server::start_at(&db, &[]);
+    let mut watch = Command::new(BIN)
+        .args(["-E", &server.url, "-T", &server.key])
+        .args(["watch", "machines", "--timeout", "6"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut watch);
+    // Write until the watch shows it is listening.
+    let start = Instant::now();
+    let first = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "watch never printed"
+        );
+        server.ok(&[
+            "machines",
+            "create",
+            &format!("probe{}", start.elapsed().as_micros()),
+        ]);
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
+            break l;
+        }
+    };
+    server.ok(&[
+        "machines",
+        "create",
+        r#"{"Name": "a", "Uuid": "00000000-0000-4000-8000-00000000000a"}"#,
+    ]);
+    server.ok(&["profiles", "create", "not-a-machine"]);
+    server.ok(&["machines", "set", "a", "param", "x", "to", "1"]);
+    server.ok(&["machines", "update", "a", r#"{"Workflow": "w"}"#]);
+    server.ok(&["machines", "create", "b"]);
+    server.ok(&["machines", "destroy", "b"]);
+    let status = watch.wait().unwrap();
+    let mut err = String::new();
+    watch
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let mut live = vec![first.clone()];
+    live.extend(rx.iter());
+    assert!(live.len() >= 6, "{live:?}");
+    assert_eq!(live.iter().filter(|l| l.contains("\"delete\"")).count(), 1);
+    let first_rev = serde_json::from_str::<Value>(&first).unwrap()["Revision"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+
+    // Replays (--from), whole and filtered, and a refused revision.
+    let replay = server.ok(&["watch", "machines", "--from", "1", "--timeout", "1"]);
+    let filtered_args = [
+        "watch",
+        "machines",
+        "Name",
+        "Eq",
+        "a",
+        "Or",
+        "Workflow",
+        "Eq",
+        "w",
+        "--from",
+        "1",
+        "--timeout",
+        "1",
+    ];
+    let filtered = server.ok(&filtered_args);
+    assert_eq!(filtered.lines().count(), 3, "{filtered}");
+    let future = server.cli(&["watch", "machines", "--from", "999"]);
+    assert_eq!(future.0, 2);
+    let profiles = server.ok(&["watch", "profiles", "--from", "1", "--timeout", "1"]);
+
+    // The same store, embedded.
+    server.stop();
+    let embedded_live = local_ok(
+        &db,
+        &[
+            "watch",
+            "machines",
+            "--from",
+            &first_rev,
+            "--timeout",
+            "0.3",
+        ],
+    );
+    assert_eq!(live.join("\n") + "\n", embedded_live);
+    assert_eq!(
+        replay,
+        local_ok(
+            &db,
+            &["watch", "machines", "--from", "1", "--timeout", "0.3"]
+        )
+    );
+    assert_eq!(
+        filtered,
+        local_ok(
+            &db,
+            &filtered_args[..filtered_args.len() - 1]
+                .iter()
+                .copied()
+                .chain(["0.3"])
+                .collect::<Vec<_>>()
+        )
+    );
+    assert_eq!(
+        profiles,
+        local_ok(
+            &db,
+            &["watch", "profiles", "--from", "1", "--timeout", "0.3"]
+        )
+    );
+    let embedded_future = local(&db, &["watch", "machines", "--from", "999"], None);
+    assert_eq!(future, embedded_future);
+}
+
+/// A fake event server: answers each connection with the next script
+/// (chunked, then the end of the body), recording each request's
+/// `Last-Event-ID`.
+fn fake_events(scripts: Vec<&'static str>) -> (String, mpsc::Receiver<Option<String>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for script in scripts {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut last = None;
+            loop {
+                let mut l = String::new();
+                reader.read_line(&mut l).unwrap();
+                if l.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':') {
+                    if k.eq_ignore_ascii_case("last-event-id") {
+                        last = Some(v.trim().to_string());
+                    }
+                }
+            }
+            tx.send(last).unwrap();
+            let mut out = String::from(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                 transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+            );
+            out += &format!("{:x}\r\n{script}\r\n0\r\n\r\n", script.len());
+            conn.write_all(out.as_bytes()).unwrap();
+            conn.flush().unwrap();
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn watch_resumes_after_a_drop_with_last_event_id() {
+    let (url, seen) = fake_events(vec![
+        ": keep-alive\n\nid: 4.0\nevent: change\ndata: {\"n\":1}\n\n\
+         id: 5.0\nevent: change\ndata: {\"n\":2}\n\nid: 5.1\nevent: change\ndata",
+        ": again\nid: 5.1\nevent: change\ndata: {\"n\":3}\n\n",
+        "event: error\ndata: boom\n\n",
+        "event: error\ndata: boom again\n\n",
+    ]);
+    let mut c = Command::new(BIN);
+    c.args([
+        "-E",
+        &url,
+        "-T",
+        "x",
+        "watch",
+        "machines",
+        "--timeout",
+        "20",
+    ]);
+    let (code, out, err) = run(c, None);
+    assert_eq!(out, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n", "{err}");
+    let ids: Vec<Option<String>> = seen.iter().collect();
+    assert_eq!(
+        ids,
+        vec![
+            None,
+            Some("5.0".into()),
+            Some("5.1".into()),
+            Some("5.1".into())
+        ],
+        "a cut-off event is not acknowledged"
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("boom"), "{err}");
+}
+
+#[test]
+fn cluster_verbs_answer_as_embedded() {
+    let dir = TempDir::new().unwrap();
+    let (a, server) = twins(dir.path());
+    let cases: &[&[&str]] = &[
+        &["cluster", "members", "example"],
+        &["cluster", "init", "example"],
+        &["cluster", "init", "example"],
+        &["cluster", "add", "example", "m5"],
+        &["cluster", "add", "example", "m5"],
+        &[
+            "cluster", "members", "example", "sort", "Name", "--slim", "Meta",
+        ],
+        &[
+            "cluster", "members", "example", "limit", "2", "offset", "1", "reverse",
+        ],
+        &[
+            "cluster",
+            "members",
+            "example",
+            "Name",
+            "In",
+            "m1,m5",
+            "--aggregate",
+        ],
+        &["cluster", "count", "example"],
+        &["cluster", "role", "example", "m0"],
+        &["cluster", "role", "example", "m0", "manager"],
+        &["cluster", "role", "example", "m1", "leader"],
+        &["cluster", "role", "example", "m2", "worker"],
+        &["cluster", "role", "example", "m1"],
+        &[
+            "cluster",
+            "count",
+            "example",
+            "cluster/leader",
+            "Eq",
+            "true",
+        ],
+        &["cluster", "elect", "example", "--leaders", "1"],
+        &["cluster", "remove", "example", "m5"],
+        &["cluster", "remove", "example", "m5"],
+        &["cluster", "count", "example"],
+        &[
+            "-F", "table", "cluster", "members", "example", "sort", "Name",
+        ],
+        &["cluster", "init", "other", "--filter", "Name Eq m4"],
+        &["cluster", "members", "other", "--params", "cluster/leader"],
+        &["cluster", "count", "other"],
+        // Failures: exit codes and messages.
+        &["cluster", "members", "nope"],
+        &["cluster", "members", "global"],
+        &["cluster", "add", "example", "ghost"],
+        &["cluster", "role", "example", "ghost"],
+        &["cluster", "init", "bad", "--filter", "Name Foo x"],
+        &["cluster", "members", "example", "Name", "Foo"],
+        &["cluster", "role", "example", "m1", "boss"],
+    ];
+    for args in cases {
+        let remote = server.cli(args);
+        let embedded = local(&a, args, None);
+        assert_eq!(remote, embedded, "{args:?}");
+    }
+    assert_eq!(server.ok(&["export"]), local_ok(&a, &["export"]));
+}
+
+#[test]
+fn tokens_without_the_claim_exit_6() {
+    let dir = TempDir::new().unwrap();
+    let a = dir.path().join("a");
+    seed(&a, dir.path());
+    let narrow = local_ok(&a, &["profiles", "token", "example"]);
+    let machines = local_ok(
+        &a,
+        &["profiles", "token", "example", "--claims", "machines/*/*"],
+    );
+    let b = dir.path().join("b");
+    copy_dir(&a, &b);
+    let server = Server::start_at(&b, &[]);
+    let import = r#"[{"Name": "p1"}]"#;
+    let cases: &[(&str, &[&str], Option<&str>)] = &[
+        (narrow.trim(), &["export"], None),
+        (narrow.trim(), &["import", "-"], Some(import)),
+        (narrow.trim(), &["cluster", "init", "example"], None),
+        (narrow.trim(), &["cluster", "members", "example"], None),
+        (
+            narrow.trim(),
+            &["cluster", "role", "example", "m0", "leader"],
+            None,
+        ),
+        // machines/*/* is not enough for bulk transfer...
+        (machines.trim(), &["export"], None),
+        (machines.trim(), &["import", "-"], Some(import)),
+        // ...but it is for the cluster verbs.
+        (machines.trim(), &["cluster", "init", "example"], None),
+        (machines.trim(), &["cluster", "count", "example"], None),
+    ];
+    for (token, args, stdin) in cases {
+        let with: Vec<&str> = ["-T", token].iter().chain(args.iter()).copied().collect();
+        let remote = server.cli_with(&with, *stdin);
+        let embedded = local(&a, &with, *stdin);
+        assert_eq!(
+            remote.0, embedded.0,
+            "{args:?}: {} / {}",
+            remote.2, embedded.2
+        );
+        assert_eq!(remote.1, embedded.1, "{args:?}");
+        assert!(remote.0 == 0 || remote.0 == 6, "{args:?}: {}", remote.2);
+    }
+    let watch = server.cli(&["-T", narrow.trim(), "watch", "machines", "--timeout", "1"]);
+    assert_eq!(watch.0, 6, "{}", watch.2);
+}
