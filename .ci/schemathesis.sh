@@ -26,7 +26,10 @@ fi
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL="http://127.0.0.1:$PORT"
-"$BIN" serve --data "$WORK/db" --listen "127.0.0.1:$PORT" 2>"$WORK/serve.log" &
+# A short request timeout: the long-poll waits (wait/count, wait/machines)
+# are cut to it less 0.5 s, so a generated `timeout` never makes a case slow.
+"$BIN" serve --data "$WORK/db" --listen "127.0.0.1:$PORT" --request-timeout 3 \
+    2>"$WORK/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 200); do
     if python3 -c "import urllib.request; urllib.request.urlopen('$URL/api/v3/info', timeout=1)" 2>/dev/null; then
@@ -43,8 +46,14 @@ req = urllib.request.Request(url + "/api/v3/openapi.json", headers={"Authorizati
 open(out, "wb").write(urllib.request.urlopen(req, timeout=10).read())
 PY
 
+# GET /api/v3/events is excluded: it is an endless text/event-stream (the
+# server's request timeout does not end a stream once it has started), so
+# every case would hang until schemathesis gave up on it as a network error
+# after its own --request-timeout. tests/server.rs covers it
+# (coordination_endpoints: events, resuming with Last-Event-ID, a bad `from`).
 timeout 180 "$WORK/venv/bin/schemathesis" run "$WORK/openapi.json" \
     --url "$URL" \
+    --exclude-path /api/v3/events \
     -H "Authorization: Bearer $KEY" \
     --checks not_a_server_error,response_schema_conformance \
     --max-examples 15 \

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::auth::{Authenticator, Principal};
+use super::coord;
 use super::error::{ApiError, ApiErrorBody};
 use crate::{Error, Filter, Kind, ListOptions, Machine, ParamDef, Profile, Store};
 
@@ -77,7 +78,7 @@ impl App {
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
 #[allow(dead_code)]
-enum Collection {
+pub(crate) enum Collection {
     Machines,
     Profiles,
     Params,
@@ -151,10 +152,13 @@ pub struct Info {
         description = "DRP's /api/v3 subset: machines, profiles and params. \
         Authenticate with `Authorization: Bearer <admin key or token>` or basic auth. \
         Param compare-and-set: `POST .../params/{key}` with `X-Fleetkv-Expect: <JSON or absent>`; \
-        object compare-and-set: `PATCH` with `test` operations."
+        object compare-and-set: `PATCH` with `test` operations. \
+        Coordination: profile tokens, long-poll waits, leader election, workflows on many machines, \
+        template rendering and the change events as server-sent events."
     ),
     paths(
         info,
+        openapi,
         list,
         count,
         create,
@@ -166,9 +170,27 @@ pub struct Info {
         patch_params,
         get_param,
         set_param,
-        remove_param
+        remove_param,
+        coord::token,
+        coord::count_wait,
+        coord::wait_machine,
+        coord::elect,
+        coord::workflow_all,
+        coord::render,
+        coord::events
     ),
-    components(schemas(ApiErrorBody, PatchOp, Info, Collection))
+    components(schemas(
+        ApiErrorBody,
+        PatchOp,
+        Info,
+        Collection,
+        coord::TokenReply,
+        coord::CountReply,
+        coord::WaitReply,
+        coord::WorkflowAll,
+        crate::WorkflowReport,
+        crate::cluster::WorkflowFailure
+    ))
 )]
 struct ApiDoc;
 
@@ -177,7 +199,10 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi().to_pretty_json().unwrap_or_default()
 }
 
-/// `GET /api/v3/openapi.json`.
+/// This document (OpenAPI 3.1), generated from the code.
+#[utoipa::path(get, path = "/api/v3/openapi.json",
+    responses((status = 200, description = "The OpenAPI document", body = Object),
+        (status = 401, body = ApiErrorBody)))]
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
