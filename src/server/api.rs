@@ -737,7 +737,7 @@ pub async fn patch_params(
 #[utoipa::path(get, path = "/api/v3/{kind}/{id}/params/{key}",
     params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path),
         ("key" = String, Path, description = "The param name; may contain /"), AggregateParam),
-    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+    responses((status = 200, description = "The value (any JSON; `null` when unset)", body = Value), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody)))]
 pub async fn get_param(
     State(app): St,
@@ -762,8 +762,8 @@ pub async fn get_param(
     params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path),
         ("key" = String, Path, description = "The param name; may contain /"),
         ("X-Fleetkv-Expect" = Option<String>, Header, description = "Compare-and-set: the expected value as JSON, or absent")),
-    request_body(content = Object, content_type = "application/json"),
-    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+    request_body(content = Value, description = "The value: any JSON", content_type = "application/json"),
+    responses((status = 200, description = "The value set", body = Value), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
 pub async fn set_param(
     State(app): St,
@@ -819,7 +819,7 @@ pub async fn set_param(
 #[utoipa::path(delete, path = "/api/v3/{kind}/{id}/params/{key}",
     params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path),
         ("key" = String, Path, description = "The param name; may contain /")),
-    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+    responses((status = 200, description = "The old value (`null` if it had none)", body = Value), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody)))]
 pub async fn remove_param(
     State(app): St,
