@@ -896,3 +896,175 @@ fn kill_9_loses_no_acknowledged_write() {
     }
     store.verify_indexes().unwrap();
 }
+
+/// The (method, path) pairs `router()` in `src/server/mod.rs` declares, read
+/// from its source, so a route added there is checked here without editing
+/// this test. `{*key}` is written `{key}`, as OpenAPI has it.
+fn router_routes() -> std::collections::BTreeSet<(String, String)> {
+    let src = include_str!("../src/server/mod.rs");
+    let body = &src[src.find("pub fn router(").expect("router() in mod.rs")..];
+    let body = &body[..body.find("\n}\n").unwrap()];
+    let mut out = std::collections::BTreeSet::new();
+    for chunk in body.split(".route(").skip(1) {
+        let path = chunk.split('"').nth(1).unwrap().replace("{*", "{");
+        // The method routers, up to the parenthesis closing `.route(`.
+        let mut depth = 1;
+        let end = chunk
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .unwrap()
+            .0;
+        let methods = &chunk[..end];
+        for m in ["get", "head", "post", "put", "patch", "delete"] {
+            let called = methods.match_indices(&format!("{m}(")).any(|(i, _)| {
+                !methods[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+            });
+            if called {
+                out.insert((m.to_string(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn openapi_documents_every_route() {
+    let routes = router_routes();
+    // The parse above found what is known to be there, coordination included.
+    let known = [
+        ("get", "/api/v3/info"),
+        ("get", "/api/v3/openapi.json"),
+        ("get", "/api/v3/{kind}"),
+        ("head", "/api/v3/{kind}"),
+        ("post", "/api/v3/{kind}"),
+        ("get", "/api/v3/{kind}/{id}"),
+        ("put", "/api/v3/{kind}/{id}"),
+        ("patch", "/api/v3/{kind}/{id}"),
+        ("delete", "/api/v3/{kind}/{id}"),
+        ("get", "/api/v3/{kind}/{id}/params"),
+        ("patch", "/api/v3/{kind}/{id}/params"),
+        ("get", "/api/v3/{kind}/{id}/params/{key}"),
+        ("post", "/api/v3/{kind}/{id}/params/{key}"),
+        ("delete", "/api/v3/{kind}/{id}/params/{key}"),
+        ("post", "/api/v3/profiles/{id}/token"),
+        ("get", "/api/v3/wait/count"),
+        ("get", "/api/v3/wait/machines/{id}"),
+        ("post", "/api/v3/clusters/{name}/elect"),
+        ("post", "/api/v3/workflow-all"),
+        ("post", "/api/v3/machines/{id}/render"),
+        ("get", "/api/v3/events"),
+        ("post", "/api/v3/clusters/{name}"),
+        ("get", "/api/v3/clusters/{name}/members"),
+        ("head", "/api/v3/clusters/{name}/members"),
+        ("post", "/api/v3/clusters/{name}/members/{machine}"),
+        ("delete", "/api/v3/clusters/{name}/members/{machine}"),
+        ("get", "/api/v3/clusters/{name}/members/{machine}/role"),
+        ("put", "/api/v3/clusters/{name}/members/{machine}/role"),
+        ("get", "/api/v3/export"),
+        ("post", "/api/v3/import"),
+    ];
+    for (m, p) in known {
+        assert!(
+            routes.contains(&(m.to_string(), p.to_string())),
+            "{m} {p} not found in router(): {routes:?}"
+        );
+    }
+
+    let s = Server::start(&[]);
+    let (st, doc, _) = s.call("GET", "/openapi.json", None, &[]);
+    assert_eq!(st, 200);
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in item.as_object().unwrap().keys() {
+            documented.insert((m.clone(), path.clone()));
+        }
+    }
+    let missing: Vec<_> = routes.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "routes without #[utoipa::path] in ApiDoc: {missing:?}"
+    );
+    let stale: Vec<_> = documented.difference(&routes).collect();
+    assert!(stale.is_empty(), "documented but not routed: {stale:?}");
+
+    // Each operation answers something, and its errors are DRP-shaped.
+    let error = "#/components/schemas/ApiErrorBody";
+    for (m, p) in &routes {
+        let op = &doc["paths"][p][m];
+        let responses = op["responses"].as_object().unwrap();
+        assert!(responses.keys().any(|c| c.starts_with('2')), "{m} {p}");
+        for (code, r) in responses {
+            if code.starts_with('4') || code.starts_with('5') {
+                let body = &r["content"]["application/json"]["schema"]["$ref"];
+                if m != "head" {
+                    assert_eq!(body, error, "{m} {p} {code}");
+                }
+            }
+        }
+    }
+    // The coordination shapes.
+    let ok = |m: &str, p: &str| doc["paths"][p][m]["responses"]["200"]["content"].clone();
+    let schema = |m: &str, p: &str| ok(m, p)["application/json"]["schema"].clone();
+    let props = |name: &str| doc["components"]["schemas"][name]["properties"].clone();
+    assert_eq!(
+        schema("post", "/api/v3/profiles/{id}/token")["$ref"],
+        "#/components/schemas/TokenReply"
+    );
+    assert!(props("TokenReply")["Token"].is_object());
+    assert!(props("CountReply")["Count"].is_object());
+    assert!(props("WaitReply")["Status"].is_object());
+    assert_eq!(
+        schema("post", "/api/v3/clusters/{name}/elect")["type"],
+        "array"
+    );
+    for k in ["succeeded", "unchanged", "failed"] {
+        assert!(props("WorkflowReport")[k].is_object(), "{k}");
+    }
+    for k in ["Workflow", "Filter", "Meta"] {
+        assert!(props("WorkflowAll")[k].is_object(), "{k}");
+    }
+    assert!(
+        doc["paths"]["/api/v3/machines/{id}/render"]["post"]["requestBody"]["content"]
+            ["text/plain"]
+            .is_object()
+    );
+    let sse = &ok("get", "/api/v3/events")["text/event-stream"];
+    assert!(sse.is_object(), "{}", ok("get", "/api/v3/events"));
+    let text = doc["paths"]["/api/v3/events"]["get"]["responses"]["200"]["description"]
+        .as_str()
+        .unwrap();
+    for part in ["REV.SEQ", "event: change", "event: error", "Last-Event-ID"] {
+        assert!(text.contains(part), "{part} in {text}");
+    }
+    // A param's value is any JSON, not only an object (schemathesis found
+    // `null` and numbers answered against `"type": "object"`).
+    let param = &doc["paths"]["/api/v3/{kind}/{id}/params/{key}"];
+    for m in ["get", "post", "delete"] {
+        let answer = &param[m]["responses"]["200"]["content"]["application/json"]["schema"];
+        assert!(
+            answer.is_object() && answer.get("type").is_none(),
+            "{m}: {answer}"
+        );
+    }
+    let sent = &param["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert!(sent.get("type").is_none(), "{sent}");
+    let wait = &doc["paths"]["/api/v3/wait/count"]["get"];
+    assert!(wait["responses"]["408"].is_object());
+    let until = wait["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "until")
+        .unwrap();
+    assert_eq!(until["required"], true);
+}

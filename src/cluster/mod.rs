@@ -612,11 +612,17 @@ fn backoff(attempt: u32) {
 }
 
 /// What [`start_workflow`] did, machine by machine (Uuids).
+///
+/// Its schema (with the `server` feature) is the one `POST
+/// /api/v3/workflow-all` documents, derived here so it cannot drift.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct WorkflowReport {
     /// Machines whose workflow (or meta) was written.
+    #[cfg_attr(feature = "server", schema(value_type = Vec<String>, format = "uuid"))]
     pub succeeded: Vec<Uuid>,
     /// Machines already in that workflow with that meta: not written.
+    #[cfg_attr(feature = "server", schema(value_type = Vec<String>, format = "uuid"))]
     pub unchanged: Vec<Uuid>,
     /// Machines whose write failed, with the error.
     pub failed: Vec<WorkflowFailure>,
@@ -624,8 +630,10 @@ pub struct WorkflowReport {
 
 /// One machine [`start_workflow`] could not update.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct WorkflowFailure {
     /// The machine.
+    #[cfg_attr(feature = "server", schema(value_type = String, format = "uuid"))]
     pub uuid: Uuid,
     /// Its Name, as listed.
     pub name: String,

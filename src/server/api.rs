@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::auth::{Authenticator, Principal};
+use super::coord;
 use super::error::{ApiError, ApiErrorBody};
 use crate::{Error, Filter, Kind, ListOptions, Machine, ParamDef, Profile, Store};
 
@@ -80,7 +81,7 @@ impl App {
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
 #[allow(dead_code)]
-enum Collection {
+pub(crate) enum Collection {
     Machines,
     Profiles,
     Params,
@@ -154,10 +155,13 @@ pub struct Info {
         description = "DRP's /api/v3 subset: machines, profiles and params. \
         Authenticate with `Authorization: Bearer <admin key or token>` or basic auth. \
         Param compare-and-set: `POST .../params/{key}` with `X-Fleetkv-Expect: <JSON or absent>`; \
-        object compare-and-set: `PATCH` with `test` operations."
+        object compare-and-set: `PATCH` with `test` operations. \
+        Coordination: profile tokens, long-poll waits, leader election, workflows on many machines, \
+        template rendering and the change events as server-sent events."
     ),
     paths(
         info,
+        openapi,
         list,
         count,
         create,
@@ -178,9 +182,27 @@ pub struct Info {
         super::cluster::cluster_add,
         super::cluster::cluster_remove,
         super::cluster::cluster_role,
-        super::cluster::cluster_set_role
+        super::cluster::cluster_set_role,
+        coord::token,
+        coord::count_wait,
+        coord::wait_machine,
+        coord::elect,
+        coord::workflow_all,
+        coord::render,
+        coord::events
     ),
-    components(schemas(ApiErrorBody, PatchOp, Info, Collection))
+    components(schemas(
+        ApiErrorBody,
+        PatchOp,
+        Info,
+        Collection,
+        coord::TokenReply,
+        coord::CountReply,
+        coord::WaitReply,
+        coord::WorkflowAll,
+        crate::WorkflowReport,
+        crate::cluster::WorkflowFailure
+    ))
 )]
 struct ApiDoc;
 
@@ -189,7 +211,10 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi().to_pretty_json().unwrap_or_default()
 }
 
-/// `GET /api/v3/openapi.json`.
+/// This document (OpenAPI 3.1), generated from the code.
+#[utoipa::path(get, path = "/api/v3/openapi.json",
+    responses((status = 200, description = "The OpenAPI document", body = Object),
+        (status = 401, body = ApiErrorBody)))]
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
@@ -728,7 +753,7 @@ pub async fn patch_params(
 #[utoipa::path(get, path = "/api/v3/{kind}/{id}/params/{key}",
     params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path),
         ("key" = String, Path, description = "The param name; may contain /"), AggregateParam),
-    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+    responses((status = 200, description = "The value (any JSON; `null` when unset)", body = Value), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody)))]
 pub async fn get_param(
     State(app): St,
@@ -753,8 +778,8 @@ pub async fn get_param(
     params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path),
         ("key" = String, Path, description = "The param name; may contain /"),
         ("X-Fleetkv-Expect" = Option<String>, Header, description = "Compare-and-set: the expected value as JSON, or absent")),
-    request_body(content = Object, content_type = "application/json"),
-    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+    request_body(content = Value, description = "The value: any JSON", content_type = "application/json"),
+    responses((status = 200, description = "The value set", body = Value), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
 pub async fn set_param(
     State(app): St,
@@ -810,7 +835,7 @@ pub async fn set_param(
 #[utoipa::path(delete, path = "/api/v3/{kind}/{id}/params/{key}",
     params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path),
         ("key" = String, Path, description = "The param name; may contain /")),
-    responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+    responses((status = 200, description = "The old value (`null` if it had none)", body = Value), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody)))]
 pub async fn remove_param(
     State(app): St,

@@ -16,6 +16,10 @@
 //! | POST | `/api/v3/workflow-all` `{"Workflow","Filter","Meta"}` | start a workflow on every match (the report) | `machines/update/*` |
 //! | POST | `/api/v3/machines/{id}/render` (text body) | render a Go template (text) | `machines/get/{id}` |
 //! | GET | `/api/v3/events?kind=K&filter=F&from=REV` | events as SSE, id `REV.SEQ`, resumable with `Last-Event-ID` | `K/list/*` |
+//!
+//! Every one is in the OpenAPI document (`/api/v3/openapi.json`): each
+//! handler carries its `#[utoipa::path]`, and the query, body and answer
+//! shapes below are the schema types it names.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,16 +32,118 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Extension;
 use futures_util::StreamExt as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use utoipa::{IntoParams, ToSchema};
 
-use super::api::{check_id, listing, ok, to_value, url_decode, ApiResult, App, St};
+use super::api::{check_id, listing, ok, to_value, url_decode, ApiResult, App, Collection, St};
 use super::auth::Principal;
-use super::error::ApiError;
+use super::error::{ApiError, ApiErrorBody};
 use crate::auth::Claim;
 use crate::template::{RenderContext, Template, TokenMinter};
-use crate::{Cluster, CountCondition, Error, Filter, Kind};
+use crate::{Cluster, CountCondition, Error, Filter, Kind, WorkflowReport};
+
+// The OpenAPI shapes of the query strings and answers. The handlers read
+// raw query strings (every key that is not theirs is a filter, as in
+// listings) and build their answers with `json!`; these types only document
+// them.
+
+/// `?ttl=S`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct TokenParams {
+    /// How long the token is good for, in seconds (default 3600).
+    #[param(minimum = 0)]
+    ttl: Option<f64>,
+}
+
+/// `{"Token"}`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+#[allow(dead_code)]
+pub(crate) struct TokenReply {
+    /// A signed token (JWT) carrying the profile's claim.
+    token: String,
+}
+
+/// The keys of `GET /api/v3/wait/count`; every other key is a filter
+/// (`Profiles=Eq(c)`), as in a listing.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct CountWaitParams {
+    /// The condition on the number of matching machines: `>= N`, `== N`
+    /// (or `= N`) or `<= N`.
+    #[param(pattern = "^(>=|<=|==|=) ?[0-9]{1,18}$", example = ">= 3")]
+    until: String,
+    /// Longest to wait, in seconds (default 30; cut to the server's
+    /// `--request-timeout` less 0.5 s).
+    #[param(minimum = 0)]
+    timeout: Option<f64>,
+    /// fleetkv extension: a filter in fleetkv's text form, ANDed with the others.
+    filter: Option<String>,
+}
+
+/// `{"Count"}`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+#[allow(dead_code)]
+pub(crate) struct CountReply {
+    /// The number of matching machines when the condition held.
+    count: u64,
+}
+
+/// The keys of `GET /api/v3/wait/machines/{id}`; every other key is a
+/// filter, as in a listing.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct WaitMachineParams {
+    /// The filter the machine must match, in fleetkv's text form
+    /// (`Workflow Eq done`); ANDed with any query-string filter keys.
+    filter: Option<String>,
+    /// Longest to wait, in seconds (default 30; cut to the server's
+    /// `--request-timeout` less 0.5 s).
+    #[param(minimum = 0)]
+    timeout: Option<f64>,
+}
+
+/// `{"Status"}`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+#[allow(dead_code)]
+pub(crate) struct WaitReply {
+    /// Always `complete`: the machine matches.
+    #[schema(pattern = "^complete$", example = "complete")]
+    status: String,
+}
+
+/// `?leaders=N`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct ElectParams {
+    /// How many leaders the cluster should have (default 1).
+    leaders: Option<usize>,
+}
+
+/// The keys of `GET /api/v3/events`; every other key is a filter, as in a
+/// listing.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct EventsParams {
+    /// Only events of this collection (default: all three).
+    kind: Option<Collection>,
+    /// Start at this revision (inclusive; default: the next write). Older
+    /// than the log keeps is a 400 `Compacted`.
+    from: Option<u64>,
+    /// fleetkv extension: a filter in fleetkv's text form; an event is sent
+    /// when its object matches before or after the write.
+    filter: Option<String>,
+}
 
 /// Splits `keys` out of a query string; the rest stays a filter query.
 fn take(query: &str, keys: &[&str]) -> ApiResult<(HashMap<String, String>, String)> {
@@ -78,7 +184,14 @@ impl App {
     }
 }
 
-/// `POST /api/v3/profiles/{id}/token?ttl=S`.
+/// Mints a profile token, good for `ttl` seconds: the admin (or a user) may
+/// mint one for any profile; a token caller only one its own claims cover.
+#[utoipa::path(post, tag = "coordination", path = "/api/v3/profiles/{id}/token",
+    params(("id" = String, Path, description = "The profile's Name"), TokenParams),
+    responses(
+        (status = 200, description = "The token", body = TokenReply),
+        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
 pub async fn token(
     State(app): St,
     Extension(who): Extension<Principal>,
@@ -97,7 +210,16 @@ pub async fn token(
     Ok(ok(StatusCode::OK, json!({ "Token": token })))
 }
 
-/// `GET /api/v3/wait/count?until=…&timeout=…&FILTER`.
+/// Long poll: blocks until the number of machines matching the filter
+/// satisfies `until`, waking on the write that satisfies it.
+#[utoipa::path(get, tag = "coordination", path = "/api/v3/wait/count",
+    params(CountWaitParams),
+    responses(
+        (status = 200, description = "The condition holds", body = CountReply),
+        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 403, body = ApiErrorBody),
+        (status = 408, description = "The condition did not hold within the timeout", body = ApiErrorBody),
+        (status = 503, description = "Too many waiting clients (--max-waiters)", body = ApiErrorBody)))]
 pub async fn count_wait(
     State(app): St,
     Extension(who): Extension<Principal>,
@@ -118,7 +240,16 @@ pub async fn count_wait(
     Ok(ok(StatusCode::OK, json!({ "Count": n })))
 }
 
-/// `GET /api/v3/wait/machines/{id}?filter=F&timeout=S`.
+/// Long poll: blocks until the machine matches the filter.
+#[utoipa::path(get, tag = "coordination", path = "/api/v3/wait/machines/{id}",
+    params(("id" = String, Path, description = "Uuid, Name:… or name"), WaitMachineParams),
+    responses(
+        (status = 200, description = "The machine matches", body = WaitReply),
+        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 403, body = ApiErrorBody),
+        (status = 404, description = "No such machine (or it was deleted while waiting)", body = ApiErrorBody),
+        (status = 408, description = "It did not match within the timeout", body = ApiErrorBody),
+        (status = 503, description = "Too many waiting clients (--max-waiters)", body = ApiErrorBody)))]
 pub async fn wait_machine(
     State(app): St,
     Extension(who): Extension<Principal>,
@@ -136,7 +267,16 @@ pub async fn wait_machine(
     Ok(ok(StatusCode::OK, json!({ "Status": "complete" })))
 }
 
-/// `POST /api/v3/clusters/{name}/elect?leaders=N`.
+/// Makes sure the cluster has `leaders` leaders among its non-manager
+/// members (idempotent); answers the leaders.
+#[utoipa::path(post, tag = "coordination", path = "/api/v3/clusters/{name}/elect",
+    params(("name" = String, Path, description = "The cluster (its profile's Name)"), ElectParams),
+    responses(
+        (status = 200, description = "The leaders (machines)", body = Vec<Object>),
+        (status = 400, description = "Not a cluster, or more leaders than eligible members", body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+        (status = 409, description = "The members kept changing under the election", body = ApiErrorBody)))]
 pub async fn elect(
     State(app): St,
     Extension(who): Extension<Principal>,
@@ -159,18 +299,29 @@ pub async fn elect(
 }
 
 /// The body of `POST /api/v3/workflow-all`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct WorkflowAll {
+pub(crate) struct WorkflowAll {
+    /// The workflow to start (not empty).
     #[serde(rename = "Workflow")]
     workflow: String,
+    /// The machines, in fleetkv's filter text form (`Profiles Eq c`); one
+    /// that selects every machine is refused.
     #[serde(rename = "Filter")]
     filter: String,
+    /// Meta entries to set along with the workflow.
     #[serde(rename = "Meta", default)]
     meta: HashMap<String, String>,
 }
 
-/// `POST /api/v3/workflow-all`.
+/// Starts a workflow on every machine the filter selects: one atomic merge
+/// per machine; machines already in it (with that meta) are left alone.
+#[utoipa::path(post, tag = "coordination", path = "/api/v3/workflow-all",
+    request_body(content = WorkflowAll, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What was done, machine by machine", body = WorkflowReport),
+        (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 403, body = ApiErrorBody), (status = 413, body = ApiErrorBody)))]
 pub async fn workflow_all(
     State(app): St,
     Extension(who): Extension<Principal>,
@@ -192,7 +343,16 @@ pub async fn workflow_all(
     Ok(ok(StatusCode::OK, to_value(report)))
 }
 
-/// `POST /api/v3/machines/{id}/render`: the body is the template text.
+/// Renders a Go template (the body) for one machine, with its effective
+/// params; a token caller mints only tokens its own claims cover.
+#[utoipa::path(post, tag = "coordination", path = "/api/v3/machines/{id}/render",
+    params(("id" = String, Path, description = "Uuid, Name:… or name")),
+    request_body(content = String, content_type = "text/plain", description = "The template text"),
+    responses(
+        (status = 200, description = "The rendered text", body = String, content_type = "text/plain"),
+        (status = 400, description = "The template does not parse or render", body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 413, body = ApiErrorBody)))]
 pub async fn render(
     State(app): St,
     Extension(who): Extension<Principal>,
@@ -234,7 +394,17 @@ pub async fn render(
         .into_response())
 }
 
-/// `GET /api/v3/events?kind=K&filter=F&from=REV` as server-sent events.
+/// The change events as server-sent events; the stream does not end.
+#[utoipa::path(get, tag = "coordination", path = "/api/v3/events",
+    params(EventsParams,
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "Resume right after this event (`REV.SEQ`, the `id` of the last event seen); overrides `from`")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+            description = "An endless `text/event-stream`. Each change is one event: `id: REV.SEQ` (the write's revision and the change's position in it), `event: change`, and `data:` the event as JSON: `{\"Revision\",\"Seq\",\"Kind\",\"Key\",\"Action\",\"Object\",\"Previous\"}` (`Kind` is machines, profiles or params; `Action` create, update or delete; `Previous`, the object before the write, on updates and deletes). If the watch fails (e.g. the log was compacted past it) an `event: error` whose data is the message ends the stream. Idle streams get keep-alive comments. Reconnect with `Last-Event-ID` to resume without a gap or a repeat."),
+        (status = 400, description = "Bad kind or from, or from is compacted or in the future", body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
+        (status = 503, description = "Too many waiting clients (--max-waiters)", body = ApiErrorBody)))]
 pub async fn events(
     State(app): St,
     Extension(who): Extension<Principal>,

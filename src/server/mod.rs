@@ -16,6 +16,10 @@
 //! | GET, PUT, PATCH, DELETE | `/api/v3/{kind}/{id}` | get, replace, patch (JSON Patch or merge patch), delete |
 //! | GET, PATCH | `/api/v3/{kind}/{id}/params` | params (`?aggregate=true`), JSON Patch on the params map |
 //! | GET, POST, DELETE | `/api/v3/{kind}/{id}/params/{key…}` | get, set (CAS with `X-Fleetkv-Expect`), remove |
+//! | | tokens, waits, election, workflow-all, render, events | the coordination verbs: see [`coord`] |
+//!
+//! Every route is in the OpenAPI document; `tests/server.rs` fails when one
+//! is missing from it.
 //!
 //! Besides: the coordination verbs ([`coord`]), the cluster verbs
 //! ([`cluster`]) and bulk import / export ([`transfer`]), each with its table.
