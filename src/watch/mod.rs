@@ -286,8 +286,13 @@ impl Watch {
             if let Some(e) = self.poll()? {
                 return Ok(Some(e));
             }
-            let seen = self.next.0.saturating_sub(1).max(self.store.revision());
-            match self.store.wait_for_write(seen, deadline) {
+            // Wait for a revision past what the poll saw, not past the
+            // store's revision now: a write landing between the poll and
+            // this line must wake us, not be left for the next write.
+            match self
+                .store
+                .wait_for_write(self.next.0.saturating_sub(1), deadline)
+            {
                 Ok(()) => {}
                 Err(Error::Timeout) => return Ok(None),
                 Err(e) => return Err(e),
