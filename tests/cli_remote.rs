@@ -526,3 +526,26 @@ fn tokens_without_the_claim_exit_6() {
     let watch = server.cli(&["-T", narrow.trim(), "watch", "machines", "--timeout", "1"]);
     assert_eq!(watch.0, 6, "{}", watch.2);
 }
+
+#[test]
+fn remote_export_and_list_past_ten_megabytes() {
+    // ureq's `into_string` stops at 10 MB: the answers must be read whole.
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("big");
+    {
+        let s = fleetkv::Store::open(&db).unwrap();
+        let pad = "x".repeat(256 << 10);
+        for i in 0..48 {
+            let mut m = fleetkv::Machine::new(format!("big-{i:02}"));
+            m.description = pad.clone();
+            s.machines().create(m).unwrap();
+        }
+        s.flush().unwrap();
+    }
+    let server = Server::start_at(&db, &[]);
+    let export: Value = serde_json::from_str(&server.ok(&["export"])).unwrap();
+    assert_eq!(export["machines"].as_array().unwrap().len(), 48);
+    let list: Value = serde_json::from_str(&server.ok(&["machines", "list"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 48);
+    assert_eq!(list[47]["Description"].as_str().unwrap().len(), 256 << 10);
+}

@@ -269,9 +269,7 @@ impl Remote {
         match res {
             Ok(resp) => {
                 let count = resp.header("X-DRP-List-Count").and_then(|c| c.parse().ok());
-                let text = resp
-                    .into_string()
-                    .map_err(|e| (None, unreachable(&url, &e)))?;
+                let text = body_text(resp).map_err(|e| (None, unreachable(&url, &e)))?;
                 let body = if text.trim().is_empty() {
                     Value::Null
                 } else {
@@ -327,7 +325,7 @@ impl Remote {
             r = r.set("Authorization", a);
         }
         match r.send_string(text) {
-            Ok(resp) => resp.into_string().map_err(|e| unreachable(&url, &e)),
+            Ok(resp) => body_text(resp).map_err(|e| unreachable(&url, &e)),
             Err(ureq::Error::Status(..)) => {
                 // Re-issue through `call` for the DRP error mapping.
                 self.call(
@@ -798,6 +796,15 @@ fn shift_index(msg: &str, kind: Kind, base: usize) -> String {
         Ok(i) => format!("{prefix}{}{}", i + base, &rest[digits..]),
         Err(_) => msg.to_string(),
     }
+}
+
+/// The whole answer as text. Unlike `Response::into_string`, which stops at
+/// 10 MB, this reads an export of a million machines.
+fn body_text(resp: ureq::Response) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    resp.into_reader().read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// A DRP error answer as a failure with the matching exit code.
