@@ -60,6 +60,16 @@ pub enum RoleArg {
     Worker,
 }
 
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Manager => Role::Manager,
+            RoleArg::Leader => Role::Leader,
+            RoleArg::Worker => Role::Worker,
+        }
+    }
+}
+
 /// `machines workflow-all WORKFLOW FILTER… [--meta KEY=VALUE]…`.
 #[derive(Args)]
 pub struct WorkflowAllArgs {
@@ -124,13 +134,10 @@ pub fn run(ctx: &Ctx, s: &Store, verb: ClusterVerb) -> Out {
             role,
         } => {
             let c = Cluster::open(s, &name)?;
-            let role = match role {
-                None => return show(json!(c.role(&machine)?)),
-                Some(RoleArg::Manager) => Role::Manager,
-                Some(RoleArg::Leader) => Role::Leader,
-                Some(RoleArg::Worker) => Role::Worker,
-            };
-            show(to_value(c.set_role(&machine, role)?))
+            match role {
+                None => show(json!(c.role(&machine)?)),
+                Some(role) => show(to_value(c.set_role(&machine, role.into())?)),
+            }
         }
         ClusterVerb::Elect { name, leaders } => {
             show(to_value(Cluster::open(s, &name)?.elect(leaders)?))

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 mod events;
 
-use super::cluster::{ClusterVerb, RoleArg};
+use super::cluster::ClusterVerb;
 use super::{
     escape, listing, loose_json, machines_only, parse_json, pretty, with_params, Ctx, Failure,
     ListArgs, MetaVerb, Out, Verb,
@@ -352,6 +352,13 @@ impl Remote {
         Ok(())
     }
 
+    /// `HEAD path`: the count the server puts in `X-DRP-List-Count`.
+    fn count(&self, path: &str) -> Out<u64> {
+        self.call("HEAD", path, None, &[])?
+            .count
+            .ok_or_else(|| garbage(path, "no X-DRP-List-Count header in the answer"))
+    }
+
     fn get(&self, path: &str) -> Out<Value> {
         Ok(self.call("GET", path, None, &[])?.body)
     }
@@ -436,12 +443,7 @@ impl Remote {
                 Ok(())
             }
             Verb::Count(args) => {
-                let path = format!("{coll}{}", query(kind, &args)?);
-                let n = self
-                    .call("HEAD", &path, None, &[])?
-                    .count
-                    .ok_or_else(|| garbage(&path, "no X-DRP-List-Count header in the answer"))?;
-                outln!("{n}");
+                outln!("{}", self.count(&format!("{coll}{}", query(kind, &args)?))?);
                 Ok(())
             }
             Verb::Update { id, .. } => {
@@ -745,8 +747,7 @@ impl Remote {
             }
             ClusterVerb::Count { name, list } => {
                 let q = query(Kind::Machine, &list)?;
-                let a = self.call("HEAD", &format!("{}/members{q}", at(&name)), None, &[])?;
-                outln!("{}", a.count.unwrap_or(0));
+                outln!("{}", self.count(&format!("{}/members{q}", at(&name)))?);
                 Ok(())
             }
             ClusterVerb::Role {
@@ -755,14 +756,12 @@ impl Remote {
                 role,
             } => {
                 let path = format!("{}/role", member(&name, &machine));
-                let word = match role {
-                    None => return show(self.get(&path)?),
-                    Some(RoleArg::Manager) => "manager",
-                    Some(RoleArg::Leader) => "leader",
-                    Some(RoleArg::Worker) => "worker",
+                let Some(role) = role else {
+                    return show(self.get(&path)?);
                 };
+                let word = json!(fleetkv::Role::from(role));
                 show(
-                    self.call("PUT", &path, Some(("application/json", &json!(word))), &[])?
+                    self.call("PUT", &path, Some(("application/json", &word)), &[])?
                         .body,
                 )
             }
