@@ -34,7 +34,7 @@ pub(crate) enum ValueKey {
     Null,
     Bool(bool),
     Num(NumKey),
-    Str(Box<str>),
+    Str(compact_str::CompactString),
     /// Arrays and objects, as canonical JSON text (object keys sorted).
     Json(Box<str>),
 }
