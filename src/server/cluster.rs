@@ -18,6 +18,8 @@
 //! | POST, DELETE | `/api/v3/clusters/{name}/members/{machine}` | add / remove a member (the machine) | `machines/update/*` |
 //! | GET, PUT | `/api/v3/clusters/{name}/members/{machine}/role` | the role (`"leader"`) / set it (the machine) | `machines/update/*` |
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -157,13 +159,7 @@ pub async fn cluster_add(
     Extension(who): Extension<Principal>,
     Path((name, machine)): Path<(String, String)>,
 ) -> ApiResult {
-    check_id(&name)?;
-    check_id(&machine)?;
-    authorize(&app, &who)?;
-    let m = app
-        .on_pool(move |s| Cluster::open(s, &name)?.add(&machine))
-        .await?;
-    Ok(ok(StatusCode::OK, to_value(m)))
+    membership(app, who, name, machine, true).await
 }
 
 /// Removes the cluster profile from a machine; answers the machine.
@@ -179,11 +175,29 @@ pub async fn cluster_remove(
     Extension(who): Extension<Principal>,
     Path((name, machine)): Path<(String, String)>,
 ) -> ApiResult {
+    membership(app, who, name, machine, false).await
+}
+
+/// Adds (`join`) or removes the cluster profile; answers the machine.
+async fn membership(
+    app: Arc<App>,
+    who: Principal,
+    name: String,
+    machine: String,
+    join: bool,
+) -> ApiResult {
     check_id(&name)?;
     check_id(&machine)?;
     authorize(&app, &who)?;
     let m = app
-        .on_pool(move |s| Cluster::open(s, &name)?.remove(&machine))
+        .on_pool(move |s| {
+            let c = Cluster::open(s, &name)?;
+            if join {
+                c.add(&machine)
+            } else {
+                c.remove(&machine)
+            }
+        })
         .await?;
     Ok(ok(StatusCode::OK, to_value(m)))
 }
