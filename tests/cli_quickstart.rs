@@ -7,7 +7,9 @@ use std::process::Command;
 use serde_json::Value;
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetkv");
+mod common;
+
+use common::BIN;
 const MEMBERS: [&str; 5] = ["member-1", "member-2", "member-3", "member-4", "member-5"];
 
 /// The `sh` fenced block between the README's quickstart markers.
@@ -28,19 +30,7 @@ fn script() -> String {
 /// Runs `script` in a fresh directory; returns (dir, stdout).
 fn run(script: &str) -> (TempDir, String) {
     let dir = TempDir::new().unwrap();
-    let bin_dir = Path::new(BIN).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let o = Command::new("bash")
-        .args(["-c", script])
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .env_remove("FLEETKV_DATA")
-        .output()
-        .unwrap();
+    let o = common::bash(script, dir.path()).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),

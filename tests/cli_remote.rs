@@ -25,11 +25,7 @@ impl Server {
 }
 
 /// The CLI on the embedded store `db`.
-fn local(db: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    let mut c = Command::new(BIN);
-    c.arg("--data").arg(db).args(args);
-    run(c, stdin)
-}
+use common::embedded as local;
 
 fn local_ok(db: &Path, args: &[&str]) -> String {
     let (code, out, err) = local(db, args, None);

@@ -5,24 +5,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetkv");
+mod common;
 
-fn run(db: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    let mut c = assert_cmd::Command::new(BIN);
-    c.env_remove("FLEETKV_DATA")
-        .arg("--data")
-        .arg(db)
-        .args(args);
-    if let Some(s) = stdin {
-        c.write_stdin(s);
-    }
-    let o = c.output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+use common::embedded as run;
 
 fn ok(db: &Path, args: &[&str]) -> String {
     let (code, out, err) = run(db, args, None);

@@ -9,7 +9,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetkv");
+mod common;
+
+use common::BIN;
 
 fn script() -> String {
     let readme =
@@ -42,17 +44,7 @@ fn fleetkv(dir: &Path, args: &[&str]) -> Value {
 #[test]
 fn the_seed_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let bin_dir = Path::new(BIN).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let o = Command::new("bash")
-        .args(["-c", &script()])
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .env_remove("FLEETKV_DATA")
+    let o = common::bash(&script(), dir.path())
         .env_remove("RS_TOKEN")
         .output()
         .unwrap();

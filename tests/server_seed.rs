@@ -51,16 +51,7 @@ wait
 fn seed_through_the_server() {
     let server = Server::start(&[]);
     let (dir, url, admin) = (&server.dir, &server.url, &server.key);
-    let bin_dir = std::path::Path::new(BIN).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let o = Command::new("bash")
-        .args(["-c", SCRIPT])
-        .current_dir(dir.path())
-        .env("PATH", path)
+    let o = common::bash(SCRIPT, dir.path())
         .env("RS_ENDPOINT", url)
         .env("ADMIN", admin)
         .env_remove("RS_TOKEN")

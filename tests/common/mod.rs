@@ -1,4 +1,5 @@
-//! Shared by the server tests: `fleetkv serve` on a free loopback port.
+//! Shared by the CLI and server tests: the binary on an embedded store, in a
+//! shell script, and `fleetkv serve` on a free loopback port.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::io::{BufRead, BufReader};
@@ -174,4 +175,28 @@ pub fn run(mut c: Command, stdin: Option<&str>) -> (i32, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// The CLI on the embedded store `db`: (exit code, stdout, stderr).
+pub fn embedded(db: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut c = Command::new(BIN);
+    c.arg("--data").arg(db).args(args);
+    run(c, stdin)
+}
+
+/// `bash -c script` in `dir`, with the fleetkv binary first on `PATH` and
+/// no store chosen by the environment.
+pub fn bash(script: &str, dir: &Path) -> Command {
+    let bin_dir = Path::new(BIN).parent().expect("the binary's directory");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = Command::new("bash");
+    c.args(["-c", script])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env_remove("FLEETKV_DATA");
+    c
 }
