@@ -111,6 +111,20 @@ pub enum Error {
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
+    /// The storage engine made no progress on `op` for `after` (the store's
+    /// stall limit, [`Options::stall_timeout`](crate::Options::stall_timeout)).
+    /// The store refuses every further call: whether the stuck write lands
+    /// is unknown until the store is reopened by a new process.
+    #[error(
+        "storage stalled: {op} made no progress for {:.1} s; the store refuses further calls until it is reopened",
+        after.as_secs_f64()
+    )]
+    Stalled {
+        /// What was stuck: `open`, `commit`, `flush`.
+        op: String,
+        /// How long the call was waited for.
+        after: std::time::Duration,
+    },
 }
 
 fn show(v: &Option<Box<Value>>) -> String {

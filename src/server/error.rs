@@ -116,6 +116,7 @@ impl From<Error> for ApiError {
             Error::Template(_) => (StatusCode::BAD_REQUEST, "Template"),
             Error::Compacted { .. } => (StatusCode::BAD_REQUEST, "Compacted"),
             Error::Timeout => (StatusCode::REQUEST_TIMEOUT, "Timeout"),
+            Error::Stalled { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Stalled"),
             Error::Auth(a) if a.is_forbidden() => (StatusCode::FORBIDDEN, "Forbidden"),
             Error::Auth(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),

@@ -81,6 +81,9 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Most open connections; further clients wait to be accepted.
     pub max_connections: usize,
+    /// [`Options::stall_timeout`]: a storage call stalled this long answers
+    /// 503 (and so does every later write).
+    pub stall_timeout: Duration,
     /// Serve HTTPS with this PEM certificate chain and PEM private key.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -98,6 +101,7 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            stall_timeout: crate::store::STALL_TIMEOUT,
             tls: None,
         }
     }
@@ -203,6 +207,7 @@ pub fn run(config: Config) -> Result<(), String> {
         &config.data,
         Options {
             durable: config.durable,
+            stall_timeout: config.stall_timeout,
             ..Options::default()
         },
     )

@@ -29,6 +29,7 @@
 //! write or none of it, and a writer reads its own write when it returns.
 
 mod patch;
+mod stall;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -52,8 +53,8 @@ const REV_KEY: &[u8] = b"s:rev";
 const NEXT_ID_KEY: &[u8] = b"s:next";
 const SECRET_KEY: &[u8] = b"s:secret";
 const LOG_LEN_KEY: &[u8] = b"s:logn";
-/// Writes of at least this many objects apply to sled and the index in parallel.
-const PARALLEL_APPLY: usize = 256;
+/// How long a storage call may make no progress before it is given up.
+pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Stages an object's new record and its change event.
 fn record<T: serde::Serialize>(
@@ -114,6 +115,10 @@ pub struct Options {
     pub durable: bool,
     /// How many change events the log keeps for resuming watches.
     pub log_retain: usize,
+    /// How long an open, commit or flush may make no progress before the
+    /// call returns [`Error::Stalled`] (and the store refuses further
+    /// writes). A safety net: the engine is not expected to stall.
+    pub stall_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -121,6 +126,7 @@ impl Default for Options {
         Options {
             durable: false,
             log_retain: LOG_RETAIN,
+            stall_timeout: STALL_TIMEOUT,
         }
     }
 }
@@ -133,12 +139,24 @@ pub struct Store {
 
 struct Inner {
     db: sled::Db,
+    /// Runs every engine call that can block (commit, flush, open).
+    guard: stall::Guard,
     options: Options,
     writer: Mutex<()>,
     state: RwLock<State>,
     /// Signalled after every write, for watches and waits.
     written: Mutex<()>,
     wake: Condvar,
+}
+
+impl Drop for Inner {
+    /// sled flushes when its last handle drops; flushing here first, through
+    /// the guard, bounds that too: should it stall, the storage thread keeps
+    /// a handle and sled's own flush never runs.
+    fn drop(&mut self) {
+        let db = self.db.clone();
+        let _ = self.guard.run("flush", move || db.flush());
+    }
 }
 
 /// Everything kept in memory, replaced only under the state's write lock.
@@ -367,8 +385,8 @@ impl Store {
 
     /// Opens with options.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Store> {
-        let db = sled::Config::new().path(path.as_ref()).open()?;
-        Store::from_db(db, options)
+        let path = path.as_ref().to_path_buf();
+        Store::from_config(sled::Config::new().path(path), options)
     }
 
     /// A store in a temporary directory, removed when the last clone drops.
@@ -378,15 +396,17 @@ impl Store {
 
     /// A temporary store with options.
     pub fn temporary_with(options: Options) -> Result<Store> {
-        let db = sled::Config::new().temporary(true).open()?;
-        Store::from_db(db, options)
+        Store::from_config(sled::Config::new().temporary(true), options)
     }
 
-    fn from_db(db: sled::Db, options: Options) -> Result<Store> {
+    fn from_config(config: sled::Config, options: Options) -> Result<Store> {
+        let guard = stall::Guard::new(options.stall_timeout)?;
+        let db = guard.run("open", move || config.open())??;
         let state = load_state(&db)?;
         let store = Store {
             inner: Arc::new(Inner {
                 db,
+                guard,
                 options,
                 writer: Mutex::new(()),
                 state: RwLock::new(state),
@@ -454,7 +474,18 @@ impl Store {
 
     /// Writes everything acknowledged so far to disk.
     pub fn flush(&self) -> Result<()> {
-        self.inner.db.flush()?;
+        let db = self.inner.db.clone();
+        self.inner.guard.run("flush", move || db.flush())??;
+        Ok(())
+    }
+
+    /// Stores a record under a module's own prefix (see the layout above)
+    /// outside the write pipeline, bounded like every engine write.
+    pub(crate) fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        let db = self.inner.db.clone();
+        self.inner
+            .guard
+            .run("record write", move || db.insert(key, value))??;
         Ok(())
     }
 
@@ -518,6 +549,7 @@ impl Store {
         &self,
         f: impl FnOnce(&State, u64, &mut Vec<Change>) -> Result<(sled::Batch, Apply, T)>,
     ) -> Result<T> {
+        self.inner.guard.check()?;
         let _w = self.inner.writer.lock();
         let mut changes = Vec::new();
         let (mut batch, apply, out, rev, log_len) = {
@@ -540,39 +572,20 @@ impl Store {
         batch.insert(LOG_LEN_KEY, &(log_len as u64).to_be_bytes());
         batch.insert(REV_KEY, &rev.to_be_bytes());
         {
+            // The engine commits first, memory follows: a failed or stalled
+            // commit leaves the indexes equal to what is stored.
             let mut st = self.inner.state.write();
-            if changes.len() < PARALLEL_APPLY {
-                self.inner.db.apply_batch(batch)?;
-                apply(&mut st);
-            } else {
-                // Big writes (imports): sled and the index work side by side,
-                // both under the state lock. Should sled fail, the index is
-                // rebuilt from what sled holds (the batch is all or nothing).
-                let db = &self.inner.db;
-                let applied = std::thread::scope(|scope| {
-                    let sled = scope.spawn(move || db.apply_batch(batch));
-                    apply(&mut st);
-                    sled.join()
-                });
-                match applied {
-                    Ok(Ok(())) => {}
-                    failed => {
-                        *st = load_state(db)?;
-                        return Err(match failed {
-                            Ok(Err(e)) => e.into(),
-                            _ => Error::Corrupt {
-                                key: "batch".into(),
-                                reason: "the storage thread panicked".into(),
-                            },
-                        });
-                    }
-                }
-            }
+            let db = self.inner.db.clone();
+            self.inner
+                .guard
+                .run("commit", move || db.apply_batch(batch))??;
+            apply(&mut st);
             st.rev = rev;
             st.log_len = log_len;
         }
         if self.inner.options.durable {
-            self.inner.db.flush()?;
+            let db = self.inner.db.clone();
+            self.inner.guard.run("flush", move || db.flush())??;
         }
         // Wake watchers and waiters (they re-check the revision under this lock).
         let _g = self.inner.written.lock();

@@ -69,7 +69,7 @@ impl Store {
             key: format!("j{}", job.uuid),
             reason: e.to_string(),
         })?;
-        self.db().insert(job_key(job.uuid), bytes)?;
+        self.put_record(job_key(job.uuid), bytes)?;
         Ok(job)
     }
 

@@ -59,6 +59,16 @@ struct Cli {
     /// How long to wait for a store another process holds, in seconds.
     #[arg(long, global = true, default_value_t = 30.0, value_name = "SECONDS")]
     lock_timeout: f64,
+    /// How long a storage call (open, commit, flush) may make no progress
+    /// before the command gives up with exit 5, in seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETKV_STALL_TIMEOUT",
+        default_value_t = 30.0,
+        value_name = "SECONDS"
+    )]
+    stall_timeout: f64,
     /// A token (`profiles token`): every verb is checked against its claims.
     #[arg(
         short = 'T',
@@ -368,7 +378,7 @@ impl Failure {
             | Error::InUse { .. }
             | Error::Compacted { .. }
             | Error::Template(_) => 2,
-            Error::Timeout => 5,
+            Error::Timeout | Error::Stalled { .. } => 5,
             _ => 1,
         }
     }
@@ -414,9 +424,10 @@ fn run(cli: Cli) -> Out {
         reference: cli.reference.clone(),
     };
     let remote = cli.remote.client(cli.token.as_deref())?;
+    let open = cli.open();
     let (kind, verb) = match cli.cmd {
         #[cfg(feature = "server")]
-        Cmd::Serve(args) => return args.run(data),
+        Cmd::Serve(args) => return args.run(data, open.stall_timeout),
         Cmd::Machines { verb } => (Kind::Machine, verb),
         Cmd::Profiles { verb } => (Kind::Profile, verb),
         Cmd::Params { verb } => (Kind::Param, verb),
@@ -445,7 +456,7 @@ fn run(cli: Cli) -> Out {
         Cmd::Import { file, kind } => {
             ctx.no_ref("import")?;
             let doc = parse_json(&format!("import file {file}"), &read_file(&file)?)?;
-            return with_store(&data, cli.lock_timeout, |s| {
+            return with_store(&data, open, |s| {
                 auth::check_bulk(&auth::access(s, cli.token.as_deref())?, true)?;
                 transfer::import(s, doc, kind).map(|n| outln!("{}", json!(n)))
             });
@@ -453,7 +464,7 @@ fn run(cli: Cli) -> Out {
         Cmd::Cluster { verb } => {
             ctx.no_ref("cluster")?;
             // Cluster verbs write many machines: a token needs machines/update/*.
-            return with_store(&data, cli.lock_timeout, |s| {
+            return with_store(&data, open, |s| {
                 let store =
                     auth::access(s, cli.token.as_deref())?.authorize("machines", "update", "*")?;
                 cluster::run(&ctx, store, verb)
@@ -461,7 +472,7 @@ fn run(cli: Cli) -> Out {
         }
         Cmd::Export => {
             ctx.no_ref("export")?;
-            return with_store(&data, cli.lock_timeout, |s| {
+            return with_store(&data, open, |s| {
                 auth::check_bulk(&auth::access(s, cli.token.as_deref())?, false)?;
                 ctx.print(&transfer::export(s)?, None);
                 Ok(())
@@ -480,7 +491,7 @@ fn run(cli: Cli) -> Out {
             if let Some(r) = &remote {
                 return r.watch(kind.into(), filter, from, timeout);
             }
-            return wait::watch(&data, cli.lock_timeout, kind.into(), filter, from, timeout);
+            return wait::watch(&data, open, kind.into(), filter, from, timeout);
         }
     };
     // Waits release the store between checks (remote waits are long-polls).
@@ -496,7 +507,7 @@ fn run(cli: Cli) -> Out {
             let f = Filter::from_args(&words)?;
             return waited(wait::machine(
                 &data,
-                cli.lock_timeout,
+                open,
                 id,
                 &f,
                 seconds(timeout.unwrap_or(3600.0))?,
@@ -506,7 +517,7 @@ fn run(cli: Cli) -> Out {
             let f = Filter::from_args(expr)?;
             return waited(wait::machine(
                 &data,
-                cli.lock_timeout,
+                open,
                 id,
                 &f,
                 seconds(timeout.unwrap_or(3600.0))?,
@@ -515,14 +526,7 @@ fn run(cli: Cli) -> Out {
         Verb::Count(args) if args.until.is_some() => {
             let (filter, _) = listing(kind, args)?;
             let until = args.until.as_deref().unwrap_or_default();
-            let n = wait::count_until(
-                &data,
-                cli.lock_timeout,
-                kind,
-                &filter,
-                until,
-                seconds(args.timeout)?,
-            )?;
+            let n = wait::count_until(&data, open, kind, &filter, until, seconds(args.timeout)?)?;
             outln!("{n}");
             return Ok(());
         }
@@ -542,11 +546,11 @@ fn run(cli: Cli) -> Out {
     let token = cli.token.as_deref();
     if let Verb::Token { id, ttl, claims } = &verb {
         ctx.no_ref("token")?;
-        return with_store(&data, cli.lock_timeout, |s| {
+        return with_store(&data, open, |s| {
             auth::mint(s, token, kind, id, *ttl, claims)
         });
     }
-    with_store(&data, cli.lock_timeout, |s| {
+    with_store(&data, open, |s| {
         ctx.verb(&auth::access(s, token)?, kind, verb, input)
     })
 }
@@ -762,23 +766,46 @@ impl Ctx {
 
 /// Opens the store (waiting while another process holds it), runs `f`,
 /// flushes and closes.
-fn with_store(data: &Path, timeout: f64, f: impl FnOnce(&Store) -> Out) -> Out {
-    let store = open_store(data, timeout)?;
+fn with_store(data: &Path, open: Open, f: impl FnOnce(&Store) -> Out) -> Out {
+    let store = open_store(data, open)?;
     f(&store)?;
     store.flush()?;
     Ok(())
 }
 
-fn open_store(data: &Path, timeout: f64) -> Out<Store> {
-    let timeout = Duration::try_from_secs_f64(timeout).map_err(|_| {
-        Failure::input(format!(
-            "--lock-timeout {timeout}: expected a non-negative number of seconds"
-        ))
-    })?;
+/// How to open the embedded store (`--lock-timeout`, `--stall-timeout`).
+#[derive(Clone, Copy)]
+pub(crate) struct Open {
+    lock_timeout: f64,
+    stall_timeout: f64,
+}
+
+impl Cli {
+    fn open(&self) -> Open {
+        Open {
+            lock_timeout: self.lock_timeout,
+            stall_timeout: self.stall_timeout,
+        }
+    }
+}
+
+fn open_store(data: &Path, open: Open) -> Out<Store> {
+    let secs = |flag: &str, v: f64| {
+        Duration::try_from_secs_f64(v).map_err(|_| {
+            Failure::input(format!(
+                "{flag} {v}: expected a non-negative number of seconds"
+            ))
+        })
+    };
+    let timeout = secs("--lock-timeout", open.lock_timeout)?;
+    let options = fleetkv::Options {
+        stall_timeout: secs("--stall-timeout", open.stall_timeout)?,
+        ..fleetkv::Options::default()
+    };
     let start = Instant::now();
     let mut backoff = Duration::from_millis(4);
     loop {
-        match Store::open(data) {
+        match Store::open_with(data, options.clone()) {
             Ok(s) => return Ok(s),
             Err(Error::Storage(e)) if e.to_string().contains("could not acquire lock") => {
                 let waited = start.elapsed();
@@ -800,7 +827,7 @@ fn open_store(data: &Path, timeout: f64) -> Out<Store> {
             }
             Err(e) => {
                 return Err(Failure {
-                    code: 1,
+                    code: Failure::from_error_code(&e),
                     msg: format!("cannot open store {}: {e}", data.display()),
                 })
             }

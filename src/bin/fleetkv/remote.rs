@@ -140,8 +140,9 @@ pub struct ServeArgs {
 
 #[cfg(feature = "server")]
 impl ServeArgs {
-    /// Runs the server (or adds a user) on store directory `data`.
-    pub fn run(self, data: std::path::PathBuf) -> Out {
+    /// Runs the server (or adds a user) on store directory `data`; storage
+    /// calls stalled for `stall_timeout` seconds answer 503.
+    pub fn run(self, data: std::path::PathBuf, stall_timeout: f64) -> Out {
         if let Some(nv) = &self.add_user {
             let (n, p) = nv
                 .split_once(':')
@@ -168,6 +169,7 @@ impl ServeArgs {
             header_timeout: secs("header-timeout", self.header_timeout)?,
             write_timeout: secs("write-timeout", self.write_timeout)?,
             max_connections: self.max_connections,
+            stall_timeout: secs("stall-timeout", stall_timeout)?,
             tls: self.tls_cert.zip(self.tls_key),
         })
         .map_err(|msg| Failure { code: 1, msg })

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use fleetkv::{CountCondition, Filter, Kind, Store};
 use notify::{RecursiveMode, Watcher};
 
-use super::{open_store, Failure, Out};
+use super::{open_store, Failure, Open, Out};
 
 /// Longest sleep between checks when no notification arrives.
 const SAFETY_RECHECK: Duration = Duration::from_secs(1);
@@ -25,7 +25,7 @@ const SAFETY_RECHECK: Duration = Duration::from_secs(1);
 /// value, or `timeout` passes (exit code 5).
 pub(crate) fn until<T>(
     data: &Path,
-    lock_timeout: f64,
+    open: Open,
     timeout: Duration,
     mut check: impl FnMut(&Store) -> Out<Option<T>>,
 ) -> Out<T> {
@@ -38,7 +38,7 @@ pub(crate) fn until<T>(
     let watching = data.exists() && watcher.watch(data, RecursiveMode::Recursive).is_ok();
     loop {
         let seen = {
-            let store = open_store(data, lock_timeout)?;
+            let store = open_store(data, open)?;
             if let Some(v) = check(&store)? {
                 return Ok(v);
             }
@@ -47,7 +47,7 @@ pub(crate) fn until<T>(
         // Our own open and close touch the files too: drain what they caused,
         // then make sure nobody wrote while we looked.
         while rx.try_recv().is_ok() {}
-        if open_store(data, lock_timeout)?.revision() != seen {
+        if open_store(data, open)?.revision() != seen {
             continue;
         }
         while rx.try_recv().is_ok() {}
@@ -67,7 +67,7 @@ pub(crate) fn until<T>(
 /// `count --until COND --timeout S`: prints the count once it satisfies COND.
 pub(crate) fn count_until(
     data: &Path,
-    lock_timeout: f64,
+    open: Open,
     kind: Kind,
     filter: &Filter,
     condition: &str,
@@ -77,7 +77,7 @@ pub(crate) fn count_until(
     if kind != Kind::Machine {
         return Err(Failure::input("count --until counts machines"));
     }
-    until(data, lock_timeout, timeout, |s| {
+    until(data, open, timeout, |s| {
         let n = s.machines().count(filter)?;
         Ok(cond.holds(n).then_some(n))
     })
@@ -86,12 +86,12 @@ pub(crate) fn count_until(
 /// `wait ID FIELD VALUE` / `await ID EXPR…`: returns once machine ID matches.
 pub(crate) fn machine(
     data: &Path,
-    lock_timeout: f64,
+    open: Open,
     id: &str,
     filter: &Filter,
     timeout: Duration,
 ) -> Out<()> {
-    until(data, lock_timeout, timeout, |s| {
+    until(data, open, timeout, |s| {
         let uuid = s.machines().get(id)?.uuid.to_string();
         let me = Filter::parse(&format!("Uuid Eq {uuid}"))?.and(filter.clone());
         Ok((s.machines().count(&me)? == 1).then_some(()))
@@ -102,27 +102,22 @@ pub(crate) fn machine(
 /// (or until `timeout`).
 pub(crate) fn watch(
     data: &Path,
-    lock_timeout: f64,
+    open: Open,
     kind: Kind,
     filter: Option<Filter>,
     from: Option<u64>,
     timeout: Option<Duration>,
 ) -> Out<()> {
     let mut next = from;
-    let result = until(
-        data,
-        lock_timeout,
-        timeout.unwrap_or(Duration::MAX / 4),
-        |s| {
-            let start = next.unwrap_or(s.revision() + 1);
-            let mut w = s.watch(Some(kind), filter.clone(), Some(start))?;
-            while let Some(e) = w.poll()? {
-                outln!("{}", serde_json::to_string(&e).unwrap_or_default());
-            }
-            next = Some(w.next_revision());
-            Ok(None::<()>)
-        },
-    );
+    let result = until(data, open, timeout.unwrap_or(Duration::MAX / 4), |s| {
+        let start = next.unwrap_or(s.revision() + 1);
+        let mut w = s.watch(Some(kind), filter.clone(), Some(start))?;
+        while let Some(e) = w.poll()? {
+            outln!("{}", serde_json::to_string(&e).unwrap_or_default());
+        }
+        next = Some(w.next_revision());
+        Ok(None::<()>)
+    });
     match result {
         Err(f) if f.code == 5 && timeout.is_some() => Ok(()),
         other => other,

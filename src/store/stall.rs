@@ -1,0 +1,194 @@
+//! A bound on storage calls that can block: commits, flushes and opens run on
+//! the store's storage thread while the caller waits at most the stall limit
+//! ([`Options::stall_timeout`](super::Options::stall_timeout)).
+//!
+//! Owns: the storage thread, the stall limit, and the store's "stalled" mark.
+//! Must not: know what a call does (the caller hands in a closure) or touch
+//! the in-memory state.
+//!
+//! Why: sled 0.34.7 can deadlock inside a write (see `vendor/sled/PATCHES.md`
+//! for the cycle we found and removed). Should the engine ever stop making
+//! progress again, a caller gets [`Error::Stalled`] naming the operation
+//! instead of blocking forever. The stuck call keeps the storage thread (and
+//! its clone of the engine handle, so dropping the store does not run the
+//! engine's own flush and hang on the same lock). From then on every write,
+//! flush and job record fails fast with the same error, because the engine
+//! is wedged; reads keep answering from the last committed state (a stuck
+//! commit is applied to memory only after the engine returns). The process
+//! stays able to exit: the storage thread is not joined.
+//!
+//! Tests make a call stall with `FLEETKV_FAULT_STALL=OP` (every call of
+//! that operation) or `OP:N` (the N-th and later), read in debug builds only.
+
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The storage thread and the stall limit.
+pub(crate) struct Guard {
+    jobs: Mutex<Sender<Job>>,
+    limit: Duration,
+    stalled: Arc<OnceLock<(String, Duration)>>,
+    #[cfg(debug_assertions)]
+    fault: Option<(String, Mutex<u64>)>,
+}
+
+/// A call handed to the storage thread, not yet waited for.
+pub(crate) struct Pending<'g, R> {
+    guard: &'g Guard,
+    op: &'static str,
+    started: Instant,
+    slot: Arc<(Mutex<Option<R>>, Condvar)>,
+}
+
+impl Guard {
+    /// Starts the storage thread.
+    pub(crate) fn new(limit: Duration) -> Result<Guard> {
+        let (tx, rx) = channel::<Job>();
+        std::thread::Builder::new()
+            .name("fleetkv-storage".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .map_err(|e| Error::invalid("storage thread", e.to_string()))?;
+        Ok(Guard {
+            jobs: Mutex::new(tx),
+            limit,
+            stalled: Arc::new(OnceLock::new()),
+            #[cfg(debug_assertions)]
+            fault: std::env::var("FLEETKV_FAULT_STALL").ok().map(|spec| {
+                let (op, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
+                (op.to_string(), Mutex::new(n.parse().unwrap_or(1)))
+            }),
+        })
+    }
+
+    /// `Err(Stalled)` once any call has stalled.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.stalled.get() {
+            Some((op, after)) => Err(Error::Stalled {
+                op: op.clone(),
+                after: *after,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands `f` to the storage thread; wait for it with [`Pending::wait`].
+    pub(crate) fn submit<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<Pending<'_, R>> {
+        self.check()?;
+        let slot = Arc::new((Mutex::new(None), Condvar::new()));
+        let filled = slot.clone();
+        let stall = self.injected_stall(op);
+        let job: Job = Box::new(move || {
+            if stall {
+                loop {
+                    std::thread::park();
+                }
+            }
+            let r = f();
+            *filled.0.lock() = Some(r);
+            filled.1.notify_one();
+        });
+        self.jobs.lock().send(job).map_err(|_| Error::Stalled {
+            op: op.into(),
+            after: Duration::ZERO,
+        })?;
+        Ok(Pending {
+            guard: self,
+            op,
+            started: Instant::now(),
+            slot,
+        })
+    }
+
+    #[cfg(debug_assertions)]
+    fn injected_stall(&self, op: &str) -> bool {
+        match &self.fault {
+            Some((at, n)) if at == op => {
+                let mut n = n.lock();
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            _ => false,
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn injected_stall(&self, _op: &str) -> bool {
+        false
+    }
+
+    /// Runs `f` on the storage thread and waits for it, at most the limit.
+    pub(crate) fn run<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R> {
+        self.submit(op, f)?.wait()
+    }
+}
+
+impl<R> Pending<'_, R> {
+    /// The call's result, or [`Error::Stalled`] once it has run for the limit.
+    pub(crate) fn wait(self) -> Result<R> {
+        let deadline = self.started + self.guard.limit;
+        let (lock, cv) = &*self.slot;
+        let mut done = lock.lock();
+        loop {
+            if let Some(r) = done.take() {
+                return Ok(r);
+            }
+            if cv.wait_until(&mut done, deadline).timed_out() && done.is_none() {
+                let after = self.started.elapsed();
+                let _ = self.guard.stalled.set((self.op.to_string(), after));
+                return Err(Error::Stalled {
+                    op: self.op.into(),
+                    after,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_that_never_returns_is_reported_and_the_guard_stays_failed() {
+        let g = Guard::new(Duration::from_millis(100)).unwrap();
+        assert_eq!(g.run("quick", || 7).unwrap(), 7);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let started = Instant::now();
+        let e = g
+            .run("stuck commit", move || {
+                let _ = rx.recv(); // never sent while the guard waits
+            })
+            .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(
+            matches!(&e, Error::Stalled { op, .. } if op == "stuck commit"),
+            "{e}"
+        );
+        // Every later call fails fast with the first stall.
+        let started = Instant::now();
+        assert!(
+            matches!(g.run("next", || 1), Err(Error::Stalled { op, .. }) if op == "stuck commit")
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+        drop(tx);
+    }
+}
