@@ -1,5 +1,6 @@
 //! Bulk transfer: everything out as one export object, an export object or
-//! an array of one kind (drpcli's list output) back in.
+//! an array of one kind (drpcli's list output) back in
+//! (`docs/architecture.md` §13 Bulk transfer).
 //!
 //! Owns: the export object's shape (`{"params":[…],"profiles":[…],
 //! "machines":[…]}`), how an import document is read (kind detection, key

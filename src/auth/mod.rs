@@ -1,4 +1,5 @@
-//! Claims and scoped tokens: who may touch what, through a signed token.
+//! Claims and scoped tokens: who may touch what, through a signed token
+//! (`docs/architecture.md` §10 Tokens and claims).
 //!
 //! Owns: the [`Claim`] grammar (DRP's `scope/action/specific` triple), the
 //! signed token format (JWT, HS256, keyed by the store's own random secret),

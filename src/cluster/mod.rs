@@ -1,6 +1,7 @@
-//! The multi-machine cluster pattern (DESIGN.md §5): a self-naming cluster
-//! profile, its member filter, the manager / leader / worker roles, leader
-//! election, and starting a workflow on the machines a filter selects.
+//! The multi-machine cluster pattern (`docs/architecture.md` §12): a
+//! self-naming cluster profile, its member filter, the manager / leader /
+//! worker roles, leader election, and starting a workflow on the machines a
+//! filter selects.
 //!
 //! Owns: the `cluster/*` params and what they mean. Must not: reach below
 //! the store's public API — every write here is one atomic store call

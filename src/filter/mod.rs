@@ -1,4 +1,5 @@
-//! The filter language (DESIGN.md §3, `grammar/filter.ebnf`): parsing with
+//! The filter language (`grammar/filter.ebnf`; `docs/architecture.md` §4 The
+//! query path and §7 Filter semantics): parsing with
 //! positioned errors, binding against field types and param definitions, and
 //! the reference evaluator that defines what a filter means.
 //!

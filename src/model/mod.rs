@@ -1,5 +1,6 @@
 //! The data model: machines, profiles and param definitions with DRP's field
-//! names, and the rules every stored object obeys (DESIGN.md §1).
+//! names, and the rules every stored object obeys (`docs/architecture.md`
+//! §2 The data model, §3 Effective params).
 //!
 //! Owns: the serde shapes (unknown fields kept in `extra` and written back
 //! unchanged), per-object validation that needs no other object, and the
@@ -316,9 +317,9 @@ impl ParamDef {
     }
 }
 
-/// Resolves one param for a machine (DESIGN.md §1): own, then each profile in
-/// order, then `global`, then the definition's default. `profile` looks a
-/// profile's params up by name.
+/// Resolves one param for a machine (`docs/architecture.md` §3): own, then
+/// each profile in order, then `global`, then the definition's default.
+/// `profile` looks a profile's params up by name.
 pub fn effective_param<'a, F, D>(
     machine: &'a Machine,
     key: &str,

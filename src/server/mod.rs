@@ -1,4 +1,5 @@
-//! `fleetkv serve`: DRP's `/api/v3` subset over HTTP.
+//! `fleetkv serve`: DRP's `/api/v3` subset over HTTP (`docs/architecture.md`
+//! §14 Front ends).
 //!
 //! Owns: the HTTP surface (routes, DRP-shaped errors, limits, the OpenAPI
 //! document), authentication of callers ([`auth`]) and the process around one

@@ -1,5 +1,5 @@
 //! Go-template rendering of task text against a machine, and job snapshots
-//! (DESIGN.md §5, issue #7 part 7).
+//! (`docs/architecture.md` §11 Templates and jobs; issue #7 part 7).
 //!
 //! Owns: a parser and evaluator for the subset of Go's `text/template` that
 //! DRP task templates use (grammar in `grammar/template.ebnf`), positioned

@@ -1,4 +1,5 @@
-//! Change events, watches, and waits built on them (DESIGN.md §5).
+//! Change events, watches, and waits built on them (`docs/architecture.md`
+//! §9 Change log, watches and waits; the log's storage: §5).
 //!
 //! Owns: the change log's record format and retention, [`Event`], [`Watch`]
 //! (ordered, gap-free, resumable delivery), and the blocking waits —

@@ -2,7 +2,8 @@
 //!
 //! Every run opens the store (waiting, with jittered backoff, while another
 //! process holds it), does one verb, flushes and exits. Results go to stdout,
-//! errors to stderr as `Error: …`; exit codes follow DESIGN.md §6.
+//! errors to stderr as `Error: …`; exit codes follow `docs/architecture.md`
+//! §14 (Exit codes).
 
 /// Writes to stdout; a closed pipe (`fleetkv … | head`) is not an error.
 macro_rules! out {
@@ -294,7 +295,7 @@ struct ListArgs {
     timeout: f64,
 }
 
-/// A failure with its exit code (DESIGN.md §6).
+/// A failure with its exit code (`docs/architecture.md` §14, Exit codes).
 pub struct Failure {
     code: u8,
     msg: String,
