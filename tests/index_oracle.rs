@@ -89,7 +89,13 @@ fn regex() -> impl Strategy<Value = &'static str> {
         Just("x|y"),
         Just(".*"),
         Just("^m1"),
-        Just("con")
+        Just("con"),
+        // Prefix ranges: a deciding class, overlapping alternatives, an end
+        // anchor and case folding (the index walks only these ranges).
+        Just("^m[12]"),
+        Just("^(m|m1)"),
+        Just("^m1$"),
+        Just("(?i)^M1")
     ]
 }
 

@@ -11,8 +11,9 @@ use serde_json::json;
 
 pub const CLUSTERS: usize = 1000;
 
-/// The five membership queries of the issue.
-pub const QUERIES: [(&str, &str); 5] = [
+/// The membership queries: five of the index issue, and a regex with a
+/// literal prefix (Q6), where SQLite walks the index range of that prefix.
+pub const QUERIES: [(&str, &str); 6] = [
     ("Q1", "Profiles Eq cluster-7"),
     (
         "Q2",
@@ -24,6 +25,7 @@ pub const QUERIES: [(&str, &str); 5] = [
     ),
     ("Q4", "rack Between 10 20"),
     ("Q5", "Name Re ^node-00[0-9]+$"),
+    ("Q6", "Name Re ^node-00[0-4]"),
 ];
 
 pub fn definitions() -> Vec<ParamDef> {
@@ -131,7 +133,7 @@ pub struct Sqlite {
     pub conn: Connection,
 }
 
-pub const SQL_COUNT: [&str; 5] = [
+pub const SQL_COUNT: [&str; 6] = [
     "SELECT count(*) FROM machine_profiles WHERE profile = 'cluster-7'",
     "SELECT count(*) FROM machine_profiles mp JOIN machines m ON m.id = mp.machine_id
        WHERE mp.profile = 'cluster-7'
@@ -142,10 +144,12 @@ pub const SQL_COUNT: [&str; 5] = [
        AND NOT coalesce(json_extract(m.doc, '$.Params.\"cluster/leader\"'), 0) = 1",
     "SELECT count(*) FROM machines WHERE json_extract(doc, '$.Params.rack') BETWEEN 10 AND 20",
     "SELECT count(*) FROM machines WHERE name REGEXP '^node-00[0-9]+$'",
+    // The literal prefix as a range of the UNIQUE index on name.
+    "SELECT count(*) FROM machines WHERE name >= 'node-00' AND name < 'node-01' AND name REGEXP '^node-00[0-4]'",
 ];
 
 /// The same queries listing 100 documents without Params and Meta.
-pub const SQL_LIST: [&str; 5] = [
+pub const SQL_LIST: [&str; 6] = [
     "SELECT json_remove(m.doc, '$.Params', '$.Meta') FROM machine_profiles mp JOIN machines m ON m.id = mp.machine_id
        WHERE mp.profile = 'cluster-7' ORDER BY m.id LIMIT 100",
     "SELECT json_remove(m.doc, '$.Params', '$.Meta') FROM machine_profiles mp JOIN machines m ON m.id = mp.machine_id
@@ -159,6 +163,8 @@ pub const SQL_LIST: [&str; 5] = [
        WHERE json_extract(m.doc, '$.Params.rack') BETWEEN 10 AND 20 ORDER BY m.id LIMIT 100",
     "SELECT json_remove(m.doc, '$.Params', '$.Meta') FROM machines m
        WHERE m.name REGEXP '^node-00[0-9]+$' ORDER BY m.id LIMIT 100",
+    "SELECT json_remove(m.doc, '$.Params', '$.Meta') FROM machines m
+       WHERE m.name >= 'node-00' AND m.name < 'node-01' AND m.name REGEXP '^node-00[0-4]' ORDER BY m.id LIMIT 100",
 ];
 
 impl Sqlite {
@@ -283,6 +289,15 @@ impl Floor {
                 }
                 u.len()
             }
+            5 => (0..5)
+                .map(|d| {
+                    let prefix = format!("node-00{d}");
+                    self.names
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(&prefix))
+                        .count() as u64
+                })
+                .sum(),
             _ => {
                 let re = regex::Regex::new("^node-00[0-9]+$").unwrap();
                 self.names

@@ -499,15 +499,19 @@ fn for_each_matching(post: &Postings, test: &Test, mut f: impl FnMut(&Posting)) 
         Test::Greater(o, incl) => walk_ordinal(vals, o, Some((o, *incl)), None, &mut f),
         Test::Between(lo, hi) => walk_ordinal(vals, lo, Some((lo, true)), Some((hi, true)), &mut f),
         Test::Matches(re) => {
-            let prefix = literal_prefix(re.as_str());
-            let start = RangeBound::Included(ValueKey::str(&prefix));
-            for (v, b) in vals.range((start, RangeBound::Unbounded)) {
-                let ValueKey::Str(s) = v else { break };
-                if !s.starts_with(prefix.as_str()) {
-                    break;
-                }
-                if re.is_match(s) {
-                    f(b);
+            // Walk only the values that begin with one of the pattern's
+            // prefixes; where the prefix alone decides the match, skip the
+            // regex for the whole range.
+            for MatchPrefix { prefix, decides } in match_prefixes(re.as_str()) {
+                let start = RangeBound::Included(ValueKey::str(&prefix));
+                for (v, b) in vals.range((start, RangeBound::Unbounded)) {
+                    let ValueKey::Str(s) = v else { break };
+                    if !s.starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    if decides || re.is_match(s) {
+                        f(b);
+                    }
                 }
             }
         }
@@ -605,27 +609,64 @@ fn range_is_empty(l: &RangeBound<ValueKey>, h: &RangeBound<ValueKey>) -> bool {
 /// The literal text every match of an anchored pattern starts with (`^node-00`
 /// gives `node-00`), or "" when there is none. Conservative: stops at the
 /// first metacharacter and drops a literal that a quantifier follows.
-fn literal_prefix(pattern: &str) -> String {
-    let Some(rest) = pattern.strip_prefix('^') else {
-        return String::new();
+/// A range of sorted string values (those beginning with `prefix`) that may
+/// hold matches of a regex; `decides`: every value in it matches.
+#[derive(Debug, PartialEq)]
+struct MatchPrefix {
+    prefix: String,
+    decides: bool,
+}
+
+/// Most prefixes a pattern is split into (`^n[0-9][0-9]` gives 100).
+const MAX_PREFIXES: u32 = 256;
+
+/// The disjoint value ranges that can hold matches of `pattern`: one range
+/// of every string (`""`, not deciding) unless the pattern is anchored at
+/// the start and its literal prefixes are known (regex-syntax's extractor:
+/// `^node-00[0-4]` → `node-000` … `node-004`). A prefix decides the match
+/// when it is a whole match and the pattern asserts nothing else (no `$`,
+/// no word boundary), as then every extension matches too.
+fn match_prefixes(pattern: &str) -> Vec<MatchPrefix> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    use regex_syntax::hir::Look;
+    let everything = || {
+        vec![MatchPrefix {
+            prefix: String::new(),
+            decides: false,
+        }]
     };
-    if rest.contains('|') {
-        // An alternation may end the anchored branch early (`^a|b`).
-        return String::new();
+    let Ok(hir) = regex_syntax::Parser::new().parse(pattern) else {
+        return everything();
+    };
+    let props = hir.properties();
+    if !props.look_set_prefix().contains(Look::Start) {
+        return everything();
     }
-    let mut out = String::new();
-    let mut chars = rest.chars().peekable();
-    while let Some(c) = chars.next() {
-        if "\\.[](){}*+?|^$".contains(c) {
-            if "*?{".contains(c) {
-                out.pop();
-            }
-            return out;
-        }
-        if chars.peek().is_some_and(|n| "*?{".contains(*n)) {
-            return out;
-        }
-        out.push(c);
+    let only_start = props.look_set().remove(Look::Start).is_empty();
+    let mut extractor = Extractor::new();
+    extractor
+        .kind(ExtractKind::Prefix)
+        .limit_total(MAX_PREFIXES as usize);
+    let seq = extractor.extract(&hir);
+    let Some(literals) = seq.literals() else {
+        return everything();
+    };
+    let mut out: Vec<MatchPrefix> = Vec::with_capacity(literals.len());
+    for lit in literals {
+        let Ok(prefix) = std::str::from_utf8(lit.as_bytes()) else {
+            return everything();
+        };
+        out.push(MatchPrefix {
+            prefix: prefix.to_owned(),
+            decides: lit.is_exact() && only_start,
+        });
+    }
+    // Ranges must not overlap (counts add them up): a prefix inside an
+    // earlier one's range is walked with it.
+    out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    out.dedup_by(|later, kept| later.prefix.starts_with(kept.prefix.as_str()));
+    if out.is_empty() {
+        return everything();
     }
     out
 }
@@ -634,13 +675,40 @@ fn literal_prefix(pattern: &str) -> String {
 mod tests {
     use super::*;
 
+    fn ranges(pattern: &str) -> Vec<(String, bool)> {
+        match_prefixes(pattern)
+            .into_iter()
+            .map(|p| (p.prefix, p.decides))
+            .collect()
+    }
+
     #[test]
     fn prefixes() {
-        assert_eq!(literal_prefix("^node-00[0-9]+$"), "node-00");
-        assert_eq!(literal_prefix("node"), "");
-        assert_eq!(literal_prefix("^abc*"), "ab");
-        assert_eq!(literal_prefix("^abc?d"), "ab");
-        assert_eq!(literal_prefix("^a|b"), "");
-        assert_eq!(literal_prefix("^ab\\.c"), "ab");
+        let all = vec![(String::new(), false)];
+        let node0 = |d| {
+            (0..5)
+                .map(|i| (format!("node-00{i}"), d))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ranges("^node-00[0-4]"), node0(true));
+        // `$` or a word boundary: the prefix alone does not decide.
+        assert_eq!(ranges("^node-00[0-4]$"), node0(false));
+        assert_eq!(ranges("^node-00[0-4]\\b"), node0(false));
+        assert_eq!(ranges("^node-00[0-9]+$").len(), 10);
+        assert_eq!(ranges("node"), all);
+        assert_eq!(ranges("(?m)^node"), all);
+        // `c*` may match nothing: every value starting with "ab" matches.
+        assert_eq!(ranges("^abc*"), vec![("ab".into(), true)]);
+        assert_eq!(ranges("^abc+"), vec![("abc".into(), false)]);
+        assert_eq!(ranges("^a.c"), vec![("a".into(), false)]);
+        assert_eq!(ranges("^a|b"), all);
+        assert_eq!(ranges("^ab\\.c"), vec![("ab.c".into(), true)]);
+        // Overlapping prefixes collapse to the outer range.
+        assert_eq!(ranges("^(ab|abc)"), vec![("ab".into(), true)]);
+        assert_eq!(
+            ranges("^(abc|ab)x"),
+            vec![("abcx".into(), true), ("abx".into(), true)]
+        );
+        assert_eq!(ranges("^.*"), all);
     }
 }
