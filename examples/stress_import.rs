@@ -26,8 +26,10 @@
 
 #[path = "../benches/support/fleet.rs"]
 mod fleet;
+#[path = "../benches/support/watchdog.rs"]
+mod watchdog;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -215,7 +217,7 @@ fn watch_child(argv: &[String], stall: u64, dump: &Path, dumped: &mut bool) -> O
         }
     });
     let mut last = String::new();
-    let (mut progressed, mut cpu) = (Instant::now(), cpu_ticks(child.id()));
+    let (mut progressed, mut cpu) = (Instant::now(), watchdog::cpu_ticks(child.id()));
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(line) => {
@@ -224,7 +226,7 @@ fn watch_child(argv: &[String], stall: u64, dump: &Path, dumped: &mut bool) -> O
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let now = cpu_ticks(child.id());
+                let now = watchdog::cpu_ticks(child.id());
                 if now != cpu {
                     (cpu, progressed) = (now, Instant::now());
                 } else if progressed.elapsed() >= Duration::from_secs(stall) {
@@ -250,37 +252,11 @@ fn watch_child(argv: &[String], stall: u64, dump: &Path, dumped: &mut bool) -> O
     }
 }
 
-/// User + system CPU ticks of a process, all threads (`/proc/PID/stat`).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    field(11) + field(12)
-}
-
 fn dump_threads(pid: u32, to: &Path, last: &str) -> bool {
-    let out = Command::new("gdb")
-        .args([
-            "-p",
-            &pid.to_string(),
-            "-batch",
-            "-ex",
-            "thread apply all bt",
-        ])
-        .output();
-    match out {
-        Ok(o) => {
-            let mut f = match std::fs::File::create(to) {
-                Ok(f) => f,
-                Err(_) => return false,
-            };
-            let _ = writeln!(f, "# last progress line: {last}");
-            f.write_all(&o.stdout).is_ok()
-        }
+    match watchdog::stacks(pid) {
+        Ok(stacks) => std::fs::write(to, format!("# last progress line: {last}\n{stacks}")).is_ok(),
         Err(e) => {
-            println!("(no stack dump: gdb: {e})");
+            println!("({e})");
             false
         }
     }

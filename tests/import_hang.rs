@@ -7,6 +7,8 @@
 //! `vendor/sled/PATCHES.md`).
 
 mod common;
+#[path = "../benches/support/watchdog.rs"]
+mod watchdog;
 
 use std::io::Write as _;
 use std::process::Command;
@@ -52,29 +54,6 @@ fn setup(s: &Store) {
     }
 }
 
-/// Every thread's stack of process `pid`, if gdb is there.
-fn stacks(pid: u32) -> String {
-    Command::new("gdb")
-        .args([
-            "-p",
-            &pid.to_string(),
-            "-batch",
-            "-ex",
-            "thread apply all bt",
-        ])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_else(|e| format!("(no stacks: gdb: {e})"))
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    field(11) + field(12)
-}
-
 #[test]
 fn cli_imports_into_fresh_stores_finish() {
     let dir = tempfile::tempdir().unwrap();
@@ -92,17 +71,17 @@ fn cli_imports_into_fresh_stores_finish() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let (mut cpu, mut progressed) = (cpu_ticks(child.id()), Instant::now());
+        let (mut cpu, mut progressed) = (watchdog::cpu_ticks(child.id()), Instant::now());
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
             }
             std::thread::sleep(Duration::from_millis(200));
-            let now = cpu_ticks(child.id());
+            let now = watchdog::cpu_ticks(child.id());
             if now != cpu {
                 (cpu, progressed) = (now, Instant::now());
             } else if progressed.elapsed() > STALL {
-                let dump = stacks(child.id());
+                let dump = watchdog::stacks(child.id()).unwrap_or_else(|e| e);
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("import {run} hung (no CPU for {STALL:?}):\n{dump}");
@@ -134,7 +113,7 @@ fn an_import_with_concurrent_writers_keeps_moving_for_a_minute() {
                 if now != seen {
                     (seen, since) = (now, Instant::now());
                 } else if since.elapsed() > STALL {
-                    let dump = stacks(std::process::id());
+                    let dump = watchdog::stacks(std::process::id()).unwrap_or_else(|e| e);
                     let mut err = std::io::stderr();
                     let _ = writeln!(err, "import with writers hung after {seen} steps:\n{dump}");
                     std::process::exit(101);

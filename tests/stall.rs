@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{embedded, run, BIN};
+use common::{embedded, run, Server, BIN};
 use fleetkv::Store;
 
 /// The CLI on `db` with a 1 s stall limit and `fault` injected.
@@ -79,31 +78,12 @@ fn a_server_answers_503_after_a_stall_keeps_reading_and_stops_cleanly() {
     let (_dir, db) = fresh_store();
     // The store exists already, so the server's first commit is the first
     // create: it succeeds, the second stalls.
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--stall-timeout",
-            "1",
-            "--data",
-        ])
-        .arg(&db)
-        .env("FLEETKV_FAULT_STALL", "commit:2")
-        .env_remove("FLEETKV_DATA")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(u) = line.strip_prefix("fleetkv: listening on ") {
-            break u.to_string();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    let key = std::fs::read_to_string(db.join("admin.key")).unwrap();
-    let auth = format!("Bearer {}", key.trim());
+    let mut server = Server::start_at_env(
+        &db,
+        &["--stall-timeout", "1"],
+        &[("FLEETKV_FAULT_STALL", "commit:2")],
+    );
+    let (url, auth) = (server.url.clone(), server.bearer());
     let post = |name: &str| match ureq::post(&format!("{url}/api/v3/machines"))
         .set("Authorization", &auth)
         .set("Content-Type", "application/json")
@@ -143,12 +123,12 @@ fn a_server_answers_503_after_a_stall_keeps_reading_and_stops_cleanly() {
     assert!(err.contains("busy"), "{err}");
     // SIGTERM still ends the process.
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     let started = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().unwrap() {
             assert!(status.success() || status.code().is_some(), "{status:?}");
             break;
         }

@@ -26,20 +26,26 @@ impl Server {
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let data = dir.path().join("db");
-        Server::spawn(dir, &data, extra)
+        Server::spawn(dir, &data, extra, &[])
     }
 
     /// A server on the store at `data`, which the caller keeps (`dir` is
     /// then an empty scratch directory).
     pub fn start_at(data: &Path, extra: &[&str]) -> Server {
-        Server::spawn(tempfile::tempdir().unwrap(), data, extra)
+        Server::start_at_env(data, extra, &[])
     }
 
-    fn spawn(dir: tempfile::TempDir, data: &Path, extra: &[&str]) -> Server {
+    /// [`Server::start_at`] with extra environment variables.
+    pub fn start_at_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn(tempfile::tempdir().unwrap(), data, extra, env)
+    }
+
+    fn spawn(dir: tempfile::TempDir, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("FLEETKV_DATA")
             .stderr(Stdio::piped())
             .spawn()
