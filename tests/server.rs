@@ -723,6 +723,80 @@ fn tls_serves_the_cli_and_refuses_plain_clients() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("TLS key"));
 }
 
+/// A raw request (no client normalises the path): (status line, body).
+fn raw_get(s: &Server, path: &str) -> (String, Value) {
+    let answer = raw(
+        s,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            s.bearer()
+        ),
+    );
+    let status = answer.lines().next().unwrap_or("").to_string();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, v)
+}
+
+#[test]
+fn percent_encoded_path_segments() {
+    let s = Server::start(&[]);
+    let def = json!({"Name": "my/data", "Schema": {"type": "string", "default": "none"}});
+    assert_eq!(s.json("POST", "/params", &def).0, 201);
+    assert_eq!(s.json("POST", "/machines", &json!({"Name": "m1"})).0, 201);
+    assert_eq!(s.json("POST", "/profiles", &json!({"Name": "p1"})).0, 201);
+    // What drppy-client sends: every reserved character encoded, `:` too.
+    let (st, v, _) = s.call("GET", "/params/my%2Fdata", None, &[]);
+    assert_eq!((st, &v["Name"]), (200, &json!("my/data")), "{v}");
+    let (st, v) = s.json(
+        "POST",
+        "/machines/Name%3Am1/params/my%2Fdata",
+        &json!("set"),
+    );
+    assert_eq!((st, v), (200, json!("set")));
+    let (_, v, _) = s.call("GET", "/machines/Name:m1/params/my/data", None, &[]);
+    assert_eq!(v, json!("set"), "raw and encoded slashes name one param");
+    let (st, v, _) = s.call("GET", "/machines/Name%3Am1/params/my%2Fdata", None, &[]);
+    assert_eq!((st, v), (200, json!("set")));
+    // Decoded once: `%252F` is the three characters `%2F`, not a slash.
+    let (st, v) = s.json("POST", "/profiles/p1/params/a%252Fb", &json!(1));
+    assert_eq!((st, v), (200, json!(1)));
+    let (_, v, _) = s.call("GET", "/profiles/p1/params", None, &[]);
+    assert_eq!(v, json!({"a%2Fb": 1}));
+    let def = json!({"Name": "my/data", "Description": "d", "Schema": {"type": "string"}});
+    let (st, v) = s.json("PUT", "/params/my%2Fdata", &def);
+    assert_eq!((st, &v["Description"]), (200, &json!("d")), "{v}");
+
+    // Refused, DRP-shaped, naming the segment.
+    let refused = [
+        ("/api/v3/machines/a%2Fb", "a/b"),
+        ("/api/v3/profiles/p%2F1/params", "p/1"),
+        ("/api/v3/clusters/c%2Fd/members", "c/d"),
+        ("/api/v3/machines/%FF", "%FF"),
+        ("/api/v3/machines/Name:m1/params/my%C3", "my%C3"),
+        ("/api/v3/machines/%zz", "%zz"),
+        ("/api/v3/params/%2E%2E", "%2E%2E"),
+        ("/api/v3/params/my%2F..%2Fdata", "my%2F..%2Fdata"),
+        ("/api/v3/params/my%2F%2Fdata", "my%2F%2Fdata"),
+        ("/api/v3/machines/Name:m1/params/a/../b", ".."),
+        ("/api/v3/machines//params", "\"\""),
+        ("/api/v3/machines/Name:m1/params/a%00b", "a%00b"),
+    ];
+    for (path, named) in refused {
+        let (status, v) = raw_get(&s, path);
+        assert!(status.starts_with("HTTP/1.1 400"), "{path}: {status} {v}");
+        drp_error(&v, 400);
+        let msg = v["Messages"][0].as_str().unwrap_or("");
+        assert!(msg.contains(named), "{path}: {msg:?} names {named}");
+    }
+    // Nothing was written by the refused requests.
+    let (_, v, n) = s.call("GET", "/machines", None, &[]);
+    assert_eq!(
+        (n, v[0]["Params"].clone()),
+        (Some(1), json!({"my/data": "set"}))
+    );
+}
+
 #[test]
 fn coordination_endpoints() {
     let s = Server::start(&[]);

@@ -238,25 +238,26 @@ fn kind_of(s: &str) -> ApiResult<Kind> {
     }
 }
 
-/// An object key from one path segment: no `/` (an encoded slash), no dot
-/// segments.
+/// A machine or profile key from one (decoded) path segment: such a name
+/// cannot hold a `/`, so an encoded slash (`%2F`) is refused here. Empty,
+/// dot and non-UTF-8 segments never get this far (see [`check_path`]).
 pub(crate) fn check_id(id: &str) -> ApiResult<()> {
-    if id.is_empty() || id == "." || id == ".." || id.contains('/') || id.contains('\0') {
-        return Err(ApiError::bad_request(format!("bad object key {id:?}")));
+    if id.contains('/') {
+        return Err(ApiError::bad_request(format!(
+            "path segment {id:?}: a machine or profile name cannot hold '/'"
+        ))
+        .about("", id));
     }
     Ok(())
 }
 
-/// A param name from the wildcard: `/`-separated, no empty or dot segments.
-fn check_key(key: &str) -> ApiResult<()> {
-    if key
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-        || key.contains('\0')
-    {
-        return Err(ApiError::bad_request(format!("bad param name {key:?}")));
+/// The key of a `{kind}` object: param definitions are named like the
+/// params they define, so theirs may hold `/` (`/params/my%2Fdata`).
+fn check_key_of(kind: Kind, id: &str) -> ApiResult<()> {
+    match kind {
+        Kind::Param => Ok(()),
+        _ => check_id(id).map_err(|e| e.about(kind.plural(), id)),
     }
-    Ok(())
 }
 
 fn with_params(kind: Kind) -> ApiResult<()> {
@@ -276,19 +277,20 @@ pub(crate) fn ok(status: StatusCode, v: Value) -> Response {
     (status, Json(v)).into_response()
 }
 
-/// Decodes `%XX` and `+`.
-pub(crate) fn url_decode(s: &str) -> ApiResult<String> {
+/// Percent-decodes `s`, `+` as a space when `plus` (query strings, not
+/// paths); the error gives the offset of a `%` without two hex digits.
+fn unescape(s: &str, plus: bool) -> Result<Vec<u8>, usize> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus => out.push(b' '),
             b'%' => {
                 let hex = s
                     .get(i + 1..i + 3)
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| ApiError::bad_request(format!("bad %-escape at {i}")))?;
+                    .ok_or(i)?;
                 out.push(hex);
                 i += 2;
             }
@@ -296,7 +298,55 @@ pub(crate) fn url_decode(s: &str) -> ApiResult<String> {
         }
         i += 1;
     }
+    Ok(out)
+}
+
+/// Decodes a query-string part: `%XX` and `+`.
+pub(crate) fn url_decode(s: &str) -> ApiResult<String> {
+    let out =
+        unescape(s, true).map_err(|i| ApiError::bad_request(format!("bad %-escape at {i}")))?;
     String::from_utf8(out).map_err(|_| ApiError::bad_request("query is not UTF-8"))
+}
+
+/// Middleware: each segment of an `/api/v3/…` path, percent-decoded once,
+/// must be UTF-8 without NUL, and neither it nor any `/`-separated part of
+/// it (`%2F` decodes to a slash: `params/my%2Fdata`) may be empty, `.` or
+/// `..`. axum decodes the same segments once for `Path`; this refuses, with
+/// a 400 naming the segment, what no handler could take. Whether a name may
+/// hold `/` at all depends on its kind: see [`check_id`].
+pub async fn check_path(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match req
+        .uri()
+        .path()
+        .strip_prefix("/api/v3/")
+        .map(check_segments)
+    {
+        Some(Err(e)) => e.into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+fn check_segments(path: &str) -> ApiResult<()> {
+    for raw in path.split('/') {
+        let bad = |why: String| {
+            Err(ApiError::bad_request(format!("path segment {raw:?} {why}")).about("", raw))
+        };
+        if raw.is_empty() {
+            return bad("is empty".to_string());
+        }
+        let text = match unescape(raw, false).map(String::from_utf8) {
+            Err(i) => return bad(format!("has a bad %-escape at {i}")),
+            Ok(Err(_)) => return bad("does not decode to UTF-8".to_string()),
+            Ok(Ok(t)) => t,
+        };
+        if text.contains('\0') {
+            return bad("decodes to a NUL".to_string());
+        }
+        if text.split('/').any(|p| matches!(p, "" | "." | "..")) {
+            return bad(format!("decodes to {text:?}: an empty, . or .. name part"));
+        }
+    }
+    Ok(())
 }
 
 fn flag(key: &str, v: &str) -> ApiResult<bool> {
@@ -530,7 +580,7 @@ pub async fn show(
     Path((kind, id)): Path<(String, String)>,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "get", &id)?;
     Ok(ok(StatusCode::OK, get_obj(&app.store, kind, &id)?))
 }
@@ -549,7 +599,7 @@ pub async fn replace(
     body: Bytes,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "update", &id)?;
     let (doc, _) = json_body(&headers, &body, JSON)?;
     let v = app
@@ -598,7 +648,7 @@ pub async fn patch(
     body: Bytes,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "patch", &id)?;
     let (doc, ct) = json_body(&headers, &body, PATCH_TYPES)?;
     let merge = match ct.as_str() {
@@ -628,7 +678,7 @@ pub async fn destroy(
     Path((kind, id)): Path<(String, String)>,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "delete", &id)?;
     let v = app
         .write(move |s| {
@@ -666,7 +716,7 @@ pub async fn params(
     RawQuery(q): RawQuery,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "get", &id)?;
     let aggregate = aggregate_of(q.as_deref())?;
@@ -731,7 +781,7 @@ pub async fn patch_params(
     body: Bytes,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "patch", &id)?;
     let (doc, _) = json_body(
@@ -762,8 +812,7 @@ pub async fn get_param(
     RawQuery(q): RawQuery,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
-    check_key(&key)?;
+    check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "get", &id)?;
     let aggregate = aggregate_of(q.as_deref())?;
@@ -789,8 +838,7 @@ pub async fn set_param(
     body: Bytes,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
-    check_key(&key)?;
+    check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
     let (value, _) = json_body(&headers, &body, JSON)?;
@@ -843,8 +891,7 @@ pub async fn remove_param(
     Path((kind, id, key)): Path<(String, String, String)>,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
-    check_key(&key)?;
+    check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
     let v = app

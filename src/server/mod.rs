@@ -24,7 +24,10 @@
 //! Besides: the coordination verbs ([`coord`]), the cluster verbs
 //! ([`cluster`]) and bulk import / export ([`transfer`]), each with its table.
 //!
-//! `{kind}` is `machines`, `profiles` or `params`. Compare-and-set over
+//! `{kind}` is `machines`, `profiles` or `params`. Path segments are
+//! percent-decoded once (`params/my%2Fdata` names param `my/data`; a
+//! machine or profile name cannot hold `/`), as DRP's clients send them.
+//! Compare-and-set over
 //! HTTP: a `PATCH` whose `test` operations fail is a 409 and writes nothing;
 //! `POST …/params/KEY` with `X-Fleetkv-Expect: <JSON>` (or `absent`) sets the
 //! param only if it holds that value.
@@ -155,6 +158,7 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         .layer(from_fn_with_state(app.clone(), authenticate))
         // Unauthenticated: health and version.
         .route("/api/v3/info", get(api::info))
+        .layer(from_fn(api::check_path))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
