@@ -798,6 +798,93 @@ fn percent_encoded_path_segments() {
 }
 
 #[test]
+fn go_booleans_in_queries() {
+    let s = Server::start(&[]);
+    let def = json!({"Name": "my/data", "Schema": {"type": "string", "default": "none"}});
+    assert_eq!(s.json("POST", "/params", &def).0, 201);
+    for n in ["a", "b"] {
+        assert_eq!(s.json("POST", "/machines", &json!({"Name": n})).0, 201);
+    }
+    for t in ["1", "t", "T", "TRUE", "true", "True"] {
+        let (st, v, _) = s.call(
+            "GET",
+            &format!("/machines/Name:a/params?aggregate={t}"),
+            None,
+            &[],
+        );
+        assert_eq!(
+            (st, &v["my/data"]),
+            (200, &json!("none")),
+            "aggregate={t}: {v}"
+        );
+        let (_, v, _) = s.call(
+            "GET",
+            &format!("/machines?sort=Name&reverse={t}"),
+            None,
+            &[],
+        );
+        assert_eq!(v[0]["Name"], "b", "reverse={t}");
+    }
+    for f in ["0", "f", "F", "FALSE", "false", "False"] {
+        let (st, v, _) = s.call(
+            "GET",
+            &format!("/machines/Name:a/params?aggregate={f}"),
+            None,
+            &[],
+        );
+        assert_eq!((st, v), (200, json!({})), "aggregate={f}");
+        let (_, v, _) = s.call(
+            "GET",
+            &format!("/machines?sort=Name&reverse={f}"),
+            None,
+            &[],
+        );
+        assert_eq!(v[0]["Name"], "a", "reverse={f}");
+    }
+    // The SDK's other booleans: aggregate on one object, decode (a no-op:
+    // secure params are stored as sent).
+    let (st, v, _) = s.call(
+        "GET",
+        "/machines/Name:a?aggregate=True&decode=True",
+        None,
+        &[],
+    );
+    assert_eq!((st, &v["Params"]["my/data"]), (200, &json!("none")), "{v}");
+    let (_, v, _) = s.call("GET", "/machines/Name:a", None, &[]);
+    assert_eq!(v["Params"], json!({}));
+    let (st, v, _) = s.call("GET", "/machines?decode=1&aggregate=T", None, &[]);
+    assert_eq!(
+        (st, &v[1]["Params"]["my/data"]),
+        (200, &json!("none")),
+        "{v}"
+    );
+    let (st, _, n) = s.call("HEAD", "/machines?reverse=False&Name=Eq(a)", None, &[]);
+    assert_eq!((st, n), (200, Some(1)));
+    for path in [
+        "/machines/Name:a/params?aggregate=yes",
+        "/machines/Name:a/params/my%2Fdata?aggregate=tRUE",
+        "/machines/Name:a?decode=2",
+        "/machines?reverse=on",
+        "/machines?decode=nope",
+        "/profiles?aggregate=",
+    ] {
+        let (st, v, _) = s.call("GET", path, None, &[]);
+        if path.ends_with('=') {
+            assert_eq!(st, 200, "a bare key is true: {v}");
+            continue;
+        }
+        assert_eq!(st, 400, "{path}: {v}");
+        drp_error(&v, 400);
+        let msg = v["Messages"][0].as_str().unwrap_or("");
+        let key = path.split('?').nth(1).unwrap().split('=').next().unwrap();
+        assert!(
+            msg.contains(key) && msg.contains("True, 0, f"),
+            "{path}: {msg}"
+        );
+    }
+}
+
+#[test]
 fn coordination_endpoints() {
     let s = Server::start(&[]);
     for body in [

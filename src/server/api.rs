@@ -123,6 +123,8 @@ pub(crate) struct ListParams {
     params: Option<String>,
     /// Effective params (`true`).
     aggregate: Option<bool>,
+    /// Accepted for DRP's clients; no effect (secure params are stored as sent).
+    decode: Option<bool>,
     /// fleetkv extension: a filter in fleetkv's text form (`Name Eq a Or Name Eq b`), ANDed with the others.
     filter: Option<String>,
 }
@@ -134,6 +136,8 @@ pub(crate) struct ListParams {
 struct AggregateParam {
     /// Effective params (own → profiles → global → default).
     aggregate: Option<bool>,
+    /// Accepted for DRP's clients; no effect (secure params are stored as sent).
+    decode: Option<bool>,
 }
 
 /// `GET /api/v3/info`.
@@ -349,14 +353,13 @@ fn check_segments(path: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// A boolean query value, spelt as DRP's Go parser takes it (the Python
+/// SDK sends `True`); a bare key (`?reverse`) is true, as before.
 fn flag(key: &str, v: &str) -> ApiResult<bool> {
-    match v {
-        "" | "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(ApiError::bad_request(format!(
-            "{key}={v}: expected true or false"
-        ))),
+    if v.is_empty() {
+        return Ok(true);
     }
+    crate::wire::parse_bool_named(key, v).map_err(ApiError::bad_request)
 }
 
 fn number(key: &str, v: &str) -> ApiResult<usize> {
@@ -385,7 +388,15 @@ pub(crate) fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
         let key = url_decode(k)?;
         let listing_key = matches!(
             key.as_str(),
-            "sort" | "limit" | "offset" | "reverse" | "slim" | "params" | "aggregate" | "filter"
+            "sort"
+                | "limit"
+                | "offset"
+                | "reverse"
+                | "slim"
+                | "params"
+                | "aggregate"
+                | "decode"
+                | "filter"
         );
         if listing_key {
             let v = url_decode(v)?;
@@ -395,6 +406,10 @@ pub(crate) fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
                 "offset" => opts.offset = number(&key, &v)?,
                 "reverse" => opts.reverse = flag(&key, &v)?,
                 "aggregate" => opts.aggregate = flag(&key, &v)?,
+                // Secure params are stored as sent: always "decoded".
+                "decode" => {
+                    flag(&key, &v)?;
+                }
                 "slim" => opts.slim = csv(&v),
                 "params" => opts.params = Some(csv(&v)),
                 _ => {
@@ -568,21 +583,30 @@ fn get_obj(s: &Store, kind: Kind, id: &str) -> ApiResult<Value> {
     })
 }
 
-/// Shows one object.
+/// Shows one object (`aggregate=true`: a machine or profile with its
+/// effective params).
 #[utoipa::path(get, path = "/api/v3/{kind}/{id}",
     params(("kind" = Collection, Path, description = "machines, profiles or params"),
-        ("id" = String, Path, description = "Uuid, Name:…, Key:… or name")),
+        ("id" = String, Path, description = "Uuid, Name:…, Key:… or name"), AggregateParam),
     responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody)))]
 pub async fn show(
     State(app): St,
     Extension(who): Extension<Principal>,
     Path((kind, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
     check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "get", &id)?;
-    Ok(ok(StatusCode::OK, get_obj(&app.store, kind, &id)?))
+    let aggregate = aggregate_of(q.as_deref())? && kind != Kind::Param;
+    let mut v = get_obj(&app.store, kind, &id)?;
+    if aggregate {
+        // Two reads, as DRP's own aggregate is computed apart from the
+        // object; a write in between shows in the params only.
+        v["Params"] = Value::Object(params_of(&app.store, kind, &id, true)?);
+    }
+    Ok(ok(StatusCode::OK, v))
 }
 
 /// Replaces one object.
@@ -724,12 +748,19 @@ pub async fn params(
     Ok(ok(StatusCode::OK, Value::Object(v)))
 }
 
+/// `?aggregate=` of a one-object read. `decode` is checked like every DRP
+/// boolean but changes nothing (secure params are stored as sent); other
+/// keys (`commented`, `reduced`…) are ignored.
 fn aggregate_of(q: Option<&str>) -> ApiResult<bool> {
     let mut out = false;
     for part in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        if url_decode(k)? == "aggregate" {
-            out = flag("aggregate", &url_decode(v)?)?;
+        match url_decode(k)?.as_str() {
+            "aggregate" => out = flag("aggregate", &url_decode(v)?)?,
+            "decode" => {
+                flag("decode", &url_decode(v)?)?;
+            }
+            _ => {}
         }
     }
     Ok(out)

@@ -11,9 +11,9 @@
 //! | --- | --- | --- |
 //! | GET | `/api/v3/info` | health and version |
 //! | GET | `/api/v3/openapi.json` | this API, generated from the code |
-//! | GET, HEAD | `/api/v3/{kind}?FILTER&sort=&limit=&offset=&reverse=&slim=&params=&aggregate=` | list / count (`X-DRP-List-Count`) |
+//! | GET, HEAD | `/api/v3/{kind}?FILTER&sort=&limit=&offset=&reverse=&slim=&params=&aggregate=&decode=` | list / count (`X-DRP-List-Count`) |
 //! | POST | `/api/v3/{kind}` | create |
-//! | GET, PUT, PATCH, DELETE | `/api/v3/{kind}/{id}` | get, replace, patch (JSON Patch or merge patch), delete |
+//! | GET, PUT, PATCH, DELETE | `/api/v3/{kind}/{id}` | get (`?aggregate=true`), replace, patch (JSON Patch or merge patch), delete |
 //! | GET, PATCH | `/api/v3/{kind}/{id}/params` | params (`?aggregate=true`), JSON Patch on the params map |
 //! | GET, POST, DELETE | `/api/v3/{kind}/{id}/params/{key…}` | get, set (CAS with `X-Fleetkv-Expect`), remove |
 //! | | tokens, waits, election, workflow-all, render, events | the coordination verbs: see [`coord`] |
@@ -26,7 +26,8 @@
 //!
 //! `{kind}` is `machines`, `profiles` or `params`. Path segments are
 //! percent-decoded once (`params/my%2Fdata` names param `my/data`; a
-//! machine or profile name cannot hold `/`), as DRP's clients send them.
+//! machine or profile name cannot hold `/`); boolean query values take Go's
+//! spellings (`True`, `1`, `f`…, see [`crate::wire`]), as DRP does.
 //! Compare-and-set over
 //! HTTP: a `PATCH` whose `test` operations fail is a 409 and writes nothing;
 //! `POST …/params/KEY` with `X-Fleetkv-Expect: <JSON>` (or `absent`) sets the
