@@ -885,6 +885,67 @@ fn go_booleans_in_queries() {
 }
 
 #[test]
+fn post_params_replaces_them_all() {
+    let s = Server::start(&[]);
+    let def = json!({"Name": "cluster/leader", "Schema": {"type": "boolean", "default": false}});
+    assert_eq!(s.json("POST", "/params", &def).0, 201);
+    let m = json!({"Name": "m1", "Params": {"old": 1, "cluster/leader": true}});
+    assert_eq!(s.json("POST", "/machines", &m).0, 201);
+    let p = json!({"Name": "p1", "Params": {"old": 1}});
+    assert_eq!(s.json("POST", "/profiles", &p).0, 201);
+    let all = json!({"new": [1, 2], "cluster/leader": false});
+    for obj in ["/machines/Name%3Am1", "/profiles/p1"] {
+        let (st, v) = s.json("POST", &format!("{obj}/params"), &all);
+        assert_eq!((st, &v), (200, &all), "{obj}");
+        let (_, v, _) = s.call("GET", &format!("{obj}/params"), None, &[]);
+        assert_eq!(v, all, "{obj}: the old params are gone");
+        // A value its definition refuses, or a body that is not an object:
+        // 400, nothing written.
+        let (st, v) = s.json(
+            "POST",
+            &format!("{obj}/params"),
+            &json!({"cluster/leader": "x"}),
+        );
+        assert_eq!(st, 400, "{obj}: {v}");
+        drp_error(&v, 400);
+        let (st, v) = s.json("POST", &format!("{obj}/params"), &json!([1]));
+        assert_eq!(st, 400, "{obj}: {v}");
+        let (_, v, _) = s.call("GET", &format!("{obj}/params"), None, &[]);
+        assert_eq!(v, all, "{obj}: unchanged");
+    }
+    assert_eq!(
+        s.json("POST", "/params/cluster%2Fleader/params", &all).0,
+        400
+    );
+    assert_eq!(s.json("POST", "/machines/Name:nope/params", &all).0, 404);
+    let (st, _) = s.json("POST", "/machines/Name:m1/params", &json!({}));
+    assert_eq!(st, 200);
+    let (_, v, _) = s.call("GET", "/machines/Name:m1", None, &[]);
+    assert_eq!(v["Params"], json!({}));
+    // The claim is param-set, as for one param: a profile token may replace
+    // its profile's params, not another's.
+    assert_eq!(s.json("POST", "/profiles", &json!({"Name": "p2"})).0, 201);
+    let (_, v, _) = s.call("POST", "/profiles/p1/token?ttl=60", None, &[]);
+    let token = format!("Bearer {}", v["Token"].as_str().unwrap_or(""));
+    let body = json!({"k": "v"}).to_string();
+    let with = |p: &str| {
+        let (st, v, _) = s.call(
+            "POST",
+            p,
+            Some(("application/json", &body)),
+            &[("Authorization", &token)],
+        );
+        (st, v)
+    };
+    assert_eq!(with("/profiles/p1/params").0, 200);
+    let (st, v) = with("/profiles/p2/params");
+    assert_eq!(st, 403, "{v}");
+    drp_error(&v, 403);
+    let (_, v, _) = s.call("GET", "/profiles/p2/params", None, &[]);
+    assert_eq!(v, json!({}));
+}
+
+#[test]
 fn coordination_endpoints() {
     let s = Server::start(&[]);
     for body in [
@@ -1114,6 +1175,7 @@ fn openapi_documents_every_route() {
         ("delete", "/api/v3/{kind}/{id}"),
         ("get", "/api/v3/{kind}/{id}/params"),
         ("patch", "/api/v3/{kind}/{id}/params"),
+        ("post", "/api/v3/{kind}/{id}/params"),
         ("get", "/api/v3/{kind}/{id}/params/{key}"),
         ("post", "/api/v3/{kind}/{id}/params/{key}"),
         ("delete", "/api/v3/{kind}/{id}/params/{key}"),

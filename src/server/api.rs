@@ -175,6 +175,7 @@ pub struct Info {
         destroy,
         params,
         patch_params,
+        replace_params,
         get_param,
         set_param,
         remove_param,
@@ -821,6 +822,42 @@ pub async fn patch_params(
         &["application/json-patch+json", "application/json"],
     )?;
     let ops = under_params(doc)?;
+    let v = app
+        .write(move |s| apply_patch(s, kind, &id, &ops, false))
+        .await?;
+    Ok(ok(
+        StatusCode::OK,
+        v.get("Params").cloned().unwrap_or(json!({})),
+    ))
+}
+
+/// Replaces all of the object's params with the posted object (DRP's `POST
+/// …/params`), in one write; answers the params after it. Needs the
+/// `param-set` claim, like setting or removing one param.
+#[utoipa::path(post, path = "/api/v3/{kind}/{id}/params",
+    params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path)),
+    request_body(content = Object, description = "Every param the object is to hold", content_type = "application/json"),
+    responses((status = 200, description = "The params now held", body = Object), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 413, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
+pub async fn replace_params(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_key_of(kind, &id)?;
+    with_params(kind)?;
+    app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
+    let (doc, _) = json_body(&headers, &body, JSON)?;
+    if !doc.is_object() {
+        return Err(ApiError::bad_request("params: expected a JSON object"));
+    }
+    // One JSON Patch op: the store checks every value against its schema
+    // and writes the whole map atomically, as for any other patch.
+    let ops = json!([{"op": "add", "path": "/Params", "value": doc}]);
     let v = app
         .write(move |s| apply_patch(s, kind, &id, &ops, false))
         .await?;

@@ -14,7 +14,7 @@
 //! | GET, HEAD | `/api/v3/{kind}?FILTER&sort=&limit=&offset=&reverse=&slim=&params=&aggregate=&decode=` | list / count (`X-DRP-List-Count`) |
 //! | POST | `/api/v3/{kind}` | create |
 //! | GET, PUT, PATCH, DELETE | `/api/v3/{kind}/{id}` | get (`?aggregate=true`), replace, patch (JSON Patch or merge patch), delete |
-//! | GET, PATCH | `/api/v3/{kind}/{id}/params` | params (`?aggregate=true`), JSON Patch on the params map |
+//! | GET, PATCH, POST | `/api/v3/{kind}/{id}/params` | params (`?aggregate=true`), JSON Patch on the params map, replace them all |
 //! | GET, POST, DELETE | `/api/v3/{kind}/{id}/params/{key…}` | get, set (CAS with `X-Fleetkv-Expect`), remove |
 //! | | tokens, waits, election, workflow-all, render, events | the coordination verbs: see [`coord`] |
 //!
@@ -147,7 +147,9 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         .route("/api/v3/profiles/{id}/token", post(coord::token))
         .route(
             "/api/v3/{kind}/{id}/params",
-            get(api::params).patch(api::patch_params),
+            get(api::params)
+                .patch(api::patch_params)
+                .post(api::replace_params),
         )
         .route(
             "/api/v3/{kind}/{id}/params/{*key}",
