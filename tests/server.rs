@@ -945,6 +945,42 @@ fn post_params_replaces_them_all() {
     assert_eq!(v, json!({}));
 }
 
+/// DRP's clients send a body (`{}`) with DELETE and sometimes GET; one the
+/// handler never reads, arriving after the headers, must not cost the
+/// kept-alive connection the next request.
+#[test]
+fn unread_bodies_keep_the_connection() {
+    use std::io::{Read as _, Write as _};
+    let s = Server::start(&[]);
+    for n in ["m1", "m2"] {
+        assert_eq!(s.json("POST", "/machines", &json!({"Name": n})).0, 201);
+    }
+    let addr = s.url.trim_start_matches("http://");
+    for (method, path) in [
+        ("DELETE", "/api/v3/machines/Name:m1"),
+        ("GET", "/api/v3/machines/Name:m2"),
+    ] {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+            s.bearer()
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Without the fix the server has closed by now: writes may fail.
+        let _ = c.write_all(b"{}");
+        let _ = c.write_all(b"GET /api/v3/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        assert_eq!(
+            out.matches("HTTP/1.1 200").count(),
+            2,
+            "{method} {path} then GET /info on one connection: {out}"
+        );
+    }
+}
+
 #[test]
 fn coordination_endpoints() {
     let s = Server::start(&[]);

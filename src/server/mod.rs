@@ -46,8 +46,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
@@ -162,6 +162,7 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         // Unauthenticated: health and version.
         .route("/api/v3/info", get(api::info))
         .layer(from_fn(api::check_path))
+        .layer(from_fn(read_body))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -181,6 +182,21 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
             req.extensions_mut().insert(p);
             next.run(req).await
         }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Reads the request body to its end before routing. A handler that takes
+/// no body (GET, DELETE) would drop it unread, and hyper then closes the
+/// connection unless the body's bytes happen to have arrived already: DRP's
+/// clients send `{}` with every DELETE, so their next request on that
+/// kept-alive connection failed. Bodies are bounded by the limit layers
+/// outside this one (an excess is a 413 here, as in a handler).
+async fn read_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let whole = Request::from_parts(parts.clone(), body);
+    match Bytes::from_request(whole, &()).await {
+        Ok(b) => next.run(Request::from_parts(parts, Body::from(b))).await,
         Err(e) => e.into_response(),
     }
 }
