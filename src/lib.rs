@@ -14,6 +14,7 @@ pub mod store;
 pub mod template;
 pub mod transfer;
 pub mod watch;
+pub mod wire;
 
 pub use auth::{AuthError, Claim, Scoped, TokenClaims};
 pub use cluster::{start_workflow, Cluster, Role, WorkflowReport};

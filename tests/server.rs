@@ -723,6 +723,264 @@ fn tls_serves_the_cli_and_refuses_plain_clients() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("TLS key"));
 }
 
+/// A raw request (no client normalises the path): (status line, body).
+fn raw_get(s: &Server, path: &str) -> (String, Value) {
+    let answer = raw(
+        s,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            s.bearer()
+        ),
+    );
+    let status = answer.lines().next().unwrap_or("").to_string();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, v)
+}
+
+#[test]
+fn percent_encoded_path_segments() {
+    let s = Server::start(&[]);
+    let def = json!({"Name": "my/data", "Schema": {"type": "string", "default": "none"}});
+    assert_eq!(s.json("POST", "/params", &def).0, 201);
+    assert_eq!(s.json("POST", "/machines", &json!({"Name": "m1"})).0, 201);
+    assert_eq!(s.json("POST", "/profiles", &json!({"Name": "p1"})).0, 201);
+    // What drppy-client sends: every reserved character encoded, `:` too.
+    let (st, v, _) = s.call("GET", "/params/my%2Fdata", None, &[]);
+    assert_eq!((st, &v["Name"]), (200, &json!("my/data")), "{v}");
+    let (st, v) = s.json(
+        "POST",
+        "/machines/Name%3Am1/params/my%2Fdata",
+        &json!("set"),
+    );
+    assert_eq!((st, v), (200, json!("set")));
+    let (_, v, _) = s.call("GET", "/machines/Name:m1/params/my/data", None, &[]);
+    assert_eq!(v, json!("set"), "raw and encoded slashes name one param");
+    let (st, v, _) = s.call("GET", "/machines/Name%3Am1/params/my%2Fdata", None, &[]);
+    assert_eq!((st, v), (200, json!("set")));
+    // Decoded once: `%252F` is the three characters `%2F`, not a slash.
+    let (st, v) = s.json("POST", "/profiles/p1/params/a%252Fb", &json!(1));
+    assert_eq!((st, v), (200, json!(1)));
+    let (_, v, _) = s.call("GET", "/profiles/p1/params", None, &[]);
+    assert_eq!(v, json!({"a%2Fb": 1}));
+    let def = json!({"Name": "my/data", "Description": "d", "Schema": {"type": "string"}});
+    let (st, v) = s.json("PUT", "/params/my%2Fdata", &def);
+    assert_eq!((st, &v["Description"]), (200, &json!("d")), "{v}");
+
+    // Refused, DRP-shaped, naming the segment.
+    let refused = [
+        ("/api/v3/machines/a%2Fb", "a/b"),
+        ("/api/v3/profiles/p%2F1/params", "p/1"),
+        ("/api/v3/clusters/c%2Fd/members", "c/d"),
+        ("/api/v3/machines/%FF", "%FF"),
+        ("/api/v3/machines/Name:m1/params/my%C3", "my%C3"),
+        ("/api/v3/machines/%zz", "%zz"),
+        ("/api/v3/params/%2E%2E", "%2E%2E"),
+        ("/api/v3/params/my%2F..%2Fdata", "my%2F..%2Fdata"),
+        ("/api/v3/params/my%2F%2Fdata", "my%2F%2Fdata"),
+        ("/api/v3/machines/Name:m1/params/a/../b", ".."),
+        ("/api/v3/machines//params", "\"\""),
+        ("/api/v3/machines/Name:m1/params/a%00b", "a%00b"),
+    ];
+    for (path, named) in refused {
+        let (status, v) = raw_get(&s, path);
+        assert!(status.starts_with("HTTP/1.1 400"), "{path}: {status} {v}");
+        drp_error(&v, 400);
+        let msg = v["Messages"][0].as_str().unwrap_or("");
+        assert!(msg.contains(named), "{path}: {msg:?} names {named}");
+    }
+    // Nothing was written by the refused requests.
+    let (_, v, n) = s.call("GET", "/machines", None, &[]);
+    assert_eq!(
+        (n, v[0]["Params"].clone()),
+        (Some(1), json!({"my/data": "set"}))
+    );
+}
+
+#[test]
+fn go_booleans_in_queries() {
+    let s = Server::start(&[]);
+    let def = json!({"Name": "my/data", "Schema": {"type": "string", "default": "none"}});
+    assert_eq!(s.json("POST", "/params", &def).0, 201);
+    for n in ["a", "b"] {
+        assert_eq!(s.json("POST", "/machines", &json!({"Name": n})).0, 201);
+    }
+    for t in ["1", "t", "T", "TRUE", "true", "True"] {
+        let (st, v, _) = s.call(
+            "GET",
+            &format!("/machines/Name:a/params?aggregate={t}"),
+            None,
+            &[],
+        );
+        assert_eq!(
+            (st, &v["my/data"]),
+            (200, &json!("none")),
+            "aggregate={t}: {v}"
+        );
+        let (_, v, _) = s.call(
+            "GET",
+            &format!("/machines?sort=Name&reverse={t}"),
+            None,
+            &[],
+        );
+        assert_eq!(v[0]["Name"], "b", "reverse={t}");
+    }
+    for f in ["0", "f", "F", "FALSE", "false", "False"] {
+        let (st, v, _) = s.call(
+            "GET",
+            &format!("/machines/Name:a/params?aggregate={f}"),
+            None,
+            &[],
+        );
+        assert_eq!((st, v), (200, json!({})), "aggregate={f}");
+        let (_, v, _) = s.call(
+            "GET",
+            &format!("/machines?sort=Name&reverse={f}"),
+            None,
+            &[],
+        );
+        assert_eq!(v[0]["Name"], "a", "reverse={f}");
+    }
+    // The SDK's other booleans: aggregate on one object, decode (a no-op:
+    // secure params are stored as sent).
+    let (st, v, _) = s.call(
+        "GET",
+        "/machines/Name:a?aggregate=True&decode=True",
+        None,
+        &[],
+    );
+    assert_eq!((st, &v["Params"]["my/data"]), (200, &json!("none")), "{v}");
+    let (_, v, _) = s.call("GET", "/machines/Name:a", None, &[]);
+    assert_eq!(v["Params"], json!({}));
+    let (st, v, _) = s.call("GET", "/machines?decode=1&aggregate=T", None, &[]);
+    assert_eq!(
+        (st, &v[1]["Params"]["my/data"]),
+        (200, &json!("none")),
+        "{v}"
+    );
+    let (st, _, n) = s.call("HEAD", "/machines?reverse=False&Name=Eq(a)", None, &[]);
+    assert_eq!((st, n), (200, Some(1)));
+    for path in [
+        "/machines/Name:a/params?aggregate=yes",
+        "/machines/Name:a/params/my%2Fdata?aggregate=tRUE",
+        "/machines/Name:a?decode=2",
+        "/machines?reverse=on",
+        "/machines?decode=nope",
+        "/profiles?aggregate=",
+    ] {
+        let (st, v, _) = s.call("GET", path, None, &[]);
+        if path.ends_with('=') {
+            assert_eq!(st, 200, "a bare key is true: {v}");
+            continue;
+        }
+        assert_eq!(st, 400, "{path}: {v}");
+        drp_error(&v, 400);
+        let msg = v["Messages"][0].as_str().unwrap_or("");
+        let key = path.split('?').nth(1).unwrap().split('=').next().unwrap();
+        assert!(
+            msg.contains(key) && msg.contains("True, 0, f"),
+            "{path}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn post_params_replaces_them_all() {
+    let s = Server::start(&[]);
+    let def = json!({"Name": "cluster/leader", "Schema": {"type": "boolean", "default": false}});
+    assert_eq!(s.json("POST", "/params", &def).0, 201);
+    let m = json!({"Name": "m1", "Params": {"old": 1, "cluster/leader": true}});
+    assert_eq!(s.json("POST", "/machines", &m).0, 201);
+    let p = json!({"Name": "p1", "Params": {"old": 1}});
+    assert_eq!(s.json("POST", "/profiles", &p).0, 201);
+    let all = json!({"new": [1, 2], "cluster/leader": false});
+    for obj in ["/machines/Name%3Am1", "/profiles/p1"] {
+        let (st, v) = s.json("POST", &format!("{obj}/params"), &all);
+        assert_eq!((st, &v), (200, &all), "{obj}");
+        let (_, v, _) = s.call("GET", &format!("{obj}/params"), None, &[]);
+        assert_eq!(v, all, "{obj}: the old params are gone");
+        // A value its definition refuses, or a body that is not an object:
+        // 400, nothing written.
+        let (st, v) = s.json(
+            "POST",
+            &format!("{obj}/params"),
+            &json!({"cluster/leader": "x"}),
+        );
+        assert_eq!(st, 400, "{obj}: {v}");
+        drp_error(&v, 400);
+        let (st, v) = s.json("POST", &format!("{obj}/params"), &json!([1]));
+        assert_eq!(st, 400, "{obj}: {v}");
+        let (_, v, _) = s.call("GET", &format!("{obj}/params"), None, &[]);
+        assert_eq!(v, all, "{obj}: unchanged");
+    }
+    assert_eq!(
+        s.json("POST", "/params/cluster%2Fleader/params", &all).0,
+        400
+    );
+    assert_eq!(s.json("POST", "/machines/Name:nope/params", &all).0, 404);
+    let (st, _) = s.json("POST", "/machines/Name:m1/params", &json!({}));
+    assert_eq!(st, 200);
+    let (_, v, _) = s.call("GET", "/machines/Name:m1", None, &[]);
+    assert_eq!(v["Params"], json!({}));
+    // The claim is param-set, as for one param: a profile token may replace
+    // its profile's params, not another's.
+    assert_eq!(s.json("POST", "/profiles", &json!({"Name": "p2"})).0, 201);
+    let (_, v, _) = s.call("POST", "/profiles/p1/token?ttl=60", None, &[]);
+    let token = format!("Bearer {}", v["Token"].as_str().unwrap_or(""));
+    let body = json!({"k": "v"}).to_string();
+    let with = |p: &str| {
+        let (st, v, _) = s.call(
+            "POST",
+            p,
+            Some(("application/json", &body)),
+            &[("Authorization", &token)],
+        );
+        (st, v)
+    };
+    assert_eq!(with("/profiles/p1/params").0, 200);
+    let (st, v) = with("/profiles/p2/params");
+    assert_eq!(st, 403, "{v}");
+    drp_error(&v, 403);
+    let (_, v, _) = s.call("GET", "/profiles/p2/params", None, &[]);
+    assert_eq!(v, json!({}));
+}
+
+/// DRP's clients send a body (`{}`) with DELETE and sometimes GET; one the
+/// handler never reads, arriving after the headers, must not cost the
+/// kept-alive connection the next request.
+#[test]
+fn unread_bodies_keep_the_connection() {
+    use std::io::{Read as _, Write as _};
+    let s = Server::start(&[]);
+    for n in ["m1", "m2"] {
+        assert_eq!(s.json("POST", "/machines", &json!({"Name": n})).0, 201);
+    }
+    let addr = s.url.trim_start_matches("http://");
+    for (method, path) in [
+        ("DELETE", "/api/v3/machines/Name:m1"),
+        ("GET", "/api/v3/machines/Name:m2"),
+    ] {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+            s.bearer()
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Without the fix the server has closed by now: writes may fail.
+        let _ = c.write_all(b"{}");
+        let _ = c.write_all(b"GET /api/v3/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        assert_eq!(
+            out.matches("HTTP/1.1 200").count(),
+            2,
+            "{method} {path} then GET /info on one connection: {out}"
+        );
+    }
+}
+
 #[test]
 fn coordination_endpoints() {
     let s = Server::start(&[]);
@@ -953,6 +1211,7 @@ fn openapi_documents_every_route() {
         ("delete", "/api/v3/{kind}/{id}"),
         ("get", "/api/v3/{kind}/{id}/params"),
         ("patch", "/api/v3/{kind}/{id}/params"),
+        ("post", "/api/v3/{kind}/{id}/params"),
         ("get", "/api/v3/{kind}/{id}/params/{key}"),
         ("post", "/api/v3/{kind}/{id}/params/{key}"),
         ("delete", "/api/v3/{kind}/{id}/params/{key}"),

@@ -123,6 +123,8 @@ pub(crate) struct ListParams {
     params: Option<String>,
     /// Effective params (`true`).
     aggregate: Option<bool>,
+    /// Accepted for DRP's clients; no effect (secure params are stored as sent).
+    decode: Option<bool>,
     /// fleetkv extension: a filter in fleetkv's text form (`Name Eq a Or Name Eq b`), ANDed with the others.
     filter: Option<String>,
 }
@@ -134,6 +136,8 @@ pub(crate) struct ListParams {
 struct AggregateParam {
     /// Effective params (own → profiles → global → default).
     aggregate: Option<bool>,
+    /// Accepted for DRP's clients; no effect (secure params are stored as sent).
+    decode: Option<bool>,
 }
 
 /// `GET /api/v3/info`.
@@ -171,6 +175,7 @@ pub struct Info {
         destroy,
         params,
         patch_params,
+        replace_params,
         get_param,
         set_param,
         remove_param,
@@ -238,25 +243,26 @@ fn kind_of(s: &str) -> ApiResult<Kind> {
     }
 }
 
-/// An object key from one path segment: no `/` (an encoded slash), no dot
-/// segments.
+/// A machine or profile key from one (decoded) path segment: such a name
+/// cannot hold a `/`, so an encoded slash (`%2F`) is refused here. Empty,
+/// dot and non-UTF-8 segments never get this far (see [`check_path`]).
 pub(crate) fn check_id(id: &str) -> ApiResult<()> {
-    if id.is_empty() || id == "." || id == ".." || id.contains('/') || id.contains('\0') {
-        return Err(ApiError::bad_request(format!("bad object key {id:?}")));
+    if id.contains('/') {
+        return Err(ApiError::bad_request(format!(
+            "path segment {id:?}: a machine or profile name cannot hold '/'"
+        ))
+        .about("", id));
     }
     Ok(())
 }
 
-/// A param name from the wildcard: `/`-separated, no empty or dot segments.
-fn check_key(key: &str) -> ApiResult<()> {
-    if key
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-        || key.contains('\0')
-    {
-        return Err(ApiError::bad_request(format!("bad param name {key:?}")));
+/// The key of a `{kind}` object: param definitions are named like the
+/// params they define, so theirs may hold `/` (`/params/my%2Fdata`).
+fn check_key_of(kind: Kind, id: &str) -> ApiResult<()> {
+    match kind {
+        Kind::Param => Ok(()),
+        _ => check_id(id).map_err(|e| e.about(kind.plural(), id)),
     }
-    Ok(())
 }
 
 fn with_params(kind: Kind) -> ApiResult<()> {
@@ -276,19 +282,20 @@ pub(crate) fn ok(status: StatusCode, v: Value) -> Response {
     (status, Json(v)).into_response()
 }
 
-/// Decodes `%XX` and `+`.
-pub(crate) fn url_decode(s: &str) -> ApiResult<String> {
+/// Percent-decodes `s`, `+` as a space when `plus` (query strings, not
+/// paths); the error gives the offset of a `%` without two hex digits.
+fn unescape(s: &str, plus: bool) -> Result<Vec<u8>, usize> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus => out.push(b' '),
             b'%' => {
                 let hex = s
                     .get(i + 1..i + 3)
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| ApiError::bad_request(format!("bad %-escape at {i}")))?;
+                    .ok_or(i)?;
                 out.push(hex);
                 i += 2;
             }
@@ -296,17 +303,64 @@ pub(crate) fn url_decode(s: &str) -> ApiResult<String> {
         }
         i += 1;
     }
+    Ok(out)
+}
+
+/// Decodes a query-string part: `%XX` and `+`.
+pub(crate) fn url_decode(s: &str) -> ApiResult<String> {
+    let out =
+        unescape(s, true).map_err(|i| ApiError::bad_request(format!("bad %-escape at {i}")))?;
     String::from_utf8(out).map_err(|_| ApiError::bad_request("query is not UTF-8"))
 }
 
-fn flag(key: &str, v: &str) -> ApiResult<bool> {
-    match v {
-        "" | "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(ApiError::bad_request(format!(
-            "{key}={v}: expected true or false"
-        ))),
+/// Middleware: each segment of an `/api/v3/…` path, percent-decoded once,
+/// must be UTF-8 without NUL, and neither it nor any `/`-separated part of
+/// it (`%2F` decodes to a slash: `params/my%2Fdata`) may be empty, `.` or
+/// `..`. axum decodes the same segments once for `Path`; this refuses, with
+/// a 400 naming the segment, what no handler could take. Whether a name may
+/// hold `/` at all depends on its kind: see [`check_id`].
+pub async fn check_path(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match req
+        .uri()
+        .path()
+        .strip_prefix("/api/v3/")
+        .map(check_segments)
+    {
+        Some(Err(e)) => e.into_response(),
+        _ => next.run(req).await,
     }
+}
+
+fn check_segments(path: &str) -> ApiResult<()> {
+    for raw in path.split('/') {
+        let bad = |why: String| {
+            Err(ApiError::bad_request(format!("path segment {raw:?} {why}")).about("", raw))
+        };
+        if raw.is_empty() {
+            return bad("is empty".to_string());
+        }
+        let text = match unescape(raw, false).map(String::from_utf8) {
+            Err(i) => return bad(format!("has a bad %-escape at {i}")),
+            Ok(Err(_)) => return bad("does not decode to UTF-8".to_string()),
+            Ok(Ok(t)) => t,
+        };
+        if text.contains('\0') {
+            return bad("decodes to a NUL".to_string());
+        }
+        if text.split('/').any(|p| matches!(p, "" | "." | "..")) {
+            return bad(format!("decodes to {text:?}: an empty, . or .. name part"));
+        }
+    }
+    Ok(())
+}
+
+/// A boolean query value, spelt as DRP's Go parser takes it (the Python
+/// SDK sends `True`); a bare key (`?reverse`) is true, as before.
+fn flag(key: &str, v: &str) -> ApiResult<bool> {
+    if v.is_empty() {
+        return Ok(true);
+    }
+    crate::wire::parse_bool_named(key, v).map_err(ApiError::bad_request)
 }
 
 fn number(key: &str, v: &str) -> ApiResult<usize> {
@@ -335,7 +389,15 @@ pub(crate) fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
         let key = url_decode(k)?;
         let listing_key = matches!(
             key.as_str(),
-            "sort" | "limit" | "offset" | "reverse" | "slim" | "params" | "aggregate" | "filter"
+            "sort"
+                | "limit"
+                | "offset"
+                | "reverse"
+                | "slim"
+                | "params"
+                | "aggregate"
+                | "decode"
+                | "filter"
         );
         if listing_key {
             let v = url_decode(v)?;
@@ -345,6 +407,10 @@ pub(crate) fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
                 "offset" => opts.offset = number(&key, &v)?,
                 "reverse" => opts.reverse = flag(&key, &v)?,
                 "aggregate" => opts.aggregate = flag(&key, &v)?,
+                // Secure params are stored as sent: always "decoded".
+                "decode" => {
+                    flag(&key, &v)?;
+                }
                 "slim" => opts.slim = csv(&v),
                 "params" => opts.params = Some(csv(&v)),
                 _ => {
@@ -518,21 +584,30 @@ fn get_obj(s: &Store, kind: Kind, id: &str) -> ApiResult<Value> {
     })
 }
 
-/// Shows one object.
+/// Shows one object (`aggregate=true`: a machine or profile with its
+/// effective params).
 #[utoipa::path(get, path = "/api/v3/{kind}/{id}",
     params(("kind" = Collection, Path, description = "machines, profiles or params"),
-        ("id" = String, Path, description = "Uuid, Name:…, Key:… or name")),
+        ("id" = String, Path, description = "Uuid, Name:…, Key:… or name"), AggregateParam),
     responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody)))]
 pub async fn show(
     State(app): St,
     Extension(who): Extension<Principal>,
     Path((kind, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "get", &id)?;
-    Ok(ok(StatusCode::OK, get_obj(&app.store, kind, &id)?))
+    let aggregate = aggregate_of(q.as_deref())? && kind != Kind::Param;
+    let mut v = get_obj(&app.store, kind, &id)?;
+    if aggregate {
+        // Two reads, as DRP's own aggregate is computed apart from the
+        // object; a write in between shows in the params only.
+        v["Params"] = Value::Object(params_of(&app.store, kind, &id, true)?);
+    }
+    Ok(ok(StatusCode::OK, v))
 }
 
 /// Replaces one object.
@@ -549,7 +624,7 @@ pub async fn replace(
     body: Bytes,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "update", &id)?;
     let (doc, _) = json_body(&headers, &body, JSON)?;
     let v = app
@@ -598,7 +673,7 @@ pub async fn patch(
     body: Bytes,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "patch", &id)?;
     let (doc, ct) = json_body(&headers, &body, PATCH_TYPES)?;
     let merge = match ct.as_str() {
@@ -628,7 +703,7 @@ pub async fn destroy(
     Path((kind, id)): Path<(String, String)>,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "delete", &id)?;
     let v = app
         .write(move |s| {
@@ -666,7 +741,7 @@ pub async fn params(
     RawQuery(q): RawQuery,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "get", &id)?;
     let aggregate = aggregate_of(q.as_deref())?;
@@ -674,12 +749,19 @@ pub async fn params(
     Ok(ok(StatusCode::OK, Value::Object(v)))
 }
 
+/// `?aggregate=` of a one-object read. `decode` is checked like every DRP
+/// boolean but changes nothing (secure params are stored as sent); other
+/// keys (`commented`, `reduced`…) are ignored.
 fn aggregate_of(q: Option<&str>) -> ApiResult<bool> {
     let mut out = false;
     for part in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        if url_decode(k)? == "aggregate" {
-            out = flag("aggregate", &url_decode(v)?)?;
+        match url_decode(k)?.as_str() {
+            "aggregate" => out = flag("aggregate", &url_decode(v)?)?,
+            "decode" => {
+                flag("decode", &url_decode(v)?)?;
+            }
+            _ => {}
         }
     }
     Ok(out)
@@ -731,7 +813,7 @@ pub async fn patch_params(
     body: Bytes,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
+    check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "patch", &id)?;
     let (doc, _) = json_body(
@@ -740,6 +822,42 @@ pub async fn patch_params(
         &["application/json-patch+json", "application/json"],
     )?;
     let ops = under_params(doc)?;
+    let v = app
+        .write(move |s| apply_patch(s, kind, &id, &ops, false))
+        .await?;
+    Ok(ok(
+        StatusCode::OK,
+        v.get("Params").cloned().unwrap_or(json!({})),
+    ))
+}
+
+/// Replaces all of the object's params with the posted object (DRP's `POST
+/// …/params`), in one write; answers the params after it. Needs the
+/// `param-set` claim, like setting or removing one param.
+#[utoipa::path(post, path = "/api/v3/{kind}/{id}/params",
+    params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path)),
+    request_body(content = Object, description = "Every param the object is to hold", content_type = "application/json"),
+    responses((status = 200, description = "The params now held", body = Object), (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 413, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
+pub async fn replace_params(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    check_key_of(kind, &id)?;
+    with_params(kind)?;
+    app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
+    let (doc, _) = json_body(&headers, &body, JSON)?;
+    if !doc.is_object() {
+        return Err(ApiError::bad_request("params: expected a JSON object"));
+    }
+    // One JSON Patch op: the store checks every value against its schema
+    // and writes the whole map atomically, as for any other patch.
+    let ops = json!([{"op": "add", "path": "/Params", "value": doc}]);
     let v = app
         .write(move |s| apply_patch(s, kind, &id, &ops, false))
         .await?;
@@ -762,8 +880,7 @@ pub async fn get_param(
     RawQuery(q): RawQuery,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
-    check_key(&key)?;
+    check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "get", &id)?;
     let aggregate = aggregate_of(q.as_deref())?;
@@ -789,8 +906,7 @@ pub async fn set_param(
     body: Bytes,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
-    check_key(&key)?;
+    check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
     let (value, _) = json_body(&headers, &body, JSON)?;
@@ -843,8 +959,7 @@ pub async fn remove_param(
     Path((kind, id, key)): Path<(String, String, String)>,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    check_id(&id)?;
-    check_key(&key)?;
+    check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
     let v = app

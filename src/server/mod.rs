@@ -12,10 +12,10 @@
 //! | --- | --- | --- |
 //! | GET | `/api/v3/info` | health and version |
 //! | GET | `/api/v3/openapi.json` | this API, generated from the code |
-//! | GET, HEAD | `/api/v3/{kind}?FILTER&sort=&limit=&offset=&reverse=&slim=&params=&aggregate=` | list / count (`X-DRP-List-Count`) |
+//! | GET, HEAD | `/api/v3/{kind}?FILTER&sort=&limit=&offset=&reverse=&slim=&params=&aggregate=&decode=` | list / count (`X-DRP-List-Count`) |
 //! | POST | `/api/v3/{kind}` | create |
-//! | GET, PUT, PATCH, DELETE | `/api/v3/{kind}/{id}` | get, replace, patch (JSON Patch or merge patch), delete |
-//! | GET, PATCH | `/api/v3/{kind}/{id}/params` | params (`?aggregate=true`), JSON Patch on the params map |
+//! | GET, PUT, PATCH, DELETE | `/api/v3/{kind}/{id}` | get (`?aggregate=true`), replace, patch (JSON Patch or merge patch), delete |
+//! | GET, PATCH, POST | `/api/v3/{kind}/{id}/params` | params (`?aggregate=true`), JSON Patch on the params map, replace them all |
 //! | GET, POST, DELETE | `/api/v3/{kind}/{id}/params/{key…}` | get, set (CAS with `X-Fleetkv-Expect`), remove |
 //! | | tokens, waits, election, workflow-all, render, events | the coordination verbs: see [`coord`] |
 //!
@@ -25,7 +25,11 @@
 //! Besides: the coordination verbs ([`coord`]), the cluster verbs
 //! ([`cluster`]) and bulk import / export ([`transfer`]), each with its table.
 //!
-//! `{kind}` is `machines`, `profiles` or `params`. Compare-and-set over
+//! `{kind}` is `machines`, `profiles` or `params`. Path segments are
+//! percent-decoded once (`params/my%2Fdata` names param `my/data`; a
+//! machine or profile name cannot hold `/`); boolean query values take Go's
+//! spellings (`True`, `1`, `f`…, see [`crate::wire`]), as DRP does.
+//! Compare-and-set over
 //! HTTP: a `PATCH` whose `test` operations fail is a 409 and writes nothing;
 //! `POST …/params/KEY` with `X-Fleetkv-Expect: <JSON>` (or `absent`) sets the
 //! param only if it holds that value.
@@ -43,8 +47,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
@@ -148,7 +152,9 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         .route("/api/v3/profiles/{id}/token", post(coord::token))
         .route(
             "/api/v3/{kind}/{id}/params",
-            get(api::params).patch(api::patch_params),
+            get(api::params)
+                .patch(api::patch_params)
+                .post(api::replace_params),
         )
         .route(
             "/api/v3/{kind}/{id}/params/{*key}",
@@ -160,6 +166,8 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         .layer(from_fn_with_state(app.clone(), authenticate))
         // Unauthenticated: health and version.
         .route("/api/v3/info", get(api::info))
+        .layer(from_fn(api::check_path))
+        .layer(from_fn(read_body))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -179,6 +187,21 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
             req.extensions_mut().insert(p);
             next.run(req).await
         }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Reads the request body to its end before routing. A handler that takes
+/// no body (GET, DELETE) would drop it unread, and hyper then closes the
+/// connection unless the body's bytes happen to have arrived already: DRP's
+/// clients send `{}` with every DELETE, so their next request on that
+/// kept-alive connection failed. Bodies are bounded by the limit layers
+/// outside this one (an excess is a 413 here, as in a handler).
+async fn read_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let whole = Request::from_parts(parts.clone(), body);
+    match Bytes::from_request(whole, &()).await {
+        Ok(b) => next.run(Request::from_parts(parts, Body::from(b))).await,
         Err(e) => e.into_response(),
     }
 }

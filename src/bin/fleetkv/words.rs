@@ -67,8 +67,7 @@ fn apply(opts: &mut ListOptions, key: &str, value: Option<&str>) -> Result<bool,
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
-    v.parse()
-        .map_err(|_| format!("listing word {key}={v:?}: expected true or false"))
+    fleetkv::wire::parse_bool_named(key, v).map_err(|e| format!("listing word {e}"))
 }
 
 fn parse_num(key: &str, v: &str) -> Result<usize, String> {
@@ -132,6 +131,17 @@ mod tests {
         assert!(split(&["limit".into()], &mut o).is_err());
         assert!(split(&["limit".into(), "x".into()], &mut o).is_err());
         assert!(split(&["reverse=maybe".into()], &mut o).is_err());
+    }
+
+    #[test]
+    fn go_booleans() {
+        let (_, o) = run(&["reverse=True", "aggregate=1"]);
+        assert!(o.reverse && o.aggregate);
+        let (_, o) = run(&["reverse=F"]);
+        assert!(!o.reverse);
+        let mut o = ListOptions::default();
+        let e = split(&["aggregate=yes".into()], &mut o).unwrap_err();
+        assert!(e.contains("aggregate") && e.contains("True"), "{e}");
     }
 
     #[test]
