@@ -32,6 +32,10 @@ pub enum Kind {
     /// A param definition, keyed by Name.
     #[serde(rename = "params")]
     Param,
+    /// A job (a rendered template snapshot), keyed by Uuid. Jobs are written
+    /// and watched like the other kinds but are neither listed nor filtered.
+    #[serde(rename = "jobs")]
+    Job,
 }
 
 impl Kind {
@@ -41,6 +45,7 @@ impl Kind {
             Kind::Machine => "machines",
             Kind::Profile => "profiles",
             Kind::Param => "params",
+            Kind::Job => "jobs",
         }
     }
 }
@@ -51,6 +56,7 @@ impl fmt::Display for Kind {
             Kind::Machine => "machine",
             Kind::Profile => "profile",
             Kind::Param => "param",
+            Kind::Job => "job",
         })
     }
 }

@@ -1,20 +1,13 @@
-//! The store: machines, profiles and param definitions kept durably in sled,
-//! written atomically, and indexed in memory.
+//! The store: machines, profiles and param definitions kept durably in a
+//! storage engine (sled by default), written atomically, and indexed in
+//! memory.
 //!
-//! Owns: the sled layout, revisions, the write pipeline (resolve → modify a
-//! copy → validate against every other object → one atomic sled batch and the
-//! matching index change, under one lock), object addressing, effective
-//! params, listing and counting. Must not: parse filters (see
-//! [`crate::filter`]) or evaluate them on bitmaps (see `crate::index`).
-//!
-//! # Layout
-//! One sled tree, keys prefixed by kind so that one `Batch` (atomic in sled)
-//! covers a whole write:
-//! `m` + machine id (u32, big-endian) → machine JSON; `p` + name → profile
-//! JSON; `d` + name → param definition JSON; `s:rev` → the store revision;
-//! `s:next` → the next machine id; `s:secret` → the token signing secret.
-//! Other modules may keep records under their own prefixes: `j` (jobs),
-//! `c` (the change log).
+//! Owns: revisions, the write pipeline (resolve → modify a copy → validate
+//! against every other object → one atomic batch and the matching index
+//! change, under one lock), object addressing, effective params, listing and
+//! counting. Must not: parse filters (see [`crate::filter`]) or evaluate them
+//! on bitmaps (see `crate::index`), or reach an engine other than through
+//! [`backend::Backend`] (key layout: [`layout`]).
 //!
 //! # Dense ids
 //! Machines get a dense `u32` id on create, persisted as their record key, and
@@ -25,10 +18,14 @@
 //!
 //! # Concurrency
 //! Writers are serialized by one mutex; each holds the state's write lock only
-//! for the sled batch and the index change, so readers see either all of a
+//! for the engine's commit and the index change, so readers see either all of a
 //! write or none of it, and a writer reads its own write when it returns.
 
+mod backend;
+mod layout;
+mod memory_backend;
 mod patch;
+mod sled_backend;
 mod stall;
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,21 +41,28 @@ use crate::error::{Error, Result};
 use crate::filter::{Bound, Field, Filter, Key, ParamTypes, Subject};
 use crate::index::{Defaults, Entries, Index, Posting, ValueKey};
 use crate::model::{Kind, Machine, Object, ParamDef, Profile, GLOBAL_PROFILE};
-use crate::watch::{encode_event, log_key, Action, Change, LOG_RETAIN};
+use crate::watch::{encode_event, Action, Change, LOG_RETAIN};
 
-/// The in-memory half of a write, applied with its sled batch.
+pub(crate) use backend::Backend;
+use backend::Batch;
+use layout::{
+    decode, encode, from_json, kind_of_key, log_key, machine_id_of, machine_key, named_key,
+    show_key, to_json, LOG_LEN_KEY, LOG_PREFIX, MACHINE_PREFIX, NEXT_ID_KEY, PARAM_PREFIX,
+    PROFILE_PREFIX, SECRET_KEY,
+};
+pub(crate) use layout::{job_key, log_rev_of};
+use memory_backend::MemoryBackend;
+use sled_backend::SledBackend;
+
+/// The in-memory half of a write, applied after its batch commits.
 type Apply = Box<dyn FnOnce(&mut State)>;
 
-const REV_KEY: &[u8] = b"s:rev";
-const NEXT_ID_KEY: &[u8] = b"s:next";
-const SECRET_KEY: &[u8] = b"s:secret";
-const LOG_LEN_KEY: &[u8] = b"s:logn";
 /// How long a storage call may make no progress before it is given up.
 pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Stages an object's new record and its change event.
 fn record<T: serde::Serialize>(
-    batch: &mut sled::Batch,
+    batch: &mut Batch,
     log: &mut Vec<Change>,
     key: &[u8],
     name: &str,
@@ -66,7 +70,7 @@ fn record<T: serde::Serialize>(
     old: Option<&T>,
 ) {
     let bytes = encode(new);
-    batch.insert(key, bytes.clone());
+    batch.put(key, bytes.clone());
     log.push(Change {
         kind: kind_of_key(key),
         key: name.to_string(),
@@ -82,7 +86,7 @@ fn record<T: serde::Serialize>(
 
 /// Stages an object's removal and its change event.
 fn erase<T: serde::Serialize>(
-    batch: &mut sled::Batch,
+    batch: &mut Batch,
     log: &mut Vec<Change>,
     key: &[u8],
     name: &str,
@@ -98,19 +102,11 @@ fn erase<T: serde::Serialize>(
     });
 }
 
-fn kind_of_key(key: &[u8]) -> Kind {
-    match key.first() {
-        Some(b'm') => Kind::Machine,
-        Some(b'p') => Kind::Profile,
-        _ => Kind::Param,
-    }
-}
-
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Flush every acknowledged write to disk before the call returns.
-    /// Without it sled flushes in the background (every 500 ms) and on
+    /// Without it the engine flushes on its own (sled: every 500 ms) and on
     /// [`Store::flush`] / drop.
     pub durable: bool,
     /// How many change events the log keeps for resuming watches.
@@ -138,7 +134,7 @@ pub struct Store {
 }
 
 struct Inner {
-    db: sled::Db,
+    backend: Arc<dyn Backend>,
     /// Runs every engine call that can block (commit, flush, open).
     guard: stall::Guard,
     options: Options,
@@ -154,8 +150,8 @@ impl Drop for Inner {
     /// the guard, bounds that too: should it stall, the storage thread keeps
     /// a handle and sled's own flush never runs.
     fn drop(&mut self) {
-        let db = self.db.clone();
-        let _ = self.guard.run("flush", move || db.flush());
+        let backend = self.backend.clone();
+        let _ = self.guard.run("flush", move || backend.flush());
     }
 }
 
@@ -192,39 +188,6 @@ impl ParamTypes for State {
     fn schema_type(&self, name: &str) -> Option<&str> {
         self.params.get(name).and_then(ParamDef::schema_type)
     }
-}
-
-fn machine_key(id: u32) -> [u8; 5] {
-    let mut k = [b'm'; 5];
-    k[1..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-fn named_key(prefix: u8, name: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(name.len() + 1);
-    k.push(prefix);
-    k.extend_from_slice(name.as_bytes());
-    k
-}
-
-fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
-        key: String::from_utf8_lossy(key).escape_debug().to_string(),
-        reason: e.to_string(),
-    })
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    // Serializing our own model types to JSON cannot fail (string keys only).
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(kind: Kind, v: Value) -> Result<T> {
-    serde_json::from_value(v).map_err(|e| Error::invalid(format!("{kind}"), e.to_string()))
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// The effective params of a machine without definition defaults: own, then
@@ -386,7 +349,7 @@ impl Store {
     /// Opens with options.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        Store::from_config(sled::Config::new().path(path), options)
+        Store::on_sled(Some(path), options)
     }
 
     /// A store in a temporary directory, removed when the last clone drops.
@@ -396,16 +359,34 @@ impl Store {
 
     /// A temporary store with options.
     pub fn temporary_with(options: Options) -> Result<Store> {
-        Store::from_config(sled::Config::new().temporary(true), options)
+        Store::on_sled(None, options)
     }
 
-    fn from_config(config: sled::Config, options: Options) -> Result<Store> {
+    /// A store held in memory only (nothing is written to disk; everything
+    /// is gone when the last clone drops). For tests and scratch work.
+    pub fn in_memory() -> Result<Store> {
+        Store::in_memory_with(Options::default())
+    }
+
+    /// An in-memory store with options (`durable` has nothing to flush).
+    pub fn in_memory_with(options: Options) -> Result<Store> {
         let guard = stall::Guard::new(options.stall_timeout)?;
-        let db = guard.run("open", move || config.open())??;
-        let state = load_state(&db)?;
+        Store::start(Arc::new(MemoryBackend::default()), guard, options)
+    }
+
+    fn on_sled(path: Option<std::path::PathBuf>, options: Options) -> Result<Store> {
+        let guard = stall::Guard::new(options.stall_timeout)?;
+        let backend = guard.run("open", move || SledBackend::open(path))??;
+        Store::start(Arc::new(backend), guard, options)
+    }
+
+    /// Builds the in-memory state from an opened engine; a new store gets
+    /// its `global` profile and signing secret in its first write.
+    fn start(backend: Arc<dyn Backend>, guard: stall::Guard, options: Options) -> Result<Store> {
+        let state = load_state(&*backend)?;
         let store = Store {
             inner: Arc::new(Inner {
-                db,
+                backend,
                 guard,
                 options,
                 writer: Mutex::new(()),
@@ -414,38 +395,43 @@ impl Store {
                 wake: Condvar::new(),
             }),
         };
-        if !store.state().profiles.contains_key(GLOBAL_PROFILE) {
-            store.profiles().create(Profile::new(GLOBAL_PROFILE))?;
+        let has_secret = store.inner.backend.get(SECRET_KEY)?.is_some();
+        if has_secret && store.state().profiles.contains_key(GLOBAL_PROFILE) {
+            return Ok(store);
         }
-        if store.inner.db.get(SECRET_KEY)?.is_none() {
-            // 244 random bits from two v4 UUIDs (the OS generator, through
-            // `getrandom`); created once with the store, never exported.
-            let mut secret = Uuid::new_v4().as_bytes().to_vec();
-            secret.extend_from_slice(Uuid::new_v4().as_bytes());
-            store
-                .inner
-                .db
-                .compare_and_swap(SECRET_KEY, None as Option<&[u8]>, Some(secret))?
-                .ok();
-        }
+        store.write(|st, rev, log| {
+            let mut batch = Batch::default();
+            if !has_secret {
+                // 244 random bits from two v4 UUIDs (the OS generator,
+                // through `getrandom`); created once with the store, never
+                // exported.
+                let mut secret = Uuid::new_v4().as_bytes().to_vec();
+                secret.extend_from_slice(Uuid::new_v4().as_bytes());
+                batch.put(SECRET_KEY, secret);
+            }
+            if st.profiles.contains_key(GLOBAL_PROFILE) {
+                return Ok((batch, Box::new(|_: &mut State| {}) as Apply, ()));
+            }
+            let mut global = Profile::new(GLOBAL_PROFILE);
+            global.revision = rev;
+            let key = named_key(PROFILE_PREFIX, GLOBAL_PROFILE);
+            record(&mut batch, log, &key, GLOBAL_PROFILE, &global, None);
+            // A new profile with no params: no machine's params change.
+            let apply = Box::new(move |st: &mut State| st.add_profile(global));
+            Ok((batch, apply as Apply, ()))
+        })?;
         Ok(store)
     }
 
     /// The store's signing secret (for tokens). Created with the store.
     pub(crate) fn secret(&self) -> Result<Vec<u8>> {
-        match self.inner.db.get(SECRET_KEY)? {
-            Some(s) => Ok(s.to_vec()),
+        match self.inner.backend.get(SECRET_KEY)? {
+            Some(s) => Ok(s),
             None => Err(Error::Corrupt {
                 key: "s:secret".into(),
                 reason: "the store has no signing secret".into(),
             }),
         }
-    }
-
-    /// The underlying sled database, for modules that keep records of their
-    /// own under their own key prefix (documented in the layout above).
-    pub(crate) fn db(&self) -> &sled::Db {
-        &self.inner.db
     }
 
     pub(crate) fn state(&self) -> RwLockReadGuard<'_, State> {
@@ -474,26 +460,55 @@ impl Store {
 
     /// Writes everything acknowledged so far to disk.
     pub fn flush(&self) -> Result<()> {
-        let db = self.inner.db.clone();
-        self.inner.guard.run("flush", move || db.flush())??;
-        Ok(())
+        let backend = self.inner.backend.clone();
+        self.inner.guard.run("flush", move || backend.flush())?
     }
 
-    /// Stores a record under a module's own prefix (see the layout above)
-    /// outside the write pipeline, bounded like every engine write.
-    pub(crate) fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        let db = self.inner.db.clone();
-        self.inner
-            .guard
-            .run("record write", move || db.insert(key, value))??;
-        Ok(())
+    /// The engine, for reads (writes go through [`write`](Self::write)).
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.inner.backend
+    }
+
+    /// Writes one record that no index covers (a job) as a write of its own:
+    /// a revision and a `kind` create event keyed `name`, under the writer
+    /// lock. `make` builds the record for the write's revision. With `at`,
+    /// the write is refused with [`Error::RevisionMismatch`] unless the store
+    /// is still at revision `at` (what `make`'s input was read at).
+    pub(crate) fn write_record<T: serde::Serialize>(
+        &self,
+        kind: Kind,
+        key: Vec<u8>,
+        name: &str,
+        at: Option<u64>,
+        make: impl FnOnce(u64) -> T,
+    ) -> Result<T> {
+        self.write(|st, rev, log| {
+            if let Some(at) = at.filter(|at| *at != st.rev) {
+                return Err(Error::RevisionMismatch {
+                    expected: at,
+                    actual: st.rev,
+                });
+            }
+            let out = make(rev);
+            let bytes = encode(&out);
+            let mut batch = Batch::default();
+            batch.put(key, bytes.clone());
+            log.push(Change {
+                kind,
+                key: name.to_string(),
+                action: Action::Create,
+                object: bytes,
+                previous: None,
+            });
+            Ok((batch, Box::new(|_: &mut State| {}) as Apply, out))
+        })
     }
 
     /// Rebuilds every index from the stored documents and compares it with
     /// the live one. An operator's and the test suite's check.
     pub fn verify_indexes(&self) -> Result<()> {
         let _w = self.inner.writer.lock();
-        let fresh = load_state(&self.inner.db)?;
+        let fresh = load_state(&*self.inner.backend)?;
         let live = self.state();
         if fresh.machines != live.machines {
             return Err(Error::Corrupt {
@@ -536,56 +551,57 @@ impl Store {
         Ok(())
     }
 
-    /// Rebuilds the in-memory state from sled and hands it back opaque, so a
-    /// caller can measure what the indexes occupy. Not for production use.
+    /// Rebuilds the in-memory state from the engine and hands it back
+    /// opaque, so a caller can measure what the indexes occupy. Not for
+    /// production use.
     #[doc(hidden)]
     pub fn rebuild_probe(&self) -> Result<Box<dyn std::any::Any>> {
-        Ok(Box::new(load_state(&self.inner.db)?))
+        Ok(Box::new(load_state(&*self.inner.backend)?))
     }
 
     /// Runs one write: `f` builds the batch and index change from the current
     /// state; both are applied together under the state lock.
     fn write<T>(
         &self,
-        f: impl FnOnce(&State, u64, &mut Vec<Change>) -> Result<(sled::Batch, Apply, T)>,
+        f: impl FnOnce(&State, u64, &mut Vec<Change>) -> Result<(Batch, Apply, T)>,
     ) -> Result<T> {
         self.inner.guard.check()?;
         let _w = self.inner.writer.lock();
         let mut changes = Vec::new();
-        let (mut batch, apply, out, rev, log_len) = {
+        let (mut batch, apply, out, log_len) = {
             let st = self.inner.state.read();
-            let rev = st.rev + 1;
-            let (batch, apply, out) = f(&st, rev, &mut changes)?;
-            (batch, apply, out, rev, st.log_len)
+            let (mut batch, apply, out) = f(&st, st.rev + 1, &mut changes)?;
+            batch.expect = st.rev;
+            batch.rev = st.rev + 1;
+            (batch, apply, out, st.log_len)
         };
+        let rev = batch.rev;
         // The change log rides in the same batch; the oldest events go.
         for (seq, c) in changes.iter().enumerate() {
             let seq = u32::try_from(seq)
                 .map_err(|_| Error::invalid("write", "too many objects in one write"))?;
-            batch.insert(&log_key(rev, seq), encode_event(rev, seq, c));
+            batch.put(log_key(rev, seq), encode_event(rev, seq, c));
         }
         let excess = (log_len + changes.len()).saturating_sub(self.inner.options.log_retain);
-        for k in self.inner.db.scan_prefix(b"c").keys().take(excess) {
-            batch.remove(k?);
+        for item in self.inner.backend.scan_prefix(LOG_PREFIX).take(excess) {
+            batch.remove(item?.0);
         }
         let log_len = log_len + changes.len() - excess;
-        batch.insert(LOG_LEN_KEY, &(log_len as u64).to_be_bytes());
-        batch.insert(REV_KEY, &rev.to_be_bytes());
+        batch.put(LOG_LEN_KEY, (log_len as u64).to_be_bytes());
         {
             // The engine commits first, memory follows: a failed or stalled
             // commit leaves the indexes equal to what is stored.
             let mut st = self.inner.state.write();
-            let db = self.inner.db.clone();
+            let backend = self.inner.backend.clone();
             self.inner
                 .guard
-                .run("commit", move || db.apply_batch(batch))??;
+                .run("commit", move || backend.commit(batch))??;
             apply(&mut st);
             st.rev = rev;
             st.log_len = log_len;
         }
         if self.inner.options.durable {
-            let db = self.inner.db.clone();
-            self.inner.guard.run("flush", move || db.flush())??;
+            self.flush()?;
         }
         // Wake watchers and waiters (they re-check the revision under this lock).
         let _g = self.inner.written.lock();
@@ -632,7 +648,7 @@ impl Store {
 
     fn load_machine(&self, id: u32) -> Result<Machine> {
         let key = machine_key(id);
-        match self.inner.db.get(key)? {
+        match self.inner.backend.get(&key)? {
             Some(bytes) => decode(&key, &bytes),
             None => Err(Error::Corrupt {
                 key: format!("m{id}"),
@@ -662,16 +678,10 @@ fn index_diff(a: &Index, b: &Index) -> String {
 }
 
 /// Reads every record and builds the in-memory state.
-fn load_state(db: &sled::Db) -> Result<State> {
-    let rev = match db.get(REV_KEY)? {
-        Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(|_| Error::Corrupt {
-            key: "s:rev".into(),
-            reason: "not 8 bytes".into(),
-        })?),
-        None => 0,
-    };
+fn load_state(db: &dyn Backend) -> Result<State> {
+    let rev = db.revision()?;
     let mut next_id = match db.get(NEXT_ID_KEY)? {
-        Some(b) => u32::from_be_bytes(b.as_ref().try_into().map_err(|_| Error::Corrupt {
+        Some(b) => u32::from_be_bytes(b.as_slice().try_into().map_err(|_| Error::Corrupt {
             key: "s:next".into(),
             reason: "not 4 bytes".into(),
         })?),
@@ -689,14 +699,14 @@ fn load_state(db: &sled::Db) -> Result<State> {
         params: BTreeMap::new(),
         validators: HashMap::new(),
         log_len: match db.get(LOG_LEN_KEY)? {
-            Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(|_| Error::Corrupt {
+            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| Error::Corrupt {
                 key: "s:logn".into(),
                 reason: "not 8 bytes".into(),
             })?) as usize,
             None => 0,
         },
     };
-    for item in db.scan_prefix(b"d") {
+    for item in db.scan_prefix(&[PARAM_PREFIX]) {
         let (k, v) = item?;
         let def: ParamDef = decode(&k, &v)?;
         if let Ok(v) = jsonschema::validator_for(&def.schema) {
@@ -704,7 +714,7 @@ fn load_state(db: &sled::Db) -> Result<State> {
         }
         st.params.insert(def.name.clone(), def);
     }
-    for item in db.scan_prefix(b"p") {
+    for item in db.scan_prefix(&[PROFILE_PREFIX]) {
         let (k, v) = item?;
         let p: Profile = decode(&k, &v)?;
         st.add_profile(p);
@@ -718,17 +728,12 @@ fn load_state(db: &sled::Db) -> Result<State> {
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || {
             let mut chunk = Vec::with_capacity(1024);
-            for item in db.scan_prefix(b"m") {
-                let decoded = item.map_err(Error::from).and_then(|(k, v)| {
-                    let id = k
-                        .get(1..5)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u32::from_be_bytes)
-                        .filter(|_| k.len() == 5)
-                        .ok_or_else(|| Error::Corrupt {
-                            key: String::from_utf8_lossy(&k).escape_debug().to_string(),
-                            reason: "bad machine key".into(),
-                        })?;
+            for item in db.scan_prefix(MACHINE_PREFIX) {
+                let decoded = item.and_then(|(k, v)| {
+                    let id = machine_id_of(&k).ok_or_else(|| Error::Corrupt {
+                        key: show_key(&k),
+                        reason: "bad machine key".into(),
+                    })?;
                     let m: Machine = decode(&k, &v)?;
                     let own = m.params.keys().cloned().collect();
                     Ok((id, machine_entries(&m, profiles), own))
@@ -903,7 +908,7 @@ fn shape_raw(key: &[u8], bytes: &[u8], opts: &ListOptions) -> Result<Value> {
     let raw: Map<String, Value> = {
         let fields: indexmap_like::RawFields<'_> =
             serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
-                key: String::from_utf8_lossy(key).escape_debug().to_string(),
+                key: show_key(key),
                 reason: e.to_string(),
             })?;
         let mut out = Map::with_capacity(fields.0.len());
@@ -914,7 +919,7 @@ fn shape_raw(key: &[u8], bytes: &[u8], opts: &ListOptions) -> Result<Value> {
             out.insert(
                 k,
                 serde_json::from_str(v.get()).map_err(|e| Error::Corrupt {
-                    key: String::from_utf8_lossy(key).escape_debug().to_string(),
+                    key: show_key(key),
                     reason: e.to_string(),
                 })?,
             );
@@ -1013,7 +1018,7 @@ impl Machines<'_> {
                 ));
             }
             m.revision = rev;
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             record(
                 &mut batch,
                 log,
@@ -1022,7 +1027,7 @@ impl Machines<'_> {
                 &m,
                 None,
             );
-            batch.insert(NEXT_ID_KEY, &(id + 1).to_be_bytes());
+            batch.put(NEXT_ID_KEY, (id + 1).to_be_bytes());
             let out = m.clone();
             let apply = Box::new(move |st: &mut State| {
                 let e = machine_entries(&m, &st.profiles);
@@ -1041,7 +1046,7 @@ impl Machines<'_> {
     /// replaced.
     pub fn import(&self, machines: Vec<Machine>) -> Result<(usize, usize)> {
         self.store.write(|st, rev, log| {
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             let mut names: HashMap<String, Uuid> = HashMap::with_capacity(machines.len());
             let mut next = st.next_id;
             let mut planned: Vec<(u32, Option<Machine>, Machine)> =
@@ -1099,7 +1104,7 @@ impl Machines<'_> {
                 );
                 planned.push((id, old, m));
             }
-            batch.insert(NEXT_ID_KEY, &next.to_be_bytes());
+            batch.put(NEXT_ID_KEY, next.to_be_bytes());
             // Index entries are worked out now, outside the state's write
             // lock (profiles cannot change: the writer lock is held).
             let planned: Vec<_> = planned
@@ -1239,7 +1244,7 @@ impl Machines<'_> {
         self.store.write(|st, _, log| {
             let id = st.machine_id(addr)?;
             let old = self.store.load_machine(id)?;
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             erase(
                 &mut batch,
                 log,
@@ -1307,15 +1312,15 @@ impl Machines<'_> {
                 if !opts.aggregate {
                     // Straight from stored JSON to the answer: no typed detour.
                     let key = machine_key(id);
-                    let bytes = self
-                        .store
-                        .inner
-                        .db
-                        .get(key)?
-                        .ok_or_else(|| Error::Corrupt {
-                            key: format!("m{id}"),
-                            reason: "indexed machine has no record".into(),
-                        })?;
+                    let bytes =
+                        self.store
+                            .inner
+                            .backend
+                            .get(&key)?
+                            .ok_or_else(|| Error::Corrupt {
+                                key: format!("m{id}"),
+                                reason: "indexed machine has no record".into(),
+                            })?;
                     return shape_raw(&key, &bytes, opts);
                 }
                 let m = self.store.load_machine(id)?;
@@ -1331,7 +1336,7 @@ impl Machines<'_> {
         let st = self.store.state();
         let bound = filter.bind(Kind::Machine, &*st)?;
         let mut out = Vec::new();
-        for item in self.store.inner.db.scan_prefix(b"m") {
+        for item in self.store.inner.backend.scan_prefix(MACHINE_PREFIX) {
             let (k, v) = item?;
             let m: Machine = decode(&k, &v)?;
             let params = with_defaults(effective_explicit(&m, &st.profiles), &st.params);
@@ -1357,7 +1362,7 @@ impl Machines<'_> {
             .map(|(addr, ops)| Ok((addr.as_str(), patch::parse_patch(ops)?)))
             .collect::<Result<_>>()?;
         self.store.write(|st, rev, log| {
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             let mut changes = Vec::with_capacity(parsed.len());
             let mut seen = std::collections::HashSet::new();
             for (addr, ops) in &parsed {
@@ -1402,7 +1407,7 @@ impl Machines<'_> {
         self.store.write(|st, rev, log| {
             let id = st.machine_id(addr)?;
             let (old, m) = self.change(st, rev, id, f)?;
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             record(
                 &mut batch,
                 log,
@@ -1586,8 +1591,14 @@ impl Profiles<'_> {
                     machines: shown,
                 });
             }
-            let mut batch = sled::Batch::default();
-            erase(&mut batch, log, &named_key(b'p', name), name, &old);
+            let mut batch = Batch::default();
+            erase(
+                &mut batch,
+                log,
+                &named_key(PROFILE_PREFIX, name),
+                name,
+                &old,
+            );
             let out = old.clone();
             let apply = Box::new(move |st: &mut State| {
                 if let Some(id) = st.profile_ids.remove(&old.name) {
@@ -1682,11 +1693,11 @@ impl Profiles<'_> {
             }
             st.check_params(old.as_ref().map(|o| &o.params), &p.params)?;
             p.revision = rev;
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             record(
                 &mut batch,
                 log,
-                &named_key(b'p', &p.name),
+                &named_key(PROFILE_PREFIX, &p.name),
                 &p.name,
                 &p,
                 old.as_ref(),
@@ -1887,8 +1898,8 @@ impl Params<'_> {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| Error::not_found(Kind::Param, name))?;
-            let mut batch = sled::Batch::default();
-            erase(&mut batch, log, &named_key(b'd', name), name, &old);
+            let mut batch = Batch::default();
+            erase(&mut batch, log, &named_key(PARAM_PREFIX, name), name, &old);
             let out = old.clone();
             let apply = Box::new(move |st: &mut State| {
                 st.params.remove(&old.name);
@@ -1957,11 +1968,11 @@ impl Params<'_> {
                 }
             }
             d.revision = rev;
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             record(
                 &mut batch,
                 log,
-                &named_key(b'd', &d.name),
+                &named_key(PARAM_PREFIX, &d.name),
                 &d.name,
                 &d,
                 old.as_ref(),
