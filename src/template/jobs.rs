@@ -1,6 +1,7 @@
 //! Job snapshots: templates rendered once, at creation, and stored as a
-//! write of their own (a revision and a [`Kind::Job`] create event), keyed by
-//! the job's Uuid. Params read later never change a job.
+//! write of their own (a revision and a [`Kind::Job`](crate::Kind::Job)
+//! create event), keyed by the job's Uuid. Params read later never change a
+//! job.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,7 +9,6 @@ use uuid::Uuid;
 
 use super::{Job, RenderContext, Template, TokenMinter};
 use crate::error::{Error, Result};
-use crate::model::Kind;
 use crate::store::{job_key, Store};
 
 /// Attempts at rendering from a machine and its params with no write between
@@ -60,10 +60,7 @@ impl Store {
             };
             let (key, name) = (job_key(job.uuid), job.uuid.to_string());
             let at = (tries < SNAPSHOT_TRIES).then_some(seen);
-            match self.write_record(Kind::Job, key, &name, at, |revision| Job {
-                revision,
-                ..job
-            }) {
+            match self.write_record(&key, &name, at, |revision| Job { revision, ..job }) {
                 Err(Error::RevisionMismatch { .. }) if at.is_some() => continue,
                 written => return written,
             }
