@@ -84,7 +84,7 @@ pub enum Error {
     /// A stored record could not be decoded.
     #[error("corrupt record at key {key}: {reason}")]
     Corrupt {
-        /// The sled key of the record.
+        /// The storage key of the record.
         key: String,
         /// What failed.
         reason: String,
@@ -108,9 +108,22 @@ pub enum Error {
     /// without a claim for the request. Nothing was read or written.
     #[error("token refused: {0}")]
     Auth(#[from] AuthError),
-    /// The storage engine failed.
+    /// The storage engine failed; the engine's own message.
     #[error("storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(String),
+    /// Another process holds the store (an embedded store has one process at
+    /// a time); the engine's message names the store. Nothing was opened.
+    #[error("store busy: {0}")]
+    Busy(String),
+    /// A commit expected the store at revision `expected` and found it at
+    /// `actual`: another writer committed first. Nothing was written.
+    #[error("revision conflict: the write expected revision {expected}, the store is at {actual}")]
+    RevisionMismatch {
+        /// The revision the write was prepared against.
+        expected: u64,
+        /// The store's revision when it was committed.
+        actual: u64,
+    },
     /// The storage engine made no progress on `op` for `after` (the store's
     /// stall limit, [`Options::stall_timeout`](crate::Options::stall_timeout)).
     /// The store refuses every further call: whether the stuck write lands

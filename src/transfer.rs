@@ -90,6 +90,9 @@ pub fn groups(doc: Value, kind: Option<Kind>) -> Result<[(Kind, Vec<Value>); 3],
     match doc {
         Value::Array(items) => {
             let k = kind.unwrap_or_else(|| detect(&items));
+            if k == Kind::Job {
+                return Err(Error::invalid("import kind", "jobs cannot be imported").into());
+            }
             for g in &mut groups {
                 if g.0 == k {
                     g.1 = items;
@@ -216,6 +219,7 @@ fn upsert(s: &Store, kind: Kind, doc: Value) -> Result<(), Error> {
                 s.machines().create(m)?;
             }
         }
+        Kind::Job => return Err(Error::invalid("import kind", "jobs cannot be imported")),
     }
     Ok(())
 }

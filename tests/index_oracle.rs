@@ -7,6 +7,15 @@ use fleetkv::{Error, Filter, ListOptions, Machine, ParamDef, Profile, Store};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+#[macro_use]
+mod engines;
+use engines::Engine;
+
+on_each_engine!(
+    sorted_listing_matches_scan_order,
+    readers_see_whole_writes_and_writers_read_their_own,
+);
+
 const PARAMS: [&str; 5] = ["flag", "any", "c/str", "num", "Params.any"];
 const PROFILES: [&str; 4] = ["p0", "p1", "p2", "p3"];
 
@@ -340,20 +349,21 @@ proptest! {
         filters in proptest::collection::vec(filter_text(), 12),
         steps in proptest::collection::vec(step(), 1..25),
     ) {
-        let s = Store::temporary().unwrap();
-        seed(&s, 200);
-        check(&s, &filters);
-        for st in &steps {
-            apply(&s, st);
+        for e in [Engine::Sled, Engine::Memory] {
+            let s = e.store();
+            seed(&s, 200);
             check(&s, &filters);
+            for st in &steps {
+                apply(&s, st);
+                check(&s, &filters);
+            }
+            s.verify_indexes().unwrap();
         }
-        s.verify_indexes().unwrap();
     }
 }
 
-#[test]
-fn sorted_listing_matches_scan_order() {
-    let s = Store::temporary().unwrap();
+fn sorted_listing_matches_scan_order(e: Engine) {
+    let s = e.store();
     seed(&s, 30);
     for m in 0..30 {
         if m % 4 != 0 {
@@ -503,12 +513,11 @@ fn sorted_listing_matches_scan_order() {
 /// Readers never see half a write: machines move between two profiles in
 /// single writes, so the two counts always add up; each writer sees its own
 /// write in the next count.
-#[test]
-fn readers_see_whole_writes_and_writers_read_their_own() {
+fn readers_see_whole_writes_and_writers_read_their_own(e: Engine) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     const N: usize = 200;
-    let s = Store::temporary().unwrap();
+    let s = e.store();
     seed(&s, 0);
     for m in 0..N {
         let mut x = Machine::new(format!("m{m}"));

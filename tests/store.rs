@@ -7,9 +7,25 @@ use std::thread;
 use fleetkv::{Error, Machine, Options, ParamDef, Profile, Store};
 use serde_json::{json, Value};
 
-fn store() -> Store {
-    Store::temporary().unwrap()
-}
+#[macro_use]
+mod engines;
+use engines::Engine;
+
+on_each_engine!(
+    machines_crud_and_addressing,
+    unknown_fields_round_trip,
+    uuid_is_immutable_and_unique_names,
+    profiles_rules,
+    schema_validation,
+    effective_params_order,
+    patch_is_atomic_and_conflicts_are_typed,
+    reference_update,
+    param_cas_race_has_one_winner_per_round,
+    cas_counter_loses_no_increment,
+    concurrent_patches_of_different_objects_do_not_interfere,
+    merge_update_rules,
+    patch_many_is_all_or_nothing,
+);
 
 fn member(name: &str, profiles: &[&str]) -> Machine {
     let mut m = Machine::new(name);
@@ -26,9 +42,8 @@ fn snapshot(s: &Store) -> Value {
     })
 }
 
-#[test]
-fn machines_crud_and_addressing() {
-    let s = store();
+fn machines_crud_and_addressing(e: Engine) {
+    let s = e.store();
     let m = s.machines().create(Machine::new("fred")).unwrap();
     assert!(!m.uuid.is_nil());
     assert!(m.runnable, "Runnable defaults to true");
@@ -75,9 +90,8 @@ fn machines_crud_and_addressing() {
     s.verify_indexes().unwrap();
 }
 
-#[test]
-fn unknown_fields_round_trip() {
-    let s = store();
+fn unknown_fields_round_trip(e: Engine) {
+    let s = e.store();
     let drp = json!({
         "Name": "d1", "Uuid": "3f0e7a52-6f0e-4b3c-9b3e-0a2b1c9d8e7f", "Available": true,
         "Errors": [], "Validated": true, "Arch": "amd64", "BootEnv": "local",
@@ -92,9 +106,8 @@ fn unknown_fields_round_trip() {
     }
 }
 
-#[test]
-fn uuid_is_immutable_and_unique_names() {
-    let s = store();
+fn uuid_is_immutable_and_unique_names(e: Engine) {
+    let s = e.store();
     let m = s.machines().create(Machine::new("a")).unwrap();
     s.machines().create(Machine::new("b")).unwrap();
     let before = snapshot(&s);
@@ -135,9 +148,8 @@ fn uuid_is_immutable_and_unique_names() {
     assert!(!s.machines().exists("Name:a").unwrap());
 }
 
-#[test]
-fn profiles_rules() {
-    let s = store();
+fn profiles_rules(e: Engine) {
+    let s = e.store();
     assert!(s.profiles().exists("global"), "global always exists");
     assert!(s.profiles().delete("global").is_err());
     assert!(matches!(
@@ -182,9 +194,8 @@ fn profiles_rules() {
     s.verify_indexes().unwrap();
 }
 
-#[test]
-fn schema_validation() {
-    let s = store();
+fn schema_validation(e: Engine) {
+    let s = e.store();
     s.params()
         .create(ParamDef::new(
             "cluster/leader",
@@ -226,9 +237,8 @@ fn schema_validation() {
         .unwrap();
 }
 
-#[test]
-fn effective_params_order() {
-    let s = store();
+fn effective_params_order(e: Engine) {
+    let s = e.store();
     s.params()
         .create(ParamDef::new("k", json!({"default": "def"})))
         .unwrap();
@@ -270,9 +280,8 @@ fn effective_params_order() {
     s.verify_indexes().unwrap();
 }
 
-#[test]
-fn patch_is_atomic_and_conflicts_are_typed() {
-    let s = store();
+fn patch_is_atomic_and_conflicts_are_typed(e: Engine) {
+    let s = e.store();
     let mut m = Machine::new("m");
     m.params.insert("a".into(), json!(1));
     s.machines().create(m).unwrap();
@@ -323,9 +332,8 @@ fn patch_is_atomic_and_conflicts_are_typed() {
     );
 }
 
-#[test]
-fn reference_update() {
-    let s = store();
+fn reference_update(e: Engine) {
+    let s = e.store();
     s.profiles().create(Profile::new("example")).unwrap();
     let seen = serde_json::to_value(s.profiles().get("example").unwrap()).unwrap();
     let mut want = seen.clone();
@@ -351,11 +359,10 @@ fn reference_update() {
     assert_eq!(s.profiles().get("example").unwrap().description, "shared");
 }
 
-#[test]
-fn param_cas_race_has_one_winner_per_round() {
+fn param_cas_race_has_one_winner_per_round(e: Engine) {
     const THREADS: usize = 32;
     const ROUNDS: u64 = 1000;
-    let s = store();
+    let s = e.store();
     s.profiles().create(Profile::new("example")).unwrap();
     s.profiles()
         .set_param("example", "round", json!(0))
@@ -401,11 +408,10 @@ fn param_cas_race_has_one_winner_per_round() {
     );
 }
 
-#[test]
-fn cas_counter_loses_no_increment() {
+fn cas_counter_loses_no_increment(e: Engine) {
     const THREADS: usize = 32;
     const EACH: u64 = 50;
-    let s = store();
+    let s = e.store();
     s.machines().create(Machine::new("counter")).unwrap();
     let handles: Vec<_> = (0..THREADS)
         .map(|_| {
@@ -437,9 +443,8 @@ fn cas_counter_loses_no_increment() {
     );
 }
 
-#[test]
-fn concurrent_patches_of_different_objects_do_not_interfere() {
-    let s = store();
+fn concurrent_patches_of_different_objects_do_not_interfere(e: Engine) {
+    let s = e.store();
     for t in 0..16 {
         s.machines().create(Machine::new(format!("m{t}"))).unwrap();
     }
@@ -537,9 +542,8 @@ fn corrupt_record_is_an_error_naming_the_key() {
     }
 }
 
-#[test]
-fn merge_update_rules() {
-    let s = store();
+fn merge_update_rules(e: Engine) {
+    let s = e.store();
     let mut m = Machine::new("m");
     m.params.insert("a".into(), json!(1));
     m.params.insert("b".into(), json!(2));
@@ -564,9 +568,8 @@ fn merge_update_rules() {
     ));
 }
 
-#[test]
-fn patch_many_is_all_or_nothing() {
-    let s = store();
+fn patch_many_is_all_or_nothing(e: Engine) {
+    let s = e.store();
     for n in ["a", "b", "c"] {
         s.machines().create(Machine::new(n)).unwrap();
     }

@@ -6,15 +6,28 @@ use std::time::{Duration, Instant};
 use fleetkv::{Action, CountCondition, Error, Filter, Kind, Machine, Options, Profile, Store};
 use serde_json::json;
 
+#[macro_use]
+mod engines;
+use engines::Engine;
+
+on_each_engine!(
+    every_write_is_an_event_in_order,
+    compacted_and_future_revisions_are_errors,
+    filtered_watch_sees_members_leave_and_join,
+    watch_wakes_on_write,
+    count_wait_is_a_barrier,
+    wait_machine_wakes_when_it_matches,
+    concurrent_writers_and_watchers_lose_nothing,
+);
+
 fn member(name: &str, profile: &str) -> Machine {
     let mut m = Machine::new(name);
     m.profiles.push(profile.into());
     m
 }
 
-#[test]
-fn every_write_is_an_event_in_order() {
-    let s = Store::temporary().unwrap();
+fn every_write_is_an_event_in_order(e: Engine) {
+    let s = e.store();
     let start = s.revision() + 1;
     let mut w = s.watch(None, None, Some(start)).unwrap();
     s.profiles().create(Profile::new("p")).unwrap();
@@ -55,13 +68,13 @@ fn every_write_is_an_event_in_order() {
     assert_eq!(tail, got[2..].to_vec());
 }
 
-#[test]
-fn compacted_and_future_revisions_are_errors() {
-    let s = Store::temporary_with(Options {
-        log_retain: 5,
-        ..Options::default()
-    })
-    .unwrap();
+fn compacted_and_future_revisions_are_errors(e: Engine) {
+    let s = e
+        .store_with(Options {
+            log_retain: 5,
+            ..Options::default()
+        })
+        .unwrap();
     for i in 0..10 {
         s.machines().create(Machine::new(format!("m{i}"))).unwrap();
     }
@@ -87,9 +100,8 @@ fn compacted_and_future_revisions_are_errors() {
     s.watch(None, None, Some(s.revision() + 1)).unwrap();
 }
 
-#[test]
-fn filtered_watch_sees_members_leave_and_join() {
-    let s = Store::temporary().unwrap();
+fn filtered_watch_sees_members_leave_and_join(e: Engine) {
+    let s = e.store();
     s.profiles().create(Profile::new("p")).unwrap();
     s.profiles().create(Profile::new("q")).unwrap();
     s.machines().create(member("in", "p")).unwrap();
@@ -115,9 +127,8 @@ fn filtered_watch_sees_members_leave_and_join() {
     assert_eq!(names, ["in", "out"]);
 }
 
-#[test]
-fn watch_wakes_on_write() {
-    let s = Store::temporary().unwrap();
+fn watch_wakes_on_write(e: Engine) {
+    let s = e.store();
     let mut w = s.watch(Some(Kind::Machine), None, None).unwrap();
     assert!(w.next_timeout(Duration::from_millis(20)).unwrap().is_none());
     let writer = {
@@ -135,9 +146,8 @@ fn watch_wakes_on_write() {
     writer.join().unwrap();
 }
 
-#[test]
-fn count_wait_is_a_barrier() {
-    let s = Store::temporary().unwrap();
+fn count_wait_is_a_barrier(e: Engine) {
+    let s = e.store();
     s.profiles().create(Profile::new("c")).unwrap();
     let f = Filter::parse("Profiles Eq c done Eq true").unwrap();
     for i in 0..5 {
@@ -182,9 +192,8 @@ fn count_wait_is_a_barrier() {
     );
 }
 
-#[test]
-fn wait_machine_wakes_when_it_matches() {
-    let s = Store::temporary().unwrap();
+fn wait_machine_wakes_when_it_matches(e: Engine) {
+    let s = e.store();
     s.machines().create(Machine::new("m")).unwrap();
     let waiter = {
         let s = s.clone();
@@ -228,9 +237,8 @@ fn events_survive_reopen() {
     assert_eq!(e.object["Name"], json!("a"));
 }
 
-#[test]
-fn concurrent_writers_and_watchers_lose_nothing() {
-    let s = Store::temporary().unwrap();
+fn concurrent_writers_and_watchers_lose_nothing(e: Engine) {
+    let s = e.store();
     let from = s.revision() + 1;
     let watchers: Vec<_> = (0..8)
         .map(|_| {

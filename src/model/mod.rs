@@ -33,6 +33,10 @@ pub enum Kind {
     /// A param definition, keyed by Name.
     #[serde(rename = "params")]
     Param,
+    /// A job (a rendered template snapshot), keyed by Uuid. Jobs are written
+    /// and watched like the other kinds but are neither listed nor filtered.
+    #[serde(rename = "jobs")]
+    Job,
 }
 
 impl Kind {
@@ -42,6 +46,7 @@ impl Kind {
             Kind::Machine => "machines",
             Kind::Profile => "profiles",
             Kind::Param => "params",
+            Kind::Job => "jobs",
         }
     }
 }
@@ -52,6 +57,7 @@ impl fmt::Display for Kind {
             Kind::Machine => "machine",
             Kind::Profile => "profile",
             Kind::Param => "param",
+            Kind::Job => "job",
         })
     }
 }
@@ -330,18 +336,75 @@ where
     F: Fn(&str) -> Option<&'a Map<String, Value>>,
     D: Fn(&str) -> Option<&'a Value>,
 {
-    if let Some(v) = machine.params.get(key) {
-        return Some(v);
-    }
-    for name in machine
-        .profiles
-        .iter()
-        .map(String::as_str)
-        .chain(std::iter::once(GLOBAL_PROFILE))
-    {
-        if let Some(v) = profile(name).and_then(|p| p.get(key)) {
-            return Some(v);
+    Effective::of_machine(machine, profile)
+        .get(key)
+        .or_else(|| default(key))
+}
+
+/// The one definition of effective params (DESIGN.md §1): the param maps an
+/// object's values come from, in resolution order — a machine's own, each of
+/// its profiles in order, then `global` — where the first map holding a name
+/// gives its value and a definition's default fills a name none holds.
+/// Borrows every value, so the index can walk them without copying.
+pub(crate) struct Effective<'a> {
+    layers: Vec<&'a Map<String, Value>>,
+}
+
+impl<'a> Effective<'a> {
+    /// A machine's sources; `profile` looks a profile's params up by name
+    /// (a missing profile contributes nothing).
+    pub(crate) fn of_machine(
+        m: &'a Machine,
+        profile: impl Fn(&str) -> Option<&'a Map<String, Value>>,
+    ) -> Self {
+        let profiles = m
+            .profiles
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(GLOBAL_PROFILE))
+            .filter_map(profile);
+        Effective {
+            layers: std::iter::once(&m.params).chain(profiles).collect(),
         }
     }
-    default(key)
+
+    /// An object whose only explicit params are its own (a profile).
+    pub(crate) fn own(params: &'a Map<String, Value>) -> Self {
+        Effective {
+            layers: vec![params],
+        }
+    }
+
+    /// The explicit value of `key`, from its first holder.
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
+        self.layers.iter().find_map(|l| l.get(key))
+    }
+
+    /// Each explicitly held name once, with its first holder's value: the
+    /// layers in order, each in its own key order.
+    pub(crate) fn explicit(&self) -> impl Iterator<Item = (&'a String, &'a Value)> + '_ {
+        let layers = &self.layers;
+        layers.iter().enumerate().flat_map(move |(i, l)| {
+            l.iter()
+                .filter(move |(k, _)| !layers[..i].iter().any(|e| e.contains_key(*k)))
+        })
+    }
+
+    /// The effective params as a map: [`explicit`](Self::explicit), then
+    /// each `(name, default)` for a name no layer holds.
+    pub(crate) fn resolve(
+        &self,
+        defaults: impl IntoIterator<Item = (&'a String, &'a Value)>,
+    ) -> Map<String, Value> {
+        let mut out: Map<String, Value> = self
+            .explicit()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in defaults {
+            if !out.contains_key(k) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out
+    }
 }

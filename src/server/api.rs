@@ -234,6 +234,12 @@ pub async fn info(State(app): St) -> Json<Info> {
     })
 }
 
+/// Jobs are created by rendering and read by Uuid: no collection route
+/// reaches them ([`kind_of`] never yields [`Kind::Job`]).
+fn no_jobs() -> Error {
+    Error::invalid("jobs", "jobs are not a collection")
+}
+
 fn kind_of(s: &str) -> ApiResult<Kind> {
     match s {
         "machines" => Ok(Kind::Machine),
@@ -478,6 +484,7 @@ pub async fn list(
             let n = params_list(s, &filter, &all)?.len() as u64;
             (n, params_list(s, &filter, &opts)?)
         }
+        Kind::Job => Err(no_jobs())?,
     };
     Ok((count_header(n), Json(Value::Array(items))).into_response())
 }
@@ -503,6 +510,7 @@ pub async fn count(
         Kind::Machine => s.machines().count(&filter)?,
         Kind::Profile => s.profiles().count(&filter)?,
         Kind::Param => params_list(s, &filter, &ListOptions::default())?.len() as u64,
+        Kind::Job => Err(no_jobs())?,
     };
     Ok((count_header(n), ()).into_response())
 }
@@ -570,6 +578,7 @@ pub async fn create(
                 Kind::Machine => to_value(s.machines().create(decode::<Machine>(kind, doc)?)?),
                 Kind::Profile => to_value(s.profiles().create(decode::<Profile>(kind, doc)?)?),
                 Kind::Param => to_value(s.params().create(decode::<ParamDef>(kind, doc)?)?),
+                Kind::Job => Err(no_jobs())?,
             })
         })
         .await?;
@@ -581,6 +590,7 @@ fn get_obj(s: &Store, kind: Kind, id: &str) -> ApiResult<Value> {
         Kind::Machine => to_value(s.machines().get(id)?),
         Kind::Profile => to_value(s.profiles().get(id)?),
         Kind::Param => to_value(s.params().get(id)?),
+        Kind::Job => Err(no_jobs())?,
     })
 }
 
@@ -633,6 +643,7 @@ pub async fn replace(
                 Kind::Machine => to_value(s.machines().replace(&id, decode(kind, doc)?)?),
                 Kind::Profile => to_value(s.profiles().replace(&id, decode(kind, doc)?)?),
                 Kind::Param => to_value(s.params().replace(&id, decode(kind, doc)?)?),
+                Kind::Job => Err(no_jobs())?,
             })
         })
         .await?;
@@ -653,6 +664,7 @@ fn apply_patch(s: &Store, kind: Kind, id: &str, doc: &Value, merge: bool) -> Api
         (Kind::Machine, true) => to_value(s.machines().update(id, doc)?),
         (Kind::Profile, true) => to_value(s.profiles().update(id, doc)?),
         (Kind::Param, true) => to_value(s.params().update(id, doc)?),
+        (Kind::Job, _) => Err(no_jobs())?,
     })
 }
 
@@ -711,6 +723,7 @@ pub async fn destroy(
                 Kind::Machine => to_value(s.machines().delete(&id)?),
                 Kind::Profile => to_value(s.profiles().delete(&id)?),
                 Kind::Param => to_value(s.params().delete(&id)?),
+                Kind::Job => Err(no_jobs())?,
             })
         })
         .await?;

@@ -465,7 +465,10 @@ pub async fn events(
                     return;
                 }
             };
-            if last.is_some_and(|seen| (next.revision, next.seq) <= seen) {
+            // Jobs hold rendered templates (minted tokens among them) and no
+            // claim covers them: the stream carries the three collections.
+            if next.kind == Kind::Job || last.is_some_and(|seen| (next.revision, next.seq) <= seen)
+            {
                 continue;
             }
             let data = serde_json::to_string(&next).unwrap_or_default();

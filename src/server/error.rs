@@ -108,7 +108,9 @@ impl From<Error> for ApiError {
         let (status, typ) = match &e {
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             Error::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            Error::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            Error::Conflict { .. } | Error::RevisionMismatch { .. } => {
+                (StatusCode::CONFLICT, "Conflict")
+            }
             Error::InUse { .. } => (StatusCode::CONFLICT, "InUse"),
             Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "Invalid"),
             Error::Schema { .. } => (StatusCode::BAD_REQUEST, "Schema"),

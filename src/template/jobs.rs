@@ -1,5 +1,7 @@
-//! Job snapshots: templates rendered once, at creation, and stored under key
-//! prefix `j` + the job's Uuid. Params read later never change a job.
+//! Job snapshots: templates rendered once, at creation, and stored as a
+//! write of their own (a revision and a [`Kind::Job`](crate::Kind::Job)
+//! create event), keyed by the job's Uuid. Params read later never change a
+//! job.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,23 +9,18 @@ use uuid::Uuid;
 
 use super::{Job, RenderContext, Template, TokenMinter};
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{job_key, Store};
 
-/// Attempts at reading a machine and its params without a write in between.
+/// Attempts at rendering from a machine and its params with no write between
+/// the read and the job's own write; the last attempt is stored regardless.
 const SNAPSHOT_TRIES: usize = 16;
-
-fn job_key(id: Uuid) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.push(b'j');
-    k.extend_from_slice(id.as_bytes());
-    k
-}
 
 impl Store {
     /// Renders `templates` (`(name, text)`; the first is the entry point, all
     /// can be called with `{{ template }}`) against the machine at `machine`
     /// and its effective params now, and stores the result as a new [`Job`]
-    /// stamped with the store revision it was read at.
+    /// stamped with the revision of its own write, which follows the read
+    /// directly: no other write comes between them.
     pub fn create_job(
         &self,
         machine: &str,
@@ -40,43 +37,40 @@ impl Store {
                 "at least one template is required",
             ));
         };
-        // A consistent read: the machine and its params with no write between.
+        // Render outside the writer lock (a minter may be slow), then write
+        // only if the store is still at the revision rendered from.
         let mut tries = 0;
-        let (m, params, revision) = loop {
-            let before = self.revision();
+        loop {
+            tries += 1;
+            let seen = self.revision();
             let m = self.machines().get(machine)?;
             let params = self.machines().params(machine, true)?;
-            let after = self.revision();
-            tries += 1;
-            if before == after || tries >= SNAPSHOT_TRIES {
-                break (m, params, after);
+            let rendered = entry.render(&RenderContext {
+                machine: &m,
+                params: &params,
+                templates: &parsed,
+                minter,
+            })?;
+            let job = Job {
+                uuid: Uuid::new_v4(),
+                machine: m.uuid,
+                revision: 0,
+                rendered,
+                created_at: rfc3339(SystemTime::now()),
+            };
+            let (key, name) = (job_key(job.uuid), job.uuid.to_string());
+            let at = (tries < SNAPSHOT_TRIES).then_some(seen);
+            match self.write_record(&key, &name, at, |revision| Job { revision, ..job }) {
+                Err(Error::RevisionMismatch { .. }) if at.is_some() => continue,
+                written => return written,
             }
-        };
-        let rendered = entry.render(&RenderContext {
-            machine: &m,
-            params: &params,
-            templates: &parsed,
-            minter,
-        })?;
-        let job = Job {
-            uuid: Uuid::new_v4(),
-            machine: m.uuid,
-            revision,
-            rendered,
-            created_at: rfc3339(SystemTime::now()),
-        };
-        let bytes = serde_json::to_vec(&job).map_err(|e| Error::Corrupt {
-            key: format!("j{}", job.uuid),
-            reason: e.to_string(),
-        })?;
-        self.put_record(job_key(job.uuid), bytes)?;
-        Ok(job)
+        }
     }
 
     /// The job with Uuid `id`.
     pub fn job(&self, id: Uuid) -> Result<Job> {
         let key = job_key(id);
-        match self.db().get(&key)? {
+        match self.backend().get(&key)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
                 key: format!("j{id}"),
                 reason: e.to_string(),

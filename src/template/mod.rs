@@ -4,10 +4,10 @@
 //! Owns: a parser and evaluator for the subset of Go's `text/template` that
 //! DRP task templates use (grammar in `grammar/template.ebnf`), positioned
 //! [`TemplateError`]s, the [`TokenMinter`] seam through which
-//! `.GenerateProfileToken` asks for a token, and [`Job`] records (sled key
-//! prefix `j`, see `jobs.rs`). Must not: mint or verify tokens (the auth
-//! module does), write machines, profiles or params, or touch other key
-//! prefixes.
+//! `.GenerateProfileToken` asks for a token, and [`Job`] records (written
+//! through the store's write path, see `jobs.rs`). Must not: mint or verify
+//! tokens (the auth module does), write machines, profiles or params, or
+//! reach the storage engine other than through the store.
 //!
 //! # Why a hand-written nom parser rather than a crate
 //!

@@ -6,15 +6,17 @@
 //! [`Store::wait_machine`] and [`Store::count_wait`] — that wake on the write
 //! that satisfies them instead of sleeping. Must not: decide what is written;
 //! the store's write pipeline hands every write's changes here
-//! ([`Change`]) and they land in the same atomic sled batch as the write.
+//! ([`Change`]) and they land in the same atomic batch as the write. Reads
+//! the log only through the storage boundary's feed of committed changes.
 //!
 //! # The log
-//! Every write appends one event per object it changed under key
-//! `c` + revision (u64, big-endian) + sequence (u32, big-endian), holding the
-//! object after the write and (for updates and deletes) before it. The log
-//! keeps the newest [`LOG_RETAIN`] events; a watch from an older revision
-//! fails with [`Error::Compacted`] naming the oldest revision still kept, as
-//! etcd does.
+//! Every write appends one event per object it changed (the store's layout
+//! keys it by revision and sequence), holding the object after the write and
+//! (for updates and deletes) before it. Jobs are logged too, as creates of
+//! [`Kind::Job`]: a watch of every kind sees them; a filter cannot apply to
+//! them. The log keeps the newest [`LOG_RETAIN`] events; a watch from an
+//! older revision fails with [`Error::Compacted`] naming the oldest revision
+//! still kept, as etcd does.
 //!
 //! # Filters on watches
 //! A watch with a filter delivers the events of objects that match the
@@ -32,7 +34,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::filter::{Bound, Filter};
 use crate::model::Kind;
-use crate::store::Store;
+use crate::store::{log_rev_of, Store};
 
 /// How many events the persisted change log keeps.
 pub const LOG_RETAIN: usize = 100_000;
@@ -83,13 +85,6 @@ pub(crate) struct Change {
     pub(crate) action: Action,
     pub(crate) object: Vec<u8>,
     pub(crate) previous: Option<Vec<u8>>,
-}
-
-pub(crate) fn log_key(rev: u64, seq: u32) -> [u8; 13] {
-    let mut k = [b'c'; 13];
-    k[1..9].copy_from_slice(&rev.to_be_bytes());
-    k[9..].copy_from_slice(&seq.to_be_bytes());
-    k
 }
 
 /// Encodes an event around the stored object bytes (already JSON).
@@ -206,6 +201,9 @@ impl Store {
             }
         }
         let filter = match (filter, kind) {
+            (Some(_), Some(Kind::Job)) => {
+                return Err(Error::invalid("watch filter", "jobs take no filter"))
+            }
             (Some(f), Some(k)) => {
                 let bound = f.bind(k, &*self.state())?;
                 Some((f, bound))
@@ -227,13 +225,8 @@ impl Store {
     }
 
     fn oldest_logged(&self) -> Result<Option<u64>> {
-        Ok(match self.db().scan_prefix(b"c").next() {
-            Some(item) => {
-                let (k, _) = item?;
-                k.get(1..9)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-            }
+        Ok(match self.backend().changes(0, 0).next() {
+            Some(item) => log_rev_of(&item?.0),
             None => None,
         })
     }
@@ -307,14 +300,10 @@ impl Watch {
         // in the log (a write lands its batch before it publishes its
         // revision), so skipping ahead to it afterwards loses nothing.
         let current = self.store.revision();
-        let start = log_key(self.next.0, self.next.1);
-        for item in self.store.db().range(start..) {
+        for item in self.store.backend().changes(self.next.0, self.next.1) {
             let (k, v) = item?;
-            if k.first() != Some(&b'c') {
-                break;
-            }
             let e: Event = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
-                key: format!("c{:?}", &k[1..]),
+                key: format!("c{:?}", k.get(1..).unwrap_or_default()),
                 reason: e.to_string(),
             })?;
             if (e.revision, e.seq) < self.next {

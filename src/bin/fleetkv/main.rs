@@ -371,7 +371,7 @@ impl Failure {
         match e {
             Error::NotFound { .. } => 4,
             Error::Auth(_) => 6,
-            Error::Conflict { .. } => 3,
+            Error::Conflict { .. } | Error::RevisionMismatch { .. } => 3,
             Error::Invalid { .. }
             | Error::Schema { .. }
             | Error::Filter(_)
@@ -379,7 +379,7 @@ impl Failure {
             | Error::InUse { .. }
             | Error::Compacted { .. }
             | Error::Template(_) => 2,
-            Error::Timeout | Error::Stalled { .. } => 5,
+            Error::Timeout | Error::Stalled { .. } | Error::Busy(_) => 5,
             _ => 1,
         }
     }
@@ -604,6 +604,7 @@ impl Ctx {
                     Kind::Machine => s.machines().exists(&id)?,
                     Kind::Profile => s.profiles().exists(&id)?,
                     Kind::Param => s.params().exists(&id)?,
+                    Kind::Job => Err(no_jobs())?,
                 };
                 if found {
                     Ok(())
@@ -616,6 +617,7 @@ impl Ctx {
                     Kind::Machine => drop(s.machines().delete(&id)?),
                     Kind::Profile => drop(s.profiles().delete(&id)?),
                     Kind::Param => drop(s.params().delete(&id)?),
+                    Kind::Job => Err(no_jobs())?,
                 }
                 outln!("Deleted {kind} {id}");
                 Ok(())
@@ -630,6 +632,7 @@ impl Ctx {
                     Kind::Machine => s.machines().count(&filter)?,
                     Kind::Profile => s.profiles().count(&filter)?,
                     Kind::Param => list(s, kind, &filter, &ListOptions::default())?.len() as u64,
+                    Kind::Job => Err(no_jobs())?,
                 };
                 outln!("{n}");
                 Ok(())
@@ -641,6 +644,7 @@ impl Ctx {
                         Kind::Machine => to_value(s.machines().update(&id, &merge)?),
                         Kind::Profile => to_value(s.profiles().update(&id, &merge)?),
                         Kind::Param => to_value(s.params().update(&id, &merge)?),
+                        Kind::Job => Err(no_jobs())?,
                     },
                     Some(r) => {
                         let reference = parse_json("-r reference object", r)?;
@@ -661,6 +665,7 @@ impl Ctx {
                             Kind::Param => {
                                 to_value(s.params().update_from(&id, &reference, &desired)?)
                             }
+                            Kind::Job => Err(no_jobs())?,
                         }
                     }
                 };
@@ -808,7 +813,7 @@ fn open_store(data: &Path, open: Open) -> Out<Store> {
     loop {
         match Store::open_with(data, options.clone()) {
             Ok(s) => return Ok(s),
-            Err(Error::Storage(e)) if e.to_string().contains("could not acquire lock") => {
+            Err(Error::Busy(_)) => {
                 let waited = start.elapsed();
                 if waited >= timeout {
                     return Err(Failure {
@@ -884,6 +889,12 @@ fn escape(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
 }
 
+/// Jobs are created by rendering and read by Uuid: no command reaches them
+/// as a collection (the kind of a command is never [`Kind::Job`]).
+fn no_jobs() -> Failure {
+    Failure::input("jobs are not a collection")
+}
+
 fn param_ptr(key: &str) -> String {
     format!("/Params/{}", escape(key))
 }
@@ -923,6 +934,7 @@ fn create(s: &Scoped, kind: Kind, input: &str) -> Out<Value> {
         Kind::Machine => to_value(s.machines().create(decode::<Machine>(kind, doc)?)?),
         Kind::Profile => to_value(s.profiles().create(decode::<Profile>(kind, doc)?)?),
         Kind::Param => to_value(s.params().create(decode::<ParamDef>(kind, doc)?)?),
+        Kind::Job => Err(no_jobs())?,
     })
 }
 
@@ -941,6 +953,7 @@ fn get(s: &Scoped, kind: Kind, id: &str) -> Out<Value> {
         Kind::Machine => to_value(s.machines().get(id)?),
         Kind::Profile => to_value(s.profiles().get(id)?),
         Kind::Param => to_value(s.params().get(id)?),
+        Kind::Job => Err(no_jobs())?,
     })
 }
 
@@ -949,6 +962,7 @@ fn patch(s: &Scoped, kind: Kind, id: &str, ops: &Value) -> Out<Value> {
         Kind::Machine => to_value(s.machines().patch(id, ops)?),
         Kind::Profile => to_value(s.profiles().patch(id, ops)?),
         Kind::Param => to_value(s.params().patch(id, ops)?),
+        Kind::Job => Err(no_jobs())?,
     })
 }
 
@@ -998,6 +1012,7 @@ fn list(s: &Scoped, kind: Kind, filter: &Filter, opts: &ListOptions) -> Out<Vec<
         Kind::Machine => s.machines().list(filter, opts)?,
         Kind::Profile => s.profiles().list(filter, opts)?,
         Kind::Param => s.params().list(filter, opts)?,
+        Kind::Job => Err(no_jobs())?,
     })
 }
 

@@ -1,0 +1,180 @@
+//! The storage boundary: the one trait through which the crate reaches a
+//! storage engine, and the batch it commits.
+//!
+//! Owns: what the store asks of an engine — point reads, ordered scans, one
+//! atomic batch per write guarded by an expected revision, flush, and the
+//! feed of committed changes. Must not: know the key layout beyond the
+//! change-log prefix the feed reads, decode records, or touch the in-memory
+//! indexes. Engines: [`SledBackend`](super::sled_backend::SledBackend) (the
+//! default, embedded) and [`MemoryBackend`](super::memory_backend::MemoryBackend)
+//! (tests). Calls that can block (open, commit, flush) are run by the store
+//! on its storage thread ([`super::stall`]); reads are called directly.
+//!
+//! # The revision guard
+//! Every [`Batch`] carries the revision it expects the store to be at and
+//! the one it moves it to. An engine applies the batch only if its stored
+//! revision equals the expected one, atomically with the check, and stores
+//! the new revision in the same atomic step; otherwise it writes nothing and
+//! returns [`Error::RevisionMismatch`]. The store's writer lock already
+//! orders writes within a process; the guard is what a backend shared by
+//! several writers (etcd's transaction compare) needs, and it makes an
+//! in-process bug that loses a revision fail loudly instead of overwriting.
+
+use crate::error::{Error, Result};
+
+use super::layout::{log_key, LOG_PREFIX};
+
+/// `(key, value)` pairs in ascending key order.
+pub(crate) type Scan<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a>;
+
+/// A storage engine. `Send + Sync + 'static`: the store shares one between
+/// its callers and its storage thread.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// The value at `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Entries whose key starts with `prefix`, from `from` on (inclusive), in
+    /// key order. A scan need not be a snapshot: it may or may not see a
+    /// batch committed while it runs, but never part of one entry.
+    fn scan(&self, prefix: &[u8], from: &[u8]) -> Scan<'_>;
+
+    /// The revision of the last committed batch (0 for a new store).
+    fn revision(&self) -> Result<u64>;
+
+    /// Applies `batch` atomically if the store is at `batch.expect`, moving
+    /// it to `batch.rev`; otherwise writes nothing and returns
+    /// [`Error::RevisionMismatch`].
+    fn commit(&self, batch: Batch) -> Result<()>;
+
+    /// Makes every committed batch durable.
+    fn flush(&self) -> Result<()>;
+
+    /// Entries under `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Scan<'_> {
+        self.scan(prefix, prefix)
+    }
+
+    /// The feed of committed changes: change-log records (encoded events)
+    /// from `(rev, seq)` on, oldest first. The write path logs every write's
+    /// events inside its own batch, so a reader of this feed — a watch in
+    /// this process, or another process or server sharing the data — sees a
+    /// write's events exactly when the write is committed. This default
+    /// reads the log through [`scan`](Self::scan); an engine with a native
+    /// change stream (etcd's watch) may serve it from that instead.
+    fn changes(&self, rev: u64, seq: u32) -> Scan<'_> {
+        self.scan(LOG_PREFIX, &log_key(rev, seq))
+    }
+}
+
+/// One write: ordered puts and removes, applied all or none.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// The revision the store must be at for the batch to apply.
+    pub(crate) expect: u64,
+    /// The revision the store is at once it has.
+    pub(crate) rev: u64,
+    /// `(key, Some(value))` puts, `(key, None)` removes; a later op on the
+    /// same key wins.
+    pub(crate) ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// Stages `value` at `key`.
+    pub(crate) fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), Some(value.into())));
+    }
+
+    /// Stages the removal of `key`.
+    pub(crate) fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), None));
+    }
+}
+
+/// The check every engine runs, atomically with its apply.
+pub(crate) fn check_revision(stored: u64, batch: &Batch) -> Result<()> {
+    if stored == batch.expect {
+        Ok(())
+    } else {
+        Err(Error::RevisionMismatch {
+            expected: batch.expect,
+            actual: stored,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::memory_backend::MemoryBackend;
+    use super::super::sled_backend::SledBackend;
+    use super::*;
+
+    fn engines() -> Vec<(&'static str, Box<dyn Backend>)> {
+        vec![
+            ("sled", Box::new(SledBackend::open(None).unwrap())),
+            ("memory", Box::new(MemoryBackend::default())),
+        ]
+    }
+
+    fn batch(expect: u64, rev: u64, key: &[u8], value: &[u8]) -> Batch {
+        let mut b = Batch {
+            expect,
+            rev,
+            ..Batch::default()
+        };
+        b.put(key, value);
+        b
+    }
+
+    #[test]
+    fn a_stale_expected_revision_is_refused_and_writes_nothing() {
+        for (name, db) in engines() {
+            db.commit(batch(0, 1, b"k", b"one")).unwrap();
+            assert_eq!(db.revision().unwrap(), 1, "{name}");
+            // A writer that prepared against revision 0 lost the race.
+            match db.commit(batch(0, 1, b"k", b"stale")) {
+                Err(Error::RevisionMismatch {
+                    expected: 0,
+                    actual: 1,
+                }) => {}
+                other => panic!("{name}: stale commit gave {other:?}"),
+            }
+            assert_eq!(
+                db.get(b"k").unwrap().as_deref(),
+                Some(&b"one"[..]),
+                "{name}"
+            );
+            assert_eq!(db.revision().unwrap(), 1, "{name}");
+            let mut b = batch(1, 2, b"k2", b"two");
+            b.remove(b"k".as_slice());
+            db.commit(b).unwrap();
+            assert_eq!(db.get(b"k").unwrap(), None, "{name}");
+            assert_eq!(db.revision().unwrap(), 2, "{name}");
+        }
+    }
+
+    #[test]
+    fn scans_are_ordered_bounded_by_prefix_and_start_where_asked() {
+        for (name, db) in engines() {
+            let mut b = Batch {
+                rev: 1,
+                ..Batch::default()
+            };
+            // More than one in-memory chunk, around another prefix.
+            for i in 0..600u32 {
+                b.put(log_key(u64::from(i / 3), i % 3).to_vec(), i.to_be_bytes());
+            }
+            b.put(b"b".as_slice(), b"before".as_slice());
+            b.put(b"d".as_slice(), b"after".as_slice());
+            db.commit(b).unwrap();
+            let keys =
+                |scan: Scan<'_>| -> Vec<Vec<u8>> { scan.map(|item| item.unwrap().0).collect() };
+            let all = keys(db.scan_prefix(LOG_PREFIX));
+            assert_eq!(all.len(), 600, "{name}");
+            assert!(all.windows(2).all(|w| w[0] < w[1]), "{name}: order");
+            let feed = keys(db.changes(150, 1));
+            assert_eq!(feed.len(), 600 - 451, "{name}: feed from 150.1");
+            assert_eq!(feed[0], log_key(150, 1), "{name}");
+            assert!(keys(db.changes(200, 0)).is_empty(), "{name}");
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The key layout and the record codec: how every record the crate keeps is
+//! named in the engine's one ordered key space, and how records are encoded.
+//!
+//! Owns: key prefixes and key encodings, JSON (de)serialization of stored
+//! records and the [`Error::Corrupt`] a bad record becomes. Must not: read or
+//! write the engine, or know about indexes.
+//!
+//! # Layout
+//! Keys are prefixed by kind, so one atomic batch covers a whole write:
+//! `m` + machine id (u32, big-endian) → machine JSON; `p` + name → profile
+//! JSON; `d` + name → param definition JSON; `j` + job Uuid (16 bytes) → job
+//! JSON; `c` + revision (u64, big-endian) + sequence (u32, big-endian) → one
+//! change event; `s:rev` → the store revision (kept by the engine, see
+//! [`super::backend`]); `s:next` → the next machine id; `s:logn` → events
+//! in the change log; `s:secret` → the token signing secret.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::model::Kind;
+
+pub(crate) const REV_KEY: &[u8] = b"s:rev";
+pub(crate) const NEXT_ID_KEY: &[u8] = b"s:next";
+pub(crate) const SECRET_KEY: &[u8] = b"s:secret";
+pub(crate) const LOG_LEN_KEY: &[u8] = b"s:logn";
+pub(crate) const MACHINE_PREFIX: &[u8] = b"m";
+pub(crate) const PROFILE_PREFIX: u8 = b'p';
+pub(crate) const PARAM_PREFIX: u8 = b'd';
+pub(crate) const LOG_PREFIX: &[u8] = b"c";
+
+pub(crate) fn machine_key(id: u32) -> [u8; 5] {
+    let mut k = [b'm'; 5];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The id in a machine key, if `key` is one.
+pub(crate) fn machine_id_of(key: &[u8]) -> Option<u32> {
+    match key {
+        [b'm', id @ ..] => id.try_into().ok().map(u32::from_be_bytes),
+        _ => None,
+    }
+}
+
+pub(crate) fn named_key(prefix: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1);
+    k.push(prefix);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub(crate) fn job_key(id: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(b'j');
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn log_key(rev: u64, seq: u32) -> [u8; 13] {
+    let mut k = [b'c'; 13];
+    k[1..9].copy_from_slice(&rev.to_be_bytes());
+    k[9..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The revision in a change-log key, if `key` is one.
+pub(crate) fn log_rev_of(key: &[u8]) -> Option<u64> {
+    match key {
+        [b'c', rest @ ..] if rest.len() == 12 => rest[..8].try_into().ok().map(u64::from_be_bytes),
+        _ => None,
+    }
+}
+
+/// The kind of object a record key holds.
+pub(crate) fn kind_of_key(key: &[u8]) -> Kind {
+    match key.first() {
+        Some(b'm') => Kind::Machine,
+        Some(b'p') => Kind::Profile,
+        Some(b'j') => Kind::Job,
+        _ => Kind::Param,
+    }
+}
+
+/// A record key as text, for errors.
+pub(crate) fn show_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).escape_debug().to_string()
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: show_key(key),
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Serializing our own model types to JSON cannot fail (string keys only).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(kind: Kind, v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| Error::invalid(format!("{kind}"), e.to_string()))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}

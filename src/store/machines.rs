@@ -1,0 +1,520 @@
+//! The [`Machines`] handle: machine reads, writes, bulk import and
+//! multi-machine patches, each write planned against the current state and
+//! handed to the pipeline.
+//!
+//! Owns: machine records (dense ids, Uuid immutability, name uniqueness
+//! across a batch) and their index changes. Must not: touch profiles' or
+//! definitions' records, or reach the engine except to read machines.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::backend::Batch;
+use super::layout::{decode, from_json, machine_key, to_json, MACHINE_PREFIX, NEXT_ID_KEY};
+use super::list::{shape, shape_raw, sort_key, window, ListOptions, Query};
+use super::open::Store;
+use super::patch;
+use super::state::{machine_entries, own_keys, State};
+use super::write::{erase, record, Apply};
+use crate::error::{Error, Result};
+use crate::filter::{Field, Filter, Key, Subject};
+use crate::index::{Defaults, ValueKey};
+use crate::model::{Kind, Machine};
+
+/// Machines: addressed by Uuid, `Uuid:…`, `Key:…` or `Name:…` (a bare
+/// non-UUID address is taken as a Name).
+pub struct Machines<'a> {
+    pub(super) store: &'a Store,
+}
+
+impl Store {
+    pub(super) fn load_machine(&self, id: u32) -> Result<Machine> {
+        let key = machine_key(id);
+        match self.inner.backend.get(&key)? {
+            Some(bytes) => decode(&key, &bytes),
+            None => Err(Error::Corrupt {
+                key: format!("m{id}"),
+                reason: "indexed machine has no record".into(),
+            }),
+        }
+    }
+}
+
+impl Machines<'_> {
+    /// Creates a machine; assigns a v4 Uuid when it has none. Returns it as stored.
+    pub fn create(&self, mut m: Machine) -> Result<Machine> {
+        if m.uuid.is_nil() {
+            m.uuid = Uuid::new_v4();
+        }
+        normalize_machine(&mut m);
+        self.store.write(|st, rev, log| {
+            st.check_machine(None, None, &m)?;
+            if st
+                .machines
+                .lookup(
+                    &Key::Field(Field::Uuid),
+                    &ValueKey::str(&m.uuid.to_string()),
+                )
+                .is_some()
+            {
+                return Err(Error::AlreadyExists {
+                    kind: Kind::Machine,
+                    key: m.uuid.to_string(),
+                });
+            }
+            let id = st.next_id;
+            if id == u32::MAX {
+                return Err(Error::invalid(
+                    "machine",
+                    "the store has run out of machine ids",
+                ));
+            }
+            m.revision = rev;
+            let mut batch = Batch::default();
+            record(
+                &mut batch,
+                log,
+                &machine_key(id),
+                &m.uuid.to_string(),
+                &m,
+                None,
+            );
+            batch.put(NEXT_ID_KEY, (id + 1).to_be_bytes());
+            let out = m.clone();
+            let apply = Box::new(move |st: &mut State| {
+                let e = machine_entries(&m, &st.profiles);
+                st.machines.insert(id, &e, &own_keys(&m.params));
+                st.next_id = id + 1;
+            });
+            Ok((batch, apply as Apply, out))
+        })
+    }
+
+    /// Creates or replaces (by Uuid) many machines as one atomic write: all
+    /// of them or, on the first invalid one, none. For bulk loads; callers
+    /// chunk large sets (10,000 a call is a good size). Names are checked
+    /// against the store as it was before the call, so two machines cannot
+    /// swap names in one import. Returns how many were created and how many
+    /// replaced.
+    pub fn import(&self, machines: Vec<Machine>) -> Result<(usize, usize)> {
+        self.store.write(|st, rev, log| {
+            let mut batch = Batch::default();
+            let mut names: HashMap<String, Uuid> = HashMap::with_capacity(machines.len());
+            let mut next = st.next_id;
+            let mut planned: Vec<(u32, Option<Machine>, Machine)> =
+                Vec::with_capacity(machines.len());
+            let (mut created, mut replaced) = (0, 0);
+            for mut m in machines {
+                if m.uuid.is_nil() {
+                    m.uuid = Uuid::new_v4();
+                }
+                normalize_machine(&mut m);
+                if names
+                    .insert(m.name.clone(), m.uuid)
+                    .is_some_and(|u| u != m.uuid)
+                {
+                    return Err(Error::AlreadyExists {
+                        kind: Kind::Machine,
+                        key: format!("Name:{}", m.name),
+                    });
+                }
+                let existing = st
+                    .machines
+                    .lookup(
+                        &Key::Field(Field::Uuid),
+                        &ValueKey::str(&m.uuid.to_string()),
+                    )
+                    .and_then(|b| b.min());
+                let (id, old) = match existing {
+                    Some(id) => {
+                        replaced += 1;
+                        (id, Some(self.store.load_machine(id)?))
+                    }
+                    None => {
+                        created += 1;
+                        next = next.checked_add(1).ok_or_else(|| {
+                            Error::invalid("machine", "the store has run out of machine ids")
+                        })?;
+                        (next - 1, None)
+                    }
+                };
+                st.check_machine(Some(id), old.as_ref(), &m)
+                    .map_err(|e| match e {
+                        Error::Invalid { what, reason } => {
+                            Error::invalid(format!("{what} of {}", m.name), reason)
+                        }
+                        other => other,
+                    })?;
+                m.revision = rev;
+                record(
+                    &mut batch,
+                    log,
+                    &machine_key(id),
+                    &m.uuid.to_string(),
+                    &m,
+                    old.as_ref(),
+                );
+                planned.push((id, old, m));
+            }
+            batch.put(NEXT_ID_KEY, next.to_be_bytes());
+            // Index entries are worked out now, outside the state's write
+            // lock (profiles cannot change: the writer lock is held).
+            let planned: Vec<_> = planned
+                .into_iter()
+                .map(|(id, old, m)| {
+                    let ne = machine_entries(&m, &st.profiles);
+                    let oe = old.map(|o| (machine_entries(&o, &st.profiles), o.params));
+                    (id, oe, ne, m.params)
+                })
+                .collect();
+            let apply = Box::new(move |st: &mut State| {
+                for (id, old, ne, params) in planned {
+                    match old {
+                        Some((oe, old_params)) => st.machines.replace_entries(
+                            id,
+                            Some((&oe, own_keys(&old_params))),
+                            Some((&ne, own_keys(&params))),
+                        ),
+                        None => st.machines.insert(id, &ne, &own_keys(&params)),
+                    }
+                }
+                st.next_id = next;
+            });
+            Ok((batch, apply as Apply, (created, replaced)))
+        })
+    }
+
+    /// The machine at `addr`.
+    pub fn get(&self, addr: &str) -> Result<Machine> {
+        let id = self.store.state().machine_id(addr)?;
+        self.store.load_machine(id)
+    }
+
+    /// Whether a machine exists at `addr`.
+    pub fn exists(&self, addr: &str) -> Result<bool> {
+        match self.store.state().machine_id(addr) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every machine, in creation order.
+    pub fn list_all(&self) -> Result<Vec<Machine>> {
+        let st = self.store.state();
+        st.machines
+            .universe()
+            .iter()
+            .map(|id| self.store.load_machine(id))
+            .collect()
+    }
+
+    /// Replaces the machine at `addr` with `m` (same Uuid, or none given).
+    pub fn replace(&self, addr: &str, m: Machine) -> Result<Machine> {
+        let new = to_json(&m);
+        self.modify(addr, move |doc| {
+            let mut new = new;
+            if let (Value::Object(n), Some(u)) = (&mut new, doc.get("Uuid")) {
+                if m.uuid.is_nil() {
+                    n.insert("Uuid".into(), u.clone());
+                }
+            }
+            *doc = new;
+            Ok(())
+        })
+    }
+
+    /// RFC 7396 merge patch (drpcli `update`).
+    pub fn update(&self, addr: &str, merge: &Value) -> Result<Machine> {
+        self.modify(addr, |doc| patch::apply_merge(doc, merge))
+    }
+
+    /// RFC 6902 patch, atomic: all of it or nothing.
+    pub fn patch(&self, addr: &str, ops: &Value) -> Result<Machine> {
+        let ops = patch::parse_patch(ops)?;
+        self.modify(addr, |doc| patch::apply_patch(doc, &ops))
+    }
+
+    /// Reference update (drpcli `-r`): fails with a conflict, writing nothing,
+    /// if any path that differs between `reference` and `desired` changed since.
+    pub fn update_from(&self, addr: &str, reference: &Value, desired: &Value) -> Result<Machine> {
+        self.modify(addr, |doc| patch::apply_reference(doc, reference, desired))
+    }
+
+    /// Sets own param `key`.
+    pub fn set_param(&self, addr: &str, key: &str, value: Value) -> Result<Machine> {
+        self.modify(addr, |doc| {
+            patch::params_of(doc)?.insert(key.to_string(), value);
+            Ok(())
+        })
+    }
+
+    /// Compare-and-set of own param `key`: only if its own value (or, when it
+    /// has none, its definition's default) equals `expected` (`None`: absent).
+    pub fn set_param_if(
+        &self,
+        addr: &str,
+        key: &str,
+        expected: Option<&Value>,
+        value: Value,
+    ) -> Result<Machine> {
+        let default = self.store.state().default_of(key).cloned();
+        self.modify(addr, |doc| {
+            patch::param_cas(doc, key, expected, value, default.as_ref())
+        })
+    }
+
+    /// Removes own param `key`; returns the removed value (`None` if it had none).
+    pub fn remove_param(&self, addr: &str, key: &str) -> Result<Option<Value>> {
+        let mut removed = None;
+        self.modify(addr, |doc| {
+            removed = patch::params_of(doc)?.shift_remove(key);
+            Ok(())
+        })?;
+        Ok(removed)
+    }
+
+    /// Own params, or with `aggregate` the effective ones (own → profiles →
+    /// global → default).
+    pub fn params(&self, addr: &str, aggregate: bool) -> Result<Map<String, Value>> {
+        let st = self.store.state();
+        let m = self.store.load_machine(st.machine_id(addr)?)?;
+        Ok(if aggregate {
+            st.effective(&m)
+        } else {
+            m.params
+        })
+    }
+
+    /// One param, own or (with `aggregate`) effective.
+    pub fn get_param(&self, addr: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
+        Ok(self.params(addr, aggregate)?.get(key).cloned())
+    }
+
+    /// Deletes the machine; returns it as it was.
+    pub fn delete(&self, addr: &str) -> Result<Machine> {
+        self.store.write(|st, _, log| {
+            let id = st.machine_id(addr)?;
+            let old = self.store.load_machine(id)?;
+            let mut batch = Batch::default();
+            erase(
+                &mut batch,
+                log,
+                &machine_key(id),
+                &old.uuid.to_string(),
+                &old,
+            );
+            let out = old.clone();
+            let apply = Box::new(move |st: &mut State| {
+                let e = machine_entries(&old, &st.profiles);
+                st.machines.remove(id, &e, &own_keys(&old.params));
+            });
+            Ok((batch, apply as Apply, out))
+        })
+    }
+
+    /// Binds `filter` for repeated [`count_query`](Self::count_query) / list calls.
+    pub fn prepare(&self, filter: &Filter) -> Result<Query> {
+        let st = self.store.state();
+        Ok(Query {
+            kind: Kind::Machine,
+            bound: filter.bind(Kind::Machine, &*st)?,
+        })
+    }
+
+    /// How many machines match; answered from the indexes alone.
+    pub fn count(&self, filter: &Filter) -> Result<u64> {
+        let q = self.prepare(filter)?;
+        Ok(self.count_query(&q))
+    }
+
+    /// [`count`](Self::count) for a prepared query.
+    pub fn count_query(&self, q: &Query) -> u64 {
+        let st = self.store.state();
+        st.machines.count(&q.bound, None, &*st)
+    }
+
+    /// Matching machines as JSON, shaped by `opts`.
+    pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
+        let q = self.prepare(filter)?;
+        self.list_query(&q, opts)
+    }
+
+    /// [`list`](Self::list) for a prepared query.
+    pub fn list_query(&self, q: &Query, opts: &ListOptions) -> Result<Vec<Value>> {
+        let st = self.store.state();
+        let ids = self.store.eval(&st, q);
+        let page = match &opts.sort {
+            Some(s) => window(
+                st.machines.sorted(&ids, &sort_key(Kind::Machine, s)?, &*st),
+                opts,
+            ),
+            // Id order needs no materialised list: take the page off the bitmap.
+            None => {
+                let take = opts.limit.unwrap_or(usize::MAX);
+                if opts.reverse {
+                    ids.iter().rev().skip(opts.offset).take(take).collect()
+                } else {
+                    ids.iter().skip(opts.offset).take(take).collect()
+                }
+            }
+        };
+        page.into_iter()
+            .map(|id| {
+                if !opts.aggregate {
+                    // Straight from stored JSON to the answer: no typed detour.
+                    let key = machine_key(id);
+                    let bytes =
+                        self.store
+                            .inner
+                            .backend
+                            .get(&key)?
+                            .ok_or_else(|| Error::Corrupt {
+                                key: format!("m{id}"),
+                                reason: "indexed machine has no record".into(),
+                            })?;
+                    return shape_raw(&key, &bytes, opts);
+                }
+                let m = self.store.load_machine(id)?;
+                let eff = st.effective(&m);
+                Ok(shape(to_json(&m), Some(eff), opts))
+            })
+            .collect()
+    }
+
+    /// The reference path: decodes every machine and runs the reference
+    /// evaluator. For tests and benchmarks; use [`list`](Self::list).
+    pub fn scan(&self, filter: &Filter) -> Result<Vec<Machine>> {
+        let st = self.store.state();
+        let bound = filter.bind(Kind::Machine, &*st)?;
+        let mut out = Vec::new();
+        for item in self.store.inner.backend.scan_prefix(MACHINE_PREFIX) {
+            let (k, v) = item?;
+            let m: Machine = decode(&k, &v)?;
+            let params = st.effective(&m);
+            let Value::Object(doc) = to_json(&m) else {
+                continue;
+            };
+            if bound.matches(&Subject {
+                doc: &doc,
+                params: &params,
+            }) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// RFC 6902 patches of several machines as one atomic write: every
+    /// patch applies, or none does and the first failure is returned (a
+    /// failed `test` as [`Error::Conflict`]). Each machine may appear once.
+    pub fn patch_many(&self, patches: &[(String, Value)]) -> Result<Vec<Machine>> {
+        let parsed: Vec<(&str, Vec<json_patch::PatchOperation>)> = patches
+            .iter()
+            .map(|(addr, ops)| Ok((addr.as_str(), patch::parse_patch(ops)?)))
+            .collect::<Result<_>>()?;
+        self.store.write(|st, rev, log| {
+            let mut batch = Batch::default();
+            let mut changes = Vec::with_capacity(parsed.len());
+            let mut seen = std::collections::HashSet::new();
+            for (addr, ops) in &parsed {
+                let id = st.machine_id(addr)?;
+                if !seen.insert(id) {
+                    return Err(Error::invalid(
+                        "patch_many",
+                        format!("machine {addr} is named twice"),
+                    ));
+                }
+                let (old, new) = self.change(st, rev, id, |doc| patch::apply_patch(doc, ops))?;
+                if changes
+                    .iter()
+                    .any(|(_, _, m): &(u32, Machine, Machine)| m.name == new.name)
+                {
+                    return Err(Error::AlreadyExists {
+                        kind: Kind::Machine,
+                        key: format!("Name:{}", new.name),
+                    });
+                }
+                record(
+                    &mut batch,
+                    log,
+                    &machine_key(id),
+                    &new.uuid.to_string(),
+                    &new,
+                    Some(&old),
+                );
+                changes.push((id, old, new));
+            }
+            let out = changes.iter().map(|(_, _, m)| m.clone()).collect();
+            let apply = Box::new(move |st: &mut State| {
+                for (id, old, new) in changes {
+                    reindex_machine(st, id, &old, &new);
+                }
+            });
+            Ok((batch, apply as Apply, out))
+        })
+    }
+
+    fn modify(&self, addr: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Machine> {
+        self.store.write(|st, rev, log| {
+            let id = st.machine_id(addr)?;
+            let (old, m) = self.change(st, rev, id, f)?;
+            let mut batch = Batch::default();
+            record(
+                &mut batch,
+                log,
+                &machine_key(id),
+                &m.uuid.to_string(),
+                &m,
+                Some(&old),
+            );
+            let out = m.clone();
+            let apply = Box::new(move |st: &mut State| reindex_machine(st, id, &old, &m));
+            Ok((batch, apply as Apply, out))
+        })
+    }
+
+    /// Loads machine `id`, lets `f` change its JSON, and checks the result
+    /// against the data model and every other object. Writes nothing.
+    fn change(
+        &self,
+        st: &State,
+        rev: u64,
+        id: u32,
+        f: impl FnOnce(&mut Value) -> Result<()>,
+    ) -> Result<(Machine, Machine)> {
+        let old = self.store.load_machine(id)?;
+        let mut doc = to_json(&old);
+        f(&mut doc)?;
+        let mut m: Machine = from_json(Kind::Machine, doc)?;
+        if m.uuid != old.uuid {
+            return Err(Error::invalid(
+                "machine Uuid",
+                format!("Uuid is immutable ({} → {})", old.uuid, m.uuid),
+            ));
+        }
+        normalize_machine(&mut m);
+        st.check_machine(Some(id), Some(&old), &m)?;
+        m.revision = rev;
+        Ok((old, m))
+    }
+}
+
+fn reindex_machine(st: &mut State, id: u32, old: &Machine, new: &Machine) {
+    let oe = machine_entries(old, &st.profiles);
+    let ne = machine_entries(new, &st.profiles);
+    st.machines.replace_entries(
+        id,
+        Some((&oe, own_keys(&old.params))),
+        Some((&ne, own_keys(&new.params))),
+    );
+}
+
+/// Canonical forms the filter language relies on (IP text).
+fn normalize_machine(m: &mut Machine) {
+    if let Ok(ip) = m.address.parse::<std::net::IpAddr>() {
+        m.address = ip.to_string();
+    }
+}

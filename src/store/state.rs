@@ -1,0 +1,239 @@
+//! Everything the store keeps in memory: definitions, profiles, the machine
+//! and profile indexes, and what each object contributes to an index.
+//!
+//! Owns: [`State`], object addressing (`Uuid:`, `Name:`…), the checks that
+//! need other objects (unique names, profile existence, schemas), and the
+//! index entries of machines and profiles. Must not: read or write the
+//! engine; changes arrive as closures from the write pipeline, applied under
+//! the state's write lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use roaring::RoaringBitmap;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::filter::{Field, Key, ParamTypes};
+use crate::index::{Defaults, Entries, Index, Posting, ValueKey};
+use crate::model::{Effective, Kind, Machine, Object, ParamDef, Profile};
+
+/// Everything kept in memory, replaced only under the state's write lock.
+pub(crate) struct State {
+    pub(super) rev: u64,
+    pub(super) next_id: u32,
+    pub(super) machines: Index,
+    pub(super) profiles: BTreeMap<String, Profile>,
+    pub(super) profile_ids: HashMap<String, u32>,
+    pub(super) profile_names: HashMap<u32, String>,
+    pub(super) next_profile_id: u32,
+    pub(super) profile_index: Index,
+    pub(super) params: BTreeMap<String, ParamDef>,
+    pub(super) validators: HashMap<String, Arc<jsonschema::Validator>>,
+    /// Events in the persisted change log.
+    pub(super) log_len: usize,
+}
+
+impl Defaults for State {
+    fn default_of(&self, name: &str) -> Option<&Value> {
+        self.params.get(name).and_then(ParamDef::default_value)
+    }
+    fn with_defaults(&self) -> Vec<&str> {
+        self.params
+            .values()
+            .filter(|d| d.default_value().is_some())
+            .map(|d| d.name.as_str())
+            .collect()
+    }
+}
+
+impl ParamTypes for State {
+    fn schema_type(&self, name: &str) -> Option<&str> {
+        self.params.get(name).and_then(ParamDef::schema_type)
+    }
+}
+
+impl State {
+    /// Definition defaults as `(name, default)`, by name.
+    pub(super) fn defaults(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.params
+            .values()
+            .filter_map(|d| d.default_value().map(|v| (&d.name, v)))
+    }
+
+    /// A machine's effective params (own → profiles in order → global →
+    /// default), as they resolve now.
+    pub(super) fn effective(&self, m: &Machine) -> Map<String, Value> {
+        Effective::of_machine(m, |n| self.profiles.get(n).map(|p| &p.params))
+            .resolve(self.defaults())
+    }
+
+    pub(super) fn add_profile(&mut self, p: Profile) {
+        let id = self.next_profile_id;
+        self.next_profile_id += 1;
+        self.profile_index.insert(id, &profile_entries(&p), &[]);
+        self.profile_ids.insert(p.name.clone(), id);
+        self.profile_names.insert(id, p.name.clone());
+        self.profiles.insert(p.name.clone(), p);
+    }
+
+    pub(super) fn machine_id(&self, addr: &str) -> Result<u32> {
+        let (field, value) = if let Some(u) = addr
+            .strip_prefix("Uuid:")
+            .or_else(|| addr.strip_prefix("Key:"))
+        {
+            (Field::Uuid, canonical_uuid(u)?)
+        } else if let Some(n) = addr.strip_prefix("Name:") {
+            (Field::Name, n.to_string())
+        } else if let Ok(u) = Uuid::parse_str(addr) {
+            (Field::Uuid, u.to_string())
+        } else {
+            (Field::Name, addr.to_string())
+        };
+        self.machines
+            .lookup(&Key::Field(field), &ValueKey::str(&value))
+            .and_then(|b| b.min())
+            .ok_or_else(|| Error::not_found(Kind::Machine, addr))
+    }
+
+    pub(super) fn members(&self, profile: &str) -> RoaringBitmap {
+        self.machines
+            .lookup(&Key::Profiles, &ValueKey::str(profile))
+            .map(Posting::to_bitmap)
+            .unwrap_or_default()
+    }
+
+    /// Checks own params that changed against their definitions' schemas.
+    pub(super) fn check_params(
+        &self,
+        old: Option<&Map<String, Value>>,
+        new: &Map<String, Value>,
+    ) -> Result<()> {
+        for (k, v) in new {
+            if old.and_then(|o| o.get(k)) == Some(v) {
+                continue;
+            }
+            if let Some(val) = self.validators.get(k) {
+                if let Err(e) = val.validate(v) {
+                    return Err(Error::Schema {
+                        param: k.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_machine(
+        &self,
+        id: Option<u32>,
+        old: Option<&Machine>,
+        m: &Machine,
+    ) -> Result<()> {
+        m.check()?;
+        if let Some(b) = self
+            .machines
+            .lookup(&Key::Field(Field::Name), &ValueKey::str(&m.name))
+        {
+            if b.iter().any(|other| Some(other) != id) {
+                return Err(Error::AlreadyExists {
+                    kind: Kind::Machine,
+                    key: format!("Name:{}", m.name),
+                });
+            }
+        }
+        for p in &m.profiles {
+            if !self.profiles.contains_key(p) {
+                return Err(Error::invalid(
+                    "machine Profiles",
+                    format!("profile {p:?} does not exist"),
+                ));
+            }
+        }
+        self.check_params(old.map(|o| &o.params), &m.params)
+    }
+}
+
+fn canonical_uuid(s: &str) -> Result<String> {
+    Uuid::parse_str(s)
+        .map(|u| u.to_string())
+        .map_err(|e| Error::invalid("Uuid", format!("{s:?}: {e}")))
+}
+
+fn common_entries<'a>(
+    e: &mut Entries,
+    name: &str,
+    description: &str,
+    params: impl IntoIterator<Item = (&'a String, &'a Value)>,
+    meta: &BTreeMap<String, String>,
+) {
+    e.push((Key::Field(Field::Name), ValueKey::str(name)));
+    e.push((Key::Field(Field::Description), ValueKey::str(description)));
+    for (k, v) in params {
+        e.push((Key::Param(k.clone()), ValueKey::of(v)));
+    }
+    for (k, v) in meta {
+        e.push((Key::Meta(k.clone()), ValueKey::str(v)));
+    }
+}
+
+pub(super) fn machine_entries(m: &Machine, profiles: &BTreeMap<String, Profile>) -> Entries {
+    let mut e = Entries::with_capacity(16 + m.params.len());
+    // Explicit effective params by reference; the index applies definition
+    // defaults itself (through `Defaults`).
+    let effective = Effective::of_machine(m, |n| profiles.get(n).map(|p| &p.params));
+    common_entries(
+        &mut e,
+        &m.name,
+        &m.description,
+        effective.explicit(),
+        &m.meta,
+    );
+    e.push((Key::Field(Field::Uuid), ValueKey::str(&m.uuid.to_string())));
+    if !m.address.is_empty() {
+        e.push((Key::Field(Field::Address), ValueKey::str(&m.address)));
+    }
+    e.push((Key::Field(Field::Workflow), ValueKey::str(&m.workflow)));
+    e.push((Key::Field(Field::Runnable), ValueKey::Bool(m.runnable)));
+    for p in &m.profiles {
+        e.push((Key::Profiles, ValueKey::str(p)));
+    }
+    e
+}
+
+pub(super) fn profile_entries(p: &Profile) -> Entries {
+    let mut e = Entries::with_capacity(4 + p.params.len());
+    common_entries(&mut e, &p.name, &p.description, &p.params, &p.meta);
+    e
+}
+
+pub(super) fn own_keys(params: &Map<String, Value>) -> Vec<&str> {
+    params.keys().map(String::as_str).collect()
+}
+
+impl Index {
+    /// Applies the difference between an object's old and new entries.
+    pub(super) fn replace_entries(
+        &mut self,
+        id: u32,
+        old: Option<(&Entries, Vec<&str>)>,
+        new: Option<(&Entries, Vec<&str>)>,
+    ) {
+        let empty = Entries::new();
+        let (oe, oo) = old.unwrap_or((&empty, Vec::new()));
+        let (ne, no) = new
+            .as_ref()
+            .map(|(e, o)| (*e, o.clone()))
+            .unwrap_or((&empty, Vec::new()));
+        let gone: Entries = oe.iter().filter(|x| !ne.contains(x)).cloned().collect();
+        let came: Entries = ne.iter().filter(|x| !oe.contains(x)).cloned().collect();
+        let gone_own: Vec<&str> = oo.iter().filter(|x| !no.contains(x)).copied().collect();
+        let came_own: Vec<&str> = no.iter().filter(|x| !oo.contains(x)).copied().collect();
+        self.remove(id, &gone, &gone_own);
+        if new.is_some() {
+            self.insert(id, &came, &came_own);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The write pipeline: one write at a time, from a closure that plans it
+//! against the current state to one committed batch and its index change.
+//!
+//! Owns: the writer lock, the revision a write gets, staging an object's
+//! record and change event ([`record`], [`erase`]), the commit-then-apply
+//! order, durable flushes, and waking watchers. Must not: decide what an
+//! object kind's write changes (the handles' closures do) or encode the
+//! change log's records (see [`super::changelog`]).
+//!
+//! The engine commits first and memory follows: a failed or stalled commit
+//! leaves the indexes equal to what is stored.
+
+use super::backend::Batch;
+use super::changelog;
+use super::layout::{encode, kind_of_key};
+use super::open::Store;
+use super::state::State;
+use crate::error::{Error, Result};
+use crate::watch::{Action, Change};
+
+/// The in-memory half of a write, applied after its batch commits.
+pub(super) type Apply = Box<dyn FnOnce(&mut State)>;
+
+/// Stages an object's new record and its change event.
+pub(super) fn record<T: serde::Serialize>(
+    batch: &mut Batch,
+    log: &mut Vec<Change>,
+    key: &[u8],
+    name: &str,
+    new: &T,
+    old: Option<&T>,
+) {
+    let bytes = encode(new);
+    batch.put(key, bytes.clone());
+    log.push(Change {
+        kind: kind_of_key(key),
+        key: name.to_string(),
+        action: if old.is_some() {
+            Action::Update
+        } else {
+            Action::Create
+        },
+        object: bytes,
+        previous: old.map(encode),
+    });
+}
+
+/// Stages an object's removal and its change event.
+pub(super) fn erase<T: serde::Serialize>(
+    batch: &mut Batch,
+    log: &mut Vec<Change>,
+    key: &[u8],
+    name: &str,
+    old: &T,
+) {
+    batch.remove(key);
+    log.push(Change {
+        kind: kind_of_key(key),
+        key: name.to_string(),
+        action: Action::Delete,
+        object: encode(old),
+        previous: None,
+    });
+}
+
+impl Store {
+    /// Writes one record that no index covers (a job) as a write of its own:
+    /// a revision and a create event keyed `name`, under the writer lock.
+    /// `make` builds the record for the write's revision. With `at`, the
+    /// write is refused with [`Error::RevisionMismatch`] unless the store is
+    /// still at revision `at` (what `make`'s input was read at).
+    pub(crate) fn write_record<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        name: &str,
+        at: Option<u64>,
+        make: impl FnOnce(u64) -> T,
+    ) -> Result<T> {
+        self.write(|st, rev, log| {
+            if let Some(at) = at.filter(|at| *at != st.rev) {
+                return Err(Error::RevisionMismatch {
+                    expected: at,
+                    actual: st.rev,
+                });
+            }
+            let out = make(rev);
+            let mut batch = Batch::default();
+            record(&mut batch, log, key, name, &out, None);
+            Ok((batch, Box::new(|_: &mut State| {}) as Apply, out))
+        })
+    }
+
+    /// Runs one write: `f` builds the batch and index change from the current
+    /// state; both are applied together under the state lock.
+    pub(super) fn write<T>(
+        &self,
+        f: impl FnOnce(&State, u64, &mut Vec<Change>) -> Result<(Batch, Apply, T)>,
+    ) -> Result<T> {
+        self.inner.guard.check()?;
+        let _w = self.inner.writer.lock();
+        let mut changes = Vec::new();
+        let (mut batch, apply, out, log_len) = {
+            let st = self.inner.state.read();
+            let (mut batch, apply, out) = f(&st, st.rev + 1, &mut changes)?;
+            batch.expect = st.rev;
+            batch.rev = st.rev + 1;
+            (batch, apply, out, st.log_len)
+        };
+        let rev = batch.rev;
+        let log_len = changelog::stage(
+            self.backend(),
+            &mut batch,
+            &changes,
+            log_len,
+            self.inner.options.log_retain,
+        )?;
+        {
+            // The engine commits first, memory follows: a failed or stalled
+            // commit leaves the indexes equal to what is stored.
+            let mut st = self.inner.state.write();
+            let backend = self.inner.backend.clone();
+            self.inner
+                .guard
+                .run("commit", move || backend.commit(batch))??;
+            apply(&mut st);
+            st.rev = rev;
+            st.log_len = log_len;
+        }
+        if self.inner.options.durable {
+            self.flush()?;
+        }
+        // Wake watchers and waiters (they re-check the revision under this lock).
+        let _g = self.inner.written.lock();
+        self.inner.wake.notify_all();
+        Ok(out)
+    }
+
+    /// Blocks until the store's revision passes `seen`, or `deadline`.
+    pub(crate) fn wait_for_write(&self, seen: u64, deadline: std::time::Instant) -> Result<()> {
+        let mut g = self.inner.written.lock();
+        while self.revision() <= seen {
+            if self.inner.wake.wait_until(&mut g, deadline).timed_out() && self.revision() <= seen {
+                return Err(Error::Timeout);
+            }
+        }
+        Ok(())
+    }
+}
