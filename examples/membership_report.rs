@@ -254,13 +254,105 @@ fn main() {
     );
     store.verify_indexes().unwrap();
 
-    // Rebuild on open.
-    drop(store);
+    // Opening: from the checkpoint a clean close writes, and by rebuilding.
+    let q2 = fleet::filter(fleet::QUERIES[1].1);
     let t = Instant::now();
-    let reopened = Store::open(dir.path()).unwrap();
+    drop(store);
+    let close = t.elapsed();
+    let open_count = |label: &str| {
+        let t = Instant::now();
+        let s = Store::open(dir.path()).unwrap();
+        black_box(s.machines().count(&q2).unwrap());
+        let took = t.elapsed();
+        println!(
+            "| open + first Q2 count, in process, {label} ({:?}) | {} |",
+            s.recovery(),
+            fmt(took)
+        );
+        s
+    };
     println!(
-        "| open (rebuild indexes from sled) | {} |",
-        fmt(t.elapsed())
+        "| clean close (flush + index checkpoint) | {} |",
+        fmt(close)
     );
-    drop(reopened);
+    let checkpoint_bytes =
+        std::fs::metadata(dir.path().join("fleetkv.index")).map_or(0, |m| m.len());
+    println!(
+        "| index checkpoint file | {:.1} MiB ({:.0} bytes/machine) |",
+        checkpoint_bytes as f64 / 1048576.0,
+        checkpoint_bytes as f64 / n as f64
+    );
+    drop(open_count("after a clean close"));
+    std::fs::remove_file(dir.path().join("fleetkv.index")).unwrap();
+    drop(open_count("no checkpoint: rebuild"));
+
+    // One process per call, as scripts use the CLI, beside one sqlite3
+    // process on a file with the same indexes.
+    if let Some(cli) = arg(&args, "--cli") {
+        let db_file = dir.path().join("peer.sqlite");
+        sql.conn
+            .execute(&format!("VACUUM INTO '{}'", db_file.display()), [])
+            .unwrap();
+        let procs = |mut c: std::process::Command| {
+            let mut times: Vec<Duration> = (0..7)
+                .map(|_| {
+                    let t = Instant::now();
+                    let o = c.output().unwrap();
+                    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                    t.elapsed()
+                })
+                .collect();
+            times.sort();
+            times[times.len() / 2]
+        };
+        println!();
+        println!("| one process per count (median of 7) | fleetkv | sqlite3 | ratio |");
+        println!("|---|---:|---:|---:|");
+        for i in [0, 1, 3] {
+            let (name, text) = fleet::QUERIES[i];
+            let mut ours = std::process::Command::new(&cli);
+            ours.arg("--data")
+                .arg(dir.path())
+                .args(["machines", "count", text]);
+            let mut peer = std::process::Command::new("sqlite3");
+            peer.arg(&db_file).arg(fleet::SQL_COUNT[i]);
+            let (a, b) = (procs(ours), procs(peer));
+            println!(
+                "| {name} `{text}` | {} | {} | {} |",
+                fmt(a),
+                fmt(b),
+                ratio(a, b)
+            );
+        }
+
+        // SIGKILL in the middle of an import of 20,000 new machines.
+        let extra: Vec<_> = (n..n + 20_000).map(fleet::machine).collect();
+        let file = dir.path().join("extra.json");
+        std::fs::write(&file, serde_json::to_vec(&extra).unwrap()).unwrap();
+        let mut child = std::process::Command::new(&cli)
+            .arg("--data")
+            .arg(dir.path())
+            .args(["import"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let label = match child.try_wait().unwrap() {
+            None => "after SIGKILL mid-import",
+            Some(_) => "after an import that finished before its SIGKILL",
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let s = open_count(label);
+        s.verify_indexes().unwrap();
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }

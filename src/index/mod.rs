@@ -17,6 +17,7 @@
 //! default satisfies adds "every object without a value" (`U − has(k)`). So a
 //! definition's default can change without touching any posting.
 
+mod codec;
 mod posting;
 mod value;
 

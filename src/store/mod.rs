@@ -37,6 +37,7 @@
 
 mod backend;
 mod changelog;
+mod checkpoint;
 mod layout;
 mod list;
 mod machines;
@@ -51,6 +52,7 @@ mod stall;
 mod state;
 mod write;
 
+pub use checkpoint::Recovery;
 pub use list::{ListOptions, Query};
 pub use machines::Machines;
 pub use open::{Options, Store, STALL_TIMEOUT};

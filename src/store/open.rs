@@ -8,12 +8,14 @@
 //! [`super::rebuild`]) or write objects other than through the pipeline.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
 use uuid::Uuid;
 
 use super::backend::{Backend, Batch};
+use super::checkpoint::{self, Recovery};
 use super::layout::{named_key, PROFILE_PREFIX, SECRET_KEY};
 use super::machines::Machines;
 use super::memory_backend::MemoryBackend;
@@ -44,6 +46,14 @@ pub struct Options {
     /// call returns [`Error::Stalled`] (and the store refuses further
     /// writes). A safety net: the engine is not expected to stall.
     pub stall_timeout: std::time::Duration,
+    /// Write an index checkpoint when the store closes once this many change
+    /// events were written since the last one (stores in a directory only),
+    /// so that the next open reads the checkpoint and the few writes after
+    /// it instead of every machine. `None`: never write one (an open still
+    /// uses one that exists). A running store also writes one, after the
+    /// write that crosses half the change log's retention, so that the log
+    /// can always bridge from the last checkpoint.
+    pub checkpoint_after: Option<u64>,
 }
 
 impl Default for Options {
@@ -52,6 +62,7 @@ impl Default for Options {
             durable: false,
             log_retain: LOG_RETAIN,
             stall_timeout: STALL_TIMEOUT,
+            checkpoint_after: Some(1_000),
         }
     }
 }
@@ -72,16 +83,105 @@ pub(super) struct Inner {
     /// Signalled after every write, for watches and waits.
     pub(super) written: Mutex<()>,
     pub(super) wake: Condvar,
+    /// Where and how far behind the index checkpoint is (directory stores).
+    pub(super) checkpoints: Option<Checkpoints>,
+    pub(super) recovery: Recovery,
 }
+
+/// The checkpoint file's directory and what it lacks.
+pub(super) struct Checkpoints {
+    dir: PathBuf,
+    /// Change events written since the checkpoint on disk (a large number
+    /// when there is none this store can use).
+    pending: AtomicU64,
+    /// One checkpoint written at a time.
+    writing: Mutex<()>,
+}
+
+/// `pending` when no usable checkpoint exists: due at the first chance.
+const NO_CHECKPOINT: u64 = u64::MAX / 4;
 
 impl Drop for Inner {
     /// sled flushes when its last handle drops; flushing here first, through
     /// the guard, bounds that too: should it stall, the storage thread keeps
     /// a handle and sled's own flush never runs.
     fn drop(&mut self) {
+        if self.checkpoint_due(self.options.checkpoint_after) {
+            if let Err(e) = self.checkpoint() {
+                eprintln!("fleetkv: could not write the index checkpoint: {e}");
+            }
+        }
         let backend = self.backend.clone();
         let _ = self.guard.run("flush", move || backend.flush());
     }
+}
+
+impl Inner {
+    fn checkpoint_due(&self, after: Option<u64>) -> bool {
+        match (&self.checkpoints, after) {
+            (Some(c), Some(after)) => {
+                c.pending.load(Ordering::Relaxed) >= after.max(1) && self.guard.check().is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        let Some(c) = &self.checkpoints else {
+            return Ok(());
+        };
+        let _one = c.writing.lock();
+        let digest = checkpoint::store_digest(&self.secret()?);
+        // Encoded under the read lock (writers wait, readers do not); what
+        // it covers is flushed before the file names it.
+        let (bytes, covered) = {
+            let st = self.state.read();
+            (
+                checkpoint::encode(&digest, &st),
+                c.pending.load(Ordering::Acquire),
+            )
+        };
+        let backend = self.backend.clone();
+        self.guard.run("flush", move || backend.flush())??;
+        checkpoint::write(&c.dir, &bytes).map_err(|e| {
+            Error::Storage(format!(
+                "writing the index checkpoint in {}: {e}",
+                c.dir.display()
+            ))
+        })?;
+        c.pending.fetch_sub(
+            covered.min(c.pending.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        Ok(())
+    }
+
+    fn secret(&self) -> Result<Vec<u8>> {
+        self.backend.get(SECRET_KEY)?.ok_or_else(|| Error::Corrupt {
+            key: "s:secret".into(),
+            reason: "the store has no signing secret".into(),
+        })
+    }
+}
+
+/// The state from `dir`'s checkpoint brought forward, or rebuilt (with one
+/// line on stderr when a checkpoint was there but could not serve).
+fn open_indexes(db: &dyn Backend, dir: &Path, secret: &[u8]) -> Result<(State, Recovery)> {
+    let refused = match checkpoint::read(dir, &checkpoint::store_digest(secret)) {
+        Ok(None) => None,
+        Ok(Some(ck)) => match checkpoint::bring_forward(db, ck)? {
+            Ok(found) => return Ok(found),
+            Err(why) => Some(why),
+        },
+        Err(why) => Some(why),
+    };
+    if let Some(why) = &refused {
+        eprintln!(
+            "fleetkv: the index checkpoint {} {why}; rebuilding the indexes from the records",
+            dir.join(checkpoint::FILE).display()
+        );
+    }
+    Ok((load_state(db)?, Recovery::Rebuilt { refused }))
 }
 
 impl Store {
@@ -115,19 +215,34 @@ impl Store {
     /// An in-memory store with options (`durable` has nothing to flush).
     pub fn in_memory_with(options: Options) -> Result<Store> {
         let guard = stall::Guard::new(options.stall_timeout)?;
-        Store::start(Arc::new(MemoryBackend::default()), guard, options)
+        Store::start(Arc::new(MemoryBackend::default()), guard, options, None)
     }
 
     fn on_sled(path: Option<PathBuf>, options: Options) -> Result<Store> {
         let guard = stall::Guard::new(options.stall_timeout)?;
+        let dir = path.clone();
         let backend = guard.run("open", move || SledBackend::open(path))??;
-        Store::start(Arc::new(backend), guard, options)
+        Store::start(Arc::new(backend), guard, options, dir)
     }
 
     /// Builds the in-memory state from an opened engine; a new store gets
     /// its `global` profile and signing secret in its first write.
-    fn start(backend: Arc<dyn Backend>, guard: stall::Guard, options: Options) -> Result<Store> {
-        let state = load_state(&*backend)?;
+    /// From a checkpoint in `dir` when there is a usable one (see
+    /// [`super::checkpoint`]), else from every record.
+    fn start(
+        backend: Arc<dyn Backend>,
+        guard: stall::Guard,
+        options: Options,
+        dir: Option<PathBuf>,
+    ) -> Result<Store> {
+        let (state, recovery) = match (&dir, backend.get(SECRET_KEY)?) {
+            (Some(dir), Some(secret)) => open_indexes(&*backend, dir, &secret)?,
+            _ => (load_state(&*backend)?, Recovery::Rebuilt { refused: None }),
+        };
+        let pending = match recovery {
+            Recovery::Checkpoint { events, .. } => events,
+            Recovery::Rebuilt { .. } => NO_CHECKPOINT,
+        };
         let store = Store {
             inner: Arc::new(Inner {
                 backend,
@@ -137,6 +252,12 @@ impl Store {
                 state: RwLock::new(state),
                 written: Mutex::new(()),
                 wake: Condvar::new(),
+                checkpoints: dir.map(|dir| Checkpoints {
+                    dir,
+                    pending: AtomicU64::new(pending),
+                    writing: Mutex::new(()),
+                }),
+                recovery,
             }),
         };
         let has_secret = store.inner.backend.get(SECRET_KEY)?.is_some();
@@ -169,13 +290,7 @@ impl Store {
 
     /// The store's signing secret (for tokens). Created with the store.
     pub(crate) fn secret(&self) -> Result<Vec<u8>> {
-        match self.inner.backend.get(SECRET_KEY)? {
-            Some(s) => Ok(s),
-            None => Err(Error::Corrupt {
-                key: "s:secret".into(),
-                reason: "the store has no signing secret".into(),
-            }),
-        }
+        self.inner.secret()
     }
 
     pub(crate) fn state(&self) -> RwLockReadGuard<'_, State> {
@@ -206,6 +321,40 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         let backend = self.inner.backend.clone();
         self.inner.guard.run("flush", move || backend.flush())?
+    }
+
+    /// How this open got its indexes: from a checkpoint (and how much of
+    /// the log it replayed) or by reading every machine (and why no
+    /// checkpoint served).
+    pub fn recovery(&self) -> &Recovery {
+        &self.inner.recovery
+    }
+
+    /// Writes the index checkpoint now (a store in a directory; elsewhere a
+    /// no-op), flushing the engine first. Closing writes one when due
+    /// ([`Options::checkpoint_after`]).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.inner.checkpoint()
+    }
+
+    /// Counts a write's events toward the next checkpoint; writes one when
+    /// the change log is half way to forgetting the last (the log must
+    /// bridge from it at the next open).
+    pub(super) fn note_written(&self, events: usize) {
+        let inner = &self.inner;
+        let Some(c) = &inner.checkpoints else {
+            return;
+        };
+        c.pending.fetch_add(events as u64, Ordering::Relaxed);
+        let mark =
+            (inner.options.log_retain as u64 / 2).max(inner.options.checkpoint_after.unwrap_or(0));
+        if inner.options.checkpoint_after.is_some() && inner.checkpoint_due(Some(mark)) {
+            // The write is committed; a failed checkpoint only means a
+            // longer replay or a rebuild at the next open.
+            if let Err(e) = inner.checkpoint() {
+                eprintln!("fleetkv: could not write the index checkpoint: {e}");
+            }
+        }
     }
 
     /// The engine, for reads (writes go through [`write`](Self::write)).

@@ -87,8 +87,16 @@ fn index_diff(a: &Index, b: &Index) -> String {
 
 /// Reads every record and builds the in-memory state.
 pub(super) fn load_state(db: &dyn Backend) -> Result<State> {
+    let mut st = load_definitions(db)?;
+    index_machines(db, &mut st, MACHINE_PREFIX)?;
+    Ok(st)
+}
+
+/// The state without machines: revision, counters, definitions and
+/// profiles (with their index), read whole — they are few.
+pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
     let rev = db.revision()?;
-    let mut next_id = match db.get(NEXT_ID_KEY)? {
+    let next_id = match db.get(NEXT_ID_KEY)? {
         Some(b) => u32::from_be_bytes(b.as_slice().try_into().map_err(|_| Error::Corrupt {
             key: "s:next".into(),
             reason: "not 4 bytes".into(),
@@ -97,7 +105,7 @@ pub(super) fn load_state(db: &dyn Backend) -> Result<State> {
     };
     let mut st = State {
         rev,
-        next_id: 0,
+        next_id,
         machines: Index::default(),
         profiles: BTreeMap::new(),
         profile_ids: HashMap::new(),
@@ -127,16 +135,24 @@ pub(super) fn load_state(db: &dyn Backend) -> Result<State> {
         let p: Profile = decode(&k, &v)?;
         st.add_profile(p);
     }
+    Ok(st)
+}
+
+/// Indexes every machine record from key `from` on into `st.machines`
+/// (the whole fleet from [`MACHINE_PREFIX`]; a checkpoint passes the first
+/// id it does not hold), and moves `st.next_id` past them.
+pub(super) fn index_machines(db: &dyn Backend, st: &mut State, from: &[u8]) -> Result<()> {
+    let mut next_id = st.next_id;
     // Decoding runs on a second thread while this one fills the index: the
     // two halves of a rebuild take about as long as each other.
     type Decoded = (u32, Entries, Vec<String>);
-    let mut machines = Index::default();
+    let mut machines = std::mem::take(&mut st.machines);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Decoded>>>(4);
     let profiles = &st.profiles;
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || {
             let mut chunk = Vec::with_capacity(1024);
-            for item in db.scan_prefix(MACHINE_PREFIX) {
+            for item in db.scan(MACHINE_PREFIX, from) {
                 let decoded = item.and_then(|(k, v)| {
                     let id = machine_id_of(&k).ok_or_else(|| Error::Corrupt {
                         key: show_key(&k),
@@ -170,5 +186,5 @@ pub(super) fn load_state(db: &dyn Backend) -> Result<State> {
     })?;
     st.machines = machines;
     st.next_id = next_id;
-    Ok(st)
+    Ok(())
 }

@@ -107,6 +107,7 @@ impl Store {
             (batch, apply, out, st.log_len)
         };
         let rev = batch.rev;
+        let events = changes.len();
         let log_len = changelog::stage(
             self.backend(),
             &mut batch,
@@ -132,6 +133,9 @@ impl Store {
         // Wake watchers and waiters (they re-check the revision under this lock).
         let _g = self.inner.written.lock();
         self.inner.wake.notify_all();
+        drop(_g);
+        drop(_w);
+        self.note_written(events);
         Ok(out)
     }
 

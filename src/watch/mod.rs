@@ -87,6 +87,23 @@ pub(crate) struct Change {
     pub(crate) previous: Option<Vec<u8>>,
 }
 
+/// The kind and key of an encoded event, reading nothing else (index
+/// checkpoints learn from the log which objects changed).
+pub(crate) fn event_subject(bytes: &[u8]) -> Result<(Kind, String)> {
+    #[derive(Deserialize)]
+    struct Subject {
+        #[serde(rename = "Kind")]
+        kind: Kind,
+        #[serde(rename = "Key")]
+        key: String,
+    }
+    let s: Subject = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: "change log".into(),
+        reason: e.to_string(),
+    })?;
+    Ok((s.kind, s.key))
+}
+
 /// Encodes an event around the stored object bytes (already JSON).
 pub(crate) fn encode_event(rev: u64, seq: u32, c: &Change) -> Vec<u8> {
     let head = serde_json::json!({

@@ -1,0 +1,330 @@
+//! The index's byte encoding, for checkpoints: an [`Index`] written out and
+//! read back equal, and the removal of a set of objects from every posting
+//! (how a checkpoint is brought forward without the objects' old entries).
+//!
+//! Owns: the layout of an encoded index (versioned by the checkpoint that
+//! carries it). Must not: checksum, name files or decide when to encode —
+//! the store's checkpoint module wraps these bytes in a header with the
+//! format version, revision and checksum.
+//!
+//! Layout (little-endian): universe bitmap; own-param count, then per param
+//! its name and bitmap; key count, then per key the key, its `has` bitmap,
+//! its value count and each `(value, posting)` in value order. A bitmap is
+//! its byte length and roaring's portable serialization; a string is its
+//! byte length and UTF-8.
+
+use std::collections::BTreeMap;
+
+use roaring::RoaringBitmap;
+
+use super::{Index, NumKey, Posting, Postings, ValueKey};
+use crate::filter::{Field, Key};
+
+/// Why encoded bytes are not an index.
+pub(crate) type DecodeError = String;
+
+impl Index {
+    /// Appends this index's encoding to `out`.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        put_bitmap(out, &self.universe);
+        put_len(out, self.own.len());
+        for (name, ids) in &self.own {
+            put_str(out, name);
+            put_bitmap(out, ids);
+        }
+        put_len(out, self.keys.len());
+        for (key, postings) in &self.keys {
+            put_key(out, key);
+            put_bitmap(out, &postings.has);
+            put_len(out, postings.values.len());
+            for (value, posting) in &postings.values {
+                put_value(out, value);
+                match posting {
+                    Posting::One(id) => {
+                        out.push(0);
+                        out.extend_from_slice(&id.to_le_bytes());
+                    }
+                    Posting::Many(ids) => {
+                        out.push(1);
+                        put_bitmap(out, ids);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads an index [`encode`](Self::encode) wrote; all of `bytes`.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Index, DecodeError> {
+        let mut r = Reader { bytes, pos: 0 };
+        let universe = r.bitmap()?;
+        let mut own = std::collections::HashMap::new();
+        for _ in 0..r.u32()? {
+            let name = r.str()?.to_string();
+            own.insert(name, r.bitmap()?);
+        }
+        let mut keys = std::collections::HashMap::new();
+        for _ in 0..r.u32()? {
+            let key = r.key()?;
+            let has = r.bitmap()?;
+            let n = r.u32()? as usize;
+            let mut values = Vec::with_capacity(n.min(bytes.len()));
+            for _ in 0..n {
+                let value = r.value()?;
+                let posting = match r.u8()? {
+                    0 => Posting::One(r.u32()?),
+                    1 => Posting::from_bitmap(r.bitmap()?)
+                        .ok_or_else(|| r.fail("an empty posting"))?,
+                    t => return Err(r.fail(&format!("posting tag {t}"))),
+                };
+                values.push((value, posting));
+            }
+            if !values.windows(2).all(|w| w[0].0 < w[1].0) {
+                return Err(r.fail("values out of order"));
+            }
+            // Sorted input: `BTreeMap` builds it in one bulk pass.
+            let values: BTreeMap<ValueKey, Posting> = values.into_iter().collect();
+            keys.insert(key, Postings { values, has });
+        }
+        if r.pos != bytes.len() {
+            return Err(r.fail("trailing bytes"));
+        }
+        Ok(Index {
+            universe,
+            keys,
+            own,
+        })
+    }
+
+    /// Removes `ids` from the universe and from every posting: their old
+    /// entries need not be known. Costs one pass over the postings.
+    pub(crate) fn remove_everywhere(&mut self, ids: &RoaringBitmap) {
+        if ids.is_empty() {
+            return;
+        }
+        self.universe -= ids;
+        self.keys.retain(|_, p| {
+            p.values.retain(|_, post| !post.remove_all(ids));
+            p.has -= ids;
+            !p.values.is_empty()
+        });
+        self.own.retain(|_, b| {
+            *b -= ids;
+            !b.is_empty()
+        });
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    // Counts are bounded by u32 ids and by string lengths the store accepted.
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_len(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_bitmap(out: &mut Vec<u8>, b: &RoaringBitmap) {
+    put_len(out, b.serialized_size());
+    // Writing into a Vec cannot fail.
+    let _ = b.serialize_into(&mut *out);
+}
+
+fn put_key(out: &mut Vec<u8>, k: &Key) {
+    match k {
+        Key::Field(f) => {
+            out.push(0);
+            out.push(match f {
+                Field::Name => 0,
+                Field::Uuid => 1,
+                Field::Description => 2,
+                Field::Address => 3,
+                Field::Workflow => 4,
+                Field::Runnable => 5,
+            });
+        }
+        Key::Profiles => out.push(1),
+        Key::ParamNames => out.push(2),
+        Key::Param(name) => {
+            out.push(3);
+            put_str(out, name);
+        }
+        Key::MetaKeys => out.push(4),
+        Key::Meta(name) => {
+            out.push(5);
+            put_str(out, name);
+        }
+    }
+}
+
+fn put_value(out: &mut Vec<u8>, v: &ValueKey) {
+    match v {
+        ValueKey::Null => out.push(0),
+        ValueKey::Bool(b) => {
+            out.push(1);
+            out.push(u8::from(*b));
+        }
+        ValueKey::Num(n) => {
+            out.push(2);
+            out.extend_from_slice(&n.0 .0.to_bits().to_le_bytes());
+        }
+        ValueKey::Str(s) => {
+            out.push(3);
+            put_str(out, s);
+        }
+        ValueKey::Json(s) => {
+            out.push(4);
+            put_str(out, s);
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn fail(&self, what: &str) -> DecodeError {
+        format!("{what} at byte {}", self.pos)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| self.fail("truncated"))?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let (lo, hi) = (u64::from(self.u32()?), u64::from(self.u32()?));
+        Ok(lo | hi << 32)
+    }
+
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
+        let n = self.u32()? as usize;
+        let b = self.take(n)?;
+        std::str::from_utf8(b).map_err(|_| self.fail("a string that is not UTF-8"))
+    }
+
+    fn bitmap(&mut self) -> Result<RoaringBitmap, DecodeError> {
+        let n = self.u32()? as usize;
+        let b = self.take(n)?;
+        RoaringBitmap::deserialize_from(b).map_err(|e| self.fail(&format!("bitmap: {e}")))
+    }
+
+    fn key(&mut self) -> Result<Key, DecodeError> {
+        Ok(match self.u8()? {
+            0 => Key::Field(match self.u8()? {
+                0 => Field::Name,
+                1 => Field::Uuid,
+                2 => Field::Description,
+                3 => Field::Address,
+                4 => Field::Workflow,
+                5 => Field::Runnable,
+                f => return Err(self.fail(&format!("field tag {f}"))),
+            }),
+            1 => Key::Profiles,
+            2 => Key::ParamNames,
+            3 => Key::Param(self.str()?.to_string()),
+            4 => Key::MetaKeys,
+            5 => Key::Meta(self.str()?.to_string()),
+            t => return Err(self.fail(&format!("key tag {t}"))),
+        })
+    }
+
+    fn value(&mut self) -> Result<ValueKey, DecodeError> {
+        Ok(match self.u8()? {
+            0 => ValueKey::Null,
+            1 => ValueKey::Bool(self.u8()? != 0),
+            2 => ValueKey::Num(NumKey::new(f64::from_bits(self.u64()?))),
+            3 => ValueKey::Str(self.str()?.into()),
+            4 => ValueKey::Json(self.str()?.into()),
+            t => return Err(self.fail(&format!("value tag {t}"))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert_sample(ix: &mut Index, id: u32) {
+        let entries = vec![
+            (
+                Key::Field(Field::Name),
+                ValueKey::str(&format!("node-{id:04}")),
+            ),
+            (
+                Key::Param("rack".into()),
+                ValueKey::Num(NumKey::new(f64::from(id % 7))),
+            ),
+            (Key::Profiles, ValueKey::str("cluster-1")),
+            (Key::Meta("icon".into()), ValueKey::Json("[1,2]".into())),
+            (
+                Key::Field(Field::Runnable),
+                ValueKey::Bool(id.is_multiple_of(2)),
+            ),
+        ];
+        let own: &[&str] = if id.is_multiple_of(3) { &["rack"] } else { &[] };
+        ix.insert(id, &entries, own);
+    }
+
+    fn sample(ids: impl Iterator<Item = u32>) -> Index {
+        let mut ix = Index::default();
+        ids.for_each(|id| insert_sample(&mut ix, id));
+        ix
+    }
+
+    fn encoded(ix: &Index) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        ix.encode(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn an_index_reads_back_equal() {
+        let ix = sample(0..300);
+        assert_eq!(Index::decode(&encoded(&ix)).unwrap(), ix);
+        assert_eq!(
+            Index::decode(&encoded(&Index::default())).unwrap(),
+            Index::default()
+        );
+    }
+
+    #[test]
+    fn truncated_or_damaged_bytes_are_an_error_not_a_panic() {
+        let bytes = encoded(&sample(0..300));
+        for cut in (0..bytes.len()).step_by(97) {
+            assert!(Index::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        // A flipped byte decodes to an error or to some index, never a
+        // panic (the checkpoint's checksum catches the rest).
+        for at in (0..bytes.len()).step_by(13) {
+            let mut b = bytes.clone();
+            b[at] ^= 0xA5;
+            let _ = Index::decode(&b);
+        }
+    }
+
+    #[test]
+    fn removing_everywhere_equals_never_inserting() {
+        let mut ix = sample(0..300);
+        let gone: RoaringBitmap = (0..300).filter(|i| i % 5 != 1).collect();
+        ix.remove_everywhere(&gone);
+        assert_eq!(ix, sample((0..300).filter(|i| i % 5 == 1)));
+    }
+}

@@ -1,0 +1,313 @@
+//! Index checkpoints: the machine index written to a file with the revision
+//! it is current at, so that an open reads it and the writes since instead
+//! of decoding every machine.
+//!
+//! Owns: the checkpoint file (`fleetkv.index` beside the engine's files),
+//! its header and checksum, writing it atomically, reading and validating
+//! it, and bringing it forward to the store's revision. Must not: decide
+//! when a checkpoint is due (the store's open and write path do, see
+//! [`super::open`]) or encode the index itself ([`crate::index`] owns that).
+//!
+//! # Why a file and a replay
+//! A rebuild decodes every machine document (about 20 µs each: 20–30 s for
+//! a million). Everything else the state holds — definitions, profiles and
+//! the profile index — is small and is read whole at every open. So only
+//! the machine index is checkpointed, eagerly read (the whole file; a lazy,
+//! per-key read is the next step if opens at a million machines must fall
+//! under the file's read time).
+//!
+//! The checkpoint is brought forward with the change log, without needing
+//! the machines' old documents: the log says which machines (by Uuid) and
+//! profiles changed after the checkpoint's revision; those machines, the
+//! members (as the checkpoint has them) of every changed profile, and every
+//! machine created since (ids from the checkpoint's next id on) are removed
+//! from every posting and indexed again from their current records.
+//! Definitions do not shape postings (defaults are virtual), and a change
+//! of the `global` profile touches every machine, so it means a rebuild.
+//!
+//! # When a checkpoint is refused
+//! Missing: a silent rebuild. Torn, bit-flipped (CRC-32 of the body),
+//! another format version, another store (the header holds a digest of the
+//! store's signing secret), ahead of the store (written from state the
+//! engine lost in a crash), or behind the oldest event of the log: a rebuild
+//! and one line on stderr saying why. It is never trusted partly.
+//!
+//! # Durability order
+//! A checkpoint is encoded under the state's read lock (writers wait; readers
+//! do not), the engine is then flushed — so the checkpoint's revision is on
+//! disk before the file names it — and the file is written to a temporary
+//! name, synced, and renamed over the old one.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use roaring::RoaringBitmap;
+use sha2::{Digest, Sha256};
+
+use super::backend::Backend;
+use super::layout::{decode, log_key, machine_key, LOG_PREFIX};
+use super::rebuild::{index_machines, load_definitions};
+use super::state::{machine_entries, own_keys, State};
+use crate::error::Result;
+use crate::filter::{Field, Key};
+use crate::index::{Index, ValueKey};
+use crate::model::{Kind, Machine, GLOBAL_PROFILE};
+use crate::watch::event_subject;
+
+/// The checkpoint's file name in the store's directory.
+pub(super) const FILE: &str = "fleetkv.index";
+
+const MAGIC: &[u8; 8] = b"FKVINDEX";
+/// Bumped whenever the header or the index encoding changes.
+pub(super) const VERSION: u32 = 1;
+/// magic, version, store digest, revision, next id, body length, body CRC.
+const HEADER: usize = 8 + 4 + 16 + 8 + 4 + 8 + 4;
+
+/// How an open got its indexes; [`Store::recovery`](super::Store::recovery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Every machine record was read (a new store, a store without a
+    /// checkpoint file, or one the checkpoint could not serve).
+    Rebuilt {
+        /// Why no checkpoint was used (`None`: there was none to use).
+        refused: Option<String>,
+    },
+    /// Read from a checkpoint and brought forward.
+    Checkpoint {
+        /// The revision the checkpoint was current at.
+        revision: u64,
+        /// Change events read from the log past it.
+        events: u64,
+        /// Machines indexed again from their records.
+        reindexed: u64,
+    },
+}
+
+/// A checkpoint as read from its file.
+pub(super) struct Checkpoint {
+    pub(super) rev: u64,
+    pub(super) next_id: u32,
+    pub(super) machines: Index,
+}
+
+/// The 16 bytes that tie a checkpoint to one store: a digest of its signing
+/// secret (which never leaves the store itself).
+pub(super) fn store_digest(secret: &[u8]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"fleetkv index checkpoint\0");
+    h.update(secret);
+    let d = h.finalize();
+    let mut out = [0; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
+/// The file's bytes for `st`'s machine index.
+pub(super) fn encode(digest: &[u8; 16], st: &State) -> Vec<u8> {
+    let mut out = vec![0; HEADER];
+    st.machines.encode(&mut out);
+    let body_len = (out.len() - HEADER) as u64;
+    let crc = crc32fast::hash(&out[HEADER..]);
+    let mut h = &mut out[..HEADER];
+    for part in [
+        &MAGIC[..],
+        &VERSION.to_le_bytes(),
+        digest,
+        &st.rev.to_le_bytes(),
+        &st.next_id.to_le_bytes(),
+        &body_len.to_le_bytes(),
+        &crc.to_le_bytes(),
+    ] {
+        h[..part.len()].copy_from_slice(part);
+        h = &mut h[part.len()..];
+    }
+    out
+}
+
+/// Writes `bytes` as `dir`'s checkpoint: a temporary file, synced, renamed
+/// over the old one, and the directory synced.
+pub(super) fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Reads `dir`'s checkpoint: `Ok(None)` when there is none, `Err(why)` when
+/// it cannot be used.
+pub(super) fn read(
+    dir: &Path,
+    digest: &[u8; 16],
+) -> std::result::Result<Option<Checkpoint>, String> {
+    let path: PathBuf = dir.join(FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot be read: {e}")),
+    };
+    parse(&bytes, digest).map(Some)
+}
+
+fn parse(bytes: &[u8], digest: &[u8; 16]) -> std::result::Result<Checkpoint, String> {
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err("is not a fleetkv index checkpoint (torn or foreign)".into());
+    }
+    let u32_at =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let u64_at = |at: usize| u64::from(u32_at(at)) | u64::from(u32_at(at + 4)) << 32;
+    let version = u32_at(8);
+    if version != VERSION {
+        return Err(format!(
+            "has format version {version}; this build reads version {VERSION}"
+        ));
+    }
+    if &bytes[12..28] != digest {
+        return Err("belongs to another store".into());
+    }
+    let (rev, next_id, body_len, crc) = (u64_at(28), u32_at(36), u64_at(40), u32_at(48));
+    let body = &bytes[HEADER..];
+    if body.len() as u64 != body_len {
+        return Err(format!("is torn: {} of {body_len} body bytes", body.len()));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err("fails its checksum".into());
+    }
+    let machines = Index::decode(body).map_err(|e| format!("does not decode: {e}"))?;
+    Ok(Checkpoint {
+        rev,
+        next_id,
+        machines,
+    })
+}
+
+/// The state at the store's revision from `ckpt` and the log past it;
+/// `Ok(Err(why))` when the log cannot bridge the gap.
+pub(super) fn bring_forward(
+    db: &dyn Backend,
+    ckpt: Checkpoint,
+) -> Result<std::result::Result<(State, Recovery), String>> {
+    let mut st = load_definitions(db)?;
+    if ckpt.rev > st.rev {
+        return Ok(Err(format!(
+            "is at revision {} but the store is at {} (written from state lost in a crash)",
+            ckpt.rev, st.rev
+        )));
+    }
+    let mut machines = ckpt.machines;
+    let mut touched = RoaringBitmap::new();
+    let mut events = 0u64;
+    if ckpt.rev < st.rev {
+        // The log must still hold every event after the checkpoint: trimming
+        // removes the oldest first, so its first key says.
+        let from = log_key(ckpt.rev + 1, 0);
+        match db.scan_prefix(LOG_PREFIX).next().transpose()? {
+            Some((first, _)) if first.as_slice() <= from.as_slice() => {}
+            _ => {
+                return Ok(Err(format!(
+                    "is at revision {}, older than the change log reaches",
+                    ckpt.rev
+                )))
+            }
+        }
+        let mut profiles = BTreeSet::new();
+        for item in db.changes(ckpt.rev + 1, 0) {
+            let (_, event) = item?;
+            events += 1;
+            match event_subject(&event)? {
+                (Kind::Machine, uuid) => {
+                    if let Some(id) = machines
+                        .lookup(&Key::Field(Field::Uuid), &ValueKey::str(&uuid))
+                        .and_then(|p| p.min())
+                    {
+                        touched.insert(id);
+                    }
+                }
+                (Kind::Profile, name) => {
+                    profiles.insert(name);
+                }
+                _ => {}
+            }
+        }
+        if profiles.contains(GLOBAL_PROFILE) {
+            return Ok(Err(format!(
+                "is at revision {}, before a change of the {GLOBAL_PROFILE} profile (every machine changed)",
+                ckpt.rev
+            )));
+        }
+        for p in &profiles {
+            if let Some(members) = machines.lookup(&Key::Profiles, &ValueKey::str(p)) {
+                touched |= members.to_bitmap();
+            }
+        }
+    }
+    machines.remove_everywhere(&touched);
+    let mut reindexed = 0u64;
+    for id in &touched {
+        let key = machine_key(id);
+        if let Some(bytes) = db.get(&key)? {
+            let m: Machine = decode(&key, &bytes)?;
+            machines.insert(id, &machine_entries(&m, &st.profiles), &own_keys(&m.params));
+            reindexed += 1;
+        }
+    }
+    st.machines = machines;
+    st.next_id = st.next_id.max(ckpt.next_id);
+    let before = st.machines.universe().len();
+    index_machines(db, &mut st, &machine_key(ckpt.next_id))?;
+    reindexed += st.machines.universe().len() - before;
+    Ok(Ok((
+        st,
+        Recovery::Checkpoint {
+            revision: ckpt.rev,
+            events,
+            reindexed,
+        },
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with(n: u32) -> State {
+        let db = super::super::memory_backend::MemoryBackend::default();
+        let mut st = load_definitions(&db).unwrap();
+        for id in 0..n {
+            st.machines.insert(
+                id,
+                &[(Key::Field(Field::Name), ValueKey::str(&format!("m{id}")))],
+                &[],
+            );
+        }
+        st.rev = 42;
+        st.next_id = n;
+        st
+    }
+
+    #[test]
+    fn a_checkpoint_reads_back_and_every_damage_is_refused() {
+        let digest = store_digest(b"secret");
+        let st = state_with(500);
+        let bytes = encode(&digest, &st);
+        let ck = parse(&bytes, &digest).unwrap();
+        assert_eq!((ck.rev, ck.next_id), (42, 500));
+        assert_eq!(ck.machines, st.machines);
+
+        let refused = |b: &[u8], d: &[u8; 16]| parse(b, d).err().unwrap_or_default();
+        assert!(refused(&bytes, &store_digest(b"other")).contains("another store"));
+        assert!(refused(&bytes[..bytes.len() - 1], &digest).contains("torn"));
+        assert!(refused(&bytes[..10], &digest).contains("torn"));
+        let mut newer = bytes.clone();
+        newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        assert!(refused(&newer, &digest).contains("version"));
+        for at in [HEADER, HEADER + 7, bytes.len() / 2, bytes.len() - 1] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            assert!(refused(&flipped, &digest).contains("checksum"), "at {at}");
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Index checkpoints through the public API: every way an open can find
+//! one — current, behind (replayed), damaged, foreign, ahead, beyond the
+//! log, after a SIGKILL — ends with indexes equal to a rebuild.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use fleetkv::{Filter, Machine, Options, ParamDef, Profile, Recovery, Store};
+use serde_json::json;
+
+mod common;
+use common::Server;
+
+const FILE: &str = "fleetkv.index";
+
+fn quiet() -> Options {
+    // Close writes no checkpoint, so an open must replay what came after.
+    Options {
+        checkpoint_after: None,
+        ..Options::default()
+    }
+}
+
+fn machine(i: u32, profiles: &[&str]) -> Machine {
+    let mut m = Machine::new(format!("node-{i:04}"));
+    m.address = format!("10.0.{}.{}", i / 250, i % 250);
+    m.profiles = profiles.iter().map(|p| p.to_string()).collect();
+    m.params.insert("rack".into(), json!(i % 7));
+    m
+}
+
+/// A fleet in 4 clusters, checkpointed at close.
+fn fleet(dir: &Path) {
+    let s = open(dir);
+    s.params()
+        .create(ParamDef::new("rack", json!({"type": "integer"})))
+        .unwrap();
+    for c in 0..4 {
+        let mut p = Profile::new(format!("cluster-{c}"));
+        p.params.insert("cluster/size".into(), json!(c * 10));
+        s.profiles().create(p).unwrap();
+    }
+    let ms: Vec<Machine> = (0..1200)
+        .map(|i| machine(i, &[&format!("cluster-{}", i % 4)]))
+        .collect();
+    s.machines().import(ms).unwrap();
+}
+
+fn counts(s: &Store) -> Vec<u64> {
+    [
+        "",
+        "Profiles Eq cluster-1",
+        "cluster/size Gte 20",
+        "rack Eq 3",
+        "Name Re ^node-00[0-4]",
+        "Workflow Eq deploy",
+        "Meta.owner Eq ops",
+    ]
+    .iter()
+    .map(|f| s.machines().count(&Filter::parse(f).unwrap()).unwrap())
+    .collect()
+}
+
+#[test]
+fn a_clean_close_leaves_a_checkpoint_the_next_open_reads_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    assert!(dir.path().join(FILE).exists(), "written at close");
+    let s = open(dir.path());
+    assert_eq!(
+        s.recovery(),
+        &Recovery::Checkpoint {
+            revision: s.revision(),
+            events: 0,
+            reindexed: 0
+        }
+    );
+    s.verify_indexes().unwrap();
+    assert_eq!(counts(&s)[..2], [1200, 300]);
+}
+
+/// Every kind of write after a checkpoint, then an open that replays them.
+#[test]
+fn writes_after_a_checkpoint_are_replayed_to_the_same_indexes_as_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    let before = {
+        let s = open_with(dir.path(), quiet());
+        let m = s.machines();
+        m.set_param("node-0003", "rack", json!(6)).unwrap();
+        m.update(
+            "node-0004",
+            &json!({"Name": "renamed-4", "Workflow": "deploy"}),
+        )
+        .unwrap();
+        m.update(
+            "node-0005",
+            &json!({"Profiles": ["cluster-2", "cluster-3"]}),
+        )
+        .unwrap();
+        m.update("node-0006", &json!({"Meta": {"owner": "ops"}}))
+            .unwrap();
+        m.delete("node-0007").unwrap();
+        m.create(machine(5000, &["cluster-1"])).unwrap();
+        let created = m.create(machine(5001, &[])).unwrap();
+        m.delete(&created.uuid.to_string()).unwrap();
+        // A re-import replaces some machines and creates others.
+        let again = (1190..1200).map(|i| {
+            let mut x = m.get(&format!("node-{i:04}")).unwrap();
+            x.profiles = vec!["cluster-0".into()];
+            x
+        });
+        let new = (1200..1210).map(|i| machine(i, &["cluster-0"]));
+        assert_eq!(m.import(again.chain(new).collect()).unwrap(), (10, 10));
+        // A profile change moves every member's effective param.
+        s.profiles()
+            .set_param("cluster-1", "cluster/size", json!(99))
+            .unwrap();
+        s.profiles().create(Profile::new("late")).unwrap();
+        s.profiles().delete("late").unwrap();
+        s.params()
+            .create(ParamDef::new("owner", json!({"type": "string"})))
+            .unwrap();
+        counts(&s)
+    };
+    let s = open(dir.path());
+    match s.recovery() {
+        Recovery::Checkpoint {
+            events, reindexed, ..
+        } => {
+            assert!(*events >= 30, "{events} events replayed");
+            // cluster-1's 300 members, plus the machines touched directly.
+            assert!(*reindexed >= 300 && *reindexed < 400, "{reindexed}");
+        }
+        other => panic!("expected a checkpoint, got {other:?}"),
+    }
+    s.verify_indexes().unwrap();
+    assert_eq!(counts(&s), before);
+}
+
+#[test]
+fn a_change_of_global_means_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    {
+        let s = open_with(dir.path(), quiet());
+        s.profiles().set_param("global", "rack", json!(1)).unwrap();
+    }
+    let s = open(dir.path());
+    assert!(
+        matches!(s.recovery(), Recovery::Rebuilt { refused: Some(why) } if why.contains("global")),
+        "{:?}",
+        s.recovery()
+    );
+    s.verify_indexes().unwrap();
+}
+
+fn refused_after(dir: &Path, damage: impl FnOnce(&Path)) -> String {
+    damage(&dir.join(FILE));
+    let s = open(dir);
+    s.verify_indexes().unwrap();
+    let why = match s.recovery() {
+        Recovery::Rebuilt { refused: Some(why) } => why.clone(),
+        other => panic!("expected a refused checkpoint, got {other:?}"),
+    };
+    assert_eq!(counts(&s)[..2], [1200, 300]);
+    drop(s);
+    // The rebuild's close wrote a good checkpoint again.
+    assert!(matches!(open(dir).recovery(), Recovery::Checkpoint { .. }));
+    why
+}
+
+#[test]
+fn torn_flipped_newer_and_foreign_checkpoints_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    let why = refused_after(dir.path(), |f| {
+        let len = std::fs::metadata(f).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+        file.set_len(len / 2).unwrap();
+    });
+    assert!(why.contains("torn"), "{why}");
+    let why = refused_after(dir.path(), |f| {
+        let mut b = std::fs::read(f).unwrap();
+        let at = b.len() - 100;
+        b[at] ^= 0x01;
+        std::fs::write(f, b).unwrap();
+    });
+    assert!(why.contains("checksum"), "{why}");
+    let why = refused_after(dir.path(), |f| {
+        let mut b = std::fs::read(f).unwrap();
+        b[8] = b[8].wrapping_add(1); // the format version
+        std::fs::write(f, b).unwrap();
+    });
+    assert!(why.contains("version"), "{why}");
+    let other = tempfile::tempdir().unwrap();
+    fleet(other.path());
+    let why = refused_after(dir.path(), |f| {
+        std::fs::copy(other.path().join(FILE), f).unwrap();
+    });
+    assert!(why.contains("another store"), "{why}");
+    let why = refused_after(dir.path(), |f| std::fs::write(f, b"garbage").unwrap());
+    assert!(why.contains("not a fleetkv index checkpoint"), "{why}");
+}
+
+/// A checkpoint from later than the store (the engine lost writes the
+/// checkpoint had seen) is not used.
+#[test]
+fn a_checkpoint_ahead_of_the_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    let behind = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), behind.path());
+    {
+        let s = open(dir.path());
+        s.machines()
+            .set_param("node-0001", "rack", json!(0))
+            .unwrap();
+        s.checkpoint().unwrap();
+    }
+    std::fs::copy(dir.path().join(FILE), behind.path().join(FILE)).unwrap();
+    let s = open(behind.path());
+    assert!(
+        matches!(s.recovery(), Recovery::Rebuilt { refused: Some(why) } if why.contains("store is at")),
+        "{:?}",
+        s.recovery()
+    );
+    s.verify_indexes().unwrap();
+}
+
+#[test]
+fn a_checkpoint_the_trimmed_log_cannot_bridge_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    {
+        let s = open_with(
+            dir.path(),
+            Options {
+                log_retain: 10,
+                ..quiet()
+            },
+        );
+        for i in 0..20 {
+            s.machines()
+                .set_param("node-0001", "rack", json!(i % 7))
+                .unwrap();
+        }
+    }
+    let s = open(dir.path());
+    assert!(
+        matches!(s.recovery(), Recovery::Rebuilt { refused: Some(why) } if why.contains("change log")),
+        "{:?}",
+        s.recovery()
+    );
+    s.verify_indexes().unwrap();
+}
+
+/// A running store writes a checkpoint itself once the log is half way to
+/// forgetting the last one.
+#[test]
+fn a_busy_store_checkpoints_before_its_log_forgets() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    let s = open_with(
+        dir.path(),
+        Options {
+            log_retain: 200,
+            checkpoint_after: Some(50),
+            ..Options::default()
+        },
+    );
+    let start = s.revision();
+    for i in 0..500 {
+        s.machines()
+            .set_param("node-0001", "rack", json!(i % 7))
+            .unwrap();
+    }
+    // Before any close: the checkpoint on disk is recent (its header holds
+    // its revision at bytes 28..36).
+    let header = std::fs::read(dir.path().join(FILE)).unwrap();
+    let at = u64::from_le_bytes(header[28..36].try_into().unwrap());
+    assert!(
+        at > start && at + 100 >= s.revision(),
+        "checkpoint at {at}, store at {}",
+        s.revision()
+    );
+    drop(s);
+    let s = open(dir.path());
+    assert!(matches!(s.recovery(), Recovery::Checkpoint { .. }));
+    s.verify_indexes().unwrap();
+}
+
+/// SIGKILL while a server writes, after a checkpoint: the next open replays
+/// from the checkpoint, loses no acknowledged write and verifies.
+#[test]
+fn sigkill_between_a_checkpoint_and_later_writes_replays_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("db");
+    fleet(&data);
+    let server = Server::start_at(&data, &["--durable"]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|t| {
+            let (url, auth, stop) = (server.url.clone(), server.bearer(), stop.clone());
+            std::thread::spawn(move || {
+                let mut acked = None;
+                for i in 0u64.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let m = format!("{url}/api/v3/machines/Name:node-{:04}", t * 4 + 1);
+                    let ops = json!([{"op": "replace", "path": "/Workflow", "value": format!("w{}", i % 3)}]);
+                    let send = |req: ureq::Request, body: String| {
+                        req.set("Authorization", &auth)
+                            .set("Content-Type", "application/json")
+                            .send_string(&body)
+                            .is_ok_and(|r| r.status() == 200)
+                    };
+                    if !send(ureq::patch(&m), ops.to_string())
+                        || !send(ureq::post(&format!("{m}/params/n")), i.to_string())
+                    {
+                        break; // the server is gone
+                    }
+                    acked = Some(i);
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    Command::new("kill")
+        .args(["-9", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut server = server;
+    server.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<Option<u64>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let s = open(&data);
+    match s.recovery() {
+        Recovery::Checkpoint { events, .. } => assert!(*events > 0, "writes were replayed"),
+        other => panic!("expected a checkpoint, got {other:?}"),
+    }
+    s.verify_indexes().unwrap();
+    for (t, a) in acked.iter().enumerate() {
+        let a = a.unwrap_or_else(|| panic!("writer {t} had no write acknowledged"));
+        let got = s
+            .machines()
+            .get_param(&format!("Name:node-{:04}", t * 4 + 1), "n", false)
+            .unwrap()
+            .and_then(|v| v.as_u64());
+        assert!(
+            got >= Some(a),
+            "writer {t}: acknowledged {a}, found {got:?}"
+        );
+    }
+}
+
+/// Opens `dir`, waiting out the lock of a store this process just closed:
+/// sled's IO threads can hold its files a moment after the last handle
+/// drops.
+fn open_with(dir: &Path, options: Options) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open_with(dir, options.clone()) {
+            Err(fleetkv::Error::Busy(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    open_with(dir, Options::default())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
