@@ -100,8 +100,11 @@ fn main() {
     );
 
     // Bulk import vs raw sled batches of the same encoded bytes.
-    let dir = tempfile::tempdir().unwrap();
-    let store = fleet::fleetkv(0, Some(dir.path()));
+    // `--keep DIR`: build the store there and leave it (DIR must not exist).
+    let kept = arg(&args, "--keep").map(std::path::PathBuf::from);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = kept.as_deref().unwrap_or(tmp.path());
+    let store = fleet::fleetkv(0, Some(dir));
     let machines: Vec<_> = (0..n).map(fleet::machine).collect();
     let t = Instant::now();
     for chunk in machines.chunks(10_000) {
@@ -261,7 +264,7 @@ fn main() {
     let close = t.elapsed();
     let open_count = |label: &str| {
         let t = Instant::now();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir).unwrap();
         black_box(s.machines().count(&q2).unwrap());
         let took = t.elapsed();
         println!(
@@ -275,21 +278,20 @@ fn main() {
         "| clean close (flush + index checkpoint) | {} |",
         fmt(close)
     );
-    let checkpoint_bytes =
-        std::fs::metadata(dir.path().join("fleetkv.index")).map_or(0, |m| m.len());
+    let checkpoint_bytes = std::fs::metadata(dir.join("fleetkv.index")).map_or(0, |m| m.len());
     println!(
         "| index checkpoint file | {:.1} MiB ({:.0} bytes/machine) |",
         checkpoint_bytes as f64 / 1048576.0,
         checkpoint_bytes as f64 / n as f64
     );
     drop(open_count("after a clean close"));
-    std::fs::remove_file(dir.path().join("fleetkv.index")).unwrap();
+    std::fs::remove_file(dir.join("fleetkv.index")).unwrap();
     drop(open_count("no checkpoint: rebuild"));
 
     // One process per call, as scripts use the CLI, beside one sqlite3
     // process on a file with the same indexes.
     if let Some(cli) = arg(&args, "--cli") {
-        let db_file = dir.path().join("peer.sqlite");
+        let db_file = dir.join("peer.sqlite");
         sql.conn
             .execute(&format!("VACUUM INTO '{}'", db_file.display()), [])
             .unwrap();
@@ -312,7 +314,7 @@ fn main() {
             let (name, text) = fleet::QUERIES[i];
             let mut ours = std::process::Command::new(&cli);
             ours.arg("--data")
-                .arg(dir.path())
+                .arg(dir)
                 .args(["machines", "count", text]);
             let mut peer = std::process::Command::new("sqlite3");
             peer.arg(&db_file).arg(fleet::SQL_COUNT[i]);
@@ -327,11 +329,11 @@ fn main() {
 
         // SIGKILL in the middle of an import of 20,000 new machines.
         let extra: Vec<_> = (n..n + 20_000).map(fleet::machine).collect();
-        let file = dir.path().join("extra.json");
+        let file = dir.join("extra.json");
         std::fs::write(&file, serde_json::to_vec(&extra).unwrap()).unwrap();
         let mut child = std::process::Command::new(&cli)
             .arg("--data")
-            .arg(dir.path())
+            .arg(dir)
             .args(["import"])
             .arg(&file)
             .stdout(std::process::Stdio::null())

@@ -14,9 +14,12 @@
 //! byte length and UTF-8.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
+use super::keys::{Keys, Section};
 use super::{Index, NumKey, Posting, Postings, ValueKey};
 use crate::filter::{Field, Key};
 
@@ -32,86 +35,111 @@ impl Index {
             put_str(out, name);
             put_bitmap(out, ids);
         }
-        put_len(out, self.keys.len());
-        for (key, postings) in &self.keys {
+        let sections: Vec<_> = self.keys.for_encoding().collect();
+        put_len(out, sections.len());
+        for (key, section) in sections {
             put_key(out, key);
-            put_bitmap(out, &postings.has);
-            put_len(out, postings.values.len());
-            for (value, posting) in &postings.values {
-                put_value(out, value);
-                match posting {
-                    Posting::One(id) => {
-                        out.push(0);
-                        out.extend_from_slice(&id.to_le_bytes());
-                    }
-                    Posting::Many(ids) => {
-                        out.push(1);
-                        put_bitmap(out, ids);
-                    }
-                }
+            let at = out.len();
+            put_len(out, 0);
+            match section {
+                Section::Raw(bytes) => out.extend_from_slice(bytes),
+                Section::Decoded(p) => encode_section(out, p),
             }
+            let len = (out.len() - at - 4) as u32;
+            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
     }
 
-    /// Reads an index [`encode`](Self::encode) wrote; all of `bytes`.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Index, DecodeError> {
-        let mut r = Reader { bytes, pos: 0 };
+    /// Reads the index [`encode`](Self::encode) wrote at `body` of `bytes`
+    /// (all of it). Keys stay encoded until read ([`Keys`]).
+    pub(crate) fn decode(bytes: &Arc<Vec<u8>>, body: Range<usize>) -> Result<Index, DecodeError> {
+        let start = body.start;
+        let mut r = Reader {
+            bytes: &bytes[body],
+            pos: 0,
+        };
         let universe = r.bitmap()?;
         let mut own = std::collections::HashMap::new();
         for _ in 0..r.u32()? {
             let name = r.str()?.to_string();
             own.insert(name, r.bitmap()?);
         }
-        let mut keys = std::collections::HashMap::new();
-        for _ in 0..r.u32()? {
+        let n = r.u32()? as usize;
+        let mut sections = Vec::with_capacity(n.min(r.bytes.len()));
+        for _ in 0..n {
             let key = r.key()?;
-            let has = r.bitmap()?;
-            let n = r.u32()? as usize;
-            let mut values = Vec::with_capacity(n.min(bytes.len()));
-            for _ in 0..n {
-                let value = r.value()?;
-                let posting = match r.u8()? {
-                    0 => Posting::One(r.u32()?),
-                    1 => Posting::from_bitmap(r.bitmap()?)
-                        .ok_or_else(|| r.fail("an empty posting"))?,
-                    t => return Err(r.fail(&format!("posting tag {t}"))),
-                };
-                values.push((value, posting));
-            }
-            if !values.windows(2).all(|w| w[0].0 < w[1].0) {
-                return Err(r.fail("values out of order"));
-            }
-            // Sorted input: `BTreeMap` builds it in one bulk pass.
-            let values: BTreeMap<ValueKey, Posting> = values.into_iter().collect();
-            keys.insert(key, Postings { values, has });
+            let len = r.u32()? as usize;
+            let from = r.pos;
+            r.take(len)?;
+            sections.push((key, start + from..start + r.pos));
         }
-        if r.pos != bytes.len() {
+        if r.pos != r.bytes.len() {
             return Err(r.fail("trailing bytes"));
         }
         Ok(Index {
             universe,
-            keys,
+            keys: Keys::encoded(bytes, sections),
             own,
         })
     }
 
     /// Removes `ids` from the universe and from every posting: their old
-    /// entries need not be known. Costs one pass over the postings.
+    /// entries need not be known (queued on keys still encoded).
     pub(crate) fn remove_everywhere(&mut self, ids: &RoaringBitmap) {
         if ids.is_empty() {
             return;
         }
         self.universe -= ids;
-        self.keys.retain(|_, p| {
-            p.values.retain(|_, post| !post.remove_all(ids));
-            p.has -= ids;
-            !p.values.is_empty()
-        });
+        self.keys.remove_ids(ids);
         self.own.retain(|_, b| {
             *b -= ids;
             !b.is_empty()
         });
     }
+}
+
+fn encode_section(out: &mut Vec<u8>, p: &Postings) {
+    put_bitmap(out, &p.has);
+    put_len(out, p.values.len());
+    for (value, posting) in &p.values {
+        put_value(out, value);
+        match posting {
+            Posting::One(id) => {
+                out.push(0);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+            Posting::Many(ids) => {
+                out.push(1);
+                put_bitmap(out, ids);
+            }
+        }
+    }
+}
+
+/// One key's postings from its section (all of `bytes`).
+pub(super) fn decode_section(bytes: &[u8]) -> Result<Postings, DecodeError> {
+    let mut r = Reader { bytes, pos: 0 };
+    let has = r.bitmap()?;
+    let n = r.u32()? as usize;
+    let mut values = Vec::with_capacity(n.min(bytes.len()));
+    for _ in 0..n {
+        let value = r.value()?;
+        let posting = match r.u8()? {
+            0 => Posting::One(r.u32()?),
+            1 => Posting::from_bitmap(r.bitmap()?).ok_or_else(|| r.fail("an empty posting"))?,
+            t => return Err(r.fail(&format!("posting tag {t}"))),
+        };
+        values.push((value, posting));
+    }
+    if r.pos != bytes.len() {
+        return Err(r.fail("trailing bytes"));
+    }
+    // Written in order, so `BTreeMap` builds it in one bulk pass.
+    let values: BTreeMap<ValueKey, Posting> = values.into_iter().collect();
+    if values.len() != n {
+        return Err(r.fail("repeated values"));
+    }
+    Ok(Postings { values, has })
 }
 
 fn put_len(out: &mut Vec<u8>, n: usize) {
@@ -295,12 +323,23 @@ mod tests {
         bytes
     }
 
+    fn decode(bytes: &[u8]) -> Result<Index, DecodeError> {
+        let bytes = Arc::new(bytes.to_vec());
+        let ix = Index::decode(&bytes, 0..bytes.len())?;
+        // Decode every key, as a reader would.
+        let keys: Vec<Key> = ix.keys.names().cloned().collect();
+        for k in keys {
+            ix.keys.get(&k);
+        }
+        Ok(ix)
+    }
+
     #[test]
     fn an_index_reads_back_equal() {
         let ix = sample(0..300);
-        assert_eq!(Index::decode(&encoded(&ix)).unwrap(), ix);
+        assert_eq!(decode(&encoded(&ix)).unwrap(), ix);
         assert_eq!(
-            Index::decode(&encoded(&Index::default())).unwrap(),
+            decode(&encoded(&Index::default())).unwrap(),
             Index::default()
         );
     }
@@ -309,14 +348,14 @@ mod tests {
     fn truncated_or_damaged_bytes_are_an_error_not_a_panic() {
         let bytes = encoded(&sample(0..300));
         for cut in (0..bytes.len()).step_by(97) {
-            assert!(Index::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         // A flipped byte decodes to an error or to some index, never a
         // panic (the checkpoint's checksum catches the rest).
         for at in (0..bytes.len()).step_by(13) {
             let mut b = bytes.clone();
             b[at] ^= 0xA5;
-            let _ = Index::decode(&b);
+            let _ = decode(&b);
         }
     }
 
@@ -326,5 +365,78 @@ mod tests {
         let gone: RoaringBitmap = (0..300).filter(|i| i % 5 != 1).collect();
         ix.remove_everywhere(&gone);
         assert_eq!(ix, sample((0..300).filter(|i| i % 5 == 1)));
+    }
+
+    use proptest::prelude::*;
+
+    /// A change to an index: an object's entries in, out, or many objects out.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Insert(u32, u8, u8),
+        Remove(u32, u8, u8),
+        RemoveAll(Vec<u32>),
+        Reassign(Vec<u32>, Option<u8>),
+    }
+
+    fn entries(value: u8, name: u32) -> Vec<(Key, ValueKey)> {
+        vec![
+            (Key::Field(Field::Name), ValueKey::str(&format!("n{name}"))),
+            (
+                Key::Param("rack".into()),
+                ValueKey::Num(NumKey::new(f64::from(value % 4))),
+            ),
+            (Key::Profiles, ValueKey::str(&format!("c{}", value % 3))),
+            (
+                Key::Meta("m".into()),
+                ValueKey::str(&format!("{}", value % 2)),
+            ),
+        ]
+    }
+
+    fn apply(ix: &mut Index, c: &Change) {
+        match c {
+            Change::Insert(id, v, name) => ix.insert(*id, &entries(*v, u32::from(*name)), &[]),
+            Change::Remove(id, v, name) => ix.remove(*id, &entries(*v, u32::from(*name)), &[]),
+            Change::RemoveAll(ids) => ix.remove_everywhere(&ids.iter().copied().collect()),
+            Change::Reassign(ids, v) => ix.reassign(
+                &Key::Param("rack".into()),
+                &ids.iter().copied().collect(),
+                v.map(|v| ValueKey::Num(NumKey::new(f64::from(v)))).as_ref(),
+            ),
+        }
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            4 => (0..40u32, any::<u8>(), 0..8u8).prop_map(|(i, v, n)| Change::Insert(i, v, n)),
+            3 => (0..40u32, any::<u8>(), 0..8u8).prop_map(|(i, v, n)| Change::Remove(i, v, n)),
+            1 => proptest::collection::vec(0..40u32, 0..8).prop_map(Change::RemoveAll),
+            1 => (proptest::collection::vec(0..40u32, 0..8), proptest::option::of(0..4u8))
+                .prop_map(|(ids, v)| Change::Reassign(ids, v)),
+        ]
+    }
+
+    proptest! {
+        /// Changes queued on encoded keys and read back equal the same
+        /// changes made to a decoded index.
+        #[test]
+        fn changes_to_encoded_keys_equal_changes_to_decoded_ones(
+            before in proptest::collection::vec(change(), 0..60),
+            after in proptest::collection::vec(change(), 0..60),
+        ) {
+            let mut plain = Index::default();
+            before.iter().for_each(|c| apply(&mut plain, c));
+            let bytes = Arc::new(encoded(&plain));
+            let mut lazy = Index::decode(&bytes, 0..bytes.len()).unwrap();
+            for c in &after {
+                apply(&mut plain, c);
+                apply(&mut lazy, c);
+            }
+            // Encoding a lazy index (raw sections and queued ones) and
+            // reading it back is the same index too.
+            let again = decode(&encoded(&lazy)).unwrap();
+            prop_assert_eq!(&lazy, &plain);
+            prop_assert_eq!(&again, &plain);
+        }
     }
 }

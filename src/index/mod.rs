@@ -18,6 +18,7 @@
 //! definition's default can change without touching any posting.
 
 mod codec;
+mod keys;
 mod posting;
 mod value;
 
@@ -55,7 +56,7 @@ pub(crate) trait Defaults {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Index {
     universe: RoaringBitmap,
-    keys: HashMap<Key, Postings>,
+    keys: keys::Keys,
     /// Objects holding their own `Params[k]` (machines only): what makes a
     /// `global` change pure bitmap algebra.
     own: HashMap<String, RoaringBitmap>,
@@ -101,35 +102,11 @@ impl Index {
     }
 
     fn add(&mut self, k: &Key, v: &ValueKey, id: u32) {
-        // Look up before inserting: cloning keys on every add is the bulk of
-        // rebuild and import time otherwise.
-        let p = match self.keys.get_mut(k) {
-            Some(p) => p,
-            None => self.keys.entry(k.clone()).or_default(),
-        };
-        match p.values.get_mut(v) {
-            Some(post) => post.insert(id),
-            None => {
-                p.values.insert(v.clone(), Posting::One(id));
-            }
-        }
-        // `has` means "holds a value" and is kept for scalar keys only.
-        if !matches!(k, Key::Profiles) {
-            p.has.insert(id);
-        }
+        self.keys.add(k, v, id);
     }
 
     fn sub(&mut self, k: &Key, v: &ValueKey, id: u32) {
-        let Some(p) = self.keys.get_mut(k) else {
-            return;
-        };
-        if p.values.get_mut(v).is_some_and(|post| post.remove(id)) {
-            p.values.remove(v);
-        }
-        p.has.remove(id);
-        if p.values.is_empty() {
-            self.keys.remove(k);
-        }
+        self.keys.sub(k, v, id);
     }
 
     /// Moves `ids` from whatever value they hold for `key` to `new` (or to no
@@ -138,7 +115,7 @@ impl Index {
         if ids.is_empty() {
             return;
         }
-        let p = self.keys.entry(key.clone()).or_default();
+        let p = self.keys.entry(key);
         if !p.has.is_disjoint(ids) {
             p.values.retain(|_, post| !post.remove_all(ids));
             p.has -= ids;
@@ -155,7 +132,7 @@ impl Index {
             p.has |= ids;
         }
         if p.values.is_empty() {
-            self.keys.remove(key);
+            self.keys.prune(key);
         }
     }
 
@@ -354,7 +331,7 @@ impl Index {
                 let names = || {
                     let mut n: Vec<String> = self
                         .keys
-                        .keys()
+                        .names()
                         .filter_map(|k| match k {
                             Key::Param(s) => Some(s.clone()),
                             _ => None,
@@ -376,7 +353,7 @@ impl Index {
                 };
                 let names = || {
                     self.keys
-                        .keys()
+                        .names()
                         .filter_map(|k| match k {
                             Key::Meta(s) => Some(s.clone()),
                             _ => None,

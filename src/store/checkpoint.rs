@@ -41,6 +41,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 use sha2::{Digest, Sha256};
@@ -53,7 +54,7 @@ use crate::error::Result;
 use crate::filter::{Field, Key};
 use crate::index::{Index, ValueKey};
 use crate::model::{Kind, Machine, GLOBAL_PROFILE};
-use crate::watch::event_subject;
+use crate::watch::{event_subject, Change};
 
 /// The checkpoint's file name in the store's directory.
 pub(super) const FILE: &str = "fleetkv.index";
@@ -145,14 +146,14 @@ pub(super) fn read(
 ) -> std::result::Result<Option<Checkpoint>, String> {
     let path: PathBuf = dir.join(FILE);
     let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+        Ok(b) => Arc::new(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot be read: {e}")),
     };
     parse(&bytes, digest).map(Some)
 }
 
-fn parse(bytes: &[u8], digest: &[u8; 16]) -> std::result::Result<Checkpoint, String> {
+fn parse(bytes: &Arc<Vec<u8>>, digest: &[u8; 16]) -> std::result::Result<Checkpoint, String> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err("is not a fleetkv index checkpoint (torn or foreign)".into());
     }
@@ -176,12 +177,31 @@ fn parse(bytes: &[u8], digest: &[u8; 16]) -> std::result::Result<Checkpoint, Str
     if crc32fast::hash(body) != crc {
         return Err("fails its checksum".into());
     }
-    let machines = Index::decode(body).map_err(|e| format!("does not decode: {e}"))?;
+    let machines =
+        Index::decode(bytes, HEADER..bytes.len()).map_err(|e| format!("does not decode: {e}"))?;
     Ok(Checkpoint {
         rev,
         next_id,
         machines,
     })
+}
+
+/// How many machines an open must index again to replay `changes` (after
+/// they are applied to `st`): one per machine changed, every member of a
+/// changed profile — so that a close writes a checkpoint when replaying
+/// would cost more than reading one, not only after many writes.
+pub(super) fn replay_cost(st: &State, changes: &[Change]) -> u64 {
+    changes
+        .iter()
+        .map(|c| match c.kind {
+            Kind::Profile if c.key == GLOBAL_PROFILE => st.machines.universe().len(),
+            Kind::Profile => st
+                .machines
+                .lookup(&Key::Profiles, &ValueKey::str(&c.key))
+                .map_or(0, |p| p.len()),
+            _ => 1,
+        })
+        .sum()
 }
 
 /// The state at the store's revision from `ckpt` and the log past it;
@@ -293,6 +313,7 @@ mod tests {
         let digest = store_digest(b"secret");
         let st = state_with(500);
         let bytes = encode(&digest, &st);
+        let parse = |b: &[u8], d: &[u8; 16]| parse(&Arc::new(b.to_vec()), d);
         let ck = parse(&bytes, &digest).unwrap();
         assert_eq!((ck.rev, ck.next_id), (42, 500));
         assert_eq!(ck.machines, st.machines);

@@ -46,12 +46,14 @@ pub struct Options {
     /// call returns [`Error::Stalled`] (and the store refuses further
     /// writes). A safety net: the engine is not expected to stall.
     pub stall_timeout: std::time::Duration,
-    /// Write an index checkpoint when the store closes once this many change
-    /// events were written since the last one (stores in a directory only),
-    /// so that the next open reads the checkpoint and the few writes after
-    /// it instead of every machine. `None`: never write one (an open still
-    /// uses one that exists). A running store also writes one, after the
-    /// write that crosses half the change log's retention, so that the log
+    /// Write an index checkpoint when the store closes once the writes
+    /// since the last one would make the next open index this many
+    /// machines again (a machine write counts one, a profile change its
+    /// members, a `global` change every machine). Stores in a directory
+    /// only. The next open reads the checkpoint and replays the writes after
+    /// it instead of reading every machine. `None`: never write one (an open
+    /// still uses one that exists). A running store also writes one when
+    /// the count reaches half the change log's retention, so that the log
     /// can always bridge from the last checkpoint.
     pub checkpoint_after: Option<u64>,
 }
@@ -91,8 +93,9 @@ pub(super) struct Inner {
 /// The checkpoint file's directory and what it lacks.
 pub(super) struct Checkpoints {
     dir: PathBuf,
-    /// Change events written since the checkpoint on disk (a large number
-    /// when there is none this store can use).
+    /// What replaying the writes since the checkpoint on disk would cost,
+    /// in machines to index again ([`checkpoint::replay_cost`]; a large
+    /// number when there is no checkpoint this store can use).
     pending: AtomicU64,
     /// One checkpoint written at a time.
     writing: Mutex<()>,
@@ -337,15 +340,15 @@ impl Store {
         self.inner.checkpoint()
     }
 
-    /// Counts a write's events toward the next checkpoint; writes one when
-    /// the change log is half way to forgetting the last (the log must
-    /// bridge from it at the next open).
-    pub(super) fn note_written(&self, events: usize) {
+    /// Counts a write's replay cost toward the next checkpoint; writes one
+    /// when it reaches half the change log's retention (by then the log may
+    /// soon no longer bridge from the last one).
+    pub(super) fn note_written(&self, cost: u64) {
         let inner = &self.inner;
         let Some(c) = &inner.checkpoints else {
             return;
         };
-        c.pending.fetch_add(events as u64, Ordering::Relaxed);
+        c.pending.fetch_add(cost, Ordering::Relaxed);
         let mark =
             (inner.options.log_retain as u64 / 2).max(inner.options.checkpoint_after.unwrap_or(0));
         if inner.options.checkpoint_after.is_some() && inner.checkpoint_due(Some(mark)) {

@@ -12,6 +12,7 @@
 
 use super::backend::Batch;
 use super::changelog;
+use super::checkpoint;
 use super::layout::{encode, kind_of_key};
 use super::open::Store;
 use super::state::State;
@@ -107,7 +108,6 @@ impl Store {
             (batch, apply, out, st.log_len)
         };
         let rev = batch.rev;
-        let events = changes.len();
         let log_len = changelog::stage(
             self.backend(),
             &mut batch,
@@ -115,6 +115,7 @@ impl Store {
             log_len,
             self.inner.options.log_retain,
         )?;
+        let replay_cost;
         {
             // The engine commits first, memory follows: a failed or stalled
             // commit leaves the indexes equal to what is stored.
@@ -124,6 +125,7 @@ impl Store {
                 .guard
                 .run("commit", move || backend.commit(batch))??;
             apply(&mut st);
+            replay_cost = checkpoint::replay_cost(&st, &changes);
             st.rev = rev;
             st.log_len = log_len;
         }
@@ -135,7 +137,7 @@ impl Store {
         self.inner.wake.notify_all();
         drop(_g);
         drop(_w);
-        self.note_written(events);
+        self.note_written(replay_cost);
         Ok(out)
     }
 

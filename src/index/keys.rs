@@ -1,0 +1,293 @@
+//! The postings of one index by key, each key decoded from a checkpoint's
+//! bytes only when something reads it.
+//!
+//! Owns: whether a key's postings are in memory or still encoded, the
+//! changes made to a key before it is decoded (kept in order and applied
+//! when it is), and the per-key add/remove rules every path shares. Must
+//! not: know the file around the bytes (the store's checkpoint module
+//! checks header and checksum before any key is read) or plan queries.
+//!
+//! Why lazy: a count reads a handful of keys, while most of a checkpoint's
+//! bytes are the keys nearly every machine holds a value of its own for
+//! (Name, Uuid, Address, serial numbers). A process that opens the store to
+//! answer one count decodes only what the count reads. Writes to a key that
+//! is still encoded are queued beside its bytes (up to [`MAX_QUEUED`], then
+//! it is decoded), so that replaying writes at open does not decode Name and
+//! Uuid either. An encoded key with nothing queued is copied into the next
+//! checkpoint as it is.
+//!
+//! The bytes passed the checkpoint's CRC-32, so they are what this build
+//! encoded; a key that still fails to decode (a bug, not damage) is reported
+//! on stderr and read as empty, and [`Store::verify_indexes`] then differs
+//! from a rebuild.
+//!
+//! [`Store::verify_indexes`]: crate::Store::verify_indexes
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use roaring::RoaringBitmap;
+
+use super::{Posting, Postings, ValueKey};
+use crate::filter::Key;
+
+/// Writes queued on one encoded key before it is decoded instead.
+const MAX_QUEUED: usize = 4096;
+
+/// A change to one key's postings.
+#[derive(Debug, Clone)]
+enum Op {
+    Add(ValueKey, u32),
+    Sub(ValueKey, u32),
+    RemoveAll(Arc<RoaringBitmap>),
+}
+
+/// One key: decoded, or its encoded section and what changed since.
+#[derive(Debug, Clone)]
+enum Slot {
+    Decoded(Postings),
+    Encoded {
+        /// Filled by the first read through `&self`.
+        lazy: OnceLock<Postings>,
+        enc: Encoded,
+    },
+}
+
+#[derive(Clone)]
+struct Encoded {
+    bytes: Arc<Vec<u8>>,
+    section: Range<usize>,
+    /// The key is a set (`Profiles`): no `has` bitmap.
+    set: bool,
+    queued: Vec<Op>,
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Encoded({} bytes, {} queued)",
+            self.section.len(),
+            self.queued.len()
+        )
+    }
+}
+
+impl Slot {
+    fn get(&self) -> &Postings {
+        match self {
+            Slot::Decoded(p) => p,
+            Slot::Encoded { lazy, enc } => lazy.get_or_init(|| enc.decode()),
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut Postings {
+        if let Slot::Encoded { lazy, enc } = self {
+            let p = lazy.take().unwrap_or_else(|| enc.decode());
+            *self = Slot::Decoded(p);
+        }
+        match self {
+            Slot::Decoded(p) => p,
+            Slot::Encoded { .. } => unreachable!("decoded just above"),
+        }
+    }
+
+    /// An encoded key nothing has read yet, and what is queued on it.
+    fn pending(&self) -> Option<&Encoded> {
+        match self {
+            Slot::Encoded { lazy, enc } if lazy.get().is_none() => Some(enc),
+            _ => None,
+        }
+    }
+
+    /// Queues `op` if the key is still encoded and has room; else hands it back.
+    fn queue(&mut self, op: Op) -> Option<Op> {
+        match self {
+            Slot::Encoded { lazy, enc }
+                if lazy.get().is_none() && enc.queued.len() < MAX_QUEUED =>
+            {
+                enc.queued.push(op);
+                None
+            }
+            _ => Some(op),
+        }
+    }
+}
+
+impl Encoded {
+    fn decode(&self) -> Postings {
+        let mut p = match super::codec::decode_section(&self.bytes[self.section.clone()]) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("fleetkv: an index checkpoint key does not decode ({e}); read as empty");
+                Postings::default()
+            }
+        };
+        for op in &self.queued {
+            match op {
+                Op::Add(v, id) => p.add(v, *id, self.set),
+                Op::Sub(v, id) => p.sub(v, *id),
+                Op::RemoveAll(ids) => p.remove_ids(ids),
+            }
+        }
+        p
+    }
+}
+
+impl Postings {
+    /// `id` holds `v`. `has` is kept for scalar keys, not for a `set`.
+    pub(super) fn add(&mut self, v: &ValueKey, id: u32, set: bool) {
+        match self.values.get_mut(v) {
+            Some(post) => post.insert(id),
+            None => {
+                self.values.insert(v.clone(), Posting::One(id));
+            }
+        }
+        if !set {
+            self.has.insert(id);
+        }
+    }
+
+    /// `id` no longer holds `v`.
+    pub(super) fn sub(&mut self, v: &ValueKey, id: u32) {
+        if self.values.get_mut(v).is_some_and(|post| post.remove(id)) {
+            self.values.remove(v);
+        }
+        self.has.remove(id);
+    }
+
+    /// None of `ids` holds anything.
+    pub(super) fn remove_ids(&mut self, ids: &RoaringBitmap) {
+        self.values.retain(|_, post| !post.remove_all(ids));
+        self.has -= ids;
+    }
+}
+
+fn is_set(k: &Key) -> bool {
+    matches!(k, Key::Profiles)
+}
+
+/// An index's keys. A key with no values is absent.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Keys {
+    map: HashMap<Key, Slot>,
+}
+
+impl PartialEq for Keys {
+    fn eq(&self, other: &Self) -> bool {
+        self.names().count() == other.names().count()
+            && self.names().all(|k| self.get(k) == other.get(k))
+    }
+}
+
+impl Keys {
+    /// Keys whose sections are the given ranges of `bytes`, decoded when
+    /// first read.
+    pub(super) fn encoded(bytes: &Arc<Vec<u8>>, sections: Vec<(Key, Range<usize>)>) -> Keys {
+        let map = sections
+            .into_iter()
+            .map(|(k, section)| {
+                let enc = Encoded {
+                    bytes: bytes.clone(),
+                    section,
+                    set: is_set(&k),
+                    queued: Vec::new(),
+                };
+                let slot = Slot::Encoded {
+                    lazy: OnceLock::new(),
+                    enc,
+                };
+                (k, slot)
+            })
+            .collect();
+        Keys { map }
+    }
+
+    pub(crate) fn get(&self, k: &Key) -> Option<&Postings> {
+        self.map
+            .get(k)
+            .map(Slot::get)
+            .filter(|p| !p.values.is_empty())
+    }
+
+    /// Every key that holds a value; decodes only encoded keys with queued
+    /// writes (to learn whether those emptied them).
+    pub(crate) fn names(&self) -> impl Iterator<Item = &Key> {
+        self.map.iter().filter_map(|(k, slot)| {
+            let untouched = slot.pending().is_some_and(|e| e.queued.is_empty());
+            (untouched || !slot.get().values.is_empty()).then_some(k)
+        })
+    }
+
+    /// The decoded postings of `k`, created empty if absent.
+    pub(super) fn entry(&mut self, k: &Key) -> &mut Postings {
+        // Look up before inserting: cloning keys on every add is the bulk of
+        // rebuild and import time otherwise.
+        if !self.map.contains_key(k) {
+            self.map
+                .insert(k.clone(), Slot::Decoded(Postings::default()));
+        }
+        match self.map.get_mut(k) {
+            Some(slot) => slot.get_mut(),
+            None => unreachable!("inserted above"),
+        }
+    }
+
+    /// Drops `k` if it holds nothing (only decoded keys are looked at).
+    pub(super) fn prune(&mut self, k: &Key) {
+        if matches!(self.map.get(k), Some(Slot::Decoded(p)) if p.values.is_empty()) {
+            self.map.remove(k);
+        }
+    }
+
+    pub(super) fn add(&mut self, k: &Key, v: &ValueKey, id: u32) {
+        if let Some(slot) = self.map.get_mut(k) {
+            if slot.queue(Op::Add(v.clone(), id)).is_none() {
+                return;
+            }
+        }
+        self.entry(k).add(v, id, is_set(k));
+    }
+
+    pub(super) fn sub(&mut self, k: &Key, v: &ValueKey, id: u32) {
+        let Some(slot) = self.map.get_mut(k) else {
+            return;
+        };
+        if slot.queue(Op::Sub(v.clone(), id)).is_some() {
+            slot.get_mut().sub(v, id);
+            self.prune(k);
+        }
+    }
+
+    /// Removes `ids` from every key (queued on encoded keys).
+    pub(super) fn remove_ids(&mut self, ids: &RoaringBitmap) {
+        let shared = Arc::new(ids.clone());
+        self.map.retain(|_, slot| {
+            if slot.queue(Op::RemoveAll(shared.clone())).is_none() {
+                return true;
+            }
+            let p = slot.get_mut();
+            p.remove_ids(ids);
+            !p.values.is_empty()
+        });
+    }
+
+    /// `(key, section)` for a checkpoint: an encoded key nothing changed is
+    /// copied as it is.
+    pub(super) fn for_encoding(&self) -> impl Iterator<Item = (&Key, Section<'_>)> {
+        self.map.iter().filter_map(|(k, slot)| {
+            if let Some(e) = slot.pending().filter(|e| e.queued.is_empty()) {
+                return Some((k, Section::Raw(&e.bytes[e.section.clone()])));
+            }
+            let p = slot.get();
+            (!p.values.is_empty()).then_some((k, Section::Decoded(p)))
+        })
+    }
+}
+
+/// One key's section for a checkpoint.
+pub(super) enum Section<'a> {
+    Raw(&'a [u8]),
+    Decoded(&'a Postings),
+}
