@@ -5,6 +5,8 @@
 //! write costs.
 //!
 //! `cargo run --release --example membership_report -- --machines 100000`
+//! (`--help` for the options; `--features write-timing` adds the per-stage
+//! breakdown of a param write).
 
 #[path = "../benches/support/fleet.rs"]
 mod fleet;
@@ -84,8 +86,49 @@ fn ratio(a: Duration, b: Duration) -> String {
     format!("{:.1}×", a.as_secs_f64() / b.as_secs_f64())
 }
 
+const HELP: &str = "membership_report [--machines N] [--writes-only]
+
+  --machines N     fleet size (default 100000)
+  --writes-only    skip the query table, SQLite, index memory and reopen:
+                   only bulk import vs raw sled and the write figures
+
+Built with `--features write-timing`, it also prints where the time of one
+param write goes, stage by stage (medians over the timed writes).";
+
+/// Median per stage over `writes`, in the order stages first appear.
+fn stage_medians(writes: &[fleetkv::timing::Stages]) -> Vec<(&'static str, Duration)> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for w in writes {
+        for (s, _) in w {
+            if !names.contains(s) {
+                names.push(s);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let mut v: Vec<Duration> = writes
+                .iter()
+                .map(|w| {
+                    w.iter()
+                        .find(|(s, _)| *s == name)
+                        .map_or(Duration::ZERO, |(_, d)| *d)
+                })
+                .collect();
+            v.sort();
+            (name, v[v.len() / 2])
+        })
+        .collect()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{HELP}");
+        return;
+    }
+    let writes_only = args.iter().any(|a| a == "--writes-only");
     let n: usize = args
         .iter()
         .position(|a| a == "--machines")
@@ -125,8 +168,38 @@ fn main() {
     }
     raw.flush().unwrap();
     let raw_time = t.elapsed();
+    // sled's own insert of the bytes one param write stores for its machine.
+    let doc42 = docs[42].clone();
+    let raw_insert = median(201, || {
+        raw.insert(42u32.to_be_bytes(), doc42.as_slice()).unwrap();
+    });
     drop(raw);
     drop(docs);
+    println!();
+    println!("| figure | value |");
+    println!("|---|---:|");
+    println!(
+        "| bulk import (fleetkv, batches of 10k) | {} ({:.0} machines/s) |",
+        fmt(import),
+        n as f64 / import.as_secs_f64()
+    );
+    println!(
+        "| raw sled batched insert, same bytes | {} ({:.0} machines/s) |",
+        fmt(raw_time),
+        n as f64 / raw_time.as_secs_f64()
+    );
+    println!(
+        "| import / raw sled rate | {:.0}% |",
+        100.0 * raw_time.as_secs_f64() / import.as_secs_f64()
+    );
+    println!(
+        "| raw sled insert of one machine's bytes (median) | {} |",
+        fmt(raw_insert)
+    );
+    if writes_only {
+        write_figures(&store, n);
+        return;
+    }
     let sqlite_t = Instant::now();
     let sql = fleet::Sqlite::load(n);
     let sqlite_load = sqlite_t.elapsed();
@@ -183,20 +256,6 @@ fn main() {
     println!();
     println!("| figure | value |");
     println!("|---|---:|");
-    println!(
-        "| bulk import (fleetkv, batches of 10k) | {} ({:.0} machines/s) |",
-        fmt(import),
-        n as f64 / import.as_secs_f64()
-    );
-    println!(
-        "| raw sled batched insert, same bytes | {} ({:.0} machines/s) |",
-        fmt(raw_time),
-        n as f64 / raw_time.as_secs_f64()
-    );
-    println!(
-        "| import / raw sled rate | {:.0}% |",
-        100.0 * raw_time.as_secs_f64() / import.as_secs_f64()
-    );
     println!("| SQLite load + index build | {} |", fmt(sqlite_load));
 
     // Index memory: live heap held by a second rebuild (the first warms
@@ -212,8 +271,23 @@ fn main() {
         bytes as f64 / n as f64
     );
 
-    // Writes with index maintenance.
+    write_figures(&store, n);
+
+    // Rebuild on open.
+    drop(store);
+    let t = Instant::now();
+    let reopened = Store::open(dir.path()).unwrap();
+    println!(
+        "| open (rebuild indexes from sled) | {} |",
+        fmt(t.elapsed())
+    );
+    drop(reopened);
+}
+
+/// Writes with index maintenance, and where one param write's time goes.
+fn write_figures(store: &Store, n: usize) {
     let mut i = 0u64;
+    fleetkv::timing::take();
     let write = median(201, || {
         i += 1;
         store
@@ -225,6 +299,7 @@ fn main() {
         "| one param write incl. index maintenance (median) | {} |",
         fmt(write)
     );
+    let stages = fleetkv::timing::take();
     let t = Instant::now();
     store
         .profiles()
@@ -253,14 +328,23 @@ fn main() {
         fmt(t.elapsed())
     );
     store.verify_indexes().unwrap();
-
-    // Rebuild on open.
-    drop(store);
-    let t = Instant::now();
-    let reopened = Store::open(dir.path()).unwrap();
-    println!(
-        "| open (rebuild indexes from sled) | {} |",
-        fmt(t.elapsed())
-    );
-    drop(reopened);
+    if !stages.is_empty() {
+        let medians = stage_medians(&stages);
+        let mut totals: Vec<Duration> = stages
+            .iter()
+            .map(|w| w.iter().map(|(_, d)| *d).sum())
+            .collect();
+        totals.sort();
+        println!();
+        println!("| param write stage ({} writes) | median |", stages.len());
+        println!("|---|---:|");
+        for (name, d) in &medians {
+            println!("| {name} | {} |", fmt(*d));
+        }
+        println!(
+            "| sum of stage medians / median of totals | {} / {} |",
+            fmt(medians.iter().map(|(_, d)| *d).sum()),
+            fmt(totals[totals.len() / 2])
+        );
+    }
 }

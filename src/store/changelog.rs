@@ -9,6 +9,7 @@
 use super::backend::{Backend, Batch};
 use super::layout::{log_key, LOG_LEN_KEY, LOG_PREFIX};
 use crate::error::{Error, Result};
+use crate::timing;
 use crate::watch::{encode_event, Change};
 
 /// Stages `changes` as the events of `batch`'s revision and trims the log to
@@ -28,11 +29,13 @@ pub(super) fn stage(
             .map_err(|_| Error::invalid("write", "too many objects in one write"))?;
         batch.put(log_key(rev, seq), encode_event(rev, seq, c));
     }
+    timing::mark("log: event encode");
     let excess = (log_len + changes.len()).saturating_sub(retain);
     for item in backend.scan_prefix(LOG_PREFIX).take(excess) {
         batch.remove(item?.0);
     }
     let log_len = log_len + changes.len() - excess;
     batch.put(LOG_LEN_KEY, (log_len as u64).to_be_bytes());
+    timing::mark("log: trim");
     Ok(log_len)
 }

@@ -19,6 +19,7 @@ use super::patch;
 use super::state::{machine_entries, own_keys, State};
 use super::write::{erase, record, Apply};
 use crate::error::{Error, Result};
+use crate::timing;
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::{Defaults, ValueKey};
 use crate::model::{Kind, Machine};
@@ -32,7 +33,9 @@ pub struct Machines<'a> {
 impl Store {
     pub(super) fn load_machine(&self, id: u32) -> Result<Machine> {
         let key = machine_key(id);
-        match self.inner.backend.get(&key)? {
+        let got = self.inner.backend.get(&key)?;
+        timing::mark("plan: engine get");
+        match got {
             Some(bytes) => decode(&key, &bytes),
             None => Err(Error::Corrupt {
                 key: format!("m{id}"),
@@ -486,9 +489,12 @@ impl Machines<'_> {
         f: impl FnOnce(&mut Value) -> Result<()>,
     ) -> Result<(Machine, Machine)> {
         let old = self.store.load_machine(id)?;
+        timing::mark("plan: decode");
         let mut doc = to_json(&old);
         f(&mut doc)?;
+        timing::mark("plan: to_json+patch");
         let mut m: Machine = from_json(Kind::Machine, doc)?;
+        timing::mark("plan: from_json");
         if m.uuid != old.uuid {
             return Err(Error::invalid(
                 "machine Uuid",
@@ -498,6 +504,7 @@ impl Machines<'_> {
         normalize_machine(&mut m);
         st.check_machine(Some(id), Some(&old), &m)?;
         m.revision = rev;
+        timing::mark("plan: validate");
         Ok((old, m))
     }
 }

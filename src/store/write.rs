@@ -16,6 +16,7 @@ use super::layout::{encode, kind_of_key};
 use super::open::Store;
 use super::state::State;
 use crate::error::{Error, Result};
+use crate::timing;
 use crate::watch::{Action, Change};
 
 /// The in-memory half of a write, applied after its batch commits.
@@ -32,6 +33,7 @@ pub(super) fn record<T: serde::Serialize>(
 ) {
     let bytes = encode(new);
     batch.put(key, bytes.clone());
+    timing::mark("encode");
     log.push(Change {
         kind: kind_of_key(key),
         key: name.to_string(),
@@ -43,6 +45,7 @@ pub(super) fn record<T: serde::Serialize>(
         object: bytes,
         previous: old.map(encode),
     });
+    timing::mark("encode previous");
 }
 
 /// Stages an object's removal and its change event.
@@ -97,13 +100,16 @@ impl Store {
         f: impl FnOnce(&State, u64, &mut Vec<Change>) -> Result<(Batch, Apply, T)>,
     ) -> Result<T> {
         self.inner.guard.check()?;
+        timing::start();
         let _w = self.inner.writer.lock();
         let mut changes = Vec::new();
         let (mut batch, apply, out, log_len) = {
             let st = self.inner.state.read();
+            timing::mark("locks");
             let (mut batch, apply, out) = f(&st, st.rev + 1, &mut changes)?;
             batch.expect = st.rev;
             batch.rev = st.rev + 1;
+            timing::mark("plan: other");
             (batch, apply, out, st.log_len)
         };
         let rev = batch.rev;
@@ -118,13 +124,23 @@ impl Store {
             // The engine commits first, memory follows: a failed or stalled
             // commit leaves the indexes equal to what is stored.
             let mut st = self.inner.state.write();
+            timing::mark("state write lock");
             let backend = self.inner.backend.clone();
-            self.inner
-                .guard
-                .run("commit", move || backend.commit(batch))??;
+            let (ran, r) = self.inner.guard.run("commit", move || {
+                let t0 = timing::now();
+                let r = backend.commit(batch);
+                ((t0, timing::now()), r)
+            })?;
+            if let (Some(t0), Some(t1)) = ran {
+                timing::mark_at("handoff to storage thread", t0);
+                timing::mark_at("engine commit", t1);
+                timing::mark("handoff back");
+            }
+            r?;
             apply(&mut st);
             st.rev = rev;
             st.log_len = log_len;
+            timing::mark("index apply");
         }
         if self.inner.options.durable {
             self.flush()?;
@@ -132,6 +148,9 @@ impl Store {
         // Wake watchers and waiters (they re-check the revision under this lock).
         let _g = self.inner.written.lock();
         self.inner.wake.notify_all();
+        drop(_g);
+        timing::mark("wake");
+        timing::finish();
         Ok(out)
     }
 
