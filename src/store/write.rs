@@ -32,20 +32,35 @@ pub(super) fn record<T: serde::Serialize>(
     old: Option<&T>,
 ) {
     let bytes = encode(new);
-    batch.put(key, bytes.clone());
     timing::mark("encode");
+    let previous = old.map(encode);
+    timing::mark("encode previous");
+    stage(batch, log, key, name, bytes, previous);
+}
+
+/// Stages an object's new record (`bytes`) and its change event, given the
+/// previous record's bytes as read (`None`: a create): the event's
+/// `previous` is those bytes, not a second encoding of the old object.
+pub(super) fn stage(
+    batch: &mut Batch,
+    log: &mut Vec<Change>,
+    key: &[u8],
+    name: &str,
+    bytes: Vec<u8>,
+    previous: Option<Vec<u8>>,
+) {
     log.push(Change {
         kind: kind_of_key(key),
         key: name.to_string(),
-        action: if old.is_some() {
+        action: if previous.is_some() {
             Action::Update
         } else {
             Action::Create
         },
-        object: bytes,
-        previous: old.map(encode),
+        object: bytes.clone(),
+        previous,
     });
-    timing::mark("encode previous");
+    batch.put(key, bytes);
 }
 
 /// Stages an object's removal and its change event.
@@ -101,7 +116,7 @@ impl Store {
     ) -> Result<T> {
         self.inner.guard.check()?;
         timing::start();
-        let _w = self.inner.writer.lock();
+        let mut w = self.inner.writer.lock();
         let mut changes = Vec::new();
         let (mut batch, apply, out, log_len) = {
             let st = self.inner.state.read();
@@ -113,8 +128,9 @@ impl Store {
             (batch, apply, out, st.log_len)
         };
         let rev = batch.rev;
-        let log_len = changelog::stage(
+        let (log_len, trimmed) = changelog::stage(
             self.backend(),
+            &mut w,
             &mut batch,
             &changes,
             log_len,
@@ -137,6 +153,7 @@ impl Store {
                 timing::mark("handoff back");
             }
             r?;
+            w.committed(trimmed, rev, changes.len());
             apply(&mut st);
             st.rev = rev;
             st.log_len = log_len;
@@ -149,6 +166,7 @@ impl Store {
         let _g = self.inner.written.lock();
         self.inner.wake.notify_all();
         drop(_g);
+        drop(w);
         timing::mark("wake");
         timing::finish();
         Ok(out)
