@@ -5,6 +5,8 @@
 //! write costs.
 //!
 //! `cargo run --release --example membership_report -- --machines 100000`
+//! (`--help` for the options; `--features write-timing` adds the per-stage
+//! breakdown of a param write).
 
 #[path = "../benches/support/fleet.rs"]
 mod fleet;
@@ -84,8 +86,52 @@ fn ratio(a: Duration, b: Duration) -> String {
     format!("{:.1}×", a.as_secs_f64() / b.as_secs_f64())
 }
 
+const HELP: &str = "membership_report [--machines N] [--writes-only] [--cli PATH] [--keep DIR]
+
+  --machines N     fleet size (default 100000)
+  --writes-only    skip the query table, SQLite, index memory and reopen:
+                   only bulk import vs raw sled and the write figures
+  --cli PATH       the fleetkv binary: adds one process per count beside one
+                   sqlite3 process, and an open after SIGKILL mid-import
+  --keep DIR       build the store in DIR (which must not exist) and keep it
+
+Built with `--features write-timing`, it also prints where the time of one
+param write goes, stage by stage (medians over the timed writes).";
+
+/// Median per stage over `writes`, in the order stages first appear.
+fn stage_medians(writes: &[fleetkv::timing::Stages]) -> Vec<(&'static str, Duration)> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for w in writes {
+        for (s, _) in w {
+            if !names.contains(s) {
+                names.push(s);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let mut v: Vec<Duration> = writes
+                .iter()
+                .map(|w| {
+                    w.iter()
+                        .find(|(s, _)| *s == name)
+                        .map_or(Duration::ZERO, |(_, d)| *d)
+                })
+                .collect();
+            v.sort();
+            (name, v[v.len() / 2])
+        })
+        .collect()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{HELP}");
+        return;
+    }
+    let writes_only = args.iter().any(|a| a == "--writes-only");
     let n: usize = args
         .iter()
         .position(|a| a == "--machines")
@@ -128,8 +174,38 @@ fn main() {
     }
     raw.flush().unwrap();
     let raw_time = t.elapsed();
+    // sled's own insert of the bytes one param write stores for its machine.
+    let doc42 = docs[42].clone();
+    let raw_insert = median(201, || {
+        raw.insert(42u32.to_be_bytes(), doc42.as_slice()).unwrap();
+    });
     drop(raw);
     drop(docs);
+    println!();
+    println!("| figure | value |");
+    println!("|---|---:|");
+    println!(
+        "| bulk import (fleetkv, batches of 10k) | {} ({:.0} machines/s) |",
+        fmt(import),
+        n as f64 / import.as_secs_f64()
+    );
+    println!(
+        "| raw sled batched insert, same bytes | {} ({:.0} machines/s) |",
+        fmt(raw_time),
+        n as f64 / raw_time.as_secs_f64()
+    );
+    println!(
+        "| import / raw sled rate | {:.0}% |",
+        100.0 * raw_time.as_secs_f64() / import.as_secs_f64()
+    );
+    println!(
+        "| raw sled insert of one machine's bytes (median) | {} |",
+        fmt(raw_insert)
+    );
+    if writes_only {
+        write_figures(&store, n);
+        return;
+    }
     let sqlite_t = Instant::now();
     let sql = fleet::Sqlite::load(n);
     let sqlite_load = sqlite_t.elapsed();
@@ -186,20 +262,6 @@ fn main() {
     println!();
     println!("| figure | value |");
     println!("|---|---:|");
-    println!(
-        "| bulk import (fleetkv, batches of 10k) | {} ({:.0} machines/s) |",
-        fmt(import),
-        n as f64 / import.as_secs_f64()
-    );
-    println!(
-        "| raw sled batched insert, same bytes | {} ({:.0} machines/s) |",
-        fmt(raw_time),
-        n as f64 / raw_time.as_secs_f64()
-    );
-    println!(
-        "| import / raw sled rate | {:.0}% |",
-        100.0 * raw_time.as_secs_f64() / import.as_secs_f64()
-    );
     println!("| SQLite load + index build | {} |", fmt(sqlite_load));
 
     // Index memory: live heap held by a second rebuild (the first warms
@@ -215,47 +277,7 @@ fn main() {
         bytes as f64 / n as f64
     );
 
-    // Writes with index maintenance.
-    let mut i = 0u64;
-    let write = median(201, || {
-        i += 1;
-        store
-            .machines()
-            .set_param("node-0000042", "rack", json!(i % 50))
-            .unwrap();
-    });
-    println!(
-        "| one param write incl. index maintenance (median) | {} |",
-        fmt(write)
-    );
-    let t = Instant::now();
-    store
-        .profiles()
-        .set_param("global", "site/ntp", json!("10.0.0.1"))
-        .unwrap();
-    let global_add = t.elapsed();
-    let t = Instant::now();
-    store
-        .profiles()
-        .set_param("global", "site/ntp", json!("10.0.0.2"))
-        .unwrap();
-    let global_change = t.elapsed();
-    println!(
-        "| `global` param added / changed on {n} machines | {} / {} |",
-        fmt(global_add),
-        fmt(global_change)
-    );
-    let t = Instant::now();
-    store
-        .profiles()
-        .set_param("cluster-7", "cluster/data", json!("x"))
-        .unwrap();
-    println!(
-        "| cluster profile param change ({} members) | {} |",
-        n / fleet::CLUSTERS,
-        fmt(t.elapsed())
-    );
-    store.verify_indexes().unwrap();
+    write_figures(&store, n);
 
     // Opening: from the checkpoint a clean close writes, and by rebuilding.
     let q2 = fleet::filter(fleet::QUERIES[1].1);
@@ -357,4 +379,69 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .cloned()
+}
+
+/// Writes with index maintenance, and where one param write's time goes.
+fn write_figures(store: &Store, n: usize) {
+    let mut i = 0u64;
+    fleetkv::timing::take();
+    let write = median(201, || {
+        i += 1;
+        store
+            .machines()
+            .set_param("node-0000042", "rack", json!(i % 50))
+            .unwrap();
+    });
+    println!(
+        "| one param write incl. index maintenance (median) | {} |",
+        fmt(write)
+    );
+    let stages = fleetkv::timing::take();
+    let t = Instant::now();
+    store
+        .profiles()
+        .set_param("global", "site/ntp", json!("10.0.0.1"))
+        .unwrap();
+    let global_add = t.elapsed();
+    let t = Instant::now();
+    store
+        .profiles()
+        .set_param("global", "site/ntp", json!("10.0.0.2"))
+        .unwrap();
+    let global_change = t.elapsed();
+    println!(
+        "| `global` param added / changed on {n} machines | {} / {} |",
+        fmt(global_add),
+        fmt(global_change)
+    );
+    let t = Instant::now();
+    store
+        .profiles()
+        .set_param("cluster-7", "cluster/data", json!("x"))
+        .unwrap();
+    println!(
+        "| cluster profile param change ({} members) | {} |",
+        n / fleet::CLUSTERS,
+        fmt(t.elapsed())
+    );
+    store.verify_indexes().unwrap();
+    if !stages.is_empty() {
+        let medians = stage_medians(&stages);
+        let mut totals: Vec<Duration> = stages
+            .iter()
+            .map(|w| w.iter().map(|(_, d)| *d).sum())
+            .collect();
+        totals.sort();
+        println!();
+        println!("| param write stage ({} writes) | median |", stages.len());
+        println!("|---|---:|");
+        for (name, d) in &medians {
+            println!("| {name} | {} |", fmt(*d));
+        }
+        println!(
+            "| sum of stage medians / median of totals | {} / {} |",
+            fmt(medians.iter().map(|(_, d)| *d).sum()),
+            fmt(totals[totals.len() / 2])
+        );
+    }
 }

@@ -12,6 +12,8 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod template;
+#[doc(hidden)]
+pub mod timing;
 pub mod transfer;
 pub mod watch;
 pub mod wire;

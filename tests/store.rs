@@ -4,7 +4,7 @@
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use fleetkv::{Error, Machine, Options, ParamDef, Profile, Store};
+use fleetkv::{Error, Filter, Kind, Machine, Options, ParamDef, Profile, Store};
 use serde_json::{json, Value};
 
 #[macro_use]
@@ -25,6 +25,7 @@ on_each_engine!(
     concurrent_patches_of_different_objects_do_not_interfere,
     merge_update_rules,
     patch_many_is_all_or_nothing,
+    param_writes_keep_the_index_equal_to_a_rebuild,
 );
 
 fn member(name: &str, profiles: &[&str]) -> Machine {
@@ -611,4 +612,67 @@ fn patch_many_is_all_or_nothing(e: Engine) {
         Some(json!(true))
     );
     s.verify_indexes().unwrap();
+}
+
+/// Param writes change only the names whose value changed in the index:
+/// own values shadowing a profile's (equal or not), removal back to the
+/// profile's, a compare-and-set, and each event's previous object.
+fn param_writes_keep_the_index_equal_to_a_rebuild(e: Engine) {
+    let s = e.store();
+    s.params()
+        .create(ParamDef::new("d", json!({"default": 0})))
+        .unwrap();
+    let mut a = Profile::new("a");
+    a.params.insert("k".into(), json!("from-a"));
+    s.profiles().create(a).unwrap();
+    s.machines().create(member("m", &["a"])).unwrap();
+    let count = |s: &Store, f: &str| s.machines().count(&Filter::parse(f).unwrap()).unwrap();
+    let mut w = s.watch(Some(Kind::Machine), None, None).unwrap();
+    type Step = Box<dyn Fn(&Store)>;
+    let steps: Vec<(&str, Step)> = vec![
+        (
+            "own equal to the profile's",
+            Box::new(|s| {
+                s.machines().set_param("m", "k", json!("from-a")).unwrap();
+            }),
+        ),
+        (
+            "own differs",
+            Box::new(|s| {
+                s.machines().set_param("m", "k", json!("own")).unwrap();
+            }),
+        ),
+        (
+            "cas",
+            Box::new(|s| {
+                s.machines()
+                    .set_param_if("m", "k", Some(&json!("own")), json!("cas"))
+                    .unwrap();
+            }),
+        ),
+        (
+            "defaulted name",
+            Box::new(|s| {
+                s.machines().set_param("m", "d", json!(3)).unwrap();
+            }),
+        ),
+        (
+            "removed",
+            Box::new(|s| {
+                s.machines().remove_param("m", "k").unwrap();
+                s.machines().remove_param("m", "d").unwrap();
+            }),
+        ),
+    ];
+    for (what, step) in steps {
+        let before = serde_json::to_value(s.machines().get("m").unwrap()).unwrap();
+        step(&s);
+        s.verify_indexes().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let ev = w.poll().unwrap().unwrap();
+        assert_eq!(ev.previous, Some(before), "{what}");
+        while w.poll().unwrap().is_some() {}
+    }
+    assert_eq!(count(&s, "k Eq from-a"), 1);
+    assert_eq!(count(&s, "d Eq 0"), 1);
+    assert_eq!(count(&s, "k Eq cas"), 0);
 }

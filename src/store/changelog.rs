@@ -5,34 +5,183 @@
 //! not: encode or decode events (the watch module owns their format) or
 //! read the log for watchers (they read the engine's feed of committed
 //! changes, [`Backend::changes`]).
+//!
+//! # Trimming
+//! A write that takes the log past its retention removes as many of the
+//! oldest events in the same batch. Their keys come from [`Trim`], a queue
+//! of the oldest keys read ahead [`READ_AHEAD`] at a time, so a write's trim
+//! is a remove with no read of its own (one short read per `READ_AHEAD`
+//! trimmed events, instead of one per write). Only writers touch the log,
+//! under the writer lock, and new events sort after every queued key, so
+//! the queue stays the log's head.
+
+use std::collections::VecDeque;
 
 use super::backend::{Backend, Batch};
 use super::layout::{log_key, LOG_LEN_KEY, LOG_PREFIX};
 use crate::error::{Error, Result};
+use crate::timing;
 use crate::watch::{encode_event, Change};
+
+/// How many of the oldest log keys one read fetches.
+pub(super) const READ_AHEAD: usize = 1024;
+
+/// The oldest keys in the log, oldest first (a prefix of the log's keys).
+#[derive(Default)]
+pub(crate) struct Trim {
+    head: VecDeque<Vec<u8>>,
+    /// The queue holds every key in the log: a short log's new events join
+    /// it as they commit, so it is never read again.
+    whole: bool,
+    /// Reads of the log's head so far (for tests).
+    pub(super) reads: usize,
+}
+
+impl Trim {
+    /// Makes sure the queue holds the `n` oldest keys, or every key there is.
+    fn fill(&mut self, backend: &dyn Backend, n: usize) -> Result<()> {
+        if self.head.len() >= n {
+            return Ok(());
+        }
+        // Keys are 13 bytes: the last queued key plus a zero byte sorts
+        // right after it and before every longer-lived key.
+        let from = match self.head.back() {
+            Some(last) => [last.as_slice(), &[0]].concat(),
+            None => LOG_PREFIX.to_vec(),
+        };
+        let want = (n - self.head.len()).max(READ_AHEAD);
+        self.reads += 1;
+        let mut got = 0;
+        for item in backend.scan(LOG_PREFIX, &from).take(want) {
+            self.head.push_back(item?.0);
+            got += 1;
+        }
+        self.whole = got < want;
+        Ok(())
+    }
+
+    /// Once a batch committed: forgets the `trimmed` oldest keys it removed
+    /// and, while the queue holds the whole log and stays within
+    /// [`READ_AHEAD`], takes in the keys of the `added` events of `rev`.
+    pub(super) fn committed(&mut self, trimmed: usize, rev: u64, added: usize) {
+        self.head.drain(..trimmed.min(self.head.len()));
+        if self.whole && self.head.len() + added <= READ_AHEAD {
+            self.head
+                .extend((0..added).map(|seq| log_key(rev, seq as u32).to_vec()));
+        } else {
+            self.whole = false;
+        }
+    }
+}
 
 /// Stages `changes` as the events of `batch`'s revision and trims the log to
 /// `retain` events (the oldest first: keys sort by revision). The log holds
-/// `log_len` events before the write; returns how many it holds after.
-/// Trimming reads only the events it removes.
+/// `log_len` events before the write. Returns how many it holds after, and
+/// how many queued keys the batch removes (hand that to
+/// [`Trim::committed`] once it commits).
 pub(super) fn stage(
     backend: &dyn Backend,
+    trim: &mut Trim,
     batch: &mut Batch,
     changes: &[Change],
     log_len: usize,
     retain: usize,
-) -> Result<usize> {
+) -> Result<(usize, usize)> {
     let rev = batch.rev;
     for (seq, c) in changes.iter().enumerate() {
         let seq = u32::try_from(seq)
             .map_err(|_| Error::invalid("write", "too many objects in one write"))?;
         batch.put(log_key(rev, seq), encode_event(rev, seq, c));
     }
+    timing::mark("log: event encode");
     let excess = (log_len + changes.len()).saturating_sub(retain);
-    for item in backend.scan_prefix(LOG_PREFIX).take(excess) {
-        batch.remove(item?.0);
+    let mut removed = 0;
+    if excess > 0 {
+        trim.fill(backend, excess)?;
+        for key in trim.head.iter().take(excess) {
+            batch.remove(key.clone());
+            removed += 1;
+        }
     }
     let log_len = log_len + changes.len() - excess;
     batch.put(LOG_LEN_KEY, (log_len as u64).to_be_bytes());
-    Ok(log_len)
+    timing::mark("log: trim");
+    Ok((log_len, removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::Machine;
+    use crate::store::{Options, Store};
+
+    fn stores(retain: usize) -> Vec<(&'static str, Store)> {
+        let options = Options {
+            log_retain: retain,
+            ..Options::default()
+        };
+        vec![
+            ("sled", Store::temporary_with(options.clone()).unwrap()),
+            ("memory", Store::in_memory_with(options).unwrap()),
+        ]
+    }
+
+    fn logged(s: &Store) -> Vec<Vec<u8>> {
+        s.backend()
+            .scan_prefix(LOG_PREFIX)
+            .map(|item| item.unwrap().0)
+            .collect()
+    }
+
+    #[test]
+    fn trimming_keeps_exactly_retain_events_and_reads_the_head_once_per_read_ahead() {
+        let writes = 2 * READ_AHEAD + 300;
+        for (name, s) in stores(5) {
+            let m = s.machines().create(Machine::new("m")).unwrap();
+            for i in 0..5 {
+                s.machines().set_param(&m.name, "n", json!(i)).unwrap();
+            }
+            let reads_before = s.inner.writer.lock().reads;
+            for i in 0..writes {
+                s.machines().set_param(&m.name, "n", json!(i)).unwrap();
+                let log = logged(&s);
+                assert_eq!(log.len(), 5, "{name}: after write {i}");
+                assert_eq!(s.state().log_len, 5, "{name}");
+            }
+            // The newest five writes' events, nothing older.
+            let rev = s.revision();
+            let want: Vec<Vec<u8>> = (rev - 4..=rev).map(|r| log_key(r, 0).to_vec()).collect();
+            assert_eq!(logged(&s), want, "{name}");
+            let reads = s.inner.writer.lock().reads - reads_before;
+            assert!(
+                reads <= writes / READ_AHEAD + 1,
+                "{name}: {reads} reads of the log head for {writes} trimmed writes"
+            );
+            // A watch from the oldest kept revision replays all five.
+            let mut w = s.watch(None, None, Some(rev - 4)).unwrap();
+            for r in rev - 4..=rev {
+                let e = w.poll().unwrap().unwrap();
+                assert_eq!(e.revision, r, "{name}");
+            }
+            s.verify_indexes().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_write_of_many_events_trims_across_read_ahead_boundaries() {
+        for (name, s) in stores(READ_AHEAD + 10) {
+            for round in 0..4 {
+                let batch: Vec<Machine> = (0..700)
+                    .map(|i| Machine::new(format!("m{round}-{i}")))
+                    .collect();
+                s.machines().import(batch).unwrap();
+                let n = logged(&s).len();
+                assert_eq!(n, s.state().log_len, "{name}: round {round}");
+                assert!(n <= READ_AHEAD + 10, "{name}: {n} events kept");
+            }
+            assert_eq!(logged(&s).len(), READ_AHEAD + 10, "{name}");
+        }
+    }
 }

@@ -12,16 +12,18 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::backend::Batch;
-use super::layout::{decode, from_json, machine_key, to_json, MACHINE_PREFIX, NEXT_ID_KEY};
+use super::layout::{decode, encode, from_json, machine_key, to_json, MACHINE_PREFIX, NEXT_ID_KEY};
 use super::list::{shape, shape_raw, sort_key, window, ListOptions, Query};
 use super::open::Store;
 use super::patch;
-use super::state::{machine_entries, own_keys, State};
-use super::write::{erase, record, Apply};
+use super::state::{machine_diff, machine_entries, own_keys, EntryDiff, State};
+use super::write::{erase, record, stage, Apply};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::{Defaults, ValueKey};
 use crate::model::{Kind, Machine};
+use crate::timing;
+use crate::watch::Change;
 
 /// Machines: addressed by Uuid, `Uuid:…`, `Key:…` or `Name:…` (a bare
 /// non-UUID address is taken as a Name).
@@ -31,9 +33,16 @@ pub struct Machines<'a> {
 
 impl Store {
     pub(super) fn load_machine(&self, id: u32) -> Result<Machine> {
+        Ok(self.load_machine_bytes(id)?.0)
+    }
+
+    /// Machine `id` and its record's bytes as stored.
+    fn load_machine_bytes(&self, id: u32) -> Result<(Machine, Vec<u8>)> {
         let key = machine_key(id);
-        match self.inner.backend.get(&key)? {
-            Some(bytes) => decode(&key, &bytes),
+        let got = self.inner.backend.get(&key)?;
+        timing::mark("plan: engine get");
+        match got {
+            Some(bytes) => Ok((decode(&key, &bytes)?, bytes)),
             None => Err(Error::Corrupt {
                 key: format!("m{id}"),
                 reason: "indexed machine has no record".into(),
@@ -245,8 +254,8 @@ impl Machines<'_> {
 
     /// Sets own param `key`.
     pub fn set_param(&self, addr: &str, key: &str, value: Value) -> Result<Machine> {
-        self.modify(addr, |doc| {
-            patch::params_of(doc)?.insert(key.to_string(), value);
+        self.modify_typed(addr, |m| {
+            m.params.insert(key.to_string(), value);
             Ok(())
         })
     }
@@ -261,16 +270,16 @@ impl Machines<'_> {
         value: Value,
     ) -> Result<Machine> {
         let default = self.store.state().default_of(key).cloned();
-        self.modify(addr, |doc| {
-            patch::param_cas(doc, key, expected, value, default.as_ref())
+        self.modify_typed(addr, |m| {
+            patch::param_cas_in(&mut m.params, key, expected, value, default.as_ref())
         })
     }
 
     /// Removes own param `key`; returns the removed value (`None` if it had none).
     pub fn remove_param(&self, addr: &str, key: &str) -> Result<Option<Value>> {
         let mut removed = None;
-        self.modify(addr, |doc| {
-            removed = patch::params_of(doc)?.shift_remove(key);
+        self.modify_typed(addr, |m| {
+            removed = m.params.shift_remove(key);
             Ok(())
         })?;
         Ok(removed)
@@ -427,68 +436,74 @@ impl Machines<'_> {
                         format!("machine {addr} is named twice"),
                     ));
                 }
-                let (old, new) = self.change(st, rev, id, |doc| patch::apply_patch(doc, ops))?;
+                let (new, diff) = self.change(
+                    st,
+                    rev,
+                    id,
+                    &mut batch,
+                    log,
+                    as_json(|doc| patch::apply_patch(doc, ops)),
+                )?;
                 if changes
                     .iter()
-                    .any(|(_, _, m): &(u32, Machine, Machine)| m.name == new.name)
+                    .any(|(_, m, _): &(u32, Machine, EntryDiff)| m.name == new.name)
                 {
                     return Err(Error::AlreadyExists {
                         kind: Kind::Machine,
                         key: format!("Name:{}", new.name),
                     });
                 }
-                record(
-                    &mut batch,
-                    log,
-                    &machine_key(id),
-                    &new.uuid.to_string(),
-                    &new,
-                    Some(&old),
-                );
-                changes.push((id, old, new));
+                changes.push((id, new, diff));
             }
-            let out = changes.iter().map(|(_, _, m)| m.clone()).collect();
+            let (diffs, out): (Vec<_>, Vec<_>) =
+                changes.into_iter().map(|(id, m, d)| ((id, d), m)).unzip();
             let apply = Box::new(move |st: &mut State| {
-                for (id, old, new) in changes {
-                    reindex_machine(st, id, &old, &new);
+                for (id, diff) in diffs {
+                    diff.apply(&mut st.machines, id);
                 }
             });
             Ok((batch, apply as Apply, out))
         })
     }
 
+    /// A write of one machine through its JSON document.
     fn modify(&self, addr: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Machine> {
+        self.modify_typed(addr, as_json(f))
+    }
+
+    /// A write of one machine through its typed form (the param writes:
+    /// no JSON document is built and read back).
+    fn modify_typed(
+        &self,
+        addr: &str,
+        f: impl FnOnce(&mut Machine) -> Result<()>,
+    ) -> Result<Machine> {
         self.store.write(|st, rev, log| {
             let id = st.machine_id(addr)?;
-            let (old, m) = self.change(st, rev, id, f)?;
             let mut batch = Batch::default();
-            record(
-                &mut batch,
-                log,
-                &machine_key(id),
-                &m.uuid.to_string(),
-                &m,
-                Some(&old),
-            );
-            let out = m.clone();
-            let apply = Box::new(move |st: &mut State| reindex_machine(st, id, &old, &m));
-            Ok((batch, apply as Apply, out))
+            let (m, diff) = self.change(st, rev, id, &mut batch, log, f)?;
+            let apply = Box::new(move |st: &mut State| diff.apply(&mut st.machines, id));
+            Ok((batch, apply as Apply, m))
         })
     }
 
-    /// Loads machine `id`, lets `f` change its JSON, and checks the result
-    /// against the data model and every other object. Writes nothing.
+    /// Loads machine `id`, lets `f` change it, checks the result against
+    /// the data model and every other object, and stages its record and
+    /// event. Returns the new machine and its index change.
     fn change(
         &self,
         st: &State,
         rev: u64,
         id: u32,
-        f: impl FnOnce(&mut Value) -> Result<()>,
-    ) -> Result<(Machine, Machine)> {
-        let old = self.store.load_machine(id)?;
-        let mut doc = to_json(&old);
-        f(&mut doc)?;
-        let mut m: Machine = from_json(Kind::Machine, doc)?;
+        batch: &mut Batch,
+        log: &mut Vec<Change>,
+        f: impl FnOnce(&mut Machine) -> Result<()>,
+    ) -> Result<(Machine, EntryDiff)> {
+        let (old, old_bytes) = self.store.load_machine_bytes(id)?;
+        timing::mark("plan: decode");
+        let mut m = old.clone();
+        f(&mut m)?;
+        timing::mark("plan: change");
         if m.uuid != old.uuid {
             return Err(Error::invalid(
                 "machine Uuid",
@@ -498,18 +513,31 @@ impl Machines<'_> {
         normalize_machine(&mut m);
         st.check_machine(Some(id), Some(&old), &m)?;
         m.revision = rev;
-        Ok((old, m))
+        timing::mark("plan: validate");
+        let key = machine_key(id);
+        stage(
+            batch,
+            log,
+            &key,
+            &m.uuid.to_string(),
+            encode(&m),
+            Some(old_bytes),
+        );
+        timing::mark("encode");
+        let diff = machine_diff(&old, &m, &st.profiles);
+        timing::mark("plan: index diff");
+        Ok((m, diff))
     }
 }
 
-fn reindex_machine(st: &mut State, id: u32, old: &Machine, new: &Machine) {
-    let oe = machine_entries(old, &st.profiles);
-    let ne = machine_entries(new, &st.profiles);
-    st.machines.replace_entries(
-        id,
-        Some((&oe, own_keys(&old.params))),
-        Some((&ne, own_keys(&new.params))),
-    );
+/// A change of a machine's JSON document as a change of the machine.
+fn as_json(f: impl FnOnce(&mut Value) -> Result<()>) -> impl FnOnce(&mut Machine) -> Result<()> {
+    move |m| {
+        let mut doc = to_json(&*m);
+        f(&mut doc)?;
+        *m = from_json(Kind::Machine, doc)?;
+        Ok(())
+    }
 }
 
 /// Canonical forms the filter language relies on (IP text).

@@ -15,6 +15,7 @@ use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
 use uuid::Uuid;
 
 use super::backend::{Backend, Batch};
+use super::changelog;
 use super::checkpoint::{self, Recovery};
 use super::layout::{named_key, PROFILE_PREFIX, SECRET_KEY};
 use super::machines::Machines;
@@ -80,7 +81,8 @@ pub(super) struct Inner {
     /// Runs every engine call that can block (commit, flush, open).
     pub(super) guard: stall::Guard,
     pub(super) options: Options,
-    pub(super) writer: Mutex<()>,
+    /// Serializes writers; holds what only writers use (the log's head).
+    pub(super) writer: Mutex<changelog::Trim>,
     pub(super) state: RwLock<State>,
     /// Signalled after every write, for watches and waits.
     pub(super) written: Mutex<()>,
@@ -251,7 +253,7 @@ impl Store {
                 backend,
                 guard,
                 options,
-                writer: Mutex::new(()),
+                writer: Mutex::new(changelog::Trim::default()),
                 state: RwLock::new(state),
                 written: Mutex::new(()),
                 wake: Condvar::new(),

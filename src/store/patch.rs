@@ -165,7 +165,17 @@ pub(crate) fn param_cas(
     value: Value,
     default: Option<&Value>,
 ) -> Result<()> {
-    let params = params_of(doc)?;
+    param_cas_in(params_of(doc)?, key, expected, value, default)
+}
+
+/// [`param_cas`] on a params map.
+pub(crate) fn param_cas_in(
+    params: &mut Map<String, Value>,
+    key: &str,
+    expected: Option<&Value>,
+    value: Value,
+    default: Option<&Value>,
+) -> Result<()> {
     let actual = params.get(key);
     let ok = match (actual, expected) {
         (Some(a), Some(e)) => a == e,

@@ -17,10 +17,20 @@
 //! commit is applied to memory only after the engine returns). The process
 //! stays able to exit: the storage thread is not joined.
 //!
+//! # The handoff
+//! A write hands its commit over and waits for it, so a park and a wake on
+//! each side would cost two thread wake-ups per write (about 15 µs on a
+//! 2-core VM, measured: `docs/write-path.md`). Both sides therefore poll
+//! for up to [`SPIN`] before they park: the storage thread for its next
+//! call, the caller for its result. Polling yields the CPU between looks,
+//! so other threads still run; it changes nothing about the stall limit,
+//! which counts from the hand-over as before.
+//!
 //! Tests make a call stall with `FLEETKV_FAULT_STALL=OP` (every call of
 //! that operation) or `OP:N` (the N-th and later), read in debug builds only.
 
-use std::sync::mpsc::{channel, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,6 +39,25 @@ use parking_lot::{Condvar, Mutex};
 use crate::error::{Error, Result};
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// How long either side of a handoff polls before it parks: longer than a
+/// typical commit (the caller's wait) and than the gap between two writes'
+/// commits (the storage thread's wait for the next).
+pub(crate) const SPIN: Duration = Duration::from_micros(100);
+
+/// Polls `ready` (yielding between looks) until it gives `Some`, or `SPIN`.
+fn poll<T>(mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = ready() {
+            return Some(t);
+        }
+        if start.elapsed() >= SPIN {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+}
 
 /// The storage thread and the stall limit.
 pub(crate) struct Guard {
@@ -44,7 +73,15 @@ pub(crate) struct Pending<'g, R> {
     guard: &'g Guard,
     op: &'static str,
     started: Instant,
-    slot: Arc<(Mutex<Option<R>>, Condvar)>,
+    slot: Arc<Slot<R>>,
+}
+
+/// Where the storage thread leaves a call's result.
+struct Slot<R> {
+    result: Mutex<Option<R>>,
+    /// Set with `result`, so a polling caller need not take the lock.
+    filled: AtomicBool,
+    done: Condvar,
 }
 
 impl Guard {
@@ -53,9 +90,18 @@ impl Guard {
         let (tx, rx) = channel::<Job>();
         std::thread::Builder::new()
             .name("fleetkv-storage".into())
-            .spawn(move || {
-                for job in rx {
-                    job();
+            .spawn(move || loop {
+                let job = match poll(|| match rx.try_recv() {
+                    Ok(job) => Some(Some(job)),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => Some(None),
+                }) {
+                    Some(job) => job,
+                    None => rx.recv().ok(),
+                };
+                match job {
+                    Some(job) => job(),
+                    None => return, // the guard is gone
                 }
             })
             .map_err(|e| Error::invalid("storage thread", e.to_string()))?;
@@ -89,7 +135,11 @@ impl Guard {
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Result<Pending<'_, R>> {
         self.check()?;
-        let slot = Arc::new((Mutex::new(None), Condvar::new()));
+        let slot = Arc::new(Slot {
+            result: Mutex::new(None),
+            filled: AtomicBool::new(false),
+            done: Condvar::new(),
+        });
         let filled = slot.clone();
         let stall = self.injected_stall(op);
         let job: Job = Box::new(move || {
@@ -99,8 +149,9 @@ impl Guard {
                 }
             }
             let r = f();
-            *filled.0.lock() = Some(r);
-            filled.1.notify_one();
+            *filled.result.lock() = Some(r);
+            filled.filled.store(true, Ordering::Release);
+            filled.done.notify_one();
         });
         self.jobs.lock().send(job).map_err(|_| Error::Stalled {
             op: op.into(),
@@ -145,13 +196,21 @@ impl<R> Pending<'_, R> {
     /// The call's result, or [`Error::Stalled`] once it has run for the limit.
     pub(crate) fn wait(self) -> Result<R> {
         let deadline = self.started + self.guard.limit;
-        let (lock, cv) = &*self.slot;
-        let mut done = lock.lock();
+        let slot = &*self.slot;
+        if let Some(r) = poll(|| {
+            slot.filled
+                .load(Ordering::Acquire)
+                .then(|| slot.result.lock().take())
+                .flatten()
+        }) {
+            return Ok(r);
+        }
+        let mut done = slot.result.lock();
         loop {
             if let Some(r) = done.take() {
                 return Ok(r);
             }
-            if cv.wait_until(&mut done, deadline).timed_out() && done.is_none() {
+            if slot.done.wait_until(&mut done, deadline).timed_out() && done.is_none() {
                 let after = self.started.elapsed();
                 let _ = self.guard.stalled.set((self.op.to_string(), after));
                 return Err(Error::Stalled {

@@ -209,6 +209,76 @@ pub(super) fn profile_entries(p: &Profile) -> Entries {
     e
 }
 
+/// What one object's write changes in an index: entries and own param
+/// names that go and that come. Worked out while a write is planned, so the
+/// state's write lock is held only to apply it.
+#[derive(Default)]
+pub(super) struct EntryDiff {
+    gone: Entries,
+    came: Entries,
+    gone_own: Vec<String>,
+    came_own: Vec<String>,
+}
+
+impl EntryDiff {
+    pub(super) fn apply(&self, index: &mut Index, id: u32) {
+        fn names(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        index.remove(id, &self.gone, &names(&self.gone_own));
+        index.insert(id, &self.came, &names(&self.came_own));
+    }
+}
+
+/// The index change from machine `old` to `new`. When only own params
+/// differ (a param write), only the names whose effective value changed are
+/// looked at, instead of building and comparing both machines' entries.
+pub(super) fn machine_diff(
+    old: &Machine,
+    new: &Machine,
+    profiles: &BTreeMap<String, Profile>,
+) -> EntryDiff {
+    let same_fields = old.name == new.name
+        && old.description == new.description
+        && old.uuid == new.uuid
+        && old.address == new.address
+        && old.workflow == new.workflow
+        && old.runnable == new.runnable
+        && old.profiles == new.profiles
+        && old.meta == new.meta;
+    let mut d = EntryDiff::default();
+    if !same_fields {
+        let oe = machine_entries(old, profiles);
+        let ne = machine_entries(new, profiles);
+        d.gone = oe.iter().filter(|x| !ne.contains(x)).cloned().collect();
+        d.came = ne.iter().filter(|x| !oe.contains(x)).cloned().collect();
+    }
+    let layers = |m| Effective::of_machine(m, |n| profiles.get(n).map(|p| &p.params));
+    let (eo, en) = (layers(old), layers(new));
+    let changed = old
+        .params
+        .iter()
+        .filter(|(k, v)| new.params.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .chain(new.params.keys().filter(|k| !old.params.contains_key(*k)));
+    for k in changed {
+        if same_fields {
+            let (ov, nv) = (eo.get(k), en.get(k));
+            if ov != nv {
+                let key = Key::Param(k.clone());
+                d.gone.extend(ov.map(|v| (key.clone(), ValueKey::of(v))));
+                d.came.extend(nv.map(|v| (key, ValueKey::of(v))));
+            }
+        }
+        match (old.params.contains_key(k), new.params.contains_key(k)) {
+            (true, false) => d.gone_own.push(k.clone()),
+            (false, true) => d.came_own.push(k.clone()),
+            _ => {}
+        }
+    }
+    d
+}
+
 pub(super) fn own_keys(params: &Map<String, Value>) -> Vec<&str> {
     params.keys().map(String::as_str).collect()
 }

@@ -17,6 +17,7 @@ use super::layout::{encode, kind_of_key};
 use super::open::Store;
 use super::state::State;
 use crate::error::{Error, Result};
+use crate::timing;
 use crate::watch::{Action, Change};
 
 /// The in-memory half of a write, applied after its batch commits.
@@ -32,18 +33,35 @@ pub(super) fn record<T: serde::Serialize>(
     old: Option<&T>,
 ) {
     let bytes = encode(new);
-    batch.put(key, bytes.clone());
+    timing::mark("encode");
+    let previous = old.map(encode);
+    timing::mark("encode previous");
+    stage(batch, log, key, name, bytes, previous);
+}
+
+/// Stages an object's new record (`bytes`) and its change event, given the
+/// previous record's bytes as read (`None`: a create): the event's
+/// `previous` is those bytes, not a second encoding of the old object.
+pub(super) fn stage(
+    batch: &mut Batch,
+    log: &mut Vec<Change>,
+    key: &[u8],
+    name: &str,
+    bytes: Vec<u8>,
+    previous: Option<Vec<u8>>,
+) {
     log.push(Change {
         kind: kind_of_key(key),
         key: name.to_string(),
-        action: if old.is_some() {
+        action: if previous.is_some() {
             Action::Update
         } else {
             Action::Create
         },
-        object: bytes,
-        previous: old.map(encode),
+        object: bytes.clone(),
+        previous,
     });
+    batch.put(key, bytes);
 }
 
 /// Stages an object's removal and its change event.
@@ -98,18 +116,22 @@ impl Store {
         f: impl FnOnce(&State, u64, &mut Vec<Change>) -> Result<(Batch, Apply, T)>,
     ) -> Result<T> {
         self.inner.guard.check()?;
-        let _w = self.inner.writer.lock();
+        timing::start();
+        let mut w = self.inner.writer.lock();
         let mut changes = Vec::new();
         let (mut batch, apply, out, log_len) = {
             let st = self.inner.state.read();
+            timing::mark("locks");
             let (mut batch, apply, out) = f(&st, st.rev + 1, &mut changes)?;
             batch.expect = st.rev;
             batch.rev = st.rev + 1;
+            timing::mark("plan: other");
             (batch, apply, out, st.log_len)
         };
         let rev = batch.rev;
-        let log_len = changelog::stage(
+        let (log_len, trimmed) = changelog::stage(
             self.backend(),
+            &mut w,
             &mut batch,
             &changes,
             log_len,
@@ -120,14 +142,25 @@ impl Store {
             // The engine commits first, memory follows: a failed or stalled
             // commit leaves the indexes equal to what is stored.
             let mut st = self.inner.state.write();
+            timing::mark("state write lock");
             let backend = self.inner.backend.clone();
-            self.inner
-                .guard
-                .run("commit", move || backend.commit(batch))??;
+            let (ran, r) = self.inner.guard.run("commit", move || {
+                let t0 = timing::now();
+                let r = backend.commit(batch);
+                ((t0, timing::now()), r)
+            })?;
+            if let (Some(t0), Some(t1)) = ran {
+                timing::mark_at("handoff to storage thread", t0);
+                timing::mark_at("engine commit", t1);
+                timing::mark("handoff back");
+            }
+            r?;
+            w.committed(trimmed, rev, changes.len());
             apply(&mut st);
             replay_cost = checkpoint::replay_cost(&st, &changes);
             st.rev = rev;
             st.log_len = log_len;
+            timing::mark("index apply");
         }
         if self.inner.options.durable {
             self.flush()?;
@@ -136,7 +169,9 @@ impl Store {
         let _g = self.inner.written.lock();
         self.inner.wake.notify_all();
         drop(_g);
-        drop(_w);
+        drop(w);
+        timing::mark("wake");
+        timing::finish();
         self.note_written(replay_cost);
         Ok(out)
     }

@@ -106,12 +106,33 @@ pub(crate) fn event_subject(bytes: &[u8]) -> Result<(Kind, String)> {
 
 /// Encodes an event around the stored object bytes (already JSON).
 pub(crate) fn encode_event(rev: u64, seq: u32, c: &Change) -> Vec<u8> {
-    let head = serde_json::json!({
-        "Revision": rev, "Seq": seq, "Kind": c.kind, "Key": c.key, "Action": c.action,
-    })
-    .to_string();
-    let mut out = Vec::with_capacity(head.len() + c.object.len() * 2 + 32);
-    out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    /// An event's fields before the object: serialized straight from
+    /// borrowed values (no intermediate JSON map).
+    #[derive(Serialize)]
+    struct Head<'a> {
+        #[serde(rename = "Revision")]
+        revision: u64,
+        #[serde(rename = "Seq")]
+        seq: u32,
+        #[serde(rename = "Kind")]
+        kind: Kind,
+        #[serde(rename = "Key")]
+        key: &'a str,
+        #[serde(rename = "Action")]
+        action: Action,
+    }
+    let head = Head {
+        revision: rev,
+        seq,
+        kind: c.kind,
+        key: &c.key,
+        action: c.action,
+    };
+    let previous = c.previous.as_ref().map_or(0, Vec::len);
+    let mut out = Vec::with_capacity(96 + c.key.len() + c.object.len() + previous);
+    // Writing a struct of numbers, strings and unit enums into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &head);
+    out.pop(); // its closing brace
     out.extend_from_slice(b",\"Object\":");
     out.extend_from_slice(&c.object);
     if let Some(p) = &c.previous {
@@ -369,5 +390,42 @@ impl Iterator for Watch {
                 Err(e) => return Some(Err(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_encoded_event_reads_back_with_its_object_and_previous() {
+        let c = Change {
+            kind: Kind::Machine,
+            key: "k\"1".into(),
+            action: Action::Update,
+            object: br#"{"Name":"a","Params":{"x":2}}"#.to_vec(),
+            previous: Some(br#"{"Name":"a","Params":{"x":1}}"#.to_vec()),
+        };
+        let e: Event = serde_json::from_slice(&encode_event(7, 3, &c)).unwrap();
+        assert_eq!(
+            e,
+            Event {
+                revision: 7,
+                seq: 3,
+                kind: Kind::Machine,
+                key: "k\"1".into(),
+                action: Action::Update,
+                object: json!({"Name": "a", "Params": {"x": 2}}),
+                previous: Some(json!({"Name": "a", "Params": {"x": 1}})),
+            }
+        );
+        let created = Change {
+            previous: None,
+            action: Action::Create,
+            ..c
+        };
+        let e: Event = serde_json::from_slice(&encode_event(8, 0, &created)).unwrap();
+        assert_eq!((e.action, e.previous), (Action::Create, None));
     }
 }
