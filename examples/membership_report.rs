@@ -285,14 +285,18 @@ fn main() {
     drop(store);
     let close = t.elapsed();
     let open_count = |label: &str| {
+        let (rss, heap) = (rss_bytes(), LIVE.load(Ordering::Relaxed));
         let t = Instant::now();
         let s = Store::open(dir).unwrap();
         black_box(s.machines().count(&q2).unwrap());
         let took = t.elapsed();
+        let per = |b: i64| b as f64 / n as f64;
         println!(
-            "| open + first Q2 count, in process, {label} ({:?}) | {} |",
+            "| open + first Q2 count, in process, {label} ({:?}) | {} (heap +{:.0} B/machine, RSS +{:.0} B/machine) |",
             s.recovery(),
-            fmt(took)
+            fmt(took),
+            per((LIVE.load(Ordering::Relaxed) - heap) as i64),
+            per(rss_bytes() - rss)
         );
         s
     };
@@ -372,6 +376,14 @@ fn main() {
         let s = open_count(label);
         s.verify_indexes().unwrap();
     }
+}
+
+/// Resident set size from /proc (0 where there is none).
+fn rss_bytes() -> i64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+        .map_or(0, |pages| pages * 4096)
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {

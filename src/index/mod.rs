@@ -71,6 +71,11 @@ impl Index {
         self.own.get(param)
     }
 
+    /// Packs the index's maps after a bulk build (see [`keys::Keys::compact`]).
+    pub(crate) fn compact(&mut self) {
+        self.keys.compact();
+    }
+
     /// Objects whose `key` equals `value`.
     pub(crate) fn lookup(&self, key: &Key, value: &ValueKey) -> Option<&Posting> {
         self.keys.get(key).and_then(|p| p.values.get(value))

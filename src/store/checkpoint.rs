@@ -35,8 +35,9 @@
 //! # Durability order
 //! A checkpoint is encoded under the state's read lock (writers wait; readers
 //! do not), the engine is then flushed — so the checkpoint's revision is on
-//! disk before the file names it — and the file is written to a temporary
-//! name, synced, and renamed over the old one.
+//! disk before the file names it: a crash can then never take the store
+//! back below it and redo those revisions differently — and the file is
+//! written to a temporary name, synced, and renamed over the old one.
 
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -8,7 +8,7 @@
 //! [`super::rebuild`]) or write objects other than through the pipeline.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
@@ -83,12 +83,13 @@ pub(super) struct Inner {
     pub(super) options: Options,
     /// Serializes writers; holds what only writers use (the log's head).
     pub(super) writer: Mutex<changelog::Trim>,
-    pub(super) state: RwLock<State>,
+    /// Shared with a background checkpoint while it encodes.
+    pub(super) state: Arc<RwLock<State>>,
     /// Signalled after every write, for watches and waits.
     pub(super) written: Mutex<()>,
     pub(super) wake: Condvar,
     /// Where and how far behind the index checkpoint is (directory stores).
-    pub(super) checkpoints: Option<Checkpoints>,
+    pub(super) checkpoints: Option<Arc<Checkpoints>>,
     pub(super) recovery: Recovery,
 }
 
@@ -99,8 +100,42 @@ pub(super) struct Checkpoints {
     /// in machines to index again ([`checkpoint::replay_cost`]; a large
     /// number when there is no checkpoint this store can use).
     pending: AtomicU64,
-    /// One checkpoint written at a time.
+    /// A background checkpoint is under way.
+    running: AtomicBool,
+    /// One checkpoint encoded and written at a time, in revision order.
     writing: Mutex<()>,
+}
+
+impl Checkpoints {
+    /// Encodes `state`'s index, makes its revision durable with `flush`,
+    /// then writes the file. The encoding holds the state's read lock
+    /// (writers wait, readers do not).
+    fn write(
+        &self,
+        digest: &[u8; 16],
+        state: &RwLock<State>,
+        flush: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let (bytes, covered) = {
+            let st = state.read();
+            (
+                checkpoint::encode(digest, &st),
+                self.pending.load(Ordering::Acquire),
+            )
+        };
+        flush()?;
+        checkpoint::write(&self.dir, &bytes).map_err(|e| {
+            Error::Storage(format!(
+                "writing the index checkpoint in {}: {e}",
+                self.dir.display()
+            ))
+        })?;
+        self.pending.fetch_sub(
+            covered.min(self.pending.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        Ok(())
+    }
 }
 
 /// `pending` when no usable checkpoint exists: due at the first chance.
@@ -131,34 +166,23 @@ impl Inner {
         }
     }
 
+    /// Writes a checkpoint now, after any under way (waiting at most the
+    /// stall limit for it: a background one whose flush stalled is given up).
     fn checkpoint(&self) -> Result<()> {
         let Some(c) = &self.checkpoints else {
             return Ok(());
         };
-        let _one = c.writing.lock();
-        let digest = checkpoint::store_digest(&self.secret()?);
-        // Encoded under the read lock (writers wait, readers do not); what
-        // it covers is flushed before the file names it.
-        let (bytes, covered) = {
-            let st = self.state.read();
-            (
-                checkpoint::encode(&digest, &st),
-                c.pending.load(Ordering::Acquire),
-            )
+        let Some(_one) = c.writing.try_lock_for(self.options.stall_timeout) else {
+            return Err(Error::Stalled {
+                op: "index checkpoint".into(),
+                after: self.options.stall_timeout,
+            });
         };
+        let digest = checkpoint::store_digest(&self.secret()?);
         let backend = self.backend.clone();
-        self.guard.run("flush", move || backend.flush())??;
-        checkpoint::write(&c.dir, &bytes).map_err(|e| {
-            Error::Storage(format!(
-                "writing the index checkpoint in {}: {e}",
-                c.dir.display()
-            ))
-        })?;
-        c.pending.fetch_sub(
-            covered.min(c.pending.load(Ordering::Acquire)),
-            Ordering::AcqRel,
-        );
-        Ok(())
+        c.write(&digest, &self.state, || {
+            self.guard.run("flush", move || backend.flush())?
+        })
     }
 
     fn secret(&self) -> Result<Vec<u8>> {
@@ -254,13 +278,16 @@ impl Store {
                 guard,
                 options,
                 writer: Mutex::new(changelog::Trim::default()),
-                state: RwLock::new(state),
+                state: Arc::new(RwLock::new(state)),
                 written: Mutex::new(()),
                 wake: Condvar::new(),
-                checkpoints: dir.map(|dir| Checkpoints {
-                    dir,
-                    pending: AtomicU64::new(pending),
-                    writing: Mutex::new(()),
+                checkpoints: dir.map(|dir| {
+                    Arc::new(Checkpoints {
+                        dir,
+                        pending: AtomicU64::new(pending),
+                        running: AtomicBool::new(false),
+                        writing: Mutex::new(()),
+                    })
                 }),
                 recovery,
             }),
@@ -342,9 +369,10 @@ impl Store {
         self.inner.checkpoint()
     }
 
-    /// Counts a write's replay cost toward the next checkpoint; writes one
-    /// when it reaches half the change log's retention (by then the log may
-    /// soon no longer bridge from the last one).
+    /// Counts a write's replay cost toward the next checkpoint, and starts
+    /// one in the background when the cost reaches half the change log's
+    /// retention (by then the log may soon no longer bridge from the last).
+    /// The write that crosses the mark does not wait for it.
     pub(super) fn note_written(&self, cost: u64) {
         let inner = &self.inner;
         let Some(c) = &inner.checkpoints else {
@@ -353,12 +381,34 @@ impl Store {
         c.pending.fetch_add(cost, Ordering::Relaxed);
         let mark =
             (inner.options.log_retain as u64 / 2).max(inner.options.checkpoint_after.unwrap_or(0));
-        if inner.options.checkpoint_after.is_some() && inner.checkpoint_due(Some(mark)) {
-            // The write is committed; a failed checkpoint only means a
-            // longer replay or a rebuild at the next open.
-            if let Err(e) = inner.checkpoint() {
-                eprintln!("fleetkv: could not write the index checkpoint: {e}");
-            }
+        if inner.options.checkpoint_after.is_none()
+            || !inner.checkpoint_due(Some(mark))
+            || c.running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(secret) = inner.secret() else {
+            c.running.store(false, Ordering::Release);
+            return;
+        };
+        let digest = checkpoint::store_digest(&secret);
+        let (bg, state, backend) = (c.clone(), inner.state.clone(), inner.backend.clone());
+        let spawned = std::thread::Builder::new()
+            .name("fleetkv-checkpoint".into())
+            .spawn(move || {
+                // The thread holds the state and the engine, not the store:
+                // closing the store still flushes and checkpoints at once.
+                // Its flush is not bounded by the storage thread; nobody
+                // waits for it, and a close waits for it at most the limit.
+                // A failure only means a longer replay or a rebuild later.
+                let _one = bg.writing.lock();
+                if let Err(e) = bg.write(&digest, &state, || backend.flush()) {
+                    eprintln!("fleetkv: could not write the index checkpoint: {e}");
+                }
+                bg.running.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            c.running.store(false, Ordering::Release);
         }
     }
 

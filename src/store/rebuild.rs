@@ -184,6 +184,7 @@ pub(super) fn index_machines(db: &dyn Backend, st: &mut State, from: &[u8]) -> R
         }
         Ok(())
     })?;
+    machines.compact();
     st.machines = machines;
     st.next_id = next_id;
     Ok(())
