@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
@@ -52,7 +51,7 @@ impl Index {
 
     /// Reads the index [`encode`](Self::encode) wrote at `body` of `bytes`
     /// (all of it). Keys stay encoded until read ([`Keys`]).
-    pub(crate) fn decode(bytes: &Arc<Vec<u8>>, body: Range<usize>) -> Result<Index, DecodeError> {
+    pub(crate) fn decode(bytes: &[u8], body: Range<usize>) -> Result<Index, DecodeError> {
         let start = body.start;
         let mut r = Reader {
             bytes: &bytes[body],
@@ -324,8 +323,7 @@ mod tests {
     }
 
     fn decode(bytes: &[u8]) -> Result<Index, DecodeError> {
-        let bytes = Arc::new(bytes.to_vec());
-        let ix = Index::decode(&bytes, 0..bytes.len())?;
+        let ix = Index::decode(bytes, 0..bytes.len())?;
         // Decode every key, as a reader would.
         let keys: Vec<Key> = ix.keys.names().cloned().collect();
         for k in keys {
@@ -426,7 +424,7 @@ mod tests {
         ) {
             let mut plain = Index::default();
             before.iter().for_each(|c| apply(&mut plain, c));
-            let bytes = Arc::new(encoded(&plain));
+            let bytes = encoded(&plain);
             let mut lazy = Index::decode(&bytes, 0..bytes.len()).unwrap();
             for c in &after {
                 apply(&mut plain, c);

@@ -56,8 +56,9 @@ enum Slot {
 
 #[derive(Clone)]
 struct Encoded {
-    bytes: Arc<Vec<u8>>,
-    section: Range<usize>,
+    /// The key's own copy of its section: freed when the key is decoded,
+    /// so a store that has read every key holds no checkpoint bytes.
+    section: Box<[u8]>,
     /// The key is a set (`Profiles`): no `has` bitmap.
     set: bool,
     queued: Vec<Op>,
@@ -117,7 +118,7 @@ impl Slot {
 
 impl Encoded {
     fn decode(&self) -> Postings {
-        let mut p = match super::codec::decode_section(&self.bytes[self.section.clone()]) {
+        let mut p = match super::codec::decode_section(&self.section) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("fleetkv: an index checkpoint key does not decode ({e}); read as empty");
@@ -184,13 +185,12 @@ impl PartialEq for Keys {
 impl Keys {
     /// Keys whose sections are the given ranges of `bytes`, decoded when
     /// first read.
-    pub(super) fn encoded(bytes: &Arc<Vec<u8>>, sections: Vec<(Key, Range<usize>)>) -> Keys {
+    pub(super) fn encoded(bytes: &[u8], sections: Vec<(Key, Range<usize>)>) -> Keys {
         let map = sections
             .into_iter()
             .map(|(k, section)| {
                 let enc = Encoded {
-                    bytes: bytes.clone(),
-                    section,
+                    section: bytes[section].into(),
                     set: is_set(&k),
                     queued: Vec::new(),
                 };
@@ -291,7 +291,7 @@ impl Keys {
     pub(super) fn for_encoding(&self) -> impl Iterator<Item = (&Key, Section<'_>)> {
         self.map.iter().filter_map(|(k, slot)| {
             if let Some(e) = slot.pending().filter(|e| e.queued.is_empty()) {
-                return Some((k, Section::Raw(&e.bytes[e.section.clone()])));
+                return Some((k, Section::Raw(&e.section)));
             }
             let p = slot.get();
             (!p.values.is_empty()).then_some((k, Section::Decoded(p)))

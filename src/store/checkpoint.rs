@@ -42,7 +42,6 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 use sha2::{Digest, Sha256};
@@ -147,14 +146,14 @@ pub(super) fn read(
 ) -> std::result::Result<Option<Checkpoint>, String> {
     let path: PathBuf = dir.join(FILE);
     let bytes = match std::fs::read(&path) {
-        Ok(b) => Arc::new(b),
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot be read: {e}")),
     };
     parse(&bytes, digest).map(Some)
 }
 
-fn parse(bytes: &Arc<Vec<u8>>, digest: &[u8; 16]) -> std::result::Result<Checkpoint, String> {
+fn parse(bytes: &[u8], digest: &[u8; 16]) -> std::result::Result<Checkpoint, String> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err("is not a fleetkv index checkpoint (torn or foreign)".into());
     }
@@ -314,7 +313,6 @@ mod tests {
         let digest = store_digest(b"secret");
         let st = state_with(500);
         let bytes = encode(&digest, &st);
-        let parse = |b: &[u8], d: &[u8; 16]| parse(&Arc::new(b.to_vec()), d);
         let ck = parse(&bytes, &digest).unwrap();
         assert_eq!((ck.rev, ck.next_id), (42, 500));
         assert_eq!(ck.machines, st.machines);
