@@ -310,6 +310,12 @@ fn main() {
         checkpoint_bytes as f64 / 1048576.0,
         checkpoint_bytes as f64 / n as f64
     );
+    let t = Instant::now();
+    drop(sled::open(dir).unwrap());
+    println!(
+        "| sled's own open of the same directory (the floor) | {} |",
+        fmt(t.elapsed())
+    );
     drop(open_count("after a clean close"));
     std::fs::remove_file(dir.join("fleetkv.index")).unwrap();
     drop(open_count("no checkpoint: rebuild"));
