@@ -304,9 +304,11 @@ fn sigkill_between_a_checkpoint_and_later_writes_replays_exactly() {
     fleet(&data);
     let server = Server::start_at(&data, &["--durable"]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writers: Vec<_> = (0..3)
         .map(|t| {
             let (url, auth, stop) = (server.url.clone(), server.bearer(), stop.clone());
+            let acks = acks.clone();
             std::thread::spawn(move || {
                 let mut acked = None;
                 for i in 0u64.. {
@@ -326,13 +328,24 @@ fn sigkill_between_a_checkpoint_and_later_writes_replays_exactly() {
                     {
                         break; // the server is gone
                     }
+                    if acked.is_none() {
+                        acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     acked = Some(i);
                 }
                 acked
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    // Kill once every writer has had a write acknowledged, and a little
+    // after, so that the kill lands among writes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while acks.load(std::sync::atomic::Ordering::Relaxed) < 3
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
     Command::new("kill")
         .args(["-9", &server.child.id().to_string()])
         .status()

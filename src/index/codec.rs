@@ -14,7 +14,7 @@
 //! byte length and UTF-8.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
+use std::io::Read;
 
 use roaring::RoaringBitmap;
 
@@ -49,35 +49,30 @@ impl Index {
         }
     }
 
-    /// Reads the index [`encode`](Self::encode) wrote at `body` of `bytes`
-    /// (all of it). Keys stay encoded until read ([`Keys`]).
-    pub(crate) fn decode(bytes: &[u8], body: Range<usize>) -> Result<Index, DecodeError> {
-        let start = body.start;
-        let mut r = Reader {
-            bytes: &bytes[body],
-            pos: 0,
-        };
+    /// Reads the index [`encode`](Self::encode) wrote from `r`, to its end.
+    /// Keys stay encoded until read ([`Keys`]); each section is read
+    /// straight into the buffer its key keeps.
+    pub(crate) fn decode(r: impl Read) -> Result<Index, DecodeError> {
+        let mut r = Stream { r, pos: 0 };
         let universe = r.bitmap()?;
         let mut own = std::collections::HashMap::new();
         for _ in 0..r.u32()? {
-            let name = r.str()?.to_string();
+            let name = r.string()?;
             own.insert(name, r.bitmap()?);
         }
-        let n = r.u32()? as usize;
-        let mut sections = Vec::with_capacity(n.min(r.bytes.len()));
+        let n = r.u32()?;
+        let mut sections = Vec::new();
         for _ in 0..n {
             let key = r.key()?;
-            let len = r.u32()? as usize;
-            let from = r.pos;
-            r.take(len)?;
-            sections.push((key, start + from..start + r.pos));
+            let len = r.u32()?;
+            sections.push((key, r.bytes(len)?.into_boxed_slice()));
         }
-        if r.pos != r.bytes.len() {
+        if r.r.read(&mut [0]).map_err(|e| r.fail(&e.to_string()))? != 0 {
             return Err(r.fail("trailing bytes"));
         }
         Ok(Index {
             universe,
-            keys: Keys::encoded(bytes, sections),
+            keys: Keys::encoded(sections),
             own,
         })
     }
@@ -206,6 +201,73 @@ fn put_value(out: &mut Vec<u8>, v: &ValueKey) {
     }
 }
 
+/// The top level of an encoded index, read from a stream.
+struct Stream<R> {
+    r: R,
+    pos: u64,
+}
+
+impl<R: Read> Stream<R> {
+    fn fail(&self, what: &str) -> DecodeError {
+        format!("{what} at byte {}", self.pos)
+    }
+
+    /// `n` bytes, read without zeroing a buffer first.
+    fn bytes(&mut self, n: u32) -> Result<Vec<u8>, DecodeError> {
+        let mut v = Vec::with_capacity(n as usize);
+        let got = (&mut self.r)
+            .take(u64::from(n))
+            .read_to_end(&mut v)
+            .map_err(|e| self.fail(&e.to_string()))?;
+        self.pos += got as u64;
+        if got != n as usize {
+            return Err(self.fail("truncated"));
+        }
+        Ok(v)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let n = self.u32()?;
+        let b = self.bytes(n)?;
+        String::from_utf8(b).map_err(|_| self.fail("a string that is not UTF-8"))
+    }
+
+    fn bitmap(&mut self) -> Result<RoaringBitmap, DecodeError> {
+        let n = self.u32()?;
+        let b = self.bytes(n)?;
+        RoaringBitmap::deserialize_from(&b[..]).map_err(|e| self.fail(&format!("bitmap: {e}")))
+    }
+
+    fn key(&mut self) -> Result<Key, DecodeError> {
+        Ok(match self.u8()? {
+            0 => Key::Field(match self.u8()? {
+                0 => Field::Name,
+                1 => Field::Uuid,
+                2 => Field::Description,
+                3 => Field::Address,
+                4 => Field::Workflow,
+                5 => Field::Runnable,
+                f => return Err(self.fail(&format!("field tag {f}"))),
+            }),
+            1 => Key::Profiles,
+            2 => Key::ParamNames,
+            3 => Key::Param(self.string()?),
+            4 => Key::MetaKeys,
+            5 => Key::Meta(self.string()?),
+            t => return Err(self.fail(&format!("key tag {t}"))),
+        })
+    }
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -251,26 +313,6 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         let b = self.take(n)?;
         RoaringBitmap::deserialize_from(b).map_err(|e| self.fail(&format!("bitmap: {e}")))
-    }
-
-    fn key(&mut self) -> Result<Key, DecodeError> {
-        Ok(match self.u8()? {
-            0 => Key::Field(match self.u8()? {
-                0 => Field::Name,
-                1 => Field::Uuid,
-                2 => Field::Description,
-                3 => Field::Address,
-                4 => Field::Workflow,
-                5 => Field::Runnable,
-                f => return Err(self.fail(&format!("field tag {f}"))),
-            }),
-            1 => Key::Profiles,
-            2 => Key::ParamNames,
-            3 => Key::Param(self.str()?.to_string()),
-            4 => Key::MetaKeys,
-            5 => Key::Meta(self.str()?.to_string()),
-            t => return Err(self.fail(&format!("key tag {t}"))),
-        })
     }
 
     fn value(&mut self) -> Result<ValueKey, DecodeError> {
@@ -323,7 +365,7 @@ mod tests {
     }
 
     fn decode(bytes: &[u8]) -> Result<Index, DecodeError> {
-        let ix = Index::decode(bytes, 0..bytes.len())?;
+        let ix = Index::decode(bytes)?;
         // Decode every key, as a reader would.
         let keys: Vec<Key> = ix.keys.names().cloned().collect();
         for k in keys {
@@ -425,7 +467,7 @@ mod tests {
             let mut plain = Index::default();
             before.iter().for_each(|c| apply(&mut plain, c));
             let bytes = encoded(&plain);
-            let mut lazy = Index::decode(&bytes, 0..bytes.len()).unwrap();
+            let mut lazy = Index::decode(&bytes[..]).unwrap();
             for c in &after {
                 apply(&mut plain, c);
                 apply(&mut lazy, c);

@@ -24,7 +24,6 @@
 //! [`Store::verify_indexes`]: crate::Store::verify_indexes
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use roaring::RoaringBitmap;
@@ -183,14 +182,13 @@ impl PartialEq for Keys {
 }
 
 impl Keys {
-    /// Keys whose sections are the given ranges of `bytes`, decoded when
-    /// first read.
-    pub(super) fn encoded(bytes: &[u8], sections: Vec<(Key, Range<usize>)>) -> Keys {
+    /// Keys from their encoded sections, decoded when first read.
+    pub(super) fn encoded(sections: Vec<(Key, Box<[u8]>)>) -> Keys {
         let map = sections
             .into_iter()
             .map(|(k, section)| {
                 let enc = Encoded {
-                    section: bytes[section].into(),
+                    section,
                     set: is_set(&k),
                     queued: Vec::new(),
                 };

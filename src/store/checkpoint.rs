@@ -40,7 +40,7 @@
 //! written to a temporary name, synced, and renamed over the old one.
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use roaring::RoaringBitmap;
@@ -145,20 +145,48 @@ pub(super) fn read(
     digest: &[u8; 16],
 ) -> std::result::Result<Option<Checkpoint>, String> {
     let path: PathBuf = dir.join(FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot be read: {e}")),
     };
-    parse(&bytes, digest).map(Some)
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot be read: {e}"))?
+        .len();
+    parse(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        len,
+        digest,
+    )
+    .map(Some)
 }
 
-fn parse(bytes: &[u8], digest: &[u8; 16]) -> std::result::Result<Checkpoint, String> {
-    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+/// A reader that checksums what passes through it.
+struct Summed<R> {
+    r: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> Read for Summed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads a checkpoint of `len` bytes from `r`: the header is checked, then
+/// the body is decoded as it streams past its checksum (so no second copy of
+/// the file is held) and the checksum is compared at the end.
+fn parse(mut r: impl Read, len: u64, digest: &[u8; 16]) -> std::result::Result<Checkpoint, String> {
+    let mut header = [0u8; HEADER];
+    if len < HEADER as u64 || r.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
         return Err("is not a fleetkv index checkpoint (torn or foreign)".into());
     }
-    let u32_at =
-        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let u32_at = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
     let u64_at = |at: usize| u64::from(u32_at(at)) | u64::from(u32_at(at + 4)) << 32;
     let version = u32_at(8);
     if version != VERSION {
@@ -166,19 +194,27 @@ fn parse(bytes: &[u8], digest: &[u8; 16]) -> std::result::Result<Checkpoint, Str
             "has format version {version}; this build reads version {VERSION}"
         ));
     }
-    if &bytes[12..28] != digest {
+    if &header[12..28] != digest {
         return Err("belongs to another store".into());
     }
     let (rev, next_id, body_len, crc) = (u64_at(28), u32_at(36), u64_at(40), u32_at(48));
-    let body = &bytes[HEADER..];
-    if body.len() as u64 != body_len {
-        return Err(format!("is torn: {} of {body_len} body bytes", body.len()));
+    if len - HEADER as u64 != body_len {
+        return Err(format!(
+            "is torn: {} of {body_len} body bytes",
+            len - HEADER as u64
+        ));
     }
-    if crc32fast::hash(body) != crc {
+    let mut body = Summed {
+        r: r.take(body_len),
+        crc: crc32fast::Hasher::new(),
+    };
+    let decoded = Index::decode(&mut body);
+    // Checksum all of it whether or not it decoded: damage reads as damage.
+    let _ = std::io::copy(&mut body, &mut std::io::sink());
+    if body.crc.finalize() != crc {
         return Err("fails its checksum".into());
     }
-    let machines =
-        Index::decode(bytes, HEADER..bytes.len()).map_err(|e| format!("does not decode: {e}"))?;
+    let machines = decoded.map_err(|e| format!("does not decode: {e}"))?;
     Ok(Checkpoint {
         rev,
         next_id,
@@ -313,6 +349,7 @@ mod tests {
         let digest = store_digest(b"secret");
         let st = state_with(500);
         let bytes = encode(&digest, &st);
+        let parse = |b: &[u8], d: &[u8; 16]| parse(b, b.len() as u64, d);
         let ck = parse(&bytes, &digest).unwrap();
         assert_eq!((ck.rev, ck.next_id), (42, 500));
         assert_eq!(ck.machines, st.machines);
