@@ -3,7 +3,7 @@
 //! none) and, when it is stuck, every thread's stack from gdb.
 #![allow(dead_code)]
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// User + system CPU ticks of a process, all threads (`/proc/PID/stat`).
 pub fn cpu_ticks(pid: u32) -> u64 {
@@ -16,9 +16,19 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Every thread's stack of process `pid` (gdb attaches, prints, detaches),
-/// or why there is none.
+/// or why there is none. gdb writes to a file, not a pipe: when `pid` is
+/// this process, gdb stops the thread that would drain a pipe, and a dump
+/// larger than the pipe's buffer would then block gdb, and us, for good.
 pub fn stacks(pid: u32) -> Result<String, String> {
-    Command::new("gdb")
+    let path = std::env::temp_dir().join(format!(
+        "fleetkv-stacks-{pid}-{}.txt",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let file = std::fs::File::create(&path).map_err(|e| format!("no stacks: {e}"))?;
+    let status = Command::new("gdb")
         .args([
             "-p",
             &pid.to_string(),
@@ -26,7 +36,13 @@ pub fn stacks(pid: u32) -> Result<String, String> {
             "-ex",
             "thread apply all bt",
         ])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(Stdio::null())
+        .status();
+    let dump = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    status
+        .map(|_| dump)
         .map_err(|e| format!("no stacks: gdb: {e}"))
 }
