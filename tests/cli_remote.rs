@@ -128,18 +128,18 @@ fn export_equals_embedded_and_import_round_trips() {
         without_revisions(&fresh.ok(&["export"])),
         without_revisions(&first)
     );
-    // A plain array from stdin, with and without --kind.
+    // A plain array from stdin: refused without --kind (no field says
+    // machines or profiles), taken with it.
     let names = r#"[{"Name": "n1"}, {"Name": "n2"}]"#;
-    for args in [
-        &["import", "-"][..],
-        &["import", "-", "--kind", "machines"][..],
-    ] {
-        let (code, out, err) = fresh.cli_with(args, Some(names));
-        assert_eq!((code, out.as_str()), (0, "2\n"), "{err}");
-        assert_eq!(local(&d, args, Some(names)).1, out);
-    }
+    let refused = fresh.cli_with(&["import", "-"], Some(names));
+    assert_eq!(refused.0, 2, "{}", refused.2);
+    assert_eq!(local(&d, &["import", "-"], Some(names)), refused);
+    let args = &["import", "-", "--kind", "machines"][..];
+    let (code, out, err) = fresh.cli_with(args, Some(names));
+    assert_eq!((code, out.as_str()), (0, "2\n"), "{err}");
+    assert_eq!(local(&d, args, Some(names)).1, out);
     let remote = without_revisions(&fresh.ok(&["export"]));
-    assert_eq!(remote["profiles"].as_array().unwrap().len(), 4);
+    assert_eq!(remote["profiles"].as_array().unwrap().len(), 2);
     assert_eq!(remote["machines"].as_array().unwrap().len(), 8);
 }
 

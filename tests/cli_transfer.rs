@@ -65,10 +65,16 @@ fn import_arrays_by_kind_and_round_trip() {
         })
         .collect();
     let machines = Value::Array(machines);
-    // Detected kinds, in dependency order given file by file; one via stdin.
+    // Detected kinds (definitions: Schema; machines: Uuid), in dependency
+    // order given file by file; profiles, which no field identifies, with
+    // their kind said, via stdin.
     let pp = write(&dir, "params.json", &params);
     assert_eq!(ok(&db, &["import", pp.to_str().unwrap()]).trim(), "2");
-    let (code, out, err) = run(&db, &["import", "-"], Some(&profiles.to_string()));
+    let (code, out, err) = run(
+        &db,
+        &["import", "-", "--kind", "profiles"],
+        Some(&profiles.to_string()),
+    );
     assert_eq!((code, out.trim()), (0, "2"), "{err}");
     let mp = write(&dir, "machines.json", &machines);
     assert_eq!(ok(&db, &["import", mp.to_str().unwrap()]).trim(), "30");
@@ -104,7 +110,7 @@ fn import_arrays_by_kind_and_round_trip() {
 fn import_kind_flag_and_name_keyed_machines() {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("db");
-    // Without --kind a bare-Name array is profiles; with it, machines.
+    // A bare-Name array could be machines or profiles: --kind says which.
     let named = json!([{"Name": "n1"}, {"Name": "n2"}]);
     let f = write(&dir, "n.json", &named);
     ok(&db, &["import", f.to_str().unwrap(), "--kind", "machines"]);
@@ -112,7 +118,15 @@ fn import_kind_flag_and_name_keyed_machines() {
     let all = export(&db);
     assert_eq!(all["machines"].as_array().unwrap().len(), 2);
     assert_eq!(all["profiles"].as_array().unwrap().len(), 1, "only global");
-    ok(&db, &["import", f.to_str().unwrap()]);
+    let (code, _, err) = run(&db, &["import", f.to_str().unwrap()], None);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cannot tell the kind of element #0: \"n1\" has no field only")
+            && err.contains("--kind"),
+        "{err}"
+    );
+    assert_eq!(export(&db), all, "refused: nothing written");
+    ok(&db, &["import", f.to_str().unwrap(), "--kind", "profiles"]);
     assert_eq!(export(&db)["profiles"].as_array().unwrap().len(), 3);
 }
 
@@ -127,6 +141,10 @@ fn import_bad_input_exits_2() {
         (r#"{"widgets": []}"#, "unknown key \"widgets\""),
         (
             r#"[{"Name": "m", "Profiles": ["ghost"]}]"#,
+            "cannot tell the kind of element #0",
+        ),
+        (
+            r#"[{"Name": "m", "Uuid": "00000000-0000-4000-8000-000000000001", "Profiles": ["ghost"]}]"#,
             "import machines #0",
         ),
         (

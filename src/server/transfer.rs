@@ -13,7 +13,7 @@
 //! | method | path | what | claim |
 //! |---|---|---|---|
 //! | GET | `/api/v3/export` | `{"params":[…],"profiles":[…],"machines":[…]}` | `{machines,profiles,params}/list/*` |
-//! | POST | `/api/v3/import?kind=K` | load an array (of kind K, else detected) or an export object; answers how many objects were written | `{machines,profiles,params}/{create,update}/*` |
+//! | POST | `/api/v3/import?kind=K&check=B` | load an array (of kind K, else detected with certainty or refused) or an export object, all or nothing; answers how many objects were written (with `check`: checks only) | `{machines,profiles,params}/{create,update}/*` |
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -45,10 +45,18 @@ enum ImportKind {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 struct ImportParams {
-    /// The kind of a plain array (detected from its fields otherwise); not
-    /// with an export object.
+    /// The kind of a plain array; not with an export object. Without it, an
+    /// array is taken only when every element certainly is of one kind (a
+    /// field only machines have, such as Uuid, or only definitions have:
+    /// Schema, Secure), else refused with a 400 naming the element; an array
+    /// of profiles needs it.
     #[param(inline)]
     kind: Option<ImportKind>,
+    /// Check the document against the store as the import would, and write
+    /// nothing (Go booleans: `true`, `1`, `T`, …); answers how many objects
+    /// it holds. The CLI's remote mode checks a document too large for one
+    /// request this way, part by part, before it writes any.
+    check: Option<bool>,
 }
 
 /// A refused import as a DRP error: the shape's a 400; a refused object's
@@ -56,10 +64,11 @@ struct ImportParams {
 fn import_error(e: ImportError) -> ApiError {
     let msg = e.to_string();
     match e {
-        ImportError::Shape(_) => ApiError::bad_request(msg),
+        ImportError::Shape(_) | ImportError::Undetected { .. } => ApiError::bad_request(msg),
         ImportError::Object { source, .. } | ImportError::Store(source) => {
             ApiError::from(source).with_message(msg)
         }
+        ImportError::Partial { source, .. } => import_error(*source).with_message(msg),
     }
 }
 
@@ -77,16 +86,20 @@ pub async fn export(State(app): St, Extension(who): Extension<Principal>) -> Api
 }
 
 /// Loads a JSON array of one kind or an export object (what `fleetkv
-/// import` does): the shape is checked before anything is written; objects
-/// are then written params, profiles, machines, each replacing the object
-/// with its key; the first refused object stops the import (the ones before
-/// it stay). Answers how many objects were written.
+/// import` does), all or nothing: the whole document is checked first (its
+/// shape, the kind of a plain array — never guessed —, every object, Names
+/// unique, profiles and schemas from the store or the document) and the
+/// first problem refuses it with nothing written; it is then written params,
+/// profiles, machines, each replacing the object with its key, as one
+/// atomic write (up to 10,000 objects; a larger document in writes of
+/// 10,000, and a failed write says how many objects are in the store —
+/// importing again resumes). Answers how many objects were written.
 #[utoipa::path(post, path = "/api/v3/import",
     params(ImportParams),
     request_body(content = Object, content_type = "application/json",
         description = "An array of objects of one kind, or {\"params\":[…],\"profiles\":[…],\"machines\":[…]}"),
     responses(
-        (status = 200, description = "How many objects were written", body = u64),
+        (status = 200, description = "How many objects were written (with check=true: how many the document holds; nothing written)", body = u64),
         (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
         (status = 409, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
@@ -104,6 +117,7 @@ pub async fn import(
         }
     }
     let mut kind = None;
+    let mut check = false;
     for part in q
         .as_deref()
         .unwrap_or("")
@@ -115,6 +129,9 @@ pub async fn import(
             ("kind", "machines") => kind = Some(Kind::Machine),
             ("kind", "profiles") => kind = Some(Kind::Profile),
             ("kind", "params") => kind = Some(Kind::Param),
+            ("check", v) => {
+                check = crate::wire::parse_bool_named("check", v).map_err(ApiError::bad_request)?
+            }
             ("kind", other) => {
                 return Err(ApiError::bad_request(format!(
                     "kind {other:?}: expected machines, profiles or params"
@@ -122,14 +139,20 @@ pub async fn import(
             }
             (other, _) => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query key {other:?} (expected kind)"
+                    "unknown query key {other:?} (expected kind, check)"
                 )))
             }
         }
     }
     let (doc, _) = json_body(&headers, &body, JSON)?;
     let n = app
-        .on_pool(move |s| crate::transfer::import(s, doc, kind).map_err(import_error))
+        .on_pool(move |s| {
+            match check {
+                true => crate::transfer::check(s, doc, kind),
+                false => crate::transfer::import(s, doc, kind),
+            }
+            .map_err(import_error)
+        })
         .await?;
     Ok(ok(StatusCode::OK, json!(n)))
 }

@@ -6,7 +6,7 @@
 //! across a batch) and their index changes. Must not: touch profiles' or
 //! definitions' records, or reach the engine except to read machines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -16,11 +16,13 @@ use super::layout::{decode, encode, from_json, machine_key, to_json, MACHINE_PRE
 use super::list::{shape, shape_raw, sort_key, window, ListOptions, Query};
 use super::open::Store;
 use super::patch;
-use super::state::{machine_diff, machine_entries, own_keys, EntryDiff, State};
+use super::state::{
+    machine_diff, machine_entries, machine_entries_with, own_keys, EntryDiff, Pending, State,
+};
 use super::write::{erase, record, stage, Apply};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
-use crate::index::{Defaults, ValueKey};
+use crate::index::{Defaults, Entries, ValueKey};
 use crate::model::{Kind, Machine};
 use crate::timing;
 use crate::watch::Change;
@@ -110,88 +112,22 @@ impl Machines<'_> {
     pub fn import(&self, machines: Vec<Machine>) -> Result<(usize, usize)> {
         self.store.write(|st, rev, log| {
             let mut batch = Batch::default();
-            let mut names: HashMap<String, Uuid> = HashMap::with_capacity(machines.len());
-            let mut next = st.next_id;
-            let mut planned: Vec<(u32, Option<Machine>, Machine)> =
-                Vec::with_capacity(machines.len());
-            let (mut created, mut replaced) = (0, 0);
-            for mut m in machines {
-                if m.uuid.is_nil() {
-                    m.uuid = Uuid::new_v4();
-                }
-                normalize_machine(&mut m);
-                if names
-                    .insert(m.name.clone(), m.uuid)
-                    .is_some_and(|u| u != m.uuid)
-                {
-                    return Err(Error::AlreadyExists {
-                        kind: Kind::Machine,
-                        key: format!("Name:{}", m.name),
-                    });
-                }
-                let existing = st
-                    .machines
-                    .lookup(
-                        &Key::Field(Field::Uuid),
-                        &ValueKey::str(&m.uuid.to_string()),
-                    )
-                    .and_then(|b| b.min());
-                let (id, old) = match existing {
-                    Some(id) => {
-                        replaced += 1;
-                        (id, Some(self.store.load_machine(id)?))
-                    }
-                    None => {
-                        created += 1;
-                        next = next.checked_add(1).ok_or_else(|| {
-                            Error::invalid("machine", "the store has run out of machine ids")
-                        })?;
-                        (next - 1, None)
-                    }
-                };
-                st.check_machine(Some(id), old.as_ref(), &m)
-                    .map_err(|e| match e {
-                        Error::Invalid { what, reason } => {
-                            Error::invalid(format!("{what} of {}", m.name), reason)
-                        }
-                        other => other,
-                    })?;
-                m.revision = rev;
-                record(
-                    &mut batch,
-                    log,
-                    &machine_key(id),
-                    &m.uuid.to_string(),
-                    &m,
-                    old.as_ref(),
-                );
-                planned.push((id, old, m));
-            }
-            batch.put(NEXT_ID_KEY, next.to_be_bytes());
-            // Index entries are worked out now, outside the state's write
-            // lock (profiles cannot change: the writer lock is held).
-            let planned: Vec<_> = planned
-                .into_iter()
-                .map(|(id, old, m)| {
-                    let ne = machine_entries(&m, &st.profiles);
-                    let oe = old.map(|o| (machine_entries(&o, &st.profiles), o.params));
-                    (id, oe, ne, m.params)
-                })
-                .collect();
-            let apply = Box::new(move |st: &mut State| {
-                for (id, old, ne, params) in planned {
-                    match old {
-                        Some((oe, old_params)) => st.machines.replace_entries(
-                            id,
-                            Some((&oe, own_keys(&old_params))),
-                            Some((&ne, own_keys(&params))),
-                        ),
-                        None => st.machines.insert(id, &ne, &own_keys(&params)),
-                    }
-                }
-                st.next_id = next;
-            });
-            Ok((batch, apply as Apply, (created, replaced)))
+            let plan = plan_machines(
+                self.store,
+                st,
+                &Pending::default(),
+                rev,
+                Some((&mut batch, log)),
+                machines,
+                false,
+                &mut 0,
+            )?;
+            let counts = (plan.created, plan.replaced);
+            Ok((
+                batch,
+                Box::new(move |st: &mut State| plan.apply(st)) as Apply,
+                counts,
+            ))
         })
     }
 
@@ -545,4 +481,155 @@ fn normalize_machine(m: &mut Machine) {
     if let Ok(ip) = m.address.parse::<std::net::IpAddr>() {
         m.address = ip.to_string();
     }
+}
+
+/// Machines planned for one write by [`plan_machines`]: their index entries
+/// (worked out before the state's write lock) and the next free id.
+pub(super) struct MachinePlan {
+    #[allow(clippy::type_complexity)]
+    planned: Vec<(
+        u32,
+        Option<(Entries, Map<String, Value>)>,
+        Entries,
+        Map<String, Value>,
+    )>,
+    next: u32,
+    pub(super) created: usize,
+    pub(super) replaced: usize,
+}
+
+impl MachinePlan {
+    /// The in-memory half: index entries in, the next id moved on.
+    pub(super) fn apply(self, st: &mut State) {
+        for (id, old, ne, params) in self.planned {
+            match old {
+                Some((oe, old_params)) => st.machines.replace_entries(
+                    id,
+                    Some((&oe, own_keys(&old_params))),
+                    Some((&ne, own_keys(&params))),
+                ),
+                None => st.machines.insert(id, &ne, &own_keys(&params)),
+            }
+        }
+        st.next_id = self.next;
+    }
+}
+
+/// Plans creating or replacing (by Uuid) `machines` in one write, checked
+/// against the store as it was before the write and against what `pending`
+/// (the write's earlier definitions and profiles) lays over it: all of them
+/// or, on the first invalid one, an error (`at` names its position). With
+/// `by_name`, a machine without a Uuid replaces the stored machine of its
+/// Name (and takes its Uuid); else it gets a new Uuid. With `out` (the
+/// write's batch and change events) the records are staged and the index
+/// entries worked out; without, the machines are only checked. Shared by
+/// [`Machines::import`] and bulk imports.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn plan_machines(
+    store: &Store,
+    st: &State,
+    pending: &Pending,
+    rev: u64,
+    mut out: Option<(&mut Batch, &mut Vec<Change>)>,
+    machines: Vec<Machine>,
+    by_name: bool,
+    at: &mut usize,
+) -> Result<MachinePlan> {
+    let mut names: HashMap<String, Uuid> = HashMap::with_capacity(machines.len());
+    let mut uuids: HashSet<Uuid> = HashSet::with_capacity(machines.len());
+    let mut next = st.next_id;
+    let mut planned: Vec<(u32, Option<Machine>, Machine)> = Vec::with_capacity(machines.len());
+    let (mut created, mut replaced) = (0, 0);
+    for (i, mut m) in machines.into_iter().enumerate() {
+        *at = i;
+        if m.uuid.is_nil() {
+            m.uuid = match by_name {
+                true => st
+                    .machines
+                    .lookup(&Key::Field(Field::Name), &ValueKey::str(&m.name))
+                    .and_then(|b| b.min())
+                    .map(|id| store.load_machine(id).map(|o| o.uuid))
+                    .transpose()?
+                    .unwrap_or_else(Uuid::new_v4),
+                false => Uuid::new_v4(),
+            };
+        }
+        normalize_machine(&mut m);
+        if names
+            .insert(m.name.clone(), m.uuid)
+            .is_some_and(|u| u != m.uuid)
+        {
+            return Err(Error::AlreadyExists {
+                kind: Kind::Machine,
+                key: format!("Name:{}", m.name),
+            });
+        }
+        if !uuids.insert(m.uuid) {
+            return Err(Error::invalid(
+                format!("machine Uuid of {}", m.name),
+                format!("Uuid {} is given twice in one write", m.uuid),
+            ));
+        }
+        let existing = st
+            .machines
+            .lookup(
+                &Key::Field(Field::Uuid),
+                &ValueKey::str(&m.uuid.to_string()),
+            )
+            .and_then(|b| b.min());
+        let (id, old) = match existing {
+            Some(id) => {
+                replaced += 1;
+                (id, Some(store.load_machine(id)?))
+            }
+            None => {
+                created += 1;
+                next = next.checked_add(1).ok_or_else(|| {
+                    Error::invalid("machine", "the store has run out of machine ids")
+                })?;
+                (next - 1, None)
+            }
+        };
+        st.check_machine_in(pending, Some(id), old.as_ref(), &m)
+            .map_err(|e| match e {
+                Error::Invalid { what, reason } => {
+                    Error::invalid(format!("{what} of {}", m.name), reason)
+                }
+                other => other,
+            })?;
+        m.revision = rev;
+        if let Some((batch, log)) = &mut out {
+            record(
+                batch,
+                log,
+                &machine_key(id),
+                &m.uuid.to_string(),
+                &m,
+                old.as_ref(),
+            );
+            planned.push((id, old, m));
+        }
+    }
+    if let Some((batch, _)) = &mut out {
+        batch.put(NEXT_ID_KEY, next.to_be_bytes());
+    }
+    // Index entries are worked out now, outside the state's write lock
+    // (profiles cannot change: the writer lock is held). A machine's old
+    // entries are taken with the write's profiles too: by the time its
+    // entries are applied, those profiles' changes are in the index.
+    let profile = |n: &str| pending.profile(st, n);
+    let planned = planned
+        .into_iter()
+        .map(|(id, old, m)| {
+            let ne = machine_entries_with(&m, profile);
+            let oe = old.map(|o| (machine_entries_with(&o, profile), o.params));
+            (id, oe, ne, m.params)
+        })
+        .collect();
+    Ok(MachinePlan {
+        planned,
+        next,
+        created,
+        replaced,
+    })
 }

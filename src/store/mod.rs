@@ -21,6 +21,7 @@
 //! - `write` — the write pipeline; `changelog` — the log's part of a write.
 //! - `list` — listing, queries, shaping.
 //! - `machines`, `profiles`, `params` — one handle per object kind;
+//!   `bulk` — definitions, profiles and machines in one write (imports);
 //!   `patch` — the document update operations they share.
 //!
 //! # Dense ids
@@ -36,6 +37,7 @@
 //! write or none of it, and a writer reads its own write when it returns.
 
 mod backend;
+mod bulk;
 mod changelog;
 mod checkpoint;
 mod layout;
@@ -52,6 +54,7 @@ mod stall;
 mod state;
 mod write;
 
+pub use bulk::{Bulk, BulkError};
 pub use checkpoint::Recovery;
 pub use list::{ListOptions, Query};
 pub use machines::Machines;

@@ -135,41 +135,14 @@ impl Params<'_> {
                 ),
                 None => None,
             };
-            let mut d: ParamDef = from_json(Kind::Param, f(old.as_ref())?)?;
-            if d.name.is_empty() {
-                return Err(Error::invalid(
-                    "param Name",
-                    "Name is required and may not be empty",
-                ));
+            let d: ParamDef = from_json(Kind::Param, f(old.as_ref())?)?;
+            if old.is_none() && st.params.contains_key(&d.name) {
+                return Err(Error::AlreadyExists {
+                    kind: Kind::Param,
+                    key: d.name.clone(),
+                });
             }
-            match &old {
-                Some(o) if o.name != d.name => {
-                    return Err(Error::invalid(
-                        "param Name",
-                        format!(
-                            "Name is the key and cannot change ({} → {})",
-                            o.name, d.name
-                        ),
-                    ))
-                }
-                None if st.params.contains_key(&d.name) => {
-                    return Err(Error::AlreadyExists {
-                        kind: Kind::Param,
-                        key: d.name.clone(),
-                    })
-                }
-                _ => {}
-            }
-            let validator = jsonschema::validator_for(&d.schema)
-                .map_err(|e| Error::invalid(format!("param {} Schema", d.name), e.to_string()))?;
-            if let Some(def) = d.default_value() {
-                if let Err(e) = validator.validate(def) {
-                    return Err(Error::Schema {
-                        param: d.name.clone(),
-                        reason: format!("default: {e}"),
-                    });
-                }
-            }
+            let (mut d, validator) = plan_def(old.as_ref(), d)?;
             d.revision = rev;
             let mut batch = Batch::default();
             record(
@@ -188,4 +161,39 @@ impl Params<'_> {
             Ok((batch, apply as Apply, out))
         })
     }
+}
+
+/// Checks definition `d` (replacing `old`, if any): a Name, the same Name as
+/// `old`'s, a schema that compiles and a default that fits it. Returns it
+/// with its compiled schema. Shared by single writes and bulk imports.
+pub(super) fn plan_def(
+    old: Option<&ParamDef>,
+    d: ParamDef,
+) -> Result<(ParamDef, jsonschema::Validator)> {
+    if d.name.is_empty() {
+        return Err(Error::invalid(
+            "param Name",
+            "Name is required and may not be empty",
+        ));
+    }
+    if let Some(o) = old.filter(|o| o.name != d.name) {
+        return Err(Error::invalid(
+            "param Name",
+            format!(
+                "Name is the key and cannot change ({} → {})",
+                o.name, d.name
+            ),
+        ));
+    }
+    let validator = jsonschema::validator_for(&d.schema)
+        .map_err(|e| Error::invalid(format!("param {} Schema", d.name), e.to_string()))?;
+    if let Some(def) = d.default_value() {
+        if let Err(e) = validator.validate(def) {
+            return Err(Error::Schema {
+                param: d.name.clone(),
+                reason: format!("default: {e}"),
+            });
+        }
+    }
+    Ok((d, validator))
 }

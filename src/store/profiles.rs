@@ -13,7 +13,7 @@ use super::layout::{from_json, named_key, to_json, PROFILE_PREFIX};
 use super::list::{shape, sort_key, window, ListOptions, Query};
 use super::open::Store;
 use super::patch;
-use super::state::{profile_entries, State};
+use super::state::{profile_entries, Pending, State};
 use super::write::{erase, record, Apply};
 use crate::error::{Error, Result};
 use crate::filter::{Filter, Key};
@@ -231,28 +231,23 @@ impl Profiles<'_> {
                 ),
                 None => None,
             };
-            let mut p: Profile = from_json(Kind::Profile, f(old.as_ref())?)?;
-            p.check()?;
-            match &old {
-                Some(o) if o.name != p.name => {
-                    return Err(Error::invalid(
-                        "profile Name",
-                        format!(
-                            "Name is the key and cannot change ({} → {})",
-                            o.name, p.name
-                        ),
-                    ))
-                }
-                None if st.profiles.contains_key(&p.name) => {
-                    return Err(Error::AlreadyExists {
-                        kind: Kind::Profile,
-                        key: p.name.clone(),
-                    })
-                }
-                _ => {}
+            let p: Profile = from_json(Kind::Profile, f(old.as_ref())?)?;
+            if old.is_none() && st.profiles.contains_key(&p.name) {
+                p.check()?;
+                return Err(Error::AlreadyExists {
+                    kind: Kind::Profile,
+                    key: p.name.clone(),
+                });
             }
-            st.check_params(old.as_ref().map(|o| &o.params), &p.params)?;
-            p.revision = rev;
+            let (p, plan) = plan_profile(
+                self.store,
+                st,
+                &Pending::default(),
+                old.as_ref(),
+                p,
+                rev,
+                true,
+            )?;
             let mut batch = Batch::default();
             record(
                 &mut batch,
@@ -262,31 +257,64 @@ impl Profiles<'_> {
                 &p,
                 old.as_ref(),
             );
-            // Machines whose effective params may change, decoded now (before
-            // the state lock) for the rare ones that need their profile order.
-            let changed = changed_keys(old.as_ref().map(|o| &o.params), &p.params);
-            let plan = plan_profile_change(self.store, st, &p, &changed)?;
             let out = p.clone();
-            let apply = Box::new(move |st: &mut State| {
-                match old {
-                    Some(o) => {
-                        let id = st.profile_ids[&o.name];
-                        let oe = profile_entries(&o);
-                        let ne = profile_entries(&p);
-                        st.profile_index.replace_entries(
-                            id,
-                            Some((&oe, Vec::new())),
-                            Some((&ne, Vec::new())),
-                        );
-                        st.profiles.insert(p.name.clone(), p);
-                    }
-                    None => st.add_profile(p),
-                }
-                plan.apply(st);
-            });
+            let apply = Box::new(move |st: &mut State| apply_profile(st, old, p, plan));
             Ok((batch, apply as Apply, out))
         })
     }
+}
+
+/// Checks profile `p` (replacing `old`, if any) against the data model and
+/// the definitions `pending` sees, sets its revision, and (with `index`)
+/// plans the index change it causes on the machines it reaches. Shared by
+/// single writes and bulk imports (where `pending` holds the write's earlier
+/// definitions and profiles).
+pub(super) fn plan_profile(
+    store: &Store,
+    st: &State,
+    pending: &Pending,
+    old: Option<&Profile>,
+    mut p: Profile,
+    rev: u64,
+    index: bool,
+) -> Result<(Profile, ProfilePlan)> {
+    p.check()?;
+    if let Some(o) = old.filter(|o| o.name != p.name) {
+        return Err(Error::invalid(
+            "profile Name",
+            format!(
+                "Name is the key and cannot change ({} → {})",
+                o.name, p.name
+            ),
+        ));
+    }
+    st.check_params_in(pending, old.map(|o| &o.params), &p.params)?;
+    p.revision = rev;
+    // Machines whose effective params may change, decoded now (before
+    // the state lock) for the rare ones that need their profile order.
+    let plan = if index {
+        let changed = changed_keys(old.map(|o| &o.params), &p.params);
+        plan_profile_change(store, st, pending, &p, &changed)?
+    } else {
+        ProfilePlan::default()
+    };
+    Ok((p, plan))
+}
+
+/// The in-memory half of a profile write planned by [`plan_profile`].
+pub(super) fn apply_profile(st: &mut State, old: Option<Profile>, p: Profile, plan: ProfilePlan) {
+    match old {
+        Some(o) => {
+            let id = st.profile_ids[&o.name];
+            let oe = profile_entries(&o);
+            let ne = profile_entries(&p);
+            st.profile_index
+                .replace_entries(id, Some((&oe, Vec::new())), Some((&ne, Vec::new())));
+            st.profiles.insert(p.name.clone(), p);
+        }
+        None => st.add_profile(p),
+    }
+    plan.apply(st);
 }
 
 fn changed_keys(old: Option<&Map<String, Value>>, new: &Map<String, Value>) -> Vec<String> {
@@ -306,7 +334,8 @@ fn changed_keys(old: Option<&Map<String, Value>>, new: &Map<String, Value>) -> V
 /// (or from what `p` falls back to) are `members(p) − own(k)`, less those
 /// where another profile with `k` comes first. Only machines that hold `p`
 /// and another profile with `k` need their profile order read.
-struct ProfilePlan {
+#[derive(Default)]
+pub(super) struct ProfilePlan {
     moves: Vec<(String, RoaringBitmap, Option<ValueKey>)>,
     singles: Vec<(String, u32, Option<ValueKey>)>,
 }
@@ -314,6 +343,7 @@ struct ProfilePlan {
 fn plan_profile_change(
     store: &Store,
     st: &State,
+    pending: &Pending,
     p: &Profile,
     changed: &[String],
 ) -> Result<ProfilePlan> {
@@ -325,7 +355,7 @@ fn plan_profile_change(
     let global = if is_global {
         Some(p)
     } else {
-        st.profiles.get(GLOBAL_PROFILE)
+        pending.profile(st, GLOBAL_PROFILE)
     };
     for k in changed {
         let mut reach = if is_global {
@@ -340,7 +370,7 @@ fn plan_profile_change(
             continue;
         }
         let mut overlap = RoaringBitmap::new();
-        for q in st.profiles.values() {
+        for q in pending.all_profiles(st) {
             if q.name != p.name && q.name != GLOBAL_PROFILE && q.params.contains_key(k) {
                 overlap |= &reach & &st.members(&q.name);
             }
@@ -364,7 +394,7 @@ fn plan_profile_change(
                 if n == p.name {
                     Some(&p.params)
                 } else {
-                    st.profiles.get(n).map(|q| &q.params)
+                    pending.profile(st, n).map(|q| &q.params)
                 }
             };
             let v = Effective::of_machine(&m, with_p).get(k).map(ValueKey::of);

@@ -104,9 +104,11 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// Checks own params that changed against their definitions' schemas.
-    pub(super) fn check_params(
+    /// Checks own params that changed against their definitions' schemas,
+    /// as `pending` sees them (a bulk write's own laid over the state's).
+    pub(super) fn check_params_in(
         &self,
+        pending: &Pending,
         old: Option<&Map<String, Value>>,
         new: &Map<String, Value>,
     ) -> Result<()> {
@@ -114,7 +116,7 @@ impl State {
             if old.and_then(|o| o.get(k)) == Some(v) {
                 continue;
             }
-            if let Some(val) = self.validators.get(k) {
+            if let Some(val) = pending.validator(self, k) {
                 if let Err(e) = val.validate(v) {
                     return Err(Error::Schema {
                         param: k.clone(),
@@ -132,6 +134,18 @@ impl State {
         old: Option<&Machine>,
         m: &Machine,
     ) -> Result<()> {
+        self.check_machine_in(&Pending::default(), id, old, m)
+    }
+
+    /// [`check_machine`](Self::check_machine) against the profiles and
+    /// definitions as a bulk write sees them.
+    pub(super) fn check_machine_in(
+        &self,
+        pending: &Pending,
+        id: Option<u32>,
+        old: Option<&Machine>,
+        m: &Machine,
+    ) -> Result<()> {
         m.check()?;
         if let Some(b) = self
             .machines
@@ -145,14 +159,51 @@ impl State {
             }
         }
         for p in &m.profiles {
-            if !self.profiles.contains_key(p) {
+            if pending.profile(self, p).is_none() {
                 return Err(Error::invalid(
                     "machine Profiles",
                     format!("profile {p:?} does not exist"),
                 ));
             }
         }
-        self.check_params(old.map(|o| &o.params), &m.params)
+        self.check_params_in(pending, old.map(|o| &o.params), &m.params)
+    }
+}
+
+/// What a bulk write has planned so far, laid over the state: the
+/// definitions (compiled) and profiles it writes. Later objects of the same
+/// write are checked and indexed against these, as if the earlier ones were
+/// stored already. Empty for a single-object write.
+#[derive(Default)]
+pub(super) struct Pending {
+    pub(super) validators: HashMap<String, Arc<jsonschema::Validator>>,
+    pub(super) profiles: BTreeMap<String, Profile>,
+}
+
+impl Pending {
+    /// The validator of param `k`: the write's, else the state's.
+    pub(super) fn validator<'a>(
+        &'a self,
+        st: &'a State,
+        k: &str,
+    ) -> Option<&'a jsonschema::Validator> {
+        self.validators
+            .get(k)
+            .or_else(|| st.validators.get(k))
+            .map(|v| &**v)
+    }
+
+    /// Profile `name`: the write's, else the state's.
+    pub(super) fn profile<'a>(&'a self, st: &'a State, name: &str) -> Option<&'a Profile> {
+        self.profiles.get(name).or_else(|| st.profiles.get(name))
+    }
+
+    /// Every profile, the write's replacing the state's of the same name.
+    pub(super) fn all_profiles<'a>(&'a self, st: &'a State) -> impl Iterator<Item = &'a Profile> {
+        st.profiles
+            .values()
+            .filter(|p| !self.profiles.contains_key(&p.name))
+            .chain(self.profiles.values())
     }
 }
 
@@ -180,10 +231,19 @@ fn common_entries<'a>(
 }
 
 pub(super) fn machine_entries(m: &Machine, profiles: &BTreeMap<String, Profile>) -> Entries {
+    machine_entries_with(m, |n| profiles.get(n))
+}
+
+/// [`machine_entries`], profiles looked up by `profile` (a bulk write's
+/// [`Pending`] over the state).
+pub(super) fn machine_entries_with<'p>(
+    m: &Machine,
+    profile: impl Fn(&str) -> Option<&'p Profile>,
+) -> Entries {
     let mut e = Entries::with_capacity(16 + m.params.len());
     // Explicit effective params by reference; the index applies definition
     // defaults itself (through `Defaults`).
-    let effective = Effective::of_machine(m, |n| profiles.get(n).map(|p| &p.params));
+    let effective = Effective::of_machine(m, |n| profile(n).map(|p| &p.params));
     common_entries(
         &mut e,
         &m.name,

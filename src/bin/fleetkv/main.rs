@@ -109,11 +109,14 @@ enum Cmd {
         #[command(subcommand)]
         verb: Verb,
     },
-    /// Load a JSON array of one kind, or an export object, from FILE or `-`.
+    /// Load a JSON array of one kind, or an export object, from FILE or `-`:
+    /// all or nothing (up to 10,000 objects in one write; see docs §13).
     Import {
         /// The file, or `-` for stdin.
         file: String,
-        /// The kind of a plain array (detected from its fields otherwise).
+        /// The kind of a plain array. Without it an array is taken only when
+        /// every element certainly is of one kind (a field only machines have,
+        /// such as Uuid, or only definitions have: Schema); profiles need it.
         #[arg(long, value_enum)]
         kind: Option<transfer::KindArg>,
     },

@@ -623,8 +623,15 @@ impl Remote {
         Ok(())
     }
 
-    /// `import` on the server: `POST /api/v3/import`, in parts when the
-    /// document is large; prints how many objects were written.
+    /// `import` on the server: `POST /api/v3/import`; prints how many
+    /// objects were written. A document the server takes in one request is
+    /// imported all or nothing there. A larger one is read and checked here
+    /// (shape, kind, decoding, unique Names: [`fleetkv::transfer::read`]),
+    /// then checked against the store part by part (`?check=true`, each part
+    /// sent with the document's definitions and profiles when they fit, so
+    /// references between parts are checked too) before any part is
+    /// written; a part that then fails to write stops the import with the
+    /// count of objects committed, as the embedded CLI reports it.
     pub fn import(&self, doc: Value, kind: Option<Kind>) -> Out {
         // A fresh connection per part: a server refusing a body (413)
         // may close the connection without reading it.
@@ -650,71 +657,149 @@ impl Remote {
                 Err((status, f)) => return Err(too_large(status, f)),
             }
         }
-        // A malformed document goes whole: the server names the problem.
-        let groups = match fleetkv::transfer::groups(doc.clone(), kind) {
-            Ok(g) => g,
-            Err(_) => {
-                let q = kind.map(|k| format!("?kind={}", k.plural()));
-                let path = format!("/import{}", q.unwrap_or_default());
-                let n = self.import_part(&agent, &path, doc.to_string())?;
-                outln!("{n}");
-                return Ok(());
+        let total = fleetkv::transfer::read(doc.clone(), kind)?.len();
+        let groups = fleetkv::transfer::groups(doc, kind)?;
+        // Checked first, all of it; then written.
+        let [(_, params), (_, profiles), (_, machines)] = &groups;
+        let context = json!({ "params": params, "profiles": profiles });
+        let with_context = context.to_string().len() <= IMPORT_PART_BYTES / 2
+            && match self.check_with(&agent, &context, machines) {
+                Ok(()) => true,
+                Err((Some(413), _)) => false,
+                Err((_, f)) => return Err(f),
+            };
+        if !with_context {
+            for (kind, items) in &groups {
+                self.in_parts(&agent, *kind, items, true)
+                    .map_err(|(_, f)| f)?;
             }
-        };
+        }
         let mut n = 0;
-        for (kind, items) in groups {
-            let mut start = 0;
-            while start < items.len() {
-                let mut end = start;
-                let mut size = 2;
-                while end < items.len() {
-                    let len = items[end].to_string().len() + 1;
-                    if end > start && size + len > IMPORT_PART_BYTES {
-                        break;
-                    }
-                    size += len;
-                    end += 1;
+        for (kind, items) in &groups {
+            match self.in_parts(&agent, *kind, items, false) {
+                Ok(k) => n += k,
+                Err((k, f)) if n + k == 0 => return Err(f),
+                Err((k, f)) => {
+                    return Err(Failure {
+                        msg: fleetkv::transfer::partial(n + k, total, f.msg),
+                        ..f
+                    })
                 }
-                n += self.import_items(&agent, kind, &items[start..end], start)?;
-                start = end;
             }
         }
         outln!("{n}");
         Ok(())
     }
 
-    /// Sends `items` (objects `base…` of their kind) as one part; halves it
-    /// while the server answers 413.
-    fn import_items(
+    /// Checks `machines` in parts, each sent with `context` (the document's
+    /// definitions and profiles) as an export object (`?check=true`). A 413
+    /// for one machine with its context says the context is too large.
+    fn check_with(
         &self,
         agent: &ureq::Agent,
-        kind: Kind,
+        context: &Value,
+        machines: &[Value],
+    ) -> Result<(), (Option<u16>, Failure)> {
+        let room = IMPORT_PART_BYTES - context.to_string().len();
+        let parts = split(machines, room);
+        if parts.is_empty() {
+            return self.check_part(agent, context, &[], 0);
+        }
+        for (start, end) in parts {
+            self.check_part(agent, context, &machines[start..end], start)?;
+        }
+        Ok(())
+    }
+
+    fn check_part(
+        &self,
+        agent: &ureq::Agent,
+        context: &Value,
         items: &[Value],
         base: usize,
-    ) -> Out<usize> {
-        let path = format!("/import?kind={}", kind.plural());
-        let body = Value::Array(items.to_vec()).to_string();
-        match self.request(agent, "POST", &path, Some(("application/json", body)), &[]) {
-            Ok(a) => Ok(a.body.as_u64().unwrap_or(0) as usize),
+    ) -> Result<(), (Option<u16>, Failure)> {
+        let mut body = context.clone();
+        body["machines"] = Value::Array(items.to_vec());
+        let path = "/import?check=true";
+        match self.request(
+            agent,
+            "POST",
+            path,
+            Some(("application/json", body.to_string())),
+            &[],
+        ) {
+            Ok(_) => Ok(()),
             Err((Some(413), _)) if items.len() > 1 => {
                 let half = items.len() / 2;
-                Ok(self.import_items(agent, kind, &items[..half], base)?
-                    + self.import_items(agent, kind, &items[half..], base + half)?)
+                self.check_part(agent, context, &items[..half], base)?;
+                self.check_part(agent, context, &items[half..], base + half)
             }
-            Err((status, f)) => Err(too_large(
+            Err((status, f)) => Err((
                 status,
                 Failure {
-                    msg: shift_index(&f.msg, kind, base),
+                    msg: shift_index(&f.msg, Kind::Machine, base),
                     ..f
                 },
             )),
         }
     }
 
-    fn import_part(&self, agent: &ureq::Agent, path: &str, body: String) -> Out<usize> {
-        match self.request(agent, "POST", path, Some(("application/json", body)), &[]) {
+    /// Sends `items` of `kind` in parts under [`IMPORT_PART_BYTES`], to be
+    /// checked (`check`) or written; returns how many were written, or the
+    /// failure with how many of them were written before it.
+    fn in_parts(
+        &self,
+        agent: &ureq::Agent,
+        kind: Kind,
+        items: &[Value],
+        check: bool,
+    ) -> Result<usize, (usize, Failure)> {
+        let mut n = 0;
+        for (start, end) in split(items, IMPORT_PART_BYTES) {
+            n += self
+                .import_items(agent, kind, &items[start..end], start, check)
+                .map_err(|(k, f)| (n + k, f))?;
+        }
+        Ok(n)
+    }
+
+    /// Sends `items` (objects `base…` of their kind) as one part; halves it
+    /// while the server answers 413. A failure comes with how many of
+    /// `items` were written before it.
+    fn import_items(
+        &self,
+        agent: &ureq::Agent,
+        kind: Kind,
+        items: &[Value],
+        base: usize,
+        check: bool,
+    ) -> Result<usize, (usize, Failure)> {
+        let mut path = format!("/import?kind={}", kind.plural());
+        if check {
+            path.push_str("&check=true");
+        }
+        let body = Value::Array(items.to_vec()).to_string();
+        match self.request(agent, "POST", &path, Some(("application/json", body)), &[]) {
+            Ok(_) if check => Ok(0),
             Ok(a) => Ok(a.body.as_u64().unwrap_or(0) as usize),
-            Err((status, f)) => Err(too_large(status, f)),
+            Err((Some(413), _)) if items.len() > 1 => {
+                let half = items.len() / 2;
+                let first = self.import_items(agent, kind, &items[..half], base, check)?;
+                let second = self
+                    .import_items(agent, kind, &items[half..], base + half, check)
+                    .map_err(|(k, f)| (first + k, f))?;
+                Ok(first + second)
+            }
+            Err((status, f)) => Err((
+                0,
+                too_large(
+                    status,
+                    Failure {
+                        msg: shift_index(&f.msg, kind, base),
+                        ..f
+                    },
+                ),
+            )),
         }
     }
 
@@ -770,6 +855,28 @@ impl Remote {
             ClusterVerb::Elect { name, leaders } => self.elect(ctx, &name, leaders),
         }
     }
+}
+
+/// `items` as ranges whose JSON fits in `room` bytes (at least one object
+/// each).
+fn split(items: &[Value], room: usize) -> Vec<(usize, usize)> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < items.len() {
+        let mut end = start;
+        let mut size = 2;
+        while end < items.len() {
+            let len = items[end].to_string().len() + 1;
+            if end > start && size + len > room {
+                break;
+            }
+            size += len;
+            end += 1;
+        }
+        parts.push((start, end));
+        start = end;
+    }
+    parts
 }
 
 /// A 413 names the limit to raise.

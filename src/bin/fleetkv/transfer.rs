@@ -30,11 +30,9 @@ pub fn export(s: &Store) -> Out<Value> {
 
 impl From<ImportError> for Failure {
     fn from(e: ImportError) -> Self {
-        let code = match &e {
-            ImportError::Shape(_) => 2,
-            ImportError::Object { source, .. } => Failure::from_error_code(source),
-            ImportError::Store(source) => Failure::from_error_code(source),
-        };
+        // Bad input is 2; a refused object or a failed write exits as its
+        // cause would (5 for a stall, busy store or timeout, …).
+        let code = e.cause().map_or(2, Failure::from_error_code);
         Failure {
             code,
             msg: e.to_string(),
