@@ -250,10 +250,14 @@ fn an_import_with_concurrent_writers_keeps_moving_for_a_minute() {
     assert!(round >= 1);
 }
 
+/// Flushes in the sled-only round: every 500 writes, as the CLI import
+/// flushed when this hang was found.
+const FLUSH_EVERY: u64 = 500;
+
 /// sled's writes as fleetkv makes them (see `src/store/sled_backend.rs` and
 /// `src/store/layout.rs`): one `sled::Batch` per write with the record, a
 /// change event, the trimmed oldest event and the revision; an import's
-/// machines one batch each with a flush every `transfer::BATCH`; four small
+/// machines one batch each with a flush every `FLUSH_EVERY` (500, the shape that hung); four small
 /// writers beside it; every `apply_batch` serialized, as fleetkv's storage
 /// thread serializes them. Driven on sled directly because sled (optimised
 /// even in debug builds) then writes many times faster than fleetkv's debug
@@ -337,7 +341,7 @@ fn sled_batches_with_concurrent_writers_keep_moving_for_a_minute() {
             key.extend_from_slice(&(i as u32).to_be_bytes());
             write(&db, &rev, &key, &[b'x'; 110]);
             progress.fetch_add(1, Ordering::Relaxed);
-            if (i + 1) % fleetkv::transfer::BATCH as u64 == 0 {
+            if (i + 1) % FLUSH_EVERY == 0 {
                 db.flush().unwrap();
             }
         }
