@@ -89,6 +89,8 @@ fn index_diff(a: &Index, b: &Index) -> String {
 pub(super) fn load_state(db: &dyn Backend) -> Result<State> {
     let mut st = load_definitions(db)?;
     index_machines(db, &mut st, MACHINE_PREFIX)?;
+    // Only here: keys a checkpoint decodes are bulk-built already.
+    st.machines.compact();
     Ok(st)
 }
 
@@ -184,7 +186,6 @@ pub(super) fn index_machines(db: &dyn Backend, st: &mut State, from: &[u8]) -> R
         }
         Ok(())
     })?;
-    machines.compact();
     st.machines = machines;
     st.next_id = next_id;
     Ok(())
