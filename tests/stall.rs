@@ -62,8 +62,14 @@ fn a_stalled_commit_exits_5_naming_it_and_writes_nothing() {
 #[test]
 fn a_stalled_flush_and_a_stalled_open_exit_5() {
     let (_dir, db) = fresh_store();
-    let (code, _, err, _) = stalled_cli(&db, "flush", &["machines", "count"]);
-    assert_eq!(code, 5, "{err}");
+    // A write is acknowledged only once flushed: a stalled flush fails it.
+    let (code, out, err, _) =
+        stalled_cli(&db, "flush", &["machines", "create", r#"{"Name":"m1"}"#]);
+    assert_eq!(code, 5, "stdout {out} stderr {err}");
+    assert!(
+        out.trim().is_empty(),
+        "acknowledged an unflushed write: {out}"
+    );
     assert!(err.contains("stalled: flush"), "{err}");
     let (code, _, err, _) = stalled_cli(&db, "open", &["machines", "count"]);
     assert_eq!(code, 5, "{err}");

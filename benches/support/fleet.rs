@@ -100,10 +100,16 @@ pub fn machine(i: usize) -> Machine {
     m
 }
 
-/// Loads `n` machines into a fresh store at `dir` (temporary if `None`).
+/// Loads `n` machines into a fresh store at `dir` (temporary if `None`),
+/// opened buffered (`durable: false`): the write figures are the buffered
+/// ones, and a load need not wait for the disk after every write.
 pub fn fleetkv(n: usize, dir: Option<&std::path::Path>) -> Store {
+    let buffered = fleetkv::Options {
+        durable: false,
+        ..fleetkv::Options::default()
+    };
     let s = match dir {
-        Some(d) => Store::open(d).unwrap(),
+        Some(d) => Store::open_with(d, buffered).unwrap(),
         None => Store::temporary().unwrap(),
     };
     for d in definitions() {

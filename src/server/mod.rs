@@ -68,7 +68,8 @@ pub struct Config {
     pub data: PathBuf,
     /// Address to listen on (`127.0.0.1:8092`; port 0 picks one).
     pub listen: String,
-    /// Open the store with [`Options::durable`].
+    /// Open the store with [`Options::durable`] (the default): a write is
+    /// answered once it is on disk. `false` (`--no-fsync`) is unsafe.
     pub durable: bool,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
@@ -98,7 +99,7 @@ impl Default for Config {
         Config {
             data: PathBuf::from("fleetkv.db"),
             listen: "127.0.0.1:8092".to_string(),
-            durable: false,
+            durable: true,
             max_body_bytes: 4 << 20,
             max_header_bytes: 16 << 10,
             request_timeout: Duration::from_secs(30),

@@ -205,7 +205,7 @@ impl Machines<'_> {
         expected: Option<&Value>,
         value: Value,
     ) -> Result<Machine> {
-        let default = self.store.state().default_of(key).cloned();
+        let default = self.store.state_for_write().default_of(key).cloned();
         self.modify_typed(addr, |m| {
             patch::param_cas_in(&mut m.params, key, expected, value, default.as_ref())
         })

@@ -18,7 +18,8 @@
 //! - `rebuild` — the in-memory state from the records; index verification.
 //! - `state` — the in-memory state, addressing, cross-object checks, index
 //!   entries.
-//! - `write` — the write pipeline; `changelog` — the log's part of a write.
+//! - `write` — the write pipeline; `changelog` — the log's part of a write;
+//!   `group_commit` — what is on disk, and waiting for it.
 //! - `list` — listing, queries, shaping.
 //! - `machines`, `profiles`, `params` — one handle per object kind;
 //!   `bulk` — definitions, profiles and machines in one write (imports);
@@ -40,6 +41,7 @@ mod backend;
 mod bulk;
 mod changelog;
 mod checkpoint;
+mod group_commit;
 mod layout;
 mod list;
 mod machines;

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
+
+use super::group_commit::GroupCommit;
 use uuid::Uuid;
 
 use super::backend::{Backend, Batch};
@@ -37,9 +39,12 @@ pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Flush every acknowledged write to disk before the call returns.
-    /// Without it the engine flushes on its own (sled: every 500 ms) and on
-    /// [`Store::flush`] / drop.
+    /// Acknowledge a write only once it is on disk (the default), and answer
+    /// a read that saw a write only once that write is on disk. Concurrent
+    /// writers share flushes (group commit). `false` is unsafe: a crash
+    /// loses the writes of up to the last half second (sled flushes on its
+    /// own about every 500 ms, and on [`Store::flush`] / drop), including
+    /// acknowledged ones.
     pub durable: bool,
     /// How many change events the log keeps for resuming watches.
     pub log_retain: usize,
@@ -62,7 +67,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            durable: false,
+            durable: true,
             log_retain: LOG_RETAIN,
             stall_timeout: STALL_TIMEOUT,
             checkpoint_after: Some(1_000),
@@ -78,8 +83,12 @@ pub struct Store {
 
 pub(super) struct Inner {
     pub(super) backend: Arc<dyn Backend>,
-    /// Runs every engine call that can block (commit, flush, open).
+    /// Runs every engine call that can block (commit, open).
     pub(super) guard: stall::Guard,
+    /// Runs flushes, beside commits, under the same stall limit.
+    pub(super) flusher: stall::Guard,
+    /// What is on disk; durable writers and readers wait here.
+    pub(super) commits: GroupCommit,
     pub(super) options: Options,
     /// Serializes writers; holds what only writers use (the log's head).
     pub(super) writer: Mutex<changelog::Trim>,
@@ -152,7 +161,7 @@ impl Drop for Inner {
             }
         }
         let backend = self.backend.clone();
-        let _ = self.guard.run("flush", move || backend.flush());
+        let _ = self.flusher.run("flush", move || backend.flush());
     }
 }
 
@@ -181,7 +190,7 @@ impl Inner {
         let digest = checkpoint::store_digest(&self.secret()?);
         let backend = self.backend.clone();
         c.write(&digest, &self.state, || {
-            self.guard.run("flush", move || backend.flush())?
+            self.flusher.run("flush", move || backend.flush())?
         })
     }
 
@@ -213,6 +222,36 @@ fn open_indexes(db: &dyn Backend, dir: &Path, secret: &[u8]) -> Result<(State, R
     Ok((load_state(db)?, Recovery::Rebuilt { refused }))
 }
 
+/// A read of the in-memory state ([`Store::state`]).
+pub(crate) struct ReadState<'a> {
+    guard: Option<RwLockReadGuard<'a, State>>,
+    store: &'a Store,
+}
+
+impl std::ops::Deref for ReadState<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        // Set at creation, taken only by drop.
+        self.guard.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for ReadState<'_> {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        let rev = guard.rev;
+        drop(guard);
+        let store = self.store;
+        if store.inner.options.durable && !store.inner.commits.is_flushed(rev) {
+            // A failed flush has failed the store; the reader still answers
+            // from memory, which is what the engine holds.
+            let _ = store.sync_to(rev);
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) a store in directory `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
@@ -225,13 +264,18 @@ impl Store {
         Store::on_sled(Some(path), options)
     }
 
-    /// A store in a temporary directory, removed when the last clone drops.
+    /// A store in a temporary directory, removed when the last clone drops
+    /// (so [`Options::durable`] does not apply: nothing outlives the process).
     pub fn temporary() -> Result<Store> {
         Store::temporary_with(Options::default())
     }
 
     /// A temporary store with options.
     pub fn temporary_with(options: Options) -> Result<Store> {
+        let options = Options {
+            durable: false,
+            ..options
+        };
         Store::on_sled(None, options)
     }
 
@@ -241,8 +285,13 @@ impl Store {
         Store::in_memory_with(Options::default())
     }
 
-    /// An in-memory store with options (`durable` has nothing to flush).
+    /// An in-memory store with options (`durable` does not apply: there is
+    /// no disk).
     pub fn in_memory_with(options: Options) -> Result<Store> {
+        let options = Options {
+            durable: false,
+            ..options
+        };
         let guard = stall::Guard::new(options.stall_timeout)?;
         Store::start(Arc::new(MemoryBackend::default()), guard, options, None)
     }
@@ -272,10 +321,14 @@ impl Store {
             Recovery::Checkpoint { events, .. } => events,
             Recovery::Rebuilt { .. } => NO_CHECKPOINT,
         };
+        let rev = state.rev;
+        let flusher = guard.sibling("fleetkv-flush")?;
         let store = Store {
             inner: Arc::new(Inner {
                 backend,
                 guard,
+                flusher,
+                commits: GroupCommit::new(rev),
                 options,
                 writer: Mutex::new(changelog::Trim::default()),
                 state: Arc::new(RwLock::new(state)),
@@ -293,7 +346,12 @@ impl Store {
             }),
         };
         let has_secret = store.inner.backend.get(SECRET_KEY)?.is_some();
-        if has_secret && store.state().profiles.contains_key(GLOBAL_PROFILE) {
+        if has_secret
+            && store
+                .state_for_write()
+                .profiles
+                .contains_key(GLOBAL_PROFILE)
+        {
             return Ok(store);
         }
         store.write(|st, rev, log| {
@@ -325,7 +383,22 @@ impl Store {
         self.inner.secret()
     }
 
-    pub(crate) fn state(&self) -> RwLockReadGuard<'_, State> {
+    /// The in-memory state, for a read. On a durable store, dropping the
+    /// guard waits until the revision it showed is on disk (see
+    /// [`super::group_commit`]), so an answer never tells of a write a crash
+    /// could still take back.
+    pub(crate) fn state(&self) -> ReadState<'_> {
+        ReadState {
+            guard: Some(self.inner.state.read()),
+            store: self,
+        }
+    }
+
+    /// The in-memory state, for planning a write: no wait for the disk,
+    /// since the write's own acknowledgment waits for it (waiting here would
+    /// make each writer wait for the previous writer's flush, one flush per
+    /// write).
+    pub(super) fn state_for_write(&self) -> RwLockReadGuard<'_, State> {
         self.inner.state.read()
     }
 
@@ -349,10 +422,28 @@ impl Store {
         self.state().rev
     }
 
-    /// Writes everything acknowledged so far to disk.
+    /// Writes everything committed so far to disk (on a durable store,
+    /// everything acknowledged is there already).
     pub fn flush(&self) -> Result<()> {
-        let backend = self.inner.backend.clone();
-        self.inner.guard.run("flush", move || backend.flush())?
+        self.sync_to(self.inner.commits.committed_rev())
+    }
+
+    /// Returns once revision `rev` is on disk, sharing a flush with every
+    /// writer and reader waiting at the same time. A failed flush marks the
+    /// store failed: later writes are refused until it is reopened, since
+    /// what the engine had buffered may not be on disk.
+    pub(super) fn sync_to(&self, rev: u64) -> Result<()> {
+        let inner = &self.inner;
+        inner.commits.wait_for(rev, || {
+            inner.guard.check()?;
+            let backend = inner.backend.clone();
+            inner
+                .flusher
+                .run("flush", move || backend.flush())?
+                .inspect_err(|e| {
+                    inner.guard.fail(e.to_string());
+                })
+        })
     }
 
     /// How this open got its indexes: from a checkpoint (and how much of

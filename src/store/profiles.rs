@@ -89,7 +89,7 @@ impl Profiles<'_> {
         expected: Option<&Value>,
         value: Value,
     ) -> Result<Profile> {
-        let default = self.store.state().default_of(key).cloned();
+        let default = self.store.state_for_write().default_of(key).cloned();
         self.modify(name, |doc| {
             patch::param_cas(doc, key, expected, value, default.as_ref())
         })

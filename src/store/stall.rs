@@ -64,6 +64,9 @@ pub(crate) struct Guard {
     jobs: Mutex<Sender<Job>>,
     limit: Duration,
     stalled: Arc<OnceLock<(String, Duration)>>,
+    /// A flush that failed: the engine may have lost what it acknowledged
+    /// buffering, so writes stop until a reopen decides what is on disk.
+    failed: Arc<OnceLock<String>>,
     #[cfg(debug_assertions)]
     fault: Option<(String, Mutex<u64>)>,
 }
@@ -87,9 +90,30 @@ struct Slot<R> {
 impl Guard {
     /// Starts the storage thread.
     pub(crate) fn new(limit: Duration) -> Result<Guard> {
+        Guard::spawn(
+            "fleetkv-storage",
+            limit,
+            Arc::new(OnceLock::new()),
+            Arc::new(OnceLock::new()),
+        )
+    }
+
+    /// A second thread under the same limit and marks: a stall or failure
+    /// on either refuses calls on both. Flushes run on their own thread so
+    /// that commits queued behind a flush do not wait for it (group commit).
+    pub(crate) fn sibling(&self, name: &str) -> Result<Guard> {
+        Guard::spawn(name, self.limit, self.stalled.clone(), self.failed.clone())
+    }
+
+    fn spawn(
+        name: &str,
+        limit: Duration,
+        stalled: Arc<OnceLock<(String, Duration)>>,
+        failed: Arc<OnceLock<String>>,
+    ) -> Result<Guard> {
         let (tx, rx) = channel::<Job>();
         std::thread::Builder::new()
-            .name("fleetkv-storage".into())
+            .name(name.into())
             .spawn(move || loop {
                 let job = match poll(|| match rx.try_recv() {
                     Ok(job) => Some(Some(job)),
@@ -108,7 +132,8 @@ impl Guard {
         Ok(Guard {
             jobs: Mutex::new(tx),
             limit,
-            stalled: Arc::new(OnceLock::new()),
+            stalled,
+            failed,
             #[cfg(debug_assertions)]
             fault: std::env::var("FLEETKV_FAULT_STALL").ok().map(|spec| {
                 let (op, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
@@ -117,15 +142,26 @@ impl Guard {
         })
     }
 
-    /// `Err(Stalled)` once any call has stalled.
+    /// `Err(Stalled)` once any call has stalled; `Err(Storage)` once a
+    /// flush has failed.
     pub(crate) fn check(&self) -> Result<()> {
-        match self.stalled.get() {
-            Some((op, after)) => Err(Error::Stalled {
+        if let Some((op, after)) = self.stalled.get() {
+            return Err(Error::Stalled {
                 op: op.clone(),
                 after: *after,
-            }),
+            });
+        }
+        match self.failed.get() {
+            Some(why) => Err(Error::Storage(format!(
+                "a flush to disk failed ({why}); the store refuses writes until it is reopened"
+            ))),
             None => Ok(()),
         }
+    }
+
+    /// Marks the engine failed: what it buffered may not be on disk.
+    pub(crate) fn fail(&self, why: String) {
+        let _ = self.failed.set(why);
     }
 
     /// Hands `f` to the storage thread; wait for it with [`Pending::wait`].

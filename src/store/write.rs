@@ -155,6 +155,7 @@ impl Store {
                 timing::mark("handoff back");
             }
             r?;
+            self.inner.commits.committed(rev);
             w.committed(trimmed, rev, changes.len());
             apply(&mut st);
             replay_cost = checkpoint::replay_cost(&st, &changes);
@@ -162,17 +163,25 @@ impl Store {
             st.log_len = log_len;
             timing::mark("index apply");
         }
-        if self.inner.options.durable {
-            self.flush()?;
-        }
-        // Wake watchers and waiters (they re-check the revision under this lock).
+        // The next writer may commit while this one waits for the disk: the
+        // flush that covers this write may cover theirs too.
+        drop(w);
+        let durable = if self.inner.options.durable {
+            let r = self.sync_to(rev);
+            timing::mark("flush");
+            r
+        } else {
+            Ok(())
+        };
+        // Wake watchers and waiters (they re-check the revision under this
+        // lock), also when the flush failed: the write is in memory.
         let _g = self.inner.written.lock();
         self.inner.wake.notify_all();
         drop(_g);
-        drop(w);
         timing::mark("wake");
         timing::finish();
         self.note_written(replay_cost);
+        durable?;
         Ok(out)
     }
 

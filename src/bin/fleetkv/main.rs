@@ -70,6 +70,12 @@ struct Cli {
         value_name = "SECONDS"
     )]
     stall_timeout: f64,
+    /// UNSAFE: acknowledge writes before they are on disk. Faster, but a
+    /// crash (of the process or the machine) can lose acknowledged writes
+    /// from up to the last half second. Without it every write is flushed
+    /// before it is acknowledged (concurrent writers share flushes).
+    #[arg(long, global = true, env = "FLEETKV_NO_FSYNC")]
+    no_fsync: bool,
     /// A token (`profiles token`): every verb is checked against its claims.
     #[arg(
         short = 'T',
@@ -431,7 +437,7 @@ fn run(cli: Cli) -> Out {
     let open = cli.open();
     let (kind, verb) = match cli.cmd {
         #[cfg(feature = "server")]
-        Cmd::Serve(args) => return args.run(data, open.stall_timeout),
+        Cmd::Serve(args) => return args.run(data, open.stall_timeout, open.no_fsync),
         Cmd::Machines { verb } => (Kind::Machine, verb),
         Cmd::Profiles { verb } => (Kind::Profile, verb),
         Cmd::Params { verb } => (Kind::Param, verb),
@@ -787,6 +793,7 @@ fn with_store(data: &Path, open: Open, f: impl FnOnce(&Store) -> Out) -> Out {
 pub(crate) struct Open {
     lock_timeout: f64,
     stall_timeout: f64,
+    no_fsync: bool,
 }
 
 impl Cli {
@@ -794,6 +801,7 @@ impl Cli {
         Open {
             lock_timeout: self.lock_timeout,
             stall_timeout: self.stall_timeout,
+            no_fsync: self.no_fsync,
         }
     }
 }
@@ -809,6 +817,7 @@ fn open_store(data: &Path, open: Open) -> Out<Store> {
     let timeout = secs("--lock-timeout", open.lock_timeout)?;
     let options = fleetkv::Options {
         stall_timeout: secs("--stall-timeout", open.stall_timeout)?,
+        durable: !open.no_fsync,
         ..fleetkv::Options::default()
     };
     let start = Instant::now();

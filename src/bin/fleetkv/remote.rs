@@ -103,8 +103,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8092", value_name = "ADDR")]
     listen: String,
-    /// Flush every write to disk before answering.
-    #[arg(long)]
+    /// Accepted for old scripts: writes are flushed before they are
+    /// answered unless `--no-fsync` is given.
+    #[arg(long, hide = true, conflicts_with = "no_fsync")]
     durable: bool,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
@@ -142,7 +143,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// Runs the server (or adds a user) on store directory `data`; storage
     /// calls stalled for `stall_timeout` seconds answer 503.
-    pub fn run(self, data: std::path::PathBuf, stall_timeout: f64) -> Out {
+    pub fn run(self, data: std::path::PathBuf, stall_timeout: f64, no_fsync: bool) -> Out {
         if let Some(nv) = &self.add_user {
             let (n, p) = nv
                 .split_once(':')
@@ -161,7 +162,7 @@ impl ServeArgs {
         fleetkv::server::run(fleetkv::server::Config {
             data,
             listen: self.listen,
-            durable: self.durable,
+            durable: !no_fsync,
             max_body_bytes: self.max_body_bytes,
             max_header_bytes: self.max_header_bytes,
             request_timeout: secs("request-timeout", self.request_timeout)?,

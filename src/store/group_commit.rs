@@ -1,0 +1,145 @@
+//! Group commit: what is on disk, and how writers and readers wait for it.
+//!
+//! Owns: the committed and flushed revisions and the one flush under way.
+//! Must not: commit (see [`super::write`]) or know what a flush does (the
+//! caller hands it in).
+//!
+//! A durable write commits to the engine and applies to memory under the
+//! writer lock, releases the lock, and then waits here until a flush covers
+//! its revision. One caller at a time flushes; it first notes the highest
+//! committed revision, so its flush covers every write committed before it
+//! started, and the writers queued behind it find their revision covered
+//! and return without a flush of their own. Durability costs each write
+//! the latency of about one flush, not the throughput of one flush per
+//! write.
+//!
+//! Readers of a durable store wait here too, after they read: a read that
+//! saw a write not yet on disk answers only once that write is durable, so
+//! no one is told of a write that a crash could still take back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::error::Result;
+
+/// Committed and flushed revisions, and the flush under way.
+pub(super) struct GroupCommit {
+    /// The highest revision the engine has committed.
+    committed: AtomicU64,
+    /// The highest revision known to be on disk.
+    flushed: AtomicU64,
+    /// Held while one flush runs; the queue of writers waiting to be covered.
+    flushing: Mutex<()>,
+}
+
+impl GroupCommit {
+    /// For a store whose revision `rev` is on disk.
+    pub(super) fn new(rev: u64) -> GroupCommit {
+        GroupCommit {
+            committed: AtomicU64::new(rev),
+            flushed: AtomicU64::new(rev),
+            flushing: Mutex::new(()),
+        }
+    }
+
+    /// Notes that the engine committed `rev` (before memory shows it).
+    pub(super) fn committed(&self, rev: u64) {
+        self.committed.fetch_max(rev, Ordering::AcqRel);
+    }
+
+    /// The highest committed revision.
+    pub(super) fn committed_rev(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Whether `rev` is on disk already.
+    pub(super) fn is_flushed(&self, rev: u64) -> bool {
+        self.flushed.load(Ordering::Acquire) >= rev
+    }
+
+    /// Returns once revision `rev` is on disk, flushing with `flush` unless
+    /// a flush that started after `rev` committed covers it.
+    pub(super) fn wait_for(&self, rev: u64, flush: impl FnOnce() -> Result<()>) -> Result<()> {
+        if self.is_flushed(rev) {
+            return Ok(());
+        }
+        let _one = self.flushing.lock();
+        if self.is_flushed(rev) {
+            return Ok(()); // the flush we queued behind covered it
+        }
+        let upto = self.committed_rev();
+        flush()?;
+        self.flushed.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    #[test]
+    fn one_flush_covers_every_write_committed_before_it_started() {
+        let sync = GroupCommit::new(0);
+        for rev in 1..=5 {
+            sync.committed(rev);
+        }
+        let flushes = AtomicUsize::new(0);
+        for rev in 1..=5 {
+            sync.wait_for(rev, || {
+                flushes.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(flushes.load(Ordering::Relaxed), 1);
+        // A later commit needs a flush of its own.
+        sync.committed(6);
+        sync.wait_for(6, || {
+            flushes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(flushes.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn writers_queued_behind_a_flush_share_the_next_one() {
+        let sync = Arc::new(GroupCommit::new(0));
+        let flushes = Arc::new(AtomicUsize::new(0));
+        for rev in 1..=16u64 {
+            sync.committed(rev);
+        }
+        let writers: Vec<_> = (1..=16u64)
+            .map(|rev| {
+                let (sync, flushes) = (sync.clone(), flushes.clone());
+                std::thread::spawn(move || {
+                    sync.wait_for(rev, || {
+                        flushes.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+        // Every revision was committed before any writer waited: the first
+        // flush covers them all, whoever ran it.
+        assert_eq!(flushes.load(Ordering::Relaxed), 1);
+        assert!(sync.is_flushed(16));
+    }
+
+    #[test]
+    fn a_failed_flush_covers_nothing() {
+        let sync = GroupCommit::new(0);
+        sync.committed(1);
+        let e = sync.wait_for(1, || Err(crate::Error::Storage("disk on fire".into())));
+        assert!(e.is_err());
+        assert!(!sync.is_flushed(1));
+    }
+}
