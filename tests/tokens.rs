@@ -639,6 +639,38 @@ fn one_decision_for_library_and_server() {
         mismatches.len(),
         mismatches.join("\n")
     );
+    let untouched = |s: &Store| {
+        [
+            s.machines().get("m2").unwrap(),
+            s.machines().get(&format!("Name:{shadow}")).unwrap(),
+        ]
+    };
+    let before = untouched(&lib);
+    same_and_sound(server, &a, &lib);
+    // Only m1 was ever allowed: the other two were never written.
+    assert_eq!(untouched(&lib), before);
+    assert!(before
+        .iter()
+        .all(|m| m.params.is_empty() && m.meta.is_empty()));
+}
+
+/// After a run: the server's store (stopped, reopened) holds what the
+/// library's copy holds — the same writes were allowed on both, and the
+/// refused ones changed nothing — and both indexes equal a rebuild.
+fn same_and_sound(server: Server, a: &Path, lib: &Store) {
+    let (code, _) = server.stop();
+    assert_eq!(code, 0);
+    let served = Store::open(a).unwrap();
+    let strip = |s: &Store| {
+        let mut all = serde_json::to_value(s.machines().list_all().unwrap()).unwrap();
+        for m in all.as_array_mut().unwrap() {
+            m.as_object_mut().unwrap().remove("Revision");
+        }
+        all
+    };
+    assert_eq!(strip(&served), strip(lib));
+    served.verify_indexes().unwrap();
+    lib.verify_indexes().unwrap();
 }
 
 /// Delete and create, which change what exists: each alias of a machine
@@ -651,6 +683,7 @@ fn delete_and_create_by_alias() {
     let a = dir.path().join("a");
     let d_uuid = uuid::Uuid::new_v4().to_string();
     let new_uuid = uuid::Uuid::new_v4().to_string();
+    let fresh_uuid = uuid::Uuid::new_v4().to_string();
     let d = json!({"Name": "d", "Uuid": d_uuid});
     let t = {
         let s = Store::open(&a).unwrap();
@@ -708,7 +741,8 @@ fn delete_and_create_by_alias() {
     }
     // Create: by the new Name, by the Uuid it is created with; not another.
     let cases = [
-        (&t[3], json!({"Name": "fresh"}), true),
+        // A Uuid of its own, so that both stores hold the same machine.
+        (&t[3], json!({"Name": "fresh", "Uuid": fresh_uuid}), true),
         (&t[3], json!({"Name": "stale"}), false),
         (&t[4], json!({"Name": "any", "Uuid": new_uuid}), true),
         (&t[4], json!({"Name": "fresh2"}), false),
@@ -730,6 +764,7 @@ fn delete_and_create_by_alias() {
             assert_eq!(st, 403, "{body}");
         }
     }
+    same_and_sound(server, &a, &lib);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
