@@ -256,16 +256,34 @@ fn extra_claims() {
 #[test]
 fn a_token_mints_only_narrower_tokens() {
     let dir = setup();
-    let t = token(&dir, &[]);
+    // A profile token carries no `token` claim: it mints nothing.
+    let plain = token(&dir, &[]);
+    refused(
+        &dir,
+        &["-T", &plain, "profiles", "token", "example", "--ttl", "60"],
+        "needs profiles/token/example",
+    );
+    let t = token(
+        &dir,
+        &["--ttl", "120", "--claims", "profiles/token/example"],
+    );
     let again = ok(
         &dir,
-        &["-T", &t, "profiles", "token", "example", "--ttl", "60"],
+        &["-T", &t, "profiles", "token", "example", "--ttl", "86400"],
     );
     ok(&dir, &["-T", again.trim(), "profiles", "show", "example"]);
+    // Never later than the token that minted it.
+    let s = fleetkv::Store::open(dir.path().join("db")).unwrap();
+    let (parent, child) = (
+        s.verify_token(&t).unwrap(),
+        s.verify_token(again.trim()).unwrap(),
+    );
+    assert_eq!(child.expires_at, parent.expires_at);
+    drop(s);
     refused(
         &dir,
         &["-T", &t, "profiles", "token", "other"],
-        "needs profiles/get/other",
+        "needs profiles/token/other",
     );
     refused(
         &dir,

@@ -1011,7 +1011,11 @@ fn coordination_endpoints() {
         403,
         "a token mints only what it covers"
     );
-    assert_eq!(with("POST", "/profiles/c/token"), 200);
+    assert_eq!(
+        with("POST", "/profiles/c/token"),
+        403,
+        "a profile token has no profiles/token claim: it cannot renew itself"
+    );
     let forged = format!("{}x", &token[..token.len() - 1]);
     assert_eq!(
         s.call("GET", "/profiles/c", None, &[("Authorization", &forged)])

@@ -30,11 +30,18 @@
 //! | `patch`     | `patch`, `patch_many` (each machine)                          |
 //! | `param-set` | `set_param`, `set_param_if`, `remove_param`                   |
 //! | `delete`    | `delete`                                                      |
+//! | `token`     | minting a profile token for the profile named (see Minting)   |
 //!
 //! The specific is the object's key: a profile's or param's Name; for a
-//! machine its Uuid or its Name (either matches; an address given as
-//! `Uuid:…`/`Name:…` is compared without the prefix, and any other address
-//! is resolved to the machine to compare its Uuid and Name). `list` and
+//! machine its Uuid or its Name (either matches). A machine address is read
+//! exactly as the store reads it ([`crate::store`]'s `MachineAddr`:
+//! `Uuid:`/`Key:` and a UUID, `Name:` and a name, a bare UUID in any form,
+//! else a bare name) and the claims are checked on that identity — the
+//! canonical UUID or the name — and, failing that, on the other identity of
+//! the machine it resolves to. [`TokenClaims::authorize`] is that decision,
+//! and the only one: the [`Scoped`] handles and the server both call it, so
+//! `/api/v3/machines/Name:m1` and `scoped.machines().get("Name:m1")` are
+//! judged alike. `list` and
 //! `count` read many objects, so they are checked with the specific `*`: a
 //! token needs `list` on `*` for that scope (a claim naming objects does not
 //! let it list them). A wildcard in a request only matches a wildcard in a
@@ -44,7 +51,24 @@
 //!
 //! [`Store::generate_profile_token`] mints DRP's profile token:
 //! `profiles/get,update,patch,param-set/NAME`, valid for a TTL.
-//! [`Store::generate_token`] mints any claims. A token is a JWT signed with
+//! [`Store::generate_token`] mints any claims. An unscoped [`Store`] is the
+//! owner (the library's caller, the server's admin key and users): it
+//! mints anything, for any TTL.
+//!
+//! # Minting through a token
+//!
+//! A token cannot outgrow its parent. [`Scoped::generate_profile_token`]
+//! (the server's `POST /api/v3/profiles/{id}/token` with a bearer token, and
+//! `.GenerateProfileToken` in a template rendered through a token) needs
+//! the claim `profiles/token/NAME` — a profile token does not carry it, so
+//! by default a token mints nothing; every claim of the new token must be
+//! covered by the caller's claims; and the new token expires no later than
+//! the caller's: its `exp` is `min(now + ttl, parent exp)`. The TTL is
+//! clamped rather than refused, as DRP narrows a token request that asks
+//! for more than the caller has rather than failing it, and so that task
+//! templates with a fixed TTL (`.GenerateProfileToken "p" 7200`) keep
+//! rendering when the renderer's own token has less time left; the clamped
+//! `exp` is in the new token's payload. A token is a JWT signed with
 //! HMAC-SHA256 under the store's secret; its payload has `exp`, `iat`, `nbf`,
 //! a unique `jti` and `claims` (the claim strings). Tokens of one store are
 //! refused by every other store.
@@ -79,7 +103,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::model::{Machine, ParamDef, Profile};
-use crate::store::{ListOptions, Store};
+use crate::store::{ListOptions, MachineAddr, Store};
 
 /// Seconds of clock skew allowed on a token's `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
@@ -96,6 +120,7 @@ pub const ACTIONS: &[&str] = &[
     "patch",
     "param-set",
     "delete",
+    "token",
 ];
 
 /// The claims of a profile token: everything a cluster member does to its
@@ -357,6 +382,61 @@ impl TokenClaims {
     }
 }
 
+impl TokenClaims {
+    /// The authorization decision for `action` on the object at `addr` in
+    /// `scope`, shared by the [`Scoped`] handles and the server. Profiles and
+    /// param definitions are named by their Name, as the store looks them
+    /// up. A machine address is read as the store reads it (see the module
+    /// doc): the claims are checked on the identity it names (the canonical
+    /// UUID or the name); if they cover other objects only, on the other
+    /// identity of the machine the address resolves to. An address naming no
+    /// machine is refused unless its own identity is covered (the operation
+    /// then answers not found), so a refusal never depends on whether an
+    /// uncovered machine exists.
+    pub fn authorize(&self, store: &Store, scope: &str, action: &str, addr: &str) -> Result<()> {
+        if scope != M {
+            return self.check(scope, action, addr);
+        }
+        let ident = match MachineAddr::parse(addr) {
+            Ok(MachineAddr::Uuid(s) | MachineAddr::Name(s)) => s,
+            // `Uuid:`/`Key:` without a UUID names no machine (the store
+            // answers Invalid); the claims are judged on the text given.
+            Err(_) => addr
+                .split_once(':')
+                .map_or(addr, |(_, rest)| rest)
+                .to_string(),
+        };
+        let refused = match self.check(M, action, &ident) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if let Error::Auth(AuthError::WrongObject { .. }) = refused {
+            // A claim may name the machine by its other identity.
+            if let Ok(m) = store.machines().get(addr) {
+                if self.allows(M, action, &m.uuid.to_string()) || self.allows(M, action, &m.name) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(refused)
+    }
+
+    /// The decision for creating an object named `name` in `scope` (a
+    /// machine may instead be named by the `uuid` it is created with).
+    pub fn authorize_new(&self, scope: &str, name: &str, uuid: Option<&Uuid>) -> Result<()> {
+        match self.check(scope, "create", name) {
+            Err(_)
+                if uuid.is_some_and(|u| {
+                    !u.is_nil() && self.allows(scope, "create", &u.to_string())
+                }) =>
+            {
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}
+
 /// The JWT payload.
 #[derive(Serialize, Deserialize)]
 struct Payload {
@@ -406,8 +486,13 @@ impl Store {
     /// [`Store::generate_token`] with an explicit clock: `now` in unix
     /// seconds becomes `iat` and `nbf`, `now + ttl` (whole seconds) `exp`.
     pub fn generate_token_at(&self, claims: &[Claim], ttl: Duration, now: u64) -> Result<String> {
+        self.sign(claims, now, now.saturating_add(ttl.as_secs()))
+    }
+
+    /// Signs `claims`, issued and valid from `now`, expiring at `exp`.
+    fn sign(&self, claims: &[Claim], now: u64, exp: u64) -> Result<String> {
         let payload = Payload {
-            exp: now.saturating_add(ttl.as_secs()),
+            exp,
             iat: now,
             nbf: Some(now),
             jti: Uuid::new_v4().to_string(),
@@ -506,6 +591,49 @@ impl<'a> Scoped<'a> {
         Ok(self.store)
     }
 
+    /// A profile token minted through this token (see "Minting through a
+    /// token" in the module doc): needs `profiles/token/PROFILE`, the
+    /// caller's claims must cover the profile token's, and it expires no
+    /// later than the caller's token. [`Error::NotFound`] if there is no
+    /// such profile (checked after the claims, so a refused caller learns
+    /// nothing about the store).
+    pub fn generate_profile_token(&self, profile: &str, ttl: Duration) -> Result<String> {
+        self.generate_profile_token_with(profile, ttl, &[])
+    }
+
+    /// [`Scoped::generate_profile_token`] with extra claims, each of which
+    /// the caller's claims must cover.
+    pub fn generate_profile_token_with(
+        &self,
+        profile: &str,
+        ttl: Duration,
+        extra: &[Claim],
+    ) -> Result<String> {
+        self.generate_profile_token_at(profile, ttl, extra, now_secs())
+    }
+
+    /// [`Scoped::generate_profile_token_with`] with an explicit clock (`now`
+    /// in unix seconds).
+    pub fn generate_profile_token_at(
+        &self,
+        profile: &str,
+        ttl: Duration,
+        extra: &[Claim],
+        now: u64,
+    ) -> Result<String> {
+        self.claims.check(P, "token", profile)?;
+        let mut claims = vec![Claim::profile(profile)?];
+        claims.extend_from_slice(extra);
+        for c in &claims {
+            self.claims.check_covers(c)?;
+        }
+        self.store.profiles().get(profile)?;
+        let exp = now
+            .saturating_add(ttl.as_secs())
+            .min(self.claims.expires_at);
+        self.store.sign(&claims, now, exp)
+    }
+
     /// Machines, checked against scope `machines`.
     pub fn machines(&self) -> ScopedMachines<'_> {
         ScopedMachines {
@@ -554,36 +682,13 @@ const P: &str = "profiles";
 const D: &str = "params";
 
 impl ScopedMachines<'_> {
-    /// Checks `action` on the machine at `addr` (its Uuid or Name).
+    /// Checks `action` on the machine at `addr` ([`TokenClaims::authorize`]).
     fn check(&self, action: &str, addr: &str) -> Result<()> {
-        let bare = addr
-            .strip_prefix("Uuid:")
-            .or_else(|| addr.strip_prefix("Name:"))
-            .unwrap_or(addr);
-        let refused = match self.claims.check(M, action, bare) {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        if let Error::Auth(AuthError::WrongObject { .. }) = refused {
-            // A claim may name the machine by its other identity.
-            if let Ok(m) = self.store.machines().get(addr) {
-                if self.claims.allows(M, action, &m.uuid.to_string())
-                    || self.claims.allows(M, action, &m.name)
-                {
-                    return Ok(());
-                }
-            }
-        }
-        Err(refused)
+        self.claims.authorize(self.store, M, action, addr)
     }
 
     fn check_new(&self, m: &Machine) -> Result<()> {
-        match self.claims.check(M, "create", &m.name) {
-            Err(_) if !m.uuid.is_nil() && self.claims.allows(M, "create", &m.uuid.to_string()) => {
-                Ok(())
-            }
-            r => r,
-        }
+        self.claims.authorize_new(M, &m.name, Some(&m.uuid))
     }
 
     /// `create` on the new machine's Name (or Uuid).
@@ -686,17 +791,17 @@ impl ScopedMachines<'_> {
 impl ScopedProfiles<'_> {
     /// `create` on the new profile's Name.
     pub fn create(&self, p: Profile) -> Result<Profile> {
-        self.claims.check(P, "create", &p.name)?;
+        self.claims.authorize_new(P, &p.name, None)?;
         self.store.profiles().create(p)
     }
     /// `get`.
     pub fn get(&self, name: &str) -> Result<Profile> {
-        self.claims.check(P, "get", name)?;
+        self.claims.authorize(self.store, P, "get", name)?;
         self.store.profiles().get(name)
     }
     /// `get`.
     pub fn exists(&self, name: &str) -> Result<bool> {
-        self.claims.check(P, "get", name)?;
+        self.claims.authorize(self.store, P, "get", name)?;
         Ok(self.store.profiles().exists(name))
     }
     /// `list` on `*`.
@@ -716,27 +821,27 @@ impl ScopedProfiles<'_> {
     }
     /// `update`.
     pub fn replace(&self, name: &str, p: Profile) -> Result<Profile> {
-        self.claims.check(P, "update", name)?;
+        self.claims.authorize(self.store, P, "update", name)?;
         self.store.profiles().replace(name, p)
     }
     /// `update`.
     pub fn update(&self, name: &str, merge: &Value) -> Result<Profile> {
-        self.claims.check(P, "update", name)?;
+        self.claims.authorize(self.store, P, "update", name)?;
         self.store.profiles().update(name, merge)
     }
     /// `update`.
     pub fn update_from(&self, name: &str, reference: &Value, desired: &Value) -> Result<Profile> {
-        self.claims.check(P, "update", name)?;
+        self.claims.authorize(self.store, P, "update", name)?;
         self.store.profiles().update_from(name, reference, desired)
     }
     /// `patch`.
     pub fn patch(&self, name: &str, ops: &Value) -> Result<Profile> {
-        self.claims.check(P, "patch", name)?;
+        self.claims.authorize(self.store, P, "patch", name)?;
         self.store.profiles().patch(name, ops)
     }
     /// `param-set`.
     pub fn set_param(&self, name: &str, key: &str, value: Value) -> Result<Profile> {
-        self.claims.check(P, "param-set", name)?;
+        self.claims.authorize(self.store, P, "param-set", name)?;
         self.store.profiles().set_param(name, key, value)
     }
     /// `param-set`.
@@ -747,29 +852,29 @@ impl ScopedProfiles<'_> {
         expected: Option<&Value>,
         value: Value,
     ) -> Result<Profile> {
-        self.claims.check(P, "param-set", name)?;
+        self.claims.authorize(self.store, P, "param-set", name)?;
         self.store
             .profiles()
             .set_param_if(name, key, expected, value)
     }
     /// `param-set`.
     pub fn remove_param(&self, name: &str, key: &str) -> Result<Option<Value>> {
-        self.claims.check(P, "param-set", name)?;
+        self.claims.authorize(self.store, P, "param-set", name)?;
         self.store.profiles().remove_param(name, key)
     }
     /// `get`.
     pub fn params(&self, name: &str, aggregate: bool) -> Result<Map<String, Value>> {
-        self.claims.check(P, "get", name)?;
+        self.claims.authorize(self.store, P, "get", name)?;
         self.store.profiles().params(name, aggregate)
     }
     /// `get`.
     pub fn get_param(&self, name: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
-        self.claims.check(P, "get", name)?;
+        self.claims.authorize(self.store, P, "get", name)?;
         self.store.profiles().get_param(name, key, aggregate)
     }
     /// `delete`.
     pub fn delete(&self, name: &str) -> Result<Profile> {
-        self.claims.check(P, "delete", name)?;
+        self.claims.authorize(self.store, P, "delete", name)?;
         self.store.profiles().delete(name)
     }
 }
@@ -777,17 +882,17 @@ impl ScopedProfiles<'_> {
 impl ScopedParams<'_> {
     /// `create` on the new definition's Name.
     pub fn create(&self, d: ParamDef) -> Result<ParamDef> {
-        self.claims.check(D, "create", &d.name)?;
+        self.claims.authorize_new(D, &d.name, None)?;
         self.store.params().create(d)
     }
     /// `get`.
     pub fn get(&self, name: &str) -> Result<ParamDef> {
-        self.claims.check(D, "get", name)?;
+        self.claims.authorize(self.store, D, "get", name)?;
         self.store.params().get(name)
     }
     /// `get`.
     pub fn exists(&self, name: &str) -> Result<bool> {
-        self.claims.check(D, "get", name)?;
+        self.claims.authorize(self.store, D, "get", name)?;
         Ok(self.store.params().exists(name))
     }
     /// `list` on `*`.
@@ -802,27 +907,27 @@ impl ScopedParams<'_> {
     }
     /// `update`.
     pub fn replace(&self, name: &str, d: ParamDef) -> Result<ParamDef> {
-        self.claims.check(D, "update", name)?;
+        self.claims.authorize(self.store, D, "update", name)?;
         self.store.params().replace(name, d)
     }
     /// `update`.
     pub fn update(&self, name: &str, merge: &Value) -> Result<ParamDef> {
-        self.claims.check(D, "update", name)?;
+        self.claims.authorize(self.store, D, "update", name)?;
         self.store.params().update(name, merge)
     }
     /// `update`.
     pub fn update_from(&self, name: &str, reference: &Value, desired: &Value) -> Result<ParamDef> {
-        self.claims.check(D, "update", name)?;
+        self.claims.authorize(self.store, D, "update", name)?;
         self.store.params().update_from(name, reference, desired)
     }
     /// `patch`.
     pub fn patch(&self, name: &str, ops: &Value) -> Result<ParamDef> {
-        self.claims.check(D, "patch", name)?;
+        self.claims.authorize(self.store, D, "patch", name)?;
         self.store.params().patch(name, ops)
     }
     /// `delete`.
     pub fn delete(&self, name: &str) -> Result<ParamDef> {
-        self.claims.check(D, "delete", name)?;
+        self.claims.authorize(self.store, D, "delete", name)?;
         self.store.params().delete(name)
     }
 }
@@ -835,13 +940,12 @@ impl crate::template::TokenMinter for Store {
     }
 }
 
-/// `.GenerateProfileToken` through a token: only tokens no wider than the
-/// caller's own (its claims must cover the profile token's).
+/// `.GenerateProfileToken` through a token: the minting rule of
+/// [`Scoped::generate_profile_token`] (the `token` claim, claims covered,
+/// expiry clamped to the caller's).
 impl crate::template::TokenMinter for Scoped<'_> {
     fn profile_token(&self, profile: &str, ttl_secs: u64) -> Result<String> {
-        self.claims.check_covers(&Claim::profile(profile)?)?;
-        self.store
-            .generate_profile_token(profile, Duration::from_secs(ttl_secs))
+        self.generate_profile_token(profile, Duration::from_secs(ttl_secs))
     }
 }
 

@@ -555,11 +555,13 @@ fn decode<T: serde::de::DeserializeOwned>(kind: Kind, doc: Value) -> ApiResult<T
 
 pub(crate) const JSON: &[&str] = &["application/json"];
 
-/// Creates an object.
+/// Creates an object. A token needs `create` on the new object's Name (or,
+/// for a machine, on the Uuid it is created with).
 #[utoipa::path(post, path = "/api/v3/{kind}",
     params(("kind" = Collection, Path, description = "machines, profiles or params")),
     request_body(content = Object, content_type = "application/json"),
     responses((status = 201, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
+        (status = 403, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 413, body = ApiErrorBody),
         (status = 415, body = ApiErrorBody)))]
 pub async fn create(
@@ -570,19 +572,38 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
-    app.auth.authorize(&who, kind.plural(), "create", "")?;
     let (doc, _) = json_body(&headers, &body, JSON)?;
+    // Decoded before the claims check: as a scoped handle's `create`, a
+    // token is judged on the new object's Name (or a machine's Uuid).
+    let new = match kind {
+        Kind::Machine => New::Machine(decode(kind, doc)?),
+        Kind::Profile => New::Profile(decode(kind, doc)?),
+        Kind::Param => New::Param(decode(kind, doc)?),
+        Kind::Job => Err(no_jobs())?,
+    };
+    let (name, uuid) = match &new {
+        New::Machine(m) => (m.name.as_str(), Some(&m.uuid)),
+        New::Profile(p) => (p.name.as_str(), None),
+        New::Param(d) => (d.name.as_str(), None),
+    };
+    app.auth.authorize_new(&who, kind.plural(), name, uuid)?;
     let v = app
         .write(move |s| {
-            Ok(match kind {
-                Kind::Machine => to_value(s.machines().create(decode::<Machine>(kind, doc)?)?),
-                Kind::Profile => to_value(s.profiles().create(decode::<Profile>(kind, doc)?)?),
-                Kind::Param => to_value(s.params().create(decode::<ParamDef>(kind, doc)?)?),
-                Kind::Job => Err(no_jobs())?,
+            Ok(match new {
+                New::Machine(m) => to_value(s.machines().create(m)?),
+                New::Profile(p) => to_value(s.profiles().create(p)?),
+                New::Param(d) => to_value(s.params().create(d)?),
             })
         })
         .await?;
     Ok(ok(StatusCode::CREATED, v))
+}
+
+/// A decoded object for `create`.
+enum New {
+    Machine(Machine),
+    Profile(Profile),
+    Param(ParamDef),
 }
 
 fn get_obj(s: &Store, kind: Kind, id: &str) -> ApiResult<Value> {

@@ -125,22 +125,51 @@ impl Authenticator {
         )))
     }
 
-    /// May `principal` do `action` on `scope` (`specific`: the object's key,
-    /// or empty for collection calls)? Token claims are judged here only.
+    /// May `principal` do `action` on `scope` (`addr`: the object's address
+    /// as the path gives it, or empty for collection calls)? Token claims
+    /// are judged by the library's one decision,
+    /// [`crate::TokenClaims::authorize`], which reads a machine address
+    /// (`Name:…`, `Uuid:…`, a bare UUID) as the store does — the same check
+    /// a [`crate::Scoped`] handle makes.
     pub fn authorize(
         &self,
         principal: &Principal,
         scope: &str,
         action: &str,
-        specific: &str,
+        addr: &str,
     ) -> Result<(), ApiError> {
         match principal {
             Principal::Admin | Principal::User(_) => Ok(()),
             // 401 for a bad token, 403 for a missing claim (see `ApiError`'s
             // mapping of `Error::Auth`). Collection calls are `*`.
             Principal::Token(t) => {
-                let specific = if specific.is_empty() { "*" } else { specific };
-                self.store.verify_token(t)?.check(scope, action, specific)?;
+                let claims = self.store.verify_token(t)?;
+                if addr.is_empty() {
+                    claims.check(scope, action, "*")?;
+                } else {
+                    claims.authorize(&self.store, scope, action, addr)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// May `principal` create an object named `name` (or, for a machine,
+    /// with Uuid `uuid`) in `scope`? As [`crate::TokenClaims::authorize_new`],
+    /// the check of the scoped handles' `create`.
+    pub fn authorize_new(
+        &self,
+        principal: &Principal,
+        scope: &str,
+        name: &str,
+        uuid: Option<&uuid::Uuid>,
+    ) -> Result<(), ApiError> {
+        match principal {
+            Principal::Admin | Principal::User(_) => Ok(()),
+            Principal::Token(t) => {
+                self.store
+                    .verify_token(t)?
+                    .authorize_new(scope, name, uuid)?;
                 Ok(())
             }
         }

@@ -9,7 +9,7 @@
 //!
 //! | method | path | what | claim |
 //! |---|---|---|---|
-//! | POST | `/api/v3/profiles/{id}/token?ttl=S` | a profile token (`{"Token"}`) | admin, or a token covering it |
+//! | POST | `/api/v3/profiles/{id}/token?ttl=S` | a profile token (`{"Token"}`); through a token, expiring no later than it | admin or a user; a token needs `profiles/token/{id}` and claims covering the profile token's |
 //! | GET | `/api/v3/wait/count?until=>=N&timeout=S&FILTER` | block until the machine count holds (`{"Count"}`; 408 on timeout) | `machines/list/*` |
 //! | GET | `/api/v3/wait/machines/{id}?filter=F&timeout=S` | block until the machine matches (408 on timeout) | `machines/get/{id}` |
 //! | POST | `/api/v3/clusters/{name}/elect?leaders=N` | elect leaders (the leaders' JSON) | `machines/update/*` |
@@ -40,7 +40,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::api::{check_id, listing, ok, to_value, url_decode, ApiResult, App, Collection, St};
 use super::auth::Principal;
 use super::error::{ApiError, ApiErrorBody};
-use crate::auth::Claim;
 use crate::template::{RenderContext, Template, TokenMinter};
 use crate::{Cluster, CountCondition, Error, Filter, Kind, WorkflowReport};
 
@@ -54,7 +53,8 @@ use crate::{Cluster, CountCondition, Error, Filter, Kind, WorkflowReport};
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub(crate) struct TokenParams {
-    /// How long the token is good for, in seconds (default 3600).
+    /// How long the token is good for, in seconds (default 3600). Through a
+    /// bearer token, cut so that the new token expires no later than it.
     #[param(minimum = 0)]
     ttl: Option<f64>,
 }
@@ -185,7 +185,10 @@ impl App {
 }
 
 /// Mints a profile token, good for `ttl` seconds: the admin (or a user) may
-/// mint one for any profile; a token caller only one its own claims cover.
+/// mint one for any profile, for any ttl. A token caller needs the claim
+/// `profiles/token/{id}` and claims covering the profile token's
+/// (`profiles/get,update,patch,param-set/{id}`), and the new token expires
+/// no later than the caller's own: a longer `ttl` is cut to it.
 #[utoipa::path(post, tag = "coordination", path = "/api/v3/profiles/{id}/token",
     params(("id" = String, Path, description = "The profile's Name"), TokenParams),
     responses(
@@ -201,12 +204,13 @@ pub async fn token(
     check_id(&id)?;
     let (opts, _) = take(q.as_deref().unwrap_or(""), &["ttl"])?;
     let ttl = seconds(opts.get("ttl"), 3600.0)?;
-    if let Principal::Token(t) = &who {
-        app.store
-            .verify_token(t)?
-            .check_covers(&Claim::profile(&id)?)?;
-    }
-    let token = app.store.generate_profile_token(&id, ttl)?;
+    // The admin key and users are the root of trust; a token mints only
+    // under the library's rule (`profiles/token/{id}`, claims covered,
+    // expiry no later than its own).
+    let token = match &who {
+        Principal::Token(t) => app.store.with_token(t)?.generate_profile_token(&id, ttl)?,
+        _ => app.store.generate_profile_token(&id, ttl)?,
+    };
     Ok(ok(StatusCode::OK, json!({ "Token": token })))
 }
 
@@ -344,7 +348,9 @@ pub async fn workflow_all(
 }
 
 /// Renders a Go template (the body) for one machine, with its effective
-/// params; a token caller mints only tokens its own claims cover.
+/// params. For a token caller, `.GenerateProfileToken` mints under the
+/// token rule of `POST /profiles/{id}/token` (`profiles/token/{id}`, claims
+/// covered, expiry no later than the caller's).
 #[utoipa::path(post, tag = "coordination", path = "/api/v3/machines/{id}/render",
     params(("id" = String, Path, description = "Uuid, Name:… or name")),
     request_body(content = String, content_type = "text/plain", description = "The template text"),
@@ -367,7 +373,7 @@ pub async fn render(
     let store = &app.store;
     let machine = store.machines().get(&id)?;
     let params = store.machines().params(&id, true)?;
-    // A token caller mints only tokens its own claims cover.
+    // A token caller mints only under the library's minting rule.
     let scoped = match &who {
         Principal::Token(t) => Some(store.with_token(t)?),
         _ => None,

@@ -65,3 +65,4 @@ pub use params::Params;
 pub use profiles::Profiles;
 
 pub(crate) use layout::{job_key, log_rev_of};
+pub(crate) use state::MachineAddr;

@@ -79,17 +79,9 @@ impl State {
     }
 
     pub(super) fn machine_id(&self, addr: &str) -> Result<u32> {
-        let (field, value) = if let Some(u) = addr
-            .strip_prefix("Uuid:")
-            .or_else(|| addr.strip_prefix("Key:"))
-        {
-            (Field::Uuid, canonical_uuid(u)?)
-        } else if let Some(n) = addr.strip_prefix("Name:") {
-            (Field::Name, n.to_string())
-        } else if let Ok(u) = Uuid::parse_str(addr) {
-            (Field::Uuid, u.to_string())
-        } else {
-            (Field::Name, addr.to_string())
+        let (field, value) = match MachineAddr::parse(addr)? {
+            MachineAddr::Uuid(u) => (Field::Uuid, u),
+            MachineAddr::Name(n) => (Field::Name, n),
         };
         self.machines
             .lookup(&Key::Field(field), &ValueKey::str(&value))
@@ -204,6 +196,40 @@ impl Pending {
             .values()
             .filter(|p| !self.profiles.contains_key(&p.name))
             .chain(self.profiles.values())
+    }
+}
+
+/// What a machine address names, as the store reads it: `Uuid:`/`Key:` and
+/// a UUID, `Name:` and a name, a bare UUID (any form `Uuid::parse_str`
+/// takes), else a bare name. UUIDs come out canonical (lower-case,
+/// hyphenated), as machines store them. The auth module judges a token
+/// against this same reading, so a claim is checked on the identity the
+/// store will touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MachineAddr {
+    /// The machine whose Uuid is this (canonical).
+    Uuid(String),
+    /// The machine whose Name is this.
+    Name(String),
+}
+
+impl MachineAddr {
+    /// [`Error::Invalid`] for `Uuid:`/`Key:` without a UUID.
+    pub(crate) fn parse(addr: &str) -> Result<MachineAddr> {
+        Ok(
+            if let Some(u) = addr
+                .strip_prefix("Uuid:")
+                .or_else(|| addr.strip_prefix("Key:"))
+            {
+                MachineAddr::Uuid(canonical_uuid(u)?)
+            } else if let Some(n) = addr.strip_prefix("Name:") {
+                MachineAddr::Name(n.to_string())
+            } else if let Ok(u) = Uuid::parse_str(addr) {
+                MachineAddr::Uuid(u.to_string())
+            } else {
+                MachineAddr::Name(addr.to_string())
+            },
+        )
     }
 }
 

@@ -72,9 +72,14 @@ pub const MAX_NESTING: usize = 64;
 pub const MAX_CALL_DEPTH: usize = 64;
 
 /// Mints the profile tokens `.GenerateProfileToken` prints. Implemented by the
-/// store's auth module; tests and tools may supply their own.
+/// store's auth module: the owner's `Store` mints any profile token; a
+/// `Scoped` handle (a template rendered by a token holder) only under the
+/// minting rule — the `profiles/token/NAME` claim, claims its own cover, and
+/// an expiry no later than its own, however long `ttl_secs`. Tests and tools
+/// may supply their own.
 pub trait TokenMinter {
-    /// A token granting read and update of `profile` for `ttl_secs` seconds.
+    /// A token granting read and update of `profile` for `ttl_secs` seconds
+    /// (a minter may cut the ttl; see above).
     fn profile_token(&self, profile: &str, ttl_secs: u64) -> crate::Result<String>;
 }
 

@@ -48,8 +48,9 @@ pub fn check_bulk(s: &Scoped, import: bool) -> Out {
 }
 
 /// `profiles token NAME [--ttl SECONDS] [--claims CLAIM ...]`: prints a
-/// profile token with the extra claims. Through a token, only claims that
-/// token holds can be handed on.
+/// profile token with the extra claims. Through a token, it needs
+/// `profiles/token/NAME`, hands on only claims that token holds, and expires
+/// no later than it.
 pub fn mint(
     store: &Store,
     token: Option<&str>,
@@ -69,13 +70,15 @@ pub fn mint(
         .map(|c| c.parse::<Claim>())
         .collect::<Result<Vec<_>, Error>>()
         .map_err(|e| Failure::input(format!("--claims: {e}")))?;
-    if let Some(t) = token {
-        let held = store.verify_token(t)?;
-        for c in std::iter::once(Claim::profile(name)?).chain(extra.iter().cloned()) {
-            held.check_covers(&c)?;
-        }
-    }
-    let token = store.generate_profile_token_with(name, Duration::from_secs(ttl), &extra)?;
+    let ttl = Duration::from_secs(ttl);
+    // Through a token, the library's minting rule: the `token` claim, every
+    // claim covered, no later expiry than the token's own.
+    let token = match token {
+        Some(t) => store
+            .with_token(t)?
+            .generate_profile_token_with(name, ttl, &extra)?,
+        None => store.generate_profile_token_with(name, ttl, &extra)?,
+    };
     outln!("{token}");
     Ok(())
 }

@@ -233,10 +233,11 @@ enum Verb {
     /// `profiles token NAME`: print a token for the profile (DRP's GenerateProfileToken).
     Token {
         id: String,
-        /// Lifetime in seconds.
+        /// Lifetime in seconds. Through a token (`-T`), which needs
+        /// `profiles/token/NAME`, cut so it ends no later than that token.
         #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
         ttl: u64,
-        /// Extra claims (`machines/*/*`).
+        /// Extra claims (`machines/*/*`); through a token, only ones it holds.
         #[arg(long, num_args = 1.., value_name = "SCOPE/ACTION/SPECIFIC")]
         claims: Vec<String>,
     },
