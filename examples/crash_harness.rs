@@ -300,9 +300,15 @@ pub fn child_if_asked() {
 fn say(tag: &str, body: &Value) {
     let line = format!("{tag} {body}\n");
     let mut out = std::io::stdout().lock();
-    // The parent reads until the pipe closes; a failed write means it is gone.
-    let _ = out.write_all(line.as_bytes());
-    let _ = out.flush();
+    // A failed write means the parent is gone (killed, or a test runner's
+    // timeout): stop rather than write on with nobody checking.
+    if out
+        .write_all(line.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        std::process::exit(4);
+    }
 }
 
 fn uuid(rng: &mut fastrand::Rng) -> uuid::Uuid {
