@@ -4,20 +4,21 @@
 //! operation's throughput and p50/p99 latency, then a single-connection pass
 //! of each operation alone.
 //!
-//! The server is the release binary in its own process, on a store of
+//! The server is the release binary in its own process (durable, the
+//! default; pass `--no-fsync` to measure buffered writes), on a store of
 //! generated machines (1,000 cluster profiles, so a cluster has N/1000
 //! members). Client and server share the machine's cores, as wrk would.
 //!
 //! ```sh
 //! cargo build --release --bin fleetkv
-//! cargo run --release --example http_load -- --machines 100000 --clients 64 --seconds 60 [--data DIR]
+//! cargo run --release --example http_load -- --machines 100000 --clients 64 --seconds 60 [--data DIR] [--no-fsync]
 //! ```
 
 #[path = "../benches/support/fleet.rs"]
 mod fleet;
+#[path = "../benches/support/serve.rs"]
+mod serve;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,11 +111,7 @@ fn main() {
     let n: usize = arg(&args, "--machines", 100_000);
     let clients: usize = arg(&args, "--clients", 64);
     let seconds: f64 = arg(&args, "--seconds", 60.0);
-    let bin: String = arg(
-        &args,
-        "--bin",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/fleetkv").to_string(),
-    );
+    let bin: String = arg(&args, "--bin", serve::FLEETKV.to_string());
 
     // `--data DIR` keeps the generated store for reuse (e.g. by wrk).
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -130,30 +127,20 @@ fn main() {
         }
         store.flush().expect("flush");
     }
-    let mut server = Command::new(&bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start {bin}: {e} (cargo build --release --bin fleetkv)")
-        });
-    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
-    let url = loop {
-        let line = lines.next().expect("the server exited").expect("stderr");
-        if let Some(u) = line.strip_prefix("fleetkv: listening on ") {
-            break u.to_string();
-        }
+    let flags: &[&str] = if args.iter().any(|a| a == "--no-fsync") {
+        &["--no-fsync"]
+    } else {
+        &[]
     };
-    std::thread::spawn(move || lines.for_each(drop));
-    let key = std::fs::read_to_string(data.join("admin.key")).expect("admin key");
+    let server = serve::fleetkv(&bin, &data, flags);
+    let (url, auth) = (server.url.clone(), server.auth.clone());
     let client = |_: usize| Client {
         agent: ureq::AgentBuilder::new()
             .max_idle_connections_per_host(1)
             .timeout(Duration::from_secs(30))
             .build(),
         base: format!("{url}/api/v3"),
-        auth: format!("Bearer {}", key.trim()),
+        auth: auth.clone(),
         machines: n,
     };
     println!(
@@ -247,6 +234,5 @@ fn main() {
             us(percentile(&lat, 0.99))
         );
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }

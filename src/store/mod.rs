@@ -11,7 +11,8 @@
 //!
 //! # Files
 //! - `backend` — the storage boundary: the trait and its batch;
-//!   `sled_backend` and `memory_backend` implement it.
+//!   `sled_backend` and `memory_backend` implement it; `fault_backend`
+//!   (tests only) fails and tears commits and flushes on purpose.
 //! - `layout` — key layout and record codec.
 //! - `stall` — the storage thread bounding every blocking engine call.
 //! - `open` — [`Options`], [`Store`], opening, a new store's first write.
@@ -41,6 +42,8 @@ mod backend;
 mod bulk;
 mod changelog;
 mod checkpoint;
+#[cfg(test)]
+mod fault_backend;
 mod group_commit;
 mod layout;
 mod list;

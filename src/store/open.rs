@@ -306,8 +306,9 @@ impl Store {
     /// Builds the in-memory state from an opened engine; a new store gets
     /// its `global` profile and signing secret in its first write.
     /// From a checkpoint in `dir` when there is a usable one (see
-    /// [`super::checkpoint`]), else from every record.
-    fn start(
+    /// [`super::checkpoint`]), else from every record. Crate tests open
+    /// stores on other engines through it (`fault_backend`).
+    pub(super) fn start(
         backend: Arc<dyn Backend>,
         guard: stall::Guard,
         options: Options,

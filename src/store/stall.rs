@@ -64,8 +64,8 @@ pub(crate) struct Guard {
     jobs: Mutex<Sender<Job>>,
     limit: Duration,
     stalled: Arc<OnceLock<(String, Duration)>>,
-    /// A flush that failed: the engine may have lost what it acknowledged
-    /// buffering, so writes stop until a reopen decides what is on disk.
+    /// A flush or commit that failed: what the engine holds or has on disk
+    /// is unknown, so writes stop until a reopen decides.
     failed: Arc<OnceLock<String>>,
     #[cfg(debug_assertions)]
     fault: Option<(String, Mutex<u64>)>,
@@ -153,7 +153,7 @@ impl Guard {
         }
         match self.failed.get() {
             Some(why) => Err(Error::Storage(format!(
-                "a flush to disk failed ({why}); the store refuses writes until it is reopened"
+                "the store refuses writes until it is reopened: {why}"
             ))),
             None => Ok(()),
         }

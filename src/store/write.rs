@@ -154,7 +154,17 @@ impl Store {
                 timing::mark_at("engine commit", t1);
                 timing::mark("handoff back");
             }
-            r?;
+            if let Err(e) = r {
+                if !matches!(e, Error::RevisionMismatch { .. }) {
+                    // An engine may fail a batch after applying part of it
+                    // (sled: an I/O error between inserts): what is stored
+                    // is unknown, so no later write may build on memory.
+                    self.inner
+                        .guard
+                        .fail(format!("a commit failed, its outcome unknown: {e}"));
+                }
+                return Err(e);
+            }
             self.inner.commits.committed(rev);
             w.committed(trimmed, rev, changes.len());
             apply(&mut st);
