@@ -1009,15 +1009,8 @@ pub(in crate::pagecache) fn make_stable_inner(
 /// to flush some pending writes. Returns the number
 /// of bytes written during this call.
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
-    // fleetkv patch 2 (PATCHES.md): the concurrency-control read lock is
-    // held only while the target LSN is read, so no batch is half reserved
-    // at that point, and not through `make_stable`. Held throughout, it
-    // kept every `apply_batch` (which takes the write lock) waiting for the
-    // whole fsync, so writes could not queue into the next flush.
-    let max_reserved_lsn = {
-        let _cc = concurrency_control::read();
-        iobufs.max_reserved_lsn.load(Acquire)
-    };
+    let _cc = concurrency_control::read();
+    let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
     let written = make_stable(iobufs, max_reserved_lsn)?;
     // fleetkv patch 3 (PATCHES.md): buffers reach the disk with
     // `sync_file_range`, which neither flushes the drive's write cache nor
