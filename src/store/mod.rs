@@ -20,6 +20,8 @@
 //!   entries.
 //! - `write` — the write pipeline; `changelog` — the log's part of a write.
 //! - `list` — listing, queries, shaping.
+//! - `metered` — writes recorded by kind and outcome, the scrape-time
+//!   gauges ([`crate::telemetry`]).
 //! - `machines`, `profiles`, `params` — one handle per object kind;
 //!   `bulk` — definitions, profiles and machines in one write (imports);
 //!   `patch` — the document update operations they share.
@@ -44,6 +46,7 @@ mod layout;
 mod list;
 mod machines;
 mod memory_backend;
+mod metered;
 mod open;
 mod params;
 mod patch;

@@ -116,6 +116,7 @@ impl Checkpoints {
         state: &RwLock<State>,
         flush: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
+        let _timed = crate::telemetry::Timed::start(crate::telemetry::record_checkpoint);
         let (bytes, covered) = {
             let st = state.read();
             (
@@ -248,6 +249,7 @@ impl Store {
     }
 
     fn on_sled(path: Option<PathBuf>, options: Options) -> Result<Store> {
+        let _timed = crate::telemetry::Timed::start(crate::telemetry::record_open);
         let guard = stall::Guard::new(options.stall_timeout)?;
         let dir = path.clone();
         let backend = guard.run("open", move || SledBackend::open(path))??;
@@ -351,6 +353,7 @@ impl Store {
 
     /// Writes everything acknowledged so far to disk.
     pub fn flush(&self) -> Result<()> {
+        let _timed = crate::telemetry::Timed::start(crate::telemetry::record_fsync);
         let backend = self.inner.backend.clone();
         self.inner.guard.run("flush", move || backend.flush())?
     }
