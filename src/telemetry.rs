@@ -82,7 +82,8 @@ pub enum WriteKind {
     Profile,
     /// A param definition.
     Param,
-    /// Definitions, profiles and machines in one write (an import).
+    /// An import: definitions, profiles and machines, or many machines,
+    /// in one write.
     Bulk,
     /// A job record (template rendering).
     Job,

@@ -111,7 +111,7 @@ impl Machines<'_> {
     /// swap names in one import. Returns how many were created and how many
     /// replaced.
     pub fn import(&self, machines: Vec<Machine>) -> Result<(usize, usize)> {
-        self.store.write_as(WriteKind::Machine, |st, rev, log| {
+        self.store.write_as(WriteKind::Bulk, |st, rev, log| {
             let mut batch = Batch::default();
             let plan = plan_machines(
                 self.store,
