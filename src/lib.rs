@@ -11,6 +11,7 @@ pub mod model;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod template;
 #[doc(hidden)]
 pub mod timing;

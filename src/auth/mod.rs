@@ -19,7 +19,9 @@
 //! vocabulary below when a claim is parsed, so a typo is an error rather
 //! than a claim that silently allows nothing.
 //!
-//! Scopes: `machines`, `profiles`, `params` (param definitions).
+//! Scopes: `machines`, `profiles`, `params` (param definitions), and
+//! `metrics`, which holds no objects: `metrics/get/*` lets a token read the
+//! server's `GET /metrics`.
 //!
 //! | action      | operations                                                    |
 //! |-------------|---------------------------------------------------------------|
@@ -108,8 +110,12 @@ use crate::store::{ListOptions, MachineAddr, Store};
 /// Seconds of clock skew allowed on a token's `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
 
-/// The scopes a claim may name (besides `*`).
+/// The object scopes a claim may name (besides `*`): what export and
+/// import cover.
 pub const SCOPES: &[&str] = &["machines", "profiles", "params"];
+
+/// Every scope a claim may name: [`SCOPES`] and `metrics`.
+const CLAIM_SCOPES: &[&str] = &["machines", "profiles", "params", "metrics"];
 
 /// The actions a claim may name (besides `*`); see the module doc.
 pub const ACTIONS: &[&str] = &[
@@ -297,7 +303,7 @@ impl FromStr for Claim {
             )));
         };
         Ok(Claim {
-            scope: Part::parse(s, "scope", scope, Some(SCOPES))?,
+            scope: Part::parse(s, "scope", scope, Some(CLAIM_SCOPES))?,
             action: Part::parse(s, "action", action, Some(ACTIONS))?,
             specific: Part::parse(s, "specific", specific, None)?,
         })

@@ -284,6 +284,31 @@ impl Keys {
         }
     }
 
+    /// Estimated heap bytes: the map, each key's name, and each key's
+    /// postings (decoded) or bytes and queued writes (still encoded).
+    pub(super) fn heap_bytes(&self) -> usize {
+        let map = self.map.capacity() * (std::mem::size_of::<(Key, Slot)>() + 1);
+        let slots: usize = self
+            .map
+            .iter()
+            .map(|(k, slot)| {
+                let name = match k {
+                    Key::Param(n) | Key::Meta(n) => n.capacity(),
+                    _ => 0,
+                };
+                name + match slot {
+                    Slot::Decoded(p) => super::memory::postings(p),
+                    Slot::Encoded { lazy, enc } => {
+                        enc.section.len()
+                            + enc.queued.capacity() * std::mem::size_of::<Op>()
+                            + lazy.get().map_or(0, super::memory::postings)
+                    }
+                }
+            })
+            .sum();
+        map + slots
+    }
+
     /// `(key, section)` for a checkpoint: an encoded key nothing changed is
     /// copied as it is.
     pub(super) fn for_encoding(&self) -> impl Iterator<Item = (&Key, Section<'_>)> {

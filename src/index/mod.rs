@@ -19,6 +19,7 @@
 
 mod codec;
 mod keys;
+mod memory;
 mod posting;
 mod value;
 
@@ -69,6 +70,17 @@ impl Index {
 
     pub(crate) fn own(&self, param: &str) -> Option<&RoaringBitmap> {
         self.own.get(param)
+    }
+
+    /// Estimated heap bytes of the index (for the metrics: see
+    /// [`memory`]): walks every distinct value once, decodes nothing.
+    pub(crate) fn heap_bytes(&self) -> u64 {
+        let own: usize = self
+            .own
+            .iter()
+            .map(|(k, b)| memory::HASH_ENTRY + k.capacity() + memory::bitmap(b))
+            .sum();
+        (memory::bitmap(&self.universe) + self.keys.heap_bytes() + own) as u64
     }
 
     /// Packs the index's maps after a bulk build (see [`keys::Keys::compact`]).

@@ -36,6 +36,11 @@ pub struct App {
     pub durable: bool,
     /// Permits for long-poll waits and event streams.
     pub waiters: Arc<tokio::sync::Semaphore>,
+    /// How many permits `waiters` started with (`--max-waiters`).
+    pub max_waiters: usize,
+    /// Renders `GET /metrics`; `None` when another recorder was installed
+    /// in this process first.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Longest a long-poll wait may block (under the request timeout).
     pub max_wait: std::time::Duration,
     /// Set when the server stops: event streams end instead of holding the
@@ -194,7 +199,8 @@ pub struct Info {
         coord::elect,
         coord::workflow_all,
         coord::render,
-        coord::events
+        coord::events,
+        super::metrics::scrape
     ),
     components(schemas(
         ApiErrorBody,

@@ -453,8 +453,10 @@ pub async fn events(
     let mut watch = app.store.watch(kind, filter, from)?;
     let permit = app.waiter()?;
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    let store = app.store.clone();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        let _open = crate::telemetry::OpenStream::open();
         loop {
             let next = match watch.next_timeout(Duration::from_secs(15)) {
                 Ok(Some(e)) => e,
@@ -477,6 +479,7 @@ pub async fn events(
             {
                 continue;
             }
+            crate::telemetry::record_watch_lag(store.revision().saturating_sub(next.revision));
             let data = serde_json::to_string(&next).unwrap_or_default();
             let ev = SseEvent::default()
                 .id(format!("{}.{}", next.revision, next.seq))

@@ -18,6 +18,7 @@
 //! | GET, PATCH, POST | `/api/v3/{kind}/{id}/params` | params (`?aggregate=true`), JSON Patch on the params map, replace them all |
 //! | GET, POST, DELETE | `/api/v3/{kind}/{id}/params/{key…}` | get, set (CAS with `X-Fleetkv-Expect`), remove |
 //! | | tokens, waits, election, workflow-all, render, events | the coordination verbs: see [`coord`] |
+//! | GET | `/metrics` | Prometheus text ([`metrics`]; claim `metrics/get/*`, or unauthenticated on `--metrics-listen`) |
 //!
 //! Every route is in the OpenAPI document; `tests/server.rs` fails when one
 //! is missing from it.
@@ -40,6 +41,7 @@ pub mod cluster;
 pub mod coord;
 pub mod error;
 mod listen;
+pub mod metrics;
 pub mod transfer;
 
 use std::net::SocketAddr;
@@ -92,6 +94,9 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// Serve HTTPS with this PEM certificate chain and PEM private key.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Also serve `GET /metrics` without credentials, over plain HTTP, on
+    /// this address (`--metrics-listen`; port 0 picks one).
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for Config {
@@ -109,6 +114,7 @@ impl Default for Config {
             max_connections: 4096,
             stall_timeout: crate::store::STALL_TIMEOUT,
             tls: None,
+            metrics_listen: None,
         }
     }
 }
@@ -148,6 +154,7 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         )
         .route("/api/v3/export", get(transfer::export))
         .route("/api/v3/import", post(transfer::import))
+        .route("/metrics", get(metrics::scrape))
         .route("/api/v3/workflow-all", post(coord::workflow_all))
         .route("/api/v3/machines/{id}/render", post(coord::render))
         .route("/api/v3/profiles/{id}/token", post(coord::token))
@@ -179,6 +186,9 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
             header_limit(max_headers, req, next)
         }))
         .layer(from_fn(shape_errors))
+        // Outermost, so that every answer is counted (401, 413, 408…); a
+        // layer on the router still sees the matched route template.
+        .layer(from_fn(metrics::track))
         .with_state(app)
 }
 
@@ -228,6 +238,8 @@ async fn header_limit(max: usize, req: Request<Body>, next: Next) -> Response {
 /// stderr), listens, and serves until SIGINT/SIGTERM; then finishes in-flight
 /// requests, flushes and returns.
 pub fn run(config: Config) -> Result<(), String> {
+    // Before the open, so that its duration is recorded.
+    let recorder = metrics::recorder();
     let store = Store::open_with(
         &config.data,
         Options {
@@ -250,6 +262,8 @@ pub fn run(config: Config) -> Result<(), String> {
         auth,
         durable: config.durable,
         waiters: Arc::new(tokio::sync::Semaphore::new(config.max_waiters)),
+        max_waiters: config.max_waiters,
+        metrics: recorder.clone(),
         max_wait: config
             .request_timeout
             .saturating_sub(Duration::from_millis(500)),
@@ -273,6 +287,39 @@ pub fn run(config: Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async {
+        let metrics_server = match &config.metrics_listen {
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|e| format!("cannot listen on {at} (--metrics-listen): {e}"))?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|e| format!("cannot listen on {at} (--metrics-listen): {e}"))?;
+                eprintln!("fleetkv: metrics on http://{addr}/metrics");
+                let mut stopping = app.stopping.subscribe();
+                let stop = async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                };
+                Some(tokio::spawn(listen::serve(
+                    listener,
+                    None,
+                    metrics::open_router(app.clone()),
+                    limits.clone(),
+                    stop,
+                )))
+            }
+            None => None,
+        };
+        if let Some(handle) = recorder {
+            // Histograms buffer every observation until drained.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(metrics::UPKEEP);
+                loop {
+                    tick.tick().await;
+                    handle.run_upkeep();
+                }
+            });
+        }
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -289,6 +336,9 @@ pub fn run(config: Config) -> Result<(), String> {
             }
         };
         listen::serve(listener, tls, router(app, &config), limits, stop).await;
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
         Ok::<_, String>(())
     })?;
     store.flush().map_err(|e| format!("flush: {e}"))?;

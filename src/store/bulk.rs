@@ -21,6 +21,7 @@ use super::state::{Pending, State};
 use super::write::{record, Apply};
 use crate::error::Error;
 use crate::model::{Kind, Machine, ParamDef, Profile};
+use crate::telemetry::WriteKind;
 use crate::watch::Change;
 
 /// Machines checked under one read of the state by [`Store::check_bulk`]
@@ -114,7 +115,7 @@ impl Store {
         // `Kind::Job` until planning starts and once it has ended: an error
         // then is the store's, not an object's.
         let mut at = (Kind::Job, 0);
-        let planned = self.write(|st, rev, log| {
+        let planned = self.write_as(WriteKind::Bulk, |st, rev, log| {
             let mut batch = Batch::default();
             let plan = self.plan_bulk(st, rev, Some((&mut batch, log)), bulk, &mut at)?;
             Ok((

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::{Defaults, Entries, ValueKey};
 use crate::model::{Kind, Machine};
+use crate::telemetry::WriteKind;
 use crate::timing;
 use crate::watch::Change;
 
@@ -60,7 +61,7 @@ impl Machines<'_> {
             m.uuid = Uuid::new_v4();
         }
         normalize_machine(&mut m);
-        self.store.write(|st, rev, log| {
+        self.store.write_as(WriteKind::Machine, |st, rev, log| {
             st.check_machine(None, None, &m)?;
             if st
                 .machines
@@ -110,7 +111,7 @@ impl Machines<'_> {
     /// swap names in one import. Returns how many were created and how many
     /// replaced.
     pub fn import(&self, machines: Vec<Machine>) -> Result<(usize, usize)> {
-        self.store.write(|st, rev, log| {
+        self.store.write_as(WriteKind::Bulk, |st, rev, log| {
             let mut batch = Batch::default();
             let plan = plan_machines(
                 self.store,
@@ -240,7 +241,7 @@ impl Machines<'_> {
 
     /// Deletes the machine; returns it as it was.
     pub fn delete(&self, addr: &str) -> Result<Machine> {
-        self.store.write(|st, _, log| {
+        self.store.write_as(WriteKind::Machine, |st, _, log| {
             let id = st.machine_id(addr)?;
             let old = self.store.load_machine(id)?;
             let mut batch = Batch::default();
@@ -360,7 +361,7 @@ impl Machines<'_> {
             .iter()
             .map(|(addr, ops)| Ok((addr.as_str(), patch::parse_patch(ops)?)))
             .collect::<Result<_>>()?;
-        self.store.write(|st, rev, log| {
+        self.store.write_as(WriteKind::Machine, |st, rev, log| {
             let mut batch = Batch::default();
             let mut changes = Vec::with_capacity(parsed.len());
             let mut seen = std::collections::HashSet::new();
@@ -414,7 +415,7 @@ impl Machines<'_> {
         addr: &str,
         f: impl FnOnce(&mut Machine) -> Result<()>,
     ) -> Result<Machine> {
-        self.store.write(|st, rev, log| {
+        self.store.write_as(WriteKind::Machine, |st, rev, log| {
             let id = st.machine_id(addr)?;
             let mut batch = Batch::default();
             let (m, diff) = self.change(st, rev, id, &mut batch, log, f)?;

@@ -22,6 +22,8 @@
 //! - `write` — the write pipeline; `changelog` — the log's part of a write;
 //!   `group_commit` — what is on disk, and waiting for it.
 //! - `list` — listing, queries, shaping.
+//! - `metered` — writes recorded by kind and outcome, the scrape-time
+//!   gauges ([`crate::telemetry`]).
 //! - `machines`, `profiles`, `params` — one handle per object kind;
 //!   `bulk` — definitions, profiles and machines in one write (imports);
 //!   `patch` — the document update operations they share.
@@ -49,6 +51,7 @@ mod layout;
 mod list;
 mod machines;
 mod memory_backend;
+mod metered;
 mod open;
 mod params;
 mod patch;

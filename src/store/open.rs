@@ -125,6 +125,7 @@ impl Checkpoints {
         state: &RwLock<State>,
         flush: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
+        let _timed = crate::telemetry::Timed::start(crate::telemetry::record_checkpoint);
         let (bytes, covered) = {
             let st = state.read();
             (
@@ -297,6 +298,7 @@ impl Store {
     }
 
     fn on_sled(path: Option<PathBuf>, options: Options) -> Result<Store> {
+        let _timed = crate::telemetry::Timed::start(crate::telemetry::record_open);
         let guard = stall::Guard::new(options.stall_timeout)?;
         let dir = path.clone();
         let backend = guard.run("open", move || SledBackend::open(path))??;
@@ -437,12 +439,13 @@ impl Store {
         let inner = &self.inner;
         inner.commits.wait_for(rev, || {
             inner.guard.check()?;
+            let _timed = crate::telemetry::Timed::start(crate::telemetry::record_fsync);
             let backend = inner.backend.clone();
             inner
                 .flusher
                 .run("flush", move || backend.flush())?
                 .inspect_err(|e| {
-                    inner.guard.fail(e.to_string());
+                    inner.guard.fail(format!("a flush to disk failed ({e})"));
                 })
         })
     }

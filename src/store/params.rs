@@ -18,6 +18,7 @@ use super::write::{erase, record, Apply};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::model::{Kind, ParamDef};
+use crate::telemetry::WriteKind;
 
 /// Param definitions, addressed by name.
 pub struct Params<'a> {
@@ -95,7 +96,7 @@ impl Params<'_> {
 
     /// Deletes a definition. Values already stored stay as they are.
     pub fn delete(&self, name: &str) -> Result<ParamDef> {
-        self.store.write(|st, _, log| {
+        self.store.write_as(WriteKind::Param, |st, _, log| {
             let old = st
                 .params
                 .get(name)
@@ -125,7 +126,7 @@ impl Params<'_> {
         name: Option<&str>,
         f: impl FnOnce(Option<&ParamDef>) -> Result<Value>,
     ) -> Result<ParamDef> {
-        self.store.write(|st, rev, log| {
+        self.store.write_as(WriteKind::Param, |st, rev, log| {
             let old = match name {
                 Some(n) => Some(
                     st.params

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::filter::{Filter, Key};
 use crate::index::{Defaults, ValueKey};
 use crate::model::{Effective, Kind, Object, Profile, GLOBAL_PROFILE};
+use crate::telemetry::WriteKind;
 
 /// Profiles, addressed by name.
 pub struct Profiles<'a> {
@@ -132,7 +133,7 @@ impl Profiles<'_> {
                 "the global profile cannot be deleted",
             ));
         }
-        self.store.write(|st, _, log| {
+        self.store.write_as(WriteKind::Profile, |st, _, log| {
             let old = st
                 .profiles
                 .get(name)
@@ -221,7 +222,7 @@ impl Profiles<'_> {
         name: Option<&str>,
         f: impl FnOnce(Option<&Profile>) -> Result<Value>,
     ) -> Result<Profile> {
-        self.store.write(|st, rev, log| {
+        self.store.write_as(WriteKind::Profile, |st, rev, log| {
             let old = match name {
                 Some(n) => Some(
                     st.profiles

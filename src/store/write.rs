@@ -95,7 +95,7 @@ impl Store {
         at: Option<u64>,
         make: impl FnOnce(u64) -> T,
     ) -> Result<T> {
-        self.write(|st, rev, log| {
+        self.write_as(crate::telemetry::WriteKind::Job, |st, rev, log| {
             if let Some(at) = at.filter(|at| *at != st.rev) {
                 return Err(Error::RevisionMismatch {
                     expected: at,

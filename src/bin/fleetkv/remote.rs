@@ -134,6 +134,11 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Also serve GET /metrics (Prometheus text) on this address, over
+    /// plain HTTP and without credentials; keep it on loopback or a
+    /// monitoring network. On --listen, /metrics needs the claim metrics/get/*.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Add (or replace) a basic-auth user `NAME:PASS` in the store directory, then exit.
     #[arg(long, value_name = "NAME:PASS")]
     add_user: Option<String>,
@@ -172,6 +177,7 @@ impl ServeArgs {
             max_connections: self.max_connections,
             stall_timeout: secs("stall-timeout", stall_timeout)?,
             tls: self.tls_cert.zip(self.tls_key),
+            metrics_listen: self.metrics_listen,
         })
         .map_err(|msg| Failure { code: 1, msg })
     }
