@@ -109,6 +109,7 @@ fn count_until_is_a_barrier_across_processes() {
             "60",
         ])
         .stdout(Stdio::piped());
+    let started = Instant::now();
     let mut waiter = spawn_waiting(d, count);
     // Writers get the store while the waiter waits.
     for i in 0..4 {
@@ -129,6 +130,12 @@ fn count_until_is_a_barrier_across_processes() {
     let out = waiter.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+    // A waiter re-checks at its deadline too: ending well before it shows
+    // that the writes woke it.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "no write woke the waiter"
+    );
 
     let t = Instant::now();
     let out = fleetkv(d)
@@ -161,13 +168,18 @@ fn wait_and_await_print_complete_or_timeout() {
     let d = dir.path();
     ok(d, &["machines", "create", "m"]);
     let mut wait = fleetkv(d);
-    wait.args(["machines", "wait", "Name:m", "Workflow", "install", "30"])
+    wait.args(["machines", "wait", "Name:m", "Workflow", "install", "60"])
         .stdout(Stdio::piped());
+    let started = Instant::now();
     let waiter = spawn_waiting(d, wait);
     ok(d, &["machines", "workflow", "m", "install"]);
     let out = waiter.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "complete");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "no write woke the waiter"
+    );
 
     let out = fleetkv(d)
         .args([

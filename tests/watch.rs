@@ -154,24 +154,43 @@ fn until_parked(tid: &str) {
     }
 }
 
+/// How long the waits woken by a write may wait. A wait that reaches its
+/// deadline re-checks and succeeds too, so the only sign that no write woke
+/// it is that it lasted until then: [`woken`] tells the two apart.
+const WAKE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Runs `wait` on a thread of its own and returns once it is parked.
-fn parked<T: Send + 'static>(wait: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+fn parked<T: Send + 'static>(
+    wait: impl FnOnce() -> T + Send + 'static,
+) -> (Instant, thread::JoinHandle<T>) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let started = Instant::now();
     let h = thread::spawn(move || {
         tx.send(thread_id()).unwrap();
         wait()
     });
     until_parked(&rx.recv().unwrap());
-    h
+    (started, h)
+}
+
+/// The parked wait's result, once it has ended well before its deadline
+/// (so a write woke it, not the deadline).
+fn woken<T>((started, h): (Instant, thread::JoinHandle<T>)) -> T {
+    let out = h.join().unwrap();
+    assert!(
+        started.elapsed() < WAKE_DEADLINE / 2,
+        "the wait ran to its deadline: no write woke it"
+    );
+    out
 }
 
 fn watch_wakes_on_write(e: Engine) {
     let s = e.store();
     let mut w = s.watch(Some(Kind::Machine), None, None).unwrap();
     assert!(w.next_timeout(Duration::from_millis(20)).unwrap().is_none());
-    let watcher = parked(move || w.next_timeout(Duration::from_secs(30)));
+    let watcher = parked(move || w.next_timeout(WAKE_DEADLINE));
     s.machines().create(Machine::new("late")).unwrap();
-    let e = watcher.join().unwrap().unwrap().expect("an event");
+    let e = woken(watcher).unwrap().expect("an event");
     assert_eq!(e.object["Name"], json!("late"));
 }
 
@@ -184,15 +203,15 @@ fn count_wait_is_a_barrier(e: Engine) {
     }
     let waiter = {
         let (s, f) = (s.clone(), f.clone());
-        parked(move || s.count_wait(&f, CountCondition::AtLeast(5), Duration::from_secs(30)))
+        parked(move || s.count_wait(&f, CountCondition::AtLeast(5), WAKE_DEADLINE))
     };
     for i in 0..5 {
-        assert!(!waiter.is_finished(), "the barrier opened at {i} of 5");
+        assert!(!waiter.1.is_finished(), "the barrier opened at {i} of 5");
         s.machines()
             .set_param(&format!("m{i}"), "done", json!(true))
             .unwrap();
     }
-    assert_eq!(waiter.join().unwrap().unwrap(), 5);
+    assert_eq!(woken(waiter).unwrap(), 5);
     let t = Instant::now();
     let r = s.count_wait(&f, CountCondition::Exactly(6), Duration::from_millis(100));
     assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
@@ -223,14 +242,14 @@ fn wait_machine_wakes_when_it_matches(e: Engine) {
             s.wait_machine(
                 "m",
                 &Filter::parse("Workflow Eq done").unwrap(),
-                Duration::from_secs(30),
+                WAKE_DEADLINE,
             )
         })
     };
     s.machines()
         .update("m", &json!({"Workflow": "done"}))
         .unwrap();
-    waiter.join().unwrap().unwrap();
+    woken(waiter).unwrap();
     let r = s.wait_machine(
         "m",
         &Filter::parse("Workflow Eq never").unwrap(),
