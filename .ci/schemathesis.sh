@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # OpenAPI conformance of `fleetkv serve`: schemathesis fuzzes every operation
-# of the generated /api/v3/openapi.json and fails on any 5xx or any answer
-# that does not match the document. Bounded: few examples, 3 minutes at most.
+# of the generated /api/v3/openapi.json and runs its whole default set of
+# checks (schemathesis 4: every check but max_response_time, which needs a
+# limit): no 5xx, status codes, content types, headers and bodies as the
+# document says, valid data accepted, invalid data refused, ... Pinned, so a
+# new release cannot change what CI checks. Bounded: few examples, 3 minutes
+# at most.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-source .ci/serve.sh schemathesis
+SCHEMATHESIS_VERSION=4.32.5
+source .ci/serve.sh "schemathesis==$SCHEMATHESIS_VERSION"
 # A short request timeout: the long-poll waits (wait/count, wait/machines)
 # are cut to it less 0.5 s, so a generated `timeout` never makes a case slow.
 start_server --request-timeout 3
@@ -42,8 +47,32 @@ values = ["Profiles Eq c", "Name Eq node-1", "cluster/leader Eq true Profiles Eq
 "path.id" = { dictionary = "ids", probability = 0.6 }
 "path.name" = { dictionary = "ids", probability = 0.6 }
 "body.Filter" = { dictionary = "filters", probability = 0.6 }
+
+# Known mismatches between the document and the server, left to the API's
+# owners (reported with this script's change), off for their operation only:
+# POST /clusters/{name} accepts a missing body (it initializes the cluster
+# with defaults) though the document requires one;
+[[operations]]
+include-name = "POST /api/v3/clusters/{name}"
+checks.negative_data_rejection.enabled = false
+
+# POST /import answers its count as application/json; the document says
+# text/plain.
+[[operations]]
+include-name = "POST /api/v3/import"
+checks.content_type_conformance.enabled = false
 TOML
 
+# Checks excluded everywhere, and why:
+# - positive_data_acceptance: "schema-valid" is not "valid" here. A filter,
+#   sort key or name is a string to the document but has a grammar and rules
+#   of its own (a filter like `@8`, `sort=`, a name with control characters,
+#   a `{kind}` of `params` for the params routes, an election with no
+#   candidates, a timeout of 1e308 s): the server answers those 400 with a
+#   typed error, as it must; the document cannot say so.
+# - use_after_free: DRP answers GET of an absent param with 200 `null`, so
+#   a deleted param reads as present. fleetkv keeps DRP's answer.
+#
 # GET /api/v3/events is excluded: it is an endless text/event-stream (the
 # server's request timeout does not end a stream once it has started), so
 # every case would hang until schemathesis gave up on it as a network error
@@ -54,7 +83,7 @@ timeout 180 "$WORK/venv/bin/schemathesis" --config-file "$WORK/schemathesis.toml
     --url "$URL" \
     --exclude-path /api/v3/events \
     -H "Authorization: Bearer $KEY" \
-    --checks not_a_server_error,response_schema_conformance \
+    --exclude-checks positive_data_acceptance,use_after_free \
     --max-examples 15 \
     --request-timeout 10 \
     --generation-deterministic

@@ -1108,14 +1108,20 @@ fn kill_9_loses_no_acknowledged_write() {
         let m = json!({"Name": format!("k{t}")});
         assert_eq!(s.json("POST", "/machines", &m).0, 201);
     }
+    use std::sync::atomic::Ordering;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Each writer reports its 20th acknowledged write, so the kill waits
+    // for every writer to have some, however slow the machine, rather than
+    // for a fixed time.
+    let (twenty, reported) = std::sync::mpsc::channel();
     let writers: Vec<_> = (0..4)
         .map(|t| {
             let (url, auth, stop) = (s.url.clone(), s.bearer(), stop.clone());
+            let twenty = twenty.clone();
             std::thread::spawn(move || {
                 let mut acked = None;
                 for i in 0u64.. {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let r = ureq::post(&format!("{url}/api/v3/machines/Name:k{t}/params/n"))
@@ -1123,7 +1129,12 @@ fn kill_9_loses_no_acknowledged_write() {
                         .set("Content-Type", "application/json")
                         .send_string(&i.to_string());
                     match r {
-                        Ok(resp) if resp.status() == 200 => acked = Some(i),
+                        Ok(resp) if resp.status() == 200 => {
+                            acked = Some(i);
+                            if i == 19 {
+                                let _ = twenty.send(t);
+                            }
+                        }
                         _ => break, // the server is gone
                     }
                 }
@@ -1131,18 +1142,23 @@ fn kill_9_loses_no_acknowledged_write() {
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    for _ in 0..4 {
+        if let Err(e) = reported.recv_timeout(std::time::Duration::from_secs(60)) {
+            let _ = s.child.kill();
+            panic!("a writer had no 20 writes acknowledged in a minute: {e}");
+        }
+    }
     Command::new("kill")
         .args(["-9", &s.child.id().to_string()])
         .status()
         .unwrap();
     // Reaped, so its lock on the store is gone.
     s.child.wait().unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let acked: Vec<Option<u64>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     assert!(
-        acked.iter().all(Option::is_some),
-        "writes were acknowledged before the kill: {acked:?}"
+        acked.iter().all(|a| a.is_some_and(|n| n >= 19)),
+        "every writer had 20 writes acknowledged before the kill: {acked:?}"
     );
     let data = s.dir.path().join("db");
     let store = fleetkv::Store::open(&data).unwrap();

@@ -478,45 +478,142 @@ fn concurrent_patches_of_different_objects_do_not_interfere(e: Engine) {
     s.verify_indexes().unwrap();
 }
 
-#[test]
-fn durable_writes_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut uuids = Vec::new();
-    {
-        let s = Store::open_with(
-            dir.path(),
-            Options {
-                durable: true,
-                ..Options::default()
-            },
-        )
+/// Set (to the store's directory) in the child process that
+/// `durable_writes_survive_sigkill` runs its writer in.
+const DURABLE_CHILD: &str = "FLEETKV_DURABLE_WRITER_DIR";
+
+/// Acknowledged writes the parent waits for before it kills the writer.
+const ACKS_BEFORE_KILL: usize = 150;
+
+/// The writer: durable writes, each reported on stdout once the call has
+/// returned, until the parent kills it (SIGKILL), so the last ones are
+/// still in flight in the engine when the process dies.
+fn durable_writer(dir: &std::path::Path) {
+    let s = Store::open_with(
+        dir,
+        Options {
+            durable: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    s.params()
+        .create(ParamDef::new("p", json!({"type": "number"})))
         .unwrap();
-        s.params()
-            .create(ParamDef::new("p", json!({"type": "number"})))
+    s.profiles().create(Profile::new("prof")).unwrap();
+    println!("ack setup");
+    for i in 0..100_000u64 {
+        s.machines()
+            .create(member(&format!("m{i}"), &["prof"]))
             .unwrap();
-        s.profiles().create(Profile::new("prof")).unwrap();
-        for i in 0..50 {
-            let m = s
-                .machines()
-                .create(member(&format!("m{i}"), &["prof"]))
-                .unwrap();
-            s.machines()
-                .set_param(&m.uuid.to_string(), "p", json!(i))
-                .unwrap();
-            uuids.push(m.uuid);
+        println!("ack create {i}");
+        s.machines()
+            .set_param(&format!("m{i}"), "p", json!(i))
+            .unwrap();
+        println!("ack param {i}");
+        if i % 10 == 9 {
+            s.machines().delete(&format!("m{}", i - 5)).unwrap();
+            println!("ack delete {}", i - 5);
         }
-        s.machines().delete("m0").unwrap();
     }
+    // The parent kills long before this: a writer that ran out of writes
+    // would let the engine's own flush make the test pass.
+    panic!("the parent did not kill the writer");
+}
+
+/// Every write a durable store acknowledged is there after the process is
+/// killed with SIGKILL (no close, no flush on drop): the writer runs in a
+/// child process, re-invoked from this test binary.
+#[test]
+fn durable_writes_survive_sigkill() {
+    use std::io::BufRead as _;
+    use std::time::Duration;
+    if let Some(dir) = std::env::var_os(DURABLE_CHILD) {
+        durable_writer(std::path::Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "durable_writes_survive_sigkill",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(DURABLE_CHILD, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut acks = Vec::new();
+    while acks.len() < ACKS_BEFORE_KILL {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.starts_with("ack ") => acks.push(line),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("writer stopped after {} acks: {e}", acks.len());
+            }
+        }
+    }
+    // SIGKILL while it writes; reaped, so its lock on the store is gone.
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the writer was killed: {status}");
+    reader.join().unwrap();
+    // Everything it printed before it died was acknowledged too.
+    acks.extend(rx.try_iter().filter(|l| l.starts_with("ack ")));
+
     let s = Store::open(dir.path()).unwrap();
-    assert_eq!(s.machines().list_all().unwrap().len(), 49);
-    for (i, u) in uuids.iter().enumerate().skip(1) {
-        assert_eq!(
-            s.machines().get_param(&u.to_string(), "p", false).unwrap(),
-            Some(json!(i))
-        );
+    let mut created = std::collections::BTreeMap::new();
+    for a in &acks {
+        let words: Vec<&str> = a.split(' ').collect();
+        match words[1..] {
+            ["setup"] => {}
+            ["create", i] => {
+                created.insert(i.to_string(), None);
+            }
+            ["param", i] => {
+                created.insert(i.to_string(), Some(i.parse::<u64>().unwrap()));
+            }
+            ["delete", i] => {
+                created.remove(i);
+                assert!(
+                    !s.machines().exists(&format!("m{i}")).unwrap(),
+                    "acknowledged delete of m{i} lost"
+                );
+            }
+            _ => panic!("unexpected line {a}"),
+        }
     }
     assert!(s.profiles().exists("prof"));
     assert!(s.params().exists("p"));
+    // The write in flight at the kill may or may not have happened; the
+    // only one that can remove an acknowledged write is a delete.
+    let in_flight_delete = acks.last().and_then(|a| {
+        let i: u64 = a.strip_prefix("ack param ")?.parse().ok()?;
+        (i % 10 == 9).then(|| (i - 5).to_string())
+    });
+    for (i, p) in &created {
+        if in_flight_delete.as_ref() == Some(i) && !s.machines().exists(&format!("m{i}")).unwrap() {
+            continue;
+        }
+        let got = s.machines().get_param(&format!("m{i}"), "p", false);
+        match p {
+            Some(v) => assert_eq!(got.unwrap(), Some(json!(v)), "acknowledged param of m{i}"),
+            None => assert!(got.is_ok(), "acknowledged create of m{i} lost: {got:?}"),
+        }
+    }
     s.verify_indexes().unwrap();
     // New ids continue after the old ones.
     s.machines().create(Machine::new("new")).unwrap();

@@ -127,23 +127,71 @@ fn filtered_watch_sees_members_leave_and_join(e: Engine) {
     assert_eq!(names, ["in", "out"]);
 }
 
+/// The calling thread's id, as `/proc` names it.
+fn thread_id() -> String {
+    let link = std::fs::read_link("/proc/thread-self").unwrap();
+    link.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Returns once thread `tid` of this process sleeps in a futex wait: a
+/// waiter that has checked its condition and found it false parks there
+/// (on the store's condition variable), so a write from now on must wake
+/// it. Without this a write could land before the wait begins, and the wait
+/// would return at once without testing any wake-up.
+fn until_parked(tid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let wchan =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).unwrap_or_default();
+        if wchan.starts_with("futex") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "thread {tid} never blocked (wchan {wchan:?})"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// How long the waits woken by a write may wait. A wait that reaches its
+/// deadline re-checks and succeeds too, so the only sign that no write woke
+/// it is that it lasted until then: [`woken`] tells the two apart.
+const WAKE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `wait` on a thread of its own and returns once it is parked.
+fn parked<T: Send + 'static>(
+    wait: impl FnOnce() -> T + Send + 'static,
+) -> (Instant, thread::JoinHandle<T>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    let h = thread::spawn(move || {
+        tx.send(thread_id()).unwrap();
+        wait()
+    });
+    until_parked(&rx.recv().unwrap());
+    (started, h)
+}
+
+/// The parked wait's result, once it has ended well before its deadline
+/// (so a write woke it, not the deadline).
+fn woken<T>((started, h): (Instant, thread::JoinHandle<T>)) -> T {
+    let out = h.join().unwrap();
+    assert!(
+        started.elapsed() < WAKE_DEADLINE / 2,
+        "the wait ran to its deadline: no write woke it"
+    );
+    out
+}
+
 fn watch_wakes_on_write(e: Engine) {
     let s = e.store();
     let mut w = s.watch(Some(Kind::Machine), None, None).unwrap();
     assert!(w.next_timeout(Duration::from_millis(20)).unwrap().is_none());
-    let writer = {
-        let s = s.clone();
-        thread::spawn(move || {
-            thread::sleep(Duration::from_millis(50));
-            s.machines().create(Machine::new("late")).unwrap();
-        })
-    };
-    let e = w
-        .next_timeout(Duration::from_secs(10))
-        .unwrap()
-        .expect("an event");
+    let watcher = parked(move || w.next_timeout(WAKE_DEADLINE));
+    s.machines().create(Machine::new("late")).unwrap();
+    let e = woken(watcher).unwrap().expect("an event");
     assert_eq!(e.object["Name"], json!("late"));
-    writer.join().unwrap();
 }
 
 fn count_wait_is_a_barrier(e: Engine) {
@@ -153,24 +201,17 @@ fn count_wait_is_a_barrier(e: Engine) {
     for i in 0..5 {
         s.machines().create(member(&format!("m{i}"), "c")).unwrap();
     }
-    let workers: Vec<_> = (0..5)
-        .map(|i| {
-            let s = s.clone();
-            thread::spawn(move || {
-                thread::sleep(Duration::from_millis(10 * i));
-                s.machines()
-                    .set_param(&format!("m{i}"), "done", json!(true))
-                    .unwrap();
-            })
-        })
-        .collect();
-    let n = s
-        .count_wait(&f, CountCondition::AtLeast(5), Duration::from_secs(30))
-        .unwrap();
-    assert_eq!(n, 5);
-    for w in workers {
-        w.join().unwrap();
+    let waiter = {
+        let (s, f) = (s.clone(), f.clone());
+        parked(move || s.count_wait(&f, CountCondition::AtLeast(5), WAKE_DEADLINE))
+    };
+    for i in 0..5 {
+        assert!(!waiter.1.is_finished(), "the barrier opened at {i} of 5");
+        s.machines()
+            .set_param(&format!("m{i}"), "done", json!(true))
+            .unwrap();
     }
+    assert_eq!(woken(waiter).unwrap(), 5);
     let t = Instant::now();
     let r = s.count_wait(&f, CountCondition::Exactly(6), Duration::from_millis(100));
     assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
@@ -197,19 +238,18 @@ fn wait_machine_wakes_when_it_matches(e: Engine) {
     s.machines().create(Machine::new("m")).unwrap();
     let waiter = {
         let s = s.clone();
-        thread::spawn(move || {
+        parked(move || {
             s.wait_machine(
                 "m",
                 &Filter::parse("Workflow Eq done").unwrap(),
-                Duration::from_secs(30),
+                WAKE_DEADLINE,
             )
         })
     };
-    thread::sleep(Duration::from_millis(30));
     s.machines()
         .update("m", &json!({"Workflow": "done"}))
         .unwrap();
-    waiter.join().unwrap().unwrap();
+    woken(waiter).unwrap();
     let r = s.wait_machine(
         "m",
         &Filter::parse("Workflow Eq never").unwrap(),

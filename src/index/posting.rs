@@ -86,13 +86,6 @@ impl Posting {
         }
     }
 
-    pub(crate) fn contains(&self, id: u32) -> bool {
-        match self {
-            Posting::One(x) => *x == id,
-            Posting::Many(b) => b.contains(id),
-        }
-    }
-
     pub(crate) fn min(&self) -> Option<u32> {
         match self {
             Posting::One(x) => Some(*x),

@@ -47,20 +47,17 @@ impl Store {
                 reason: "profile index differs from stored profiles".into(),
             });
         }
+        // The live profile index against one built from the live profiles
+        // under their live ids: catches stale postings as well as missing ones.
+        let mut rebuilt = Index::default();
         for p in live.profiles.values() {
-            let id = live.profile_ids[&p.name];
-            for (k, v) in profile_entries(p) {
-                if !live
-                    .profile_index
-                    .lookup(&k, &v)
-                    .is_some_and(|b| b.contains(id))
-                {
-                    return Err(Error::Corrupt {
-                        key: format!("index:profiles:{}", p.name),
-                        reason: format!("missing {k:?} = {v:?}"),
-                    });
-                }
-            }
+            rebuilt.insert(live.profile_ids[&p.name], &profile_entries(p), &[]);
+        }
+        if rebuilt != live.profile_index {
+            return Err(Error::Corrupt {
+                key: "index:profiles".into(),
+                reason: index_diff(&rebuilt, &live.profile_index),
+            });
         }
         Ok(())
     }
