@@ -628,12 +628,30 @@ fn corrupt_record_is_an_error_naming_the_key() {
         s.machines().create(Machine::new("ok")).unwrap();
         s.flush().unwrap();
     }
-    {
-        let db = sled::open(dir.path()).unwrap();
-        db.insert(b"m\0\0\0\x07", b"{not json".as_slice()).unwrap();
-        db.flush().unwrap();
-    }
-    match Store::open(dir.path()) {
+    // sled's IO threads release a closed store's lock a moment after the
+    // close returns: each open retries while the lock is held (2 s at most).
+    let retry = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let db = loop {
+        match sled::open(dir.path()) {
+            Err(_) if std::time::Instant::now() < retry => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => break r.unwrap(),
+        }
+    };
+    db.insert(b"m\0\0\0\x07", b"{not json".as_slice()).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let retry = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let opened = loop {
+        match Store::open(dir.path()) {
+            Err(Error::Busy(_)) if std::time::Instant::now() < retry => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => break r,
+        }
+    };
+    match opened {
         Err(Error::Corrupt { key, .. }) => assert!(key.contains('m'), "{key}"),
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("opened a corrupt store"),
