@@ -42,6 +42,9 @@ enum Target {
 
 const KEYS: usize = 1_000;
 
+/// Starts a target's server; the target writes to it.
+type Start = dyn Fn() -> (serve::Running, Target);
+
 impl Target {
     fn write(&self, agent: &ureq::Agent, i: usize) -> Result<(), String> {
         let r = match self {
@@ -148,7 +151,7 @@ fn main() {
     let etcd_bin = arg(&args, "--etcd").unwrap_or_else(|| "etcd".into());
 
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut targets: Vec<(String, Box<dyn Fn() -> (serve::Running, Target)>)> = Vec::new();
+    let mut targets: Vec<(String, Box<Start>)> = Vec::new();
     for (name, flags) in [
         ("fleetkv (fsync)", &[][..]),
         ("fleetkv --no-fsync", &["--no-fsync"][..]),
