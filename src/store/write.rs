@@ -15,6 +15,7 @@ use super::changelog;
 use super::checkpoint;
 use super::layout::{encode, kind_of_key};
 use super::open::Store;
+use super::rebuild::load_state;
 use super::state::State;
 use crate::error::{Error, Result};
 use crate::timing;
@@ -162,6 +163,13 @@ impl Store {
                     self.inner
                         .guard
                         .fail(format!("a commit failed, its outcome unknown: {e}"));
+                    // Readers must not see documents the indexes disagree
+                    // with: the indexes are rebuilt from what the engine now
+                    // holds (once; the store takes no writes until a reopen,
+                    // which decides whether the batch stands).
+                    if let Ok(fresh) = load_state(&*self.inner.backend) {
+                        *st = fresh;
+                    }
                 }
                 return Err(e);
             }
