@@ -16,7 +16,8 @@
 //! - `layout` — key layout and record codec.
 //! - `stall` — the storage thread bounding every blocking engine call.
 //! - `open` — [`Options`], [`Store`], opening, a new store's first write.
-//! - `rebuild` — the in-memory state from the records; index verification.
+//! - `rebuild` — the in-memory state from the records; index verification;
+//!   `check` — the operator's integrity check and repair.
 //! - `state` — the in-memory state, addressing, cross-object checks, index
 //!   entries.
 //! - `write` — the write pipeline; `changelog` — the log's part of a write;
@@ -43,6 +44,7 @@
 mod backend;
 mod bulk;
 mod changelog;
+mod check;
 mod checkpoint;
 #[cfg(test)]
 mod fault_backend;
@@ -63,6 +65,7 @@ mod state;
 mod write;
 
 pub use bulk::{Bulk, BulkError};
+pub use check::CheckReport;
 pub use checkpoint::Recovery;
 pub use list::{ListOptions, Query};
 pub use machines::Machines;

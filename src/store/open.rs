@@ -223,6 +223,21 @@ fn open_indexes(db: &dyn Backend, dir: &Path, secret: &[u8]) -> Result<(State, R
     Ok((load_state(db)?, Recovery::Rebuilt { refused }))
 }
 
+/// Opens the store in `path`, waiting up to 5 s while its lock is still
+/// held: sled's IO threads release a closed store's lock a moment after the
+/// close returns.
+pub(super) fn reopen(path: &Path, options: Options) -> Result<Store> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open_with(path, options.clone()) {
+            Err(Error::Busy(_)) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A read of the in-memory state ([`Store::state`]).
 pub(crate) struct ReadState<'a> {
     guard: Option<RwLockReadGuard<'a, State>>,

@@ -150,6 +150,14 @@ enum Cmd {
     /// Serve the store over HTTP (DRP's /api/v3 subset).
     #[cfg(feature = "server")]
     Serve(remote::ServeArgs),
+    /// Check the store directory: records, index checkpoint, indexes against
+    /// a rebuild, change log. Exits 1 on any damage.
+    Check {
+        /// Replace a checkpoint that was refused or disagrees with the
+        /// documents by one written from a rebuild.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -439,6 +447,7 @@ fn run(cli: Cli) -> Out {
     let (kind, verb) = match cli.cmd {
         #[cfg(feature = "server")]
         Cmd::Serve(args) => return args.run(data, open.stall_timeout, open.no_fsync),
+        Cmd::Check { repair } => return check(&data, open, repair),
         Cmd::Machines { verb } => (Kind::Machine, verb),
         Cmd::Profiles { verb } => (Kind::Profile, verb),
         Cmd::Params { verb } => (Kind::Param, verb),
@@ -777,6 +786,35 @@ impl Ctx {
         };
         self.print(&out, Some(kind));
         Ok(())
+    }
+}
+
+/// `fleetkv check`: one line per finding on stdout, damage first.
+fn check(data: &Path, open: Open, repair: bool) -> Out {
+    let options = fleetkv::Options {
+        durable: !open.no_fsync,
+        ..fleetkv::Options::default()
+    };
+    let report = Store::check(data, options, repair)?;
+    for line in &report.damage {
+        println!("damage: {line}");
+    }
+    for line in &report.passed {
+        println!("ok: {line}");
+    }
+    // A repair rebuilds the indexes and their checkpoint, nothing else.
+    let repaired = report.passed.iter().any(|l| l.starts_with("repaired:"));
+    let left = report
+        .damage
+        .iter()
+        .filter(|d| !(repaired && (d.starts_with("checkpoint:") || d.starts_with("indexes:"))))
+        .count();
+    match left {
+        0 => Ok(()),
+        n => Err(Failure {
+            code: 1,
+            msg: format!("store {}: {n} finding(s) of damage", data.display()),
+        }),
     }
 }
 
