@@ -14,7 +14,7 @@ use tempfile::TempDir;
 
 mod common;
 
-use common::{run, Server, BIN};
+use common::{copy_dir, run, Server, BIN};
 
 impl Server {
     fn ok(&self, args: &[&str]) -> String {
@@ -31,19 +31,6 @@ fn local_ok(db: &Path, args: &[&str]) -> String {
     let (code, out, err) = local(db, args, None);
     assert_eq!(code, 0, "embedded {args:?}: {err}");
     out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 fn write(dir: &Path, name: &str, v: &Value) -> PathBuf {

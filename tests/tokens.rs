@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 
 mod common;
 
-use common::{Server, BIN};
+use common::{copy_dir, Server, BIN};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: u64 = 86_400;
@@ -765,17 +765,4 @@ fn delete_and_create_by_alias() {
         }
     }
     same_and_sound(server, &a, &lib);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }

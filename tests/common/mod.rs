@@ -206,3 +206,17 @@ pub fn bash(script: &str, dir: &Path) -> Command {
         .env_remove("FLEETKV_DATA");
     c
 }
+
+/// Copies directory `from` (a stopped store, say) to `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
