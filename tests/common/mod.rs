@@ -220,3 +220,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The path of an outside program a test needs, or `None` (and a note on
+/// stderr) when it is missing, so `cargo test` still runs on a bare machine.
+/// CI installs them all and sets `FLEETKV_REQUIRE_TOOLS`, which turns a
+/// missing one into a failure instead of a skip.
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("FLEETKV_REQUIRE_TOOLS").is_none(),
+            "{name} is not installed, and FLEETKV_REQUIRE_TOOLS is set"
+        );
+        eprintln!("skipped: this test needs {name}, which is not installed");
+    }
+    found
+}
