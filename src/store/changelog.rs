@@ -184,4 +184,63 @@ mod tests {
             assert_eq!(logged(&s).len(), READ_AHEAD + 10, "{name}");
         }
     }
+
+    #[test]
+    fn a_watch_that_keeps_up_is_never_told_the_log_moved_on() {
+        for (name, s) in stores(3) {
+            let m = s.machines().create(Machine::new("m")).unwrap();
+            let mut w = s.watch(None, None, None).unwrap();
+            for i in 0..50 {
+                s.machines().set_param(&m.name, "n", json!(i)).unwrap();
+                let e = w.poll().unwrap().expect("the write's event");
+                assert_eq!(e.revision, s.revision(), "{name}");
+                assert!(w.poll().unwrap().is_none(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_watch_the_log_was_trimmed_past_fails_instead_of_skipping() {
+        for (name, s) in stores(5) {
+            let m = s.machines().create(Machine::new("m")).unwrap();
+            let mut w = s.watch(None, None, None).unwrap();
+            s.machines().set_param(&m.name, "n", json!(0)).unwrap();
+            assert!(w.poll().unwrap().is_some(), "{name}");
+            for i in 1..20 {
+                s.machines().set_param(&m.name, "n", json!(i)).unwrap();
+            }
+            match w.poll() {
+                Err(Error::Compacted { requested, oldest }) => {
+                    assert_eq!(oldest, s.revision() - 4, "{name}");
+                    assert!(requested < oldest, "{name}: {requested} {oldest}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_revision_trimmed_in_part_is_not_replayed() {
+        for (name, s) in stores(3) {
+            s.machines()
+                .import(vec![Machine::new("a"), Machine::new("b")])
+                .unwrap();
+            let split = s.revision();
+            s.machines()
+                .import(vec![Machine::new("c"), Machine::new("d")])
+                .unwrap();
+            // The log: split's second event and the next revision's two.
+            assert_eq!(logged(&s).len(), 3, "{name}");
+            match s.watch(None, None, Some(split)) {
+                Err(Error::Compacted { requested, oldest }) => {
+                    assert_eq!((requested, oldest), (split, split + 1), "{name}")
+                }
+                other => panic!("{name}: {:?}", other.map(|_| "a watch")),
+            }
+            let mut w = s.watch(None, None, Some(split + 1)).unwrap();
+            assert_eq!(w.poll().unwrap().unwrap().seq, 0, "{name}");
+            assert_eq!(w.poll().unwrap().unwrap().seq, 1, "{name}");
+            assert!(w.poll().unwrap().is_none(), "{name}");
+        }
+    }
 }

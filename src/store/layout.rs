@@ -64,10 +64,14 @@ pub(crate) fn log_key(rev: u64, seq: u32) -> [u8; 13] {
     k
 }
 
-/// The revision in a change-log key, if `key` is one.
-pub(crate) fn log_rev_of(key: &[u8]) -> Option<u64> {
+/// The (revision, sequence) of a change-log key, if `key` is one.
+pub(crate) fn log_position(key: &[u8]) -> Option<(u64, u32)> {
     match key {
-        [b'c', rest @ ..] if rest.len() == 12 => rest[..8].try_into().ok().map(u64::from_be_bytes),
+        [b'c', rest @ ..] if rest.len() == 12 => {
+            let rev = u64::from_be_bytes(rest[..8].try_into().ok()?);
+            let seq = u32::from_be_bytes(rest[8..].try_into().ok()?);
+            Some((rev, seq))
+        }
         _ => None,
     }
 }

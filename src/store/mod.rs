@@ -73,5 +73,5 @@ pub use open::{Options, Store, STALL_TIMEOUT};
 pub use params::Params;
 pub use profiles::Profiles;
 
-pub(crate) use layout::{job_key, log_rev_of};
+pub(crate) use layout::{job_key, log_position};
 pub(crate) use state::MachineAddr;

@@ -34,7 +34,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::filter::{Bound, Filter};
 use crate::model::Kind;
-use crate::store::{log_rev_of, Store};
+use crate::store::{log_position, Store};
 
 /// How many events the persisted change log keeps.
 pub const LOG_RETAIN: usize = 100_000;
@@ -262,11 +262,21 @@ impl Store {
         })
     }
 
+    /// The oldest revision whose events the log still holds in full. A trim
+    /// may have taken the first events of the oldest logged revision (it
+    /// removes events, not revisions): that revision no longer counts.
     fn oldest_logged(&self) -> Result<Option<u64>> {
-        Ok(match self.backend().changes(0, 0).next() {
-            Some(item) => log_rev_of(&item?.0),
-            None => None,
-        })
+        Ok(self
+            .oldest_event()?
+            .map(|(rev, seq)| rev + u64::from(seq > 0)))
+    }
+
+    /// The position of the oldest event in the log.
+    fn oldest_event(&self) -> Result<Option<(u64, u32)>> {
+        match self.backend().changes(0, 0).next() {
+            Some(item) => Ok(log_position(&item?.0)),
+            None => Ok(None),
+        }
     }
 
     /// Blocks until machine `addr` matches `filter` (checked now and after
@@ -332,32 +342,63 @@ impl Watch {
         }
     }
 
-    /// The next event already in the log, without waiting.
+    /// The next event already in the log, without waiting. A watch that
+    /// fell so far behind that the log was trimmed past it fails with
+    /// [`Error::Compacted`] rather than skip the events it never saw.
     pub fn poll(&mut self) -> Result<Option<Event>> {
         // Read the revision before scanning: every event up to it is already
         // in the log (a write lands its batch before it publishes its
         // revision), so skipping ahead to it afterwards loses nothing.
         let current = self.store.revision();
-        for item in self.store.backend().changes(self.next.0, self.next.1) {
+        let mut first = true;
+        let mut found = None;
+        let mut items = self
+            .store
+            .backend()
+            .changes(self.next.0, self.next.1)
+            .fuse();
+        for item in items.by_ref() {
             let (k, v) = item?;
+            if std::mem::take(&mut first) && log_position(&k) != Some(self.next) {
+                self.check_not_trimmed()?;
+            }
             let e: Event = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
                 key: format!("c{:?}", k.get(1..).unwrap_or_default()),
                 reason: e.to_string(),
             })?;
-            if (e.revision, e.seq) < self.next {
-                // Trimmed past us while we were not looking.
-                continue;
-            }
             self.next = (e.revision, e.seq + 1);
             if self.wanted(&e) {
-                return Ok(Some(e));
+                found = Some(e);
+                break;
             }
         }
-        // Nothing more up to `current`: the next write is the next revision.
-        if self.next.0 <= current {
-            self.next = (current + 1, 0);
+        // Where the next poll starts: the next event's own position when
+        // there is one, so that a trim of it is noticed (`self.next` is
+        // then always an event that existed, or a revision not yet seen).
+        match items.next() {
+            Some(item) => {
+                if let Some(at) = log_position(&item?.0) {
+                    self.next = at;
+                }
+            }
+            None => self.next = self.next.max((current + 1, 0)),
         }
-        Ok(None)
+        Ok(found)
+    }
+
+    /// Fails with [`Error::Compacted`] when the log no longer reaches back
+    /// to where this watch stands: the events from there were trimmed. A
+    /// log starting past `next` only because the revisions in between wrote
+    /// no events also fails (the watch cannot tell), which errs on the safe
+    /// side: the caller re-reads instead of missing a change.
+    fn check_not_trimmed(&self) -> Result<()> {
+        match self.store.oldest_event()? {
+            Some(oldest) if oldest > self.next => Err(Error::Compacted {
+                requested: self.next.0,
+                oldest: self.store.oldest_logged()?.unwrap_or(oldest.0),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The revision the watch will deliver next (for resuming).
