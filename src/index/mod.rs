@@ -1,5 +1,5 @@
 //! In-memory roaring-bitmap indexes and the planner that answers bound
-//! filters with them (DESIGN.md §4).
+//! filters with them (docs/architecture.md §4.3).
 //!
 //! Owns: postings from (key, type-canonical value) to bitmaps of dense object
 //! ids, the ordered distinct values per key, bitmap evaluation of

@@ -341,7 +341,7 @@ where
         .or_else(|| default(key))
 }
 
-/// The one definition of effective params (DESIGN.md §1): the param maps an
+/// The one definition of effective params (docs/architecture.md §3): the param maps an
 /// object's values come from, in resolution order — a machine's own, each of
 /// its profiles in order, then `global` — where the first map holding a name
 /// gives its value and a definition's default fills a name none holds.
