@@ -69,7 +69,7 @@ use stateright::semantics::{ConsistencyTester, LinearizabilityTester, Sequential
 /// Most machines a group may have (the model keeps them in an array).
 pub const MAX_MACHINES: usize = 4;
 /// Search steps per group before it is called undecided.
-const STEP_BUDGET: u64 = 50_000_000;
+const STEP_BUDGET: u64 = 1_000_000;
 /// Longest a request may take before its outcome is unknown.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -103,6 +103,9 @@ pub struct Config {
     pub seed: u64,
     /// Threads that check groups in parallel.
     pub check_threads: usize,
+    /// Stop checking at the first violation (the test's choice: a broken
+    /// server violates in most groups, and proving each takes a full search).
+    pub first_violation: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -161,15 +164,18 @@ pub struct Group {
     placed: [u64; (MAX_GROUP_OPS / 64) as usize],
     seen: Rc<RefCell<HashSet<SearchPoint>>>,
     steps: Rc<Cell<u64>>,
+    /// Set once a violation is found when the run stops at the first one.
+    abort: Arc<AtomicBool>,
 }
 
 impl Group {
-    fn new() -> Self {
+    fn new(abort: Arc<AtomicBool>) -> Self {
         Group {
             vals: [None; MAX_MACHINES],
             placed: [0; (MAX_GROUP_OPS / 64) as usize],
             seen: Rc::default(),
             steps: Rc::default(),
+            abort,
         }
     }
 
@@ -222,7 +228,7 @@ impl SequentialSpec for Group {
         let steps = self.steps.get() + 1;
         self.steps.set(steps);
         // Past the budget every step fails, so the search unwinds at once.
-        if steps > STEP_BUDGET {
+        if steps > STEP_BUDGET || self.abort.load(Ordering::Relaxed) {
             return false;
         }
         self.placed[t.id / 64] |= 1 << (t.id % 64);
@@ -288,12 +294,15 @@ pub struct Figures {
     pub violations: Vec<String>,
     /// Groups whose search ran out of its step budget.
     pub undecided: Vec<GroupId>,
+    /// Groups left unchecked after the first violation
+    /// ([`Config::first_violation`]).
+    pub unchecked: usize,
 }
 
 impl Figures {
     /// Every group checked and linearizable.
     pub fn linearizable(&self) -> bool {
-        self.violations.is_empty() && self.undecided.is_empty()
+        self.violations.is_empty() && self.undecided.is_empty() && self.unchecked == 0
     }
 }
 
@@ -341,9 +350,10 @@ impl fmt::Display for Figures {
             "linearizable".to_string()
         } else {
             format!(
-                "NOT linearizable: {} groups violate, {} undecided",
+                "NOT linearizable: {} groups violate, {} undecided, {} unchecked",
                 self.violations.len(),
-                self.undecided.len()
+                self.undecided.len(),
+                self.unchecked
             )
         };
         write!(f, "result                 {result}")
@@ -898,6 +908,7 @@ fn check(cfg: &Config, mut events: Vec<Stamped>, figures: &mut Figures) {
 
     let started = Instant::now();
     let next = AtomicUsize::new(0);
+    let abort = Arc::new(AtomicBool::new(false));
     let results = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..cfg.check_threads.max(1) {
@@ -909,7 +920,10 @@ fn check(cfg: &Config, mut events: Vec<Stamped>, figures: &mut Figures) {
                         break;
                     };
                     let t = Instant::now();
-                    let verdict = check_group(history);
+                    let verdict = check_group(history, &abort);
+                    if cfg.first_violation && matches!(verdict, Verdict::Violation) {
+                        abort.store(true, Ordering::Relaxed);
+                    }
                     results.lock().unwrap_or_else(|e| e.into_inner()).push((
                         *g,
                         verdict,
@@ -928,6 +942,7 @@ fn check(cfg: &Config, mut events: Vec<Stamped>, figures: &mut Figures) {
         match verdict {
             Verdict::Linearizable => {}
             Verdict::Undecided => figures.undecided.push(g),
+            Verdict::Unchecked => figures.unchecked += 1,
             Verdict::Violation => figures.violations.push(format!(
                 "group {} ({} events):\n{}",
                 key_of(g),
@@ -942,10 +957,14 @@ enum Verdict {
     Linearizable,
     Violation,
     Undecided,
+    Unchecked,
 }
 
-fn check_group(history: &[Stamped]) -> Verdict {
-    let spec = Group::new();
+fn check_group(history: &[Stamped], abort: &Arc<AtomicBool>) -> Verdict {
+    if abort.load(Ordering::Relaxed) {
+        return Verdict::Unchecked;
+    }
+    let spec = Group::new(abort.clone());
     let steps = spec.steps.clone();
     let mut tester = LinearizabilityTester::<ThreadId, Group>::new(spec);
     let mut id = 0;
@@ -966,6 +985,8 @@ fn check_group(history: &[Stamped]) -> Verdict {
     let ok = tester.serialized_history().is_some();
     if ok {
         Verdict::Linearizable
+    } else if abort.load(Ordering::Relaxed) {
+        Verdict::Unchecked
     } else if steps.get() > STEP_BUDGET {
         Verdict::Undecided
     } else {
@@ -1028,6 +1049,7 @@ fn main() {
         server_flags: Vec::new(),
         seed: 1,
         check_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        first_violation: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -1058,6 +1080,7 @@ fn main() {
             }
             "--bin" => cfg.bin = PathBuf::from(value("--bin")),
             "--no-fsync" => cfg.server_flags.push("--no-fsync".into()),
+            "--first-violation" => cfg.first_violation = true,
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -1103,7 +1126,7 @@ fn default_bin() -> PathBuf {
 fn usage(msg: &str) -> ! {
     eprintln!(
         "{msg}\nusage: linearizability [--clients N] [--seconds S | --ops N] [--kills K] [--keys K (machines per group, 1..=4)] \
-         [--team N (clients per group)] [--group-ops N] [--seed S] [--check-threads N] [--bin PATH] [--no-fsync]"
+         [--team N (clients per group)] [--group-ops N] [--seed S] [--check-threads N] [--bin PATH] [--no-fsync] [--first-violation]"
     );
     std::process::exit(2);
 }
