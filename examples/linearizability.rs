@@ -652,8 +652,7 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
     let mut group = (u32::MAX, 0);
     // The values this client last saw per machine of its group.
     let mut known: [Option<u64>; MAX_MACHINES] = [None; MAX_MACHINES];
-    loop {
-        let Some(e) = shared.wait_up() else { break };
+    while let Some(e) = shared.wait_up() {
         if e != epoch {
             // Fresh connections after a restart: a pooled one to the dead
             // server would turn the next write into an unknown outcome.
