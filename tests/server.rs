@@ -1105,13 +1105,14 @@ fn coordination_endpoints() {
 }
 
 /// kill -9 mid-load: every acknowledged write is there after a restart, and
-/// the rebuilt indexes verify. This is the process-crash promise, and it
-/// holds with `--no-fsync` too: sled hands each batch to the kernel (a
-/// `pwrite` into the page cache) before it starts the next, and a killed
-/// process does not take the page cache with it. What fsync adds, surviving
-/// the loss of the machine, is checked by
-/// `every_acknowledgement_follows_an_fsync` and by the fault backend's
-/// durable image (`tests/crash.rs`).
+/// the rebuilt indexes verify. This is the process-crash promise, and with
+/// writers this busy it mostly holds with `--no-fsync` too: sled hands a
+/// batch to the kernel (a `pwrite` into the page cache, which a killed
+/// process leaves behind) as soon as the next batch starts, so only a write
+/// acknowledged with no batch after it can be lost, a window this test
+/// rarely hits (`tests/linearizability.rs` does, with `--no-fsync`). What
+/// fsync adds is checked directly by `every_acknowledgement_follows_an_fsync`
+/// and by the fault backend's durable image (`tests/crash.rs`).
 #[test]
 fn kill_9_loses_no_acknowledged_write() {
     let mut s = Server::start(&[]);
