@@ -23,6 +23,10 @@
 //! Every route is in the OpenAPI document; `tests/server.rs` fails when one
 //! is missing from it.
 //!
+//! Resource exhaustion: a full disk is a 507 (`InsufficientStorage`) and the
+//! server reopens its store by itself once space returns (`recover` below);
+//! the accept loop (`listen`) outlives EMFILE and caps connections.
+//!
 //! Besides: the coordination verbs ([`coord`]), the cluster verbs
 //! ([`cluster`]) and bulk import / export ([`transfer`]), each with its table.
 //!

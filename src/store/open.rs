@@ -4,7 +4,9 @@
 //!
 //! Owns: the engine choice, the storage thread's guard of every blocking
 //! open and flush, the `global` profile and signing secret a new store gets,
-//! and the final flush on drop. Must not: read records into memory (see
+//! the reopen of a failed engine in place ([`Store::recover`]: the handle
+//! stays, the engine behind it is closed and opened again from disk), and
+//! the final flush on drop. Must not: read records into memory (see
 //! [`super::rebuild`]) or write objects other than through the pipeline.
 
 use std::path::{Path, PathBuf};
