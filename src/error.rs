@@ -111,6 +111,11 @@ pub enum Error {
     /// The storage engine failed; the engine's own message.
     #[error("storage: {0}")]
     Storage(String),
+    /// The disk (or the user's quota) is full: the engine's own message. A
+    /// store that met it refuses writes until it is reopened
+    /// ([`Store::recover`](crate::Store::recover)); reads go on.
+    #[error("storage full: {0}")]
+    StorageFull(String),
     /// Another process holds the store (an embedded store has one process at
     /// a time); the engine's message names the store. Nothing was opened.
     #[error("store busy: {0}")]

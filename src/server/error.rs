@@ -119,6 +119,9 @@ impl From<Error> for ApiError {
             Error::Compacted { .. } => (StatusCode::BAD_REQUEST, "Compacted"),
             Error::Timeout => (StatusCode::REQUEST_TIMEOUT, "Timeout"),
             Error::Stalled { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Stalled"),
+            // The disk is full: the server keeps serving reads and accepts
+            // writes again by itself once space returns (`super::recover`).
+            Error::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),
             Error::Auth(a) if a.is_forbidden() => (StatusCode::FORBIDDEN, "Forbidden"),
             Error::Auth(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),

@@ -23,6 +23,10 @@
 //! Every route is in the OpenAPI document; `tests/server.rs` fails when one
 //! is missing from it.
 //!
+//! Resource exhaustion: a full disk is a 507 (`InsufficientStorage`) and the
+//! server reopens its store by itself once space returns (`recover` below);
+//! the accept loop (`listen`) outlives EMFILE and caps connections.
+//!
 //! Besides: the coordination verbs ([`coord`]), the cluster verbs
 //! ([`cluster`]) and bulk import / export ([`transfer`]), each with its table.
 //!
@@ -59,7 +63,7 @@ use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::{Options, Store};
+use crate::{Error, Options, Store};
 use api::App;
 use error::{shape_errors, ApiError};
 
@@ -310,6 +314,7 @@ pub fn run(config: Config) -> Result<(), String> {
             }
             None => None,
         };
+        tokio::spawn(recover(store.clone()));
         if let Some(handle) = recorder {
             // Histograms buffer every observation until drained.
             tokio::spawn(async move {
@@ -347,6 +352,52 @@ pub fn run(config: Config) -> Result<(), String> {
     rt.shutdown_timeout(Duration::from_secs(1));
     eprintln!("fleetkv: stopped");
     Ok(())
+}
+
+/// How often the server looks whether its store has failed, and the
+/// shortest wait between two reopen attempts.
+const RECOVER_TICK: Duration = Duration::from_millis(250);
+/// The longest wait between two reopen attempts while they keep failing.
+const RECOVER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Brings the store back after a failed flush or commit (a full disk, an
+/// I/O error), without a restart.
+///
+/// The store refuses writes once the engine failed, because what the engine
+/// buffered is unknown after an I/O error; only a reopen from disk may
+/// decide what stands (the fsync lesson). So this task watches
+/// [`Store::failure`] and calls [`Store::recover`] — which probes for free
+/// space and only then closes the engine and opens it again from its
+/// directory, like a restart — first at once, then with a backoff doubling
+/// up to [`RECOVER_BACKOFF_MAX`] while the disk stays full. Meanwhile reads
+/// are answered from the failed engine and writes get 507 (full disk) or
+/// 500. The store is the same handle throughout (every clone — the router's,
+/// the authenticator's, open event streams' — sees the reopened engine), so
+/// nothing in the server is swapped.
+async fn recover(store: Store) {
+    let mut wait = RECOVER_TICK;
+    let mut reported = false;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(why) = store.failure() else {
+            wait = RECOVER_TICK;
+            reported = false;
+            continue;
+        };
+        if !reported {
+            eprintln!("fleetkv: the store refuses writes ({why}); reopening it once the disk takes writes again");
+            reported = true;
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.recover()).await {
+            Ok(Ok(_)) => {
+                wait = RECOVER_TICK;
+                reported = false;
+            }
+            Ok(Err(Error::Stalled { .. })) | Err(_) => return, // only a restart helps
+            Ok(Err(_)) => wait = (wait * 2).min(RECOVER_BACKOFF_MAX),
+        }
+    }
 }
 
 async fn stop_signal() {

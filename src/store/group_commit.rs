@@ -45,6 +45,14 @@ impl GroupCommit {
         }
     }
 
+    /// After a reopen: the engine holds revision `rev`, all of it on disk
+    /// (revisions may go back: a write whose flush failed may be gone).
+    pub(super) fn reset(&self, rev: u64) {
+        let _one = self.flushing.lock();
+        self.committed.store(rev, Ordering::Release);
+        self.flushed.store(rev, Ordering::Release);
+    }
+
     /// Notes that the engine committed `rev` (before memory shows it).
     pub(super) fn committed(&self, rev: u64) {
         self.committed.fetch_max(rev, Ordering::AcqRel);

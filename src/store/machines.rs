@@ -42,7 +42,7 @@ impl Store {
     /// Machine `id` and its record's bytes as stored.
     fn load_machine_bytes(&self, id: u32) -> Result<(Machine, Vec<u8>)> {
         let key = machine_key(id);
-        let got = self.inner.backend.get(&key)?;
+        let got = self.backend().get(&key)?;
         timing::mark("plan: engine get");
         match got {
             Some(bytes) => Ok((decode(&key, &bytes)?, bytes)),
@@ -312,15 +312,14 @@ impl Machines<'_> {
                 if !opts.aggregate {
                     // Straight from stored JSON to the answer: no typed detour.
                     let key = machine_key(id);
-                    let bytes =
-                        self.store
-                            .inner
-                            .backend
-                            .get(&key)?
-                            .ok_or_else(|| Error::Corrupt {
-                                key: format!("m{id}"),
-                                reason: "indexed machine has no record".into(),
-                            })?;
+                    let bytes = self
+                        .store
+                        .backend()
+                        .get(&key)?
+                        .ok_or_else(|| Error::Corrupt {
+                            key: format!("m{id}"),
+                            reason: "indexed machine has no record".into(),
+                        })?;
                     return shape_raw(&key, &bytes, opts);
                 }
                 let m = self.store.load_machine(id)?;
@@ -336,7 +335,7 @@ impl Machines<'_> {
         let st = self.store.state();
         let bound = filter.bind(Kind::Machine, &*st)?;
         let mut out = Vec::new();
-        for item in self.store.inner.backend.scan_prefix(MACHINE_PREFIX) {
+        for item in self.store.backend().scan_prefix(MACHINE_PREFIX) {
             let (k, v) = item?;
             let m: Machine = decode(&k, &v)?;
             let params = st.effective(&m);

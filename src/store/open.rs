@@ -4,7 +4,9 @@
 //!
 //! Owns: the engine choice, the storage thread's guard of every blocking
 //! open and flush, the `global` profile and signing secret a new store gets,
-//! and the final flush on drop. Must not: read records into memory (see
+//! the reopen of a failed engine in place ([`Store::recover`]: the handle
+//! stays, the engine behind it is closed and opened again from disk), and
+//! the final flush on drop. Must not: read records into memory (see
 //! [`super::rebuild`]) or write objects other than through the pipeline.
 
 use std::path::{Path, PathBuf};
@@ -82,7 +84,9 @@ pub struct Store {
 }
 
 pub(super) struct Inner {
-    pub(super) backend: Arc<dyn Backend>,
+    /// The engine; replaced only by [`Store::recover`] (under the writer
+    /// lock and the state's write lock).
+    pub(super) backend: RwLock<Arc<dyn Backend>>,
     /// Runs every engine call that can block (commit, open).
     pub(super) guard: stall::Guard,
     /// Runs flushes, beside commits, under the same stall limit.
@@ -161,7 +165,7 @@ impl Drop for Inner {
                 eprintln!("fleetkv: could not write the index checkpoint: {e}");
             }
         }
-        let backend = self.backend.clone();
+        let backend = self.backend.read().clone();
         let _ = self.flusher.run("flush", move || backend.flush());
     }
 }
@@ -189,17 +193,20 @@ impl Inner {
             });
         };
         let digest = checkpoint::store_digest(&self.secret()?);
-        let backend = self.backend.clone();
+        let backend = self.backend.read().clone();
         c.write(&digest, &self.state, || {
             self.flusher.run("flush", move || backend.flush())?
         })
     }
 
     fn secret(&self) -> Result<Vec<u8>> {
-        self.backend.get(SECRET_KEY)?.ok_or_else(|| Error::Corrupt {
-            key: "s:secret".into(),
-            reason: "the store has no signing secret".into(),
-        })
+        self.backend
+            .read()
+            .get(SECRET_KEY)?
+            .ok_or_else(|| Error::Corrupt {
+                key: "s:secret".into(),
+                reason: "the store has no signing secret".into(),
+            })
     }
 }
 
@@ -235,6 +242,58 @@ pub(super) fn reopen(path: &Path, options: Options) -> Result<Store> {
             }
             r => return r,
         }
+    }
+}
+
+/// How much a reopen wants free in the store's directory before it lets the
+/// failed engine go: two of sled's 512 KiB log segments. While the disk is
+/// fuller than this, [`Store::recover`] changes nothing and the old engine
+/// keeps answering reads.
+const RECOVER_HEADROOM: usize = 1 << 20;
+
+/// The probe file [`Store::recover`] writes, syncs and removes.
+const PROBE_FILE: &str = "fleetkv.space-probe";
+
+/// Writes `RECOVER_HEADROOM` bytes to a file in `dir`, syncs and removes it:
+/// whether the engine would have room to open and take writes again.
+fn probe_space(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let path = dir.join(PROBE_FILE);
+    let r = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&vec![0u8; RECOVER_HEADROOM])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
+/// Stands in for the engine between closing a failed one and opening its
+/// successor (and stays, should that open fail, until a later
+/// [`Store::recover`] succeeds): every call fails, nothing is guessed.
+struct Reopening;
+
+impl Reopening {
+    fn err() -> Error {
+        Error::Storage("the store is being reopened after a storage failure".into())
+    }
+}
+
+impl Backend for Reopening {
+    fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>> {
+        Err(Reopening::err())
+    }
+    fn scan(&self, _: &[u8], _: &[u8]) -> super::backend::Scan<'_> {
+        Box::new(std::iter::once(Err(Reopening::err())))
+    }
+    fn revision(&self) -> Result<u64> {
+        Err(Reopening::err())
+    }
+    fn commit(&self, _: Batch) -> Result<()> {
+        Err(Reopening::err())
+    }
+    fn flush(&self) -> Result<()> {
+        Err(Reopening::err())
     }
 }
 
@@ -343,7 +402,7 @@ impl Store {
         let flusher = guard.sibling("fleetkv-flush")?;
         let store = Store {
             inner: Arc::new(Inner {
-                backend,
+                backend: RwLock::new(backend),
                 guard,
                 flusher,
                 commits: GroupCommit::new(rev),
@@ -363,7 +422,7 @@ impl Store {
                 recovery,
             }),
         };
-        let has_secret = store.inner.backend.get(SECRET_KEY)?.is_some();
+        let has_secret = store.backend().get(SECRET_KEY)?.is_some();
         if has_secret
             && store
                 .state_for_write()
@@ -455,14 +514,127 @@ impl Store {
         inner.commits.wait_for(rev, || {
             inner.guard.check()?;
             let _timed = crate::telemetry::Timed::start(crate::telemetry::record_fsync);
-            let backend = inner.backend.clone();
+            let backend = inner.backend.read().clone();
             inner
                 .flusher
                 .run("flush", move || backend.flush())?
                 .inspect_err(|e| {
-                    inner.guard.fail(format!("a flush to disk failed ({e})"));
+                    inner.guard.fail(format!("a flush to disk failed ({e})"), e);
                 })
         })
+    }
+
+    /// Why the store refuses writes after a failed flush or commit (a full
+    /// disk, an I/O error), or `None` while it accepts them. A stall
+    /// ([`Error::Stalled`]) is not reported here: only a new process can
+    /// undo it.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.guard.failure()
+    }
+
+    /// After a failed flush or commit, reopens the engine from disk and
+    /// accepts writes again; `Ok(false)` when the store had not failed.
+    ///
+    /// What the failed engine buffered is given up, not trusted (after an
+    /// I/O error its state is unknown — the fsync lesson): the engine is
+    /// closed and opened again from its directory, the indexes are read
+    /// from the checkpoint or rebuilt from the records, exactly as a new
+    /// process would. Every acknowledged write was on disk and is there; a
+    /// write that was answered with an error may or may not be (the
+    /// revision may go back). First `RECOVER_HEADROOM` bytes are written to
+    /// a probe file in the directory and synced: while that fails (the disk
+    /// is still full), nothing changes, the error is returned and reads go
+    /// on from the failed engine. Writers and readers of the indexes wait
+    /// for the reopen; a read that reaches the engine while it is closed
+    /// fails with [`Error::Storage`]. Stores in a directory only (a
+    /// temporary store's engine takes its files along when it closes); a
+    /// stalled store cannot be recovered in-process.
+    pub fn recover(&self) -> Result<bool> {
+        let inner = &self.inner;
+        if inner.guard.failure().is_none() {
+            return Ok(false);
+        }
+        if inner.guard.is_stalled() {
+            return Err(inner.guard.check().err().unwrap_or_else(Reopening::err));
+        }
+        let Some(dir) = inner.checkpoints.as_ref().map(|c| c.dir.clone()) else {
+            return Err(Error::invalid(
+                "recover",
+                "only a store in a directory can be reopened",
+            ));
+        };
+        probe_space(&dir).map_err(|e| {
+            let msg = format!("{}: still cannot write: {e}", dir.display());
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                Error::StorageFull(msg)
+            } else {
+                Error::Storage(msg)
+            }
+        })?;
+        let mut trim = inner.writer.lock();
+        let mut st = inner.state.write();
+        let old_rev = st.rev;
+        // sled locks its directory per open file: the failed engine must be
+        // closed (every handle dropped) before it can be opened again.
+        let failed = std::mem::replace(&mut *inner.backend.write(), Arc::new(Reopening));
+        // Closing runs sled's own flush, which returns at once on an engine
+        // that recorded its error; bounded all the same, on a thread of its
+        // own, since a close that hangs keeps the directory locked.
+        let (closed, close) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("fleetkv-close".into())
+            .spawn(move || {
+                drop(failed);
+                let _ = closed.send(());
+            })
+            .map_err(|e| Error::Storage(format!("closing the failed engine: {e}")))?;
+        if close.recv_timeout(inner.options.stall_timeout).is_err() {
+            return Err(Error::Stalled {
+                op: "close the failed engine".into(),
+                after: inner.options.stall_timeout,
+            });
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let backend = loop {
+            match SledBackend::open(Some(dir.clone())) {
+                Err(Error::Busy(_)) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => break r?,
+            }
+        };
+        let secret = backend.get(SECRET_KEY)?.ok_or_else(|| Error::Corrupt {
+            key: "s:secret".into(),
+            reason: "the store has no signing secret".into(),
+        })?;
+        let (state, recovery) = open_indexes(&backend, &dir, &secret)?;
+        let rev = state.rev;
+        if let Some(c) = &inner.checkpoints {
+            let pending = match recovery {
+                Recovery::Checkpoint { events, .. } => events,
+                Recovery::Rebuilt { .. } => NO_CHECKPOINT,
+            };
+            c.pending.store(pending, Ordering::Release);
+        }
+        *st = state;
+        *trim = changelog::Trim::default();
+        inner.commits.reset(rev);
+        *inner.backend.write() = Arc::new(backend);
+        inner.guard.clear_failure();
+        drop(st);
+        drop(trim);
+        eprintln!(
+            "fleetkv: reopened the store in {} after a storage failure: revision {rev}{}",
+            dir.display(),
+            if rev < old_rev {
+                format!(" (revisions {}..={old_rev} were not on disk)", rev + 1)
+            } else {
+                String::new()
+            }
+        );
+        let _g = inner.written.lock();
+        inner.wake.notify_all();
+        Ok(true)
     }
 
     /// How this open got its indexes: from a checkpoint (and how much of
@@ -502,7 +674,7 @@ impl Store {
             return;
         };
         let digest = checkpoint::store_digest(&secret);
-        let (bg, state, backend) = (c.clone(), inner.state.clone(), inner.backend.clone());
+        let (bg, state, backend) = (c.clone(), inner.state.clone(), inner.backend.read().clone());
         let spawned = std::thread::Builder::new()
             .name("fleetkv-checkpoint".into())
             .spawn(move || {
@@ -523,7 +695,7 @@ impl Store {
     }
 
     /// The engine, for reads (writes go through [`write`](Self::write)).
-    pub(crate) fn backend(&self) -> &dyn Backend {
-        &*self.inner.backend
+    pub(crate) fn backend(&self) -> Arc<dyn Backend> {
+        self.inner.backend.read().clone()
     }
 }

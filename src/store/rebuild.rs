@@ -24,7 +24,7 @@ impl Store {
     /// the live one. An operator's and the test suite's check.
     pub fn verify_indexes(&self) -> Result<()> {
         let _w = self.inner.writer.lock();
-        let fresh = load_state(&*self.inner.backend)?;
+        let fresh = load_state(&*self.backend())?;
         let live = self.state();
         if fresh.machines != live.machines {
             return Err(Error::Corrupt {
@@ -67,7 +67,7 @@ impl Store {
     /// production use.
     #[doc(hidden)]
     pub fn rebuild_probe(&self) -> Result<Box<dyn std::any::Any>> {
-        Ok(Box::new(load_state(&*self.inner.backend)?))
+        Ok(Box::new(load_state(&*self.backend())?))
     }
 }
 

@@ -3,7 +3,8 @@
 //! Owns: every use of the `sled` crate — opening, the mapping of a [`Batch`]
 //! onto one `sled::Batch`, the revision record, and turning sled's errors
 //! into ours ([`Error::Busy`] for a store another process holds,
-//! [`Error::Storage`] with sled's message otherwise). Must not: know what
+//! [`Error::StorageFull`] for a full disk or quota, [`Error::Storage`] with
+//! sled's message otherwise). Must not: know what
 //! the records mean, or decide when a call is bounded (the store runs open,
 //! commit and flush on its storage thread).
 //!
@@ -41,6 +42,14 @@ pub(crate) struct SledBackend {
 
 fn storage(e: sled::Error) -> Error {
     let msg = e.to_string();
+    if let sled::Error::Io(io) = &e {
+        // ENOSPC, EDQUOT: the caller may retry once space returns.
+        if io.kind() == std::io::ErrorKind::StorageFull
+            || matches!(io.raw_os_error(), Some(28 | 122))
+        {
+            return Error::StorageFull(msg);
+        }
+    }
     if msg.contains(LOCKED) {
         Error::Busy(msg)
     } else {

@@ -65,10 +65,20 @@ pub(crate) struct Guard {
     limit: Duration,
     stalled: Arc<OnceLock<(String, Duration)>>,
     /// A flush or commit that failed: what the engine holds or has on disk
-    /// is unknown, so writes stop until a reopen decides.
-    failed: Arc<OnceLock<String>>,
+    /// is unknown, so writes stop until a reopen decides (and clears it:
+    /// [`Store::recover`](super::Store::recover)).
+    failed: Arc<Mutex<Option<Failure>>>,
     #[cfg(debug_assertions)]
     fault: Option<(String, Mutex<u64>)>,
+}
+
+/// Why the store refuses writes: the first failure, and whether it was a
+/// full disk (answered as [`Error::StorageFull`], which a caller may retry
+/// once space returns).
+#[derive(Debug, Clone)]
+struct Failure {
+    why: String,
+    full: bool,
 }
 
 /// A call handed to the storage thread, not yet waited for.
@@ -94,7 +104,7 @@ impl Guard {
             "fleetkv-storage",
             limit,
             Arc::new(OnceLock::new()),
-            Arc::new(OnceLock::new()),
+            Arc::new(Mutex::new(None)),
         )
     }
 
@@ -109,7 +119,7 @@ impl Guard {
         name: &str,
         limit: Duration,
         stalled: Arc<OnceLock<(String, Duration)>>,
-        failed: Arc<OnceLock<String>>,
+        failed: Arc<Mutex<Option<Failure>>>,
     ) -> Result<Guard> {
         let (tx, rx) = channel::<Job>();
         std::thread::Builder::new()
@@ -151,17 +161,46 @@ impl Guard {
                 after: *after,
             });
         }
-        match self.failed.get() {
-            Some(why) => Err(Error::Storage(format!(
-                "the store refuses writes until it is reopened: {why}"
-            ))),
+        match &*self.failed.lock() {
+            Some(f) => {
+                let msg = format!("the store refuses writes until it is reopened: {}", f.why);
+                Err(if f.full {
+                    Error::StorageFull(msg)
+                } else {
+                    Error::Storage(msg)
+                })
+            }
             None => Ok(()),
         }
     }
 
-    /// Marks the engine failed: what it buffered may not be on disk.
-    pub(crate) fn fail(&self, why: String) {
-        let _ = self.failed.set(why);
+    /// Marks the engine failed because of `cause`: what it buffered may not
+    /// be on disk. The first failure is the one reported.
+    pub(crate) fn fail(&self, why: String, cause: &Error) {
+        let mut failed = self.failed.lock();
+        if failed.is_none() {
+            *failed = Some(Failure {
+                why,
+                full: matches!(cause, Error::StorageFull(_)),
+            });
+        }
+    }
+
+    /// Why the store refuses writes after a failed flush or commit (not a
+    /// stall), if it does.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failed.lock().as_ref().map(|f| f.why.clone())
+    }
+
+    /// Whether a call has stalled (a stall is not undone by a reopen in this
+    /// process: the stuck call still holds the engine).
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.stalled.get().is_some()
+    }
+
+    /// Accepts writes again: only once the engine has been reopened.
+    pub(crate) fn clear_failure(&self) {
+        *self.failed.lock() = None;
     }
 
     /// Hands `f` to the storage thread; wait for it with [`Pending::wait`].

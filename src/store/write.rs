@@ -131,7 +131,7 @@ impl Store {
         };
         let rev = batch.rev;
         let (log_len, trimmed) = changelog::stage(
-            self.backend(),
+            &*self.backend(),
             &mut w,
             &mut batch,
             &changes,
@@ -144,7 +144,7 @@ impl Store {
             // commit leaves the indexes equal to what is stored.
             let mut st = self.inner.state.write();
             timing::mark("state write lock");
-            let backend = self.inner.backend.clone();
+            let backend = self.backend();
             let (ran, r) = self.inner.guard.run("commit", move || {
                 let t0 = timing::now();
                 let r = backend.commit(batch);
@@ -162,12 +162,12 @@ impl Store {
                     // is unknown, so no later write may build on memory.
                     self.inner
                         .guard
-                        .fail(format!("a commit failed, its outcome unknown: {e}"));
+                        .fail(format!("a commit failed, its outcome unknown: {e}"), &e);
                     // Readers must not see documents the indexes disagree
                     // with: the indexes are rebuilt from what the engine now
                     // holds (once; the store takes no writes until a reopen,
                     // which decides whether the batch stands).
-                    if let Ok(fresh) = load_state(&*self.inner.backend) {
+                    if let Ok(fresh) = load_state(&*self.backend()) {
                         *st = fresh;
                     }
                 }

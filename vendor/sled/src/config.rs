@@ -834,8 +834,13 @@ impl RunningConfig {
                 let path_buf = de.path();
                 let path = path_buf.as_path();
                 let path_str = &*path.to_string_lossy();
+                // fleetkv patch 4 (PATCHES.md): a `.generating` file is a
+                // snapshot whose write did not finish (a full disk, a
+                // crash); taken as the newest snapshot it made the store
+                // unopenable ("Read corrupted data").
                 if path_str.starts_with(&*absolute_path.to_string_lossy())
                     && !path_str.ends_with(".in___motion")
+                    && !path_str.ends_with(".generating")
                 {
                     Some(path.to_path_buf())
                 } else {
