@@ -352,11 +352,8 @@ impl Watch {
         let current = self.store.revision();
         let mut first = true;
         let mut found = None;
-        let mut items = self
-            .store
-            .backend()
-            .changes(self.next.0, self.next.1)
-            .fuse();
+        let backend = self.store.backend();
+        let mut items = backend.changes(self.next.0, self.next.1).fuse();
         for item in items.by_ref() {
             let (k, v) = item?;
             if std::mem::take(&mut first) && log_position(&k) != Some(self.next) {
