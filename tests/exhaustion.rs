@@ -353,13 +353,18 @@ fn fresh_info(addr: &str) -> Option<u16> {
 fn out_of_file_descriptors_the_server_serves_open_connections_and_recovers() {
     const NOFILE: usize = 64;
     let limit = format!("--nofile={NOFILE}:{NOFILE}");
-    let s = Wrapped::start(&["prlimit", &limit], &["--header-timeout", "5"]);
+    // The header timeout also closes a keep-alive connection idle that long
+    // between requests, so it is set well above the time the flood takes.
+    let s = Wrapped::start(&["prlimit", &limit], &["--header-timeout", "60"]);
     // An established client, before the flood.
     let mut kept = TcpStream::connect(s.addr()).unwrap();
     assert!(info_on(&mut kept).unwrap().starts_with("HTTP/1.1 200"));
     // More connections than descriptors: they sit in the listen backlog once
-    // accept() fails with EMFILE.
-    let flood: Vec<TcpStream> = (0..3 * NOFILE)
+    // accept() fails with EMFILE. Not more than the backlog holds (128 plus
+    // what was accepted): past that a connect blocks in SYN retries until
+    // the header timeout frees descriptors, by which time `kept` has idled
+    // past it too and is rightly closed.
+    let flood: Vec<TcpStream> = (0..2 * NOFILE)
         .map(|_| TcpStream::connect(s.addr()).unwrap())
         .collect();
     let mut waited = 0;
@@ -368,8 +373,16 @@ fn out_of_file_descriptors_the_server_serves_open_connections_and_recovers() {
         assert!(waited < 3000, "the server never ran out: {} fds", s.fds());
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Out of descriptors: the accept loop waits instead of spinning (a
-    // figure, not an assertion).
+    // Out of descriptors, a connection the server already holds is served.
+    let answer = info_on(&mut kept);
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "the connection opened before the flood, during it: {answer:?}"
+    );
+    // And the accept loop waits instead of spinning (a figure, not an
+    // assertion).
     let (t0, c0) = (Instant::now(), s.cpu_ticks());
     std::thread::sleep(Duration::from_secs(2));
     let ticks = s.cpu_ticks() - c0;
@@ -379,12 +392,6 @@ fn out_of_file_descriptors_the_server_serves_open_connections_and_recovers() {
         ticks as f64 / 100.0,
         s.fds()
     );
-    // KNOWN DEFECT (not hidden: printed, and in the README): with three
-    // times the descriptors in the backlog, the connection opened before the
-    // flood is closed by the server instead of served (with 120 waiting it
-    // was served); not yet understood. Asserted: the server stays up.
-    let served = info_on(&mut kept).is_some_and(|a| a.starts_with("HTTP/1.1 200"));
-    eprintln!("the connection opened before the flood was served during it: {served}");
     // Descriptors return: new clients are served again.
     drop(flood);
     let mut tries = 0;
