@@ -10,14 +10,14 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 mod common;
 
-use common::{embedded, Server, BIN};
+use common::{embedded, Server};
 
 /// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
 struct Tmpfs {
@@ -238,68 +238,24 @@ fn the_cli_on_a_full_disk_exits_non_zero_and_changes_nothing() {
     assert_eq!(out.trim(), acked.to_string());
 }
 
-/// `fleetkv serve` started through `prefix` (e.g. `prlimit …`). Killed on
-/// drop.
-struct Wrapped {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
+fn addr(s: &Server) -> &str {
+    s.url.trim_start_matches("http://")
 }
 
-impl Wrapped {
-    fn start(prefix: &[&str], extra: &[&str]) -> Wrapped {
-        use std::io::BufRead as _;
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("db");
-        let mut child = Command::new(prefix[0])
-            .args(&prefix[1..])
-            .args([BIN, "serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data)
-            .args(extra)
-            .env_remove("FLEETKV_DATA")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next().expect("server exited").unwrap();
-            if let Some(u) = line.strip_prefix("fleetkv: listening on ") {
-                break u.to_string();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        Wrapped {
-            child,
-            url,
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-
-    /// utime + stime of the process, in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = after.split(' ').collect();
-        // Fields 14 and 15 of proc(5), counted from `state` (field 3).
-        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-    }
+/// Descriptors the server holds.
+fn fds(s: &Server) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", s.child.id()))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
-impl Drop for Wrapped {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// utime + stime of the server, in clock ticks.
+fn cpu_ticks(s: &Server) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.child.id())).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 of proc(5), counted from `state` (field 3).
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
 /// Sends `GET /api/v3/info` on `c` (kept alive) and reads one answer;
@@ -355,9 +311,9 @@ fn out_of_file_descriptors_the_server_serves_open_connections_and_recovers() {
     let limit = format!("--nofile={NOFILE}:{NOFILE}");
     // The header timeout also closes a keep-alive connection idle that long
     // between requests, so it is set well above the time the flood takes.
-    let s = Wrapped::start(&["prlimit", &limit], &["--header-timeout", "60"]);
+    let s = Server::start_under(&["prlimit", &limit], &["--header-timeout", "60"]);
     // An established client, before the flood.
-    let mut kept = TcpStream::connect(s.addr()).unwrap();
+    let mut kept = TcpStream::connect(addr(&s)).unwrap();
     assert!(info_on(&mut kept).unwrap().starts_with("HTTP/1.1 200"));
     // More connections than descriptors: they sit in the listen backlog once
     // accept() fails with EMFILE. Not more than the backlog holds (128 plus
@@ -365,12 +321,12 @@ fn out_of_file_descriptors_the_server_serves_open_connections_and_recovers() {
     // the header timeout frees descriptors, by which time `kept` has idled
     // past it too and is rightly closed.
     let flood: Vec<TcpStream> = (0..2 * NOFILE)
-        .map(|_| TcpStream::connect(s.addr()).unwrap())
+        .map(|_| TcpStream::connect(addr(&s)).unwrap())
         .collect();
     let mut waited = 0;
-    while s.fds() < NOFILE - 1 {
+    while fds(&s) < NOFILE - 1 {
         waited += 1;
-        assert!(waited < 3000, "the server never ran out: {} fds", s.fds());
+        assert!(waited < 3000, "the server never ran out: {} fds", fds(&s));
         std::thread::sleep(Duration::from_millis(10));
     }
     // Out of descriptors, a connection the server already holds is served.
@@ -383,24 +339,24 @@ fn out_of_file_descriptors_the_server_serves_open_connections_and_recovers() {
     );
     // And the accept loop waits instead of spinning (a figure, not an
     // assertion).
-    let (t0, c0) = (Instant::now(), s.cpu_ticks());
+    let (t0, c0) = (Instant::now(), cpu_ticks(&s));
     std::thread::sleep(Duration::from_secs(2));
-    let ticks = s.cpu_ticks() - c0;
+    let ticks = cpu_ticks(&s) - c0;
     eprintln!(
         "out of descriptors for {:.2} s: the server used {:.2} s of CPU ({ticks} ticks), {} fds open",
         t0.elapsed().as_secs_f64(),
         ticks as f64 / 100.0,
-        s.fds()
+        fds(&s)
     );
     // Descriptors return: new clients are served again.
     drop(flood);
     let mut tries = 0;
-    while fresh_info(s.addr()) != Some(200) {
+    while fresh_info(addr(&s)) != Some(200) {
         tries += 1;
         assert!(tries < 100, "no new connection served after the flood");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut after = TcpStream::connect(s.addr()).unwrap();
+    let mut after = TcpStream::connect(addr(&s)).unwrap();
     assert!(info_on(&mut after).unwrap().starts_with("HTTP/1.1 200"));
     assert!(info_on(&mut after).unwrap().starts_with("HTTP/1.1 200"));
 }

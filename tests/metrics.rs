@@ -2,8 +2,7 @@
 //! its main listener (claim `metrics/get/*`) and on `--metrics-listen`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read as _, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -12,49 +11,34 @@ mod common;
 
 /// A running server with its metrics listener; killed on drop.
 struct Served {
-    child: Child,
-    url: String,
+    server: common::Server,
     metrics_url: String,
-    key: String,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Served {
+    type Target = common::Server;
+    fn deref(&self) -> &common::Server {
+        &self.server
+    }
 }
 
 impl Served {
     /// `fleetkv serve` on the store at `data` (a fresh one when `None`).
     fn start(data: Option<&std::path::Path>, extra: &[&str]) -> Served {
-        let dir = tempfile::tempdir().unwrap();
-        let data = data.map_or_else(|| dir.path().join("db"), |d| d.to_path_buf());
-        let mut child = Command::new(common::BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(["--metrics-listen", "127.0.0.1:0", "--data"])
-            .arg(&data)
-            .args(extra)
-            .env_remove("FLEETKV_DATA")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut metrics_url = None;
-        let url = loop {
-            let line = lines.next().expect("server exited").unwrap();
-            if let Some(u) = line.strip_prefix("fleetkv: metrics on ") {
-                metrics_url = Some(u.to_string());
-            }
-            if let Some(u) = line.strip_prefix("fleetkv: listening on ") {
-                break u.to_string();
-            }
+        let extra = [&["--metrics-listen", "127.0.0.1:0"], extra].concat();
+        let server = match data {
+            Some(d) => common::Server::start_at(d, &extra),
+            None => common::Server::start(&extra),
         };
-        std::thread::spawn(move || lines.for_each(drop));
-        let key = std::fs::read_to_string(data.join("admin.key"))
-            .unwrap()
-            .trim()
+        let metrics_url = server
+            .banner
+            .iter()
+            .find_map(|l| l.strip_prefix("fleetkv: metrics on "))
+            .expect("the metrics listener's address before the main one")
             .to_string();
         Served {
-            child,
-            url,
-            metrics_url: metrics_url.expect("the metrics listener's address before the main one"),
-            key,
-            _dir: dir,
+            server,
+            metrics_url,
         }
     }
 
@@ -104,13 +88,6 @@ impl Served {
         );
         assert_eq!(st, 200, "{text}");
         Scrape::parse(&text)
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -16,6 +16,8 @@ pub struct Server {
     pub url: String,
     pub key: String,
     pub dir: tempfile::TempDir,
+    /// What the server printed on stderr before it listened.
+    pub banner: Vec<String>,
 }
 
 impl Server {
@@ -26,7 +28,15 @@ impl Server {
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let data = dir.path().join("db");
-        Server::spawn(dir, &data, extra, &[])
+        Server::spawn(dir, &data, &[], extra, &[])
+    }
+
+    /// A server on a fresh store, started through `prefix` (e.g.
+    /// `prlimit …`, which execs it, so `child` is the server itself).
+    pub fn start_under(prefix: &[&str], extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("db");
+        Server::spawn(dir, &data, prefix, extra, &[])
     }
 
     /// A server on the store at `data`, which the caller keeps (`dir` is
@@ -37,11 +47,23 @@ impl Server {
 
     /// [`Server::start_at`] with extra environment variables.
     pub fn start_at_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::spawn(tempfile::tempdir().unwrap(), data, extra, env)
+        Server::spawn(tempfile::tempdir().unwrap(), data, &[], extra, env)
     }
 
-    fn spawn(dir: tempfile::TempDir, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(BIN)
+    fn spawn(
+        dir: tempfile::TempDir,
+        data: &Path,
+        prefix: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let (program, wrapper) = match prefix {
+            [first, rest @ ..] => (*first, rest),
+            [] => (BIN, &[][..]),
+        };
+        let mut child = Command::new(program)
+            .args(wrapper)
+            .args(if prefix.is_empty() { None } else { Some(BIN) })
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
@@ -51,11 +73,13 @@ impl Server {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut banner = Vec::new();
         let url = loop {
             let line = lines.next().expect("server exited").unwrap();
             if let Some(u) = line.strip_prefix("fleetkv: listening on ") {
                 break u.to_string();
             }
+            banner.push(line);
         };
         std::thread::spawn(move || lines.for_each(drop));
         let key = std::fs::read_to_string(data.join("admin.key"))
@@ -67,6 +91,7 @@ impl Server {
             url,
             key,
             dir,
+            banner,
         }
     }
 
