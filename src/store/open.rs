@@ -367,7 +367,7 @@ impl Store {
             durable: false,
             ..options
         };
-        let guard = stall::Guard::new(options.stall_timeout)?;
+        let guard = stall::Guard::inline(options.stall_timeout);
         Store::start(Arc::new(MemoryBackend::default()), guard, options, None)
     }
 

@@ -141,6 +141,9 @@ pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
 /// (the whole fleet from [`MACHINE_PREFIX`]; a checkpoint passes the first
 /// id it does not hold), and moves `st.next_id` past them.
 pub(super) fn index_machines(db: &dyn Backend, st: &mut State, from: &[u8]) -> Result<()> {
+    if db.scan(MACHINE_PREFIX, from).next().is_none() {
+        return Ok(()); // nothing to index: no decoding thread to start
+    }
     let mut next_id = st.next_id;
     // Decoding runs on a second thread while this one fills the index: the
     // two halves of a rebuild take about as long as each other.

@@ -26,6 +26,13 @@
 //! so other threads still run; it changes nothing about the stall limit,
 //! which counts from the hand-over as before.
 //!
+//! # Engines that cannot stall
+//! The in-memory engine never waits on I/O, so its store gets an inline
+//! guard ([`Guard::inline`]): calls run on the caller's thread, with no
+//! thread to start or hand over to. Opening an in-memory store then costs
+//! no thread spawns, which matters to tests and fuzzers that open one per
+//! case. Injected stalls do not apply to it.
+//!
 //! Tests make a call stall with `FLEETKV_FAULT_STALL=OP` (every call of
 //! that operation) or `OP:N` (the N-th and later), read in debug builds only.
 
@@ -61,7 +68,8 @@ fn poll<T>(mut ready: impl FnMut() -> Option<T>) -> Option<T> {
 
 /// The storage thread and the stall limit.
 pub(crate) struct Guard {
-    jobs: Mutex<Sender<Job>>,
+    /// The storage thread's queue; `None` for an inline guard.
+    jobs: Option<Mutex<Sender<Job>>>,
     limit: Duration,
     stalled: Arc<OnceLock<(String, Duration)>>,
     /// A flush or commit that failed: what the engine holds or has on disk
@@ -108,10 +116,31 @@ impl Guard {
         )
     }
 
+    /// A guard that runs calls on the caller's thread: for an engine that
+    /// cannot block (see the module doc).
+    pub(crate) fn inline(limit: Duration) -> Guard {
+        Guard {
+            jobs: None,
+            limit,
+            stalled: Arc::new(OnceLock::new()),
+            failed: Arc::new(Mutex::new(None)),
+            #[cfg(debug_assertions)]
+            fault: None,
+        }
+    }
+
     /// A second thread under the same limit and marks: a stall or failure
     /// on either refuses calls on both. Flushes run on their own thread so
     /// that commits queued behind a flush do not wait for it (group commit).
+    /// An inline guard's sibling is inline too.
     pub(crate) fn sibling(&self, name: &str) -> Result<Guard> {
+        if self.jobs.is_none() {
+            return Ok(Guard {
+                stalled: self.stalled.clone(),
+                failed: self.failed.clone(),
+                ..Guard::inline(self.limit)
+            });
+        }
         Guard::spawn(name, self.limit, self.stalled.clone(), self.failed.clone())
     }
 
@@ -140,7 +169,7 @@ impl Guard {
             })
             .map_err(|e| Error::invalid("storage thread", e.to_string()))?;
         Ok(Guard {
-            jobs: Mutex::new(tx),
+            jobs: Some(Mutex::new(tx)),
             limit,
             stalled,
             failed,
@@ -228,10 +257,13 @@ impl Guard {
             filled.filled.store(true, Ordering::Release);
             filled.done.notify_one();
         });
-        self.jobs.lock().send(job).map_err(|_| Error::Stalled {
-            op: op.into(),
-            after: Duration::ZERO,
-        })?;
+        match &self.jobs {
+            Some(jobs) => jobs.lock().send(job).map_err(|_| Error::Stalled {
+                op: op.into(),
+                after: Duration::ZERO,
+            })?,
+            None => job(),
+        }
         Ok(Pending {
             guard: self,
             op,
@@ -324,5 +356,17 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_millis(100));
         drop(tx);
+    }
+
+    #[test]
+    fn an_inline_guard_runs_calls_on_the_caller_and_shares_its_marks() {
+        let g = Guard::inline(Duration::from_millis(100));
+        let me = std::thread::current().id();
+        let on_caller = move || std::thread::current().id() == me;
+        assert!(g.run("quick", on_caller).unwrap());
+        let flusher = g.sibling("flush").unwrap();
+        assert!(flusher.run("flush", on_caller).unwrap());
+        flusher.fail("disk gone".into(), &Error::Storage("eio".into()));
+        assert!(matches!(g.run("commit", || ()), Err(Error::Storage(_))));
     }
 }
