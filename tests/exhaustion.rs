@@ -56,8 +56,9 @@ impl Drop for Tmpfs {
 }
 
 /// Fills the file system holding `dir` with a ballast file until a write
-/// fails for lack of space; returns the ballast's path.
-fn fill(dir: &Path) -> PathBuf {
+/// fails for lack of space, then gives `room` bytes back; returns the
+/// ballast's path.
+fn fill(dir: &Path, room: u64) -> PathBuf {
     let path = dir.join("ballast");
     let mut f = std::fs::File::create(&path).unwrap();
     let chunk = vec![0xA5u8; 64 << 10];
@@ -69,8 +70,14 @@ fn fill(dir: &Path) -> PathBuf {
     }
     // Single pages may remain; take them too.
     while f.write_all(&[0]).and_then(|_| f.sync_all()).is_ok() {}
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(room)).unwrap();
+    f.sync_all().unwrap();
     path
 }
+
+/// Machines per write while the disk fills.
+const BATCH: usize = 25;
 
 fn drp_error(v: &Value, code: u16, typ: &str) {
     assert_eq!(v["Code"], code, "{v}");
@@ -98,91 +105,102 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
             201
         );
     }
-    let ballast = fill(fs.path());
-    // Write until the disk refuses, then a few more: every refusal is a
-    // DRP-shaped 507, every 201 is recorded.
     let mut acked: Vec<String> = (0..20).map(|i| format!("pre-{i}")).collect();
-    let mut refused = 0;
-    for i in 0..5000 {
-        let name = format!("m-{i}");
-        let (st, v) = s.json("POST", "/machines", &machine(&name));
-        match st {
-            201 => acked.push(name),
-            _ => {
-                drp_error(&v, 507, "InsufficientStorage");
-                refused += 1;
-                if refused == 10 {
-                    break;
+    let mut refused_total = 0;
+    // Three rounds of full disk and recovery: whether the write that meets
+    // the full disk leaves a node due for maintenance varies from run to
+    // run, and one round missed the unpatched sled about half the time.
+    for round in 0..3 {
+        // A megabyte of room: a hundred or so writes land before the disk is
+        // full, enough that sled has tree nodes due for a split when it fails.
+        let ballast = fill(fs.path(), 1 << 20);
+        // Write until the disk refuses, then a few more: every refusal is a
+        // DRP-shaped 507, every acknowledged machine is recorded. The writes
+        // are imports of BATCH machines (each one atomic write), so the write
+        // that meets the full disk touches many tree nodes.
+        let mut refused = 0;
+        for i in 0..5000 {
+            let names: Vec<String> = (0..BATCH).map(|j| format!("m{round}-{i}-{j}")).collect();
+            let batch = Value::Array(names.iter().map(|n| machine(n)).collect());
+            let (st, v) = s.json("POST", "/import?kind=machines", &batch);
+            match st {
+                200 => acked.extend(names),
+                _ => {
+                    drp_error(&v, 507, "InsufficientStorage");
+                    refused += 1;
+                    refused_total += 1;
+                    if refused == 10 {
+                        break;
+                    }
                 }
             }
         }
-    }
-    assert_eq!(refused, 10, "the disk never filled");
-    eprintln!(
-        "acknowledged {} writes before the disk was full",
-        acked.len()
-    );
-    // Other writes are refused the same way; reads go on.
-    let (st, v) = s.json("POST", "/profiles", &json!({"Name": "p"}));
-    assert_eq!(st, 507, "{v}");
-    drp_error(&v, 507, "InsufficientStorage");
-    // Counts come from the in-memory indexes and always answer. Documents
-    // come from sled, which after a failed write cannot read a leaf whose
-    // newest version was in the buffer it failed to write: such a read is
-    // a DRP-shaped 507 until the reopen (a known limit, in the README).
-    let (st, _, count) = s.call("HEAD", "/machines", None, &[]);
-    assert_eq!(st, 200);
-    let count = count.unwrap();
-    assert!(count >= acked.len() as u64, "{count}");
-    let mut read = 0;
-    for name in &acked {
-        let (st, v, _) = s.call("GET", &format!("/machines/Name:{name}"), None, &[]);
-        match st {
-            200 => read += 1,
-            _ => drp_error(&v, 507, "InsufficientStorage"),
-        }
-    }
-    let (st, list, listed) = s.call("GET", "/machines?slim=Params,Meta", None, &[]);
-    match st {
-        200 => assert_eq!(listed, Some(list.as_array().unwrap().len() as u64)),
-        _ => drp_error(&list, 507, "InsufficientStorage"),
-    }
-    eprintln!(
-        "on the full disk: count answered, {read} of {} gets answered, list {st}",
-        acked.len()
-    );
-    assert!(alive(&mut s), "the server exited on a full disk");
-
-    // Space returns: the server reopens the store by itself.
-    std::fs::remove_file(&ballast).unwrap();
-    let freed = Instant::now();
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let (st, v) = s.json("POST", "/machines", &machine("after-0"));
-        if st == 201 {
-            break;
-        }
-        drp_error(&v, 507, "InsufficientStorage");
-        assert!(
-            tries < 600,
-            "no write accepted after the disk had room again"
+        assert_eq!(refused, 10, "the disk never filled");
+        eprintln!(
+            "acknowledged {} writes before the disk was full",
+            acked.len()
         );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!(
-        "writes accepted again {:.2} s after the ballast was removed ({tries} tries)",
-        freed.elapsed().as_secs_f64()
-    );
-    acked.push("after-0".into());
-    for i in 1..20 {
-        let name = format!("after-{i}");
-        assert_eq!(s.json("POST", "/machines", &machine(&name)).0, 201);
-        acked.push(name);
-    }
-    for name in &acked {
-        let (st, v, _) = s.call("GET", &format!("/machines/Name:{name}"), None, &[]);
-        assert_eq!(st, 200, "{name}: {v}");
+        // Other writes are refused the same way; reads go on.
+        let (st, v) = s.json("POST", "/profiles", &json!({"Name": "p"}));
+        assert_eq!(st, 507, "{v}");
+        drp_error(&v, 507, "InsufficientStorage");
+        // Every read answers: counts from the in-memory indexes, documents from
+        // sled, whose reads skip the tree maintenance a failed log cannot write
+        // (vendor/sled/PATCHES.md, patch 5).
+        let (st, _, count) = s.call("HEAD", "/machines", None, &[]);
+        assert_eq!(st, 200);
+        let count = count.unwrap();
+        assert!(count >= acked.len() as u64, "{count}");
+        for name in &acked {
+            let (st, v, _) = s.call("GET", &format!("/machines/Name:{name}"), None, &[]);
+            assert_eq!(st, 200, "{name} on the full disk: {v}");
+        }
+        let (st, list, listed) = s.call("GET", "/machines?slim=Params,Meta", None, &[]);
+        assert_eq!(st, 200, "list on the full disk: {list}");
+        let list = list.as_array().unwrap();
+        assert_eq!(listed, Some(list.len() as u64));
+        let names: std::collections::HashSet<&str> =
+            list.iter().map(|m| m["Name"].as_str().unwrap()).collect();
+        assert!(acked.iter().all(|n| names.contains(n.as_str())));
+        let (st, v, _) = s.call("GET", "/profiles/global", None, &[]);
+        assert_eq!(st, 200, "{v}");
+        eprintln!(
+            "on the full disk: count, list and all {} gets answered",
+            acked.len()
+        );
+        assert!(alive(&mut s), "the server exited on a full disk");
+
+        // Space returns: the server reopens the store by itself.
+        std::fs::remove_file(&ballast).unwrap();
+        let freed = Instant::now();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (st, v) = s.json("POST", "/machines", &machine(&format!("after{round}-0")));
+            if st == 201 {
+                break;
+            }
+            drp_error(&v, 507, "InsufficientStorage");
+            assert!(
+                tries < 600,
+                "no write accepted after the disk had room again"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "writes accepted again {:.2} s after the ballast was removed ({tries} tries)",
+            freed.elapsed().as_secs_f64()
+        );
+        acked.push(format!("after{round}-0"));
+        for i in 1..20 {
+            let name = format!("after{round}-{i}");
+            assert_eq!(s.json("POST", "/machines", &machine(&name)).0, 201);
+            acked.push(name);
+        }
+        for name in &acked {
+            let (st, v, _) = s.call("GET", &format!("/machines/Name:{name}"), None, &[]);
+            assert_eq!(st, 200, "{name}: {v}");
+        }
     }
 
     // A clean stop; the indexes equal a rebuild; a new process sees it all.
@@ -200,7 +218,7 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     let count = count.unwrap();
     // The refused writes may or may not have landed; nothing else did.
     assert!(
-        count >= acked.len() as u64 && count <= (acked.len() + refused) as u64,
+        count >= acked.len() as u64 && count <= (acked.len() + refused_total * BATCH) as u64,
         "{count}"
     );
 }
@@ -213,7 +231,7 @@ fn the_cli_on_a_full_disk_exits_non_zero_and_changes_nothing() {
         let (code, _, err) = embedded(&db, &["machines", "create", &format!("pre-{i}")], None);
         assert_eq!(code, 0, "{err}");
     }
-    let ballast = fill(fs.path());
+    let ballast = fill(fs.path(), 0);
     let mut acked = 5;
     let mut failed = None;
     for i in 0..200 {

@@ -1591,6 +1591,12 @@ impl Tree {
         }
     }
 
+    /// Whether a traversal may write tree maintenance (fleetkv patch 5):
+    /// not once the log has failed.
+    fn may_maintain(&self) -> bool {
+        self.context.pagecache.config.global_error().is_ok()
+    }
+
     // Returns the traversal path, completing any observed
     // partially complete splits or merges along the way.
     //
@@ -1670,7 +1676,12 @@ impl Tree {
                 retry!();
             }
 
-            if view.should_split() {
+            // fleetkv patch 5: splits, root hoists, parent-split completion
+            // and new merges are maintenance a read may skip. Once the log
+            // has failed (a full disk) they cannot be written, and doing
+            // them would turn every read that meets such a node into an
+            // error; skipped, the read goes on through the node as it is.
+            if view.should_split() && self.may_maintain() {
                 self.split_node(&view, &parent_view, root_pid, guard)?;
                 retry!();
             }
@@ -1683,7 +1694,10 @@ impl Tree {
                 ).get();
                 if unsplit_parent.is_none() && parent_view.is_some() {
                     unsplit_parent = parent_view.clone();
-                } else if parent_view.is_none() && view.lo.is_empty() {
+                } else if parent_view.is_none()
+                    && view.lo.is_empty()
+                    && self.may_maintain()
+                {
                     assert!(unsplit_parent.is_none());
                     assert_eq!(view.pid, root_pid);
                     // we have found a partially-split root
@@ -1698,7 +1712,9 @@ impl Tree {
                     }
                 }
                 continue;
-            } else if let Some(unsplit_parent) = unsplit_parent.take() {
+            } else if let Some(unsplit_parent) =
+                unsplit_parent.take().filter(|_| self.may_maintain())
+            {
                 // we have found the proper page for
                 // our cooperative parent split
                 let mut parent: Node = unsplit_parent.deref().clone();
@@ -1732,7 +1748,10 @@ impl Tree {
             // would be merged into a different index, which
             // would add considerable complexity to this already
             // fairly complex implementation.
-            if view.should_merge() && !took_leftmost_branch {
+            if view.should_merge()
+                && !took_leftmost_branch
+                && self.may_maintain()
+            {
                 if let Some(ref mut parent) = parent_view {
                     assert!(parent.merging_child.is_none());
                     if parent.can_merge_child() {
