@@ -259,6 +259,8 @@ fn main() {
         );
     }
 
+    group_figures(&store, &sql);
+
     println!();
     println!("| figure | value |");
     println!("|---|---:|");
@@ -385,6 +387,38 @@ fn main() {
 }
 
 /// Resident set size from /proc (0 where there is none).
+/// Counts per value (`machines count … --group-by KEY`) beside SQLite's
+/// `GROUP BY` on the same data; the answers must agree.
+fn group_figures(store: &Store, sql: &fleet::Sqlite) {
+    println!();
+    println!("| group-by (median) | filter | key | groups | fleetkv | SQLite | vs SQLite |");
+    println!("|---|---|---|---:|---:|---:|---:|");
+    for (i, (name, text, key, _)) in fleet::GROUPS.iter().enumerate() {
+        let f = if text.is_empty() {
+            fleetkv::Filter::all()
+        } else {
+            fleet::filter(text)
+        };
+        let by = [key.to_string()];
+        let groups = store.machines().group_count(&f, &by).unwrap();
+        let counts: Vec<u64> = groups.iter().map(|g| g.count).collect();
+        assert_eq!(counts, sql.group(i), "{name}: SQLite disagrees");
+        let ours = median(31, || {
+            black_box(store.machines().group_count(&f, &by).unwrap());
+        });
+        let sqlite = median(5, || {
+            black_box(sql.group(i));
+        });
+        println!(
+            "| {name} | `{text}` | `{key}` | {} | {} | {} | {} |",
+            groups.len(),
+            fmt(ours),
+            fmt(sqlite),
+            ratio(sqlite, ours)
+        );
+    }
+}
+
 fn rss_bytes() -> i64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()

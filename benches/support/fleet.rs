@@ -154,6 +154,32 @@ pub const SQL_COUNT: [&str; 6] = [
     "SELECT count(*) FROM machines WHERE name >= 'node-00' AND name < 'node-01' AND name REGEXP '^node-00[0-4]'",
 ];
 
+/// Counts per value (`group-by` + `range-only`): name, filter, key, and the
+/// same `GROUP BY` in SQLite (over its expression indexes where they exist).
+pub const GROUPS: [(&str, &str, &str, &str); 3] = [
+    (
+        "G1 one cluster's leaders",
+        "Profiles Eq cluster-7",
+        "Params.cluster/leader",
+        "SELECT coalesce(json_extract(m.doc, '$.Params.\"cluster/leader\"'), 0) v, count(*)
+           FROM machine_profiles mp JOIN machines m ON m.id = mp.machine_id
+          WHERE mp.profile = 'cluster-7' GROUP BY v ORDER BY v",
+    ),
+    (
+        "G2 every leader flag",
+        "",
+        "Params.cluster/leader",
+        "SELECT coalesce(json_extract(doc, '$.Params.\"cluster/leader\"'), 0) v, count(*)
+           FROM machines GROUP BY v ORDER BY v",
+    ),
+    (
+        "G3 machines per rack",
+        "",
+        "Params.rack",
+        "SELECT json_extract(doc, '$.Params.rack') v, count(*) FROM machines GROUP BY v ORDER BY v",
+    ),
+];
+
 /// The same queries listing 100 documents without Params and Meta.
 pub const SQL_LIST: [&str; 6] = [
     "SELECT json_remove(m.doc, '$.Params', '$.Meta') FROM machine_profiles mp JOIN machines m ON m.id = mp.machine_id
@@ -236,6 +262,13 @@ impl Sqlite {
             .unwrap()
             .query_row([], |r| r.get::<_, i64>(0))
             .unwrap() as u64
+    }
+
+    /// The counts of a `GROUPS` query, in value order.
+    pub fn group(&self, i: usize) -> Vec<u64> {
+        let mut st = self.conn.prepare_cached(GROUPS[i].3).unwrap();
+        let rows = st.query_map([], |r| r.get::<_, i64>(1)).unwrap();
+        rows.map(|r| r.unwrap() as u64).collect()
     }
 
     pub fn list(&self, i: usize) -> usize {

@@ -105,7 +105,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::model::{Machine, ParamDef, Profile};
-use crate::store::{ListOptions, MachineAddr, Store};
+use crate::store::{GroupCount, ListOptions, MachineAddr, Store};
 
 /// Seconds of clock skew allowed on a token's `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
@@ -723,6 +723,11 @@ impl ScopedMachines<'_> {
         self.store.machines().count(filter)
     }
     /// `list` on `*`.
+    pub fn group_count(&self, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
+        self.claims.check(M, "list", "*")?;
+        self.store.machines().group_count(filter, by)
+    }
+    /// `list` on `*`.
     pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
         self.claims.check(M, "list", "*")?;
         self.store.machines().list(filter, opts)
@@ -819,6 +824,11 @@ impl ScopedProfiles<'_> {
     pub fn count(&self, filter: &Filter) -> Result<u64> {
         self.claims.check(P, "list", "*")?;
         self.store.profiles().count(filter)
+    }
+    /// `list` on `*`.
+    pub fn group_count(&self, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
+        self.claims.check(P, "list", "*")?;
+        self.store.profiles().group_count(filter, by)
     }
     /// `list` on `*`.
     pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {

@@ -396,13 +396,29 @@ impl Index {
         }
     }
 
-    /// Ids in `ids`, ordered by `key`'s value (objects without one last,
-    /// a param's default sorted as its value), ties by id.
+    /// `ids` in `key` order: by value, then objects without one.
     pub(crate) fn sorted(&self, ids: &RoaringBitmap, key: &Key, d: &dyn Defaults) -> Vec<u32> {
+        let (groups, rest) = self.groups(ids, key, d);
+        let mut out: Vec<u32> = Vec::with_capacity(ids.len() as usize);
+        for (_, g) in groups {
+            out.extend(g.iter());
+        }
+        out.extend(rest.iter());
+        out
+    }
+
+    /// `ids` split by their value for `key`, in value order (a param's
+    /// default counts as the value of the objects without one), and the
+    /// objects left with no value.
+    fn groups(
+        &self,
+        ids: &RoaringBitmap,
+        key: &Key,
+        d: &dyn Defaults,
+    ) -> (Vec<(ValueKey, RoaringBitmap)>, RoaringBitmap) {
         let mut groups: Vec<(ValueKey, RoaringBitmap)> = Vec::new();
-        let post = self.keys.get(key);
         let mut rest = ids.clone();
-        if let Some(post) = post {
+        if let Some(post) = self.keys.get(key) {
             for (v, b) in &post.values {
                 if rest.is_empty() {
                     break;
@@ -424,13 +440,86 @@ impl Index {
                 }
             }
         }
-        let mut out: Vec<u32> = Vec::with_capacity(ids.len() as usize);
-        for (_, g) in groups {
-            out.extend(g.iter());
+        (groups, rest)
+    }
+
+    /// How many of `ids` hold each value of `keys[0]`, each group split
+    /// again by the rest of `keys`: DRP's `group-by` with `range-only`.
+    /// Objects with no value (and no default) count under `null`.
+    pub(crate) fn group_counts(
+        &self,
+        ids: &RoaringBitmap,
+        keys: &[Key],
+        d: &dyn Defaults,
+    ) -> Vec<GroupCount> {
+        let Some((key, deeper)) = keys.split_first() else {
+            return Vec::new();
+        };
+        let (groups, rest) = self.groups(ids, key, d);
+        let mut out: Vec<GroupCount> = groups
+            .into_iter()
+            .map(|(v, g)| GroupCount {
+                value: v.to_json(),
+                count: g.len(),
+                groups: self.group_counts(&g, deeper, d),
+            })
+            .collect();
+        if !rest.is_empty() {
+            let groups = self.group_counts(&rest, deeper, d);
+            match out.first_mut() {
+                // `null` sorts first: objects without a value join it.
+                Some(first) if first.value.is_null() => {
+                    first.count += rest.len();
+                    first.groups = merge_groups(std::mem::take(&mut first.groups), groups);
+                }
+                _ => out.insert(
+                    0,
+                    GroupCount {
+                        value: Value::Null,
+                        count: rest.len(),
+                        groups,
+                    },
+                ),
+            }
         }
-        out.extend(rest.iter());
         out
     }
+}
+
+/// One value's count in a `group-by` answer, with its sub-groups when
+/// grouped by more than one key.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GroupCount {
+    /// The value (`null` also stands for "no value").
+    pub value: Value,
+    /// How many objects hold it.
+    pub count: u64,
+    /// The same objects grouped by the next key, if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupCount>,
+}
+
+/// Sums two value-ordered group lists (the `null` group of objects holding
+/// null and of objects holding nothing).
+fn merge_groups(a: Vec<GroupCount>, b: Vec<GroupCount>) -> Vec<GroupCount> {
+    let mut out: Vec<GroupCount> = Vec::with_capacity(a.len() + b.len());
+    let mut all: Vec<(ValueKey, GroupCount)> = a
+        .into_iter()
+        .chain(b)
+        .map(|g| (ValueKey::of(&g.value), g))
+        .collect();
+    all.sort_by(|x, y| x.0.cmp(&y.0));
+    for (k, g) in all {
+        match out.last_mut() {
+            Some(last) if ValueKey::of(&last.value) == k => {
+                last.count += g.count;
+                last.groups = merge_groups(std::mem::take(&mut last.groups), g.groups);
+            }
+            _ => out.push(g),
+        }
+    }
+    out
 }
 
 /// Set-key tests given "holders of element s, within base" and the list of

@@ -70,6 +70,26 @@ impl ValueKey {
     pub(crate) fn str(s: &str) -> ValueKey {
         ValueKey::Str(s.into())
     }
+
+    /// The value as JSON: an integral number within `i64` comes back as an
+    /// integer, as it was stored.
+    pub(crate) fn to_json(&self) -> Value {
+        match self {
+            ValueKey::Null => Value::Null,
+            ValueKey::Bool(b) => Value::Bool(*b),
+            ValueKey::Num(NumKey(Num(f))) => {
+                let f = *f;
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    Value::from(f as i64)
+                } else {
+                    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                }
+            }
+            ValueKey::Str(s) => Value::String(s.to_string()),
+            // Written by `canonical_json`, so it parses back.
+            ValueKey::Json(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        }
+    }
 }
 
 /// JSON text with object keys sorted, so that equal documents share a key

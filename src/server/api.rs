@@ -132,6 +132,15 @@ pub(crate) struct ListParams {
     decode: Option<bool>,
     /// fleetkv extension: a filter in fleetkv's text form (`Name Eq a Or Name Eq b`), ANDed with the others.
     filter: Option<String>,
+    /// Machines and profiles, with `range-only=true`: answer how many match per
+    /// distinct value of this key (a field, `Params.NAME`, `Meta.KEY`) instead of
+    /// the objects, as `[{"Value": v, "Count": n}]`, from the indexes. Repeat it
+    /// to split each group by the next key (`"Groups"`).
+    #[serde(rename = "group-by")]
+    group_by: Option<Vec<String>>,
+    /// With `group-by`: counts only (`true`). Required: grouped objects are not served.
+    #[serde(rename = "range-only")]
+    range_only: Option<bool>,
 }
 
 /// `?aggregate=true`.
@@ -410,6 +419,8 @@ pub(crate) fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
                 | "aggregate"
                 | "decode"
                 | "filter"
+                | "group-by"
+                | "range-only"
         );
         if listing_key {
             let v = url_decode(v)?;
@@ -425,6 +436,11 @@ pub(crate) fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
                 }
                 "slim" => opts.slim = csv(&v),
                 "params" => opts.params = Some(csv(&v)),
+                // Read by `grouping`; only checked here.
+                "group-by" => {}
+                "range-only" => {
+                    flag(&key, &v)?;
+                }
                 _ => {
                     let f = Filter::parse(&v).map_err(Error::from)?;
                     extra = Some(match extra {
@@ -445,6 +461,32 @@ pub(crate) fn listing(query: &str) -> ApiResult<(Filter, ListOptions)> {
     Ok((filter, opts))
 }
 
+/// DRP's `group-by` keys (repeatable) when the query asks for counts per
+/// value (`range-only=true`). Grouped objects (`group-by` alone) are not
+/// served: a 400 says so.
+pub(crate) fn grouping(query: &str) -> ApiResult<Option<Vec<String>>> {
+    let (mut by, mut range_only) = (Vec::new(), false);
+    for part in query.split('&') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        match url_decode(k)?.as_str() {
+            "group-by" => by.push(url_decode(v)?),
+            "range-only" => range_only = flag("range-only", &url_decode(v)?)?,
+            _ => {}
+        }
+    }
+    match (by.is_empty(), range_only) {
+        (true, false) => Ok(None),
+        (false, true) => Ok(Some(by)),
+        (true, true) => Err(ApiError::bad_request(
+            "range-only=true counts the groups of group-by: give group-by=KEY",
+        )),
+        (false, false) => Err(ApiError::bad_request(
+            "group-by answers counts per value only: add range-only=true \
+             (fleetkv does not return objects grouped by value)",
+        )),
+    }
+}
+
 fn params_list(store: &Store, filter: &Filter, opts: &ListOptions) -> ApiResult<Vec<Value>> {
     Ok(store.params().list(filter, opts)?)
 }
@@ -457,7 +499,7 @@ pub(crate) fn count_header(n: u64) -> [(HeaderName, HeaderValue); 1] {
 #[utoipa::path(get, path = "/api/v3/{kind}",
     params(("kind" = Collection, Path, description = "machines, profiles or params"), ListParams),
     responses(
-        (status = 200, description = "The matching objects; the total in X-DRP-List-Count", body = Vec<Object>,
+        (status = 200, description = "The matching objects (with group-by and range-only: the count per value, [{\"Value\": v, \"Count\": n}]); the total in X-DRP-List-Count", body = Vec<Object>,
             headers(("X-DRP-List-Count" = u64, description = "Matches before offset/limit"))),
         (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
 pub async fn list(
@@ -468,8 +510,21 @@ pub async fn list(
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
     app.auth.authorize(&who, kind.plural(), "list", "")?;
-    let (filter, opts) = listing(q.as_deref().unwrap_or(""))?;
+    let q = q.as_deref().unwrap_or("");
+    let (filter, opts) = listing(q)?;
     let s = &app.store;
+    if let Some(by) = grouping(q)? {
+        let groups = match kind {
+            Kind::Machine => s.machines().group_count(&filter, &by)?,
+            Kind::Profile => s.profiles().group_count(&filter, &by)?,
+            _ => Err(ApiError::bad_request(format!(
+                "group-by counts machines and profiles, not {}",
+                kind.plural()
+            )))?,
+        };
+        let n = groups.iter().map(|g| g.count).sum();
+        return Ok((count_header(n), Json(groups)).into_response());
+    }
     let (n, items) = match kind {
         Kind::Machine => {
             let q = s.machines().prepare(&filter)?;

@@ -79,6 +79,20 @@ impl Store {
 
 /// Parses a listing sort key (a field, `Params.NAME`, `Meta.KEY` or a bare param).
 pub(super) fn sort_key(kind: Kind, s: &str) -> Result<Key> {
+    value_key(kind, s, "sort")
+}
+
+/// Parses `group-by` keys: the keys a listing can sort by.
+pub(super) fn group_keys(kind: Kind, by: &[String]) -> Result<Vec<Key>> {
+    if by.is_empty() {
+        return Err(Error::invalid("group-by", "give at least one key"));
+    }
+    by.iter().map(|s| value_key(kind, s, "group-by")).collect()
+}
+
+/// A single-valued key (a field, `Params.NAME`, `Meta.KEY` or a bare param)
+/// for `what` (`sort`, `group-by`).
+fn value_key(kind: Kind, s: &str, what: &'static str) -> Result<Key> {
     let field = match s {
         "Name" => Some(Field::Name),
         "Description" => Some(Field::Description),
@@ -93,8 +107,11 @@ pub(super) fn sort_key(kind: Kind, s: &str) -> Result<Key> {
     }
     match s {
         "" | "Profiles" | "Params" | "Meta" => Err(Error::invalid(
-            "sort",
-            format!("cannot sort by {s:?}: give a field, a param or Meta.KEY"),
+            what,
+            format!(
+                "cannot {} by {s:?}: give a field, a param or Meta.KEY",
+                if what == "sort" { "sort" } else { "group" }
+            ),
         )),
         _ => Ok(if let Some(m) = s.strip_prefix("Meta.") {
             Key::Meta(m.to_string())

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::backend::Batch;
 use super::layout::{decode, encode, from_json, machine_key, to_json, MACHINE_PREFIX, NEXT_ID_KEY};
-use super::list::{shape, shape_raw, sort_key, window, ListOptions, Query};
+use super::list::{group_keys, shape, shape_raw, sort_key, window, ListOptions, Query};
 use super::open::Store;
 use super::patch;
 use super::state::{
@@ -22,6 +22,7 @@ use super::state::{
 use super::write::{erase, record, stage, Apply};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
+use crate::index::GroupCount;
 use crate::index::{Defaults, Entries, ValueKey};
 use crate::model::{Kind, Machine};
 use crate::telemetry::WriteKind;
@@ -280,6 +281,31 @@ impl Machines<'_> {
     pub fn count_query(&self, q: &Query) -> u64 {
         let st = self.store.state();
         st.machines.count(&q.bound, None, &*st)
+    }
+
+    /// How many matching machines hold each value of `by[0]` (a field,
+    /// `Params.NAME` or `Meta.KEY`), each group split by the next key:
+    /// DRP's `group-by` with `range-only`, answered from the indexes alone.
+    ///
+    /// ```
+    /// # use fleetkv::{Filter, Machine, Store};
+    /// let store = Store::in_memory()?;
+    /// for (name, role) in [("a", "leader"), ("b", "worker"), ("c", "worker")] {
+    ///     let mut m = Machine::new(name);
+    ///     m.params.insert("cluster/role".into(), role.into());
+    ///     store.machines().create(m)?;
+    /// }
+    /// let groups = store.machines().group_count(&Filter::all(), &["Params.cluster/role".into()])?;
+    /// assert_eq!(groups[0].value, "leader");
+    /// assert_eq!(groups[1].count, 2);
+    /// # Ok::<(), fleetkv::Error>(())
+    /// ```
+    pub fn group_count(&self, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
+        let keys = group_keys(Kind::Machine, by)?;
+        let q = self.prepare(filter)?;
+        let st = self.store.state();
+        let ids = self.store.eval(&st, &q);
+        Ok(st.machines.group_counts(&ids, &keys, &*st))
     }
 
     /// Matching machines as JSON, shaped by `opts`.

@@ -64,6 +64,7 @@ mod stall;
 mod state;
 mod write;
 
+pub use crate::index::GroupCount;
 pub use bulk::{Bulk, BulkError};
 pub use check::CheckReport;
 pub use checkpoint::Recovery;

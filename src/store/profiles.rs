@@ -10,13 +10,14 @@ use serde_json::{Map, Value};
 
 use super::backend::Batch;
 use super::layout::{from_json, named_key, to_json, PROFILE_PREFIX};
-use super::list::{shape, sort_key, window, ListOptions, Query};
+use super::list::{group_keys, shape, sort_key, window, ListOptions, Query};
 use super::open::Store;
 use super::patch;
 use super::state::{profile_entries, Pending, State};
 use super::write::{erase, record, Apply};
 use crate::error::{Error, Result};
 use crate::filter::{Filter, Key};
+use crate::index::GroupCount;
 use crate::index::{Defaults, ValueKey};
 use crate::model::{Effective, Kind, Object, Profile, GLOBAL_PROFILE};
 use crate::telemetry::WriteKind;
@@ -186,6 +187,16 @@ impl Profiles<'_> {
         let q = self.prepare(filter)?;
         let st = self.store.state();
         Ok(st.profile_index.count(&q.bound, None, &*st))
+    }
+
+    /// How many matching profiles hold each value of `by[0]`, each group
+    /// split by the next key (see [`Machines::group_count`](super::Machines::group_count)).
+    pub fn group_count(&self, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
+        let keys = group_keys(Kind::Profile, by)?;
+        let q = self.prepare(filter)?;
+        let st = self.store.state();
+        let ids = self.store.eval(&st, &q);
+        Ok(st.profile_index.group_counts(&ids, &keys, &*st))
     }
 
     /// Matching profiles as JSON; by Name unless sorted otherwise.

@@ -308,6 +308,11 @@ struct ListArgs {
     /// `count` only: block until the count satisfies `>= N`, `== N` or `<= N`.
     #[arg(long, value_name = "COND")]
     until: Option<String>,
+    /// `count` only: count per distinct value of KEY (a field, `Params.NAME`,
+    /// `Meta.KEY`) from the indexes, as `[{"Value": v, "Count": n}]`; repeat
+    /// to split each group by the next key.
+    #[arg(long = "group-by", value_name = "KEY")]
+    group_by: Vec<String>,
     /// With `--until`: give up after this many seconds (exit 5).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600.0)]
     timeout: f64,
@@ -544,6 +549,11 @@ fn run(cli: Cli) -> Out {
             ));
         }
         Verb::Count(args) if args.until.is_some() => {
+            if !args.group_by.is_empty() {
+                return Err(Failure::input(
+                    "count takes --until or --group-by, not both",
+                ));
+            }
             let (filter, _) = listing(kind, args)?;
             let until = args.until.as_deref().unwrap_or_default();
             let n = wait::count_until(&data, open, kind, &filter, until, seconds(args.timeout)?)?;
@@ -644,6 +654,15 @@ impl Ctx {
             Verb::List(args) => {
                 let (filter, opts) = listing(kind, &args)?;
                 show(Value::Array(list(s, kind, &filter, &opts)?))
+            }
+            Verb::Count(args) if !args.group_by.is_empty() => {
+                let (filter, _) = listing(kind, &args)?;
+                let groups = match kind {
+                    Kind::Machine => s.machines().group_count(&filter, &args.group_by)?,
+                    Kind::Profile => s.profiles().group_count(&filter, &args.group_by)?,
+                    _ => Err(group_by_kinds())?,
+                };
+                show(to_value(groups))
             }
             Verb::Count(args) => {
                 let (filter, _) = listing(kind, &args)?;
@@ -1032,6 +1051,11 @@ fn profile_edit(s: &Scoped, id: &str, profile: &str, add: bool) -> Out<Value> {
         { "op": "replace", "path": "/Profiles", "value": profiles },
     ]);
     Ok(to_value(s.machines().patch(id, &ops)?))
+}
+
+/// `--group-by` on a kind without group counts.
+fn group_by_kinds() -> Failure {
+    Failure::input("--group-by counts machines and profiles")
 }
 
 /// The filter and listing options a `list`/`count` line gives.

@@ -15,8 +15,8 @@ mod events;
 
 use super::cluster::ClusterVerb;
 use super::{
-    escape, listing, loose_json, machines_only, parse_json, pretty, with_params, Ctx, Failure,
-    ListArgs, MetaVerb, Out, Verb,
+    escape, group_by_kinds, listing, loose_json, machines_only, parse_json, pretty, with_params,
+    Ctx, Failure, ListArgs, MetaVerb, Out, Verb,
 };
 
 /// Flags that select remote mode.
@@ -432,6 +432,17 @@ impl Remote {
                 Ok(())
             }
             Verb::List(args) => show(self.get(&format!("{coll}{}", query(kind, &args)?))?),
+            Verb::Count(args) if !args.group_by.is_empty() => {
+                if !matches!(kind, Kind::Machine | Kind::Profile) {
+                    return Err(group_by_kinds());
+                }
+                if args.until.is_some() {
+                    return Err(Failure::input(
+                        "count takes --until or --group-by, not both",
+                    ));
+                }
+                show(self.get(&format!("{coll}{}", query(kind, &args)?))?)
+            }
             Verb::Count(args) if args.until.is_some() => {
                 if kind != Kind::Machine {
                     return Err(Failure::input("count --until counts machines"));
@@ -1018,6 +1029,12 @@ fn query(kind: Kind, args: &ListArgs) -> Out<String> {
     }
     if opts.aggregate {
         q.push("aggregate=true".into());
+    }
+    for key in &args.group_by {
+        q.push(format!("group-by={}", enc(key, false)));
+    }
+    if !args.group_by.is_empty() {
+        q.push("range-only=true".into());
     }
     Ok(if q.is_empty() {
         String::new()
