@@ -123,6 +123,24 @@ impl fmt::Display for Role {
     }
 }
 
+impl Role {
+    /// The role that effective params give (manager wins over leader; `true`
+    /// or `"true"`).
+    pub fn of(params: &serde_json::Map<String, Value>) -> Role {
+        let on = |k: &str| {
+            matches!(params.get(k), Some(Value::Bool(true)))
+                || params.get(k).and_then(Value::as_str) == Some("true")
+        };
+        if on(MANAGER_PARAM) {
+            Role::Manager
+        } else if on(LEADER_PARAM) {
+            Role::Leader
+        } else {
+            Role::Worker
+        }
+    }
+}
+
 impl FromStr for Role {
     type Err = Error;
     fn from_str(s: &str) -> Result<Role> {
@@ -318,17 +336,7 @@ impl Cluster {
             .store
             .machines()
             .params(&format!("Uuid:{}", m.uuid), true)?;
-        let on = |k: &str| {
-            matches!(params.get(k), Some(Value::Bool(true)))
-                || params.get(k).and_then(Value::as_str) == Some("true")
-        };
-        Ok(if on(MANAGER_PARAM) {
-            Role::Manager
-        } else if on(LEADER_PARAM) {
-            Role::Leader
-        } else {
-            Role::Worker
-        })
+        Ok(Role::of(&params))
     }
 
     fn member(&self, machine: &str) -> Result<Machine> {

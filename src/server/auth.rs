@@ -84,45 +84,66 @@ impl Authenticator {
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
-            if eq_ct(rest, &self.admin_key) {
-                return Ok(Principal::Admin);
-            }
-            if rest.is_empty() {
-                return Err(ApiError::unauthorized("empty bearer token"));
-            }
-            return Ok(Principal::Token(rest.to_string()));
+            return self.bearer(rest);
         }
         if scheme.eq_ignore_ascii_case("basic") {
             let raw = base64_decode(rest)
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| ApiError::unauthorized("malformed basic credentials"))?;
-            let (user, pass) = raw
-                .split_once(':')
-                .ok_or_else(|| ApiError::unauthorized("malformed basic credentials"))?;
-            if user == "admin" && eq_ct(pass, &self.admin_key) {
-                return Ok(Principal::Admin);
-            }
-            if self.verified.lock().contains(&raw) {
-                return Ok(Principal::User(user.to_string()));
-            }
-            let ok = self.users.get(user).is_some_and(|h| {
-                PasswordHash::new(h)
-                    .map(|h| {
-                        Argon2::default()
-                            .verify_password(pass.as_bytes(), &h)
-                            .is_ok()
-                    })
-                    .unwrap_or(false)
-            });
-            if ok {
-                self.verified.lock().insert(raw.clone());
-                return Ok(Principal::User(user.to_string()));
-            }
-            return Err(ApiError::unauthorized("wrong user or password"));
+            return self.user_pass(&raw);
         }
         Err(ApiError::unauthorized(format!(
             "unsupported authorization scheme {scheme:?}"
         )))
+    }
+
+    /// Who a credential typed into the UI's login form is: `user:password`
+    /// (or `admin:KEY`) as basic auth, anything else as a bearer (the admin
+    /// key or a token).
+    pub fn login(&self, credential: &str) -> Result<Principal, ApiError> {
+        let credential = credential.trim();
+        if credential.contains(':') {
+            self.user_pass(credential)
+        } else {
+            self.bearer(credential)
+        }
+    }
+
+    fn bearer(&self, rest: &str) -> Result<Principal, ApiError> {
+        if eq_ct(rest, &self.admin_key) {
+            return Ok(Principal::Admin);
+        }
+        if rest.is_empty() {
+            return Err(ApiError::unauthorized("empty bearer token"));
+        }
+        Ok(Principal::Token(rest.to_string()))
+    }
+
+    /// `raw` is `user:pass`.
+    fn user_pass(&self, raw: &str) -> Result<Principal, ApiError> {
+        let (user, pass) = raw
+            .split_once(':')
+            .ok_or_else(|| ApiError::unauthorized("malformed basic credentials"))?;
+        if user == "admin" && eq_ct(pass, &self.admin_key) {
+            return Ok(Principal::Admin);
+        }
+        if self.verified.lock().contains(raw) {
+            return Ok(Principal::User(user.to_string()));
+        }
+        let ok = self.users.get(user).is_some_and(|h| {
+            PasswordHash::new(h)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(pass.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        });
+        if ok {
+            self.verified.lock().insert(raw.to_string());
+            return Ok(Principal::User(user.to_string()));
+        }
+        Err(ApiError::unauthorized("wrong user or password"))
     }
 
     /// May `principal` do `action` on `scope` (`addr`: the object's address

@@ -173,7 +173,7 @@ fn seconds(v: Option<&String>, default: f64) -> ApiResult<Duration> {
 }
 
 impl App {
-    fn waiter(&self) -> ApiResult<OwnedSemaphorePermit> {
+    pub(crate) fn waiter(&self) -> ApiResult<OwnedSemaphorePermit> {
         self.waiters.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -101,6 +101,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// What went wrong, one message per line of DRP's `Messages`.
+    pub fn messages(&self) -> &[String] {
+        &self.body.messages
+    }
 }
 
 impl From<Error> for ApiError {
@@ -177,7 +182,13 @@ pub async fn shape_errors(req: Request<Body>, next: Next) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if status.as_u16() < 400 || is_json {
+    // The UI's pages (HTML) keep their own error pages.
+    let is_html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if status.as_u16() < 400 || is_json || is_html {
         return resp;
     }
     let (parts, body) = resp.into_parts();

@@ -19,9 +19,10 @@
 //! | GET, POST, DELETE | `/api/v3/{kind}/{id}/params/{key…}` | get, set (CAS with `X-Fleetkv-Expect`), remove |
 //! | | tokens, waits, election, workflow-all, render, events | the coordination verbs: see [`coord`] |
 //! | GET | `/metrics` | Prometheus text ([`metrics`]; claim `metrics/get/*`, or unauthenticated on `--metrics-listen`) |
+//! | GET, POST | `/ui/…` | the operator's pages ([`ui`]; a login form and a session cookie) |
 //!
-//! Every route is in the OpenAPI document; `tests/server.rs` fails when one
-//! is missing from it.
+//! Every API route is in the OpenAPI document; `tests/server.rs` fails when
+//! one is missing from it. The UI's HTML pages are not API and are not in it.
 //!
 //! Resource exhaustion: a full disk is a 507 (`InsufficientStorage`) and the
 //! server reopens its store by itself once space returns (`recover` below);
@@ -47,6 +48,7 @@ pub mod error;
 mod listen;
 pub mod metrics;
 pub mod transfer;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -178,6 +180,8 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         .layer(from_fn_with_state(app.clone(), authenticate))
         // Unauthenticated: health and version.
         .route("/api/v3/info", get(api::info))
+        // The UI checks its own session cookie (see `ui`).
+        .merge(ui::routes(Arc::new(ui::Sessions::default())))
         .layer(from_fn(api::check_path))
         .layer(from_fn(read_body))
         .layer(DefaultBodyLimit::disable())
