@@ -342,3 +342,53 @@ fn the_scripts_are_served_from_the_binary() {
     }
     assert_eq!(ui(&s, "GET", "/ui/assets/nope.js", "", None).0, 404);
 }
+
+#[test]
+fn a_live_page_that_stops_reading_is_dropped_and_frees_its_slot() {
+    use std::io::{Read as _, Write as _};
+    // One waiter slot: while the stalled page holds it, waits get 503.
+    let s = Server::start(&["--write-timeout", "1", "--max-waiters", "1"]);
+    assert_eq!(s.cli(&["cluster", "init", "c"]).0, 0);
+    let m = json!({"Name": "big", "Profiles": ["c"]});
+    assert_eq!(s.json("POST", "/machines", &m).0, 201);
+    let (session, _) = log_in(&s, &s.key);
+    let mut c = std::net::TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
+    write!(
+        c,
+        "GET /ui/clusters/c/live HTTP/1.1\r\nHost: x\r\nCookie: {session}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let wait = "/wait/count?until=%3E%3D0&timeout=0";
+    assert_eq!(
+        s.call("GET", wait, None, &[]).0,
+        503,
+        "the page holds the slot"
+    );
+    // Each change renders the page's live part again, a 256 KiB icon
+    // included: ~15 MB the browser never reads.
+    for i in 0..60 {
+        let icon = format!("{i}{}", "x".repeat(256 << 10));
+        let patch = json!([{"op": "add", "path": "/Meta/icon", "value": icon}]).to_string();
+        let (st, _, _) = s.call(
+            "PATCH",
+            "/machines/Name:big",
+            Some(("application/json-patch+json", &patch)),
+            &[],
+        );
+        assert_eq!(st, 200);
+        std::thread::sleep(Duration::from_millis(60)); // one render each
+    }
+    let mut freed = false;
+    for _ in 0..200 {
+        if s.call("GET", wait, None, &[]).0 == 200 {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(freed, "the stalled page still holds its waiter slot");
+    drop(c);
+}
