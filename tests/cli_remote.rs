@@ -532,3 +532,119 @@ fn remote_export_and_list_past_ten_megabytes() {
     assert_eq!(list.as_array().unwrap().len(), 48);
     assert_eq!(list[47]["Description"].as_str().unwrap().len(), 256 << 10);
 }
+
+/// Every verb of `machines`, `profiles` and `params` (with the options that
+/// change what they do), successes and failures, through `-E` and on the
+/// embedded twin: the same exit code, stdout and stderr, step by step.
+#[test]
+fn every_verb_answers_as_embedded() {
+    let dir = TempDir::new().unwrap();
+    let (a, server) = twins(dir.path());
+    let tmpl = write(dir.path(), "t.tmpl", &json!("unused"));
+    std::fs::write(&tmpl, "{{.Machine.Name}} at {{.Param \"site\"}}\n").unwrap();
+    let tmpl = tmpl.to_str().unwrap();
+    let cases: &[&[&str]] = &[
+        // Reads.
+        &["machines", "show", "m1"],
+        &["machines", "show", "Name:m1", "--aggregate"],
+        &["machines", "show", "00000000-0000-4000-8000-000000000002"],
+        &["machines", "exists", "m1"],
+        &["machines", "exists", "ghost"],
+        &["machines", "list", "Profiles", "Eq", "example", "--slim", "Params,Meta"],
+        &["machines", "list", "sort", "Name", "reverse", "limit", "2", "--params", "site", "--aggregate"],
+        &["-F", "table", "machines", "list"],
+        &["machines", "count"],
+        &["machines", "count", "Profiles", "Eq", "example", "--group-by", "Meta.color"],
+        &["machines", "count", "--group-by", "Params.my/data", "--group-by", "Name"],
+        &["profiles", "list"],
+        &["profiles", "count", "--group-by", "Meta.icon"],
+        &["profiles", "show", "example"],
+        &["params", "list"],
+        &["params", "show", "my/data"],
+        // Writes, each applied to both twins.
+        &["machines", "create", "{\"Name\":\"m9\",\"Uuid\":\"00000000-0000-4000-8000-000000000009\"}"],
+        &["machines", "update", "m9", "{\"Description\":\"nine\"}"],
+        &["machines", "patch", "m9", "[{\"op\":\"replace\",\"path\":\"/Description\",\"value\":\"9\"}]"],
+        &["machines", "patch", "m9", "[{\"op\":\"test\",\"path\":\"/Description\",\"value\":\"x\"},{\"op\":\"remove\",\"path\":\"/Description\"}]"],
+        &["machines", "set", "m9", "param", "my/data", "to", "\"a\""],
+        &["-r", "\"a\"", "machines", "set", "m9", "param", "my/data", "to", "\"b\""],
+        &["-r", "\"a\"", "machines", "set", "m9", "param", "my/data", "to", "\"c\""],
+        &["machines", "get", "m9", "param", "my/data"],
+        &["machines", "get", "m1", "param", "my/data"],
+        &["machines", "get", "m1", "param", "my/data", "--aggregate"],
+        &["machines", "params", "m9"],
+        &["machines", "params", "m1", "--aggregate"],
+        &["machines", "remove", "m9", "param", "my/data"],
+        &["machines", "remove", "m9", "param", "my/data"],
+        &["machines", "addprofile", "m9", "example"],
+        &["machines", "addprofile", "m9", "example"],
+        &["machines", "addprofile", "m9", "ghost"],
+        &["machines", "removeprofile", "m9", "example"],
+        &["machines", "removeprofile", "m9", "example"],
+        &["machines", "workflow", "m9", "discover"],
+        &["machines", "wait", "m9", "Workflow", "discover", "1"],
+        &["machines", "wait", "m9", "Workflow", "never", "0.2"],
+        &["machines", "await", "m9", "Workflow", "Eq", "discover", "--timeout", "1"],
+        &["machines", "await", "m9", "Workflow", "Eq", "never", "--timeout", "0.2"],
+        &["machines", "meta", "set", "m9", "key", "icon", "to", "anchor"],
+        &["machines", "meta", "get", "m9", "key", "icon"],
+        &["machines", "meta", "remove", "m9", "key", "icon"],
+        &["machines", "meta", "get", "m9", "key", "icon"],
+        &["machines", "render", "m1", tmpl],
+        &["machines", "workflow-all", "install", "Profiles", "Eq", "example"],
+        &["machines", "count", "Workflow", "Eq", "install"],
+        &["profiles", "create", "{\"Name\":\"p2\",\"Params\":{\"site\":\"fra\"}}"],
+        &["profiles", "update", "p2", "{\"Description\":\"two\"}"],
+        &["profiles", "set", "p2", "param", "my/data", "to", "\"shared\""],
+        &["-r", "\"none\"", "profiles", "set", "p2", "param", "my/data", "to", "\"race\""],
+        &["profiles", "get", "p2", "param", "my/data"],
+        &["profiles", "get", "example", "param", "my/data", "--aggregate"],
+        &["profiles", "params", "p2"],
+        &["profiles", "patch", "p2", "[{\"op\":\"add\",\"path\":\"/Meta/icon\",\"value\":\"cube\"}]"],
+        &["profiles", "meta", "set", "p2", "key", "color", "to", "blue"],
+        &["profiles", "remove", "p2", "param", "site"],
+        &["params", "create", "{\"Name\":\"n\",\"Schema\":{\"type\":\"number\",\"default\":3}}"],
+        &["params", "update", "n", "{\"Description\":\"a number\"}"],
+        &["machines", "set", "m9", "param", "n", "to", "\"three\""],
+        &["machines", "get", "m9", "param", "n", "--aggregate"],
+        &["params", "destroy", "n"],
+        &["profiles", "destroy", "p2"],
+        &["machines", "destroy", "m9"],
+        &["machines", "destroy", "m9"],
+        // Failures: exit codes and messages.
+        &["machines", "show", "ghost"],
+        &["machines", "list", "Name", "Foo", "x"],
+        &["machines", "count", "--group-by", "Profiles"],
+        &["machines", "create", "{not json"],
+        &["machines", "create", "{\"Name\":\"m1\"}"],
+        &["machines", "update", "m1", "[1]"],
+        &["machines", "patch", "m1", "{\"op\":\"add\"}"],
+        &["machines", "set", "m1", "param", "my/data", "to", "7"],
+        &["profiles", "destroy", "example"],
+        &["params", "list", "Name", "Eq", "x"],
+        &["params", "destroy", "ghost"],
+    ];
+    for args in cases {
+        let remote = server.cli(args);
+        let embedded = local(&a, args, None);
+        assert_eq!(remote, embedded, "{args:?}");
+    }
+    // A token is minted anew each time (its issue time differs): both print
+    // one; a refusal is the same refusal.
+    for args in [&["profiles", "token", "example", "--ttl", "60"][..]] {
+        let (code, remote, err) = server.cli(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let (code, embedded, err) = local(&a, args, None);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        for t in [remote, embedded] {
+            assert_eq!(t.trim().trim_matches('"').split('.').count(), 3, "{t}");
+        }
+    }
+    for args in [
+        &["profiles", "token", "ghost"][..],
+        &["machines", "token", "m1"][..],
+    ] {
+        assert_eq!(server.cli(args), local(&a, args, None), "{args:?}");
+    }
+    assert_eq!(server.ok(&["export"]), local_ok(&a, &["export"]));
+}

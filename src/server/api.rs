@@ -776,9 +776,7 @@ pub async fn patch(
         _ => doc.is_object(),
     };
     if !merge && !doc.is_array() {
-        return Err(ApiError::bad_request(
-            "a JSON Patch is an array of operations",
-        ));
+        return Err(crate::store::not_a_patch(&doc).into());
     }
     let v = app
         .write(move |s| apply_patch(s, kind, &id, &doc, merge))
@@ -865,9 +863,7 @@ fn aggregate_of(q: Option<&str>) -> ApiResult<bool> {
 /// Prefixes each operation's `path` and `from` with `/Params`.
 fn under_params(ops: Value) -> ApiResult<Value> {
     let Value::Array(ops) = ops else {
-        return Err(ApiError::bad_request(
-            "a JSON Patch is an array of operations",
-        ));
+        return Err(crate::store::not_a_patch(&ops).into());
     };
     ops.into_iter()
         .map(|mut op| {

@@ -75,4 +75,5 @@ pub use params::Params;
 pub use profiles::Profiles;
 
 pub(crate) use layout::{job_key, log_position};
+pub(crate) use patch::not_a_patch;
 pub(crate) use state::MachineAddr;

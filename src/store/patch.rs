@@ -11,16 +11,22 @@ use crate::error::{Error, Result};
 /// Fields no patch may change: the key and the store's revision stamp.
 const IMMUTABLE: &[&str] = &["/Uuid", "/Revision"];
 
+/// The error for a patch document that is not an array (one wording for
+/// the library, the CLI and the server).
+pub(crate) fn not_a_patch(doc: &Value) -> Error {
+    Error::invalid(
+        "patch",
+        format!(
+            "expected a JSON array of operations, found {}",
+            type_name(doc)
+        ),
+    )
+}
+
 /// Parses an RFC 6902 patch (a JSON array of operations).
 pub(crate) fn parse_patch(patch: &Value) -> Result<Vec<PatchOperation>> {
     let Value::Array(ops) = patch else {
-        return Err(Error::invalid(
-            "patch",
-            format!(
-                "expected a JSON array of operations, found {}",
-                type_name(patch)
-            ),
-        ));
+        return Err(not_a_patch(patch));
     };
     ops.iter()
         .enumerate()

@@ -59,12 +59,7 @@ pub fn mint(
     ttl: u64,
     claims: &[String],
 ) -> Out {
-    if kind != Kind::Profile {
-        return Err(Failure::input(format!(
-            "token is a profiles verb, not one for {}",
-            kind.plural()
-        )));
-    }
+    profiles_only(kind)?;
     let extra = claims
         .iter()
         .map(|c| c.parse::<Claim>())
@@ -80,5 +75,16 @@ pub fn mint(
         None => store.generate_profile_token_with(name, ttl, &extra)?,
     };
     outln!("{token}");
+    Ok(())
+}
+
+/// `token` mints profile tokens only (embedded and remote alike).
+pub fn profiles_only(kind: Kind) -> Out {
+    if kind != Kind::Profile {
+        return Err(Failure::input(format!(
+            "token is a profiles verb, not one for {}",
+            kind.plural()
+        )));
+    }
     Ok(())
 }

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 mod events;
 
 use super::cluster::ClusterVerb;
+use super::waited;
 use super::{
     escape, group_by_kinds, listing, loose_json, machines_only, parse_json, pretty, with_params,
     Ctx, Failure, ListArgs, MetaVerb, Out, Verb,
@@ -552,6 +553,7 @@ impl Remote {
                 show(self.merge(&obj(&id), &merge)?)
             }
             Verb::Token { id, ttl, claims } => {
+                super::auth::profiles_only(kind)?;
                 if !claims.is_empty() {
                     return Err(Failure::input("--claims needs an embedded store (drop -E)"));
                 }
@@ -596,7 +598,7 @@ impl Remote {
                     enc(&id, false),
                     enc(&filter_text(&f), false)
                 );
-                self.long_poll(&path, timeout.unwrap_or(3600.0)).map(drop)
+                waited(self.long_poll(&path, timeout.unwrap_or(3600.0)).map(drop))
             }
             Verb::Await { id, expr, timeout } => {
                 let f = Filter::from_args(&expr)?;
@@ -605,7 +607,7 @@ impl Remote {
                     enc(&id, false),
                     enc(&filter_text(&f), false)
                 );
-                self.long_poll(&path, timeout.unwrap_or(3600.0)).map(drop)
+                waited(self.long_poll(&path, timeout.unwrap_or(3600.0)).map(drop))
             }
         }
     }
