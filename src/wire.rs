@@ -1,10 +1,19 @@
-//! DRP's wire conventions that the server and the CLI share.
+//! DRP's wire conventions that the server and the CLI share, and the names
+//! of the files in a store directory that both read.
 //!
 //! DRP is written in Go and parses its boolean query parameters with
 //! `strconv.ParseBool`, so its clients spell booleans however their language
 //! prints them: drpcli sends `true`, RackN's Python SDK sends `True`. One
 //! parser here, so every place that reads a boolean word accepts the same
 //! spellings and refuses the rest with the same message.
+
+/// The Unix socket `fleetkv serve` listens on inside its store directory
+/// (mode 0600); `fleetkv --data DIR …` talks through it to the server that
+/// owns DIR.
+pub const SOCKET_FILE: &str = "fleetkv.sock";
+
+/// The admin key's file name, inside the store directory.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
 
 /// The spellings Go's `strconv.ParseBool` accepts, true ones first.
 pub const BOOL_SPELLINGS: &str = "1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False";

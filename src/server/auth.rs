@@ -19,8 +19,7 @@ use parking_lot::Mutex;
 use super::error::ApiError;
 use crate::Store;
 
-/// The admin key's file name, inside the store directory.
-pub const ADMIN_KEY_FILE: &str = "admin.key";
+pub use crate::wire::ADMIN_KEY_FILE;
 /// The users' file name (`NAME:ARGON2-HASH` lines), inside the store directory.
 pub const USERS_FILE: &str = "users";
 

@@ -1,4 +1,5 @@
-//! The accept loop: TCP (or TLS) connections served by hyper's HTTP/1.1.
+//! The accept loop: TCP (or TLS) and Unix-socket connections served by
+//! hyper's HTTP/1.1.
 //!
 //! Owns: accepting connections, the TLS handshake, per-connection limits that
 //! must hold below HTTP requests — a deadline for a request's headers
@@ -22,7 +23,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
@@ -67,11 +69,74 @@ pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Strin
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Where connections come from: TCP (`--listen`, `--metrics-listen`) or the
+/// Unix socket in the store directory.
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A connection, whichever listener it came from.
+trait Conn: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Conn for T {}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Box<dyn Conn>> {
+        match self {
+            Listener::Tcp(l) => {
+                let (tcp, _) = l.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                Ok(Box::new(tcp))
+            }
+            Listener::Unix(l) => Ok(Box::new(l.accept().await?.0)),
+        }
+    }
+}
+
+/// Binds the Unix socket in store directory `dir` (mode 0600). The outer
+/// `Err` refuses to start: something that is not a socket is where the
+/// socket goes. The inner `Err` says why there is no socket (a path too
+/// long for one, say) and the server goes on without it. A socket left
+/// there is stale: this process holds the store's lock, so no other server
+/// serves this directory; it is replaced.
+pub(crate) fn bind_socket(
+    dir: &Path,
+) -> Result<Result<(UnixListener, std::path::PathBuf), String>, String> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let path = dir.join(crate::wire::SOCKET_FILE);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(format!(
+                "{} is not a socket; the server keeps its socket there: remove the file",
+                path.display()
+            ))
+        }
+        Ok(_) => {
+            if let Err(e) = std::fs::remove_file(&path) {
+                return Ok(Err(format!("cannot replace {}: {e}", path.display())));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Ok(Err(format!("{}: {e}", path.display()))),
+    }
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(format!("cannot listen on {}: {e}", path.display()))),
+    };
+    // Owner only. Between bind and here the socket has the umask's mode;
+    // a client that connects then still needs credentials, as on TCP.
+    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(&path);
+        return Ok(Err(format!("cannot make {} private: {e}", path.display())));
+    }
+    Ok(Ok((listener, path)))
+}
+
 /// Serves `router` on `listener` until `stop` resolves, then stops accepting,
 /// lets open connections finish their requests (up to `limits.grace`) and
 /// returns.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     tls: Option<TlsAcceptor>,
     router: Router,
     limits: ConnLimits,
@@ -94,9 +159,9 @@ pub(crate) async fn serve(
             },
             _ = &mut stop => break,
         };
-        let tcp = tokio::select! {
+        let conn = tokio::select! {
             r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
+                Ok(conn) => conn,
                 // Out of descriptors or a connection reset before accept:
                 // back off briefly instead of spinning.
                 Err(_) => {
@@ -106,8 +171,7 @@ pub(crate) async fn serve(
             },
             _ = &mut stop => break,
         };
-        let _ = tcp.set_nodelay(true);
-        let mut io = TimeoutStream::new(tcp);
+        let mut io = TimeoutStream::new(conn);
         io.set_write_timeout(Some(limits.write_timeout));
         let io = Box::pin(io);
         let service = TowerToHyperService::new(router.clone());

@@ -309,7 +309,7 @@ pub fn run(config: Config) -> Result<(), String> {
                     let _ = stopping.wait_for(|stop| *stop).await;
                 };
                 Some(tokio::spawn(listen::serve(
-                    listener,
+                    listen::Listener::Tcp(listener),
                     None,
                     metrics::open_router(app.clone()),
                     limits.clone(),
@@ -336,6 +336,29 @@ pub fn run(config: Config) -> Result<(), String> {
             .local_addr()
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        // The CLI on this store directory talks through the socket (plain
+        // HTTP, the same credentials). It is a convenience: a directory
+        // whose path is too long for a socket still gets its server.
+        let socket = match listen::bind_socket(&config.data)? {
+            Ok((listener, path)) => {
+                let mut stopping = app.stopping.subscribe();
+                let stop = async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                };
+                let serving = tokio::spawn(listen::serve(
+                    listen::Listener::Unix(listener),
+                    None,
+                    router(app.clone(), &config),
+                    limits.clone(),
+                    stop,
+                ));
+                Some((path, serving))
+            }
+            Err(why) => {
+                eprintln!("fleetkv: no Unix socket for the CLI: {why}");
+                None
+            }
+        };
         eprintln!("fleetkv: listening on {scheme}://{addr}");
         let stop = {
             let app = app.clone();
@@ -344,9 +367,20 @@ pub fn run(config: Config) -> Result<(), String> {
                 app.stopping.send_replace(true);
             }
         };
-        listen::serve(listener, tls, router(app, &config), limits, stop).await;
+        listen::serve(
+            listen::Listener::Tcp(listener),
+            tls,
+            router(app, &config),
+            limits,
+            stop,
+        )
+        .await;
         if let Some(m) = metrics_server {
             let _ = m.await;
+        }
+        if let Some((path, serving)) = socket {
+            let _ = serving.await;
+            let _ = std::fs::remove_file(path);
         }
         Ok::<_, String>(())
     })?;

@@ -86,6 +86,10 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// Say how the store is reached: opened here, or through the server
+    /// that owns it (its Unix socket in the store directory).
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
     #[command(flatten)]
     remote: remote::RemoteArgs,
     #[command(subcommand)]
@@ -158,6 +162,19 @@ enum Cmd {
         #[arg(long)]
         repair: bool,
     },
+}
+
+impl Cmd {
+    /// Whether a server that owns the store may answer for it (`serve` is
+    /// the server; `check` needs the store to itself).
+    fn uses_a_server(&self) -> bool {
+        match self {
+            #[cfg(feature = "server")]
+            Cmd::Serve(_) => false,
+            Cmd::Check { .. } => false,
+            _ => true,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -447,7 +464,22 @@ fn run(cli: Cli) -> Out {
         format: cli.format,
         reference: cli.reference.clone(),
     };
-    let remote = cli.remote.client(cli.token.as_deref())?;
+    let mut remote = cli.remote.client(cli.token.as_deref())?;
+    if remote.is_none() && cli.cmd.uses_a_server() {
+        // A server that owns the store answers for it: its socket is in
+        // the store directory (a stale one is removed).
+        remote = cli.remote.local(&data, cli.token.as_deref())?;
+        if cli.verbose {
+            match &remote {
+                Some(_) => eprintln!(
+                    "fleetkv: a server owns {}: talking to it through {}",
+                    data.display(),
+                    data.join(fleetkv::wire::SOCKET_FILE).display()
+                ),
+                None => eprintln!("fleetkv: opening the store in {}", data.display()),
+            }
+        }
+    }
     let open = cli.open();
     let (kind, verb) = match cli.cmd {
         #[cfg(feature = "server")]

@@ -12,6 +12,7 @@ use fleetkv::{Filter, Kind};
 use serde_json::{json, Value};
 
 mod events;
+mod unix;
 
 use super::cluster::ClusterVerb;
 use super::waited;
@@ -67,12 +68,50 @@ impl RemoteArgs {
         let mut remote = Remote {
             agent: ureq::Agent::new(),
             base: format!("{}/api/v3", ep.trim_end_matches('/')),
+            socket: None,
             auth,
             timeout,
             tls,
         };
         remote.agent = remote.agent_builder().timeout(timeout).build();
         Ok(Some(remote))
+    }
+}
+
+impl RemoteArgs {
+    /// The server that owns store directory `dir`, through its Unix socket,
+    /// when one is running: as `token` when given, else as the admin (the
+    /// key in `dir`, which whoever may open the store can read).
+    pub fn local(&self, dir: &std::path::Path, token: Option<&str>) -> Out<Option<Remote>> {
+        let Some(socket) = unix::find(dir).map_err(Failure::input)? else {
+            return Ok(None);
+        };
+        let auth = match token {
+            Some(t) => format!("Bearer {t}"),
+            None => {
+                let key_file = dir.join(fleetkv::wire::ADMIN_KEY_FILE);
+                let key = std::fs::read_to_string(&key_file).map_err(|e| Failure {
+                    code: 6,
+                    msg: format!(
+                        "a server owns {} (socket {}), and its admin key {} cannot be read: {e}; give -T TOKEN",
+                        dir.display(),
+                        socket.display(),
+                        key_file.display()
+                    ),
+                })?;
+                format!("Bearer {}", key.trim())
+            }
+        };
+        let timeout = Duration::try_from_secs_f64(self.http_timeout)
+            .map_err(|_| Failure::input("--http-timeout: expected a non-negative number"))?;
+        Ok(Some(Remote {
+            agent: ureq::Agent::new(),
+            base: format!("unix:{}", socket.display()),
+            socket: Some(socket),
+            auth: Some(auth),
+            timeout,
+            tls: None,
+        }))
     }
 }
 
@@ -219,6 +258,9 @@ fn enc(s: &str, keep_slash: bool) -> String {
 pub struct Remote {
     agent: ureq::Agent,
     base: String,
+    /// The server's Unix socket (`fleetkv --data DIR` while a server owns
+    /// DIR); requests go there instead of through `agent`.
+    socket: Option<std::path::PathBuf>,
     auth: Option<String>,
     /// `--http-timeout`.
     timeout: Duration,
@@ -265,6 +307,13 @@ impl Remote {
         headers: &[(&str, String)],
     ) -> Result<Answer, (Option<u16>, Failure)> {
         let url = format!("{}{path}", self.base);
+        if self.socket.is_some() {
+            let (count, text) = self.over_socket(method, path, body, headers)?;
+            return Ok(Answer {
+                body: parse_answer(&url, &text).map_err(|f| (None, f))?,
+                count,
+            });
+        }
         let mut r = agent.request(method, &url);
         if let Some(a) = &self.auth {
             r = r.set("Authorization", a);
@@ -280,28 +329,58 @@ impl Remote {
             Ok(resp) => {
                 let count = resp.header("X-DRP-List-Count").and_then(|c| c.parse().ok());
                 let text = body_text(resp).map_err(|e| (None, unreachable(&url, &e)))?;
-                let body = if text.trim().is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_str(&text).map_err(|_| {
-                        (
-                            None,
-                            Failure {
-                                code: 1,
-                                msg: format!(
-                                    "{url}: the server's answer is not JSON; is this a fleetkv server?"
-                                ),
-                            },
-                        )
-                    })?
-                };
+                let body = parse_answer(&url, &text).map_err(|f| (None, f))?;
                 Ok(Answer { body, count })
             }
-            Err(ureq::Error::Status(code, resp)) => {
-                Err((Some(code), status_failure(&url, code, resp)))
-            }
+            Err(ureq::Error::Status(code, resp)) => Err((
+                Some(code),
+                status_failure(&url, code, &resp.into_string().unwrap_or_default()),
+            )),
             Err(ureq::Error::Transport(t)) => Err((None, transport(&url, &t))),
         }
+    }
+
+    /// One request through the Unix socket: the list count and the answer's
+    /// text, or the failure its status maps to.
+    fn over_socket(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, String)>,
+        headers: &[(&str, String)],
+    ) -> Result<(Option<u64>, String), (Option<u16>, Failure)> {
+        let Some(socket) = &self.socket else {
+            return Err((None, Failure::other("no server socket")));
+        };
+        let url = format!("{}{path}", self.base);
+        let mut all: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if let Some(a) = &self.auth {
+            all.push(("Authorization", a));
+        }
+        if let Some((ct, _)) = &body {
+            all.push(("Content-Type", ct));
+        }
+        let target = format!("/api/v3{path}");
+        let reply = unix::send(
+            socket,
+            self.timeout,
+            method,
+            &target,
+            &all,
+            body.as_ref().map(|(_, b)| b.as_bytes()),
+        )
+        .map_err(|e| (None, unreachable(&url, &e)))?;
+        let count = reply
+            .header("x-drp-list-count")
+            .and_then(|c| c.parse().ok());
+        let status = reply.status;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut { reply.body }, &mut text)
+            .map_err(|e| (None, unreachable(&url, &e)))?;
+        if status >= 400 {
+            return Err((Some(status), status_failure(&url, status, &text)));
+        }
+        Ok((count, text))
     }
 
     /// Repeats a server-side wait (each cut to the server's request
@@ -326,6 +405,13 @@ impl Remote {
 
     /// POSTs a text body and returns the text answer.
     fn post_text(&self, path: &str, text: &str) -> Out<String> {
+        if self.socket.is_some() {
+            let body = Some(("text/plain; charset=utf-8", text.to_string()));
+            return self
+                .over_socket("POST", path, body, &[])
+                .map(|(_, text)| text)
+                .map_err(|(_, f)| f);
+        }
         let url = format!("{}{path}", self.base);
         let mut r = self
             .agent
@@ -935,10 +1021,20 @@ fn body_text(resp: ureq::Response) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// A DRP error answer as a failure with the matching exit code.
-fn status_failure(url: &str, code: u16, resp: ureq::Response) -> Failure {
-    let text = resp.into_string().unwrap_or_default();
-    let err: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+/// An answer's JSON (`null` when empty).
+fn parse_answer(url: &str, text: &str) -> Out<Value> {
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(text).map_err(|_| Failure {
+        code: 1,
+        msg: format!("{url}: the server's answer is not JSON; is this a fleetkv server?"),
+    })
+}
+
+/// A DRP error answer (its text) as a failure with the matching exit code.
+fn status_failure(url: &str, code: u16, text: &str) -> Failure {
+    let err: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let typ = err.get("Type").and_then(Value::as_str).unwrap_or("");
     let msg = err
         .pointer("/Messages/0")

@@ -16,7 +16,7 @@
 //! after the server accepted the stream, so the backlog of `--from` is read
 //! whatever the connection's set-up cost.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -118,14 +118,66 @@ impl Remote {
         if let Some(r) = from {
             path += &format!("&from={r}");
         }
-        let agent = self
-            .agent_builder()
-            .timeout_connect(self.timeout)
-            .timeout_read(SILENCE)
-            .build();
+        let auth = self.auth.clone();
+        let open: Opener = match &self.socket {
+            Some(socket) => {
+                let (socket, timeout) = (socket.clone(), self.timeout);
+                let target = path.trim_start_matches(self.base.as_str()).to_string();
+                let url = path.clone();
+                Box::new(move |last_id| {
+                    let mut headers = vec![("Accept", "text/event-stream")];
+                    if let Some(a) = &auth {
+                        headers.push(("Authorization", a));
+                    }
+                    if let Some(id) = last_id {
+                        headers.push(("Last-Event-ID", id));
+                    }
+                    let reply = super::unix::send(
+                        &socket,
+                        timeout.max(SILENCE),
+                        "GET",
+                        &format!("/api/v3{target}"),
+                        &headers,
+                        None,
+                    )
+                    .map_err(|e| Refused::Down(super::unreachable(&url, &e)))?;
+                    if reply.status >= 400 {
+                        let mut text = String::new();
+                        let _ = { reply.body }.read_to_string(&mut text);
+                        return Err(Refused::Status(status_failure(&url, reply.status, &text)));
+                    }
+                    Ok(reply.body)
+                })
+            }
+            None => {
+                let agent = self
+                    .agent_builder()
+                    .timeout_connect(self.timeout)
+                    .timeout_read(SILENCE)
+                    .build();
+                let url = path.clone();
+                Box::new(move |last_id| {
+                    let mut r = agent.get(&url).set("Accept", "text/event-stream");
+                    if let Some(a) = &auth {
+                        r = r.set("Authorization", a);
+                    }
+                    if let Some(id) = last_id {
+                        r = r.set("Last-Event-ID", id);
+                    }
+                    match r.call() {
+                        Ok(resp) => Ok(Box::new(resp.into_reader()) as Box<dyn Read + Send>),
+                        Err(ureq::Error::Status(code, resp)) => {
+                            let text = resp.into_string().unwrap_or_default();
+                            Err(Refused::Status(status_failure(&url, code, &text)))
+                        }
+                        Err(ureq::Error::Transport(t)) => Err(Refused::Down(transport(&url, &t))),
+                    }
+                })
+            }
+        };
         let (tx, rx) = mpsc::channel();
-        let (auth, retry_for) = (self.auth.clone(), self.timeout);
-        std::thread::spawn(move || read(&agent, &path, auth.as_deref(), retry_for, &tx));
+        let retry_for = self.timeout;
+        std::thread::spawn(move || read(&*open, retry_for, &tx));
         let mut deadline: Option<Instant> = None;
         loop {
             let item = match deadline {
@@ -146,37 +198,38 @@ impl Remote {
     }
 }
 
+/// Opens the event stream (resuming after the given event id): its body,
+/// or why not.
+type Open = dyn Fn(Option<&str>) -> Result<Box<dyn Read + Send>, Refused> + Send;
+type Opener = Box<Open>;
+
+/// Why the stream did not open.
+enum Refused {
+    /// The server answered an error: final.
+    Status(Failure),
+    /// The server was not reached: retried for a while once the stream has
+    /// been open.
+    Down(Failure),
+}
+
 /// The reader thread: opens the stream, parses it, reopens it after a drop.
-fn read(
-    agent: &ureq::Agent,
-    url: &str,
-    auth: Option<&str>,
-    retry_for: Duration,
-    tx: &mpsc::Sender<Item>,
-) {
+fn read(open: &Open, retry_for: Duration, tx: &mpsc::Sender<Item>) {
     let mut last_id: Option<String> = None;
     let mut opened = false;
     // An `error` event reopens the stream once; two in a row end the watch.
     let mut after_error: Option<String> = None;
     let mut down_since: Option<Instant> = None;
     loop {
-        let mut r = agent.get(url).set("Accept", "text/event-stream");
-        if let Some(a) = auth {
-            r = r.set("Authorization", a);
-        }
-        if let Some(id) = &last_id {
-            r = r.set("Last-Event-ID", id);
-        }
-        let resp = match r.call() {
-            Ok(resp) => resp,
-            Err(ureq::Error::Status(code, resp)) => {
-                let _ = tx.send(Item::Failed(status_failure(url, code, resp)));
+        let body = match open(last_id.as_deref()) {
+            Ok(body) => body,
+            Err(Refused::Status(f)) => {
+                let _ = tx.send(Item::Failed(f));
                 return;
             }
-            Err(ureq::Error::Transport(t)) => {
+            Err(Refused::Down(f)) => {
                 let since = *down_since.get_or_insert_with(Instant::now);
                 if !opened || since.elapsed() >= retry_for {
-                    let _ = tx.send(Item::Failed(transport(url, &t)));
+                    let _ = tx.send(Item::Failed(f));
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -191,7 +244,7 @@ fn read(
             }
         }
         let mut parser = Parser::default();
-        let mut reader = BufReader::new(resp.into_reader());
+        let mut reader = BufReader::new(body);
         let mut line = String::new();
         loop {
             line.clear();
