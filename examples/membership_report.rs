@@ -6,7 +6,8 @@
 //!
 //! `cargo run --release --example membership_report -- --machines 100000`
 //! (`--help` for the options; `--features write-timing` adds the per-stage
-//! breakdown of a param write).
+//! breakdown of a param write; `--svg PATH` also draws the count and group-by
+//! medians as a chart).
 
 #[path = "../benches/support/fleet.rs"]
 mod fleet;
@@ -86,7 +87,8 @@ fn ratio(a: Duration, b: Duration) -> String {
     format!("{:.1}×", a.as_secs_f64() / b.as_secs_f64())
 }
 
-const HELP: &str = "membership_report [--machines N] [--writes-only] [--cli PATH] [--keep DIR]
+const HELP: &str =
+    "membership_report [--machines N] [--writes-only] [--cli PATH] [--keep DIR] [--svg PATH]
 
   --machines N     fleet size (default 100000)
   --writes-only    skip the query table, SQLite, index memory and reopen:
@@ -94,6 +96,9 @@ const HELP: &str = "membership_report [--machines N] [--writes-only] [--cli PATH
   --cli PATH       the fleetkv binary: adds one process per count beside one
                    sqlite3 process, and an open after SIGKILL mid-import
   --keep DIR       build the store in DIR (which must not exist) and keep it
+  --svg PATH       also write the count and group-by medians (fleetkv, SQLite,
+                   floor) as an SVG bar chart on a log time axis to PATH
+                   (not with --writes-only, which measures no queries)
 
 Built with `--features write-timing`, it also prints where the time of one
 param write goes, stage by stage (medians over the timed writes).";
@@ -139,11 +144,15 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     let scan_samples = if n >= 500_000 { 1 } else { 3 };
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     println!(
-        "fleet: {n} machines, {} cluster profiles; {} cores",
-        fleet::CLUSTERS,
-        std::thread::available_parallelism().map_or(1, |c| c.get())
+        "fleet: {n} machines, {} cluster profiles; {cores} cores",
+        fleet::CLUSTERS
     );
+    let svg = arg(&args, "--svg");
+    if writes_only && svg.is_some() {
+        eprintln!("--svg: ignored with --writes-only (no queries are measured)");
+    }
 
     // Bulk import vs raw sled batches of the same encoded bytes.
     // `--keep DIR`: build the store there and leave it (DIR must not exist).
@@ -214,6 +223,7 @@ fn main() {
     println!();
     println!("| query | answer | fleetkv count | scan | SQLite | floor | vs scan | vs SQLite | vs floor | fleetkv list 100 | SQLite list 100 |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut chart = Vec::new();
     for (i, (name, text)) in fleet::QUERIES.iter().enumerate() {
         let f = fleet::filter(text);
         let q = store.machines().prepare(&f).unwrap();
@@ -257,9 +267,24 @@ fn main() {
             fmt(list),
             fmt(sql_list)
         );
+        chart.push(ChartRow {
+            label: format!("{name} {text}"),
+            fleetkv: ours,
+            sqlite,
+            floor: Some(fl),
+        });
     }
 
-    group_figures(&store, &sql);
+    chart.extend(group_figures(&store, &sql));
+    if let Some(path) = &svg {
+        let title = format!(
+            "fleetkv count vs SQLite vs the roaring floor: {} machines, {cores} cores (median, log scale)",
+            thousands(n)
+        );
+        std::fs::write(path, svg_chart(&title, &chart))
+            .unwrap_or_else(|e| panic!("--svg: cannot write {path}: {e}"));
+        eprintln!("chart written to {path}");
+    }
 
     println!();
     println!("| figure | value |");
@@ -386,13 +411,13 @@ fn main() {
     }
 }
 
-/// Resident set size from /proc (0 where there is none).
 /// Counts per value (`machines count … --group-by KEY`) beside SQLite's
 /// `GROUP BY` on the same data; the answers must agree.
-fn group_figures(store: &Store, sql: &fleet::Sqlite) {
+fn group_figures(store: &Store, sql: &fleet::Sqlite) -> Vec<ChartRow> {
     println!();
     println!("| group-by (median) | filter | key | groups | fleetkv | SQLite | vs SQLite |");
     println!("|---|---|---|---:|---:|---:|---:|");
+    let mut chart = Vec::new();
     for (i, (name, text, key, _)) in fleet::GROUPS.iter().enumerate() {
         let f = if text.is_empty() {
             fleetkv::Filter::all()
@@ -416,9 +441,22 @@ fn group_figures(store: &Store, sql: &fleet::Sqlite) {
             fmt(sqlite),
             ratio(sqlite, ours)
         );
+        let over = if text.is_empty() {
+            "all machines"
+        } else {
+            text
+        };
+        chart.push(ChartRow {
+            label: format!("{name}: group-by {key} over {over}"),
+            fleetkv: ours,
+            sqlite,
+            floor: None,
+        });
     }
+    chart
 }
 
+/// Resident set size from /proc (0 where there is none).
 fn rss_bytes() -> i64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -496,4 +534,152 @@ fn write_figures(store: &Store, n: usize) {
             fmt(totals[totals.len() / 2])
         );
     }
+}
+
+/// One chart group: the medians printed in a table row.
+struct ChartRow {
+    label: String,
+    fleetkv: Duration,
+    sqlite: Duration,
+    /// Only count queries have a roaring floor.
+    floor: Option<Duration>,
+}
+
+/// `100000` → `100,000`.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Text for XML content and attributes (query texts hold `^`, `$`, `[` and
+/// may hold `<` or `&`).
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A horizontal grouped bar chart of `rows` on a log time axis spanning the
+/// decades around the measured values, as SVG text. Hand-written: a plotting
+/// crate (plotters & co.) would pull a large dependency tree into the build
+/// for about a hundred lines of markup.
+fn svg_chart(title: &str, rows: &[ChartRow]) -> String {
+    use std::fmt::Write;
+    const SERIES: [(&str, &str); 3] = [
+        ("fleetkv", "#1f77b4"),
+        ("SQLite", "#ff7f0e"),
+        ("roaring floor", "#8c8c8c"),
+    ];
+    let (width, left, right) = (960.0, 20.0, 870.0);
+    let (bar_h, bar_step, label_h, group_gap) = (12.0, 15.0, 18.0, 14.0);
+    let (axis_top, plot_top) = (78.0, 86.0);
+
+    // Decades: 10^lo ns ..= 10^hi ns, with every value inside.
+    let log = |d: Duration| (d.as_nanos().max(1) as f64).log10();
+    let all = rows
+        .iter()
+        .flat_map(|r| [Some(r.fleetkv), Some(r.sqlite), r.floor])
+        .flatten();
+    let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(lo, hi), d| {
+        (lo.min(log(d)), hi.max(log(d)))
+    });
+    let (lo, hi) = if lo > hi {
+        (0, 1)
+    } else {
+        (
+            lo.floor() as i32,
+            (hi.ceil() as i32).max(lo.floor() as i32 + 1),
+        )
+    };
+    let x = |l: f64| left + (l - lo as f64) / (hi - lo) as f64 * (right - left);
+
+    let group_h = |r: &ChartRow| label_h + bar_step * if r.floor.is_some() { 3.0 } else { 2.0 };
+    let plot_bottom = plot_top + rows.iter().map(|r| group_h(r) + group_gap).sum::<f64>();
+    let height = plot_bottom + 24.0;
+
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{left}" y="24" font-size="15" font-weight="bold">{}</text>"#,
+        xml_escape(title)
+    );
+    // Legend.
+    let mut lx = left;
+    for (name, color) in SERIES {
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx}" y="38" width="12" height="12" fill="{color}"/><text x="{}" y="48">{name}</text>"#,
+            lx + 16.0
+        );
+        lx += 30.0 + 7.5 * name.len() as f64;
+    }
+    // Gridlines: labelled decades, faint 2..9 between them.
+    for e in lo..=hi {
+        let gx = x(e as f64);
+        let label = decade_label(e);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{gx:.1}" y1="{axis_top}" x2="{gx:.1}" y2="{plot_bottom}" stroke="#bbb"/><text x="{gx:.1}" y="{}" text-anchor="middle" fill="#555">{label}</text><text x="{gx:.1}" y="{}" text-anchor="middle" fill="#555">{label}</text>"##,
+            axis_top - 4.0,
+            plot_bottom + 16.0
+        );
+        if e < hi {
+            for m in 2..10 {
+                let mx = x(e as f64 + (m as f64).log10());
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{mx:.1}" y1="{plot_top}" x2="{mx:.1}" y2="{plot_bottom}" stroke="#eee"/>"##
+                );
+            }
+        }
+    }
+    // Groups: the row's label, then one bar per series from the left edge.
+    let mut y = plot_top;
+    for r in rows {
+        let _ = writeln!(
+            s,
+            r#"<text x="{left}" y="{}" font-weight="bold">{}</text>"#,
+            y + 13.0,
+            xml_escape(&r.label)
+        );
+        let mut by = y + label_h;
+        for ((_, color), d) in SERIES
+            .iter()
+            .zip([Some(r.fleetkv), Some(r.sqlite), r.floor])
+        {
+            let Some(d) = d else { continue };
+            let end = x(log(d)).max(left + 1.0);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{left}" y="{by}" width="{:.1}" height="{bar_h}" fill="{color}"/><text x="{:.1}" y="{}" font-size="11">{}</text>"#,
+                end - left,
+                end + 4.0,
+                by + 10.0,
+                xml_escape(&fmt(d))
+            );
+            by += bar_step;
+        }
+        y += group_h(r) + group_gap;
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// `1 ns`, `10 ns`, `100 ns`, `1 µs`, … for 10^e nanoseconds.
+fn decade_label(e: i32) -> String {
+    let units = ["ns", "µs", "ms", "s"];
+    let unit = (e.max(0) / 3).min(3);
+    let mantissa = 10f64.powi(e - 3 * unit);
+    format!("{mantissa} {}", units[unit as usize])
 }
