@@ -173,6 +173,21 @@ fn seconds(v: Option<&String>, default: f64) -> ApiResult<Duration> {
 }
 
 impl App {
+    /// The server-sent events a producer sends on `rx`, as the answer: with
+    /// keep-alives, ended when the producer stops or the server does.
+    pub(crate) fn event_stream(&self, rx: mpsc::Receiver<SseEvent>) -> axum::response::Response {
+        let mut stopping = self.stopping.subscribe();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+        })
+        .take_until(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        Sse::new(stream)
+            .keep_alive(KeepAlive::default())
+            .into_response()
+    }
+
     pub(crate) fn waiter(&self) -> ApiResult<OwnedSemaphorePermit> {
         self.waiters.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
@@ -491,14 +506,5 @@ pub async fn events(
             }
         }
     });
-    let mut stopping = app.stopping.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    })
-    .take_until(async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(app.event_stream(rx))
 }

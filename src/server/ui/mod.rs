@@ -16,18 +16,17 @@ mod pages;
 pub mod session;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{from_fn, Next};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -87,11 +86,21 @@ async fn page_headers(req: Request, next: Next) -> Response {
 
 type Sess = Extension<Arc<Sessions>>;
 
-/// The session, or a redirect to the login form.
-fn logged_in(sessions: &Sessions, headers: &HeaderMap) -> Result<Session, Redirect> {
-    sessions
-        .of(headers)
-        .ok_or_else(|| Redirect::to("/ui/login"))
+/// The request's session: pages that need one take it as an argument, and a
+/// request without one is redirected to the login form.
+struct LoggedIn(Session);
+
+impl<S: Send + Sync> FromRequestParts<S> for LoggedIn {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Redirect> {
+        parts
+            .extensions
+            .get::<Arc<Sessions>>()
+            .and_then(|sessions| sessions.of(&parts.headers))
+            .map(LoggedIn)
+            .ok_or_else(|| Redirect::to("/ui/login"))
+    }
 }
 
 /// An error as a page, with the API's status for it.
@@ -100,15 +109,7 @@ fn error_page(csrf: Option<&str>, e: ApiError) -> Response {
     (e.status(), Html(pages::error(csrf, &message).into_string())).into_response()
 }
 
-async fn index(
-    State(app): State<Arc<App>>,
-    Extension(sessions): Sess,
-    headers: HeaderMap,
-) -> Response {
-    let s = match logged_in(&sessions, &headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+async fn index(State(app): State<Arc<App>>, LoggedIn(s): LoggedIn) -> Response {
     match cluster_rows(&app, &s.who) {
         Ok(rows) => Html(pages::clusters(&s.csrf, &rows).into_string()).into_response(),
         Err(e) => error_page(Some(&s.csrf), e),
@@ -216,13 +217,10 @@ struct CsrfForm {
 
 async fn logout(
     Extension(sessions): Sess,
+    LoggedIn(s): LoggedIn,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = match logged_in(&sessions, &headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     if !same_token(&s.csrf, &form.csrf) {
         return error_page(
             Some(&s.csrf),
@@ -293,14 +291,9 @@ fn text(v: &serde_json::Value) -> String {
 
 async fn cluster(
     State(app): State<Arc<App>>,
-    Extension(sessions): Sess,
-    headers: HeaderMap,
+    LoggedIn(s): LoggedIn,
     Path(name): Path<String>,
 ) -> Response {
-    let s = match logged_in(&sessions, &headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     match cluster_view(&app, &s.who, &name) {
         Ok(view) => Html(pages::cluster(&s.csrf, &view).into_string()).into_response(),
         Err(e) => error_page(Some(&s.csrf), e),
@@ -367,28 +360,14 @@ async fn cluster_live(
             while let Ok(Some(_)) = watch.next_timeout(Duration::from_millis(50)) {}
         }
     });
-    let mut stopping = app.stopping.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    })
-    .take_until(async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-    });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    app.event_stream(rx)
 }
 
 async fn machines(
     State(app): State<Arc<App>>,
-    Extension(sessions): Sess,
-    headers: HeaderMap,
+    LoggedIn(s): LoggedIn,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let s = match logged_in(&sessions, &headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     if let Err(e) = app.auth.authorize(&s.who, "machines", "list", "") {
         return error_page(Some(&s.csrf), e);
     }
