@@ -26,6 +26,7 @@ on_each_engine!(
     merge_update_rules,
     patch_many_is_all_or_nothing,
     param_writes_keep_the_index_equal_to_a_rebuild,
+    global_listed_in_profiles_ranks_at_its_place,
 );
 
 fn member(name: &str, profiles: &[&str]) -> Machine {
@@ -790,4 +791,36 @@ fn param_writes_keep_the_index_equal_to_a_rebuild(e: Engine) {
     assert_eq!(count(&s, "k Eq from-a"), 1);
     assert_eq!(count(&s, "d Eq 0"), 1);
     assert_eq!(count(&s, "k Eq cas"), 0);
+}
+
+/// A machine that lists `global` in its Profiles takes global's value at
+/// that place in the list, also when global or the other profile changes
+/// later (found by the write-path fuzzer: the counts kept the other
+/// profile's value).
+fn global_listed_in_profiles_ranks_at_its_place(e: Engine) {
+    let s = e.store();
+    let mut p0 = Profile::new("p0");
+    p0.params.insert("k".into(), json!("p0"));
+    s.profiles().create(p0).unwrap();
+    s.machines()
+        .create(member("first", &["global", "p0"]))
+        .unwrap();
+    s.machines()
+        .create(member("last", &["p0", "global"]))
+        .unwrap();
+    s.machines().create(member("implicit", &["p0"])).unwrap();
+    let count = |v: &str| {
+        s.machines()
+            .count(&Filter::parse(&format!("k Eq {v}")).unwrap())
+            .unwrap()
+    };
+    s.profiles().set_param("global", "k", json!("g")).unwrap();
+    s.verify_indexes().unwrap();
+    assert_eq!((count("g"), count("p0")), (1, 2));
+    s.profiles().set_param("p0", "k", json!("p1")).unwrap();
+    s.verify_indexes().unwrap();
+    assert_eq!((count("g"), count("p1")), (1, 2));
+    s.profiles().remove_param("global", "k").unwrap();
+    s.verify_indexes().unwrap();
+    assert_eq!(count("p1"), 3);
 }

@@ -381,9 +381,12 @@ fn plan_profile_change(
         if reach.is_empty() {
             continue;
         }
+        // Machines another holder of `k` may outrank `p` on. `global` counts
+        // as one for the machines that list it in their Profiles: there it
+        // ranks at its place in the list, not last (docs/architecture §3).
         let mut overlap = RoaringBitmap::new();
         for q in pending.all_profiles(st) {
-            if q.name != p.name && q.name != GLOBAL_PROFILE && q.params.contains_key(k) {
+            if q.name != p.name && q.params.contains_key(k) {
                 overlap |= &reach & &st.members(&q.name);
             }
         }
@@ -396,8 +399,9 @@ fn plan_profile_change(
         };
         plan.moves.push((k.clone(), reach, new.map(ValueKey::of)));
         if is_global {
-            // Every other profile outranks global: the overlap keeps its value.
-            continue;
+            // Every other profile outranks an implicit global, so the overlap
+            // keeps its value, except where global is listed, maybe first.
+            overlap &= st.members(GLOBAL_PROFILE);
         }
         for id in &overlap {
             let m = store.load_machine(id)?;
