@@ -87,6 +87,8 @@ pub enum WriteKind {
     Bulk,
     /// A job record (template rendering).
     Job,
+    /// A lease granted, revoked or expired (with what it held).
+    Lease,
 }
 
 impl WriteKind {
@@ -98,6 +100,7 @@ impl WriteKind {
             WriteKind::Param => "param",
             WriteKind::Bulk => "bulk",
             WriteKind::Job => "job",
+            WriteKind::Lease => "lease",
         }
     }
 }

@@ -212,6 +212,7 @@ fn describe(k: Kind) -> &'static str {
         Kind::Machine => "machine",
         Kind::Profile => "profile",
         Kind::Job => "job",
+        Kind::Lease => "lease",
     }
 }
 

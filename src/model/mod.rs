@@ -37,6 +37,10 @@ pub enum Kind {
     /// and watched like the other kinds but are neither listed nor filtered.
     #[serde(rename = "jobs")]
     Job,
+    /// A lease ([`crate::Leases`]), keyed by its id. Leases are granted,
+    /// renewed and revoked through their own calls, never listed as objects.
+    #[serde(rename = "leases")]
+    Lease,
 }
 
 impl Kind {
@@ -47,6 +51,7 @@ impl Kind {
             Kind::Profile => "profiles",
             Kind::Param => "params",
             Kind::Job => "jobs",
+            Kind::Lease => "leases",
         }
     }
 }
@@ -58,6 +63,7 @@ impl fmt::Display for Kind {
             Kind::Profile => "profile",
             Kind::Param => "param",
             Kind::Job => "job",
+            Kind::Lease => "lease",
         })
     }
 }

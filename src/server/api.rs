@@ -252,7 +252,7 @@ pub async fn info(State(app): St) -> Json<Info> {
 /// Jobs are created by rendering and read by Uuid: no collection route
 /// reaches them ([`kind_of`] never yields [`Kind::Job`]).
 fn no_jobs() -> Error {
-    Error::invalid("jobs", "jobs are not a collection")
+    Error::invalid("kind", "jobs and leases are not collections of objects")
 }
 
 fn kind_of(s: &str) -> ApiResult<Kind> {
@@ -545,7 +545,7 @@ pub async fn list(
             let n = params_list(s, &filter, &all)?.len() as u64;
             (n, params_list(s, &filter, &opts)?)
         }
-        Kind::Job => Err(no_jobs())?,
+        Kind::Job | Kind::Lease => Err(no_jobs())?,
     };
     Ok((count_header(n), Json(Value::Array(items))).into_response())
 }
@@ -571,7 +571,7 @@ pub async fn count(
         Kind::Machine => s.machines().count(&filter)?,
         Kind::Profile => s.profiles().count(&filter)?,
         Kind::Param => params_list(s, &filter, &ListOptions::default())?.len() as u64,
-        Kind::Job => Err(no_jobs())?,
+        Kind::Job | Kind::Lease => Err(no_jobs())?,
     };
     Ok((count_header(n), ()).into_response())
 }
@@ -640,7 +640,7 @@ pub async fn create(
         Kind::Machine => New::Machine(decode(kind, doc)?),
         Kind::Profile => New::Profile(decode(kind, doc)?),
         Kind::Param => New::Param(decode(kind, doc)?),
-        Kind::Job => Err(no_jobs())?,
+        Kind::Job | Kind::Lease => Err(no_jobs())?,
     };
     let (name, uuid) = match &new {
         New::Machine(m) => (m.name.as_str(), Some(&m.uuid)),
@@ -672,7 +672,7 @@ fn get_obj(s: &Store, kind: Kind, id: &str) -> ApiResult<Value> {
         Kind::Machine => to_value(s.machines().get(id)?),
         Kind::Profile => to_value(s.profiles().get(id)?),
         Kind::Param => to_value(s.params().get(id)?),
-        Kind::Job => Err(no_jobs())?,
+        Kind::Job | Kind::Lease => Err(no_jobs())?,
     })
 }
 
@@ -725,7 +725,7 @@ pub async fn replace(
                 Kind::Machine => to_value(s.machines().replace(&id, decode(kind, doc)?)?),
                 Kind::Profile => to_value(s.profiles().replace(&id, decode(kind, doc)?)?),
                 Kind::Param => to_value(s.params().replace(&id, decode(kind, doc)?)?),
-                Kind::Job => Err(no_jobs())?,
+                Kind::Job | Kind::Lease => Err(no_jobs())?,
             })
         })
         .await?;
@@ -746,7 +746,7 @@ fn apply_patch(s: &Store, kind: Kind, id: &str, doc: &Value, merge: bool) -> Api
         (Kind::Machine, true) => to_value(s.machines().update(id, doc)?),
         (Kind::Profile, true) => to_value(s.profiles().update(id, doc)?),
         (Kind::Param, true) => to_value(s.params().update(id, doc)?),
-        (Kind::Job, _) => Err(no_jobs())?,
+        (Kind::Job | Kind::Lease, _) => Err(no_jobs())?,
     })
 }
 
@@ -803,7 +803,7 @@ pub async fn destroy(
                 Kind::Machine => to_value(s.machines().delete(&id)?),
                 Kind::Profile => to_value(s.profiles().delete(&id)?),
                 Kind::Param => to_value(s.params().delete(&id)?),
-                Kind::Job => Err(no_jobs())?,
+                Kind::Job | Kind::Lease => Err(no_jobs())?,
             })
         })
         .await?;

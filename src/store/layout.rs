@@ -9,7 +9,8 @@
 //! Keys are prefixed by kind, so one atomic batch covers a whole write:
 //! `m` + machine id (u32, big-endian) → machine JSON; `p` + name → profile
 //! JSON; `d` + name → param definition JSON; `j` + job Uuid (16 bytes) → job
-//! JSON; `c` + revision (u64, big-endian) + sequence (u32, big-endian) → one
+//! JSON; `l` + lease id (u64, big-endian) → lease JSON (its TTL and what
+//! it holds; its deadline is not stored here, see `lease_clock`); `c` + revision (u64, big-endian) + sequence (u32, big-endian) → one
 //! change event; `s:rev` → the store revision (kept by the engine, see
 //! [`super::backend`]); `s:next` → the next machine id; `s:logn` → events
 //! in the change log; `s:secret` → the token signing secret.
@@ -28,6 +29,13 @@ pub(crate) const MACHINE_PREFIX: &[u8] = b"m";
 pub(crate) const PROFILE_PREFIX: u8 = b'p';
 pub(crate) const PARAM_PREFIX: u8 = b'd';
 pub(crate) const LOG_PREFIX: &[u8] = b"c";
+pub(crate) const LEASE_PREFIX: &[u8] = b"l";
+
+pub(crate) fn lease_key(id: u64) -> [u8; 9] {
+    let mut k = [b'l'; 9];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
 
 pub(crate) fn machine_key(id: u32) -> [u8; 5] {
     let mut k = [b'm'; 5];
@@ -82,6 +90,7 @@ pub(crate) fn kind_of_key(key: &[u8]) -> Kind {
         Some(b'm') => Kind::Machine,
         Some(b'p') => Kind::Profile,
         Some(b'j') => Kind::Job,
+        Some(b'l') => Kind::Lease,
         _ => Kind::Param,
     }
 }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::backend::Batch;
 use super::layout::{decode, encode, from_json, machine_key, to_json, MACHINE_PREFIX, NEXT_ID_KEY};
+use super::leases::{Fence, Guards, LeaseId};
 use super::list::{group_keys, shape, shape_raw, sort_key, window, ListOptions, Query};
 use super::open::Store;
 use super::patch;
@@ -31,8 +32,14 @@ use crate::watch::Change;
 
 /// Machines: addressed by Uuid, `Uuid:…`, `Key:…` or `Name:…` (a bare
 /// non-UUID address is taken as a Name).
+///
+/// A handle can carry a lease ([`with_lease`](Self::with_lease)) and
+/// preconditions ([`with_fence`](Self::with_fence),
+/// [`when_count_below`](Self::when_count_below)) that its writes check
+/// under the writer lock, so nothing changes between check and commit.
 pub struct Machines<'a> {
     pub(super) store: &'a Store,
+    pub(super) guards: Guards,
 }
 
 impl Store {
@@ -56,6 +63,29 @@ impl Store {
 }
 
 impl Machines<'_> {
+    /// Writes through this handle are made under lease `id`: the params and
+    /// Meta entries a write sets, or the machine a create makes, go away
+    /// when the lease ends (see [`crate::Leases`]). A write of something a
+    /// lease cannot hold (a delete, a multi-machine patch) is refused.
+    pub fn with_lease(mut self, id: LeaseId) -> Self {
+        self.guards.lease = Some(id);
+        self
+    }
+
+    /// Writes through this handle are refused with [`Error::Conflict`]
+    /// unless `fence` is still held (a leadership's fencing token).
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.guards.fence = Some(fence);
+        self
+    }
+
+    /// Writes through this handle are refused with [`Error::Conflict`]
+    /// unless fewer than `n` machines match `filter` when they commit.
+    pub fn when_count_below(mut self, filter: Filter, n: u64) -> Self {
+        self.guards.count_below = Some((filter, n));
+        self
+    }
+
     /// Creates a machine; assigns a v4 Uuid when it has none. Returns it as stored.
     pub fn create(&self, mut m: Machine) -> Result<Machine> {
         if m.uuid.is_nil() {
@@ -63,6 +93,7 @@ impl Machines<'_> {
         }
         normalize_machine(&mut m);
         self.store.write_as(WriteKind::Machine, |st, rev, log| {
+            self.guards.check(self.store, st)?;
             st.check_machine(None, None, &m)?;
             if st
                 .machines
@@ -95,11 +126,15 @@ impl Machines<'_> {
                 None,
             );
             batch.put(NEXT_ID_KEY, (id + 1).to_be_bytes());
+            let leased = self.guards.hand_over(st, &mut batch, None, &m, None);
             let out = m.clone();
             let apply = Box::new(move |st: &mut State| {
                 let e = machine_entries(&m, &st.profiles);
                 st.machines.insert(id, &e, &own_keys(&m.params));
                 st.next_id = id + 1;
+                if let Some(l) = leased {
+                    l(st);
+                }
             });
             Ok((batch, apply as Apply, out))
         })
@@ -112,7 +147,9 @@ impl Machines<'_> {
     /// swap names in one import. Returns how many were created and how many
     /// replaced.
     pub fn import(&self, machines: Vec<Machine>) -> Result<(usize, usize)> {
+        self.guards.no_lease("an import")?;
         self.store.write_as(WriteKind::Bulk, |st, rev, log| {
+            self.guards.check(self.store, st)?;
             let mut batch = Batch::default();
             let plan = plan_machines(
                 self.store,
@@ -192,7 +229,7 @@ impl Machines<'_> {
 
     /// Sets own param `key`.
     pub fn set_param(&self, addr: &str, key: &str, value: Value) -> Result<Machine> {
-        self.modify_typed(addr, |m| {
+        self.write_one(addr, Some(key), |m, _| {
             m.params.insert(key.to_string(), value);
             Ok(())
         })
@@ -208,7 +245,7 @@ impl Machines<'_> {
         value: Value,
     ) -> Result<Machine> {
         let default = self.store.state_for_write().default_of(key).cloned();
-        self.modify_typed(addr, |m| {
+        self.write_one(addr, Some(key), |m, _| {
             patch::param_cas_in(&mut m.params, key, expected, value, default.as_ref())
         })
     }
@@ -242,7 +279,9 @@ impl Machines<'_> {
 
     /// Deletes the machine; returns it as it was.
     pub fn delete(&self, addr: &str) -> Result<Machine> {
+        self.guards.no_lease("a delete")?;
         self.store.write_as(WriteKind::Machine, |st, _, log| {
+            self.guards.check(self.store, st)?;
             let id = st.machine_id(addr)?;
             let old = self.store.load_machine(id)?;
             let mut batch = Batch::default();
@@ -386,7 +425,9 @@ impl Machines<'_> {
             .iter()
             .map(|(addr, ops)| Ok((addr.as_str(), patch::parse_patch(ops)?)))
             .collect::<Result<_>>()?;
+        self.guards.no_lease("a patch of several machines")?;
         self.store.write_as(WriteKind::Machine, |st, rev, log| {
+            self.guards.check(self.store, st)?;
             let mut batch = Batch::default();
             let mut changes = Vec::with_capacity(parsed.len());
             let mut seen = std::collections::HashSet::new();
@@ -428,6 +469,31 @@ impl Machines<'_> {
         })
     }
 
+    /// Changes machine `addr` with `f` in one atomic write: `f` gets the
+    /// machine as stored and the revision the write will have (the write's
+    /// own number, unique: a fencing token, a generation). Whatever `f`
+    /// leaves is checked like any other write; an error from `f` writes
+    /// nothing.
+    ///
+    /// ```
+    /// # use fleetkv::{Machine, Store};
+    /// let store = Store::in_memory()?;
+    /// store.machines().create(Machine::new("a"))?;
+    /// let m = store.machines().update_with("a", |m, rev| {
+    ///     m.params.insert("generation".into(), rev.into());
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!(m.params["generation"], m.revision);
+    /// # Ok::<(), fleetkv::Error>(())
+    /// ```
+    pub fn update_with(
+        &self,
+        addr: &str,
+        f: impl FnOnce(&mut Machine, u64) -> Result<()>,
+    ) -> Result<Machine> {
+        self.write_one(addr, None, f)
+    }
+
     /// A write of one machine through its JSON document.
     fn modify(&self, addr: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Machine> {
         self.modify_typed(addr, as_json(f))
@@ -440,11 +506,35 @@ impl Machines<'_> {
         addr: &str,
         f: impl FnOnce(&mut Machine) -> Result<()>,
     ) -> Result<Machine> {
+        self.write_one(addr, None, |m, _| f(m))
+    }
+
+    /// One machine's write, under this handle's guards and lease.
+    fn write_one(
+        &self,
+        addr: &str,
+        named: Option<&str>,
+        f: impl FnOnce(&mut Machine, u64) -> Result<()>,
+    ) -> Result<Machine> {
         self.store.write_as(WriteKind::Machine, |st, rev, log| {
+            self.guards.check(self.store, st)?;
             let id = st.machine_id(addr)?;
             let mut batch = Batch::default();
-            let (m, diff) = self.change(st, rev, id, &mut batch, log, f)?;
-            let apply = Box::new(move |st: &mut State| diff.apply(&mut st.machines, id));
+            let mut before = None;
+            let (m, diff) = self.change(st, rev, id, &mut batch, log, |m| {
+                if self.guards.lease.is_some() {
+                    before = Some(m.clone());
+                }
+                f(m, rev)
+            })?;
+            let leased =
+                before.and_then(|old| self.guards.hand_over(st, &mut batch, Some(&old), &m, named));
+            let apply = Box::new(move |st: &mut State| {
+                diff.apply(&mut st.machines, id);
+                if let Some(l) = leased {
+                    l(st);
+                }
+            });
             Ok((batch, apply as Apply, m))
         })
     }
@@ -452,7 +542,7 @@ impl Machines<'_> {
     /// Loads machine `id`, lets `f` change it, checks the result against
     /// the data model and every other object, and stages its record and
     /// event. Returns the new machine and its index change.
-    fn change(
+    pub(super) fn change(
         &self,
         st: &State,
         rev: u64,

@@ -25,6 +25,8 @@
 //! - `list` — listing, queries, shaping.
 //! - `metered` — writes recorded by kind and outcome, the scrape-time
 //!   gauges ([`crate::telemetry`]).
+//! - `leases` — leases, what they hold, the guards a machine write can
+//!   carry; `lease_clock` — lease deadlines, their expiry and filing.
 //! - `machines`, `profiles`, `params` — one handle per object kind;
 //!   `bulk` — definitions, profiles and machines in one write (imports);
 //!   `patch` — the document update operations they share.
@@ -50,6 +52,8 @@ mod checkpoint;
 mod fault_backend;
 mod group_commit;
 mod layout;
+mod lease_clock;
+mod leases;
 mod list;
 mod machines;
 mod memory_backend;
@@ -68,6 +72,7 @@ pub use crate::index::GroupCount;
 pub use bulk::{Bulk, BulkError};
 pub use check::CheckReport;
 pub use checkpoint::Recovery;
+pub use leases::{Fence, Held, Lease, LeaseId, Leases};
 pub use list::{ListOptions, Query};
 pub use machines::Machines;
 pub use open::{Options, Store, STALL_TIMEOUT};

@@ -22,6 +22,7 @@ use super::backend::{Backend, Batch};
 use super::changelog;
 use super::checkpoint::{self, Recovery};
 use super::layout::{named_key, PROFILE_PREFIX, SECRET_KEY};
+use super::lease_clock::LeaseClock;
 use super::machines::Machines;
 use super::memory_backend::MemoryBackend;
 use super::params::Params;
@@ -64,6 +65,8 @@ pub struct Options {
     /// the count reaches half the change log's retention, so that the log
     /// can always bridge from the last checkpoint.
     pub checkpoint_after: Option<u64>,
+    /// The longest TTL a lease may be granted ([`crate::Leases::grant`]).
+    pub max_lease_ttl: std::time::Duration,
 }
 
 impl Default for Options {
@@ -73,6 +76,7 @@ impl Default for Options {
             log_retain: LOG_RETAIN,
             stall_timeout: STALL_TIMEOUT,
             checkpoint_after: Some(1_000),
+            max_lease_ttl: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -104,6 +108,8 @@ pub(super) struct Inner {
     /// Where and how far behind the index checkpoint is (directory stores).
     pub(super) checkpoints: Option<Arc<Checkpoints>>,
     pub(super) recovery: Recovery,
+    /// Lease deadlines and their expiry.
+    pub(super) leases: Arc<LeaseClock>,
 }
 
 /// The checkpoint file's directory and what it lacks.
@@ -160,6 +166,9 @@ impl Drop for Inner {
     /// the guard, bounds that too: should it stall, the storage thread keeps
     /// a handle and sled's own flush never runs.
     fn drop(&mut self) {
+        if let Err(e) = self.leases.file() {
+            eprintln!("fleetkv: could not file lease deadlines: {e}");
+        }
         if self.checkpoint_due(self.options.checkpoint_after) {
             if let Err(e) = self.checkpoint() {
                 eprintln!("fleetkv: could not write the index checkpoint: {e}");
@@ -400,6 +409,7 @@ impl Store {
         };
         let rev = state.rev;
         let flusher = guard.sibling("fleetkv-flush")?;
+        let leases = Arc::new(LeaseClock::new(dir.as_deref()));
         let store = Store {
             inner: Arc::new(Inner {
                 backend: RwLock::new(backend),
@@ -420,8 +430,10 @@ impl Store {
                     })
                 }),
                 recovery,
+                leases,
             }),
         };
+        store.start_leases()?;
         let has_secret = store.backend().get(SECRET_KEY)?.is_some();
         if has_secret
             && store
@@ -481,7 +493,10 @@ impl Store {
 
     /// Machines.
     pub fn machines(&self) -> Machines<'_> {
-        Machines { store: self }
+        Machines {
+            store: self,
+            guards: Default::default(),
+        }
     }
 
     /// Profiles.

@@ -120,6 +120,7 @@ pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
             })?) as usize,
             None => 0,
         },
+        leases: super::leases::LeaseTable::load(db)?,
     };
     for item in db.scan_prefix(&[PARAM_PREFIX]) {
         let (k, v) = item?;

@@ -33,6 +33,8 @@ pub(crate) struct State {
     pub(super) validators: HashMap<String, Arc<jsonschema::Validator>>,
     /// Events in the persisted change log.
     pub(super) log_len: usize,
+    /// Leases and what they hold.
+    pub(super) leases: super::leases::LeaseTable,
 }
 
 impl Defaults for State {

@@ -665,7 +665,7 @@ impl Ctx {
                     Kind::Machine => s.machines().exists(&id)?,
                     Kind::Profile => s.profiles().exists(&id)?,
                     Kind::Param => s.params().exists(&id)?,
-                    Kind::Job => Err(no_jobs())?,
+                    Kind::Job | Kind::Lease => Err(no_jobs())?,
                 };
                 if found {
                     Ok(())
@@ -678,7 +678,7 @@ impl Ctx {
                     Kind::Machine => drop(s.machines().delete(&id)?),
                     Kind::Profile => drop(s.profiles().delete(&id)?),
                     Kind::Param => drop(s.params().delete(&id)?),
-                    Kind::Job => Err(no_jobs())?,
+                    Kind::Job | Kind::Lease => Err(no_jobs())?,
                 }
                 outln!("Deleted {kind} {id}");
                 Ok(())
@@ -702,7 +702,7 @@ impl Ctx {
                     Kind::Machine => s.machines().count(&filter)?,
                     Kind::Profile => s.profiles().count(&filter)?,
                     Kind::Param => list(s, kind, &filter, &ListOptions::default())?.len() as u64,
-                    Kind::Job => Err(no_jobs())?,
+                    Kind::Job | Kind::Lease => Err(no_jobs())?,
                 };
                 outln!("{n}");
                 Ok(())
@@ -714,7 +714,7 @@ impl Ctx {
                         Kind::Machine => to_value(s.machines().update(&id, &merge)?),
                         Kind::Profile => to_value(s.profiles().update(&id, &merge)?),
                         Kind::Param => to_value(s.params().update(&id, &merge)?),
-                        Kind::Job => Err(no_jobs())?,
+                        Kind::Job | Kind::Lease => Err(no_jobs())?,
                     },
                     Some(r) => {
                         let reference = parse_json("-r reference object", r)?;
@@ -735,7 +735,7 @@ impl Ctx {
                             Kind::Param => {
                                 to_value(s.params().update_from(&id, &reference, &desired)?)
                             }
-                            Kind::Job => Err(no_jobs())?,
+                            Kind::Job | Kind::Lease => Err(no_jobs())?,
                         }
                     }
                 };
@@ -1036,7 +1036,7 @@ fn create(s: &Scoped, kind: Kind, input: &str) -> Out<Value> {
         Kind::Machine => to_value(s.machines().create(decode::<Machine>(kind, doc)?)?),
         Kind::Profile => to_value(s.profiles().create(decode::<Profile>(kind, doc)?)?),
         Kind::Param => to_value(s.params().create(decode::<ParamDef>(kind, doc)?)?),
-        Kind::Job => Err(no_jobs())?,
+        Kind::Job | Kind::Lease => Err(no_jobs())?,
     })
 }
 
@@ -1055,7 +1055,7 @@ fn get(s: &Scoped, kind: Kind, id: &str) -> Out<Value> {
         Kind::Machine => to_value(s.machines().get(id)?),
         Kind::Profile => to_value(s.profiles().get(id)?),
         Kind::Param => to_value(s.params().get(id)?),
-        Kind::Job => Err(no_jobs())?,
+        Kind::Job | Kind::Lease => Err(no_jobs())?,
     })
 }
 
@@ -1064,7 +1064,7 @@ fn patch(s: &Scoped, kind: Kind, id: &str, ops: &Value) -> Out<Value> {
         Kind::Machine => to_value(s.machines().patch(id, ops)?),
         Kind::Profile => to_value(s.profiles().patch(id, ops)?),
         Kind::Param => to_value(s.params().patch(id, ops)?),
-        Kind::Job => Err(no_jobs())?,
+        Kind::Job | Kind::Lease => Err(no_jobs())?,
     })
 }
 
@@ -1119,7 +1119,7 @@ fn list(s: &Scoped, kind: Kind, filter: &Filter, opts: &ListOptions) -> Out<Vec<
         Kind::Machine => s.machines().list(filter, opts)?,
         Kind::Profile => s.profiles().list(filter, opts)?,
         Kind::Param => s.params().list(filter, opts)?,
-        Kind::Job => Err(no_jobs())?,
+        Kind::Job | Kind::Lease => Err(no_jobs())?,
     })
 }
 
