@@ -20,7 +20,9 @@ pub mod watch;
 pub mod wire;
 
 pub use auth::{AuthError, Claim, Scoped, TokenClaims};
-pub use cluster::{start_workflow, Cluster, Role, WorkflowReport};
+pub use cluster::{
+    start_workflow, Cluster, LeaderWatch, Leaders, Leadership, Role, WorkflowReport,
+};
 pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};

@@ -286,3 +286,60 @@ fn a_damaged_deadline_file_ends_every_lease_at_open() {
     assert!(!s.machines().get("a").unwrap().params.contains_key("x"));
     s.verify_indexes().unwrap();
 }
+
+#[test]
+fn campaign_fails_over_when_the_leader_lease_ends_and_fences_the_old_leader() {
+    use fleetkv::Cluster;
+    let s = store_with(&["m1", "m2", "m3"]);
+    let c = Cluster::init(&s, "c1", None).unwrap();
+    for m in ["m1", "m2", "m3"] {
+        c.add(m).unwrap();
+    }
+    let mut watch = c.observe();
+    let first = watch.next_timeout(Duration::from_secs(1)).unwrap().unwrap();
+    assert!(first.leaders.is_empty());
+
+    let l1 = s.leases().grant(60).unwrap();
+    let l2 = s.leases().grant(60).unwrap();
+    let won = c.campaign("m1", l1.id, 1, Duration::from_secs(5)).unwrap();
+    let token = won.token.unwrap();
+    let seen = watch.next_timeout(Duration::from_secs(1)).unwrap().unwrap();
+    assert_eq!(seen.leaders, vec![won.clone()]);
+    assert_eq!(
+        c.campaign("m1", l1.id, 1, Duration::from_secs(1)).unwrap(),
+        won
+    );
+    assert!(matches!(
+        c.campaign("m2", l2.id, 1, Duration::from_millis(200)),
+        Err(Error::Timeout)
+    ));
+    let waiting = {
+        let c = c.clone();
+        std::thread::spawn(move || c.campaign("m2", l2.id, 1, Duration::from_secs(10)))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    s.machines()
+        .with_fence(Cluster::fenced_by(token))
+        .set_param("m3", "work", json!("by m1"))
+        .unwrap();
+    s.leases().revoke(l1.id).unwrap();
+    let next = waiting.join().unwrap().unwrap();
+    assert_eq!(next.name, "m2");
+    assert!(next.token.unwrap() > token);
+    assert!(matches!(
+        s.machines()
+            .with_fence(Cluster::fenced_by(token))
+            .set_param("m3", "work", json!("stale m1")),
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(count(&s, "cluster/leader Eq true"), 1);
+    // The watch sees m1 go and m2 lead (the newest set when read).
+    let mut last = Vec::new();
+    while let Some(l) = watch.next_timeout(Duration::from_millis(200)).unwrap() {
+        last = l.leaders;
+    }
+    assert_eq!(last, vec![next.clone()]);
+    c.resign("m2").unwrap();
+    assert_eq!(count(&s, "cluster/leader Eq true"), 0);
+    s.verify_indexes().unwrap();
+}

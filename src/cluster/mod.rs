@@ -65,11 +65,19 @@
 //! reduced modulo the candidate count with negligible bias): the crate
 //! already depends on it, so no `rand`.
 //!
+//! # Campaigns
+//! [`Cluster::campaign`] is the election that fails over: a slot held by a
+//! lease, with a fencing token (see `campaign`).
+//!
 //! # Workflows on members
 //! [`start_workflow`] sets `Workflow` (and optional `Meta` entries) on every
 //! machine a filter selects, one atomic merge per machine, and reports which
 //! machines changed, which already had that workflow and meta (not written
 //! again: re-running is idempotent), and which failed and why.
+
+mod campaign;
+
+pub use campaign::{LeaderWatch, Leaders, Leadership, LEADER_TOKEN_PARAM};
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -184,6 +192,7 @@ impl Cluster {
             (LEADER_PARAM, "boolean", Some(false)),
             (PROFILE_PARAM, "string", None),
             (FILTER_PARAM, "string", None),
+            (LEADER_TOKEN_PARAM, "integer", None),
         ] {
             if store.params().exists(param) {
                 continue;
