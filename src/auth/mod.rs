@@ -564,6 +564,8 @@ impl Store {
         Ok(Scoped {
             store: self,
             claims: self.verify_token(token)?,
+            lease: None,
+            fence: None,
         })
     }
 
@@ -573,6 +575,8 @@ impl Store {
         Scoped {
             store: self,
             claims,
+            lease: None,
+            fence: None,
         }
     }
 }
@@ -581,9 +585,24 @@ impl Store {
 pub struct Scoped<'a> {
     store: &'a Store,
     claims: TokenClaims,
+    lease: Option<crate::store::LeaseId>,
+    fence: Option<crate::store::Fence>,
 }
 
 impl<'a> Scoped<'a> {
+    /// Machine writes through this handle are made under lease `lease` and
+    /// only while `fence` holds (see [`crate::store::Machines::with_lease`],
+    /// [`crate::store::Machines::with_fence`]).
+    pub fn machine_writes(
+        mut self,
+        lease: Option<crate::store::LeaseId>,
+        fence: Option<crate::store::Fence>,
+    ) -> Self {
+        self.lease = lease;
+        self.fence = fence;
+        self
+    }
+
     /// The token's verified claims.
     pub fn claims(&self) -> &TokenClaims {
         &self.claims
@@ -645,6 +664,8 @@ impl<'a> Scoped<'a> {
         ScopedMachines {
             store: self.store,
             claims: &self.claims,
+            lease: self.lease,
+            fence: self.fence.clone(),
         }
     }
 
@@ -669,6 +690,8 @@ impl<'a> Scoped<'a> {
 pub struct ScopedMachines<'a> {
     store: &'a Store,
     claims: &'a TokenClaims,
+    lease: Option<crate::store::LeaseId>,
+    fence: Option<crate::store::Fence>,
 }
 
 /// [`crate::store::Profiles`] behind a claims check.
@@ -688,6 +711,30 @@ const P: &str = "profiles";
 const D: &str = "params";
 
 impl ScopedMachines<'_> {
+    /// Writes under lease `id` ([`crate::store::Machines::with_lease`]).
+    pub fn with_lease(mut self, id: crate::store::LeaseId) -> Self {
+        self.lease = Some(id);
+        self
+    }
+
+    /// Writes only while `fence` holds ([`crate::store::Machines::with_fence`]).
+    pub fn with_fence(mut self, fence: crate::store::Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// The store's handle with this one's lease and fence.
+    fn handle(&self) -> crate::store::Machines<'_> {
+        let mut m = self.store.machines();
+        if let Some(l) = self.lease {
+            m = m.with_lease(l);
+        }
+        if let Some(f) = &self.fence {
+            m = m.with_fence(f.clone());
+        }
+        m
+    }
+
     /// Checks `action` on the machine at `addr` ([`TokenClaims::authorize`]).
     fn check(&self, action: &str, addr: &str) -> Result<()> {
         self.claims.authorize(self.store, M, action, addr)
@@ -700,69 +747,69 @@ impl ScopedMachines<'_> {
     /// `create` on the new machine's Name (or Uuid).
     pub fn create(&self, m: Machine) -> Result<Machine> {
         self.check_new(&m)?;
-        self.store.machines().create(m)
+        self.handle().create(m)
     }
     /// `get`.
     pub fn get(&self, addr: &str) -> Result<Machine> {
         self.check("get", addr)?;
-        self.store.machines().get(addr)
+        self.handle().get(addr)
     }
     /// `get`.
     pub fn exists(&self, addr: &str) -> Result<bool> {
         self.check("get", addr)?;
-        self.store.machines().exists(addr)
+        self.handle().exists(addr)
     }
     /// `list` on `*`.
     pub fn list_all(&self) -> Result<Vec<Machine>> {
         self.claims.check(M, "list", "*")?;
-        self.store.machines().list_all()
+        self.handle().list_all()
     }
     /// `list` on `*`.
     pub fn count(&self, filter: &Filter) -> Result<u64> {
         self.claims.check(M, "list", "*")?;
-        self.store.machines().count(filter)
+        self.handle().count(filter)
     }
     /// `list` on `*`.
     pub fn group_count(&self, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
         self.claims.check(M, "list", "*")?;
-        self.store.machines().group_count(filter, by)
+        self.handle().group_count(filter, by)
     }
     /// `list` on `*`.
     pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
         self.claims.check(M, "list", "*")?;
-        self.store.machines().list(filter, opts)
+        self.handle().list(filter, opts)
     }
     /// `update`.
     pub fn replace(&self, addr: &str, m: Machine) -> Result<Machine> {
         self.check("update", addr)?;
-        self.store.machines().replace(addr, m)
+        self.handle().replace(addr, m)
     }
     /// `update`.
     pub fn update(&self, addr: &str, merge: &Value) -> Result<Machine> {
         self.check("update", addr)?;
-        self.store.machines().update(addr, merge)
+        self.handle().update(addr, merge)
     }
     /// `update`.
     pub fn update_from(&self, addr: &str, reference: &Value, desired: &Value) -> Result<Machine> {
         self.check("update", addr)?;
-        self.store.machines().update_from(addr, reference, desired)
+        self.handle().update_from(addr, reference, desired)
     }
     /// `patch`.
     pub fn patch(&self, addr: &str, ops: &Value) -> Result<Machine> {
         self.check("patch", addr)?;
-        self.store.machines().patch(addr, ops)
+        self.handle().patch(addr, ops)
     }
     /// `patch` on every machine named (all checked before anything is written).
     pub fn patch_many(&self, patches: &[(String, Value)]) -> Result<Vec<Machine>> {
         for (addr, _) in patches {
             self.check("patch", addr)?;
         }
-        self.store.machines().patch_many(patches)
+        self.handle().patch_many(patches)
     }
     /// `param-set`.
     pub fn set_param(&self, addr: &str, key: &str, value: Value) -> Result<Machine> {
         self.check("param-set", addr)?;
-        self.store.machines().set_param(addr, key, value)
+        self.handle().set_param(addr, key, value)
     }
     /// `param-set`.
     pub fn set_param_if(
@@ -780,22 +827,22 @@ impl ScopedMachines<'_> {
     /// `param-set`.
     pub fn remove_param(&self, addr: &str, key: &str) -> Result<Option<Value>> {
         self.check("param-set", addr)?;
-        self.store.machines().remove_param(addr, key)
+        self.handle().remove_param(addr, key)
     }
     /// `get`.
     pub fn params(&self, addr: &str, aggregate: bool) -> Result<Map<String, Value>> {
         self.check("get", addr)?;
-        self.store.machines().params(addr, aggregate)
+        self.handle().params(addr, aggregate)
     }
     /// `get`.
     pub fn get_param(&self, addr: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
         self.check("get", addr)?;
-        self.store.machines().get_param(addr, key, aggregate)
+        self.handle().get_param(addr, key, aggregate)
     }
     /// `delete`.
     pub fn delete(&self, addr: &str) -> Result<Machine> {
         self.check("delete", addr)?;
-        self.store.machines().delete(addr)
+        self.handle().delete(addr)
     }
 }
 

@@ -19,6 +19,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::auth::{Authenticator, Principal};
 use super::coord;
 use super::error::{ApiError, ApiErrorBody};
+use super::leases::WriteGuards;
 use crate::{Error, Filter, Kind, ListOptions, Machine, ParamDef, Profile, Store};
 
 /// The header carrying a list's total count (before `offset`/`limit`).
@@ -209,6 +210,14 @@ pub struct Info {
         coord::workflow_all,
         coord::render,
         coord::events,
+        super::leases::grant,
+        super::leases::list,
+        super::leases::show,
+        super::leases::keep_alive,
+        super::leases::revoke,
+        super::leases::campaign,
+        super::leases::resign,
+        super::leases::leaders,
         super::metrics::scrape
     ),
     components(schemas(
@@ -217,6 +226,8 @@ pub struct Info {
         Info,
         Collection,
         coord::TokenReply,
+        super::leases::Grant,
+        super::leases::LeaseBody,
         coord::CountReply,
         coord::WaitReply,
         coord::WorkflowAll,
@@ -251,6 +262,15 @@ pub async fn info(State(app): St) -> Json<Info> {
 
 /// Jobs are created by rendering and read by Uuid: no collection route
 /// reaches them ([`kind_of`] never yields [`Kind::Job`]).
+/// The `X-Fleetkv-Lease` / `X-Fleetkv-Fence` of a write: machines only.
+fn machine_guards(kind: Kind, headers: &HeaderMap) -> ApiResult<WriteGuards> {
+    let g = WriteGuards::of(headers)?;
+    if kind != Kind::Machine {
+        g.only_machines()?;
+    }
+    Ok(g)
+}
+
 fn no_jobs() -> Error {
     Error::invalid("kind", "jobs and leases are not collections of objects")
 }
@@ -648,10 +668,11 @@ pub async fn create(
         New::Param(d) => (d.name.as_str(), None),
     };
     app.auth.authorize_new(&who, kind.plural(), name, uuid)?;
+    let guards = machine_guards(kind, &headers)?;
     let v = app
         .write(move |s| {
             Ok(match new {
-                New::Machine(m) => to_value(s.machines().create(m)?),
+                New::Machine(m) => to_value(guards.machines(s).create(m)?),
                 New::Profile(p) => to_value(s.profiles().create(p)?),
                 New::Param(d) => to_value(s.params().create(d)?),
             })
@@ -719,10 +740,11 @@ pub async fn replace(
     check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "update", &id)?;
     let (doc, _) = json_body(&headers, &body, JSON)?;
+    let guards = machine_guards(kind, &headers)?;
     let v = app
         .write(move |s| {
             Ok(match kind {
-                Kind::Machine => to_value(s.machines().replace(&id, decode(kind, doc)?)?),
+                Kind::Machine => to_value(guards.machines(s).replace(&id, decode(kind, doc)?)?),
                 Kind::Profile => to_value(s.profiles().replace(&id, decode(kind, doc)?)?),
                 Kind::Param => to_value(s.params().replace(&id, decode(kind, doc)?)?),
                 Kind::Job | Kind::Lease => Err(no_jobs())?,
@@ -738,12 +760,19 @@ const PATCH_TYPES: &[&str] = &[
     "application/json",
 ];
 
-fn apply_patch(s: &Store, kind: Kind, id: &str, doc: &Value, merge: bool) -> ApiResult<Value> {
+fn apply_patch(
+    s: &Store,
+    kind: Kind,
+    id: &str,
+    doc: &Value,
+    merge: bool,
+    guards: WriteGuards,
+) -> ApiResult<Value> {
     Ok(match (kind, merge) {
-        (Kind::Machine, false) => to_value(s.machines().patch(id, doc)?),
+        (Kind::Machine, false) => to_value(guards.machines(s).patch(id, doc)?),
         (Kind::Profile, false) => to_value(s.profiles().patch(id, doc)?),
         (Kind::Param, false) => to_value(s.params().patch(id, doc)?),
-        (Kind::Machine, true) => to_value(s.machines().update(id, doc)?),
+        (Kind::Machine, true) => to_value(guards.machines(s).update(id, doc)?),
         (Kind::Profile, true) => to_value(s.profiles().update(id, doc)?),
         (Kind::Param, true) => to_value(s.params().update(id, doc)?),
         (Kind::Job | Kind::Lease, _) => Err(no_jobs())?,
@@ -778,8 +807,9 @@ pub async fn patch(
     if !merge && !doc.is_array() {
         return Err(crate::store::not_a_patch(&doc).into());
     }
+    let guards = machine_guards(kind, &headers)?;
     let v = app
-        .write(move |s| apply_patch(s, kind, &id, &doc, merge))
+        .write(move |s| apply_patch(s, kind, &id, &doc, merge, guards))
         .await?;
     Ok(ok(StatusCode::OK, v))
 }
@@ -793,14 +823,16 @@ pub async fn destroy(
     State(app): St,
     Extension(who): Extension<Principal>,
     Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
     check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "delete", &id)?;
+    let guards = machine_guards(kind, &headers)?;
     let v = app
         .write(move |s| {
             Ok(match kind {
-                Kind::Machine => to_value(s.machines().delete(&id)?),
+                Kind::Machine => to_value(guards.machines(s).delete(&id)?),
                 Kind::Profile => to_value(s.profiles().delete(&id)?),
                 Kind::Param => to_value(s.params().delete(&id)?),
                 Kind::Job | Kind::Lease => Err(no_jobs())?,
@@ -913,8 +945,9 @@ pub async fn patch_params(
         &["application/json-patch+json", "application/json"],
     )?;
     let ops = under_params(doc)?;
+    let guards = machine_guards(kind, &headers)?;
     let v = app
-        .write(move |s| apply_patch(s, kind, &id, &ops, false))
+        .write(move |s| apply_patch(s, kind, &id, &ops, false, guards))
         .await?;
     Ok(ok(
         StatusCode::OK,
@@ -949,8 +982,9 @@ pub async fn replace_params(
     // One JSON Patch op: the store checks every value against its schema
     // and writes the whole map atomically, as for any other patch.
     let ops = json!([{"op": "add", "path": "/Params", "value": doc}]);
+    let guards = machine_guards(kind, &headers)?;
     let v = app
-        .write(move |s| apply_patch(s, kind, &id, &ops, false))
+        .write(move |s| apply_patch(s, kind, &id, &ops, false, guards))
         .await?;
     Ok(ok(
         StatusCode::OK,
@@ -1023,12 +1057,16 @@ pub async fn set_param(
         }
     };
     let out = value.clone();
+    let guards = machine_guards(kind, &headers)?;
     app.write(move |s| {
         match (kind, expect) {
-            (Kind::Machine, None) => drop(s.machines().set_param(&id, &key, value)?),
-            (Kind::Machine, Some(e)) => {
-                drop(s.machines().set_param_if(&id, &key, e.as_ref(), value)?)
-            }
+            (Kind::Machine, None) => drop(guards.machines(s).set_param(&id, &key, value)?),
+            (Kind::Machine, Some(e)) => drop(guards.machines(s).set_param_if(
+                &id,
+                &key,
+                e.as_ref(),
+                value,
+            )?),
             (_, None) => drop(s.profiles().set_param(&id, &key, value)?),
             (_, Some(e)) => drop(s.profiles().set_param_if(&id, &key, e.as_ref(), value)?),
         }
@@ -1048,15 +1086,17 @@ pub async fn remove_param(
     State(app): St,
     Extension(who): Extension<Principal>,
     Path((kind, id, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult {
     let kind = kind_of(&kind)?;
     check_key_of(kind, &id)?;
     with_params(kind)?;
     app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
+    let guards = machine_guards(kind, &headers)?;
     let v = app
         .write(move |s| {
             Ok(match kind {
-                Kind::Machine => s.machines().remove_param(&id, &key)?,
+                Kind::Machine => guards.machines(s).remove_param(&id, &key)?,
                 _ => s.profiles().remove_param(&id, &key)?,
             })
         })

@@ -45,6 +45,7 @@ pub mod auth;
 pub mod cluster;
 pub mod coord;
 pub mod error;
+pub mod leases;
 mod listen;
 pub mod metrics;
 pub mod transfer;
@@ -98,6 +99,8 @@ pub struct Config {
     /// [`Options::stall_timeout`]: a storage call stalled this long answers
     /// 503 (and so does every later write).
     pub stall_timeout: Duration,
+    /// [`Options::max_lease_ttl`]: the longest lease TTL granted.
+    pub max_lease_ttl: Duration,
     /// Serve HTTPS with this PEM certificate chain and PEM private key.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Also serve `GET /metrics` without credentials, over plain HTTP, on
@@ -119,6 +122,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(30),
             max_connections: 4096,
             stall_timeout: crate::store::STALL_TIMEOUT,
+            max_lease_ttl: Options::default().max_lease_ttl,
             tls: None,
             metrics_listen: None,
         }
@@ -145,6 +149,15 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         .route("/api/v3/wait/count", get(coord::count_wait))
         .route("/api/v3/wait/machines/{id}", get(coord::wait_machine))
         .route("/api/v3/clusters/{name}/elect", post(coord::elect))
+        .route("/api/v3/clusters/{name}/campaign", post(leases::campaign))
+        .route("/api/v3/clusters/{name}/resign", post(leases::resign))
+        .route("/api/v3/clusters/{name}/leaders", get(leases::leaders))
+        .route("/api/v3/leases", get(leases::list).post(leases::grant))
+        .route(
+            "/api/v3/leases/{id}",
+            get(leases::show).delete(leases::revoke),
+        )
+        .route("/api/v3/leases/{id}/keepalive", post(leases::keep_alive))
         .route("/api/v3/clusters/{name}", post(cluster::cluster_init))
         .route(
             "/api/v3/clusters/{name}/members",
@@ -253,6 +266,7 @@ pub fn run(config: Config) -> Result<(), String> {
         Options {
             durable: config.durable,
             stall_timeout: config.stall_timeout,
+            max_lease_ttl: config.max_lease_ttl,
             ..Options::default()
         },
     )

@@ -5,7 +5,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use fleetkv::{Cluster, Error, Filter, Kind, Role, Store};
 use serde_json::{json, Value};
 
-use super::{listing, to_value, Ctx, Failure, ListArgs, Out};
+use std::time::Duration;
+
+use super::{listing, seconds, to_value, Ctx, Failure, ListArgs, Out};
 
 /// The cluster verbs.
 #[derive(Subcommand)]
@@ -46,6 +48,29 @@ pub enum ClusterVerb {
         /// How many leaders.
         #[arg(long, default_value_t = 1, value_name = "N")]
         leaders: usize,
+    },
+    /// `campaign NAME MACHINE --lease ID`: block until MACHINE holds one of
+    /// N leader slots under the lease; prints its leadership and fencing
+    /// token (`Token`, for `--fence`). The slot is released when the lease
+    /// ends.
+    Campaign {
+        name: String,
+        machine: String,
+        /// How many leader slots.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        leaders: usize,
+        /// Give up after this many seconds (exit 5).
+        #[arg(long, default_value_t = 3600.0, value_name = "SECONDS")]
+        timeout: f64,
+    },
+    /// Give up MACHINE's leadership (role and token).
+    Resign { name: String, machine: String },
+    /// Print the leaders as a JSON line now and after each change.
+    Observe {
+        name: String,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
     },
 }
 
@@ -141,6 +166,40 @@ pub fn run(ctx: &Ctx, s: &Store, verb: ClusterVerb) -> Out {
         }
         ClusterVerb::Elect { name, leaders } => {
             show(to_value(Cluster::open(s, &name)?.elect(leaders)?))
+        }
+        ClusterVerb::Campaign {
+            name,
+            machine,
+            leaders,
+            timeout,
+        } => {
+            let lease = ctx
+                .lease
+                .ok_or_else(|| Failure::input("campaign needs --lease ID"))?;
+            let won =
+                Cluster::open(s, &name)?.campaign(&machine, lease, leaders, seconds(timeout)?)?;
+            ctx.print(&to_value(won), None);
+            Ok(())
+        }
+        ClusterVerb::Resign { name, machine } => {
+            show(to_value(Cluster::open(s, &name)?.resign(&machine)?))
+        }
+        ClusterVerb::Observe { name, timeout } => {
+            let mut watch = Cluster::open(s, &name)?.observe();
+            let end = timeout
+                .map(|t| seconds(t).map(|d| std::time::Instant::now() + d))
+                .transpose()?;
+            loop {
+                let left = end.map_or(Duration::from_secs(3600), |e| {
+                    e.saturating_duration_since(std::time::Instant::now())
+                });
+                if let Some(l) = watch.next_timeout(left)? {
+                    outln!("{}", serde_json::to_string(&l).unwrap_or_default());
+                }
+                if end.is_some_and(|e| std::time::Instant::now() >= e) {
+                    return Ok(());
+                }
+            }
         }
     }
 }

@@ -29,6 +29,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod auth;
 mod cluster;
+mod leases;
 mod remote;
 mod render;
 mod transfer;
@@ -90,6 +91,14 @@ struct Cli {
     /// that owns it (its Unix socket in the store directory).
     #[arg(short = 'v', long, global = true)]
     verbose: bool,
+    /// Machine writes (and `cluster campaign`): made under lease ID; what
+    /// they set goes when the lease ends (`leases grant`).
+    #[arg(long, global = true, value_name = "ID")]
+    lease: Option<u64>,
+    /// Machine writes: refused (exit 3) unless leadership TOKEN still holds
+    /// (the `Token` of `cluster campaign`).
+    #[arg(long, global = true, value_name = "TOKEN")]
+    fence: Option<u64>,
     #[command(flatten)]
     remote: remote::RemoteArgs,
     #[command(subcommand)]
@@ -145,6 +154,11 @@ enum Cmd {
         /// Stop after this many seconds.
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
+    },
+    /// Leases: `grant --ttl S`, `keepalive ID`, `revoke ID`, `show ID`, `list`.
+    Leases {
+        #[command(subcommand)]
+        verb: leases::LeaseVerb,
     },
     /// The cluster pattern: a cluster profile, members, roles, elections.
     Cluster {
@@ -463,7 +477,21 @@ fn run(cli: Cli) -> Out {
     let ctx = Ctx {
         format: cli.format,
         reference: cli.reference.clone(),
+        lease: cli.lease,
+        fence: cli.fence,
     };
+    let guarded = matches!(cli.cmd, Cmd::Machines { .. })
+        || matches!(
+            cli.cmd,
+            Cmd::Cluster {
+                verb: cluster::ClusterVerb::Campaign { .. }
+            }
+        ) && cli.fence.is_none();
+    if (cli.lease.is_some() || cli.fence.is_some()) && !guarded {
+        return Err(Failure::input(
+            "--lease and --fence go with machine writes (and --lease with cluster campaign)",
+        ));
+    }
     let mut remote = cli.remote.client(cli.token.as_deref())?;
     if remote.is_none() && cli.cmd.uses_a_server() {
         // A server that owns the store answers for it: its socket is in
@@ -479,6 +507,9 @@ fn run(cli: Cli) -> Out {
                 None => eprintln!("fleetkv: opening the store in {}", data.display()),
             }
         }
+    }
+    if let Some(r) = &mut remote {
+        r.guard_writes(cli.lease, cli.fence);
     }
     let open = cli.open();
     let (kind, verb) = match cli.cmd {
@@ -502,6 +533,16 @@ fn run(cli: Cli) -> Out {
                 Some(r) => r.export(&ctx),
                 None => Ok(()),
             };
+        }
+        Cmd::Leases { verb } => {
+            ctx.no_ref("leases")?;
+            if let Some(r) = &remote {
+                return r.leases(&ctx, verb);
+            }
+            return with_store(&data, open, |s| {
+                let s = auth::access(s, cli.token.as_deref())?.authorize("leases", "*", "*")?;
+                leases::run(&ctx, s, verb)
+            });
         }
         Cmd::Cluster { verb } if remote.is_some() => {
             ctx.no_ref("cluster")?;
@@ -613,7 +654,9 @@ fn run(cli: Cli) -> Out {
         });
     }
     with_store(&data, open, |s| {
-        ctx.verb(&auth::access(s, token)?, kind, verb, input)
+        let fence = ctx.fence.map(fleetkv::Cluster::fenced_by);
+        let s = auth::access(s, token)?.machine_writes(ctx.lease, fence);
+        ctx.verb(&s, kind, verb, input)
     })
 }
 
@@ -621,6 +664,9 @@ fn run(cli: Cli) -> Out {
 struct Ctx {
     format: Format,
     reference: Option<String>,
+    /// `--lease`, `--fence`.
+    lease: Option<u64>,
+    fence: Option<u64>,
 }
 
 impl Ctx {

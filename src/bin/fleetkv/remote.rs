@@ -15,6 +15,7 @@ mod events;
 mod unix;
 
 use super::cluster::ClusterVerb;
+use super::leases::{self, LeaseVerb};
 use super::waited;
 use super::{
     escape, group_by_kinds, listing, loose_json, machines_only, parse_json, pretty, with_params,
@@ -72,6 +73,7 @@ impl RemoteArgs {
             auth,
             timeout,
             tls,
+            guards: Vec::new(),
         };
         remote.agent = remote.agent_builder().timeout(timeout).build();
         Ok(Some(remote))
@@ -111,6 +113,7 @@ impl RemoteArgs {
             auth: Some(auth),
             timeout,
             tls: None,
+            guards: Vec::new(),
         }))
     }
 }
@@ -179,6 +182,9 @@ pub struct ServeArgs {
     /// monitoring network. On --listen, /metrics needs the claim metrics/get/*.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// The longest lease TTL granted, in seconds.
+    #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+    max_lease_ttl: u64,
     /// Add (or replace) a basic-auth user `NAME:PASS` in the store directory, then exit.
     #[arg(long, value_name = "NAME:PASS")]
     add_user: Option<String>,
@@ -218,6 +224,7 @@ impl ServeArgs {
             stall_timeout: secs("stall-timeout", stall_timeout)?,
             tls: self.tls_cert.zip(self.tls_key),
             metrics_listen: self.metrics_listen,
+            max_lease_ttl: Duration::from_secs(self.max_lease_ttl),
         })
         .map_err(|msg| Failure { code: 1, msg })
     }
@@ -266,6 +273,9 @@ pub struct Remote {
     timeout: Duration,
     /// `--ca-cert`: the roots every agent trusts.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// `--lease` / `--fence` as headers on every request (the server
+    /// applies them to machine writes).
+    guards: Vec<(&'static str, String)>,
 }
 
 /// What came back: the body and the list count header.
@@ -275,6 +285,16 @@ struct Answer {
 }
 
 impl Remote {
+    /// Sends `--lease` / `--fence` with every request.
+    pub fn guard_writes(&mut self, lease: Option<u64>, fence: Option<u64>) {
+        if let Some(l) = lease {
+            self.guards.push(("X-Fleetkv-Lease", l.to_string()));
+        }
+        if let Some(f) = fence {
+            self.guards.push(("X-Fleetkv-Fence", f.to_string()));
+        }
+    }
+
     /// An agent builder trusting `--ca-cert` when given.
     pub(super) fn agent_builder(&self) -> ureq::AgentBuilder {
         let b = ureq::AgentBuilder::new();
@@ -318,7 +338,7 @@ impl Remote {
         if let Some(a) = &self.auth {
             r = r.set("Authorization", a);
         }
-        for (k, v) in headers {
+        for (k, v) in headers.iter().chain(&self.guards) {
             r = r.set(k, v);
         }
         let res = match &body {
@@ -353,7 +373,11 @@ impl Remote {
             return Err((None, Failure::other("no server socket")));
         };
         let url = format!("{}{path}", self.base);
-        let mut all: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut all: Vec<(&str, &str)> = headers
+            .iter()
+            .chain(&self.guards)
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
         if let Some(a) = &self.auth {
             all.push(("Authorization", a));
         }
@@ -959,6 +983,82 @@ impl Remote {
                 )
             }
             ClusterVerb::Elect { name, leaders } => self.elect(ctx, &name, leaders),
+            ClusterVerb::Campaign {
+                name,
+                machine,
+                leaders,
+                timeout,
+            } => {
+                let lease = ctx
+                    .lease
+                    .ok_or_else(|| Failure::input("campaign needs --lease ID"))?;
+                let path = format!(
+                    "{}/campaign?machine={}&lease={lease}&leaders={leaders}",
+                    at(&name),
+                    enc(&machine, false)
+                );
+                let won = self.long_poll_post(&path, timeout)?;
+                ctx.print(&won, None);
+                Ok(())
+            }
+            ClusterVerb::Resign { name, machine } => show(
+                self.call(
+                    "POST",
+                    &format!("{}/resign?machine={}", at(&name), enc(&machine, false)),
+                    None,
+                    &[],
+                )?
+                .body,
+            ),
+            ClusterVerb::Observe { name, timeout } => {
+                self.observe(&format!("{}/leaders", at(&name)), timeout)
+            }
+        }
+    }
+
+    /// `leases …` on the server.
+    pub fn leases(&self, ctx: &Ctx, verb: LeaseVerb) -> Out {
+        let show = |v: Value| {
+            ctx.print(&v, None);
+            Ok(())
+        };
+        match verb {
+            LeaseVerb::Grant { ttl } => {
+                let body = json!({ "TTL": leases::ttl(ttl)? });
+                show(
+                    self.call("POST", "/leases", Some(("application/json", &body)), &[])?
+                        .body,
+                )
+            }
+            LeaseVerb::Keepalive { id, once } => leases::keep_alive(ctx, once, || {
+                let a = self.call("POST", &format!("/leases/{id}/keepalive"), None, &[])?;
+                serde_json::from_value(a.body)
+                    .map_err(|e| garbage("/leases", &format!("not a lease: {e}")))
+            }),
+            LeaseVerb::Revoke { id } => show(
+                self.call("DELETE", &format!("/leases/{id}"), None, &[])?
+                    .body,
+            ),
+            LeaseVerb::Show { id } => show(self.get(&format!("/leases/{id}"))?),
+            LeaseVerb::List => show(self.get("/leases")?),
+        }
+    }
+
+    /// A blocking POST the server cuts to its request timeout, repeated
+    /// until it answers or `seconds` pass (exit 5).
+    fn long_poll_post(&self, path: &str, seconds: f64) -> Out<Value> {
+        let deadline = std::time::Instant::now()
+            + Duration::try_from_secs_f64(seconds)
+                .map_err(|_| Failure::input(format!("{seconds}: expected seconds")))?;
+        loop {
+            let left = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs_f64();
+            match self.call("POST", &format!("{path}&timeout={left:.3}"), None, &[]) {
+                Err(f) if f.code == 5 && std::time::Instant::now() < deadline => continue,
+                Err(f) if f.code == 5 => return Err(Failure::timeout()),
+                other => return other.map(|a| a.body),
+            }
         }
     }
 }

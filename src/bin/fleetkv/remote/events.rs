@@ -118,6 +118,18 @@ impl Remote {
         if let Some(r) = from {
             path += &format!("&from={r}");
         }
+        self.follow(path, timeout)
+    }
+
+    /// `cluster observe NAME`: the leaders stream of `path`.
+    pub fn observe(&self, path: &str, timeout: Option<f64>) -> Out {
+        let timeout = timeout.map(crate::seconds).transpose()?;
+        self.follow(format!("{}{path}", self.base), timeout)
+    }
+
+    /// Prints the data of each `change` event of the stream at `path` (a
+    /// full URL) as a line, until `timeout` after it opened.
+    fn follow(&self, path: String, timeout: Option<Duration>) -> Out {
         let auth = self.auth.clone();
         let open: Opener = match &self.socket {
             Some(socket) => {
