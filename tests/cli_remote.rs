@@ -647,4 +647,70 @@ fn every_verb_answers_as_embedded() {
         assert_eq!(server.cli(args), local(&a, args, None), "{args:?}");
     }
     assert_eq!(server.ok(&["export"]), local_ok(&a, &["export"]));
+    // Leases and campaigns: ids are revisions, the same on both twins;
+    // `Remaining` is a clock reading, left out of the comparison.
+    let no_clock = |(code, out, err): (i32, String, String)| {
+        let out = match serde_json::from_str::<Value>(&out) {
+            Ok(mut v) => {
+                for l in v.as_array_mut().into_iter().flatten() {
+                    l.as_object_mut().map(|o| o.remove("Remaining"));
+                }
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("Remaining");
+                }
+                v.to_string()
+            }
+            Err(_) => out,
+        };
+        (code, out, err)
+    };
+    let grant = server.ok(&["leases", "grant", "--ttl", "60"]);
+    assert_eq!(grant, local_ok(&a, &["leases", "grant", "--ttl", "60"]));
+    let id = serde_json::from_str::<Value>(&grant).unwrap()["ID"].to_string();
+    let cases: &[&[&str]] = &[
+        &[
+            "machines", "set", "m1", "param", "alive", "to", "true", "--lease", &id,
+        ],
+        &[
+            "machines", "meta", "set", "m1", "key", "pid", "to", "7", "--lease", &id,
+        ],
+        &["leases", "show", &id],
+        &["leases", "list"],
+        &["leases", "keepalive", &id, "--once"],
+        &["cluster", "init", "lc"],
+        &["cluster", "add", "lc", "m1"],
+        &[
+            "cluster",
+            "campaign",
+            "lc",
+            "m1",
+            "--lease",
+            &id,
+            "--timeout",
+            "5",
+        ],
+        &[
+            "machines", "set", "m2", "param", "work", "to", "1", "--fence", "1",
+        ],
+        &["cluster", "resign", "lc", "m1"],
+        &["leases", "revoke", &id],
+        &["machines", "get", "m1", "param", "alive"],
+        &["leases", "keepalive", &id, "--once"],
+        &["leases", "show", &id],
+        &["leases", "grant", "--ttl", "0"],
+        &["leases", "grant", "--ttl", "-5"],
+        &[
+            "profiles", "set", "example", "param", "x", "to", "1", "--lease", &id,
+        ],
+        &[
+            "machines", "set", "m1", "param", "x", "to", "1", "--lease", "99999",
+        ],
+        &["machines", "destroy", "m2", "--lease", &id],
+        &["cluster", "campaign", "lc", "m1"],
+    ];
+    for args in cases {
+        let remote = no_clock(server.cli(args));
+        let embedded = no_clock(local(&a, args, None));
+        assert_eq!(remote, embedded, "{args:?}");
+    }
 }
