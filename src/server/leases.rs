@@ -87,6 +87,7 @@ pub(crate) struct Grant {
     /// Seconds: each renewal moves the deadline this far ahead (1 to the
     /// server's `--max-lease-ttl`).
     #[serde(rename = "TTL")]
+    #[schema(minimum = 1)]
     ttl: i64,
 }
 
