@@ -131,7 +131,10 @@ fn main() -> fleetkv::Result<()> {
         let renewed = Instant::now();
         store.leases().keep_alive(lease.id)?;
         let f = Filter::parse(&format!("Name Eq {name} alive Eq true"))?;
-        pending.push((renewed + Duration::from_secs(1), store.machines().prepare(&f)?));
+        pending.push((
+            renewed + Duration::from_secs(1),
+            store.machines().prepare(&f)?,
+        ));
         std::thread::sleep(Duration::from_millis(3));
     }
     let mut release = Vec::with_capacity(samples);

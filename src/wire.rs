@@ -12,6 +12,13 @@
 /// owns DIR.
 pub const SOCKET_FILE: &str = "fleetkv.sock";
 
+/// fleetkv's media type for a reference update (drpcli's `-r`) sent to
+/// `PATCH /api/v3/{kind}/{id}`: `{"Reference": object as last seen,
+/// "Desired": object wanted}`. The server decides it with the library's
+/// reference update, so the embedded CLI and a remote one refuse and apply
+/// exactly alike (RFC 6902 cannot test that a path is still absent).
+pub const REFERENCE_UPDATE: &str = "application/vnd.fleetkv.reference+json";
+
 /// The admin key's file name, inside the store directory.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
 

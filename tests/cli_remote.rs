@@ -707,6 +707,33 @@ fn every_verb_answers_as_embedded() {
         ],
         &["machines", "destroy", "m2", "--lease", &id],
         &["cluster", "campaign", "lc", "m1"],
+        // `-r`: the library's reference update on both sides (an addition
+        // must still be absent; a changed path must still hold the
+        // reference's value).
+        &[
+            "-r",
+            "{\"Name\":\"m1\",\"Meta\":{}}",
+            "machines",
+            "update",
+            "m1",
+            "{\"Meta\":{\"new\":\"x\"}}",
+        ],
+        &[
+            "-r",
+            "{\"Name\":\"m1\",\"Meta\":{\"new\":\"x\"}}",
+            "machines",
+            "update",
+            "m1",
+            "{\"Meta\":{\"new\":\"y\"}}",
+        ],
+        &[
+            "-r",
+            "{\"Name\":\"m1\",\"Meta\":{\"new\":\"x\"}}",
+            "machines",
+            "update",
+            "m1",
+            "{\"Meta\":{\"new\":\"z\"}}",
+        ],
     ];
     for args in cases {
         let remote = no_clock(server.cli(args));

@@ -758,6 +758,7 @@ const PATCH_TYPES: &[&str] = &[
     "application/json-patch+json",
     "application/merge-patch+json",
     "application/json",
+    crate::wire::REFERENCE_UPDATE,
 ];
 
 fn apply_patch(
@@ -782,7 +783,10 @@ fn apply_patch(
 /// Patches one object: an RFC 6902 array (`application/json-patch+json`;
 /// its `test` operations make it a compare-and-set) or a merge patch
 /// (`application/merge-patch+json`). With `application/json` an array is a
-/// JSON Patch and an object a merge patch.
+/// JSON Patch and an object a merge patch. fleetkv extension: with
+/// `application/vnd.fleetkv.reference+json`, `{"Reference", "Desired"}` is
+/// a reference update (drpcli's `-r`): every path that differs between them
+/// must still hold the reference's value, or still be absent (409 if not).
 #[utoipa::path(patch, path = "/api/v3/{kind}/{id}",
     params(("kind" = Collection, Path, description = "machines, profiles or params"), ("id" = String, Path)),
     request_body(content = Vec<PatchOp>, content_type = "application/json-patch+json"),
@@ -799,6 +803,29 @@ pub async fn patch(
     check_key_of(kind, &id)?;
     app.auth.authorize(&who, kind.plural(), "patch", &id)?;
     let (doc, ct) = json_body(&headers, &body, PATCH_TYPES)?;
+    if ct == crate::wire::REFERENCE_UPDATE {
+        let part = |name: &str| match doc.get(name) {
+            Some(v @ Value::Object(_)) => Ok(v.clone()),
+            _ => Err(ApiError::bad_request(format!(
+                "reference update: {name} must be a JSON object"
+            ))),
+        };
+        let (reference, desired) = (part("Reference")?, part("Desired")?);
+        let guards = machine_guards(kind, &headers)?;
+        let v = app
+            .write(move |s| {
+                Ok(match kind {
+                    Kind::Machine => {
+                        to_value(guards.machines(s).update_from(&id, &reference, &desired)?)
+                    }
+                    Kind::Profile => to_value(s.profiles().update_from(&id, &reference, &desired)?),
+                    Kind::Param => to_value(s.params().update_from(&id, &reference, &desired)?),
+                    Kind::Job | Kind::Lease => Err(no_jobs())?,
+                })
+            })
+            .await?;
+        return Ok(ok(StatusCode::OK, v));
+    }
     let merge = match ct.as_str() {
         "application/merge-patch+json" => true,
         "application/json-patch+json" => false,

@@ -588,7 +588,18 @@ impl Remote {
                                 "-r reference object: expected a JSON object",
                             ));
                         }
-                        show(self.patch(&obj(&id), &reference_patch(&reference, &merge))?)
+                        // The library's reference update, decided by the
+                        // server: reference and desired object in one PATCH.
+                        let mut desired = reference.clone();
+                        json_patch::merge(&mut desired, &merge);
+                        let body = json!({ "Reference": reference, "Desired": desired });
+                        let a = self.call(
+                            "PATCH",
+                            &obj(&id),
+                            Some((fleetkv::wire::REFERENCE_UPDATE, &body)),
+                            &[],
+                        )?;
+                        show(a.body)
                     }
                 }
             }
@@ -1249,37 +1260,6 @@ fn filter_text(f: &Filter) -> String {
 /// between the reference and the desired object, a `test` of the reference's
 /// value (or, where the reference has none, of its nearest parent) and then
 /// the change. `Revision` takes no part.
-fn reference_patch(reference: &Value, merge: &Value) -> Value {
-    let mut reference = reference.clone();
-    if let Value::Object(m) = &mut reference {
-        m.remove("Revision");
-    }
-    let mut desired = reference.clone();
-    json_patch::merge(&mut desired, merge);
-    if let Value::Object(m) = &mut desired {
-        m.remove("Revision");
-    }
-    let diff = json_patch::diff(&reference, &desired);
-    let mut ops = Vec::new();
-    for op in diff.iter() {
-        let mut path = op.path().to_string();
-        loop {
-            if let Some(v) = reference.pointer(&path) {
-                ops.push(json!({ "op": "test", "path": path, "value": v }));
-                break;
-            }
-            match path.rfind('/') {
-                Some(i) => path.truncate(i),
-                None => break,
-            }
-        }
-    }
-    if let Ok(Value::Array(changes)) = serde_json::to_value(&diff) {
-        ops.extend(changes);
-    }
-    Value::Array(ops)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
