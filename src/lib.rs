@@ -27,7 +27,8 @@ pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};
 pub use store::{
-    Fence, GroupCount, Held, Lease, LeaseId, Leases, ListOptions, Options, Query, Recovery, Store,
+    Fence, GroupCount, Held, Lease, LeaseId, Leases, ListOptions, Objects, Options, Query,
+    Recovery, Store,
 };
 pub use template::{Job, RenderContext, Template, TemplateError, TemplateErrorKind, TokenMinter};
 pub use watch::{Action, CountCondition, Event, Watch};

@@ -659,6 +659,20 @@ impl<'a> Scoped<'a> {
         self.store.sign(&claims, now, exp)
     }
 
+    /// The collection of `kind` as JSON documents, checked against scope
+    /// `kind.plural()`; machine writes carry this handle's lease and fence.
+    pub fn objects(&self, kind: crate::model::Kind) -> Result<ScopedObjects<'_>> {
+        Ok(ScopedObjects {
+            store: self.store,
+            claims: &self.claims,
+            objects: self
+                .store
+                .objects(kind)?
+                .with_lease(self.lease)
+                .with_fence(self.fence.clone()),
+        })
+    }
+
     /// Machines, checked against scope `machines`.
     pub fn machines(&self) -> ScopedMachines<'_> {
         ScopedMachines {
@@ -683,6 +697,114 @@ impl<'a> Scoped<'a> {
             store: self.store,
             claims: &self.claims,
         }
+    }
+}
+
+/// [`crate::store::Objects`] (one collection as JSON documents) behind a
+/// claims check: the scope is the kind's plural, the actions are those of
+/// the typed scoped handles.
+pub struct ScopedObjects<'a> {
+    store: &'a Store,
+    claims: &'a TokenClaims,
+    objects: crate::store::Objects<'a>,
+}
+
+impl ScopedObjects<'_> {
+    fn scope(&self) -> &'static str {
+        self.objects.kind().plural()
+    }
+
+    fn check(&self, action: &str, id: &str) -> Result<()> {
+        self.claims.authorize(self.store, self.scope(), action, id)
+    }
+
+    /// `get`.
+    pub fn get(&self, id: &str) -> Result<Value> {
+        self.check("get", id)?;
+        self.objects.get(id)
+    }
+    /// `get`.
+    pub fn exists(&self, id: &str) -> Result<bool> {
+        self.check("get", id)?;
+        self.objects.exists(id)
+    }
+    /// `create` on the new object's Name (or a machine's Uuid).
+    pub fn create(&self, doc: Value) -> Result<Value> {
+        let name = doc.get("Name").and_then(Value::as_str).unwrap_or_default();
+        let uuid = doc
+            .get("Uuid")
+            .and_then(Value::as_str)
+            .and_then(|u| u.parse::<Uuid>().ok());
+        let uuid = uuid.filter(|_| self.objects.kind() == crate::model::Kind::Machine);
+        self.claims
+            .authorize_new(self.scope(), name, uuid.as_ref())?;
+        self.objects.create(doc)
+    }
+    /// `update`.
+    pub fn replace(&self, id: &str, doc: Value) -> Result<Value> {
+        self.check("update", id)?;
+        self.objects.replace(id, doc)
+    }
+    /// `update`.
+    pub fn merge(&self, id: &str, merge: &Value) -> Result<Value> {
+        self.check("update", id)?;
+        self.objects.merge(id, merge)
+    }
+    /// `update`.
+    pub fn update_from(&self, id: &str, reference: &Value, desired: &Value) -> Result<Value> {
+        self.check("update", id)?;
+        self.objects.update_from(id, reference, desired)
+    }
+    /// `patch`.
+    pub fn patch(&self, id: &str, ops: &Value) -> Result<Value> {
+        self.check("patch", id)?;
+        self.objects.patch(id, ops)
+    }
+    /// `delete`.
+    pub fn delete(&self, id: &str) -> Result<Value> {
+        self.check("delete", id)?;
+        self.objects.delete(id)
+    }
+    /// `list` on `*`.
+    pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
+        self.claims.check(self.scope(), "list", "*")?;
+        self.objects.list(filter, opts)
+    }
+    /// `list` on `*`.
+    pub fn count(&self, filter: &Filter) -> Result<u64> {
+        self.claims.check(self.scope(), "list", "*")?;
+        self.objects.count(filter)
+    }
+    /// `list` on `*`.
+    pub fn group_count(&self, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
+        self.claims.check(self.scope(), "list", "*")?;
+        self.objects.group_count(filter, by)
+    }
+    /// `get`.
+    pub fn params(&self, id: &str, aggregate: bool) -> Result<Map<String, Value>> {
+        self.check("get", id)?;
+        self.objects.params(id, aggregate)
+    }
+    /// `get`.
+    pub fn get_param(&self, id: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
+        self.check("get", id)?;
+        self.objects.get_param(id, key, aggregate)
+    }
+    /// `param-set`.
+    pub fn set_param(
+        &self,
+        id: &str,
+        key: &str,
+        expected: Option<Option<&Value>>,
+        value: Value,
+    ) -> Result<Value> {
+        self.check("param-set", id)?;
+        self.objects.set_param(id, key, expected, value)
+    }
+    /// `param-set`.
+    pub fn remove_param(&self, id: &str, key: &str) -> Result<Option<Value>> {
+        self.check("param-set", id)?;
+        self.objects.remove_param(id, key)
     }
 }
 

@@ -507,10 +507,6 @@ pub(crate) fn grouping(query: &str) -> ApiResult<Option<Vec<String>>> {
     }
 }
 
-fn params_list(store: &Store, filter: &Filter, opts: &ListOptions) -> ApiResult<Vec<Value>> {
-    Ok(store.params().list(filter, opts)?)
-}
-
 pub(crate) fn count_header(n: u64) -> [(HeaderName, HeaderValue); 1] {
     [(HeaderName::from_static(LIST_COUNT), HeaderValue::from(n))]
 }
@@ -532,41 +528,18 @@ pub async fn list(
     app.auth.authorize(&who, kind.plural(), "list", "")?;
     let q = q.as_deref().unwrap_or("");
     let (filter, opts) = listing(q)?;
-    let s = &app.store;
+    let objects = app.store.objects(kind)?;
     if let Some(by) = grouping(q)? {
-        let groups = match kind {
-            Kind::Machine => s.machines().group_count(&filter, &by)?,
-            Kind::Profile => s.profiles().group_count(&filter, &by)?,
-            _ => Err(ApiError::bad_request(format!(
-                "group-by counts machines and profiles, not {}",
-                kind.plural()
-            )))?,
-        };
+        if kind == Kind::Param {
+            return Err(ApiError::bad_request(
+                "group-by counts machines and profiles, not params",
+            ));
+        }
+        let groups = objects.group_count(&filter, &by)?;
         let n = groups.iter().map(|g| g.count).sum();
         return Ok((count_header(n), Json(groups)).into_response());
     }
-    let (n, items) = match kind {
-        Kind::Machine => {
-            let q = s.machines().prepare(&filter)?;
-            (
-                s.machines().count_query(&q),
-                s.machines().list_query(&q, &opts)?,
-            )
-        }
-        Kind::Profile => (
-            s.profiles().count(&filter)?,
-            s.profiles().list(&filter, &opts)?,
-        ),
-        Kind::Param => {
-            let all = ListOptions {
-                slim: vec![],
-                ..ListOptions::default()
-            };
-            let n = params_list(s, &filter, &all)?.len() as u64;
-            (n, params_list(s, &filter, &opts)?)
-        }
-        Kind::Job | Kind::Lease => Err(no_jobs())?,
-    };
+    let (n, items) = objects.list_counted(&filter, &opts)?;
     Ok((count_header(n), Json(Value::Array(items))).into_response())
 }
 
@@ -586,13 +559,7 @@ pub async fn count(
     let kind = kind_of(&kind)?;
     app.auth.authorize(&who, kind.plural(), "list", "")?;
     let (filter, _) = listing(q.as_deref().unwrap_or(""))?;
-    let s = &app.store;
-    let n = match kind {
-        Kind::Machine => s.machines().count(&filter)?,
-        Kind::Profile => s.profiles().count(&filter)?,
-        Kind::Param => params_list(s, &filter, &ListOptions::default())?.len() as u64,
-        Kind::Job | Kind::Lease => Err(no_jobs())?,
-    };
+    let n = app.store.objects(kind)?.count(&filter)?;
     Ok((count_header(n), ()).into_response())
 }
 
@@ -689,12 +656,7 @@ enum New {
 }
 
 fn get_obj(s: &Store, kind: Kind, id: &str) -> ApiResult<Value> {
-    Ok(match kind {
-        Kind::Machine => to_value(s.machines().get(id)?),
-        Kind::Profile => to_value(s.profiles().get(id)?),
-        Kind::Param => to_value(s.params().get(id)?),
-        Kind::Job | Kind::Lease => Err(no_jobs())?,
-    })
+    Ok(s.objects(kind)?.get(id)?)
 }
 
 /// Shows one object (`aggregate=true`: a machine or profile with its
@@ -769,14 +731,10 @@ fn apply_patch(
     merge: bool,
     guards: WriteGuards,
 ) -> ApiResult<Value> {
-    Ok(match (kind, merge) {
-        (Kind::Machine, false) => to_value(guards.machines(s).patch(id, doc)?),
-        (Kind::Profile, false) => to_value(s.profiles().patch(id, doc)?),
-        (Kind::Param, false) => to_value(s.params().patch(id, doc)?),
-        (Kind::Machine, true) => to_value(guards.machines(s).update(id, doc)?),
-        (Kind::Profile, true) => to_value(s.profiles().update(id, doc)?),
-        (Kind::Param, true) => to_value(s.params().update(id, doc)?),
-        (Kind::Job | Kind::Lease, _) => Err(no_jobs())?,
+    let objects = guards.objects(s, kind)?;
+    Ok(match merge {
+        false => objects.patch(id, doc)?,
+        true => objects.merge(id, doc)?,
     })
 }
 
@@ -814,14 +772,9 @@ pub async fn patch(
         let guards = machine_guards(kind, &headers)?;
         let v = app
             .write(move |s| {
-                Ok(match kind {
-                    Kind::Machine => {
-                        to_value(guards.machines(s).update_from(&id, &reference, &desired)?)
-                    }
-                    Kind::Profile => to_value(s.profiles().update_from(&id, &reference, &desired)?),
-                    Kind::Param => to_value(s.params().update_from(&id, &reference, &desired)?),
-                    Kind::Job | Kind::Lease => Err(no_jobs())?,
-                })
+                Ok(guards
+                    .objects(s, kind)?
+                    .update_from(&id, &reference, &desired)?)
             })
             .await?;
         return Ok(ok(StatusCode::OK, v));
@@ -857,14 +810,7 @@ pub async fn destroy(
     app.auth.authorize(&who, kind.plural(), "delete", &id)?;
     let guards = machine_guards(kind, &headers)?;
     let v = app
-        .write(move |s| {
-            Ok(match kind {
-                Kind::Machine => to_value(guards.machines(s).delete(&id)?),
-                Kind::Profile => to_value(s.profiles().delete(&id)?),
-                Kind::Param => to_value(s.params().delete(&id)?),
-                Kind::Job | Kind::Lease => Err(no_jobs())?,
-            })
-        })
+        .write(move |s| Ok(guards.objects(s, kind)?.delete(&id)?))
         .await?;
     Ok(ok(StatusCode::OK, v))
 }
@@ -875,10 +821,7 @@ fn params_of(
     id: &str,
     aggregate: bool,
 ) -> ApiResult<serde_json::Map<String, Value>> {
-    Ok(match kind {
-        Kind::Machine => s.machines().params(id, aggregate)?,
-        _ => s.profiles().params(id, aggregate)?,
-    })
+    Ok(s.objects(kind)?.params(id, aggregate)?)
 }
 
 /// An object's params (`aggregate=true`: the effective ones).
@@ -1086,17 +1029,10 @@ pub async fn set_param(
     let out = value.clone();
     let guards = machine_guards(kind, &headers)?;
     app.write(move |s| {
-        match (kind, expect) {
-            (Kind::Machine, None) => drop(guards.machines(s).set_param(&id, &key, value)?),
-            (Kind::Machine, Some(e)) => drop(guards.machines(s).set_param_if(
-                &id,
-                &key,
-                e.as_ref(),
-                value,
-            )?),
-            (_, None) => drop(s.profiles().set_param(&id, &key, value)?),
-            (_, Some(e)) => drop(s.profiles().set_param_if(&id, &key, e.as_ref(), value)?),
-        }
+        let expect = expect.as_ref().map(Option::as_ref);
+        guards
+            .objects(s, kind)?
+            .set_param(&id, &key, expect, value)?;
         Ok(())
     })
     .await?;
@@ -1121,12 +1057,7 @@ pub async fn remove_param(
     app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
     let guards = machine_guards(kind, &headers)?;
     let v = app
-        .write(move |s| {
-            Ok(match kind {
-                Kind::Machine => guards.machines(s).remove_param(&id, &key)?,
-                _ => s.profiles().remove_param(&id, &key)?,
-            })
-        })
+        .write(move |s| Ok(guards.objects(s, kind)?.remove_param(&id, &key)?))
         .await?;
     Ok(ok(StatusCode::OK, v.unwrap_or(Value::Null)))
 }

@@ -22,7 +22,8 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiErrorBody};
 use crate::cluster::Cluster;
 use crate::error::Error;
-use crate::store::{Machines, Store};
+use crate::model::Kind;
+use crate::store::{Machines, Objects, Store};
 
 /// Header of a machine write made under a lease (its id).
 pub(crate) const LEASE_HEADER: &str = "x-fleetkv-lease";
@@ -55,6 +56,14 @@ impl WriteGuards {
             lease: number(LEASE_HEADER)?,
             fence: number(FENCE_HEADER)?,
         })
+    }
+
+    /// The collection of `kind` carrying them (a lease or fence on another
+    /// kind's write is refused there).
+    pub(crate) fn objects(self, s: &Store, kind: Kind) -> crate::Result<Objects<'_>> {
+        Ok(s.objects(kind)?
+            .with_lease(self.lease)
+            .with_fence(self.fence.map(Cluster::fenced_by)))
     }
 
     /// The machines handle carrying them.

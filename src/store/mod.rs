@@ -29,6 +29,7 @@
 //!   carry; `lease_clock` — lease deadlines, their expiry and filing.
 //! - `machines`, `profiles`, `params` — one handle per object kind;
 //!   `bulk` — definitions, profiles and machines in one write (imports);
+//!   `objects` — the three handles behind one kind-generic JSON surface;
 //!   `patch` — the document update operations they share.
 //!
 //! # Dense ids
@@ -58,6 +59,7 @@ mod list;
 mod machines;
 mod memory_backend;
 mod metered;
+mod objects;
 mod open;
 mod params;
 mod patch;
@@ -75,6 +77,7 @@ pub use checkpoint::Recovery;
 pub use leases::{Fence, Held, Lease, LeaseId, Leases};
 pub use list::{ListOptions, Query};
 pub use machines::Machines;
+pub use objects::Objects;
 pub use open::{Options, Store, STALL_TIMEOUT};
 pub use params::Params;
 pub use profiles::Profiles;

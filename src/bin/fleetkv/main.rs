@@ -42,7 +42,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fleetkv::{Error, Filter, Kind, ListOptions, Machine, ParamDef, Profile, Scoped, Store};
+use fleetkv::auth::ScopedObjects;
+use fleetkv::{Error, Filter, Kind, ListOptions, Scoped, Store};
 use serde_json::{json, Map, Value};
 
 /// drpcli-compatible command-line tool for a fleetkv store.
@@ -691,6 +692,7 @@ impl Ctx {
 
     fn verb(&self, s: &Scoped, kind: Kind, verb: Verb, input: Option<String>) -> Out {
         let input = input.unwrap_or_default();
+        let o = s.objects(kind)?;
         let show = |v: Value| {
             self.print(&v, Some(kind));
             Ok(())
@@ -700,68 +702,44 @@ impl Ctx {
             self.no_ref("this verb (only update and set take it)")?;
         }
         match verb {
-            Verb::Create { .. } => show(create(s, kind, &input)?),
+            Verb::Create { .. } => show(create(&o, kind, &input)?),
             // Waits never hold the store: `run` handles them before opening it.
             Verb::Wait { .. } | Verb::Await { .. } => {
                 Err(Failure::other("wait needs the store released"))
             }
-            Verb::Show { id } => show(get(s, kind, &id)?),
+            Verb::Show { id } => show(o.get(&id)?),
             Verb::Exists { id } => {
-                let found = match kind {
-                    Kind::Machine => s.machines().exists(&id)?,
-                    Kind::Profile => s.profiles().exists(&id)?,
-                    Kind::Param => s.params().exists(&id)?,
-                    Kind::Job | Kind::Lease => Err(no_jobs())?,
-                };
-                if found {
+                if o.exists(&id)? {
                     Ok(())
                 } else {
                     Err(Error::NotFound { kind, key: id }.into())
                 }
             }
             Verb::Destroy { id } => {
-                match kind {
-                    Kind::Machine => drop(s.machines().delete(&id)?),
-                    Kind::Profile => drop(s.profiles().delete(&id)?),
-                    Kind::Param => drop(s.params().delete(&id)?),
-                    Kind::Job | Kind::Lease => Err(no_jobs())?,
-                }
+                o.delete(&id)?;
                 outln!("Deleted {kind} {id}");
                 Ok(())
             }
             Verb::List(args) => {
                 let (filter, opts) = listing(kind, &args)?;
-                show(Value::Array(list(s, kind, &filter, &opts)?))
+                show(Value::Array(o.list(&filter, &opts)?))
             }
             Verb::Count(args) if !args.group_by.is_empty() => {
                 let (filter, _) = listing(kind, &args)?;
-                let groups = match kind {
-                    Kind::Machine => s.machines().group_count(&filter, &args.group_by)?,
-                    Kind::Profile => s.profiles().group_count(&filter, &args.group_by)?,
-                    _ => Err(group_by_kinds())?,
-                };
-                show(to_value(groups))
+                if kind == Kind::Param {
+                    return Err(group_by_kinds());
+                }
+                show(to_value(o.group_count(&filter, &args.group_by)?))
             }
             Verb::Count(args) => {
                 let (filter, _) = listing(kind, &args)?;
-                let n = match kind {
-                    Kind::Machine => s.machines().count(&filter)?,
-                    Kind::Profile => s.profiles().count(&filter)?,
-                    Kind::Param => list(s, kind, &filter, &ListOptions::default())?.len() as u64,
-                    Kind::Job | Kind::Lease => Err(no_jobs())?,
-                };
-                outln!("{n}");
+                outln!("{}", o.count(&filter)?);
                 Ok(())
             }
             Verb::Update { id, .. } => {
                 let merge = parse_json("update JSON", &input)?;
                 let out = match &self.reference {
-                    None => match kind {
-                        Kind::Machine => to_value(s.machines().update(&id, &merge)?),
-                        Kind::Profile => to_value(s.profiles().update(&id, &merge)?),
-                        Kind::Param => to_value(s.params().update(&id, &merge)?),
-                        Kind::Job | Kind::Lease => Err(no_jobs())?,
-                    },
+                    None => o.merge(&id, &merge)?,
                     Some(r) => {
                         let reference = parse_json("-r reference object", r)?;
                         if !reference.is_object() {
@@ -771,41 +749,22 @@ impl Ctx {
                         }
                         let mut desired = reference.clone();
                         json_patch::merge(&mut desired, &merge);
-                        match kind {
-                            Kind::Machine => {
-                                to_value(s.machines().update_from(&id, &reference, &desired)?)
-                            }
-                            Kind::Profile => {
-                                to_value(s.profiles().update_from(&id, &reference, &desired)?)
-                            }
-                            Kind::Param => {
-                                to_value(s.params().update_from(&id, &reference, &desired)?)
-                            }
-                            Kind::Job | Kind::Lease => Err(no_jobs())?,
-                        }
+                        o.update_from(&id, &reference, &desired)?
                     }
                 };
                 show(out)
             }
             Verb::Patch { id, .. } => {
                 let ops = parse_json("patch", &input)?;
-                show(patch(s, kind, &id, &ops)?)
+                show(o.patch(&id, &ops)?)
             }
             Verb::Set { id, key, value, .. } => {
                 let value = loose_json(&value);
                 let expected = self.reference.as_deref().map(loose_json);
                 let expected = expected.as_ref().filter(|v| !v.is_null());
-                let m = with_params(kind, "set")?;
-                let out = match (m, &self.reference) {
-                    (Kind::Machine, None) => to_value(s.machines().set_param(&id, &key, value)?),
-                    (Kind::Machine, Some(_)) => {
-                        to_value(s.machines().set_param_if(&id, &key, expected, value)?)
-                    }
-                    (_, None) => to_value(s.profiles().set_param(&id, &key, value)?),
-                    (_, Some(_)) => {
-                        to_value(s.profiles().set_param_if(&id, &key, expected, value)?)
-                    }
-                };
+                with_params(kind, "set")?;
+                let expected = self.reference.as_ref().map(|_| expected);
+                let out = o.set_param(&id, &key, expected, value)?;
                 outln!(
                     "{}",
                     pretty(out.pointer(&param_ptr(&key)).unwrap_or(&Value::Null))
@@ -815,48 +774,40 @@ impl Ctx {
             Verb::Get {
                 id, key, aggregate, ..
             } => {
-                let v = match with_params(kind, "get")? {
-                    Kind::Machine => s.machines().get_param(&id, &key, aggregate)?,
-                    _ => s.profiles().get_param(&id, &key, aggregate)?,
-                };
+                with_params(kind, "get")?;
+                let v = o.get_param(&id, &key, aggregate)?;
                 outln!("{}", pretty(&v.unwrap_or(Value::Null)));
                 Ok(())
             }
             Verb::Params { id, aggregate } => {
-                let v = match with_params(kind, "params")? {
-                    Kind::Machine => s.machines().params(&id, aggregate)?,
-                    _ => s.profiles().params(&id, aggregate)?,
-                };
+                with_params(kind, "params")?;
+                let v = o.params(&id, aggregate)?;
                 outln!("{}", pretty(&Value::Object(v)));
                 Ok(())
             }
             Verb::Remove { id, key, .. } => {
-                let v = match with_params(kind, "remove")? {
-                    Kind::Machine => s.machines().remove_param(&id, &key)?,
-                    _ => s.profiles().remove_param(&id, &key)?,
-                };
+                with_params(kind, "remove")?;
+                let v = o.remove_param(&id, &key)?;
                 outln!("{}", pretty(&v.unwrap_or(Value::Null)));
                 Ok(())
             }
             Verb::Addprofile { id, profile } => {
                 machines_only(kind, "addprofile")?;
-                show(profile_edit(s, &id, &profile, true)?)
+                show(profile_edit(&o, &id, &profile, true)?)
             }
             Verb::Removeprofile { id, profile } => {
                 machines_only(kind, "removeprofile")?;
-                show(profile_edit(s, &id, &profile, false)?)
+                show(profile_edit(&o, &id, &profile, false)?)
             }
             Verb::Workflow { id, workflow } => {
                 machines_only(kind, "workflow")?;
-                show(to_value(
-                    s.machines().update(&id, &json!({ "Workflow": workflow }))?,
-                ))
+                show(o.merge(&id, &json!({ "Workflow": workflow }))?)
             }
             Verb::WorkflowAll(args) => {
                 machines_only(kind, "workflow-all")?;
                 cluster::workflow_all(self, s.authorize("machines", "update", "*")?, args)
             }
-            Verb::Meta { verb } => self.meta(s, kind, verb),
+            Verb::Meta { verb } => self.meta(&o, kind, verb),
             Verb::Render { id, file } => {
                 machines_only(kind, "render")?;
                 render::render(s, &id, &file, &input)
@@ -865,11 +816,11 @@ impl Ctx {
         }
     }
 
-    fn meta(&self, s: &Scoped, kind: Kind, verb: MetaVerb) -> Out {
+    fn meta(&self, o: &ScopedObjects, kind: Kind, verb: MetaVerb) -> Out {
         with_params(kind, "meta")?;
         let (id, merge) = match verb {
             MetaVerb::Get { id, key, .. } => {
-                let obj = get(s, kind, &id)?;
+                let obj = o.get(&id)?;
                 let v = obj.pointer(&format!("/Meta/{}", escape(&key)));
                 outln!("{}", pretty(v.unwrap_or(&Value::Null)));
                 return Ok(());
@@ -877,11 +828,7 @@ impl Ctx {
             MetaVerb::Set { id, key, value, .. } => (id, json!({ "Meta": { key: value } })),
             MetaVerb::Remove { id, key, .. } => (id, json!({ "Meta": { key: null } })),
         };
-        let out = match kind {
-            Kind::Machine => to_value(s.machines().update(&id, &merge)?),
-            _ => to_value(s.profiles().update(&id, &merge)?),
-        };
-        self.print(&out, Some(kind));
+        self.print(&o.merge(&id, &merge)?, Some(kind));
         Ok(())
     }
 }
@@ -1039,10 +986,6 @@ fn escape(s: &str) -> String {
 
 /// Jobs are created by rendering and read by Uuid: no command reaches them
 /// as a collection (the kind of a command is never [`Kind::Job`]).
-fn no_jobs() -> Failure {
-    Failure::input("jobs are not a collection")
-}
-
 fn param_ptr(key: &str) -> String {
     format!("/Params/{}", escape(key))
 }
@@ -1067,7 +1010,7 @@ fn machines_only(kind: Kind, verb: &str) -> Out {
 }
 
 /// `create JSON|NAME`: JSON when it looks like JSON, else a bare name.
-fn create(s: &Scoped, kind: Kind, input: &str) -> Out<Value> {
+fn create(o: &ScopedObjects, kind: Kind, input: &str) -> Out<Value> {
     let t = input.trim();
     let doc = if t.starts_with(['{', '[', '"']) {
         parse_json(&format!("{kind} JSON"), t)?
@@ -1078,12 +1021,13 @@ fn create(s: &Scoped, kind: Kind, input: &str) -> Out<Value> {
     } else {
         json!({ "Name": t })
     };
-    Ok(match kind {
-        Kind::Machine => to_value(s.machines().create(decode::<Machine>(kind, doc)?)?),
-        Kind::Profile => to_value(s.profiles().create(decode::<Profile>(kind, doc)?)?),
-        Kind::Param => to_value(s.params().create(decode::<ParamDef>(kind, doc)?)?),
-        Kind::Job | Kind::Lease => Err(no_jobs())?,
-    })
+    // The document is checked as its kind first, for the CLI's wording.
+    match kind {
+        Kind::Machine => drop(decode::<fleetkv::Machine>(kind, doc.clone())?),
+        Kind::Profile => drop(decode::<fleetkv::Profile>(kind, doc.clone())?),
+        _ => drop(decode::<fleetkv::ParamDef>(kind, doc.clone())?),
+    }
+    Ok(o.create(doc)?)
 }
 
 /// A JSON object as a model type, with the error naming the kind.
@@ -1096,39 +1040,22 @@ pub fn decode<T: serde::de::DeserializeOwned>(kind: Kind, doc: Value) -> Out<T> 
     serde_json::from_value(doc).map_err(|e| Failure::input(format!("{kind} JSON: {e}")))
 }
 
-fn get(s: &Scoped, kind: Kind, id: &str) -> Out<Value> {
-    Ok(match kind {
-        Kind::Machine => to_value(s.machines().get(id)?),
-        Kind::Profile => to_value(s.profiles().get(id)?),
-        Kind::Param => to_value(s.params().get(id)?),
-        Kind::Job | Kind::Lease => Err(no_jobs())?,
-    })
-}
-
-fn patch(s: &Scoped, kind: Kind, id: &str, ops: &Value) -> Out<Value> {
-    Ok(match kind {
-        Kind::Machine => to_value(s.machines().patch(id, ops)?),
-        Kind::Profile => to_value(s.profiles().patch(id, ops)?),
-        Kind::Param => to_value(s.params().patch(id, ops)?),
-        Kind::Job | Kind::Lease => Err(no_jobs())?,
-    })
-}
-
 /// Adds or removes one profile in one atomic patch (guarded by a `test`).
-fn profile_edit(s: &Scoped, id: &str, profile: &str, add: bool) -> Out<Value> {
-    let m = s.machines().get(id)?;
-    let mut profiles = m.profiles.clone();
+fn profile_edit(o: &ScopedObjects, id: &str, profile: &str, add: bool) -> Out<Value> {
+    let m = o.get(id)?;
+    let current = m.get("Profiles").cloned().unwrap_or(json!([]));
+    let mut profiles: Vec<String> = serde_json::from_value(current.clone()).unwrap_or_default();
     let has = profiles.iter().any(|p| p == profile);
     match (add, has) {
         (true, false) => profiles.push(profile.to_string()),
         (false, true) => profiles.retain(|p| p != profile),
-        _ => return Ok(to_value(m)),
+        _ => return Ok(m),
     }
     let ops = json!([
-        { "op": "test", "path": "/Profiles", "value": m.profiles },
+        { "op": "test", "path": "/Profiles", "value": current },
         { "op": "replace", "path": "/Profiles", "value": profiles },
     ]);
-    Ok(to_value(s.machines().patch(id, &ops)?))
+    Ok(o.patch(id, &ops)?)
 }
 
 /// `--group-by` on a kind without group counts.
@@ -1158,15 +1085,6 @@ fn listing(kind: Kind, args: &ListArgs) -> Out<(Filter, ListOptions)> {
         Filter::from_args(&filter_words).map_err(Error::from)?
     };
     Ok((filter, opts))
-}
-
-fn list(s: &Scoped, kind: Kind, filter: &Filter, opts: &ListOptions) -> Out<Vec<Value>> {
-    Ok(match kind {
-        Kind::Machine => s.machines().list(filter, opts)?,
-        Kind::Profile => s.profiles().list(filter, opts)?,
-        Kind::Param => s.params().list(filter, opts)?,
-        Kind::Job | Kind::Lease => Err(no_jobs())?,
-    })
 }
 
 /// `-F table`: Name/Uuid/Workflow for machines, Name/Description otherwise.
