@@ -19,6 +19,9 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::auth::{Authenticator, Principal};
 use super::coord;
 use super::error::{ApiError, ApiErrorBody};
+use super::extract::{
+    Delete, Get, Listing, ParamSet, ParamsGet, ParamsPatch, Patch, Target, Update,
+};
 use super::leases::WriteGuards;
 use crate::{Error, Filter, Kind, ListOptions, Machine, ParamDef, Profile, Store};
 
@@ -275,7 +278,7 @@ fn no_jobs() -> Error {
     Error::invalid("kind", "jobs and leases are not collections of objects")
 }
 
-fn kind_of(s: &str) -> ApiResult<Kind> {
+pub(crate) fn kind_of(s: &str) -> ApiResult<Kind> {
     match s {
         "machines" => Ok(Kind::Machine),
         "profiles" => Ok(Kind::Profile),
@@ -299,14 +302,14 @@ pub(crate) fn check_id(id: &str) -> ApiResult<()> {
 
 /// The key of a `{kind}` object: param definitions are named like the
 /// params they define, so theirs may hold `/` (`/params/my%2Fdata`).
-fn check_key_of(kind: Kind, id: &str) -> ApiResult<()> {
+pub(crate) fn check_key_of(kind: Kind, id: &str) -> ApiResult<()> {
     match kind {
         Kind::Param => Ok(()),
         _ => check_id(id).map_err(|e| e.about(kind.plural(), id)),
     }
 }
 
-fn with_params(kind: Kind) -> ApiResult<()> {
+pub(crate) fn with_params(kind: Kind) -> ApiResult<()> {
     if kind == Kind::Param {
         return Err(ApiError::bad_request(
             "params (definitions) have no params: use machines or profiles",
@@ -518,14 +521,11 @@ pub(crate) fn count_header(n: u64) -> [(HeaderName, HeaderValue); 1] {
         (status = 200, description = "The matching objects (with group-by and range-only: the count per value, [{\"Value\": v, \"Count\": n}]); the total in X-DRP-List-Count", body = Vec<Object>,
             headers(("X-DRP-List-Count" = u64, description = "Matches before offset/limit"))),
         (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
-pub async fn list(
+pub(crate) async fn list(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path(kind): Path<String>,
+    Listing { kind }: Listing,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    app.auth.authorize(&who, kind.plural(), "list", "")?;
     let q = q.as_deref().unwrap_or("");
     let (filter, opts) = listing(q)?;
     let objects = app.store.objects(kind)?;
@@ -550,14 +550,11 @@ pub async fn list(
         (status = 200, description = "The count in X-DRP-List-Count",
             headers(("X-DRP-List-Count" = u64, description = "Matches"))),
         (status = 400), (status = 401), (status = 404)))]
-pub async fn count(
+pub(crate) async fn count(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path(kind): Path<String>,
+    Listing { kind }: Listing,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    app.auth.authorize(&who, kind.plural(), "list", "")?;
     let (filter, _) = listing(q.as_deref().unwrap_or(""))?;
     let n = app.store.objects(kind)?.count(&filter)?;
     Ok((count_header(n), ()).into_response())
@@ -666,15 +663,11 @@ fn get_obj(s: &Store, kind: Kind, id: &str) -> ApiResult<Value> {
         ("id" = String, Path, description = "Uuid, Name:…, Key:… or name"), AggregateParam),
     responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody)))]
-pub async fn show(
+pub(crate) async fn show(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path((kind, id)): Path<(String, String)>,
+    Target { kind, id, .. }: Target<Get>,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    check_key_of(kind, &id)?;
-    app.auth.authorize(&who, kind.plural(), "get", &id)?;
     let aggregate = aggregate_of(q.as_deref())? && kind != Kind::Param;
     let mut v = get_obj(&app.store, kind, &id)?;
     if aggregate {
@@ -691,16 +684,12 @@ pub async fn show(
     request_body(content = Object, content_type = "application/json"),
     responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
-pub async fn replace(
+pub(crate) async fn replace(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path((kind, id)): Path<(String, String)>,
+    Target { kind, id, .. }: Target<Update>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    check_key_of(kind, &id)?;
-    app.auth.authorize(&who, kind.plural(), "update", &id)?;
     let (doc, _) = json_body(&headers, &body, JSON)?;
     let guards = machine_guards(kind, &headers)?;
     let v = app
@@ -750,16 +739,12 @@ fn apply_patch(
     request_body(content = Vec<PatchOp>, content_type = "application/json-patch+json"),
     responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
-pub async fn patch(
+pub(crate) async fn patch(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path((kind, id)): Path<(String, String)>,
+    Target { kind, id, .. }: Target<Patch>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    check_key_of(kind, &id)?;
-    app.auth.authorize(&who, kind.plural(), "patch", &id)?;
     let (doc, ct) = json_body(&headers, &body, PATCH_TYPES)?;
     if ct == crate::wire::REFERENCE_UPDATE {
         let part = |name: &str| match doc.get(name) {
@@ -799,15 +784,11 @@ pub async fn patch(
     params(("kind" = Collection, Path, description = "machines, profiles or params"), ("id" = String, Path)),
     responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
-pub async fn destroy(
+pub(crate) async fn destroy(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path((kind, id)): Path<(String, String)>,
+    Target { kind, id, .. }: Target<Delete>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    check_key_of(kind, &id)?;
-    app.auth.authorize(&who, kind.plural(), "delete", &id)?;
     let guards = machine_guards(kind, &headers)?;
     let v = app
         .write(move |s| Ok(guards.objects(s, kind)?.delete(&id)?))
@@ -829,16 +810,11 @@ fn params_of(
     params(("kind" = Collection, Path, description = "machines or profiles"), ("id" = String, Path), AggregateParam),
     responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody)))]
-pub async fn params(
+pub(crate) async fn params(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path((kind, id)): Path<(String, String)>,
+    Target { kind, id, .. }: Target<ParamsGet>,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    check_key_of(kind, &id)?;
-    with_params(kind)?;
-    app.auth.authorize(&who, kind.plural(), "get", &id)?;
     let aggregate = aggregate_of(q.as_deref())?;
     let v = params_of(&app.store, kind, &id, aggregate)?;
     Ok(ok(StatusCode::OK, Value::Object(v)))
@@ -898,17 +874,12 @@ fn under_params(ops: Value) -> ApiResult<Value> {
     request_body(content = Vec<PatchOp>, content_type = "application/json-patch+json"),
     responses((status = 200, body = Object), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
-pub async fn patch_params(
+pub(crate) async fn patch_params(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path((kind, id)): Path<(String, String)>,
+    Target { kind, id, .. }: Target<ParamsPatch>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    check_key_of(kind, &id)?;
-    with_params(kind)?;
-    app.auth.authorize(&who, kind.plural(), "patch", &id)?;
     let (doc, _) = json_body(
         &headers,
         &body,
@@ -934,17 +905,12 @@ pub async fn patch_params(
     responses((status = 200, description = "The params now held", body = Object), (status = 400, body = ApiErrorBody),
         (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody),
         (status = 409, body = ApiErrorBody), (status = 413, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
-pub async fn replace_params(
+pub(crate) async fn replace_params(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path((kind, id)): Path<(String, String)>,
+    Target { kind, id, .. }: Target<ParamSet>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    check_key_of(kind, &id)?;
-    with_params(kind)?;
-    app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
     let (doc, _) = json_body(&headers, &body, JSON)?;
     if !doc.is_object() {
         return Err(ApiError::bad_request("params: expected a JSON object"));
@@ -968,16 +934,11 @@ pub async fn replace_params(
         ("key" = String, Path, description = "The param name; may contain /"), AggregateParam),
     responses((status = 200, description = "The value (any JSON; `null` when unset)", body = Value), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody)))]
-pub async fn get_param(
+pub(crate) async fn get_param(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path((kind, id, key)): Path<(String, String, String)>,
+    Target { kind, id, key, .. }: Target<ParamsGet>,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    check_key_of(kind, &id)?;
-    with_params(kind)?;
-    app.auth.authorize(&who, kind.plural(), "get", &id)?;
     let aggregate = aggregate_of(q.as_deref())?;
     let v = params_of(&app.store, kind, &id, aggregate)?.shift_remove(&key);
     Ok(ok(StatusCode::OK, v.unwrap_or(Value::Null)))
@@ -993,17 +954,12 @@ pub async fn get_param(
     request_body(content = Value, description = "The value: any JSON", content_type = "application/json"),
     responses((status = 200, description = "The value set", body = Value), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 415, body = ApiErrorBody)))]
-pub async fn set_param(
+pub(crate) async fn set_param(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path((kind, id, key)): Path<(String, String, String)>,
+    Target { kind, id, key, .. }: Target<ParamSet>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    check_key_of(kind, &id)?;
-    with_params(kind)?;
-    app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
     let (value, _) = json_body(&headers, &body, JSON)?;
     let expect = match headers.get(EXPECT) {
         None => None,
@@ -1045,16 +1001,11 @@ pub async fn set_param(
         ("key" = String, Path, description = "The param name; may contain /")),
     responses((status = 200, description = "The old value (`null` if it had none)", body = Value), (status = 400, body = ApiErrorBody), (status = 401, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody)))]
-pub async fn remove_param(
+pub(crate) async fn remove_param(
     State(app): St,
-    Extension(who): Extension<Principal>,
-    Path((kind, id, key)): Path<(String, String, String)>,
+    Target { kind, id, key, .. }: Target<ParamSet>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let kind = kind_of(&kind)?;
-    check_key_of(kind, &id)?;
-    with_params(kind)?;
-    app.auth.authorize(&who, kind.plural(), "param-set", &id)?;
     let guards = machine_guards(kind, &headers)?;
     let v = app
         .write(move |s| Ok(guards.objects(s, kind)?.remove_param(&id, &key)?))

@@ -45,6 +45,7 @@ pub mod auth;
 pub mod cluster;
 pub mod coord;
 pub mod error;
+mod extract;
 pub mod leases;
 mod listen;
 pub mod metrics;
