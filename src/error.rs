@@ -120,6 +120,27 @@ pub enum Error {
     /// a time); the engine's message names the store. Nothing was opened.
     #[error("store busy: {0}")]
     Busy(String),
+    /// A fleetkv server answered an error that has no variant of its own
+    /// here (a client of [`crate::client::Http`]); `message` is the
+    /// server's, as the embedded store would have said it.
+    #[error("{message}")]
+    Server {
+        /// The HTTP status.
+        status: u16,
+        /// DRP's error `Type` (`Invalid`, `InUse`, `Forbidden`, ...).
+        typ: String,
+        /// The server's main message.
+        message: String,
+    },
+    /// The server could not be reached, or its answer was not a fleetkv
+    /// server's. Whether a write it carried happened is unknown.
+    #[error("{message}")]
+    Transport {
+        /// What failed, naming the server.
+        message: String,
+        /// The connection or the answer timed out.
+        timed_out: bool,
+    },
     /// A commit expected the store at revision `expected` and found it at
     /// `actual`: another writer committed first. Nothing was written.
     #[error("revision conflict: the write expected revision {expected}, the store is at {actual}")]

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod client;
 pub mod cluster;
 pub mod error;
 pub mod filter;

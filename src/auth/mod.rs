@@ -590,6 +590,20 @@ pub struct Scoped<'a> {
 }
 
 impl<'a> Scoped<'a> {
+    /// The store behind the claims (the crate's own callers only).
+    pub(crate) fn store(&self) -> &'a Store {
+        self.store
+    }
+
+    /// The claims check of `action` on `id` in `scope` (`*`: the
+    /// collection).
+    pub(crate) fn check(&self, scope: &str, action: &str, id: &str) -> Result<()> {
+        match id {
+            "*" => self.claims.check(scope, action, "*"),
+            _ => self.claims.authorize(self.store, scope, action, id),
+        }
+    }
+
     /// Machine writes through this handle are made under lease `lease` and
     /// only while `fence` holds (see [`crate::store::Machines::with_lease`],
     /// [`crate::store::Machines::with_fence`]).

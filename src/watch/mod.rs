@@ -165,6 +165,17 @@ impl CountCondition {
     }
 }
 
+impl std::fmt::Display for CountCondition {
+    /// The form [`FromStr`](std::str::FromStr) reads: `>= 12`, `== 3`, `<= 0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CountCondition::AtLeast(n) => write!(f, ">= {n}"),
+            CountCondition::Exactly(n) => write!(f, "== {n}"),
+            CountCondition::AtMost(n) => write!(f, "<= {n}"),
+        }
+    }
+}
+
 impl std::str::FromStr for CountCondition {
     type Err = Error;
     /// `">= 12"`, `"== 3"`, `"<= 0"` (spaces optional; `=` alone means `==`).

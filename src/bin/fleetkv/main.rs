@@ -42,7 +42,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fleetkv::auth::ScopedObjects;
+use fleetkv::client::Client;
 use fleetkv::{Error, Filter, Kind, ListOptions, Scoped, Store};
 use serde_json::{json, Map, Value};
 
@@ -435,6 +435,19 @@ impl Failure {
             | Error::Compacted { .. }
             | Error::Template(_) => 2,
             Error::Timeout | Error::Stalled { .. } | Error::Busy(_) => 5,
+            // A server's answer without a variant of its own: by its status.
+            Error::Server { status, typ, .. } => match status {
+                400 | 413 | 415 | 431 => 2,
+                401 | 403 => 6,
+                404 => 4,
+                409 if typ == "Conflict" => 3,
+                409 => 2,
+                408 | 503 | 504 => 5,
+                _ => 1,
+            },
+            Error::Transport {
+                timed_out: true, ..
+            } => 5,
             _ => 1,
         }
     }
@@ -657,7 +670,7 @@ fn run(cli: Cli) -> Out {
     with_store(&data, open, |s| {
         let fence = ctx.fence.map(fleetkv::Cluster::fenced_by);
         let s = auth::access(s, token)?.machine_writes(ctx.lease, fence);
-        ctx.verb(&s, kind, verb, input)
+        ctx.local_verb(&s, kind, verb, input)
     })
 }
 
@@ -690,56 +703,86 @@ impl Ctx {
         }
     }
 
-    fn verb(&self, s: &Scoped, kind: Kind, verb: Verb, input: Option<String>) -> Out {
-        let input = input.unwrap_or_default();
-        let o = s.objects(kind)?;
-        let show = |v: Value| {
-            self.print(&v, Some(kind));
-            Ok(())
-        };
-        let uses_ref = matches!(verb, Verb::Update { .. } | Verb::Set { .. });
-        if !uses_ref {
-            self.no_ref("this verb (only update and set take it)")?;
-        }
+    /// An embedded store's verb: what only a local store does (rendering,
+    /// workflow-all), else the verb every client answers ([`Ctx::verb`]).
+    fn local_verb(&self, s: &Scoped, kind: Kind, verb: Verb, input: Option<String>) -> Out {
         match verb {
-            Verb::Create { .. } => show(create(&o, kind, &input)?),
+            Verb::WorkflowAll(args) => {
+                self.no_ref("workflow-all")?;
+                machines_only(kind, "workflow-all")?;
+                cluster::workflow_all(self, s.authorize("machines", "update", "*")?, args)
+            }
+            Verb::Render { id, file } => {
+                self.no_ref("render")?;
+                machines_only(kind, "render")?;
+                render::render(s, &id, &file, &input.unwrap_or_default())
+            }
+            Verb::Token { .. } => Err(Failure::input("token is handled before the store opens")),
             // Waits never hold the store: `run` handles them before opening it.
             Verb::Wait { .. } | Verb::Await { .. } => {
                 Err(Failure::other("wait needs the store released"))
             }
-            Verb::Show { id } => show(o.get(&id)?),
-            Verb::Exists { id } => {
-                if o.exists(&id)? {
-                    Ok(())
-                } else {
-                    Err(Error::NotFound { kind, key: id }.into())
-                }
-            }
+            verb => self.verb(s, kind, verb, input),
+        }
+    }
+
+    /// One verb through a client, embedded or remote: the same calls, the
+    /// same output, the same exit codes.
+    fn verb(&self, c: &dyn Client, kind: Kind, verb: Verb, input: Option<String>) -> Out {
+        let input = input.unwrap_or_default();
+        let show = |v: Value| {
+            self.print(&v, Some(kind));
+            Ok(())
+        };
+        if !matches!(verb, Verb::Update { .. } | Verb::Set { .. }) {
+            self.no_ref("this verb (only update and set take it)")?;
+        }
+        match verb {
+            Verb::Create { .. } => show(create(c, kind, &input)?),
+            Verb::Show { id } => show(c.get(kind, &id)?),
+            Verb::Exists { id } => match c.exists(kind, &id)? {
+                true => Ok(()),
+                false => Err(Error::NotFound { kind, key: id }.into()),
+            },
             Verb::Destroy { id } => {
-                o.delete(&id)?;
+                c.delete(kind, &id)?;
                 outln!("Deleted {kind} {id}");
                 Ok(())
             }
             Verb::List(args) => {
                 let (filter, opts) = listing(kind, &args)?;
-                show(Value::Array(o.list(&filter, &opts)?))
+                show(Value::Array(c.list(kind, &filter, &opts)?))
             }
             Verb::Count(args) if !args.group_by.is_empty() => {
-                let (filter, _) = listing(kind, &args)?;
                 if kind == Kind::Param {
                     return Err(group_by_kinds());
                 }
-                show(to_value(o.group_count(&filter, &args.group_by)?))
+                if args.until.is_some() {
+                    return Err(Failure::input(
+                        "count takes --until or --group-by, not both",
+                    ));
+                }
+                let (filter, _) = listing(kind, &args)?;
+                show(to_value(c.group_count(kind, &filter, &args.group_by)?))
+            }
+            Verb::Count(args) if args.until.is_some() => {
+                if kind != Kind::Machine {
+                    return Err(Failure::input("count --until counts machines"));
+                }
+                let (filter, _) = listing(kind, &args)?;
+                let until = args.until.as_deref().unwrap_or_default().parse()?;
+                outln!("{}", c.count_wait(&filter, until, seconds(args.timeout)?)?);
+                Ok(())
             }
             Verb::Count(args) => {
                 let (filter, _) = listing(kind, &args)?;
-                outln!("{}", o.count(&filter)?);
+                outln!("{}", c.count(kind, &filter)?);
                 Ok(())
             }
             Verb::Update { id, .. } => {
                 let merge = parse_json("update JSON", &input)?;
                 let out = match &self.reference {
-                    None => o.merge(&id, &merge)?,
+                    None => c.merge(kind, &id, &merge)?,
                     Some(r) => {
                         let reference = parse_json("-r reference object", r)?;
                         if !reference.is_object() {
@@ -749,25 +792,23 @@ impl Ctx {
                         }
                         let mut desired = reference.clone();
                         json_patch::merge(&mut desired, &merge);
-                        o.update_from(&id, &reference, &desired)?
+                        c.update_from(kind, &id, &reference, &desired)?
                     }
                 };
                 show(out)
             }
             Verb::Patch { id, .. } => {
                 let ops = parse_json("patch", &input)?;
-                show(o.patch(&id, &ops)?)
+                show(c.patch(kind, &id, &ops)?)
             }
             Verb::Set { id, key, value, .. } => {
+                with_params(kind, "set")?;
                 let value = loose_json(&value);
                 let expected = self.reference.as_deref().map(loose_json);
-                let expected = expected.as_ref().filter(|v| !v.is_null());
-                with_params(kind, "set")?;
-                let expected = self.reference.as_ref().map(|_| expected);
-                let out = o.set_param(&id, &key, expected, value)?;
+                let expected = expected.as_ref().map(|v| Some(v).filter(|v| !v.is_null()));
                 outln!(
                     "{}",
-                    pretty(out.pointer(&param_ptr(&key)).unwrap_or(&Value::Null))
+                    pretty(&c.set_param(kind, &id, &key, expected, value)?)
                 );
                 Ok(())
             }
@@ -775,61 +816,71 @@ impl Ctx {
                 id, key, aggregate, ..
             } => {
                 with_params(kind, "get")?;
-                let v = o.get_param(&id, &key, aggregate)?;
+                let v = c.get_param(kind, &id, &key, aggregate)?;
                 outln!("{}", pretty(&v.unwrap_or(Value::Null)));
                 Ok(())
             }
             Verb::Params { id, aggregate } => {
                 with_params(kind, "params")?;
-                let v = o.params(&id, aggregate)?;
+                let v = c.params(kind, &id, aggregate)?;
                 outln!("{}", pretty(&Value::Object(v)));
                 Ok(())
             }
             Verb::Remove { id, key, .. } => {
                 with_params(kind, "remove")?;
-                let v = o.remove_param(&id, &key)?;
+                let v = c.remove_param(kind, &id, &key)?;
                 outln!("{}", pretty(&v.unwrap_or(Value::Null)));
                 Ok(())
             }
             Verb::Addprofile { id, profile } => {
                 machines_only(kind, "addprofile")?;
-                show(profile_edit(&o, &id, &profile, true)?)
+                show(profile_edit(c, &id, &profile, true)?)
             }
             Verb::Removeprofile { id, profile } => {
                 machines_only(kind, "removeprofile")?;
-                show(profile_edit(&o, &id, &profile, false)?)
+                show(profile_edit(c, &id, &profile, false)?)
             }
             Verb::Workflow { id, workflow } => {
                 machines_only(kind, "workflow")?;
-                show(o.merge(&id, &json!({ "Workflow": workflow }))?)
+                show(c.merge(kind, &id, &json!({ "Workflow": workflow }))?)
             }
-            Verb::WorkflowAll(args) => {
-                machines_only(kind, "workflow-all")?;
-                cluster::workflow_all(self, s.authorize("machines", "update", "*")?, args)
+            Verb::Meta { verb } => {
+                with_params(kind, "meta")?;
+                let (id, merge) = match verb {
+                    MetaVerb::Get { id, key, .. } => {
+                        let obj = c.get(kind, &id)?;
+                        let v = obj.pointer(&format!("/Meta/{}", escape(&key)));
+                        outln!("{}", pretty(v.unwrap_or(&Value::Null)));
+                        return Ok(());
+                    }
+                    MetaVerb::Set { id, key, value, .. } => (id, json!({ "Meta": { key: value } })),
+                    MetaVerb::Remove { id, key, .. } => (id, json!({ "Meta": { key: null } })),
+                };
+                show(c.merge(kind, &id, &merge)?)
             }
-            Verb::Meta { verb } => self.meta(&o, kind, verb),
-            Verb::Render { id, file } => {
-                machines_only(kind, "render")?;
-                render::render(s, &id, &file, &input)
+            Verb::Wait {
+                id,
+                field,
+                value,
+                timeout,
+            } => {
+                let f = Filter::from_args(&[field, "Eq".into(), value])?;
+                waited(
+                    c.wait_machine(&id, &f, seconds(timeout.unwrap_or(3600.0))?)
+                        .map_err(Failure::from),
+                )
             }
-            Verb::Token { .. } => Err(Failure::input("token is handled before the store opens")),
+            Verb::Await { id, expr, timeout } => {
+                let f = Filter::from_args(&expr)?;
+                waited(
+                    c.wait_machine(&id, &f, seconds(timeout.unwrap_or(3600.0))?)
+                        .map_err(Failure::from),
+                )
+            }
+            Verb::WorkflowAll(_) | Verb::Render { .. } | Verb::Token { .. } => Err(Failure::other(
+                "this verb is answered by the store's own front end",
+            )),
         }
-    }
-
-    fn meta(&self, o: &ScopedObjects, kind: Kind, verb: MetaVerb) -> Out {
-        with_params(kind, "meta")?;
-        let (id, merge) = match verb {
-            MetaVerb::Get { id, key, .. } => {
-                let obj = o.get(&id)?;
-                let v = obj.pointer(&format!("/Meta/{}", escape(&key)));
-                outln!("{}", pretty(v.unwrap_or(&Value::Null)));
-                return Ok(());
-            }
-            MetaVerb::Set { id, key, value, .. } => (id, json!({ "Meta": { key: value } })),
-            MetaVerb::Remove { id, key, .. } => (id, json!({ "Meta": { key: null } })),
-        };
-        self.print(&o.merge(&id, &merge)?, Some(kind));
-        Ok(())
     }
 }
 
@@ -986,10 +1037,6 @@ fn escape(s: &str) -> String {
 
 /// Jobs are created by rendering and read by Uuid: no command reaches them
 /// as a collection (the kind of a command is never [`Kind::Job`]).
-fn param_ptr(key: &str) -> String {
-    format!("/Params/{}", escape(key))
-}
-
 fn with_params(kind: Kind, verb: &str) -> Out<Kind> {
     match kind {
         Kind::Param => Err(Failure::input(format!(
@@ -1010,7 +1057,7 @@ fn machines_only(kind: Kind, verb: &str) -> Out {
 }
 
 /// `create JSON|NAME`: JSON when it looks like JSON, else a bare name.
-fn create(o: &ScopedObjects, kind: Kind, input: &str) -> Out<Value> {
+fn create(c: &dyn Client, kind: Kind, input: &str) -> Out<Value> {
     let t = input.trim();
     let doc = if t.starts_with(['{', '[', '"']) {
         parse_json(&format!("{kind} JSON"), t)?
@@ -1027,7 +1074,7 @@ fn create(o: &ScopedObjects, kind: Kind, input: &str) -> Out<Value> {
         Kind::Profile => drop(decode::<fleetkv::Profile>(kind, doc.clone())?),
         _ => drop(decode::<fleetkv::ParamDef>(kind, doc.clone())?),
     }
-    Ok(o.create(doc)?)
+    Ok(c.create(kind, doc)?)
 }
 
 /// A JSON object as a model type, with the error naming the kind.
@@ -1041,8 +1088,8 @@ pub fn decode<T: serde::de::DeserializeOwned>(kind: Kind, doc: Value) -> Out<T> 
 }
 
 /// Adds or removes one profile in one atomic patch (guarded by a `test`).
-fn profile_edit(o: &ScopedObjects, id: &str, profile: &str, add: bool) -> Out<Value> {
-    let m = o.get(id)?;
+fn profile_edit(c: &dyn Client, id: &str, profile: &str, add: bool) -> Out<Value> {
+    let m = c.get(Kind::Machine, id)?;
     let current = m.get("Profiles").cloned().unwrap_or(json!([]));
     let mut profiles: Vec<String> = serde_json::from_value(current.clone()).unwrap_or_default();
     let has = profiles.iter().any(|p| p == profile);
@@ -1055,7 +1102,7 @@ fn profile_edit(o: &ScopedObjects, id: &str, profile: &str, add: bool) -> Out<Va
         { "op": "test", "path": "/Profiles", "value": current },
         { "op": "replace", "path": "/Profiles", "value": profiles },
     ]);
-    Ok(o.patch(id, &ops)?)
+    Ok(c.patch(Kind::Machine, id, &ops)?)
 }
 
 /// `--group-by` on a kind without group counts.

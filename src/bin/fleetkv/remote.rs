@@ -12,15 +12,29 @@ use fleetkv::{Filter, Kind};
 use serde_json::{json, Value};
 
 mod events;
-mod unix;
+
+use fleetkv::client::{enc, unix, Answer, Http};
+use fleetkv::Error;
 
 use super::cluster::ClusterVerb;
 use super::leases::{self, LeaseVerb};
-use super::waited;
-use super::{
-    escape, group_by_kinds, listing, loose_json, machines_only, parse_json, pretty, with_params,
-    Ctx, Failure, ListArgs, MetaVerb, Out, Verb,
-};
+use super::{listing, Ctx, Failure, ListArgs, Out, Verb};
+
+/// Largest body one import request carries: a bigger document goes in
+/// parts of whole objects (the server's `--max-body-bytes` is 4 MiB by
+/// default); a part the server still finds too large (413) is halved.
+const IMPORT_PART_BYTES: usize = 1 << 20;
+
+/// The HTTP status an error answer came with (`None`: none came).
+fn status_of(e: &Error) -> Option<u16> {
+    match e {
+        Error::Server { status, .. } => Some(*status),
+        Error::NotFound { .. } => Some(404),
+        Error::AlreadyExists { .. } | Error::Conflict { .. } => Some(409),
+        Error::Timeout => Some(408),
+        _ => None,
+    }
+}
 
 /// Flags that select remote mode.
 #[derive(Args)]
@@ -55,28 +69,24 @@ impl RemoteArgs {
         let Some(ep) = &self.endpoint else {
             return Ok(None);
         };
-        let auth = match (token, &self.username, &self.password) {
-            (Some(t), _, _) => Some(format!("Bearer {t}")),
-            (None, Some(u), Some(p)) => Some(basic(&format!("{u}:{p}"))),
+        let timeout = Duration::try_from_secs_f64(self.http_timeout)
+            .map_err(|_| Failure::input("--http-timeout: expected a non-negative number"))?;
+        let mut http = Http::new(ep).with_timeout(timeout);
+        if let Some(ca) = &self.ca_cert {
+            http = http.with_tls(tls_trusting(ca)?);
+        }
+        http = match (token, &self.username, &self.password) {
+            (Some(t), _, _) => http.bearer(t),
+            (None, Some(u), Some(p)) => http.basic(&format!("{u}:{p}")),
             (None, Some(_), None) | (None, None, Some(_)) => {
                 return Err(Failure::input("-U and -P go together"))
             }
-            (None, None, None) => std::env::var("RS_KEY").ok().map(|k| basic(&k)),
+            (None, None, None) => match std::env::var("RS_KEY") {
+                Ok(k) => http.basic(&k),
+                Err(_) => http,
+            },
         };
-        let timeout = Duration::try_from_secs_f64(self.http_timeout)
-            .map_err(|_| Failure::input("--http-timeout: expected a non-negative number"))?;
-        let tls = self.ca_cert.as_deref().map(tls_trusting).transpose()?;
-        let mut remote = Remote {
-            agent: ureq::Agent::new(),
-            base: format!("{}/api/v3", ep.trim_end_matches('/')),
-            socket: None,
-            auth,
-            timeout,
-            tls,
-            guards: Vec::new(),
-        };
-        remote.agent = remote.agent_builder().timeout(timeout).build();
-        Ok(Some(remote))
+        Ok(Some(Remote { http }))
     }
 }
 
@@ -88,8 +98,8 @@ impl RemoteArgs {
         let Some(socket) = unix::find(dir).map_err(Failure::input)? else {
             return Ok(None);
         };
-        let auth = match token {
-            Some(t) => format!("Bearer {t}"),
+        let token = match token {
+            Some(t) => t.to_string(),
             None => {
                 let key_file = dir.join(fleetkv::wire::ADMIN_KEY_FILE);
                 let key = std::fs::read_to_string(&key_file).map_err(|e| Failure {
@@ -101,20 +111,15 @@ impl RemoteArgs {
                         key_file.display()
                     ),
                 })?;
-                format!("Bearer {}", key.trim())
+                key.trim().to_string()
             }
         };
         let timeout = Duration::try_from_secs_f64(self.http_timeout)
             .map_err(|_| Failure::input("--http-timeout: expected a non-negative number"))?;
-        Ok(Some(Remote {
-            agent: ureq::Agent::new(),
-            base: format!("unix:{}", socket.display()),
-            socket: Some(socket),
-            auth: Some(auth),
-            timeout,
-            tls: None,
-            guards: Vec::new(),
-        }))
+        let http = Http::over_socket(socket)
+            .with_timeout(timeout)
+            .bearer(&token);
+        Ok(Some(Remote { http }))
     }
 }
 
@@ -230,78 +235,22 @@ impl ServeArgs {
     }
 }
 
-fn basic(user_pass: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::from("Basic ");
-    for c in user_pass.as_bytes().chunks(3) {
-        let n = c.iter().fold(0u32, |a, &b| a << 8 | u32::from(b)) << (8 * (3 - c.len()));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Percent-encodes a path segment (`keep_slash`: a param name's `/` stays).
-fn enc(s: &str, keep_slash: bool) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
-                out.push(b as char)
-            }
-            b'/' if keep_slash => out.push('/'),
-            b => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// A connection to `fleetkv serve`.
+/// A connection to `fleetkv serve`: the library's [`Http`] client, and
+/// the verbs only a server answers this way (import in parts, export,
+/// events, cluster, leases).
 pub struct Remote {
-    agent: ureq::Agent,
-    base: String,
-    /// The server's Unix socket (`fleetkv --data DIR` while a server owns
-    /// DIR); requests go there instead of through `agent`.
-    socket: Option<std::path::PathBuf>,
-    auth: Option<String>,
-    /// `--http-timeout`.
-    timeout: Duration,
-    /// `--ca-cert`: the roots every agent trusts.
-    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-    /// `--lease` / `--fence` as headers on every request (the server
-    /// applies them to machine writes).
-    guards: Vec<(&'static str, String)>,
-}
-
-/// What came back: the body and the list count header.
-struct Answer {
-    body: Value,
-    count: Option<u64>,
+    http: Http,
 }
 
 impl Remote {
     /// Sends `--lease` / `--fence` with every request.
     pub fn guard_writes(&mut self, lease: Option<u64>, fence: Option<u64>) {
-        if let Some(l) = lease {
-            self.guards.push(("X-Fleetkv-Lease", l.to_string()));
-        }
-        if let Some(f) = fence {
-            self.guards.push(("X-Fleetkv-Fence", f.to_string()));
-        }
+        self.http = self.http.clone().with_lease(lease).with_fence(fence);
     }
 
     /// An agent builder trusting `--ca-cert` when given.
     pub(super) fn agent_builder(&self) -> ureq::AgentBuilder {
-        let b = ureq::AgentBuilder::new();
-        match &self.tls {
-            Some(tls) => b.tls_config(tls.clone()),
-            None => b,
-        }
+        self.http.agent_builder()
     }
 
     fn call(
@@ -311,9 +260,7 @@ impl Remote {
         body: Option<(&str, &Value)>,
         headers: &[(&str, String)],
     ) -> Out<Answer> {
-        let body = body.map(|(ct, b)| (ct, b.to_string()));
-        self.request(&self.agent, method, path, body, headers)
-            .map_err(|(_, f)| f)
+        Ok(self.http.call(method, path, body, headers)?)
     }
 
     /// One request through `agent`; a failure keeps the HTTP status it
@@ -326,138 +273,9 @@ impl Remote {
         body: Option<(&str, String)>,
         headers: &[(&str, String)],
     ) -> Result<Answer, (Option<u16>, Failure)> {
-        let url = format!("{}{path}", self.base);
-        if self.socket.is_some() {
-            let (count, text) = self.over_socket(method, path, body, headers)?;
-            return Ok(Answer {
-                body: parse_answer(&url, &text).map_err(|f| (None, f))?,
-                count,
-            });
-        }
-        let mut r = agent.request(method, &url);
-        if let Some(a) = &self.auth {
-            r = r.set("Authorization", a);
-        }
-        for (k, v) in headers.iter().chain(&self.guards) {
-            r = r.set(k, v);
-        }
-        let res = match &body {
-            Some((ct, b)) => r.set("Content-Type", ct).send_string(b),
-            None => r.call(),
-        };
-        match res {
-            Ok(resp) => {
-                let count = resp.header("X-DRP-List-Count").and_then(|c| c.parse().ok());
-                let text = body_text(resp).map_err(|e| (None, unreachable(&url, &e)))?;
-                let body = parse_answer(&url, &text).map_err(|f| (None, f))?;
-                Ok(Answer { body, count })
-            }
-            Err(ureq::Error::Status(code, resp)) => Err((
-                Some(code),
-                status_failure(&url, code, &resp.into_string().unwrap_or_default()),
-            )),
-            Err(ureq::Error::Transport(t)) => Err((None, transport(&url, &t))),
-        }
-    }
-
-    /// One request through the Unix socket: the list count and the answer's
-    /// text, or the failure its status maps to.
-    fn over_socket(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<(&str, String)>,
-        headers: &[(&str, String)],
-    ) -> Result<(Option<u64>, String), (Option<u16>, Failure)> {
-        let Some(socket) = &self.socket else {
-            return Err((None, Failure::other("no server socket")));
-        };
-        let url = format!("{}{path}", self.base);
-        let mut all: Vec<(&str, &str)> = headers
-            .iter()
-            .chain(&self.guards)
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
-        if let Some(a) = &self.auth {
-            all.push(("Authorization", a));
-        }
-        if let Some((ct, _)) = &body {
-            all.push(("Content-Type", ct));
-        }
-        let target = format!("/api/v3{path}");
-        let reply = unix::send(
-            socket,
-            self.timeout,
-            method,
-            &target,
-            &all,
-            body.as_ref().map(|(_, b)| b.as_bytes()),
-        )
-        .map_err(|e| (None, unreachable(&url, &e)))?;
-        let count = reply
-            .header("x-drp-list-count")
-            .and_then(|c| c.parse().ok());
-        let status = reply.status;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut { reply.body }, &mut text)
-            .map_err(|e| (None, unreachable(&url, &e)))?;
-        if status >= 400 {
-            return Err((Some(status), status_failure(&url, status, &text)));
-        }
-        Ok((count, text))
-    }
-
-    /// Repeats a server-side wait (each cut to the server's request
-    /// timeout) until it answers or `seconds` pass (exit 5).
-    fn long_poll(&self, path: &str, seconds: f64) -> Out<Value> {
-        let deadline = std::time::Instant::now()
-            + Duration::try_from_secs_f64(seconds)
-                .map_err(|_| Failure::input(format!("{seconds}: expected seconds")))?;
-        loop {
-            let left = deadline
-                .saturating_duration_since(std::time::Instant::now())
-                .as_secs_f64();
-            match self.call("GET", &format!("{path}&timeout={left:.3}"), None, &[]) {
-                Err(f) if f.code == 5 && left > 0.0 && std::time::Instant::now() < deadline => {
-                    continue
-                }
-                Err(f) if f.code == 5 => return Err(Failure::timeout()),
-                other => return other.map(|a| a.body),
-            }
-        }
-    }
-
-    /// POSTs a text body and returns the text answer.
-    fn post_text(&self, path: &str, text: &str) -> Out<String> {
-        if self.socket.is_some() {
-            let body = Some(("text/plain; charset=utf-8", text.to_string()));
-            return self
-                .over_socket("POST", path, body, &[])
-                .map(|(_, text)| text)
-                .map_err(|(_, f)| f);
-        }
-        let url = format!("{}{path}", self.base);
-        let mut r = self
-            .agent
-            .post(&url)
-            .set("Content-Type", "text/plain; charset=utf-8");
-        if let Some(a) = &self.auth {
-            r = r.set("Authorization", a);
-        }
-        match r.send_string(text) {
-            Ok(resp) => body_text(resp).map_err(|e| unreachable(&url, &e)),
-            Err(ureq::Error::Status(..)) => {
-                // Re-issue through `call` for the DRP error mapping.
-                self.call(
-                    "POST",
-                    path,
-                    Some(("text/plain", &Value::String(text.into()))),
-                    &[],
-                )
-                .map(|_| String::new())
-            }
-            Err(ureq::Error::Transport(t)) => Err(transport(&url, &t)),
-        }
+        self.http
+            .call_on(agent, method, path, body, headers)
+            .map_err(|e| (status_of(&e), Failure::from(e)))
     }
 
     /// `cluster elect NAME --leaders N` on the server.
@@ -483,197 +301,13 @@ impl Remote {
         Ok(self.call("GET", path, None, &[])?.body)
     }
 
-    fn merge(&self, path: &str, doc: &Value) -> Out<Value> {
-        Ok(self
-            .call(
-                "PATCH",
-                path,
-                Some(("application/merge-patch+json", doc)),
-                &[],
-            )?
-            .body)
-    }
-
-    fn patch(&self, path: &str, ops: &Value) -> Out<Value> {
-        Ok(self
-            .call(
-                "PATCH",
-                path,
-                Some(("application/json-patch+json", ops)),
-                &[],
-            )?
-            .body)
-    }
-
     /// Runs one verb on the server.
     pub fn verb(&self, ctx: &Ctx, kind: Kind, verb: Verb, input: Option<String>) -> Out {
         let input = input.unwrap_or_default();
-        let show = |v: Value| {
-            ctx.print(&v, Some(kind));
-            Ok(())
-        };
-        if !matches!(verb, Verb::Update { .. } | Verb::Set { .. }) {
-            ctx.no_ref("this verb (only update and set take it)")?;
-        }
-        let coll = format!("/{}", kind.plural());
-        let obj = |id: &str| format!("{coll}/{}", enc(id, false));
-        let param = |id: &str, key: &str| format!("{}/params/{}", obj(id), enc(key, true));
+        let obj = |id: &str| format!("/{}/{}", kind.plural(), enc(id, false));
         match verb {
-            Verb::Create { .. } => {
-                let t = input.trim();
-                let doc = if t.starts_with(['{', '[', '"']) {
-                    parse_json(&format!("{kind} JSON"), t)?
-                } else if t.is_empty() {
-                    return Err(Failure::input(format!(
-                        "create needs a {kind} JSON object or a name"
-                    )));
-                } else {
-                    json!({ "Name": t })
-                };
-                show(
-                    self.call("POST", &coll, Some(("application/json", &doc)), &[])?
-                        .body,
-                )
-            }
-            Verb::Show { id } => show(self.get(&obj(&id))?),
-            Verb::Exists { id } => self.get(&obj(&id)).map(drop),
-            Verb::Destroy { id } => {
-                self.call("DELETE", &obj(&id), None, &[])?;
-                outln!("Deleted {kind} {id}");
-                Ok(())
-            }
-            Verb::List(args) => show(self.get(&format!("{coll}{}", query(kind, &args)?))?),
-            Verb::Count(args) if !args.group_by.is_empty() => {
-                if !matches!(kind, Kind::Machine | Kind::Profile) {
-                    return Err(group_by_kinds());
-                }
-                if args.until.is_some() {
-                    return Err(Failure::input(
-                        "count takes --until or --group-by, not both",
-                    ));
-                }
-                show(self.get(&format!("{coll}{}", query(kind, &args)?))?)
-            }
-            Verb::Count(args) if args.until.is_some() => {
-                if kind != Kind::Machine {
-                    return Err(Failure::input("count --until counts machines"));
-                }
-                let (filter, _) = listing(kind, &args)?;
-                let until = args.until.as_deref().unwrap_or_default();
-                until.parse::<fleetkv::CountCondition>()?;
-                let path = format!(
-                    "/wait/count?until={}&filter={}",
-                    enc(until, false),
-                    enc(&filter_text(&filter), false)
-                );
-                let body = self.long_poll(&path, args.timeout)?;
-                let n = body["Count"]
-                    .as_u64()
-                    .ok_or_else(|| garbage(&path, "no Count in the answer"))?;
-                outln!("{n}");
-                Ok(())
-            }
-            Verb::Count(args) => {
-                outln!("{}", self.count(&format!("{coll}{}", query(kind, &args)?))?);
-                Ok(())
-            }
-            Verb::Update { id, .. } => {
-                let merge = parse_json("update JSON", &input)?;
-                match &ctx.reference {
-                    None => show(self.merge(&obj(&id), &merge)?),
-                    Some(r) => {
-                        let reference = parse_json("-r reference object", r)?;
-                        if !reference.is_object() {
-                            return Err(Failure::input(
-                                "-r reference object: expected a JSON object",
-                            ));
-                        }
-                        // The library's reference update, decided by the
-                        // server: reference and desired object in one PATCH.
-                        let mut desired = reference.clone();
-                        json_patch::merge(&mut desired, &merge);
-                        let body = json!({ "Reference": reference, "Desired": desired });
-                        let a = self.call(
-                            "PATCH",
-                            &obj(&id),
-                            Some((fleetkv::wire::REFERENCE_UPDATE, &body)),
-                            &[],
-                        )?;
-                        show(a.body)
-                    }
-                }
-            }
-            Verb::Patch { id, .. } => {
-                let ops = parse_json("patch", &input)?;
-                show(self.patch(&obj(&id), &ops)?)
-            }
-            Verb::Set { id, key, value, .. } => {
-                with_params(kind, "set")?;
-                let value = loose_json(&value);
-                let expect: Vec<(&str, String)> = match ctx.reference.as_deref().map(loose_json) {
-                    None => vec![],
-                    Some(Value::Null) => vec![("X-Fleetkv-Expect", "absent".to_string())],
-                    Some(v) => vec![("X-Fleetkv-Expect", v.to_string())],
-                };
-                let a = self.call(
-                    "POST",
-                    &param(&id, &key),
-                    Some(("application/json", &value)),
-                    &expect,
-                )?;
-                outln!("{}", pretty(&a.body));
-                Ok(())
-            }
-            Verb::Get {
-                id, key, aggregate, ..
-            } => {
-                with_params(kind, "get")?;
-                let q = if aggregate { "?aggregate=true" } else { "" };
-                outln!(
-                    "{}",
-                    pretty(&self.get(&format!("{}{q}", param(&id, &key)))?)
-                );
-                Ok(())
-            }
-            Verb::Params { id, aggregate } => {
-                with_params(kind, "params")?;
-                let q = if aggregate { "?aggregate=true" } else { "" };
-                outln!("{}", pretty(&self.get(&format!("{}/params{q}", obj(&id)))?));
-                Ok(())
-            }
-            Verb::Remove { id, key, .. } => {
-                with_params(kind, "remove")?;
-                let a = self.call("DELETE", &param(&id, &key), None, &[])?;
-                outln!("{}", pretty(&a.body));
-                Ok(())
-            }
-            Verb::Addprofile { id, profile } => {
-                machines_only(kind, "addprofile")?;
-                show(self.profile_edit(&obj(&id), &profile, true)?)
-            }
-            Verb::Removeprofile { id, profile } => {
-                machines_only(kind, "removeprofile")?;
-                show(self.profile_edit(&obj(&id), &profile, false)?)
-            }
-            Verb::Workflow { id, workflow } => {
-                machines_only(kind, "workflow")?;
-                show(self.merge(&obj(&id), &json!({ "Workflow": workflow }))?)
-            }
-            Verb::Meta { verb } => {
-                with_params(kind, "meta")?;
-                let (id, merge) = match verb {
-                    MetaVerb::Get { id, key, .. } => {
-                        let o = self.get(&obj(&id))?;
-                        let v = o.pointer(&format!("/Meta/{}", escape(&key)));
-                        outln!("{}", pretty(v.unwrap_or(&Value::Null)));
-                        return Ok(());
-                    }
-                    MetaVerb::Set { id, key, value, .. } => (id, json!({ "Meta": { key: value } })),
-                    MetaVerb::Remove { id, key, .. } => (id, json!({ "Meta": { key: null } })),
-                };
-                show(self.merge(&obj(&id), &merge)?)
-            }
             Verb::Token { id, ttl, claims } => {
+                ctx.no_ref("token")?;
                 super::auth::profiles_only(kind)?;
                 if !claims.is_empty() {
                     return Err(Failure::input("--claims needs an embedded store (drop -E)"));
@@ -683,79 +317,33 @@ impl Remote {
                 Ok(())
             }
             Verb::Render { id, .. } => {
+                ctx.no_ref("render")?;
                 out!(
                     "{}",
-                    self.post_text(&format!("{}/render", obj(&id)), &input)?
+                    self.http
+                        .post_text(&format!("{}/render", obj(&id)), &input)?
                 );
                 Ok(())
             }
             Verb::WorkflowAll(args) => {
+                ctx.no_ref("workflow-all")?;
                 let (workflow, words, meta) = args.parts()?;
                 let filter = Filter::from_args(&words)?;
                 let body =
                     json!({ "Workflow": workflow, "Filter": filter_text(&filter), "Meta": meta });
-                ctx.print(
-                    &self
-                        .call(
-                            "POST",
-                            "/workflow-all",
-                            Some(("application/json", &body)),
-                            &[],
-                        )?
-                        .body,
-                    None,
-                );
+                let a = self.call(
+                    "POST",
+                    "/workflow-all",
+                    Some(("application/json", &body)),
+                    &[],
+                )?;
+                ctx.print(&a.body, None);
                 Ok(())
             }
-            Verb::Wait {
-                id,
-                field,
-                value,
-                timeout,
-            } => {
-                let f = Filter::from_args(&[field, "Eq".into(), value])?;
-                let path = format!(
-                    "/wait/machines/{}?filter={}",
-                    enc(&id, false),
-                    enc(&filter_text(&f), false)
-                );
-                waited(self.long_poll(&path, timeout.unwrap_or(3600.0)).map(drop))
-            }
-            Verb::Await { id, expr, timeout } => {
-                let f = Filter::from_args(&expr)?;
-                let path = format!(
-                    "/wait/machines/{}?filter={}",
-                    enc(&id, false),
-                    enc(&filter_text(&f), false)
-                );
-                waited(self.long_poll(&path, timeout.unwrap_or(3600.0)).map(drop))
-            }
+            verb => ctx.verb(&self.http, kind, verb, Some(input)),
         }
-    }
-
-    /// Adds or removes one profile with a `test`-guarded patch.
-    fn profile_edit(&self, path: &str, profile: &str, add: bool) -> Out<Value> {
-        let m = self.get(path)?;
-        let old = m.get("Profiles").cloned().unwrap_or(json!([]));
-        let mut profiles: Vec<Value> = old.as_array().cloned().unwrap_or_default();
-        let has = profiles.iter().any(|p| p == profile);
-        match (add, has) {
-            (true, false) => profiles.push(json!(profile)),
-            (false, true) => profiles.retain(|p| p != profile),
-            _ => return Ok(m),
-        }
-        let ops = json!([
-            { "op": "test", "path": "/Profiles", "value": old },
-            { "op": "replace", "path": "/Profiles", "value": profiles },
-        ]);
-        self.patch(path, &ops)
     }
 }
-
-/// Largest body one import request carries: a bigger document goes in
-/// parts of whole objects (the server's `--max-body-bytes` is 4 MiB by
-/// default); a part the server still finds too large (413) is halved.
-const IMPORT_PART_BYTES: usize = 1 << 20;
 
 impl Remote {
     /// `export` on the server: `GET /api/v3/export`.
@@ -778,7 +366,7 @@ impl Remote {
         // may close the connection without reading it.
         let agent = self
             .agent_builder()
-            .timeout(self.timeout)
+            .timeout(self.http.timeout())
             .max_idle_connections(0)
             .build();
         let text = doc.to_string();
@@ -1123,45 +711,17 @@ fn shift_index(msg: &str, kind: Kind, base: usize) -> String {
     }
 }
 
-/// The whole answer as text. Unlike `Response::into_string`, which stops at
-/// 10 MB, this reads an export of a million machines.
-fn body_text(resp: ureq::Response) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut text = String::new();
-    resp.into_reader().read_to_string(&mut text)?;
-    Ok(text)
-}
-
-/// An answer's JSON (`null` when empty).
-fn parse_answer(url: &str, text: &str) -> Out<Value> {
-    if text.trim().is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_str(text).map_err(|_| Failure {
-        code: 1,
-        msg: format!("{url}: the server's answer is not JSON; is this a fleetkv server?"),
-    })
-}
-
 /// A DRP error answer (its text) as a failure with the matching exit code.
 fn status_failure(url: &str, code: u16, text: &str) -> Failure {
-    let err: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-    let typ = err.get("Type").and_then(Value::as_str).unwrap_or("");
-    let msg = err
-        .pointer("/Messages/0")
-        .and_then(Value::as_str)
-        .map(String::from)
-        .unwrap_or_else(|| format!("{url}: HTTP {code} {}", text.trim()));
-    let code = match code {
-        400 | 413 | 415 | 431 => 2,
-        401 | 403 => 6,
-        404 => 4,
-        409 if typ == "Conflict" => 3,
-        409 => 2,
-        408 | 503 | 504 => 5,
-        _ => 1,
-    };
-    Failure { code, msg }
+    Failure::from(fleetkv::client::error_answer(url, code, text))
+}
+
+fn transport(url: &str, t: &ureq::Transport) -> Failure {
+    Failure::from(fleetkv::client::transport(url, t))
+}
+
+fn unreachable(url: &str, e: &std::io::Error) -> Failure {
+    Failure::from(fleetkv::client::unreachable(url, e))
 }
 
 /// An answer that is not what a fleetkv server sends.
@@ -1169,44 +729,6 @@ fn garbage(path: &str, what: &str) -> Failure {
     Failure {
         code: 1,
         msg: format!("{path}: {what}; is this a fleetkv server?"),
-    }
-}
-
-fn transport(url: &str, t: &ureq::Transport) -> Failure {
-    use std::error::Error as _;
-    let mut what = t.kind().to_string();
-    if let Some(m) = t.message() {
-        what = format!("{what}: {m}");
-    }
-    match t.source().and_then(|e| e.downcast_ref::<std::io::Error>()) {
-        Some(io) => {
-            what = format!("{what}: {io}");
-            failure(url, &what, timed_out(io))
-        }
-        None => failure(url, &what, false),
-    }
-}
-
-/// Reading the answer failed.
-fn unreachable(url: &str, e: &std::io::Error) -> Failure {
-    failure(url, &e.to_string(), timed_out(e))
-}
-
-fn timed_out(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-    )
-}
-
-/// Exit 5 for a timeout, as a local wait's timeout; 1 otherwise.
-fn failure(url: &str, what: &str, timed_out: bool) -> Failure {
-    Failure {
-        code: if timed_out { 5 } else { 1 },
-        msg: format!(
-            "cannot reach the server at {url}: {what}{}",
-            if timed_out { " (timed out)" } else { "" }
-        ),
     }
 }
 
@@ -1265,23 +787,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn basic_header() {
-        assert_eq!(basic("admin:key"), "Basic YWRtaW46a2V5");
-        assert_eq!(basic("a"), "Basic YQ==");
-    }
-
-    #[test]
     fn shifts_part_indexes() {
         assert_eq!(
             shift_index("import machines #3: bad", Kind::Machine, 10),
             "import machines #13: bad"
         );
         assert_eq!(shift_index("other", Kind::Machine, 10), "other");
-    }
-
-    #[test]
-    fn encodes() {
-        assert_eq!(enc("a/b c", true), "a/b%20c");
-        assert_eq!(enc("a/b", false), "a%2Fb");
     }
 }

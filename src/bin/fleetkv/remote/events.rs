@@ -111,7 +111,7 @@ impl Remote {
         from: Option<u64>,
         timeout: Option<Duration>,
     ) -> Out {
-        let mut path = format!("{}/events?kind={}", self.base, kind.plural());
+        let mut path = format!("{}/events?kind={}", self.http.base(), kind.plural());
         if let Some(f) = &filter {
             path += &format!("&filter={}", enc(&filter_text(f), false));
         }
@@ -124,17 +124,17 @@ impl Remote {
     /// `cluster observe NAME`: the leaders stream of `path`.
     pub fn observe(&self, path: &str, timeout: Option<f64>) -> Out {
         let timeout = timeout.map(crate::seconds).transpose()?;
-        self.follow(format!("{}{path}", self.base), timeout)
+        self.follow(format!("{}{path}", self.http.base()), timeout)
     }
 
     /// Prints the data of each `change` event of the stream at `path` (a
     /// full URL) as a line, until `timeout` after it opened.
     fn follow(&self, path: String, timeout: Option<Duration>) -> Out {
-        let auth = self.auth.clone();
-        let open: Opener = match &self.socket {
+        let auth = self.http.authorization().map(String::from);
+        let open: Opener = match self.http.socket() {
             Some(socket) => {
-                let (socket, timeout) = (socket.clone(), self.timeout);
-                let target = path.trim_start_matches(self.base.as_str()).to_string();
+                let (socket, timeout) = (socket.to_path_buf(), self.http.timeout());
+                let target = path.trim_start_matches(self.http.base()).to_string();
                 let url = path.clone();
                 Box::new(move |last_id| {
                     let mut headers = vec![("Accept", "text/event-stream")];
@@ -144,7 +144,7 @@ impl Remote {
                     if let Some(id) = last_id {
                         headers.push(("Last-Event-ID", id));
                     }
-                    let reply = super::unix::send(
+                    let reply = fleetkv::client::unix::send(
                         &socket,
                         timeout.max(SILENCE),
                         "GET",
@@ -164,7 +164,7 @@ impl Remote {
             None => {
                 let agent = self
                     .agent_builder()
-                    .timeout_connect(self.timeout)
+                    .timeout_connect(self.http.timeout())
                     .timeout_read(SILENCE)
                     .build();
                 let url = path.clone();
@@ -188,7 +188,7 @@ impl Remote {
             }
         };
         let (tx, rx) = mpsc::channel();
-        let retry_for = self.timeout;
+        let retry_for = self.http.timeout();
         std::thread::spawn(move || read(&*open, retry_for, &tx));
         let mut deadline: Option<Instant> = None;
         loop {

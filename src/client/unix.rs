@@ -1,12 +1,12 @@
 //! HTTP/1.1 over the Unix socket a running `fleetkv serve` keeps in its
-//! store directory ([`SOCKET_FILE`]), for `fleetkv --data DIR …` while a
-//! server owns DIR.
+//! store directory ([`SOCKET_FILE`]), for a client on the same host (`fleetkv
+//! --data DIR …` while a server owns DIR, [`super::Http::over_socket`]).
 //!
-//! ureq 2 (the CLI's HTTP client) connects over TCP only, so requests on the
-//! socket are written here: one request per connection (`Connection:
-//! close`), the answer's head read up to [`MAX_HEAD`] bytes, its body by
-//! `Content-Length`, chunked transfer coding or to the end. That is the
-//! whole of HTTP the CLI needs from its own server.
+//! ureq 2 connects over TCP only, so requests on the socket are written
+//! here: one request per connection (`Connection: close`), the answer's head
+//! read up to [`MAX_HEAD`] bytes, its body by `Content-Length`, chunked
+//! transfer coding or to the end. That is the whole of HTTP a client needs
+//! from its own server.
 //!
 //! Also owns finding the socket: [`find`] refuses a path that is not a
 //! socket or belongs to another user, and removes a stale one (nobody
@@ -18,7 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use fleetkv::wire::SOCKET_FILE;
+pub use crate::wire::SOCKET_FILE;
 
 /// Largest answer head read.
 const MAX_HEAD: usize = 64 << 10;
@@ -65,12 +65,16 @@ fn current_uid() -> u32 {
 
 /// An answer: status, headers (lower-case names) and the body to read.
 pub struct Reply {
+    /// The HTTP status.
     pub status: u16,
+    /// `(lower-case name, value)` in the order received.
     pub headers: Vec<(String, String)>,
+    /// The body, read as it arrives.
     pub body: Box<dyn Read + Send>,
 }
 
 impl Reply {
+    /// The value of header `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
