@@ -26,4 +26,6 @@ pub use filter::Filter;
 pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};
 pub use store::{GroupCount, ListOptions, Options, Query, Recovery, Store};
 pub use template::{Job, RenderContext, Template, TemplateError, TemplateErrorKind, TokenMinter};
-pub use watch::{Action, CountCondition, Event, Watch};
+pub use watch::{
+    Action, CountCondition, Event, Member, MemberOptions, MemberWatch, Membership, Watch,
+};
