@@ -41,8 +41,9 @@
 //!   write can tell the set at its last such revision `P`, not at the
 //!   revisions before it: those revisions are reported as one message at
 //!   `P`, marked `"Coalesced": true`, whose `Joined`/`Left` are the net
-//!   difference since the previous message. A stream that keeps up (a step
-//!   per write) never coalesces.
+//!   difference since the previous message (sent even when that is empty:
+//!   machines may have moved in and out in between). A stream that keeps up
+//!   (a step per write) never coalesces.
 //!
 //! # Resuming
 //! `from = Some(R)` is the `Revision` of the last message the subscriber
@@ -608,7 +609,11 @@ impl MemberWatch {
             })
             .collect();
         self.set = set_p;
-        if joined.is_empty() && left.is_empty() {
+        // Revisions before `p` in this step may have moved machines in and
+        // out again: a coalesced message says so even when the net
+        // difference is empty, so no movement passes unannounced.
+        let coalesced = changes.iter().any(|c| c.rev < p);
+        if joined.is_empty() && left.is_empty() && !coalesced {
             return Ok(());
         }
         sort_members(&mut joined);
@@ -620,7 +625,7 @@ impl MemberWatch {
             left,
             snapshot: false,
             reset: false,
-            coalesced: changes.iter().any(|c| c.rev < p),
+            coalesced,
             members: None,
         });
         Ok(())
