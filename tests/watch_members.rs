@@ -190,8 +190,8 @@ fn run(filter: &str, ops: &[Op]) {
     let mut truth: BTreeMap<u64, BTreeMap<String, String>> = BTreeMap::new();
     truth.insert(s.revision(), listed(&s, &f));
     let opts = MemberOptions {
-        from: None,
         members: true,
+        ..MemberOptions::default()
     };
     let mut w: MemberWatch = s.watch_members_with(&f, opts).unwrap();
     let mut sub = Subscriber {
@@ -211,6 +211,7 @@ fn run(filter: &str, ops: &[Op]) {
                 let opts = MemberOptions {
                     from: Some(w.revision()),
                     members: true,
+                    ..MemberOptions::default()
                 };
                 sub.at = w.revision();
                 w = s.watch_members_with(&f, opts).unwrap();

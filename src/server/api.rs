@@ -209,6 +209,7 @@ pub struct Info {
         coord::workflow_all,
         coord::render,
         coord::events,
+        coord::watch_members,
         super::metrics::scrape
     ),
     components(schemas(

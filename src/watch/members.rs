@@ -85,6 +85,11 @@ pub struct MemberOptions {
     pub from: Option<u64>,
     /// Put the members in snapshot messages (`Members`).
     pub members: bool,
+    /// When the log no longer reaches back to `from`: fail with
+    /// [`Error::Compacted`] (as [`Store::watch`] does) instead of starting
+    /// with a reset snapshot. For a caller that asked for `from` itself
+    /// rather than reconnecting.
+    pub compacted_is_error: bool,
 }
 
 /// A machine in a membership message.
@@ -195,7 +200,8 @@ fn name_of(doc: &str) -> String {
 /// The machines a filter selects, as a stream of [`Membership`] messages
 /// (see the module doc). Made by [`Store::watch_members`].
 pub struct MemberWatch {
-    store: Store,
+    /// `None` between [`MemberWatch::detach`] and [`MemberWatch::reattach`].
+    store: Option<Store>,
     filter: Filter,
     bound: Bound,
     with_members: bool,
@@ -221,7 +227,7 @@ impl Store {
             filter,
             MemberOptions {
                 from,
-                members: false,
+                ..MemberOptions::default()
             },
         )
     }
@@ -233,7 +239,7 @@ impl Store {
     /// error now; a `from` beyond the store's revision is invalid.
     pub fn watch_members_with(&self, filter: &Filter, opts: MemberOptions) -> Result<MemberWatch> {
         let mut w = MemberWatch {
-            store: self.clone(),
+            store: Some(self.clone()),
             filter: filter.clone(),
             bound: Bound::All,
             with_members: opts.members,
@@ -258,7 +264,7 @@ impl Store {
                         format!("revision {r} is in the future (the store is at {current})"),
                     ));
                 }
-                w.resume(r)?;
+                w.resume(r, opts.compacted_is_error)?;
             }
         }
         Ok(w)
@@ -276,7 +282,7 @@ impl MemberWatch {
             }
             // Past the revision the poll reached, not the store's now: a
             // write between the poll and this line must wake us.
-            match self.store.wait_for_write(self.at, deadline) {
+            match self.store()?.wait_for_write(self.at, deadline) {
                 Ok(()) => {}
                 Err(Error::Timeout) => return Ok(None),
                 Err(e) => return Err(e),
@@ -309,7 +315,7 @@ impl MemberWatch {
     }
 
     /// Moves the stream to another handle of the same store (the CLI opens
-    /// the store afresh for each check). Dense ids are persisted, so the set
+    /// the store afresh for each check, see [`detach`](Self::detach)). Dense ids are persisted, so the set
     /// carries over; a store behind the stream is refused.
     pub fn reattach(&mut self, store: &Store) -> Result<()> {
         let current = store.revision();
@@ -322,8 +328,20 @@ impl MemberWatch {
                 ),
             ));
         }
-        self.store = store.clone();
+        self.store = Some(store.clone());
         Ok(())
+    }
+
+    /// Lets go of the store (its files stay locked while a handle lives)
+    /// until [`reattach`](Self::reattach); polling until then is an error.
+    pub fn detach(&mut self) {
+        self.store = None;
+    }
+
+    fn store(&self) -> Result<&Store> {
+        self.store.as_ref().ok_or_else(|| {
+            Error::invalid("membership stream", "detached from its store: reattach it")
+        })
     }
 
     fn pseudo_id(&mut self) -> u32 {
@@ -340,7 +358,7 @@ impl MemberWatch {
             return Ok(Some(out));
         }
         let start = (after + 1, 0);
-        let backend = self.store.backend();
+        let backend = self.store()?.backend();
         let mut first = true;
         for item in backend.changes(start.0, 0) {
             let (k, v) = item?;
@@ -386,10 +404,11 @@ impl MemberWatch {
 
     /// Whether the log still holds every event from `start` on.
     fn reaches(&self, start: (u64, u32)) -> Result<bool> {
-        Ok(match self.store.oldest_event()? {
+        let store = self.store()?;
+        Ok(match store.oldest_event()? {
             Some(oldest) => oldest <= start,
             // An empty log: no write since `start` was logged, or all trimmed.
-            None => start.0 > self.store.revision(),
+            None => start.0 > store.revision(),
         })
     }
 
@@ -397,8 +416,8 @@ impl MemberWatch {
     /// store's revision.
     fn advance(&mut self) -> Result<()> {
         // The view borrows its own handle, so the stream can change under it.
-        let store = self.store.clone();
-        let target = self.store.revision();
+        let store = self.store()?.clone();
+        let target = store.revision();
         if target <= self.at {
             return Ok(());
         }
@@ -463,11 +482,17 @@ impl MemberWatch {
 
     /// Starts from revision `r`, the subscriber's: its set rebuilt when
     /// only machines changed since, else a reset snapshot.
-    fn resume(&mut self, r: u64) -> Result<()> {
+    fn resume(&mut self, r: u64, compacted_is_error: bool) -> Result<()> {
         self.delivered = r;
-        let store = self.store.clone();
-        let target = self.store.revision();
+        let store = self.store()?.clone();
+        let target = store.revision();
         let Some(mut changes) = self.read_log(r, target)? else {
+            if compacted_is_error {
+                return Err(Error::Compacted {
+                    requested: r,
+                    oldest: store.oldest_logged()?.unwrap_or(target + 1),
+                });
+            }
             let view = store.view();
             return self.snapshot(&view, true);
         };
@@ -783,8 +808,8 @@ mod tests {
         machine(&s, "a", 1);
         machine(&s, "b", 2);
         let opts = MemberOptions {
-            from: None,
             members: true,
+            ..MemberOptions::default()
         };
         let mut w = s.watch_members_with(&filter("rack Eq 1"), opts).unwrap();
         let first = w.poll().unwrap().unwrap();
@@ -933,6 +958,7 @@ mod tests {
         let opts = MemberOptions {
             from: Some(seen),
             members: true,
+            ..MemberOptions::default()
         };
         let mut w = s.watch_members_with(&filter("rack Eq 1"), opts).unwrap();
         let m = w.poll().unwrap().unwrap();
@@ -945,6 +971,15 @@ mod tests {
         let mut w = s.watch_members(&filter("rack Eq 1"), Some(seen)).unwrap();
         let m = w.poll().unwrap().unwrap();
         assert!(m.reset, "the log no longer reaches {seen}: {m:?}");
+        let strict = MemberOptions {
+            from: Some(seen),
+            compacted_is_error: true,
+            ..MemberOptions::default()
+        };
+        assert!(matches!(
+            s.watch_members_with(&filter("rack Eq 1"), strict),
+            Err(Error::Compacted { .. })
+        ));
         assert!(s
             .watch_members(&Filter::all(), Some(s.revision() + 1))
             .is_err());

@@ -268,6 +268,9 @@ enum Verb {
     },
     /// Set a workflow (and meta) on every machine the filter selects.
     WorkflowAll(cluster::WorkflowAllArgs),
+    /// `machines watch-count FILTER… [--members] [--from REV]`: the count
+    /// now, then a JSON line per write that moves a machine in or out.
+    WatchCount(wait::WatchCountArgs),
     /// Meta annotations.
     Meta {
         #[command(subcommand)]
@@ -570,6 +573,7 @@ fn run(cli: Cli) -> Out {
                 seconds(timeout.unwrap_or(3600.0))?,
             ));
         }
+        Verb::WatchCount(args) => return wait::watch_members(&data, open, kind, args),
         Verb::Await { id, expr, timeout } => {
             let f = Filter::from_args(expr)?;
             return waited(wait::machine(
@@ -656,7 +660,7 @@ impl Ctx {
         match verb {
             Verb::Create { .. } => show(create(s, kind, &input)?),
             // Waits never hold the store: `run` handles them before opening it.
-            Verb::Wait { .. } | Verb::Await { .. } => {
+            Verb::Wait { .. } | Verb::Await { .. } | Verb::WatchCount(_) => {
                 Err(Failure::other("wait needs the store released"))
             }
             Verb::Show { id } => show(get(s, kind, &id)?),

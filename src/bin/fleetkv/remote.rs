@@ -695,6 +695,10 @@ impl Remote {
                 );
                 waited(self.long_poll(&path, timeout.unwrap_or(3600.0)).map(drop))
             }
+            Verb::WatchCount(args) => {
+                let (filter, timeout) = args.parse(kind)?;
+                self.watch_members(&filter, args.members, args.from, timeout)
+            }
         }
     }
 
