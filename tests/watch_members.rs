@@ -198,7 +198,7 @@ fn run(filter: &str, ops: &[Op]) {
         set: BTreeSet::new(),
         at: 0,
     };
-    let mut drain = |w: &mut MemberWatch, sub: &mut Subscriber, truth: &BTreeMap<_, _>| {
+    let drain = |w: &mut MemberWatch, sub: &mut Subscriber, truth: &BTreeMap<_, _>| {
         while let Some(m) = w.poll().unwrap() {
             sub.take(&m, truth);
         }
