@@ -687,11 +687,16 @@ impl MemberWatch {
                 j += 1;
             }
             // A machine's state after this revision: its last change in it.
+            // (A bulk write changes thousands of machines in one revision.)
+            let mut slot: HashMap<Uuid, usize> = HashMap::new();
             let mut finals: Vec<usize> = Vec::new();
             for k in i..j {
-                match finals.iter().position(|&f| tail[f].uuid == tail[k].uuid) {
-                    Some(at) => finals[at] = k,
-                    None => finals.push(k),
+                match slot.get(&tail[k].uuid) {
+                    Some(&at) => finals[at] = k,
+                    None => {
+                        slot.insert(tail[k].uuid, finals.len());
+                        finals.push(k);
+                    }
                 }
             }
             let (mut joined, mut left) = (Vec::new(), Vec::new());
@@ -995,6 +1000,25 @@ mod tests {
             .create(ParamDef::new("rack", json!({"type": "integer"})))
             .unwrap();
         assert!(matches!(w.poll(), Err(Error::Filter(_))));
+    }
+
+    #[test]
+    fn a_bulk_write_is_one_message() {
+        let s = Store::in_memory().unwrap();
+        let mut w = s.watch_members(&filter("rack Eq 1"), None).unwrap();
+        drain(&mut w);
+        let batch: Vec<Machine> = (0..5)
+            .map(|i| {
+                let mut m = Machine::new(format!("n{i}"));
+                m.params.insert("rack".into(), json!(i % 2));
+                m
+            })
+            .collect();
+        s.machines().import(batch).unwrap();
+        let got = drain(&mut w);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].count, names(&got[0].joined)), (2, vec!["n1", "n3"]));
+        assert_eq!(got[0].revision, s.revision());
     }
 
     #[test]
