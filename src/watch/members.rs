@@ -690,11 +690,11 @@ impl MemberWatch {
             // (A bulk write changes thousands of machines in one revision.)
             let mut slot: HashMap<Uuid, usize> = HashMap::new();
             let mut finals: Vec<usize> = Vec::new();
-            for k in i..j {
-                match slot.get(&tail[k].uuid) {
+            for (k, c) in tail.iter().enumerate().take(j).skip(i) {
+                match slot.get(&c.uuid) {
                     Some(&at) => finals[at] = k,
                     None => {
-                        slot.insert(tail[k].uuid, finals.len());
+                        slot.insert(c.uuid, finals.len());
                         finals.push(k);
                     }
                 }
