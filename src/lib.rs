@@ -32,4 +32,6 @@ pub use store::{
     Recovery, Store,
 };
 pub use template::{Job, RenderContext, Template, TemplateError, TemplateErrorKind, TokenMinter};
-pub use watch::{Action, CountCondition, Event, Watch};
+pub use watch::{
+    Action, CountCondition, Event, Member, MemberOptions, MemberWatch, Membership, Watch,
+};

@@ -561,6 +561,10 @@ fn every_verb_answers_as_embedded() {
         &["profiles", "show", "example"],
         &["params", "list"],
         &["params", "show", "my/data"],
+        &["machines", "watch-count", "Profiles", "Eq", "example", "--members", "--timeout", "0.3"],
+        &["machines", "watch-count", "--from", "1", "--timeout", "0.3"],
+        &["machines", "watch-count", "Name", "Foo", "x"],
+        &["profiles", "watch-count"],
         // Writes, each applied to both twins.
         &["machines", "create", "{\"Name\":\"m9\",\"Uuid\":\"00000000-0000-4000-8000-000000000009\"}"],
         &["machines", "update", "m9", "{\"Description\":\"nine\"}"],
@@ -740,4 +744,54 @@ fn every_verb_answers_as_embedded() {
         let embedded = no_clock(local(&a, args, None));
         assert_eq!(remote, embedded, "{args:?}");
     }
+}
+
+#[test]
+fn watch_count_prints_each_arrival_alike_embedded_and_through_a_server() {
+    let dir = TempDir::new().unwrap();
+    let (a, server) = twins(dir.path());
+    let server = std::sync::Arc::new(server);
+    let args = [
+        "machines",
+        "watch-count",
+        "Workflow",
+        "Eq",
+        "done",
+        "--members",
+        "--timeout",
+        "4",
+    ];
+    let remote = {
+        let server = server.clone();
+        std::thread::spawn(move || server.cli(&args))
+    };
+    let embedded = {
+        let a = a.clone();
+        std::thread::spawn(move || local(&a, &args, None))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let writes: &[&[&str]] = &[
+        &["machines", "workflow", "m1", "done"],
+        &["machines", "create", "{\"Name\":\"m9\",\"Workflow\":\"done\",\"Uuid\":\"00000000-0000-4000-8000-000000000009\"}"],
+        &["machines", "update", "m9", "{\"Description\":\"moves nothing\"}"],
+        &["machines", "destroy", "m1"],
+    ];
+    for w in writes {
+        assert_eq!(server.cli(w).0, 0, "{w:?}");
+        assert_eq!(local(&a, w, None).0, 0, "{w:?}");
+    }
+    let (remote, embedded) = (remote.join().unwrap(), embedded.join().unwrap());
+    assert_eq!(remote, embedded);
+    let (code, out, err) = remote;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[0]["Snapshot"], true);
+    assert_eq!(lines[1]["Joined"][0]["Name"], "m1");
+    assert_eq!(lines[2]["Joined"][0]["Name"], "m9");
+    assert_eq!(lines[3]["Left"][0]["Name"], "m1");
+    assert_eq!(lines[3]["Count"], lines[0]["Count"].as_u64().unwrap() + 1);
 }

@@ -1254,6 +1254,7 @@ fn openapi_documents_every_route() {
         ("post", "/api/v3/workflow-all"),
         ("post", "/api/v3/machines/{id}/render"),
         ("get", "/api/v3/events"),
+        ("get", "/api/v3/watch/members"),
         ("post", "/api/v3/clusters/{name}"),
         ("get", "/api/v3/clusters/{name}/members"),
         ("head", "/api/v3/clusters/{name}/members"),
@@ -1430,4 +1431,99 @@ fn every_acknowledgement_follows_an_fsync() {
         }
     }
     assert_eq!(answers, writes, "every answer seen in the trace:\n{trace}");
+}
+
+/// Reads server-sent events from `lines` until `n` with data: `(id, data)`.
+fn sse_events(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    n: usize,
+) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut id = String::new();
+    while out.len() < n {
+        let l = lines.next().unwrap().unwrap();
+        if let Some(i) = l.strip_prefix("id: ") {
+            id = i.to_string();
+        }
+        if let Some(d) = l.strip_prefix("data: ") {
+            out.push((id.clone(), serde_json::from_str(d).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn membership_stream_over_sse_resumes_with_last_event_id() {
+    let s = Server::start(&[]);
+    assert_eq!(s.cli(&["machines", "create", "m1"]).0, 0);
+    let url = format!(
+        "{}/api/v3/watch/members?filter=Workflow%20Eq%20done&members=true",
+        s.url
+    );
+    let r = ureq::get(&url)
+        .set("Authorization", &s.bearer())
+        .call()
+        .unwrap();
+    assert!(r
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/event-stream"));
+    let mut lines = BufReader::new(r.into_reader()).lines();
+    let first = sse_events(&mut lines, 1);
+    let (id0, snap) = &first[0];
+    assert_eq!(snap["Snapshot"], true);
+    assert_eq!(
+        (snap["Count"].clone(), snap["Members"].clone()),
+        (json!(0), json!([]))
+    );
+    assert_eq!(id0, &snap["Revision"].to_string());
+
+    assert_eq!(s.cli(&["machines", "workflow", "m1", "done"]).0, 0);
+    let got = sse_events(&mut lines, 1);
+    let (id1, m) = &got[0];
+    assert_eq!(m["Count"], 1);
+    assert_eq!(m["Joined"][0]["Name"], "m1");
+    assert!(m.get("Snapshot").is_none() && m.get("Members").is_none());
+    drop(lines);
+
+    // While nobody listens: m2 joins, m1 leaves.
+    assert_eq!(
+        s.cli(&[
+            "machines",
+            "create",
+            "{\"Name\":\"m2\",\"Workflow\":\"done\"}"
+        ])
+        .0,
+        0
+    );
+    assert_eq!(s.cli(&["machines", "destroy", "m1"]).0, 0);
+    let r = ureq::get(&url)
+        .set("Authorization", &s.bearer())
+        .set("Last-Event-ID", id1)
+        .call()
+        .unwrap();
+    let mut lines = BufReader::new(r.into_reader()).lines();
+    let got = sse_events(&mut lines, 2);
+    assert!(
+        got.iter().all(|(_, m)| m.get("Snapshot").is_none()),
+        "{got:?}"
+    );
+    assert_eq!(got[0].1["Joined"][0]["Name"], "m2");
+    assert_eq!(got[1].1["Left"][0]["Name"], "m1");
+    assert_eq!(got[1].1["Count"], 1);
+    assert!(got[0].0.parse::<u64>().unwrap() > id1.parse::<u64>().unwrap());
+
+    // Bad input, as the other endpoints answer it.
+    let (code, body, _) = s.call("GET", "/watch/members?filter=Name%20Foo%20x", None, &[]);
+    assert_eq!(code, 400, "{body}");
+    assert!(body["Messages"].to_string().contains('^'), "{body}");
+    assert_eq!(
+        s.call("GET", "/watch/members?from=999999", None, &[]).0,
+        400
+    );
+    assert_eq!(s.call("GET", "/events?from=999999", None, &[]).0, 400);
+    assert_eq!(
+        s.call("GET", "/watch/members?members=maybe", None, &[]).0,
+        400
+    );
 }

@@ -396,6 +396,30 @@ impl Index {
         }
     }
 
+    /// Calls `f(id, value)` for each of `ids` that holds a value of `key`
+    /// (a scalar key: one value per object). Walks the key's values, never a
+    /// document: how a membership stream names the machines it reports.
+    pub(crate) fn each_value_within(
+        &self,
+        key: &Key,
+        ids: &RoaringBitmap,
+        mut f: impl FnMut(u32, &ValueKey),
+    ) {
+        let Some(post) = self.keys.get(key) else {
+            return;
+        };
+        let mut left = ids.len();
+        for (v, b) in &post.values {
+            if left == 0 {
+                break;
+            }
+            for id in b.and(ids) {
+                left = left.saturating_sub(1);
+                f(id, v);
+            }
+        }
+    }
+
     /// `ids` in `key` order: by value, then objects without one.
     pub(crate) fn sorted(&self, ids: &RoaringBitmap, key: &Key, d: &dyn Defaults) -> Vec<u32> {
         let (groups, rest) = self.groups(ids, key, d);

@@ -221,6 +221,7 @@ pub struct Info {
         super::leases::campaign,
         super::leases::resign,
         super::leases::leaders,
+        coord::watch_members,
         super::metrics::scrape
     ),
     components(schemas(

@@ -16,6 +16,7 @@
 //! | POST | `/api/v3/workflow-all` `{"Workflow","Filter","Meta"}` | start a workflow on every match (the report) | `machines/update/*` |
 //! | POST | `/api/v3/machines/{id}/render` (text body) | render a Go template (text) | `machines/get/{id}` |
 //! | GET | `/api/v3/events?kind=K&filter=F&from=REV` | events as SSE, id `REV.SEQ`, resumable with `Last-Event-ID` | `K/list/*` |
+//! | GET | `/api/v3/watch/members?filter=F&members=true&from=REV` | a membership stream as SSE (`event: members`, id `REV`), resumable with `Last-Event-ID` | `machines/list/*` |
 //!
 //! Every one is in the OpenAPI document (`/api/v3/openapi.json`): each
 //! handler carries its `#[utoipa::path]`, and the query, body and answer
@@ -499,6 +500,109 @@ pub async fn events(
             let ev = SseEvent::default()
                 .id(format!("{}.{}", next.revision, next.seq))
                 .event("change")
+                .data(data);
+            // Blocks while a slow client's buffer is full; ends when it leaves.
+            if tx.blocking_send(ev).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(app.event_stream(rx))
+}
+
+/// The keys of `GET /api/v3/watch/members`; every other key is a filter,
+/// as in a listing.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct MembersParams {
+    /// Resume after this revision (the `Revision` of the last message
+    /// seen): no snapshot first. Older than the log keeps is a 400
+    /// `Compacted` (a `Last-Event-ID` that old gets a `Reset` snapshot).
+    from: Option<u64>,
+    /// Put the members (`[{"Uuid","Name"}]`) in snapshot messages.
+    members: Option<bool>,
+    /// fleetkv extension: a filter in fleetkv's text form, ANDed with the others.
+    filter: Option<String>,
+}
+
+/// A membership stream as server-sent events: the filter's count (and
+/// members) now, then one message per write that moves a machine in or
+/// out (`Store::watch_members`).
+#[utoipa::path(get, tag = "coordination", path = "/api/v3/watch/members",
+    params(MembersParams,
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "Resume after this message (its `id`, a revision); overrides `from`")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+            description = "An endless `text/event-stream` of `event: members` messages, `id:` the message's revision, `data:` `{\"Revision\",\"Count\",\"Joined\":[{\"Uuid\",\"Name\"}],\"Left\":[…]}`. The first (unless resuming) has `\"Snapshot\": true` (and `Members` when asked); a resume that cannot be told exactly (a profile or definition written since, a compacted log) starts with a snapshot marked `\"Reset\": true`; a message that sums up several revisions (a profile or definition write while the stream was behind) has `\"Coalesced\": true`. If the stream fails (the filter no longer binds after a definition change) an `event: error` whose data is the message ends it. Idle streams get keep-alive comments."),
+        (status = 400, description = "Bad filter or from, or from is compacted or in the future", body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
+        (status = 503, description = "Too many waiting clients (--max-waiters)", body = ApiErrorBody)))]
+pub async fn watch_members(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    // Tokens carry no filter of their own: `machines/list/*` is what any
+    // listing of machines needs.
+    app.auth.authorize(&who, "machines", "list", "")?;
+    let (opts, rest) = take(q.as_deref().unwrap_or(""), &["from", "members"])?;
+    let (filter, _) = listing(&rest)?;
+    let members = match opts.get("members").map(String::as_str) {
+        None | Some("false") => false,
+        Some("" | "true") => true,
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "members {v:?}: expected true or false"
+            )))
+        }
+    };
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let from = match opts.get("from") {
+        Some(f) => Some(
+            f.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("from {f:?}: expected a revision")))?,
+        ),
+        None => None,
+    };
+    let options = crate::MemberOptions {
+        from: last.or(from),
+        members,
+        // An explicit `from` is answered as `/api/v3/events` answers it; a
+        // reconnecting client is better served by a reset snapshot.
+        compacted_is_error: last.is_none(),
+    };
+    let mut watch = app.store.watch_members_with(&filter, options)?;
+    let permit = app.waiter()?;
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let _open = crate::telemetry::OpenStream::open();
+        loop {
+            let next = match watch.next_timeout(Duration::from_secs(15)) {
+                Ok(Some(m)) => m,
+                // Idle: a closed client is noticed on the next send.
+                Ok(None) => {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let _ =
+                        tx.blocking_send(SseEvent::default().event("error").data(e.to_string()));
+                    return;
+                }
+            };
+            let data = serde_json::to_string(&next).unwrap_or_default();
+            let ev = SseEvent::default()
+                .id(next.revision.to_string())
+                .event("members")
                 .data(data);
             // Blocks while a slow client's buffer is full; ends when it leaves.
             if tx.blocking_send(ev).is_err() {

@@ -319,7 +319,7 @@ pub async fn leaders(
                 Ok(Some(l)) => {
                     let ev = SseEvent::default()
                         .id(l.revision.to_string())
-                        .event("change")
+                        .event("leaders")
                         .data(serde_json::to_string(&l).unwrap_or_default());
                     if tx.blocking_send(ev).is_err() {
                         return;

@@ -147,6 +147,7 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
                 .delete(api::destroy),
         )
         .route("/api/v3/events", get(coord::events))
+        .route("/api/v3/watch/members", get(coord::watch_members))
         .route("/api/v3/wait/count", get(coord::count_wait))
         .route("/api/v3/wait/machines/{id}", get(coord::wait_machine))
         .route("/api/v3/clusters/{name}/elect", post(coord::elect))

@@ -23,6 +23,8 @@
 //! - `write` — the write pipeline; `changelog` — the log's part of a write;
 //!   `group_commit` — what is on disk, and waiting for it.
 //! - `list` — listing, queries, shaping.
+//! - `view` — the state at one revision, read-locked, for the membership
+//!   streams (`crate::watch`).
 //! - `metered` — writes recorded by kind and outcome, the scrape-time
 //!   gauges ([`crate::telemetry`]).
 //! - `leases` — leases, what they hold, the guards a machine write can
@@ -68,6 +70,7 @@ mod rebuild;
 mod sled_backend;
 mod stall;
 mod state;
+mod view;
 mod write;
 
 pub use crate::index::GroupCount;
@@ -85,3 +88,4 @@ pub use profiles::Profiles;
 pub(crate) use layout::{job_key, log_position};
 pub(crate) use patch::not_a_patch;
 pub(crate) use state::MachineAddr;
+pub(crate) use view::StateView;

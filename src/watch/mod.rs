@@ -26,6 +26,8 @@
 //! moves machines in or out of a filter through their effective params is
 //! one profile event, not one event per machine.
 
+mod members;
+
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,8 @@ use crate::error::{Error, Result};
 use crate::filter::{Bound, Filter};
 use crate::model::Kind;
 use crate::store::{log_position, Store};
+
+pub use members::{Member, MemberOptions, MemberWatch, Membership};
 
 /// How many events the persisted change log keeps.
 pub const LOG_RETAIN: usize = 100_000;

@@ -283,6 +283,9 @@ enum Verb {
     },
     /// Set a workflow (and meta) on every machine the filter selects.
     WorkflowAll(cluster::WorkflowAllArgs),
+    /// `machines watch-count FILTER… [--members] [--from REV]`: the count
+    /// now, then a JSON line per write that moves a machine in or out.
+    WatchCount(wait::WatchCountArgs),
     /// Meta annotations.
     Meta {
         #[command(subcommand)]
@@ -625,6 +628,7 @@ fn run(cli: Cli) -> Out {
                 seconds(timeout.unwrap_or(3600.0))?,
             ));
         }
+        Verb::WatchCount(args) => return wait::watch_members(&data, open, kind, args),
         Verb::Await { id, expr, timeout } => {
             let f = Filter::from_args(expr)?;
             return waited(wait::machine(
@@ -719,7 +723,7 @@ impl Ctx {
             }
             Verb::Token { .. } => Err(Failure::input("token is handled before the store opens")),
             // Waits never hold the store: `run` handles them before opening it.
-            Verb::Wait { .. } | Verb::Await { .. } => {
+            Verb::Wait { .. } | Verb::Await { .. } | Verb::WatchCount(_) => {
                 Err(Failure::other("wait needs the store released"))
             }
             verb => self.verb(s, kind, verb, input),
@@ -877,7 +881,10 @@ impl Ctx {
                         .map_err(Failure::from),
                 )
             }
-            Verb::WorkflowAll(_) | Verb::Render { .. } | Verb::Token { .. } => Err(Failure::other(
+            Verb::WorkflowAll(_)
+            | Verb::Render { .. }
+            | Verb::Token { .. }
+            | Verb::WatchCount(_) => Err(Failure::other(
                 "this verb is answered by the store's own front end",
             )),
         }

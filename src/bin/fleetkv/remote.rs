@@ -340,6 +340,10 @@ impl Remote {
                 ctx.print(&a.body, None);
                 Ok(())
             }
+            Verb::WatchCount(args) => {
+                let (filter, timeout) = args.parse(kind)?;
+                self.watch_members(&filter, args.members, args.from, timeout)
+            }
             verb => ctx.verb(&self.http, kind, verb, Some(input)),
         }
     }

@@ -1,5 +1,5 @@
-//! Waiting across processes on the embedded store: `watch`, `wait`, `await`
-//! and `count --until`.
+//! Waiting across processes on the embedded store: `watch`, `wait`, `await`,
+//! `count --until` and `machines watch-count`.
 //!
 //! sled lets one process hold a store, so a waiting process must not keep it
 //! open. Each check opens the store, asks, and releases it; between checks
@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fleetkv::{CountCondition, Filter, Kind, Store};
+use fleetkv::{CountCondition, Filter, Kind, MemberOptions, MemberWatch, Store};
 use notify::{RecursiveMode, Watcher};
 
 use super::{open_store, Failure, Open, Out};
@@ -116,6 +116,70 @@ pub(crate) fn watch(
             outln!("{}", serde_json::to_string(&e).unwrap_or_default());
         }
         next = Some(w.next_revision());
+        Ok(None::<()>)
+    });
+    match result {
+        Err(f) if f.code == 5 && timeout.is_some() => Ok(()),
+        other => other,
+    }
+}
+
+/// `machines watch-count FILTER… [--members] [--from REV] [--timeout S]`.
+#[derive(clap::Args)]
+pub(crate) struct WatchCountArgs {
+    /// Filter words (the machines to follow).
+    pub(crate) words: Vec<String>,
+    /// Put the members (`[{"Uuid","Name"}]`) in the first message.
+    #[arg(long)]
+    pub(crate) members: bool,
+    /// Resume after this revision (the `Revision` of the last line seen):
+    /// no snapshot first.
+    #[arg(long, value_name = "REV")]
+    pub(crate) from: Option<u64>,
+    /// Stop after this many seconds (exit 0).
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) timeout: Option<f64>,
+}
+
+impl WatchCountArgs {
+    /// The filter and the timeout; machines only.
+    pub(crate) fn parse(&self, kind: Kind) -> Out<(Filter, Option<Duration>)> {
+        if kind != Kind::Machine {
+            return Err(Failure::input("watch-count follows machines"));
+        }
+        let timeout = self.timeout.map(super::seconds).transpose()?;
+        Ok((Filter::from_args(&self.words)?, timeout))
+    }
+}
+
+/// `machines watch-count`: prints each message as a JSON line, forever (or
+/// until `--timeout`). One stream lives across the checks: each opens the
+/// store afresh and moves the stream to it (dense ids persist, so its set
+/// carries over), so the lines are those one long-lived stream would print
+/// — what a server sends.
+pub(crate) fn watch_members(data: &Path, open: Open, kind: Kind, args: &WatchCountArgs) -> Out<()> {
+    let (filter, timeout) = args.parse(kind)?;
+    let mut stream: Option<MemberWatch> = None;
+    let result = until(data, open, timeout.unwrap_or(Duration::MAX / 4), |s| {
+        let w = match &mut stream {
+            Some(w) => {
+                w.reattach(s)?;
+                w
+            }
+            None => stream.insert(s.watch_members_with(
+                &filter,
+                MemberOptions {
+                    from: args.from,
+                    members: args.members,
+                    compacted_is_error: true,
+                },
+            )?),
+        };
+        while let Some(m) = w.poll()? {
+            outln!("{}", serde_json::to_string(&m).unwrap_or_default());
+        }
+        // The store is closed after each check: the stream must not hold it.
+        w.detach();
         Ok(None::<()>)
     });
     match result {

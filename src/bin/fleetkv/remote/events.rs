@@ -1,5 +1,6 @@
 //! `watch` on a server: the server-sent events of `GET /api/v3/events`,
-//! printed as the JSON lines the embedded `watch` prints.
+//! printed as the JSON lines the embedded `watch` prints; `machines
+//! watch-count` likewise from `GET /api/v3/watch/members`.
 //!
 //! A reader thread holds the stream and parses it ([`Parser`]: the
 //! `text/event-stream` format — `field: value` lines, `:` comments, an empty
@@ -118,18 +119,44 @@ impl Remote {
         if let Some(r) = from {
             path += &format!("&from={r}");
         }
-        self.follow(path, timeout)
+        self.stream(path, "change", timeout)
     }
 
     /// `cluster observe NAME`: the leaders stream of `path`.
     pub fn observe(&self, path: &str, timeout: Option<f64>) -> Out {
         let timeout = timeout.map(crate::seconds).transpose()?;
-        self.follow(format!("{}{path}", self.http.base()), timeout)
+        self.stream(format!("{}{path}", self.http.base()), "leaders", timeout)
     }
 
-    /// Prints the data of each `change` event of the stream at `path` (a
-    /// full URL) as a line, until `timeout` after it opened.
-    fn follow(&self, path: String, timeout: Option<Duration>) -> Out {
+    /// `machines watch-count FILTER… [--members] [--from REV] [--timeout S]`
+    /// on the server: the messages of `GET /api/v3/watch/members`, printed
+    /// as the embedded verb prints them. A reconnect resumes after the last
+    /// message's revision (`Last-Event-ID`).
+    pub fn watch_members(
+        &self,
+        filter: &Filter,
+        members: bool,
+        from: Option<u64>,
+        timeout: Option<Duration>,
+    ) -> Out {
+        let mut path = format!(
+            "{}/watch/members?filter={}",
+            self.http.base(),
+            enc(&filter_text(filter), false)
+        );
+        if members {
+            path += "&members=true";
+        }
+        if let Some(r) = from {
+            path += &format!("&from={r}");
+        }
+        self.stream(path, "members", timeout)
+    }
+
+    /// Prints the data of each `event` event of the stream at `path` as a
+    /// line, reopening the stream after a drop, until `timeout` after it
+    /// first opened.
+    fn stream(&self, path: String, event: &'static str, timeout: Option<Duration>) -> Out {
         let auth = self.http.authorization().map(String::from);
         let open: Opener = match self.http.socket() {
             Some(socket) => {
@@ -189,7 +216,7 @@ impl Remote {
         };
         let (tx, rx) = mpsc::channel();
         let retry_for = self.http.timeout();
-        std::thread::spawn(move || read(&*open, retry_for, &tx));
+        std::thread::spawn(move || read(&*open, event, retry_for, &tx));
         let mut deadline: Option<Instant> = None;
         loop {
             let item = match deadline {
@@ -225,7 +252,7 @@ enum Refused {
 }
 
 /// The reader thread: opens the stream, parses it, reopens it after a drop.
-fn read(open: &Open, retry_for: Duration, tx: &mpsc::Sender<Item>) {
+fn read(open: &Open, event: &str, retry_for: Duration, tx: &mpsc::Sender<Item>) {
     let mut last_id: Option<String> = None;
     let mut opened = false;
     // An `error` event reopens the stream once; two in a row end the watch.
@@ -271,7 +298,7 @@ fn read(open: &Open, retry_for: Duration, tx: &mpsc::Sender<Item>) {
                 last_id = m.id.clone();
             }
             match m.event.as_str() {
-                "change" => {
+                e if e == event => {
                     after_error = None;
                     if tx.send(Item::Line(m.data)).is_err() {
                         return;
