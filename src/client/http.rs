@@ -41,7 +41,7 @@ pub struct Answer {
 /// use fleetkv::Kind;
 /// let server = Http::new("http://127.0.0.1:8092").bearer("TOKEN");
 /// let lease = server.grant_lease(10)?;
-/// let me = server.with_lease(Some(lease.id));
+/// let me = server.clone().with_lease(Some(lease.id));
 /// me.set_param(Kind::Machine, "Name:node-1", "agent/alive", None, true.into())?;
 /// server.keep_alive(lease.id)?;
 /// # Ok::<(), fleetkv::Error>(())
