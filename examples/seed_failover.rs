@@ -185,7 +185,14 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let mut watch = Command::new(bin);
     watch
         .args(["-E", &s.url, "-T", &s.key, "machines", "watch-count"])
-        .args(["cluster/leader", "Eq", "true", "cluster/manager", "Eq", "false"])
+        .args([
+            "cluster/leader",
+            "Eq",
+            "true",
+            "cluster/manager",
+            "Eq",
+            "false",
+        ])
         .args(["Profiles", "Eq", "c1", "--members"]);
     let (_watch, stream) = spawn(watch)?;
 
@@ -264,7 +271,17 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let fenced = |t: u64, v: &str| {
         s.cli(
             bin,
-            &["machines", "set", "manager", "param", "work", "to", v, "--fence", &t.to_string()],
+            &[
+                "machines",
+                "set",
+                "manager",
+                "param",
+                "work",
+                "to",
+                v,
+                "--fence",
+                &t.to_string(),
+            ],
         )
     };
     match fenced(old_token, "\"stale\"")? {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::{unix, Client};
+use crate::cluster::{Leadership, Role};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::model::Kind;
@@ -271,15 +272,32 @@ impl Http {
         Ok(self.call("GET", path, None, &[])?.body)
     }
 
+    /// `HEAD path`: the count the server puts in `X-DRP-List-Count`.
+    fn head_count(&self, path: &str) -> Result<u64> {
+        self.call("HEAD", path, None, &[])?
+            .count
+            .ok_or_else(|| Error::Transport {
+                message: format!(
+                    "{}{path}: no X-DRP-List-Count header in the answer; is this a fleetkv server?",
+                    self.base
+                ),
+                timed_out: false,
+            })
+    }
+
     /// A server-side wait, repeated (each is cut to the server's request
     /// timeout) until it answers or `timeout` passes.
     fn long_poll(&self, path: &str, timeout: Duration) -> Result<Value> {
+        self.long_poll_on("GET", path, timeout)
+    }
+
+    fn long_poll_on(&self, method: &str, path: &str, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let sep = if path.contains('?') { '&' } else { '?' };
             let at = format!("{path}{sep}timeout={:.3}", left.as_secs_f64());
-            match self.call("GET", &at, None, &[]) {
+            match self.call(method, &at, None, &[]) {
                 Err(Error::Timeout) if Instant::now() < deadline => continue,
                 Err(Error::Server { status, .. })
                     if matches!(status, 503 | 504) && Instant::now() < deadline =>
@@ -424,15 +442,7 @@ impl Client for Http {
             kind.plural(),
             query(filter, &ListOptions::default(), &[])
         );
-        self.call("HEAD", &path, None, &[])?
-            .count
-            .ok_or_else(|| Error::Transport {
-                message: format!(
-                    "{}{path}: no X-DRP-List-Count header in the answer; is this a fleetkv server?",
-                    self.base
-                ),
-                timed_out: false,
-            })
+        self.head_count(&path)
     }
 
     fn group_count(&self, kind: Kind, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
@@ -519,6 +529,98 @@ impl Client for Http {
         let path = format!("/leases/{id}");
         decode(&path, self.call("DELETE", &path, None, &[])?.body)
     }
+
+    fn lease(&self, id: LeaseId) -> Result<Lease> {
+        let path = format!("/leases/{id}");
+        decode(&path, self.get_json(&path)?)
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>> {
+        decode("/leases", self.get_json("/leases")?)
+    }
+
+    fn cluster_init(&self, name: &str, filter: Option<&str>) -> Result<Value> {
+        let body = match filter {
+            Some(f) => json!({ "Filter": f }),
+            None => json!({}),
+        };
+        let body = Some(("application/json", &body));
+        Ok(self.call("POST", &cluster(name), body, &[])?.body)
+    }
+
+    fn cluster_add(&self, name: &str, machine: &str) -> Result<Value> {
+        Ok(self.call("POST", &member(name, machine), None, &[])?.body)
+    }
+
+    fn cluster_remove(&self, name: &str, machine: &str) -> Result<Value> {
+        Ok(self.call("DELETE", &member(name, machine), None, &[])?.body)
+    }
+
+    fn cluster_members(
+        &self,
+        name: &str,
+        extra: &Filter,
+        opts: &ListOptions,
+    ) -> Result<Vec<Value>> {
+        let path = format!("{}/members{}", cluster(name), query(extra, opts, &[]));
+        decode(&path, self.get_json(&path)?)
+    }
+
+    fn cluster_count(&self, name: &str, extra: &Filter) -> Result<u64> {
+        let path = format!(
+            "{}/members{}",
+            cluster(name),
+            query(extra, &ListOptions::default(), &[])
+        );
+        self.head_count(&path)
+    }
+
+    fn cluster_role(&self, name: &str, machine: &str) -> Result<Role> {
+        let path = format!("{}/role", member(name, machine));
+        decode(&path, self.get_json(&path)?)
+    }
+
+    fn cluster_set_role(&self, name: &str, machine: &str, role: Role) -> Result<Value> {
+        let path = format!("{}/role", member(name, machine));
+        let word = json!(role);
+        Ok(self
+            .call("PUT", &path, Some(("application/json", &word)), &[])?
+            .body)
+    }
+
+    fn elect(&self, name: &str, leaders: usize) -> Result<Vec<Value>> {
+        let path = format!("{}/elect?leaders={leaders}", cluster(name));
+        decode(&path, self.call("POST", &path, None, &[])?.body)
+    }
+
+    fn campaign(
+        &self,
+        name: &str,
+        machine: &str,
+        lease: LeaseId,
+        leaders: usize,
+        timeout: Duration,
+    ) -> Result<Leadership> {
+        let path = format!(
+            "{}/campaign?machine={}&lease={lease}&leaders={leaders}",
+            cluster(name),
+            enc(machine, false)
+        );
+        decode(&path, self.long_poll_on("POST", &path, timeout)?)
+    }
+
+    fn resign(&self, name: &str, machine: &str) -> Result<Value> {
+        let path = format!("{}/resign?machine={}", cluster(name), enc(machine, false));
+        Ok(self.call("POST", &path, None, &[])?.body)
+    }
+}
+
+fn cluster(name: &str) -> String {
+    format!("/clusters/{}", enc(name, false))
+}
+
+fn member(name: &str, machine: &str) -> String {
+    format!("{}/members/{}", cluster(name), enc(machine, false))
 }
 
 /// Percent-encodes a path segment or query value (`/` kept with

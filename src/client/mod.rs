@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::cluster::{Cluster, Leadership, Role};
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::model::Kind;
@@ -106,6 +107,41 @@ pub trait Client {
     fn keep_alive(&self, id: LeaseId) -> Result<Lease>;
     /// Ends lease `id` and what it holds.
     fn revoke_lease(&self, id: LeaseId) -> Result<Lease>;
+    /// Lease `id`.
+    fn lease(&self, id: LeaseId) -> Result<Lease>;
+    /// Every lease.
+    fn leases(&self) -> Result<Vec<Lease>>;
+
+    /// Creates or completes cluster profile `name` ([`Cluster::init`]);
+    /// returns the profile.
+    fn cluster_init(&self, name: &str, filter: Option<&str>) -> Result<Value>;
+    /// Adds the cluster profile to `machine`; returns the machine.
+    fn cluster_add(&self, name: &str, machine: &str) -> Result<Value>;
+    /// Removes the cluster profile from `machine`; returns the machine.
+    fn cluster_remove(&self, name: &str, machine: &str) -> Result<Value>;
+    /// The members matching `extra` too, shaped by `opts`.
+    fn cluster_members(&self, name: &str, extra: &Filter, opts: &ListOptions)
+        -> Result<Vec<Value>>;
+    /// How many members match `extra` too.
+    fn cluster_count(&self, name: &str, extra: &Filter) -> Result<u64>;
+    /// A member's role.
+    fn cluster_role(&self, name: &str, machine: &str) -> Result<Role>;
+    /// Sets a member's role; returns the machine.
+    fn cluster_set_role(&self, name: &str, machine: &str, role: Role) -> Result<Value>;
+    /// Makes sure `leaders` non-manager members lead ([`Cluster::elect`]).
+    fn elect(&self, name: &str, leaders: usize) -> Result<Vec<Value>>;
+    /// Blocks until `machine` holds one of `leaders` slots under `lease`
+    /// ([`Cluster::campaign`]).
+    fn campaign(
+        &self,
+        name: &str,
+        machine: &str,
+        lease: LeaseId,
+        leaders: usize,
+        timeout: Duration,
+    ) -> Result<Leadership>;
+    /// Gives up `machine`'s leadership; returns the machine.
+    fn resign(&self, name: &str, machine: &str) -> Result<Value>;
 }
 
 /// The param's value in an object as written.
@@ -120,6 +156,17 @@ fn param_of(obj: &Value, key: &str) -> Value {
 trait Embedded {
     fn store_of(&self) -> &Store;
     fn allow(&self, scope: &str, action: &str, id: &str) -> Result<()>;
+
+    /// The store for a cluster verb: they write many machines, so they need
+    /// `machines/update/*`.
+    fn cluster_store(&self) -> Result<&Store> {
+        self.allow("machines", "update", "*")?;
+        Ok(self.store_of())
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 impl Embedded for Store {
@@ -239,6 +286,71 @@ macro_rules! embedded_client {
             fn revoke_lease(&self, id: LeaseId) -> Result<Lease> {
                 self.allow("leases", "delete", "*")?;
                 self.store_of().leases().revoke(id)
+            }
+            fn lease(&self, id: LeaseId) -> Result<Lease> {
+                self.allow("leases", "get", "*")?;
+                self.store_of().leases().get(id)
+            }
+            fn leases(&self) -> Result<Vec<Lease>> {
+                self.allow("leases", "list", "*")?;
+                Ok(self.store_of().leases().list())
+            }
+            fn cluster_init(&self, name: &str, filter: Option<&str>) -> Result<Value> {
+                let s = self.cluster_store()?;
+                Cluster::init(s, name, filter)?;
+                Ok(to_json(&s.profiles().get(name)?))
+            }
+            fn cluster_add(&self, name: &str, machine: &str) -> Result<Value> {
+                let s = self.cluster_store()?;
+                Ok(to_json(&Cluster::open(s, name)?.add(machine)?))
+            }
+            fn cluster_remove(&self, name: &str, machine: &str) -> Result<Value> {
+                let s = self.cluster_store()?;
+                Ok(to_json(&Cluster::open(s, name)?.remove(machine)?))
+            }
+            fn cluster_members(
+                &self,
+                name: &str,
+                extra: &Filter,
+                opts: &ListOptions,
+            ) -> Result<Vec<Value>> {
+                let s = self.cluster_store()?;
+                Cluster::open(s, name)?.members(extra.clone(), opts)
+            }
+            fn cluster_count(&self, name: &str, extra: &Filter) -> Result<u64> {
+                let s = self.cluster_store()?;
+                Cluster::open(s, name)?.count(extra.clone())
+            }
+            fn cluster_role(&self, name: &str, machine: &str) -> Result<Role> {
+                let s = self.cluster_store()?;
+                Cluster::open(s, name)?.role(machine)
+            }
+            fn cluster_set_role(&self, name: &str, machine: &str, role: Role) -> Result<Value> {
+                let s = self.cluster_store()?;
+                Ok(to_json(&Cluster::open(s, name)?.set_role(machine, role)?))
+            }
+            fn elect(&self, name: &str, leaders: usize) -> Result<Vec<Value>> {
+                let s = self.cluster_store()?;
+                Ok(Cluster::open(s, name)?
+                    .elect(leaders)?
+                    .iter()
+                    .map(to_json)
+                    .collect())
+            }
+            fn campaign(
+                &self,
+                name: &str,
+                machine: &str,
+                lease: LeaseId,
+                leaders: usize,
+                timeout: Duration,
+            ) -> Result<Leadership> {
+                let s = self.cluster_store()?;
+                Cluster::open(s, name)?.campaign(machine, lease, leaders, timeout)
+            }
+            fn resign(&self, name: &str, machine: &str) -> Result<Value> {
+                let s = self.cluster_store()?;
+                Ok(to_json(&Cluster::open(s, name)?.resign(machine)?))
             }
         }
     };

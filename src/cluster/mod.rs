@@ -110,7 +110,7 @@ pub const FENCE_TOKEN_PARAM: &str = "cluster/fence-token";
 const ELECT_ATTEMPTS: u32 = 64;
 
 /// A member's built-in role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// `cluster/manager` true.

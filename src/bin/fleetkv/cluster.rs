@@ -2,6 +2,7 @@
 //! pattern's verbs on [`fleetkv::Cluster`] and [`fleetkv::start_workflow`].
 
 use clap::{Args, Subcommand, ValueEnum};
+use fleetkv::client::Client;
 use fleetkv::{Cluster, Error, Filter, Kind, Role, Store};
 use serde_json::{json, Value};
 
@@ -124,49 +125,41 @@ impl WorkflowAllArgs {
     }
 }
 
-/// Runs one cluster verb.
-pub fn run(ctx: &Ctx, s: &Store, verb: ClusterVerb) -> Out {
+/// Runs one cluster verb through a client, embedded or remote (`observe`
+/// is a stream: the caller answers it).
+pub fn run(ctx: &Ctx, c: &dyn Client, verb: ClusterVerb) -> Out {
     let show = |v: Value| {
         ctx.print(&v, Some(Kind::Machine));
         Ok(())
     };
     match verb {
         ClusterVerb::Init { name, filter } => {
-            Cluster::init(s, &name, filter.as_deref())?;
-            ctx.print(&to_value(s.profiles().get(&name)?), Some(Kind::Profile));
+            ctx.print(
+                &c.cluster_init(&name, filter.as_deref())?,
+                Some(Kind::Profile),
+            );
             Ok(())
         }
-        ClusterVerb::Add { name, machine } => {
-            show(to_value(Cluster::open(s, &name)?.add(&machine)?))
-        }
-        ClusterVerb::Remove { name, machine } => {
-            show(to_value(Cluster::open(s, &name)?.remove(&machine)?))
-        }
+        ClusterVerb::Add { name, machine } => show(c.cluster_add(&name, &machine)?),
+        ClusterVerb::Remove { name, machine } => show(c.cluster_remove(&name, &machine)?),
         ClusterVerb::Members { name, list } => {
             let (extra, opts) = listing(Kind::Machine, &list)?;
-            show(Value::Array(
-                Cluster::open(s, &name)?.members(extra, &opts)?,
-            ))
+            show(Value::Array(c.cluster_members(&name, &extra, &opts)?))
         }
         ClusterVerb::Count { name, list } => {
             let (extra, _) = listing(Kind::Machine, &list)?;
-            outln!("{}", Cluster::open(s, &name)?.count(extra)?);
+            outln!("{}", c.cluster_count(&name, &extra)?);
             Ok(())
         }
         ClusterVerb::Role {
             name,
             machine,
             role,
-        } => {
-            let c = Cluster::open(s, &name)?;
-            match role {
-                None => show(json!(c.role(&machine)?)),
-                Some(role) => show(to_value(c.set_role(&machine, role.into())?)),
-            }
-        }
-        ClusterVerb::Elect { name, leaders } => {
-            show(to_value(Cluster::open(s, &name)?.elect(leaders)?))
-        }
+        } => match role {
+            None => show(json!(c.cluster_role(&name, &machine)?)),
+            Some(role) => show(c.cluster_set_role(&name, &machine, role.into())?),
+        },
+        ClusterVerb::Elect { name, leaders } => show(Value::Array(c.elect(&name, leaders)?)),
         ClusterVerb::Campaign {
             name,
             machine,
@@ -176,30 +169,30 @@ pub fn run(ctx: &Ctx, s: &Store, verb: ClusterVerb) -> Out {
             let lease = ctx
                 .lease
                 .ok_or_else(|| Failure::input("campaign needs --lease ID"))?;
-            let won =
-                Cluster::open(s, &name)?.campaign(&machine, lease, leaders, seconds(timeout)?)?;
+            let won = c.campaign(&name, &machine, lease, leaders, seconds(timeout)?)?;
             ctx.print(&to_value(won), None);
             Ok(())
         }
-        ClusterVerb::Resign { name, machine } => {
-            show(to_value(Cluster::open(s, &name)?.resign(&machine)?))
+        ClusterVerb::Resign { name, machine } => show(c.resign(&name, &machine)?),
+        ClusterVerb::Observe { .. } => Err(Failure::other("observe is a stream")),
+    }
+}
+
+/// `cluster observe NAME` on an embedded store.
+pub fn observe(s: &Store, name: &str, timeout: Option<f64>) -> Out {
+    let mut watch = Cluster::open(s, name)?.observe();
+    let end = timeout
+        .map(|t| seconds(t).map(|d| std::time::Instant::now() + d))
+        .transpose()?;
+    loop {
+        let left = end.map_or(Duration::from_secs(3600), |e| {
+            e.saturating_duration_since(std::time::Instant::now())
+        });
+        if let Some(l) = watch.next_timeout(left)? {
+            outln!("{}", serde_json::to_string(&l).unwrap_or_default());
         }
-        ClusterVerb::Observe { name, timeout } => {
-            let mut watch = Cluster::open(s, &name)?.observe();
-            let end = timeout
-                .map(|t| seconds(t).map(|d| std::time::Instant::now() + d))
-                .transpose()?;
-            loop {
-                let left = end.map_or(Duration::from_secs(3600), |e| {
-                    e.saturating_duration_since(std::time::Instant::now())
-                });
-                if let Some(l) = watch.next_timeout(left)? {
-                    outln!("{}", serde_json::to_string(&l).unwrap_or_default());
-                }
-                if end.is_some_and(|e| std::time::Instant::now() >= e) {
-                    return Ok(());
-                }
-            }
+        if end.is_some_and(|e| std::time::Instant::now() >= e) {
+            return Ok(());
         }
     }
 }

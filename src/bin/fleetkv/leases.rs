@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use fleetkv::{Error, Lease, Store};
+use fleetkv::client::Client;
+use fleetkv::{Error, Lease};
 
 use super::{to_value, Ctx, Failure, Out};
 
@@ -59,21 +60,19 @@ pub fn keep_alive(ctx: &Ctx, once: bool, mut renew: impl FnMut() -> Out<Lease>) 
     }
 }
 
-/// Runs one lease verb on an embedded store.
-pub fn run(ctx: &Ctx, s: &Store, verb: LeaseVerb) -> Out {
+/// Runs one lease verb through a client, embedded or remote.
+pub fn run(ctx: &Ctx, c: &dyn Client, verb: LeaseVerb) -> Out {
     let show = |l: Lease| {
         ctx.print(&to_value(l), None);
         Ok(())
     };
     match verb {
-        LeaseVerb::Grant { ttl: t } => show(s.leases().grant(ttl(t)?)?),
-        LeaseVerb::Keepalive { id, once } => {
-            keep_alive(ctx, once, || Ok(s.leases().keep_alive(id)?))
-        }
-        LeaseVerb::Revoke { id } => show(s.leases().revoke(id)?),
-        LeaseVerb::Show { id } => show(s.leases().get(id)?),
+        LeaseVerb::Grant { ttl: t } => show(c.grant_lease(ttl(t)?)?),
+        LeaseVerb::Keepalive { id, once } => keep_alive(ctx, once, || Ok(c.keep_alive(id)?)),
+        LeaseVerb::Revoke { id } => show(c.revoke_lease(id)?),
+        LeaseVerb::Show { id } => show(c.lease(id)?),
         LeaseVerb::List => {
-            ctx.print(&to_value(s.leases().list()), None);
+            ctx.print(&to_value(c.leases()?), None);
             Ok(())
         }
     }

@@ -557,8 +557,7 @@ fn run(cli: Cli) -> Out {
                 return r.leases(&ctx, verb);
             }
             return with_store(&data, open, |s| {
-                let s = auth::access(s, cli.token.as_deref())?.authorize("leases", "*", "*")?;
-                leases::run(&ctx, s, verb)
+                leases::run(&ctx, &auth::access(s, cli.token.as_deref())?, verb)
             });
         }
         Cmd::Cluster { verb } if remote.is_some() => {
@@ -580,9 +579,14 @@ fn run(cli: Cli) -> Out {
             ctx.no_ref("cluster")?;
             // Cluster verbs write many machines: a token needs machines/update/*.
             return with_store(&data, open, |s| {
-                let store =
-                    auth::access(s, cli.token.as_deref())?.authorize("machines", "update", "*")?;
-                cluster::run(&ctx, store, verb)
+                let scoped = auth::access(s, cli.token.as_deref())?;
+                match verb {
+                    cluster::ClusterVerb::Observe { name, timeout } => {
+                        let store = scoped.authorize("machines", "list", "*")?;
+                        cluster::observe(store, &name, timeout)
+                    }
+                    verb => cluster::run(&ctx, &scoped, verb),
+                }
             });
         }
         Cmd::Export => {

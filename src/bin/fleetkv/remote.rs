@@ -18,7 +18,7 @@ use fleetkv::Error;
 
 use super::cluster::ClusterVerb;
 use super::leases::{self, LeaseVerb};
-use super::{listing, Ctx, Failure, ListArgs, Out, Verb};
+use super::{Ctx, Failure, Out, Verb};
 
 /// Largest body one import request carries: a bigger document goes in
 /// parts of whole objects (the server's `--max-body-bytes` is 4 MiB by
@@ -278,25 +278,6 @@ impl Remote {
             .map_err(|e| (status_of(&e), Failure::from(e)))
     }
 
-    /// `cluster elect NAME --leaders N` on the server.
-    pub fn elect(&self, ctx: &Ctx, name: &str, leaders: usize) -> Out {
-        let a = self.call(
-            "POST",
-            &format!("/clusters/{}/elect?leaders={leaders}", enc(name, false)),
-            None,
-            &[],
-        )?;
-        ctx.print(&a.body, Some(Kind::Machine));
-        Ok(())
-    }
-
-    /// `HEAD path`: the count the server puts in `X-DRP-List-Count`.
-    fn count(&self, path: &str) -> Out<u64> {
-        self.call("HEAD", path, None, &[])?
-            .count
-            .ok_or_else(|| garbage(path, "no X-DRP-List-Count header in the answer"))
-    }
-
     fn get(&self, path: &str) -> Out<Value> {
         Ok(self.call("GET", path, None, &[])?.body)
     }
@@ -536,133 +517,20 @@ impl Remote {
         }
     }
 
-    /// The cluster verbs on the server (`/api/v3/clusters/{name}/…`).
+    /// The cluster verbs on the server: `observe` is an event stream; the
+    /// rest are the client's calls.
     pub fn cluster(&self, ctx: &Ctx, verb: ClusterVerb) -> Out {
-        let show = |v: Value| {
-            ctx.print(&v, Some(Kind::Machine));
-            Ok(())
-        };
-        let at = |name: &str| format!("/clusters/{}", enc(name, false));
-        let member = |name: &str, m: &str| format!("{}/members/{}", at(name), enc(m, false));
         match verb {
-            ClusterVerb::Init { name, filter } => {
-                let body = match filter {
-                    Some(f) => json!({ "Filter": f }),
-                    None => json!({}),
-                };
-                let a = self.call("POST", &at(&name), Some(("application/json", &body)), &[])?;
-                ctx.print(&a.body, Some(Kind::Profile));
-                Ok(())
-            }
-            ClusterVerb::Add { name, machine } => {
-                show(self.call("POST", &member(&name, &machine), None, &[])?.body)
-            }
-            ClusterVerb::Remove { name, machine } => show(
-                self.call("DELETE", &member(&name, &machine), None, &[])?
-                    .body,
-            ),
-            ClusterVerb::Members { name, list } => {
-                let q = query(Kind::Machine, &list)?;
-                show(self.get(&format!("{}/members{q}", at(&name)))?)
-            }
-            ClusterVerb::Count { name, list } => {
-                let q = query(Kind::Machine, &list)?;
-                outln!("{}", self.count(&format!("{}/members{q}", at(&name)))?);
-                Ok(())
-            }
-            ClusterVerb::Role {
-                name,
-                machine,
-                role,
-            } => {
-                let path = format!("{}/role", member(&name, &machine));
-                let Some(role) = role else {
-                    return show(self.get(&path)?);
-                };
-                let word = json!(fleetkv::Role::from(role));
-                show(
-                    self.call("PUT", &path, Some(("application/json", &word)), &[])?
-                        .body,
-                )
-            }
-            ClusterVerb::Elect { name, leaders } => self.elect(ctx, &name, leaders),
-            ClusterVerb::Campaign {
-                name,
-                machine,
-                leaders,
-                timeout,
-            } => {
-                let lease = ctx
-                    .lease
-                    .ok_or_else(|| Failure::input("campaign needs --lease ID"))?;
-                let path = format!(
-                    "{}/campaign?machine={}&lease={lease}&leaders={leaders}",
-                    at(&name),
-                    enc(&machine, false)
-                );
-                let won = self.long_poll_post(&path, timeout)?;
-                ctx.print(&won, None);
-                Ok(())
-            }
-            ClusterVerb::Resign { name, machine } => show(
-                self.call(
-                    "POST",
-                    &format!("{}/resign?machine={}", at(&name), enc(&machine, false)),
-                    None,
-                    &[],
-                )?
-                .body,
-            ),
             ClusterVerb::Observe { name, timeout } => {
-                self.observe(&format!("{}/leaders", at(&name)), timeout)
+                self.observe(&format!("/clusters/{}/leaders", enc(&name, false)), timeout)
             }
+            verb => super::cluster::run(ctx, &self.http, verb),
         }
     }
 
     /// `leases …` on the server.
     pub fn leases(&self, ctx: &Ctx, verb: LeaseVerb) -> Out {
-        let show = |v: Value| {
-            ctx.print(&v, None);
-            Ok(())
-        };
-        match verb {
-            LeaseVerb::Grant { ttl } => {
-                let body = json!({ "TTL": leases::ttl(ttl)? });
-                show(
-                    self.call("POST", "/leases", Some(("application/json", &body)), &[])?
-                        .body,
-                )
-            }
-            LeaseVerb::Keepalive { id, once } => leases::keep_alive(ctx, once, || {
-                let a = self.call("POST", &format!("/leases/{id}/keepalive"), None, &[])?;
-                serde_json::from_value(a.body)
-                    .map_err(|e| garbage("/leases", &format!("not a lease: {e}")))
-            }),
-            LeaseVerb::Revoke { id } => show(
-                self.call("DELETE", &format!("/leases/{id}"), None, &[])?
-                    .body,
-            ),
-            LeaseVerb::Show { id } => show(self.get(&format!("/leases/{id}"))?),
-            LeaseVerb::List => show(self.get("/leases")?),
-        }
-    }
-
-    /// A blocking POST the server cuts to its request timeout, repeated
-    /// until it answers or `seconds` pass (exit 5).
-    fn long_poll_post(&self, path: &str, seconds: f64) -> Out<Value> {
-        let deadline = std::time::Instant::now()
-            + Duration::try_from_secs_f64(seconds)
-                .map_err(|_| Failure::input(format!("{seconds}: expected seconds")))?;
-        loop {
-            let left = deadline
-                .saturating_duration_since(std::time::Instant::now())
-                .as_secs_f64();
-            match self.call("POST", &format!("{path}&timeout={left:.3}"), None, &[]) {
-                Err(f) if f.code == 5 && std::time::Instant::now() < deadline => continue,
-                Err(f) if f.code == 5 => return Err(Failure::timeout()),
-                other => return other.map(|a| a.body),
-            }
-        }
+        leases::run(ctx, &self.http, verb)
     }
 }
 
@@ -726,56 +594,6 @@ fn transport(url: &str, t: &ureq::Transport) -> Failure {
 
 fn unreachable(url: &str, e: &std::io::Error) -> Failure {
     Failure::from(fleetkv::client::unreachable(url, e))
-}
-
-/// An answer that is not what a fleetkv server sends.
-fn garbage(path: &str, what: &str) -> Failure {
-    Failure {
-        code: 1,
-        msg: format!("{path}: {what}; is this a fleetkv server?"),
-    }
-}
-
-/// The list/count query string: listing keys plus the filter in fleetkv's
-/// text form (parsed here first, so a bad filter fails as it does embedded).
-fn query(kind: Kind, args: &ListArgs) -> Out<String> {
-    let (filter, opts) = listing(kind, args)?;
-    let mut q: Vec<String> = Vec::new();
-    if !filter.is_all() {
-        q.push(format!("filter={}", enc(&filter_text(&filter), false)));
-    }
-    if let Some(s) = &opts.sort {
-        q.push(format!("sort={}", enc(s, false)));
-    }
-    if let Some(l) = opts.limit {
-        q.push(format!("limit={l}"));
-    }
-    if opts.offset > 0 {
-        q.push(format!("offset={}", opts.offset));
-    }
-    if opts.reverse {
-        q.push("reverse=true".into());
-    }
-    if !opts.slim.is_empty() {
-        q.push(format!("slim={}", enc(&opts.slim.join(","), false)));
-    }
-    if let Some(p) = &opts.params {
-        q.push(format!("params={}", enc(&p.join(","), false)));
-    }
-    if opts.aggregate {
-        q.push("aggregate=true".into());
-    }
-    for key in &args.group_by {
-        q.push(format!("group-by={}", enc(key, false)));
-    }
-    if !args.group_by.is_empty() {
-        q.push("range-only=true".into());
-    }
-    Ok(if q.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", q.join("&"))
-    })
 }
 
 fn filter_text(f: &Filter) -> String {
