@@ -689,27 +689,31 @@ impl<'a> Scoped<'a> {
 
     /// Machines, checked against scope `machines`.
     pub fn machines(&self) -> ScopedMachines<'_> {
-        ScopedMachines {
-            store: self.store,
-            claims: &self.claims,
-            lease: self.lease,
-            fence: self.fence.clone(),
-        }
+        self.kind(crate::model::Kind::Machine)
     }
 
     /// Profiles, checked against scope `profiles`.
     pub fn profiles(&self) -> ScopedProfiles<'_> {
-        ScopedProfiles {
-            store: self.store,
-            claims: &self.claims,
-        }
+        self.kind(crate::model::Kind::Profile)
     }
 
     /// Param definitions, checked against scope `params`.
     pub fn params(&self) -> ScopedParams<'_> {
-        ScopedParams {
-            store: self.store,
-            claims: &self.claims,
+        self.kind(crate::model::Kind::Param)
+    }
+
+    fn kind<T>(&self, kind: crate::model::Kind) -> ScopedKind<'_, T> {
+        ScopedKind {
+            objects: ScopedObjects {
+                store: self.store,
+                claims: &self.claims,
+                objects: self
+                    .store
+                    .objects_unchecked(kind)
+                    .with_lease(self.lease)
+                    .with_fence(self.fence.clone()),
+            },
+            kind: std::marker::PhantomData,
         }
     }
 }
@@ -822,312 +826,132 @@ impl ScopedObjects<'_> {
     }
 }
 
-/// [`crate::store::Machines`] behind a claims check.
-pub struct ScopedMachines<'a> {
-    store: &'a Store,
-    claims: &'a TokenClaims,
-    lease: Option<crate::store::LeaseId>,
-    fence: Option<crate::store::Fence>,
+/// One collection behind a claims check, with the typed objects of kind `T`
+/// ([`Machine`], [`Profile`], [`ParamDef`]): [`ScopedObjects`] with each
+/// document read as `T`.
+pub struct ScopedKind<'a, T> {
+    objects: ScopedObjects<'a>,
+    kind: std::marker::PhantomData<T>,
 }
 
-/// [`crate::store::Profiles`] behind a claims check.
-pub struct ScopedProfiles<'a> {
-    store: &'a Store,
-    claims: &'a TokenClaims,
-}
-
-/// [`crate::store::Params`] behind a claims check.
-pub struct ScopedParams<'a> {
-    store: &'a Store,
-    claims: &'a TokenClaims,
-}
+/// Machines behind a claims check.
+pub type ScopedMachines<'a> = ScopedKind<'a, Machine>;
+/// Profiles behind a claims check.
+pub type ScopedProfiles<'a> = ScopedKind<'a, Profile>;
+/// Param definitions behind a claims check.
+pub type ScopedParams<'a> = ScopedKind<'a, ParamDef>;
 
 const M: &str = "machines";
 const P: &str = "profiles";
-const D: &str = "params";
 
-impl ScopedMachines<'_> {
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| Error::Corrupt {
+        key: "object".into(),
+        reason: e.to_string(),
+    })
+}
+
+fn json_of<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> ScopedKind<'_, T> {
+    /// `create` on the new object's Name (or a machine's Uuid).
+    pub fn create(&self, obj: T) -> Result<T> {
+        typed(self.objects.create(json_of(&obj))?)
+    }
+    /// `get`.
+    pub fn get(&self, id: &str) -> Result<T> {
+        typed(self.objects.get(id)?)
+    }
+    /// `get`.
+    pub fn exists(&self, id: &str) -> Result<bool> {
+        self.objects.exists(id)
+    }
+    /// `list` on `*`.
+    pub fn list_all(&self) -> Result<Vec<T>> {
+        let all = self.objects.list(&Filter::all(), &ListOptions::default())?;
+        all.into_iter().map(typed).collect()
+    }
+    /// `list` on `*`.
+    pub fn count(&self, filter: &Filter) -> Result<u64> {
+        self.objects.count(filter)
+    }
+    /// `list` on `*`.
+    pub fn group_count(&self, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
+        self.objects.group_count(filter, by)
+    }
+    /// `list` on `*`.
+    pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
+        self.objects.list(filter, opts)
+    }
+    /// `update`.
+    pub fn replace(&self, id: &str, obj: T) -> Result<T> {
+        typed(self.objects.replace(id, json_of(&obj))?)
+    }
+    /// `update`.
+    pub fn update(&self, id: &str, merge: &Value) -> Result<T> {
+        typed(self.objects.merge(id, merge)?)
+    }
+    /// `update`.
+    pub fn update_from(&self, id: &str, reference: &Value, desired: &Value) -> Result<T> {
+        typed(self.objects.update_from(id, reference, desired)?)
+    }
+    /// `patch`.
+    pub fn patch(&self, id: &str, ops: &Value) -> Result<T> {
+        typed(self.objects.patch(id, ops)?)
+    }
+    /// `param-set`.
+    pub fn set_param(&self, id: &str, key: &str, value: Value) -> Result<T> {
+        typed(self.objects.set_param(id, key, None, value)?)
+    }
+    /// `param-set`.
+    pub fn set_param_if(
+        &self,
+        id: &str,
+        key: &str,
+        expected: Option<&Value>,
+        value: Value,
+    ) -> Result<T> {
+        typed(self.objects.set_param(id, key, Some(expected), value)?)
+    }
+    /// `param-set`.
+    pub fn remove_param(&self, id: &str, key: &str) -> Result<Option<Value>> {
+        self.objects.remove_param(id, key)
+    }
+    /// `get`.
+    pub fn params(&self, id: &str, aggregate: bool) -> Result<Map<String, Value>> {
+        self.objects.params(id, aggregate)
+    }
+    /// `get`.
+    pub fn get_param(&self, id: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
+        self.objects.get_param(id, key, aggregate)
+    }
+    /// `delete`.
+    pub fn delete(&self, id: &str) -> Result<T> {
+        typed(self.objects.delete(id)?)
+    }
+}
+
+impl ScopedKind<'_, Machine> {
     /// Writes under lease `id` ([`crate::store::Machines::with_lease`]).
     pub fn with_lease(mut self, id: crate::store::LeaseId) -> Self {
-        self.lease = Some(id);
+        self.objects.objects = self.objects.objects.with_lease(Some(id));
         self
     }
 
     /// Writes only while `fence` holds ([`crate::store::Machines::with_fence`]).
     pub fn with_fence(mut self, fence: crate::store::Fence) -> Self {
-        self.fence = Some(fence);
+        self.objects.objects = self.objects.objects.with_fence(Some(fence));
         self
     }
 
-    /// The store's handle with this one's lease and fence.
-    fn handle(&self) -> crate::store::Machines<'_> {
-        let mut m = self.store.machines();
-        if let Some(l) = self.lease {
-            m = m.with_lease(l);
-        }
-        if let Some(f) = &self.fence {
-            m = m.with_fence(f.clone());
-        }
-        m
-    }
-
-    /// Checks `action` on the machine at `addr` ([`TokenClaims::authorize`]).
-    fn check(&self, action: &str, addr: &str) -> Result<()> {
-        self.claims.authorize(self.store, M, action, addr)
-    }
-
-    fn check_new(&self, m: &Machine) -> Result<()> {
-        self.claims.authorize_new(M, &m.name, Some(&m.uuid))
-    }
-
-    /// `create` on the new machine's Name (or Uuid).
-    pub fn create(&self, m: Machine) -> Result<Machine> {
-        self.check_new(&m)?;
-        self.handle().create(m)
-    }
-    /// `get`.
-    pub fn get(&self, addr: &str) -> Result<Machine> {
-        self.check("get", addr)?;
-        self.handle().get(addr)
-    }
-    /// `get`.
-    pub fn exists(&self, addr: &str) -> Result<bool> {
-        self.check("get", addr)?;
-        self.handle().exists(addr)
-    }
-    /// `list` on `*`.
-    pub fn list_all(&self) -> Result<Vec<Machine>> {
-        self.claims.check(M, "list", "*")?;
-        self.handle().list_all()
-    }
-    /// `list` on `*`.
-    pub fn count(&self, filter: &Filter) -> Result<u64> {
-        self.claims.check(M, "list", "*")?;
-        self.handle().count(filter)
-    }
-    /// `list` on `*`.
-    pub fn group_count(&self, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
-        self.claims.check(M, "list", "*")?;
-        self.handle().group_count(filter, by)
-    }
-    /// `list` on `*`.
-    pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
-        self.claims.check(M, "list", "*")?;
-        self.handle().list(filter, opts)
-    }
-    /// `update`.
-    pub fn replace(&self, addr: &str, m: Machine) -> Result<Machine> {
-        self.check("update", addr)?;
-        self.handle().replace(addr, m)
-    }
-    /// `update`.
-    pub fn update(&self, addr: &str, merge: &Value) -> Result<Machine> {
-        self.check("update", addr)?;
-        self.handle().update(addr, merge)
-    }
-    /// `update`.
-    pub fn update_from(&self, addr: &str, reference: &Value, desired: &Value) -> Result<Machine> {
-        self.check("update", addr)?;
-        self.handle().update_from(addr, reference, desired)
-    }
-    /// `patch`.
-    pub fn patch(&self, addr: &str, ops: &Value) -> Result<Machine> {
-        self.check("patch", addr)?;
-        self.handle().patch(addr, ops)
-    }
     /// `patch` on every machine named (all checked before anything is written).
     pub fn patch_many(&self, patches: &[(String, Value)]) -> Result<Vec<Machine>> {
         for (addr, _) in patches {
-            self.check("patch", addr)?;
+            self.objects.check("patch", addr)?;
         }
-        self.handle().patch_many(patches)
-    }
-    /// `param-set`.
-    pub fn set_param(&self, addr: &str, key: &str, value: Value) -> Result<Machine> {
-        self.check("param-set", addr)?;
-        self.handle().set_param(addr, key, value)
-    }
-    /// `param-set`.
-    pub fn set_param_if(
-        &self,
-        addr: &str,
-        key: &str,
-        expected: Option<&Value>,
-        value: Value,
-    ) -> Result<Machine> {
-        self.check("param-set", addr)?;
-        self.store
-            .machines()
-            .set_param_if(addr, key, expected, value)
-    }
-    /// `param-set`.
-    pub fn remove_param(&self, addr: &str, key: &str) -> Result<Option<Value>> {
-        self.check("param-set", addr)?;
-        self.handle().remove_param(addr, key)
-    }
-    /// `get`.
-    pub fn params(&self, addr: &str, aggregate: bool) -> Result<Map<String, Value>> {
-        self.check("get", addr)?;
-        self.handle().params(addr, aggregate)
-    }
-    /// `get`.
-    pub fn get_param(&self, addr: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
-        self.check("get", addr)?;
-        self.handle().get_param(addr, key, aggregate)
-    }
-    /// `delete`.
-    pub fn delete(&self, addr: &str) -> Result<Machine> {
-        self.check("delete", addr)?;
-        self.handle().delete(addr)
-    }
-}
-
-impl ScopedProfiles<'_> {
-    /// `create` on the new profile's Name.
-    pub fn create(&self, p: Profile) -> Result<Profile> {
-        self.claims.authorize_new(P, &p.name, None)?;
-        self.store.profiles().create(p)
-    }
-    /// `get`.
-    pub fn get(&self, name: &str) -> Result<Profile> {
-        self.claims.authorize(self.store, P, "get", name)?;
-        self.store.profiles().get(name)
-    }
-    /// `get`.
-    pub fn exists(&self, name: &str) -> Result<bool> {
-        self.claims.authorize(self.store, P, "get", name)?;
-        Ok(self.store.profiles().exists(name))
-    }
-    /// `list` on `*`.
-    pub fn list_all(&self) -> Result<Vec<Profile>> {
-        self.claims.check(P, "list", "*")?;
-        Ok(self.store.profiles().list_all())
-    }
-    /// `list` on `*`.
-    pub fn count(&self, filter: &Filter) -> Result<u64> {
-        self.claims.check(P, "list", "*")?;
-        self.store.profiles().count(filter)
-    }
-    /// `list` on `*`.
-    pub fn group_count(&self, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
-        self.claims.check(P, "list", "*")?;
-        self.store.profiles().group_count(filter, by)
-    }
-    /// `list` on `*`.
-    pub fn list(&self, filter: &Filter, opts: &ListOptions) -> Result<Vec<Value>> {
-        self.claims.check(P, "list", "*")?;
-        self.store.profiles().list(filter, opts)
-    }
-    /// `update`.
-    pub fn replace(&self, name: &str, p: Profile) -> Result<Profile> {
-        self.claims.authorize(self.store, P, "update", name)?;
-        self.store.profiles().replace(name, p)
-    }
-    /// `update`.
-    pub fn update(&self, name: &str, merge: &Value) -> Result<Profile> {
-        self.claims.authorize(self.store, P, "update", name)?;
-        self.store.profiles().update(name, merge)
-    }
-    /// `update`.
-    pub fn update_from(&self, name: &str, reference: &Value, desired: &Value) -> Result<Profile> {
-        self.claims.authorize(self.store, P, "update", name)?;
-        self.store.profiles().update_from(name, reference, desired)
-    }
-    /// `patch`.
-    pub fn patch(&self, name: &str, ops: &Value) -> Result<Profile> {
-        self.claims.authorize(self.store, P, "patch", name)?;
-        self.store.profiles().patch(name, ops)
-    }
-    /// `param-set`.
-    pub fn set_param(&self, name: &str, key: &str, value: Value) -> Result<Profile> {
-        self.claims.authorize(self.store, P, "param-set", name)?;
-        self.store.profiles().set_param(name, key, value)
-    }
-    /// `param-set`.
-    pub fn set_param_if(
-        &self,
-        name: &str,
-        key: &str,
-        expected: Option<&Value>,
-        value: Value,
-    ) -> Result<Profile> {
-        self.claims.authorize(self.store, P, "param-set", name)?;
-        self.store
-            .profiles()
-            .set_param_if(name, key, expected, value)
-    }
-    /// `param-set`.
-    pub fn remove_param(&self, name: &str, key: &str) -> Result<Option<Value>> {
-        self.claims.authorize(self.store, P, "param-set", name)?;
-        self.store.profiles().remove_param(name, key)
-    }
-    /// `get`.
-    pub fn params(&self, name: &str, aggregate: bool) -> Result<Map<String, Value>> {
-        self.claims.authorize(self.store, P, "get", name)?;
-        self.store.profiles().params(name, aggregate)
-    }
-    /// `get`.
-    pub fn get_param(&self, name: &str, key: &str, aggregate: bool) -> Result<Option<Value>> {
-        self.claims.authorize(self.store, P, "get", name)?;
-        self.store.profiles().get_param(name, key, aggregate)
-    }
-    /// `delete`.
-    pub fn delete(&self, name: &str) -> Result<Profile> {
-        self.claims.authorize(self.store, P, "delete", name)?;
-        self.store.profiles().delete(name)
-    }
-}
-
-impl ScopedParams<'_> {
-    /// `create` on the new definition's Name.
-    pub fn create(&self, d: ParamDef) -> Result<ParamDef> {
-        self.claims.authorize_new(D, &d.name, None)?;
-        self.store.params().create(d)
-    }
-    /// `get`.
-    pub fn get(&self, name: &str) -> Result<ParamDef> {
-        self.claims.authorize(self.store, D, "get", name)?;
-        self.store.params().get(name)
-    }
-    /// `get`.
-    pub fn exists(&self, name: &str) -> Result<bool> {
-        self.claims.authorize(self.store, D, "get", name)?;
-        Ok(self.store.params().exists(name))
-    }
-    /// `list` on `*`.
-    pub fn list_all(&self) -> Result<Vec<ParamDef>> {
-        self.claims.check(D, "list", "*")?;
-        Ok(self.store.params().list_all())
-    }
-    /// `list`.
-    pub fn list(&self, filter: &Filter, opts: &crate::ListOptions) -> Result<Vec<Value>> {
-        self.claims.check(D, "list", "*")?;
-        self.store.params().list(filter, opts)
-    }
-    /// `update`.
-    pub fn replace(&self, name: &str, d: ParamDef) -> Result<ParamDef> {
-        self.claims.authorize(self.store, D, "update", name)?;
-        self.store.params().replace(name, d)
-    }
-    /// `update`.
-    pub fn update(&self, name: &str, merge: &Value) -> Result<ParamDef> {
-        self.claims.authorize(self.store, D, "update", name)?;
-        self.store.params().update(name, merge)
-    }
-    /// `update`.
-    pub fn update_from(&self, name: &str, reference: &Value, desired: &Value) -> Result<ParamDef> {
-        self.claims.authorize(self.store, D, "update", name)?;
-        self.store.params().update_from(name, reference, desired)
-    }
-    /// `patch`.
-    pub fn patch(&self, name: &str, ops: &Value) -> Result<ParamDef> {
-        self.claims.authorize(self.store, D, "patch", name)?;
-        self.store.params().patch(name, ops)
-    }
-    /// `delete`.
-    pub fn delete(&self, name: &str) -> Result<ParamDef> {
-        self.claims.authorize(self.store, D, "delete", name)?;
-        self.store.params().delete(name)
+        self.objects.objects.patch_many(patches)
     }
 }
 

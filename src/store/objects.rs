@@ -55,6 +55,18 @@ impl Store {
     }
 }
 
+impl Store {
+    /// [`Store::objects`] of one of the three collections (the crate's
+    /// typed handles; `kind` is never a job or a lease there).
+    pub(crate) fn objects_unchecked(&self, kind: Kind) -> Objects<'_> {
+        Objects {
+            store: self,
+            kind,
+            machines: self.machines(),
+        }
+    }
+}
+
 fn not_a_collection(kind: Kind) -> Error {
     Error::invalid(
         "kind",
@@ -176,6 +188,18 @@ impl Objects<'_> {
             Kind::Profile => to_json(&self.store.profiles().update_from(id, reference, desired)?),
             _ => to_json(&self.store.params().update_from(id, reference, desired)?),
         })
+    }
+
+    /// RFC 6902 patches of several machines in one atomic write (see
+    /// [`Machines::patch_many`]).
+    pub fn patch_many(&self, patches: &[(String, Value)]) -> Result<Vec<crate::model::Machine>> {
+        match self.kind {
+            Kind::Machine => self.machines.patch_many(patches),
+            _ => Err(Error::invalid(
+                "patch_many",
+                "a patch of several objects is for machines",
+            )),
+        }
     }
 
     /// Deletes the object; returns it as it was.
