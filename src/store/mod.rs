@@ -86,6 +86,7 @@ pub use params::Params;
 pub use profiles::Profiles;
 
 pub(crate) use layout::{job_key, log_position};
+#[cfg(any(feature = "server", feature = "client"))]
 pub(crate) use patch::not_a_patch;
 pub(crate) use state::MachineAddr;
 pub(crate) use view::StateView;
