@@ -1527,3 +1527,83 @@ fn membership_stream_over_sse_resumes_with_last_event_id() {
         400
     );
 }
+
+#[test]
+fn leases_and_campaigns_over_http() {
+    let s = Server::start(&[]);
+    for args in [
+        &["cluster", "init", "c1"][..],
+        &["machines", "create", "m1"],
+        &["machines", "create", "m2"],
+        &["cluster", "add", "c1", "m1"],
+        &["cluster", "add", "c1", "m2"],
+    ] {
+        assert_eq!(s.cli(args).0, 0, "{args:?}");
+    }
+    let (code, lease) = s.json("POST", "/leases", &json!({"TTL": 30}));
+    assert_eq!(code, 201, "{lease}");
+    let id = lease["ID"].as_u64().unwrap();
+    for bad in [
+        json!({"TTL": 0}),
+        json!({"TTL": -1}),
+        json!({"TTL": "x"}),
+        json!({}),
+    ] {
+        assert_eq!(s.json("POST", "/leases", &bad).0, 400, "{bad}");
+    }
+    // The leaders as a stream: the first event is the set now (empty).
+    let r = ureq::get(&format!("{}/api/v3/clusters/c1/leaders", s.url))
+        .set("Authorization", &s.bearer())
+        .set("Accept", "text/event-stream")
+        .call()
+        .unwrap();
+    let mut lines = BufReader::new(r.into_reader()).lines();
+    assert_eq!(sse_events(&mut lines, 1)[0].1["Leaders"], json!([]));
+    let (code, won, _) = s.call(
+        "POST",
+        &format!("/clusters/c1/campaign?machine=m1&lease={id}&leaders=1"),
+        None,
+        &[],
+    );
+    assert_eq!(code, 200, "{won}");
+    let token = won["Token"].as_u64().unwrap();
+    assert_eq!(sse_events(&mut lines, 1)[0].1["Leaders"][0]["Name"], "m1");
+    let (code, now, _) = s.call("GET", "/clusters/c1/leaders", None, &[]);
+    assert_eq!(
+        (code, now["Leaders"][0]["Token"].as_u64()),
+        (200, Some(token))
+    );
+    // No second slot: the campaign times out (408).
+    let (code, _, _) = s.call(
+        "POST",
+        &format!("/clusters/c1/campaign?machine=m2&lease={id}&leaders=1&timeout=0.2"),
+        None,
+        &[],
+    );
+    assert_eq!(code, 408);
+    // Fenced writes: the live token lands, another is a 409.
+    let fenced = |t: u64| {
+        s.call(
+            "POST",
+            "/machines/m2/params/work",
+            Some(("application/json", "1")),
+            &[("X-Fleetkv-Fence", &t.to_string())],
+        )
+        .0
+    };
+    assert_eq!(fenced(token), 200);
+    assert_eq!(fenced(token + 1000), 409);
+    // A lease on a profile write is refused; on a machine write it holds.
+    let (code, _, _) = s.call(
+        "POST",
+        "/profiles/c1/params/x",
+        Some(("application/json", "1")),
+        &[("X-Fleetkv-Lease", &id.to_string())],
+    );
+    assert_eq!(code, 400);
+    let (code, ended, _) = s.call("DELETE", &format!("/leases/{id}"), None, &[]);
+    assert_eq!(code, 200, "{ended}");
+    assert_eq!(sse_events(&mut lines, 1)[0].1["Leaders"], json!([]));
+    let (code, _, _) = s.call("POST", &format!("/leases/{id}/keepalive"), None, &[]);
+    assert_eq!(code, 404, "never revived");
+}

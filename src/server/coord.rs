@@ -174,6 +174,46 @@ fn seconds(v: Option<&String>, default: f64) -> ApiResult<Duration> {
 }
 
 impl App {
+    /// A stream of what `next` yields (each call waits up to the timeout it
+    /// is given; `Ok(None)`: nothing yet), each item sent as the event
+    /// `event` makes of it (`None`: skipped), as the answer. Runs on the
+    /// blocking pool holding `permit`; an error is sent as an `error` event
+    /// and ends the stream; a client that left ends it on the next send or
+    /// idle check.
+    pub(crate) fn follow<T>(
+        &self,
+        permit: OwnedSemaphorePermit,
+        mut next: impl FnMut(Duration) -> crate::Result<Option<T>> + Send + 'static,
+        event: impl Fn(T) -> Option<SseEvent> + Send + 'static,
+    ) -> axum::response::Response {
+        let (tx, rx) = mpsc::channel::<SseEvent>(64);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _open = crate::telemetry::OpenStream::open();
+            loop {
+                let ev = match next(Duration::from_secs(15)) {
+                    Ok(Some(item)) => match event(item) {
+                        Some(ev) => ev,
+                        None => continue,
+                    },
+                    // Idle: a closed client is noticed on the next send.
+                    Ok(None) if tx.is_closed() => return,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let error = SseEvent::default().event("error").data(e.to_string());
+                        let _ = tx.blocking_send(error);
+                        return;
+                    }
+                };
+                // Blocks while a slow client's buffer is full; ends when it leaves.
+                if tx.blocking_send(ev).is_err() {
+                    return;
+                }
+            }
+        });
+        self.event_stream(rx)
+    }
+
     /// The server-sent events a producer sends on `rx`, as the answer: with
     /// keep-alives, ended when the producer stops or the server does.
     pub(crate) fn event_stream(&self, rx: mpsc::Receiver<SseEvent>) -> axum::response::Response {
@@ -468,46 +508,27 @@ pub async fn events(
     };
     let mut watch = app.store.watch(kind, filter, from)?;
     let permit = app.waiter()?;
-    let (tx, rx) = mpsc::channel::<SseEvent>(64);
     let store = app.store.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let _open = crate::telemetry::OpenStream::open();
-        loop {
-            let next = match watch.next_timeout(Duration::from_secs(15)) {
-                Ok(Some(e)) => e,
-                // Idle: a closed client is noticed on the next send.
-                Ok(None) => {
-                    if tx.is_closed() {
-                        return;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    let _ =
-                        tx.blocking_send(SseEvent::default().event("error").data(e.to_string()));
-                    return;
-                }
-            };
+    Ok(app.follow(
+        permit,
+        move |wait| watch.next_timeout(wait),
+        move |next| {
             // Jobs hold rendered templates (minted tokens among them) and no
             // claim covers them: the stream carries the three collections.
             if next.kind == Kind::Job || last.is_some_and(|seen| (next.revision, next.seq) <= seen)
             {
-                continue;
+                return None;
             }
             crate::telemetry::record_watch_lag(store.revision().saturating_sub(next.revision));
             let data = serde_json::to_string(&next).unwrap_or_default();
-            let ev = SseEvent::default()
-                .id(format!("{}.{}", next.revision, next.seq))
-                .event("change")
-                .data(data);
-            // Blocks while a slow client's buffer is full; ends when it leaves.
-            if tx.blocking_send(ev).is_err() {
-                return;
-            }
-        }
-    });
-    Ok(app.event_stream(rx))
+            Some(
+                SseEvent::default()
+                    .id(format!("{}.{}", next.revision, next.seq))
+                    .event("change")
+                    .data(data),
+            )
+        },
+    ))
 }
 
 /// The keys of `GET /api/v3/watch/members`; every other key is a filter,
@@ -579,36 +600,17 @@ pub async fn watch_members(
     };
     let mut watch = app.store.watch_members_with(&filter, options)?;
     let permit = app.waiter()?;
-    let (tx, rx) = mpsc::channel::<SseEvent>(64);
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let _open = crate::telemetry::OpenStream::open();
-        loop {
-            let next = match watch.next_timeout(Duration::from_secs(15)) {
-                Ok(Some(m)) => m,
-                // Idle: a closed client is noticed on the next send.
-                Ok(None) => {
-                    if tx.is_closed() {
-                        return;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    let _ =
-                        tx.blocking_send(SseEvent::default().event("error").data(e.to_string()));
-                    return;
-                }
-            };
+    Ok(app.follow(
+        permit,
+        move |wait| watch.next_timeout(wait),
+        |next| {
             let data = serde_json::to_string(&next).unwrap_or_default();
-            let ev = SseEvent::default()
-                .id(next.revision.to_string())
-                .event("members")
-                .data(data);
-            // Blocks while a slow client's buffer is full; ends when it leaves.
-            if tx.blocking_send(ev).is_err() {
-                return;
-            }
-        }
-    });
-    Ok(app.event_stream(rx))
+            Some(
+                SseEvent::default()
+                    .id(next.revision.to_string())
+                    .event("members")
+                    .data(data),
+            )
+        },
+    ))
 }

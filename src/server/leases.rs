@@ -14,7 +14,6 @@ use axum::response::sse::Event as SseEvent;
 use axum::Extension;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 
 use super::api::{check_id, ok, to_value, ApiResult, St};
@@ -310,32 +309,19 @@ pub async fn leaders(
         return Ok(ok(StatusCode::OK, to_value(cluster.leaderships()?)));
     }
     let permit = app.waiter()?;
-    let (tx, rx) = mpsc::channel::<SseEvent>(16);
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut watch = cluster.observe();
-        loop {
-            match watch.next_timeout(Duration::from_secs(15)) {
-                Ok(Some(l)) => {
-                    let ev = SseEvent::default()
-                        .id(l.revision.to_string())
-                        .event("leaders")
-                        .data(serde_json::to_string(&l).unwrap_or_default());
-                    if tx.blocking_send(ev).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) if tx.is_closed() => return,
-                Ok(None) => {}
-                Err(e) => {
-                    let _ =
-                        tx.blocking_send(SseEvent::default().event("error").data(e.to_string()));
-                    return;
-                }
-            }
-        }
-    });
-    Ok(app.event_stream(rx))
+    let mut watch = cluster.observe();
+    Ok(app.follow(
+        permit,
+        move |wait| watch.next_timeout(wait),
+        |l| {
+            Some(
+                SseEvent::default()
+                    .id(l.revision.to_string())
+                    .event("leaders")
+                    .data(serde_json::to_string(&l).unwrap_or_default()),
+            )
+        },
+    ))
 }
 
 /// A query string as `T` (serde_urlencoded through axum's Query).
