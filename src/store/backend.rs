@@ -49,6 +49,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Makes every committed batch durable.
     fn flush(&self) -> Result<()>;
 
+    /// Whether other processes (other servers) commit to this engine too:
+    /// the store then follows their writes and plans a write again when it
+    /// lost the revision race (see `super::follow`). An embedded engine is
+    /// this process's alone.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Entries under `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Scan<'_> {
         self.scan(prefix, prefix)

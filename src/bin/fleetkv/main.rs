@@ -433,7 +433,11 @@ impl Failure {
             | Error::InUse { .. }
             | Error::Compacted { .. }
             | Error::Template(_) => 2,
-            Error::Timeout | Error::Stalled { .. } | Error::Busy(_) => 5,
+            Error::Timeout
+            | Error::Stalled { .. }
+            | Error::Busy(_)
+            | Error::Unavailable(_)
+            | Error::OutcomeUnknown(_) => 5,
             _ => 1,
         }
     }
