@@ -529,14 +529,139 @@ impl Backend for EtcdBackend {
     }
 }
 
+/// The test etcd launcher `tests/etcd.rs` uses too.
+#[cfg(test)]
+#[path = "../../tests/common/etcd_server.rs"]
+mod etcd_server;
+
 #[cfg(test)]
 mod tests {
+    use super::super::backend::checks;
     use super::*;
+
+    use super::etcd_server::Etcd;
+
+    fn backend(etcd: &Etcd, prefix: &str) -> Result<EtcdBackend> {
+        EtcdBackend::connect(
+            std::slice::from_ref(&etcd.url),
+            EtcdOptions {
+                prefix: prefix.into(),
+                request_timeout: Duration::from_secs(2),
+                ..EtcdOptions::default()
+            },
+        )
+    }
 
     #[test]
     fn prefix_end_is_the_first_key_after_the_prefix() {
         assert_eq!(prefix_end(b"/fleetkv/"), b"/fleetkv0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn etcd_passes_the_checks_every_engine_passes() {
+        let etcd = Etcd::start();
+        let db = backend(&etcd, "/one/").unwrap();
+        checks::a_stale_expected_revision_is_refused("etcd", &db);
+        // 100 records a commit (etcd's default limit is 128 operations);
+        // pages of 256 keys: the scans cross pages.
+        let db = backend(&etcd, "/two/").unwrap();
+        checks::scans_are_ordered_and_bounded("etcd", &db, 100);
+        // The first prefix is untouched by the second's keys.
+        let one = backend(&etcd, "/one/").unwrap();
+        assert_eq!(one.revision().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_write_over_the_transaction_limit_is_refused_whole() {
+        let etcd = Etcd::start();
+        let db = backend(&etcd, "/big/").unwrap();
+        db.commit(checks::batch(0, 1, b"a", b"1")).unwrap();
+        let mut b = Batch {
+            expect: 1,
+            rev: 2,
+            ..Batch::default()
+        };
+        for i in 0..200u32 {
+            b.put(format!("k{i:03}").into_bytes(), b"v".as_slice());
+        }
+        match db.commit(b) {
+            Err(Error::Invalid { reason, .. }) => {
+                assert!(reason.contains("refused, not split"), "{reason}");
+                assert!(reason.contains("--max-txn-ops"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(db.revision().unwrap(), 1);
+        assert_eq!(db.scan(b"k", b"k").count(), 0);
+        // The same key twice in one batch is one operation (etcd refuses
+        // duplicates); the later op wins.
+        let mut b = checks::batch(1, 2, b"a", b"2");
+        b.remove(b"a".as_slice());
+        b.put(b"a".as_slice(), b"3".as_slice());
+        db.commit(b).unwrap();
+        assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn keys_fleetkv_did_not_write_are_reported_not_read() {
+        let etcd = Etcd::start();
+        let db = backend(&etcd, "/x/").unwrap();
+        db.commit(checks::batch(0, 1, b"a", b"1")).unwrap();
+        // Under "/x" (no slash) the store's keys look like "/s:rev"...,
+        // with no marker of their own.
+        match backend(&etcd, "/x") {
+            Err(Error::Corrupt { key, reason }) => {
+                assert!(key.starts_with("/x/"), "{key}");
+                assert!(reason.contains("did not write"), "{reason}");
+            }
+            other => panic!("{:?}", other.map(|_| "a backend")),
+        }
+    }
+
+    #[test]
+    fn unreachable_etcd_is_unavailable_and_an_unanswered_commit_is_unknown() {
+        let dead = format!("http://127.0.0.1:{}", {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        });
+        let started = std::time::Instant::now();
+        match EtcdBackend::connect(
+            &[dead],
+            EtcdOptions {
+                request_timeout: Duration::from_secs(1),
+                ..EtcdOptions::default()
+            },
+        ) {
+            Err(Error::Unavailable(msg)) => assert!(msg.contains("127.0.0.1"), "{msg}"),
+            other => panic!("{:?}", other.map(|_| "a backend")),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        let etcd = Etcd::start();
+        let db = backend(&etcd, "/f/").unwrap();
+        db.commit(checks::batch(0, 1, b"a", b"1")).unwrap();
+        etcd.signal("STOP");
+        let read = db.get(b"a");
+        let commit = db.commit(checks::batch(1, 2, b"a", b"2"));
+        etcd.signal("CONT");
+        assert!(matches!(read, Err(Error::Unavailable(_))), "{read:?}");
+        match commit {
+            Err(Error::OutcomeUnknown(msg)) => assert!(msg.contains("may or may not"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        // Back by itself: the frozen request may or may not have landed.
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let rev = loop {
+            match db.revision() {
+                Ok(rev) => break rev,
+                Err(_) if std::time::Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("etcd did not come back: {e}"),
+            }
+        };
+        assert!(rev == 1 || rev == 2, "{rev}");
     }
 }

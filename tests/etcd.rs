@@ -1,0 +1,222 @@
+//! Stores on a shared etcd: two `Store`s in one process stand for two
+//! servers on one cluster. Each test starts its own etcd 3.4
+//! (`tests/common/etcd_server.rs`); `.ci/etcd.sh` installs it.
+
+#[path = "common/etcd_server.rs"]
+mod etcd_server;
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use etcd_server::Etcd;
+use fleetkv::{CountCondition, Error, EtcdOptions, Filter, Machine, Options, Store};
+use serde_json::json;
+
+fn open(etcd: &Etcd, prefix: &str) -> Store {
+    Store::open_etcd(
+        std::slice::from_ref(&etcd.url),
+        EtcdOptions {
+            prefix: prefix.into(),
+            ..EtcdOptions::default()
+        },
+        Options::default(),
+    )
+    .unwrap()
+}
+
+/// Waits until `s` has caught up to `rev` (the follower, not the test,
+/// moves it: no `catch_up` call here).
+fn until_at(s: &Store, rev: u64) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while s.revision() < rev {
+        assert!(Instant::now() < until, "stuck at {} < {rev}", s.revision());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_write_on_one_server_is_seen_by_the_other() {
+    let etcd = Etcd::start();
+    let a = open(&etcd, "/seen/");
+    let b = open(&etcd, "/seen/");
+    // One store: the second open found the first's secret and global.
+    assert_eq!(a.revision(), b.revision());
+    let ma = a.machines().create(Machine::new("from-a")).unwrap();
+    until_at(&b, a.revision());
+    assert_eq!(b.machines().get("Name:from-a").unwrap().uuid, ma.uuid);
+    // B's first create loses nothing: it plans at B's state, and dense ids
+    // are allocated through the same compare as everything else.
+    let mb = b.machines().create(Machine::new("from-b")).unwrap();
+    let mc = a.machines().create(Machine::new("from-a-2")).unwrap();
+    until_at(&b, a.revision());
+    until_at(&a, b.revision());
+    let names = Filter::parse("Name Re ^from-").unwrap();
+    assert_eq!(a.machines().count(&names).unwrap(), 3);
+    assert_eq!(b.machines().count(&names).unwrap(), 3);
+    assert_ne!(mb.uuid, mc.uuid);
+    // A profile change on B reaches A's index of machines.
+    b.profiles()
+        .set_param("global", "site", json!("x"))
+        .unwrap();
+    until_at(&a, b.revision());
+    let site = Filter::parse("site Eq x").unwrap();
+    assert_eq!(a.machines().count(&site).unwrap(), 3);
+    a.verify_indexes().unwrap();
+    b.verify_indexes().unwrap();
+}
+
+#[test]
+fn concurrent_param_cas_has_exactly_one_winner_per_round() {
+    let etcd = Etcd::start();
+    let a = open(&etcd, "/cas/");
+    let b = open(&etcd, "/cas/");
+    let m = a.machines().create(Machine::new("m")).unwrap();
+    let name = m.uuid.to_string();
+    until_at(&b, a.revision());
+    const ROUNDS: i64 = 25;
+    let barrier = Arc::new(Barrier::new(2));
+    let run = |s: Store, barrier: Arc<Barrier>, name: String| {
+        std::thread::spawn(move || {
+            let mut won = Vec::new();
+            for round in 0..ROUNDS {
+                barrier.wait();
+                // Both have seen the previous round's winner (the barrier
+                // below); each tries to move the counter from `round`.
+                let expected = (round > 0).then(|| json!(round));
+                match s
+                    .machines()
+                    .set_param_if(&name, "n", expected.as_ref(), json!(round + 1))
+                {
+                    Ok(_) => won.push(round),
+                    Err(Error::Conflict { .. }) => {}
+                    Err(e) => panic!("round {round}: {e}"),
+                }
+                barrier.wait();
+                s.catch_up().unwrap();
+                barrier.wait();
+            }
+            won
+        })
+    };
+    let ta = run(a.clone(), barrier.clone(), name.clone());
+    let tb = run(b.clone(), barrier, name.clone());
+    let (wa, wb) = (ta.join().unwrap(), tb.join().unwrap());
+    let mut all: Vec<i64> = wa.iter().chain(&wb).copied().collect();
+    all.sort();
+    assert_eq!(
+        all,
+        (0..ROUNDS).collect::<Vec<_>>(),
+        "a won {wa:?}, b {wb:?}"
+    );
+    for s in [&a, &b] {
+        let n = s.machines().get_param(&name, "n", false).unwrap();
+        assert_eq!(n, Some(json!(ROUNDS)));
+        s.verify_indexes().unwrap();
+    }
+}
+
+#[test]
+fn waits_on_one_server_wake_on_the_other_servers_write() {
+    let etcd = Etcd::start();
+    let a = open(&etcd, "/wait/");
+    let b = open(&etcd, "/wait/");
+    let m = a.machines().create(Machine::new("w")).unwrap();
+    until_at(&b, a.revision());
+    let ready = Filter::parse("ready Eq true").unwrap();
+    let waiter = {
+        let (b, ready, name) = (b.clone(), ready.clone(), m.uuid.to_string());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            b.wait_machine(&name, &ready, Duration::from_secs(20))
+                .unwrap();
+            let n = b
+                .count_wait(&ready, CountCondition::AtLeast(2), Duration::from_secs(20))
+                .unwrap();
+            (n, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    a.machines()
+        .set_param(&m.uuid.to_string(), "ready", json!(true))
+        .unwrap();
+    let mut other = Machine::new("w2");
+    other.params.insert("ready".into(), json!(true));
+    a.machines().create(other).unwrap();
+    let (n, took) = waiter.join().unwrap();
+    assert_eq!(n, 2);
+    // Woken by the follower's watch, not by a 20 s timeout.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // A watch on B reads the change log A wrote.
+    let mut w = b.watch(None, None, Some(1)).unwrap();
+    let mut events = 0;
+    while w.poll().unwrap().is_some() {
+        events += 1;
+    }
+    assert!(events >= 4, "{events}");
+    // `wait_for_revision` on B: reached at once once B caught up.
+    let rev = a.revision();
+    assert_eq!(
+        b.wait_for_revision(rev, Instant::now() + Duration::from_secs(5))
+            .unwrap(),
+        rev
+    );
+    assert!(matches!(
+        b.wait_for_revision(rev + 100, Instant::now() + Duration::from_millis(200)),
+        Err(Error::Timeout)
+    ));
+    a.verify_indexes().unwrap();
+    b.verify_indexes().unwrap();
+}
+
+#[test]
+fn leases_are_refused_on_an_etcd_store() {
+    let etcd = Etcd::start();
+    let a = open(&etcd, "/lease/");
+    match a.leases().grant(10) {
+        Err(Error::Invalid { reason, .. }) => assert!(reason.contains("etcd"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_etcd_that_goes_away_fails_requests_and_the_store_recovers_by_itself() {
+    let etcd = Etcd::start();
+    let a = Store::open_etcd(
+        std::slice::from_ref(&etcd.url),
+        EtcdOptions {
+            prefix: "/away/".into(),
+            request_timeout: Duration::from_secs(1),
+            ..EtcdOptions::default()
+        },
+        Options::default(),
+    )
+    .unwrap();
+    let m = a.machines().create(Machine::new("m")).unwrap();
+    let name = m.uuid.to_string();
+    etcd.signal("STOP");
+    let r = a.machines().set_param(&name, "n", json!(1));
+    etcd.signal("CONT");
+    match r {
+        Err(Error::OutcomeUnknown(_)) | Err(Error::Unavailable(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    // Back by itself: the next write catches up with whatever landed.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        match a.machines().set_param(&name, "n", json!(2)) {
+            Ok(_) => break,
+            Err(Error::OutcomeUnknown(_)) | Err(Error::Unavailable(_))
+                if Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(a.failure(), None);
+    assert_eq!(
+        a.machines().get_param(&name, "n", false).unwrap(),
+        Some(json!(2))
+    );
+    a.verify_indexes().unwrap();
+}
