@@ -2,6 +2,7 @@
 //! servers on one cluster. Each test starts its own etcd 3.4
 //! (`tests/common/etcd_server.rs`); `.ci/etcd.sh` installs it.
 
+mod common;
 #[path = "common/etcd_server.rs"]
 mod etcd_server;
 
@@ -219,4 +220,73 @@ fn an_etcd_that_goes_away_fails_requests_and_the_store_recovers_by_itself() {
         Some(json!(2))
     );
     a.verify_indexes().unwrap();
+}
+
+#[test]
+fn serve_with_an_unreachable_etcd_exits_with_a_clear_error() {
+    let dead = format!("http://127.0.0.1:{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("db"))
+        .args(["--etcd", &dead])
+        .env_remove("FLEETKV_DATA")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot open the store in etcd"), "{err}");
+    assert!(err.contains(&dead) && err.contains("unavailable"), "{err}");
+}
+
+#[test]
+fn two_servers_on_one_etcd_answer_each_others_writes() {
+    let etcd = Etcd::start();
+    let flags = [
+        "--etcd",
+        &etcd.url,
+        "--etcd-prefix",
+        "/srv/",
+        "--request-timeout",
+        "3",
+    ];
+    let a = common::Server::start(&flags);
+    let b = common::Server::start(&flags);
+    let resp = ureq::post(&format!("{}/api/v3/machines", a.url))
+        .set("Authorization", &a.bearer())
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"Name": "m1"}"#)
+        .unwrap();
+    let rev: u64 = resp
+        .header("X-Fleetkv-Revision")
+        .and_then(|r| r.parse().ok())
+        .expect("X-Fleetkv-Revision on a write");
+    // Read your write on the other server: it waits until it reached it.
+    let (status, body, count) = b.call(
+        "GET",
+        &format!("/machines?min_revision={rev}&Name=m1"),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(count, Some(1), "{body}");
+    let resp = ureq::get(&format!("{}/api/v3/machines?min_revision={rev}", b.url))
+        .set("Authorization", &b.bearer())
+        .call()
+        .unwrap();
+    let at: u64 = resp.header("X-Fleetkv-Revision").unwrap().parse().unwrap();
+    assert!(at >= rev, "{at} < {rev}");
+    // A revision nobody wrote: the wait ends, DRP-shaped, within the request.
+    let (status, body, _) = b.call(
+        "GET",
+        &format!("/machines?min_revision={}", rev + 1000),
+        None,
+        &[],
+    );
+    assert_eq!(status, 408, "{body}");
+    let (status, body, _) = b.call("GET", "/machines?min_revision=x", None, &[]);
+    assert_eq!(status, 400, "{body}");
 }

@@ -274,10 +274,7 @@ async fn revisions(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
             .into_response();
         };
         if app.store.revision() < min {
-            let (store, deadline) = (
-                app.store.clone(),
-                std::time::Instant::now() + app.max_wait,
-            );
+            let (store, deadline) = (app.store.clone(), std::time::Instant::now() + app.max_wait);
             let waited =
                 tokio::task::spawn_blocking(move || store.wait_for_revision(min, deadline)).await;
             match waited {

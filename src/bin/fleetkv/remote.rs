@@ -193,7 +193,12 @@ pub struct ServeArgs {
     etcd: Vec<String>,
     /// The key prefix of the store in etcd (with --etcd).
     #[cfg(feature = "etcd")]
-    #[arg(long, default_value = "/fleetkv/", value_name = "PREFIX", requires = "etcd")]
+    #[arg(
+        long,
+        default_value = "/fleetkv/",
+        value_name = "PREFIX",
+        requires = "etcd"
+    )]
     etcd_prefix: String,
     /// Add (or replace) a basic-auth user `NAME:PASS` in the store directory, then exit.
     #[arg(long, value_name = "NAME:PASS")]
