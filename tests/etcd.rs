@@ -195,12 +195,16 @@ fn an_etcd_that_goes_away_fails_requests_and_the_store_recovers_by_itself() {
     let m = a.machines().create(Machine::new("m")).unwrap();
     let name = m.uuid.to_string();
     etcd.signal("STOP");
-    let r = a.machines().set_param(&name, "n", json!(1));
+    // A create reads nothing from etcd before its commit: the commit is
+    // what goes unanswered.
+    let r = a.machines().create(Machine::new("during"));
+    let read = a.machines().get(&name);
     etcd.signal("CONT");
     match r {
-        Err(Error::OutcomeUnknown(_)) | Err(Error::Unavailable(_)) => {}
+        Err(Error::OutcomeUnknown(msg)) => assert!(msg.contains("may or may not"), "{msg}"),
         other => panic!("{other:?}"),
     }
+    assert!(matches!(read, Err(Error::Unavailable(_))), "{read:?}");
     // Back by itself: the next write catches up with whatever landed.
     let until = Instant::now() + Duration::from_secs(20);
     loop {
@@ -214,6 +218,10 @@ fn an_etcd_that_goes_away_fails_requests_and_the_store_recovers_by_itself() {
             Err(e) => panic!("{e}"),
         }
     }
+    // The unanswered create landed or not; the index agrees either way.
+    let landed = a.machines().exists("Name:during").unwrap();
+    let all = Filter::parse("Name Re .").unwrap();
+    assert_eq!(a.machines().count(&all).unwrap(), 1 + u64::from(landed));
     assert_eq!(a.failure(), None);
     assert_eq!(
         a.machines().get_param(&name, "n", false).unwrap(),
