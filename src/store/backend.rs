@@ -168,8 +168,8 @@ pub(super) mod checks {
         // More than one in-memory chunk, around another prefix.
         ops.push((b"b".to_vec(), b"before".to_vec()));
         ops.push((b"d".to_vec(), b"after".to_vec()));
-        let mut rev = db.revision().unwrap();
-        for chunk in ops.chunks(ops_per_commit) {
+        let first = db.revision().unwrap();
+        for (rev, chunk) in (first..).zip(ops.chunks(ops_per_commit)) {
             let mut b = Batch {
                 expect: rev,
                 rev: rev + 1,
@@ -179,7 +179,6 @@ pub(super) mod checks {
                 b.put(k.clone(), v.clone());
             }
             db.commit(b).unwrap();
-            rev += 1;
         }
         let keys = |scan: Scan<'_>| -> Vec<Vec<u8>> { scan.map(|item| item.unwrap().0).collect() };
         let all = keys(db.scan_prefix(LOG_PREFIX));

@@ -29,6 +29,7 @@
 //! ([`super::write`]), and no write plans against a half-applied state.
 
 use std::collections::BTreeSet;
+#[cfg(feature = "etcd")]
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,9 @@ use super::backend::Backend;
 use super::changelog::Trim;
 use super::layout::MACHINE_PREFIX;
 use super::layout::{decode, log_key, machine_id_of, machine_key, show_key, LOG_PREFIX};
-use super::open::{Inner, Store};
+#[cfg(feature = "etcd")]
+use super::open::Inner;
+use super::open::Store;
 use super::rebuild::{load_definitions, load_state};
 use super::state::{machine_entries, own_keys, State};
 use crate::error::{Error, Result};
