@@ -273,7 +273,7 @@ async fn revisions(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
             ))
             .into_response();
         };
-        if app.store.revision() < min {
+        if app.store.revision_in_memory() < min {
             let (store, deadline) = (app.store.clone(), std::time::Instant::now() + app.max_wait);
             let waited =
                 tokio::task::spawn_blocking(move || store.wait_for_revision(min, deadline)).await;
@@ -290,7 +290,9 @@ async fn revisions(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         }
     }
     let mut resp = next.run(req).await;
-    if let Ok(v) = axum::http::HeaderValue::from_str(&app.store.revision().to_string()) {
+    // Not `revision()`: on a durable store that waits for the disk, which
+    // an async worker must not do for a header.
+    if let Ok(v) = axum::http::HeaderValue::from_str(&app.store.revision_in_memory().to_string()) {
         resp.headers_mut().insert(REVISION_HEADER, v);
     }
     resp

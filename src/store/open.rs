@@ -556,6 +556,13 @@ impl Store {
         self.state().rev
     }
 
+    /// The revision the in-memory indexes are at, without waiting for it to
+    /// be on disk (as [`revision`](Self::revision) does on a durable
+    /// store): for a response header, or to decide whether to wait.
+    pub fn revision_in_memory(&self) -> u64 {
+        self.state_for_write().rev
+    }
+
     /// Writes everything committed so far to disk (on a durable store,
     /// everything acknowledged is there already).
     pub fn flush(&self) -> Result<()> {
