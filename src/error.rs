@@ -164,6 +164,16 @@ pub enum Error {
         /// How long the call was waited for.
         after: std::time::Duration,
     },
+    /// A shared storage engine (etcd) could not be reached or answered no
+    /// request within its deadline: nothing was read or written. The store
+    /// answers again by itself once the engine returns.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A commit to a shared engine (etcd) got no answer (a timeout, a lost
+    /// connection): the write may or may not have been applied. Not a
+    /// conflict and not a success: read the object back to know.
+    #[error("write outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 fn show(v: &Option<Box<Value>>) -> String {

@@ -27,6 +27,8 @@ pub use cluster::{
 pub use error::{Error, Result};
 pub use filter::Filter;
 pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};
+#[cfg(feature = "etcd")]
+pub use store::EtcdOptions;
 pub use store::{
     Fence, GroupCount, Held, Lease, LeaseId, Leases, ListOptions, Objects, Options, Query,
     Recovery, Store,

@@ -124,6 +124,10 @@ impl From<Error> for ApiError {
             Error::Compacted { .. } => (StatusCode::BAD_REQUEST, "Compacted"),
             Error::Timeout => (StatusCode::REQUEST_TIMEOUT, "Timeout"),
             Error::Stalled { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Stalled"),
+            // etcd unreachable or without a leader: retry; never a guess.
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+            // The write may have been applied: neither 409 nor 2xx.
+            Error::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "OutcomeUnknown"),
             // The disk is full: the server keeps serving reads and accepts
             // writes again by itself once space returns (`super::recover`).
             Error::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),

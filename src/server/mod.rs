@@ -107,6 +107,14 @@ pub struct Config {
     /// Also serve `GET /metrics` without credentials, over plain HTTP, on
     /// this address (`--metrics-listen`; port 0 picks one).
     pub metrics_listen: Option<String>,
+    /// Keep the store on this etcd cluster (its members' client URLs,
+    /// `--etcd`) instead of in `data`, which then holds only credentials;
+    /// empty: the embedded store in `data`.
+    #[cfg(feature = "etcd")]
+    pub etcd: Vec<String>,
+    /// The key prefix of the store in etcd (`--etcd-prefix`).
+    #[cfg(feature = "etcd")]
+    pub etcd_prefix: String,
 }
 
 impl Default for Config {
@@ -126,6 +134,10 @@ impl Default for Config {
             max_lease_ttl: Options::default().max_lease_ttl,
             tls: None,
             metrics_listen: None,
+            #[cfg(feature = "etcd")]
+            etcd: Vec::new(),
+            #[cfg(feature = "etcd")]
+            etcd_prefix: crate::EtcdOptions::default().prefix,
         }
     }
 }
@@ -192,6 +204,7 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
                 .delete(api::remove_param),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(from_fn_with_state(app.clone(), revisions))
         .layer(from_fn_with_state(app.clone(), authenticate))
         // Unauthenticated: health and version.
         .route("/api/v3/info", get(api::info))
@@ -213,6 +226,78 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         // layer on the router still sees the matched route template.
         .layer(from_fn(metrics::track))
         .with_state(app)
+}
+
+/// The response header naming the store revision an answer was given at.
+pub const REVISION_HEADER: &str = "x-fleetkv-revision";
+
+/// `?min_revision=N`: the request waits (up to the longest wait) until the
+/// store's indexes have reached revision N — on a server sharing etcd with
+/// others, until it has caught up with a write another server answered.
+/// Every answer carries `X-Fleetkv-Revision`: the store's revision once
+/// the answer was ready, so it covers a write the request made and
+/// everything the answer read (a client passes it as `min_revision` to
+/// another server to read its own write there).
+async fn revisions(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let min = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("min_revision="))
+            .map(str::to_string)
+    });
+    if min.is_some() {
+        // Handlers read unknown query keys as filters (DRP's `?Key=value`):
+        // the parameter is this layer's, taken out of the request.
+        let uri = req.uri();
+        let rest: Vec<&str> = uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|kv| !kv.starts_with("min_revision=") && !kv.is_empty())
+            .collect();
+        let path = if rest.is_empty() {
+            uri.path().to_string()
+        } else {
+            format!("{}?{}", uri.path(), rest.join("&"))
+        };
+        if let Ok(p) = path.parse::<axum::http::uri::PathAndQuery>() {
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = Some(p);
+            if let Ok(u) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+        }
+    }
+    if let Some(min) = min {
+        let Ok(min) = min.parse::<u64>() else {
+            return ApiError::from(crate::Error::invalid(
+                "min_revision",
+                format!("{min:?} is not a revision"),
+            ))
+            .into_response();
+        };
+        if app.store.revision_in_memory() < min {
+            let (store, deadline) = (app.store.clone(), std::time::Instant::now() + app.max_wait);
+            let waited =
+                tokio::task::spawn_blocking(move || store.wait_for_revision(min, deadline)).await;
+            match waited {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return ApiError::from(e).into_response(),
+                Err(e) => {
+                    return ApiError::from(crate::Error::Storage(format!(
+                        "waiting for revision {min}: {e}"
+                    )))
+                    .into_response()
+                }
+            }
+        }
+    }
+    let mut resp = next.run(req).await;
+    // Not `revision()`: on a durable store that waits for the disk, which
+    // an async worker must not do for a header.
+    if let Ok(v) = axum::http::HeaderValue::from_str(&app.store.revision_in_memory().to_string()) {
+        resp.headers_mut().insert(REVISION_HEADER, v);
+    }
+    resp
 }
 
 async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
@@ -257,22 +342,41 @@ async fn header_limit(max: usize, req: Request<Body>, next: Next) -> Response {
     next.run(req).await
 }
 
+/// The store `config` names: on etcd (`--etcd`) or in its directory.
+fn open_store(config: &Config) -> Result<Store, String> {
+    let options = Options {
+        durable: config.durable,
+        stall_timeout: config.stall_timeout,
+        max_lease_ttl: config.max_lease_ttl,
+        ..Options::default()
+    };
+    #[cfg(feature = "etcd")]
+    if !config.etcd.is_empty() {
+        std::fs::create_dir_all(&config.data)
+            .map_err(|e| format!("cannot create {}: {e}", config.data.display()))?;
+        let etcd = crate::EtcdOptions {
+            prefix: config.etcd_prefix.clone(),
+            ..crate::EtcdOptions::default()
+        };
+        return Store::open_etcd(&config.etcd, etcd, options).map_err(|e| {
+            format!(
+                "cannot open the store in etcd ({}, prefix {}): {e}",
+                config.etcd.join(","),
+                config.etcd_prefix
+            )
+        });
+    }
+    Store::open_with(&config.data, options)
+        .map_err(|e| format!("cannot open store {}: {e}", config.data.display()))
+}
+
 /// Opens the store, prepares credentials (printing a new admin key once to
 /// stderr), listens, and serves until SIGINT/SIGTERM; then finishes in-flight
 /// requests, flushes and returns.
 pub fn run(config: Config) -> Result<(), String> {
     // Before the open, so that its duration is recorded.
     let recorder = metrics::recorder();
-    let store = Store::open_with(
-        &config.data,
-        Options {
-            durable: config.durable,
-            stall_timeout: config.stall_timeout,
-            max_lease_ttl: config.max_lease_ttl,
-            ..Options::default()
-        },
-    )
-    .map_err(|e| format!("cannot open store {}: {e}", config.data.display()))?;
+    let store = open_store(&config)?;
     let (auth, created) = auth::Authenticator::load(store.clone(), &config.data)
         .map_err(|e| format!("admin key in {}: {e}", config.data.display()))?;
     if let Some(key) = created {

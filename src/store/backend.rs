@@ -49,6 +49,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Makes every committed batch durable.
     fn flush(&self) -> Result<()>;
 
+    /// Whether other processes (other servers) commit to this engine too:
+    /// the store then follows their writes and plans a write again when it
+    /// lost the revision race (see `super::follow`). An embedded engine is
+    /// this process's alone.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Entries under `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Scan<'_> {
         self.scan(prefix, prefix)
@@ -102,20 +110,13 @@ pub(crate) fn check_revision(stored: u64, batch: &Batch) -> Result<()> {
     }
 }
 
+/// The checks every engine passes, for the engines' tests (the etcd
+/// backend runs them against a real etcd).
 #[cfg(test)]
-mod tests {
-    use super::super::memory_backend::MemoryBackend;
-    use super::super::sled_backend::SledBackend;
+pub(super) mod checks {
     use super::*;
 
-    fn engines() -> Vec<(&'static str, Box<dyn Backend>)> {
-        vec![
-            ("sled", Box::new(SledBackend::open(None).unwrap())),
-            ("memory", Box::new(MemoryBackend::default())),
-        ]
-    }
-
-    fn batch(expect: u64, rev: u64, key: &[u8], value: &[u8]) -> Batch {
+    pub(in super::super) fn batch(expect: u64, rev: u64, key: &[u8], value: &[u8]) -> Batch {
         let mut b = Batch {
             expect,
             rev,
@@ -125,56 +126,97 @@ mod tests {
         b
     }
 
+    pub(in super::super) fn a_stale_expected_revision_is_refused(name: &str, db: &dyn Backend) {
+        db.commit(batch(0, 1, b"k", b"one")).unwrap();
+        assert_eq!(db.revision().unwrap(), 1, "{name}");
+        // A writer that prepared against revision 0 lost the race.
+        match db.commit(batch(0, 1, b"k", b"stale")) {
+            Err(Error::RevisionMismatch {
+                expected: 0,
+                actual: 1,
+            }) => {}
+            other => panic!("{name}: stale commit gave {other:?}"),
+        }
+        assert_eq!(
+            db.get(b"k").unwrap().as_deref(),
+            Some(&b"one"[..]),
+            "{name}"
+        );
+        assert_eq!(db.revision().unwrap(), 1, "{name}");
+        let mut b = batch(1, 2, b"k2", b"two");
+        b.remove(b"k".as_slice());
+        db.commit(b).unwrap();
+        assert_eq!(db.get(b"k").unwrap(), None, "{name}");
+        assert_eq!(db.revision().unwrap(), 2, "{name}");
+    }
+
+    /// `ops_per_commit`: the engine's largest batch (etcd's transaction
+    /// limit); the 602 records go in as many commits as that takes.
+    pub(in super::super) fn scans_are_ordered_and_bounded(
+        name: &str,
+        db: &dyn Backend,
+        ops_per_commit: usize,
+    ) {
+        let mut ops: Vec<(Vec<u8>, Vec<u8>)> = (0..600u32)
+            .map(|i| {
+                (
+                    log_key(u64::from(i / 3), i % 3).to_vec(),
+                    i.to_be_bytes().to_vec(),
+                )
+            })
+            .collect();
+        // More than one in-memory chunk, around another prefix.
+        ops.push((b"b".to_vec(), b"before".to_vec()));
+        ops.push((b"d".to_vec(), b"after".to_vec()));
+        let first = db.revision().unwrap();
+        for (rev, chunk) in (first..).zip(ops.chunks(ops_per_commit)) {
+            let mut b = Batch {
+                expect: rev,
+                rev: rev + 1,
+                ..Batch::default()
+            };
+            for (k, v) in chunk {
+                b.put(k.clone(), v.clone());
+            }
+            db.commit(b).unwrap();
+        }
+        let keys = |scan: Scan<'_>| -> Vec<Vec<u8>> { scan.map(|item| item.unwrap().0).collect() };
+        let all = keys(db.scan_prefix(LOG_PREFIX));
+        assert_eq!(all.len(), 600, "{name}");
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "{name}: order");
+        let feed = keys(db.changes(150, 1));
+        assert_eq!(feed.len(), 600 - 451, "{name}: feed from 150.1");
+        assert_eq!(feed[0], log_key(150, 1), "{name}");
+        assert!(keys(db.changes(200, 0)).is_empty(), "{name}");
+        assert_eq!(keys(db.scan(b"b", b"b")), vec![b"b".to_vec()], "{name}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::memory_backend::MemoryBackend;
+    use super::super::sled_backend::SledBackend;
+    use super::checks;
+    use super::*;
+
+    fn engines() -> Vec<(&'static str, Box<dyn Backend>)> {
+        vec![
+            ("sled", Box::new(SledBackend::open(None).unwrap())),
+            ("memory", Box::new(MemoryBackend::default())),
+        ]
+    }
+
     #[test]
     fn a_stale_expected_revision_is_refused_and_writes_nothing() {
         for (name, db) in engines() {
-            db.commit(batch(0, 1, b"k", b"one")).unwrap();
-            assert_eq!(db.revision().unwrap(), 1, "{name}");
-            // A writer that prepared against revision 0 lost the race.
-            match db.commit(batch(0, 1, b"k", b"stale")) {
-                Err(Error::RevisionMismatch {
-                    expected: 0,
-                    actual: 1,
-                }) => {}
-                other => panic!("{name}: stale commit gave {other:?}"),
-            }
-            assert_eq!(
-                db.get(b"k").unwrap().as_deref(),
-                Some(&b"one"[..]),
-                "{name}"
-            );
-            assert_eq!(db.revision().unwrap(), 1, "{name}");
-            let mut b = batch(1, 2, b"k2", b"two");
-            b.remove(b"k".as_slice());
-            db.commit(b).unwrap();
-            assert_eq!(db.get(b"k").unwrap(), None, "{name}");
-            assert_eq!(db.revision().unwrap(), 2, "{name}");
+            checks::a_stale_expected_revision_is_refused(name, &*db);
         }
     }
 
     #[test]
     fn scans_are_ordered_bounded_by_prefix_and_start_where_asked() {
         for (name, db) in engines() {
-            let mut b = Batch {
-                rev: 1,
-                ..Batch::default()
-            };
-            // More than one in-memory chunk, around another prefix.
-            for i in 0..600u32 {
-                b.put(log_key(u64::from(i / 3), i % 3).to_vec(), i.to_be_bytes());
-            }
-            b.put(b"b".as_slice(), b"before".as_slice());
-            b.put(b"d".as_slice(), b"after".as_slice());
-            db.commit(b).unwrap();
-            let keys =
-                |scan: Scan<'_>| -> Vec<Vec<u8>> { scan.map(|item| item.unwrap().0).collect() };
-            let all = keys(db.scan_prefix(LOG_PREFIX));
-            assert_eq!(all.len(), 600, "{name}");
-            assert!(all.windows(2).all(|w| w[0] < w[1]), "{name}: order");
-            let feed = keys(db.changes(150, 1));
-            assert_eq!(feed.len(), 600 - 451, "{name}: feed from 150.1");
-            assert_eq!(feed[0], log_key(150, 1), "{name}");
-            assert!(keys(db.changes(200, 0)).is_empty(), "{name}");
+            checks::scans_are_ordered_and_bounded(name, &*db, usize::MAX);
         }
     }
 }

@@ -115,7 +115,9 @@ impl Store {
         // `Kind::Job` until planning starts and once it has ended: an error
         // then is the store's, not an object's.
         let mut at = (Kind::Job, 0);
+        let mut given = self.replan(bulk);
         let planned = self.write_as(WriteKind::Bulk, |st, rev, log| {
+            let bulk = given.take()?;
             let mut batch = Batch::default();
             let plan = self.plan_bulk(st, rev, Some((&mut batch, log)), bulk, &mut at)?;
             Ok((

@@ -331,6 +331,16 @@ impl Leases<'_> {
     /// Grants a lease of `ttl` seconds (at least 1, at most
     /// [`Options::max_lease_ttl`](super::Options::max_lease_ttl)).
     pub fn grant(&self, ttl: u64) -> Result<Lease> {
+        if self.store.inner.shared {
+            // A lease's deadline lives in the granting process's memory
+            // (`lease_clock`): another server could neither keep it alive
+            // nor expire it. Refused until leases are etcd leases.
+            return Err(Error::invalid(
+                "lease",
+                "leases are not available on a store shared through etcd yet \
+                 (a lease's deadline would live in one server's memory)",
+            ));
+        }
         let max = self.store.inner.options.max_lease_ttl.as_secs();
         if ttl == 0 || ttl > max {
             return Err(Error::invalid(

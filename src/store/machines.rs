@@ -92,7 +92,9 @@ impl Machines<'_> {
             m.uuid = Uuid::new_v4();
         }
         normalize_machine(&mut m);
+        let mut given = self.store.replan(m);
         self.store.write_as(WriteKind::Machine, |st, rev, log| {
+            let mut m = given.take()?;
             self.guards.check(self.store, st)?;
             st.check_machine(None, None, &m)?;
             if st
@@ -148,7 +150,9 @@ impl Machines<'_> {
     /// replaced.
     pub fn import(&self, machines: Vec<Machine>) -> Result<(usize, usize)> {
         self.guards.no_lease("an import")?;
+        let mut given = self.store.replan(machines);
         self.store.write_as(WriteKind::Bulk, |st, rev, log| {
+            let machines = given.take()?;
             self.guards.check(self.store, st)?;
             let mut batch = Batch::default();
             let plan = plan_machines(
@@ -199,7 +203,7 @@ impl Machines<'_> {
     pub fn replace(&self, addr: &str, m: Machine) -> Result<Machine> {
         let new = to_json(&m);
         self.modify(addr, move |doc| {
-            let mut new = new;
+            let mut new = new.clone();
             if let (Value::Object(n), Some(u)) = (&mut new, doc.get("Uuid")) {
                 if m.uuid.is_nil() {
                     n.insert("Uuid".into(), u.clone());
@@ -229,8 +233,9 @@ impl Machines<'_> {
 
     /// Sets own param `key`.
     pub fn set_param(&self, addr: &str, key: &str, value: Value) -> Result<Machine> {
+        let mut value = self.store.replan(value);
         self.write_one(addr, Some(key), |m, _| {
-            m.params.insert(key.to_string(), value);
+            m.params.insert(key.to_string(), value.take()?);
             Ok(())
         })
     }
@@ -245,8 +250,15 @@ impl Machines<'_> {
         value: Value,
     ) -> Result<Machine> {
         let default = self.store.state_for_write().default_of(key).cloned();
+        let mut value = self.store.replan(value);
         self.write_one(addr, Some(key), |m, _| {
-            patch::param_cas_in(&mut m.params, key, expected, value, default.as_ref())
+            patch::param_cas_in(
+                &mut m.params,
+                key,
+                expected,
+                value.take()?,
+                default.as_ref(),
+            )
         })
     }
 
@@ -489,13 +501,13 @@ impl Machines<'_> {
     pub fn update_with(
         &self,
         addr: &str,
-        f: impl FnOnce(&mut Machine, u64) -> Result<()>,
+        f: impl FnMut(&mut Machine, u64) -> Result<()>,
     ) -> Result<Machine> {
         self.write_one(addr, None, f)
     }
 
     /// A write of one machine through its JSON document.
-    fn modify(&self, addr: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Machine> {
+    fn modify(&self, addr: &str, f: impl FnMut(&mut Value) -> Result<()>) -> Result<Machine> {
         self.modify_typed(addr, as_json(f))
     }
 
@@ -504,7 +516,7 @@ impl Machines<'_> {
     fn modify_typed(
         &self,
         addr: &str,
-        f: impl FnOnce(&mut Machine) -> Result<()>,
+        mut f: impl FnMut(&mut Machine) -> Result<()>,
     ) -> Result<Machine> {
         self.write_one(addr, None, |m, _| f(m))
     }
@@ -514,7 +526,7 @@ impl Machines<'_> {
         &self,
         addr: &str,
         named: Option<&str>,
-        f: impl FnOnce(&mut Machine, u64) -> Result<()>,
+        mut f: impl FnMut(&mut Machine, u64) -> Result<()>,
     ) -> Result<Machine> {
         self.store.write_as(WriteKind::Machine, |st, rev, log| {
             self.guards.check(self.store, st)?;
@@ -549,7 +561,7 @@ impl Machines<'_> {
         id: u32,
         batch: &mut Batch,
         log: &mut Vec<Change>,
-        f: impl FnOnce(&mut Machine) -> Result<()>,
+        mut f: impl FnMut(&mut Machine) -> Result<()>,
     ) -> Result<(Machine, EntryDiff)> {
         let (old, old_bytes) = self.store.load_machine_bytes(id)?;
         timing::mark("plan: decode");
@@ -583,7 +595,7 @@ impl Machines<'_> {
 }
 
 /// A change of a machine's JSON document as a change of the machine.
-fn as_json(f: impl FnOnce(&mut Value) -> Result<()>) -> impl FnOnce(&mut Machine) -> Result<()> {
+fn as_json(mut f: impl FnMut(&mut Value) -> Result<()>) -> impl FnMut(&mut Machine) -> Result<()> {
     move |m| {
         let mut doc = to_json(&*m);
         f(&mut doc)?;

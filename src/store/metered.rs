@@ -29,7 +29,7 @@ impl Store {
     pub(super) fn write_as<T>(
         &self,
         kind: WriteKind,
-        f: impl FnOnce(&super::state::State, u64, &mut Vec<Change>) -> Result<(Batch, Apply, T)>,
+        f: impl FnMut(&super::state::State, u64, &mut Vec<Change>) -> Result<(Batch, Apply, T)>,
     ) -> Result<T> {
         let started = Instant::now();
         let r = self.write(f);

@@ -22,6 +22,9 @@
 //!   entries.
 //! - `write` — the write pipeline; `changelog` — the log's part of a write;
 //!   `group_commit` — what is on disk, and waiting for it.
+//! - `etcd_backend` (feature `etcd`) — the engine on an etcd cluster shared
+//!   by several servers; `follow` — catching up with the other servers'
+//!   writes.
 //! - `list` — listing, queries, shaping.
 //! - `view` — the state at one revision, read-locked, for the membership
 //!   streams (`crate::watch`).
@@ -51,8 +54,11 @@ mod bulk;
 mod changelog;
 mod check;
 mod checkpoint;
+#[cfg(feature = "etcd")]
+mod etcd_backend;
 #[cfg(test)]
 mod fault_backend;
+mod follow;
 mod group_commit;
 mod layout;
 mod lease_clock;
@@ -77,6 +83,8 @@ pub use crate::index::GroupCount;
 pub use bulk::{Bulk, BulkError};
 pub use check::CheckReport;
 pub use checkpoint::Recovery;
+#[cfg(feature = "etcd")]
+pub use etcd_backend::EtcdOptions;
 pub use leases::{Fence, Held, Lease, LeaseId, Leases};
 pub use list::{ListOptions, Query};
 pub use machines::Machines;

@@ -110,6 +110,8 @@ pub(super) struct Inner {
     pub(super) recovery: Recovery,
     /// Lease deadlines and their expiry.
     pub(super) leases: Arc<LeaseClock>,
+    /// Other servers write to the engine too (etcd): see `super::follow`.
+    pub(super) shared: bool,
 }
 
 /// The checkpoint file's directory and what it lacks.
@@ -380,6 +382,41 @@ impl Store {
         Store::start(Arc::new(MemoryBackend::default()), guard, options, None)
     }
 
+    /// A store on an etcd cluster shared with other fleetkv servers
+    /// (feature `etcd`): `endpoints` are its members' client URLs
+    /// (`http://host:2379`), `etcd` the prefix, deadlines and the cluster's
+    /// limits. The store reads everything under the prefix, then follows
+    /// the other servers' writes (see `super::follow`). etcd acknowledges a
+    /// write once a quorum has it on disk, so `options.durable` does not
+    /// apply, and no index checkpoint is kept (a store indexes every record
+    /// at open). Leases are refused on such a store: their deadlines would
+    /// live in one server's memory. Unreachable: [`Error::Unavailable`];
+    /// a prefix holding keys fleetkv did not write: [`Error::Corrupt`].
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd(
+        endpoints: &[String],
+        etcd: super::etcd_backend::EtcdOptions,
+        options: Options,
+    ) -> Result<Store> {
+        let _timed = crate::telemetry::Timed::start(crate::telemetry::record_open);
+        let options = Options {
+            durable: false,
+            checkpoint_after: None,
+            ..options
+        };
+        let guard = stall::Guard::new(options.stall_timeout)?;
+        let eps = endpoints.to_vec();
+        let backend = Arc::new(guard.run("open", move || {
+            super::etcd_backend::EtcdBackend::connect(&eps, etcd)
+        })??);
+        // The watch starts before the records are read: a write between
+        // the two rings the follower, whose catch-up finds it or not.
+        let (from, _) = backend.revisions()?;
+        let store = Store::start(backend.clone(), guard, options, None)?;
+        super::follow::start_follower(&store, backend, from + 1)?;
+        Ok(store)
+    }
+
     fn on_sled(path: Option<PathBuf>, options: Options) -> Result<Store> {
         let _timed = crate::telemetry::Timed::start(crate::telemetry::record_open);
         let guard = stall::Guard::new(options.stall_timeout)?;
@@ -408,6 +445,7 @@ impl Store {
             Recovery::Rebuilt { .. } => NO_CHECKPOINT,
         };
         let rev = state.rev;
+        let shared = backend.shared();
         let flusher = guard.sibling("fleetkv-flush")?;
         let leases = Arc::new(LeaseClock::new(dir.as_deref()));
         let store = Store {
@@ -431,6 +469,7 @@ impl Store {
                 }),
                 recovery,
                 leases,
+                shared,
             }),
         };
         store.start_leases()?;
@@ -445,6 +484,9 @@ impl Store {
         }
         store.write(|st, rev, log| {
             let mut batch = Batch::default();
+            // Read again at each plan: on a shared engine another server
+            // may have created the store meanwhile (its secret stands).
+            let has_secret = has_secret || store.backend().get(SECRET_KEY)?.is_some();
             if !has_secret {
                 // 244 random bits from two v4 UUIDs (the OS generator,
                 // through `getrandom`); created once with the store, never
@@ -512,6 +554,13 @@ impl Store {
     /// The store revision: the number of the last write.
     pub fn revision(&self) -> u64 {
         self.state().rev
+    }
+
+    /// The revision the in-memory indexes are at, without waiting for it to
+    /// be on disk (as [`revision`](Self::revision) does on a durable
+    /// store): for a response header, or to decide whether to wait.
+    pub fn revision_in_memory(&self) -> u64 {
+        self.state_for_write().rev
     }
 
     /// Writes everything committed so far to disk (on a durable store,

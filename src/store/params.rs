@@ -75,7 +75,8 @@ impl Params<'_> {
     /// Replaces a definition.
     pub fn replace(&self, name: &str, d: ParamDef) -> Result<ParamDef> {
         let new = to_json(&d);
-        self.write_def(Some(name), move |_| Ok(new))
+        let mut new = self.store.replan(new);
+        self.write_def(Some(name), move |_| new.take())
     }
 
     /// RFC 7396 merge patch.
@@ -113,7 +114,7 @@ impl Params<'_> {
         })
     }
 
-    fn modify(&self, name: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<ParamDef> {
+    fn modify(&self, name: &str, mut f: impl FnMut(&mut Value) -> Result<()>) -> Result<ParamDef> {
         self.write_def(Some(name), |old| {
             let mut doc = to_json(old.ok_or_else(|| Error::not_found(Kind::Param, name))?);
             f(&mut doc)?;
@@ -124,7 +125,7 @@ impl Params<'_> {
     fn write_def(
         &self,
         name: Option<&str>,
-        f: impl FnOnce(Option<&ParamDef>) -> Result<Value>,
+        mut f: impl FnMut(Option<&ParamDef>) -> Result<Value>,
     ) -> Result<ParamDef> {
         self.store.write_as(WriteKind::Param, |st, rev, log| {
             let old = match name {

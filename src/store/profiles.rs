@@ -56,7 +56,8 @@ impl Profiles<'_> {
     /// Replaces a profile (same Name).
     pub fn replace(&self, name: &str, p: Profile) -> Result<Profile> {
         let new = to_json(&p);
-        self.write_profile(Some(name), move |_| Ok(new))
+        let mut new = self.store.replan(new);
+        self.write_profile(Some(name), move |_| new.take())
     }
 
     /// RFC 7396 merge patch.
@@ -77,8 +78,9 @@ impl Profiles<'_> {
 
     /// Sets param `key`.
     pub fn set_param(&self, name: &str, key: &str, value: Value) -> Result<Profile> {
+        let mut value = self.store.replan(value);
         self.modify(name, |doc| {
-            patch::params_of(doc)?.insert(key.to_string(), value);
+            patch::params_of(doc)?.insert(key.to_string(), value.take()?);
             Ok(())
         })
     }
@@ -92,8 +94,9 @@ impl Profiles<'_> {
         value: Value,
     ) -> Result<Profile> {
         let default = self.store.state_for_write().default_of(key).cloned();
+        let mut value = self.store.replan(value);
         self.modify(name, |doc| {
-            patch::param_cas(doc, key, expected, value, default.as_ref())
+            patch::param_cas(doc, key, expected, value.take()?, default.as_ref())
         })
     }
 
@@ -218,7 +221,7 @@ impl Profiles<'_> {
             .collect())
     }
 
-    fn modify(&self, name: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Profile> {
+    fn modify(&self, name: &str, mut f: impl FnMut(&mut Value) -> Result<()>) -> Result<Profile> {
         self.write_profile(Some(name), |old| {
             let mut doc = to_json(old.ok_or_else(|| Error::not_found(Kind::Profile, name))?);
             f(&mut doc)?;
@@ -231,7 +234,7 @@ impl Profiles<'_> {
     fn write_profile(
         &self,
         name: Option<&str>,
-        f: impl FnOnce(Option<&Profile>) -> Result<Value>,
+        mut f: impl FnMut(Option<&Profile>) -> Result<Value>,
     ) -> Result<Profile> {
         self.store.write_as(WriteKind::Profile, |st, rev, log| {
             let old = match name {

@@ -21,8 +21,43 @@ use crate::error::{Error, Result};
 use crate::timing;
 use crate::watch::{Action, Change};
 
+/// How many times a write on a shared engine is planned before a lost
+/// revision race is returned ([`Error::RevisionMismatch`]).
+pub(super) const PLAN_ATTEMPTS: u32 = 16;
+
 /// The in-memory half of a write, applied after its batch commits.
 pub(super) type Apply = Box<dyn FnOnce(&mut State)>;
+
+/// A value a write's plan consumes, for a plan that may run again
+/// ([`Store::write`] on a shared engine): the first plan takes the value
+/// itself, a later one a copy of the spare kept for it — kept only on a
+/// shared engine, so an embedded store's write copies nothing.
+pub(crate) struct Replan<T> {
+    first: Option<T>,
+    spare: Option<T>,
+}
+
+impl<T: Clone> Replan<T> {
+    /// The value for this plan.
+    pub(crate) fn take(&mut self) -> Result<T> {
+        if let Some(v) = self.first.take() {
+            return Ok(v);
+        }
+        self.spare.clone().ok_or_else(|| {
+            Error::Storage("internal: a write was planned twice on an embedded store".into())
+        })
+    }
+}
+
+impl Store {
+    /// `v`, for a write's plan that may run more than once.
+    pub(crate) fn replan<T: Clone>(&self, v: T) -> Replan<T> {
+        Replan {
+            spare: self.inner.shared.then(|| v.clone()),
+            first: Some(v),
+        }
+    }
+}
 
 /// Stages an object's new record and its change event.
 pub(super) fn record<T: serde::Serialize>(
@@ -94,7 +129,7 @@ impl Store {
         key: &[u8],
         name: &str,
         at: Option<u64>,
-        make: impl FnOnce(u64) -> T,
+        mut make: impl FnMut(u64) -> Result<T>,
     ) -> Result<T> {
         self.write_as(crate::telemetry::WriteKind::Job, |st, rev, log| {
             if let Some(at) = at.filter(|at| *at != st.rev) {
@@ -103,7 +138,7 @@ impl Store {
                     actual: st.rev,
                 });
             }
-            let out = make(rev);
+            let out = make(rev)?;
             let mut batch = Batch::default();
             record(&mut batch, log, key, name, &out, None);
             Ok((batch, Box::new(|_: &mut State| {}) as Apply, out))
@@ -112,34 +147,57 @@ impl Store {
 
     /// Runs one write: `f` builds the batch and index change from the current
     /// state; both are applied together under the state lock.
+    ///
+    /// On a shared engine (etcd) another server may commit first: the
+    /// commit fails with [`Error::RevisionMismatch`], the store catches up
+    /// ([`Store::catch_up`]) and `f` plans the write again against the new
+    /// state, up to [`PLAN_ATTEMPTS`] times (a `test` or CAS that fails
+    /// then is an ordinary conflict). A plan that fails is also planned
+    /// again once the store caught up, when the engine was ahead: the
+    /// caller may have read the newer state through another server. On an
+    /// engine only this store writes, `f` runs once.
     pub(super) fn write<T>(
         &self,
-        f: impl FnOnce(&State, u64, &mut Vec<Change>) -> Result<(Batch, Apply, T)>,
+        mut f: impl FnMut(&State, u64, &mut Vec<Change>) -> Result<(Batch, Apply, T)>,
     ) -> Result<T> {
         self.inner.guard.check()?;
         timing::start();
         let mut w = self.inner.writer.lock();
-        let mut changes = Vec::new();
-        let (mut batch, apply, out, log_len) = {
-            let st = self.inner.state.read();
-            timing::mark("locks");
-            let (mut batch, apply, out) = f(&st, st.rev + 1, &mut changes)?;
-            batch.expect = st.rev;
-            batch.rev = st.rev + 1;
+        let shared = self.inner.shared;
+        let mut attempt = 0;
+        let (rev, out, replay_cost) = loop {
+            attempt += 1;
+            let retry = shared && attempt < PLAN_ATTEMPTS;
+            let mut changes = Vec::new();
+            let planned = {
+                let st = self.inner.state.read();
+                timing::mark("locks");
+                f(&st, st.rev + 1, &mut changes).map(|(mut batch, apply, out)| {
+                    batch.expect = st.rev;
+                    batch.rev = st.rev + 1;
+                    (batch, apply, out, st.log_len)
+                })
+            };
+            let (mut batch, apply, out, log_len) = match planned {
+                Ok(p) => p,
+                Err(e) if retry && !matches!(e, Error::Unavailable(_)) => {
+                    if self.catch_up_locked(&mut w)? {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             timing::mark("plan: other");
-            (batch, apply, out, st.log_len)
-        };
-        let rev = batch.rev;
-        let (log_len, trimmed) = changelog::stage(
-            &*self.backend(),
-            &mut w,
-            &mut batch,
-            &changes,
-            log_len,
-            self.inner.options.log_retain,
-        )?;
-        let replay_cost;
-        {
+            let rev = batch.rev;
+            let (log_len, trimmed) = changelog::stage(
+                &*self.backend(),
+                &mut w,
+                &mut batch,
+                &changes,
+                log_len,
+                self.inner.options.log_retain,
+            )?;
             // The engine commits first, memory follows: a failed or stalled
             // commit leaves the indexes equal to what is stored.
             let mut st = self.inner.state.write();
@@ -155,32 +213,45 @@ impl Store {
                 timing::mark_at("engine commit", t1);
                 timing::mark("handoff back");
             }
-            if let Err(e) = r {
-                if !matches!(e, Error::RevisionMismatch { .. }) {
-                    // An engine may fail a batch after applying part of it
-                    // (sled: an I/O error between inserts): what is stored
-                    // is unknown, so no later write may build on memory.
-                    self.inner
-                        .guard
-                        .fail(format!("a commit failed, its outcome unknown: {e}"), &e);
-                    // Readers must not see documents the indexes disagree
-                    // with: the indexes are rebuilt from what the engine now
-                    // holds (once; the store takes no writes until a reopen,
-                    // which decides whether the batch stands).
-                    if let Ok(fresh) = load_state(&*self.backend()) {
-                        *st = fresh;
-                    }
+            match r {
+                Ok(()) => {}
+                Err(Error::RevisionMismatch { .. }) if retry => {
+                    drop(st);
+                    self.catch_up_locked(&mut w)?;
+                    continue;
                 }
-                return Err(e);
+                // Nothing of a shared engine's state is held here: a write
+                // whose outcome is unknown shows up, if it was applied, as
+                // a revision the next catch-up reads like another server's.
+                Err(e) if shared => return Err(e),
+                Err(e) => {
+                    if !matches!(e, Error::RevisionMismatch { .. }) {
+                        // An engine may fail a batch after applying part of it
+                        // (sled: an I/O error between inserts): what is stored
+                        // is unknown, so no later write may build on memory.
+                        self.inner
+                            .guard
+                            .fail(format!("a commit failed, its outcome unknown: {e}"), &e);
+                        // Readers must not see documents the indexes disagree
+                        // with: the indexes are rebuilt from what the engine now
+                        // holds (once; the store takes no writes until a reopen,
+                        // which decides whether the batch stands).
+                        if let Ok(fresh) = load_state(&*self.backend()) {
+                            *st = fresh;
+                        }
+                    }
+                    return Err(e);
+                }
             }
             self.inner.commits.committed(rev);
             w.committed(trimmed, rev, changes.len());
             apply(&mut st);
-            replay_cost = checkpoint::replay_cost(&st, &changes);
+            let replay_cost = checkpoint::replay_cost(&st, &changes);
             st.rev = rev;
             st.log_len = log_len;
             timing::mark("index apply");
-        }
+            break (rev, out, replay_cost);
+        };
         // The next writer may commit while this one waits for the disk: the
         // flush that covers this write may cover theirs too.
         drop(w);

@@ -60,7 +60,11 @@ impl Store {
             };
             let (key, name) = (job_key(job.uuid), job.uuid.to_string());
             let at = (tries < SNAPSHOT_TRIES).then_some(seen);
-            match self.write_record(&key, &name, at, |revision| Job { revision, ..job }) {
+            let mut given = self.replan(job);
+            let made = self.write_record(&key, &name, at, |revision| {
+                given.take().map(|job| Job { revision, ..job })
+            });
+            match made {
                 Err(Error::RevisionMismatch { .. }) if at.is_some() => continue,
                 written => return written,
             }

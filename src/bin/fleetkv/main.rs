@@ -437,7 +437,11 @@ impl Failure {
             | Error::InUse { .. }
             | Error::Compacted { .. }
             | Error::Template(_) => 2,
-            Error::Timeout | Error::Stalled { .. } | Error::Busy(_) => 5,
+            Error::Timeout
+            | Error::Stalled { .. }
+            | Error::Busy(_)
+            | Error::Unavailable(_)
+            | Error::OutcomeUnknown(_) => 5,
             // A server's answer without a variant of its own: by its status.
             Error::Server { status, typ, .. } => match status {
                 400 | 413 | 415 | 431 => 2,

@@ -190,6 +190,21 @@ pub struct ServeArgs {
     /// The longest lease TTL granted, in seconds.
     #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
     max_lease_ttl: u64,
+    /// Keep the store on this etcd cluster (comma-separated client URLs of
+    /// its members, `http://host:2379`), shared with other fleetkv servers;
+    /// the store directory then holds only credentials.
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The key prefix of the store in etcd (with --etcd).
+    #[cfg(feature = "etcd")]
+    #[arg(
+        long,
+        default_value = "/fleetkv/",
+        value_name = "PREFIX",
+        requires = "etcd"
+    )]
+    etcd_prefix: String,
     /// Add (or replace) a basic-auth user `NAME:PASS` in the store directory, then exit.
     #[arg(long, value_name = "NAME:PASS")]
     add_user: Option<String>,
@@ -230,6 +245,10 @@ impl ServeArgs {
             tls: self.tls_cert.zip(self.tls_key),
             metrics_listen: self.metrics_listen,
             max_lease_ttl: Duration::from_secs(self.max_lease_ttl),
+            #[cfg(feature = "etcd")]
+            etcd: self.etcd,
+            #[cfg(feature = "etcd")]
+            etcd_prefix: self.etcd_prefix,
         })
         .map_err(|msg| Failure { code: 1, msg })
     }

@@ -1,0 +1,300 @@
+//! Stores on a shared etcd: two `Store`s in one process stand for two
+//! servers on one cluster. Each test starts its own etcd 3.4
+//! (`tests/common/etcd_server.rs`); `.ci/etcd.sh` installs it.
+
+mod common;
+#[path = "common/etcd_server.rs"]
+mod etcd_server;
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use etcd_server::Etcd;
+use fleetkv::{CountCondition, Error, EtcdOptions, Filter, Machine, Options, Store};
+use serde_json::json;
+
+fn open(etcd: &Etcd, prefix: &str) -> Store {
+    Store::open_etcd(
+        std::slice::from_ref(&etcd.url),
+        EtcdOptions {
+            prefix: prefix.into(),
+            ..EtcdOptions::default()
+        },
+        Options::default(),
+    )
+    .unwrap()
+}
+
+/// Waits until `s` has caught up to `rev` (the follower, not the test,
+/// moves it: no `catch_up` call here).
+fn until_at(s: &Store, rev: u64) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while s.revision() < rev {
+        assert!(Instant::now() < until, "stuck at {} < {rev}", s.revision());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_write_on_one_server_is_seen_by_the_other() {
+    let etcd = Etcd::start();
+    let a = open(&etcd, "/seen/");
+    let b = open(&etcd, "/seen/");
+    // One store: the second open found the first's secret and global.
+    assert_eq!(a.revision(), b.revision());
+    let ma = a.machines().create(Machine::new("from-a")).unwrap();
+    until_at(&b, a.revision());
+    assert_eq!(b.machines().get("Name:from-a").unwrap().uuid, ma.uuid);
+    // B's first create loses nothing: it plans at B's state, and dense ids
+    // are allocated through the same compare as everything else.
+    let mb = b.machines().create(Machine::new("from-b")).unwrap();
+    let mc = a.machines().create(Machine::new("from-a-2")).unwrap();
+    until_at(&b, a.revision());
+    until_at(&a, b.revision());
+    let names = Filter::parse("Name Re ^from-").unwrap();
+    assert_eq!(a.machines().count(&names).unwrap(), 3);
+    assert_eq!(b.machines().count(&names).unwrap(), 3);
+    assert_ne!(mb.uuid, mc.uuid);
+    // A profile change on B reaches A's index of machines.
+    b.profiles()
+        .set_param("global", "site", json!("x"))
+        .unwrap();
+    until_at(&a, b.revision());
+    let site = Filter::parse("site Eq x").unwrap();
+    assert_eq!(a.machines().count(&site).unwrap(), 3);
+    a.verify_indexes().unwrap();
+    b.verify_indexes().unwrap();
+}
+
+#[test]
+fn concurrent_param_cas_has_exactly_one_winner_per_round() {
+    let etcd = Etcd::start();
+    let a = open(&etcd, "/cas/");
+    let b = open(&etcd, "/cas/");
+    let m = a.machines().create(Machine::new("m")).unwrap();
+    let name = m.uuid.to_string();
+    until_at(&b, a.revision());
+    const ROUNDS: i64 = 25;
+    let barrier = Arc::new(Barrier::new(2));
+    let run = |s: Store, barrier: Arc<Barrier>, name: String| {
+        std::thread::spawn(move || {
+            let mut won = Vec::new();
+            for round in 0..ROUNDS {
+                barrier.wait();
+                // Both have seen the previous round's winner (the barrier
+                // below); each tries to move the counter from `round`.
+                let expected = (round > 0).then(|| json!(round));
+                match s
+                    .machines()
+                    .set_param_if(&name, "n", expected.as_ref(), json!(round + 1))
+                {
+                    Ok(_) => won.push(round),
+                    Err(Error::Conflict { .. }) => {}
+                    Err(e) => panic!("round {round}: {e}"),
+                }
+                barrier.wait();
+                s.catch_up().unwrap();
+                barrier.wait();
+            }
+            won
+        })
+    };
+    let ta = run(a.clone(), barrier.clone(), name.clone());
+    let tb = run(b.clone(), barrier, name.clone());
+    let (wa, wb) = (ta.join().unwrap(), tb.join().unwrap());
+    let mut all: Vec<i64> = wa.iter().chain(&wb).copied().collect();
+    all.sort();
+    assert_eq!(
+        all,
+        (0..ROUNDS).collect::<Vec<_>>(),
+        "a won {wa:?}, b {wb:?}"
+    );
+    for s in [&a, &b] {
+        let n = s.machines().get_param(&name, "n", false).unwrap();
+        assert_eq!(n, Some(json!(ROUNDS)));
+        s.verify_indexes().unwrap();
+    }
+}
+
+#[test]
+fn waits_on_one_server_wake_on_the_other_servers_write() {
+    let etcd = Etcd::start();
+    let a = open(&etcd, "/wait/");
+    let b = open(&etcd, "/wait/");
+    let m = a.machines().create(Machine::new("w")).unwrap();
+    until_at(&b, a.revision());
+    let ready = Filter::parse("ready Eq true").unwrap();
+    let waiter = {
+        let (b, ready, name) = (b.clone(), ready.clone(), m.uuid.to_string());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            b.wait_machine(&name, &ready, Duration::from_secs(20))
+                .unwrap();
+            let n = b
+                .count_wait(&ready, CountCondition::AtLeast(2), Duration::from_secs(20))
+                .unwrap();
+            (n, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    a.machines()
+        .set_param(&m.uuid.to_string(), "ready", json!(true))
+        .unwrap();
+    let mut other = Machine::new("w2");
+    other.params.insert("ready".into(), json!(true));
+    a.machines().create(other).unwrap();
+    let (n, took) = waiter.join().unwrap();
+    assert_eq!(n, 2);
+    // Woken by the follower's watch, not by a 20 s timeout.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // A watch on B reads the change log A wrote.
+    let mut w = b.watch(None, None, Some(1)).unwrap();
+    let mut events = 0;
+    while w.poll().unwrap().is_some() {
+        events += 1;
+    }
+    assert!(events >= 4, "{events}");
+    // `wait_for_revision` on B: reached at once once B caught up.
+    let rev = a.revision();
+    assert_eq!(
+        b.wait_for_revision(rev, Instant::now() + Duration::from_secs(5))
+            .unwrap(),
+        rev
+    );
+    assert!(matches!(
+        b.wait_for_revision(rev + 100, Instant::now() + Duration::from_millis(200)),
+        Err(Error::Timeout)
+    ));
+    a.verify_indexes().unwrap();
+    b.verify_indexes().unwrap();
+}
+
+#[test]
+fn leases_are_refused_on_an_etcd_store() {
+    let etcd = Etcd::start();
+    let a = open(&etcd, "/lease/");
+    match a.leases().grant(10) {
+        Err(Error::Invalid { reason, .. }) => assert!(reason.contains("etcd"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_etcd_that_goes_away_fails_requests_and_the_store_recovers_by_itself() {
+    let etcd = Etcd::start();
+    let a = Store::open_etcd(
+        std::slice::from_ref(&etcd.url),
+        EtcdOptions {
+            prefix: "/away/".into(),
+            request_timeout: Duration::from_secs(1),
+            ..EtcdOptions::default()
+        },
+        Options::default(),
+    )
+    .unwrap();
+    let m = a.machines().create(Machine::new("m")).unwrap();
+    let name = m.uuid.to_string();
+    etcd.signal("STOP");
+    // A create reads nothing from etcd before its commit: the commit is
+    // what goes unanswered.
+    let r = a.machines().create(Machine::new("during"));
+    let read = a.machines().get(&name);
+    etcd.signal("CONT");
+    match r {
+        Err(Error::OutcomeUnknown(msg)) => assert!(msg.contains("may or may not"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(read, Err(Error::Unavailable(_))), "{read:?}");
+    // Back by itself: the next write catches up with whatever landed.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        match a.machines().set_param(&name, "n", json!(2)) {
+            Ok(_) => break,
+            Err(Error::OutcomeUnknown(_)) | Err(Error::Unavailable(_))
+                if Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The unanswered create landed or not; the index agrees either way.
+    let landed = a.machines().exists("Name:during").unwrap();
+    let all = Filter::parse("Name Re .").unwrap();
+    assert_eq!(a.machines().count(&all).unwrap(), 1 + u64::from(landed));
+    assert_eq!(a.failure(), None);
+    assert_eq!(
+        a.machines().get_param(&name, "n", false).unwrap(),
+        Some(json!(2))
+    );
+    a.verify_indexes().unwrap();
+}
+
+#[test]
+fn serve_with_an_unreachable_etcd_exits_with_a_clear_error() {
+    let dead = format!("http://127.0.0.1:{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("db"))
+        .args(["--etcd", &dead])
+        .env_remove("FLEETKV_DATA")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot open the store in etcd"), "{err}");
+    assert!(err.contains(&dead) && err.contains("unavailable"), "{err}");
+}
+
+#[test]
+fn two_servers_on_one_etcd_answer_each_others_writes() {
+    let etcd = Etcd::start();
+    let flags = [
+        "--etcd",
+        &etcd.url,
+        "--etcd-prefix",
+        "/srv/",
+        "--request-timeout",
+        "3",
+    ];
+    let a = common::Server::start(&flags);
+    let b = common::Server::start(&flags);
+    let resp = ureq::post(&format!("{}/api/v3/machines", a.url))
+        .set("Authorization", &a.bearer())
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"Name": "m1"}"#)
+        .unwrap();
+    let rev: u64 = resp
+        .header("X-Fleetkv-Revision")
+        .and_then(|r| r.parse().ok())
+        .expect("X-Fleetkv-Revision on a write");
+    // Read your write on the other server: it waits until it reached it.
+    let (status, body, count) = b.call(
+        "GET",
+        &format!("/machines?min_revision={rev}&Name=m1"),
+        None,
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(count, Some(1), "{body}");
+    let resp = ureq::get(&format!("{}/api/v3/machines?min_revision={rev}", b.url))
+        .set("Authorization", &b.bearer())
+        .call()
+        .unwrap();
+    let at: u64 = resp.header("X-Fleetkv-Revision").unwrap().parse().unwrap();
+    assert!(at >= rev, "{at} < {rev}");
+    // A revision nobody wrote: the wait ends, DRP-shaped, within the request.
+    let (status, body, _) = b.call(
+        "GET",
+        &format!("/machines?min_revision={}", rev + 1000),
+        None,
+        &[],
+    );
+    assert_eq!(status, 408, "{body}");
+    let (status, body, _) = b.call("GET", "/machines?min_revision=x", None, &[]);
+    assert_eq!(status, 400, "{body}");
+}
