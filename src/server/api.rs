@@ -234,6 +234,7 @@ pub struct Info {
         super::leases::LeaseBody,
         coord::CountReply,
         coord::WaitReply,
+        coord::SseMessage,
         coord::WorkflowAll,
         crate::WorkflowReport,
         crate::cluster::WorkflowFailure

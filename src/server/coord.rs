@@ -111,6 +111,20 @@ pub(crate) struct WaitMachineParams {
     timeout: Option<f64>,
 }
 
+/// One server-sent event as a client's SSE parser hands it on (`id:`,
+/// `event:` and `data:` lines); what `data` holds is in each endpoint's
+/// description.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct SseMessage {
+    /// The resume point (`Last-Event-ID`).
+    id: Option<String>,
+    /// The event's name (`change`, `members`, `leaders`, `error`).
+    event: Option<String>,
+    /// The payload: JSON, or an error's message.
+    data: String,
+}
+
 /// `{"Status"}`.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
@@ -462,7 +476,7 @@ pub async fn render(
         ("Last-Event-ID" = Option<String>, Header,
             description = "Resume right after this event (`REV.SEQ`, the `id` of the last event seen); overrides `from`")),
     responses(
-        (status = 200, content_type = "text/event-stream", body = String,
+        (status = 200, content_type = "text/event-stream", body = SseMessage,
             description = "An endless `text/event-stream`. Each change is one event: `id: REV.SEQ` (the write's revision and the change's position in it), `event: change`, and `data:` the event as JSON: `{\"Revision\",\"Seq\",\"Kind\",\"Key\",\"Action\",\"Object\",\"Previous\"}` (`Kind` is machines, profiles or params; `Action` create, update or delete; `Previous`, the object before the write, on updates and deletes). If the watch fails (e.g. the log was compacted past it) an `event: error` whose data is the message ends the stream. Idle streams get keep-alive comments. Reconnect with `Last-Event-ID` to resume without a gap or a repeat."),
         (status = 400, description = "Bad kind or from, or from is compacted or in the future", body = ApiErrorBody),
         (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
@@ -555,7 +569,7 @@ pub(crate) struct MembersParams {
         ("Last-Event-ID" = Option<String>, Header,
             description = "Resume after this message (its `id`, a revision); overrides `from`")),
     responses(
-        (status = 200, content_type = "text/event-stream", body = String,
+        (status = 200, content_type = "text/event-stream", body = SseMessage,
             description = "An endless `text/event-stream` of `event: members` messages, `id:` the message's revision, `data:` `{\"Revision\",\"Count\",\"Joined\":[{\"Uuid\",\"Name\"}],\"Left\":[…]}`. The first (unless resuming) has `\"Snapshot\": true` (and `Members` when asked); a resume that cannot be told exactly (a profile or definition written since, a compacted log) starts with a snapshot marked `\"Reset\": true`; a message that sums up several revisions (a profile or definition write while the stream was behind) has `\"Coalesced\": true`. If the stream fails (the filter no longer binds after a definition change) an `event: error` whose data is the message ends it. Idle streams get keep-alive comments."),
         (status = 400, description = "Bad filter or from, or from is compacted or in the future", body = ApiErrorBody),
         (status = 401, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
