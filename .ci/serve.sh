@@ -5,7 +5,8 @@
 #   source .ci/serve.sh PACKAGE... ; start_server [SERVE_FLAGS...]
 # sets BIN, WORK, URL and SERVE_PID.
 
-cargo build --bin fleetkv
+# The features CI tests with (.ci/run), so the tests' build is reused.
+cargo build --bin fleetkv ${FLEETKV_FEATURES:+--features "$FLEETKV_FEATURES"}
 BIN="${CARGO_TARGET_DIR:-target}/debug/fleetkv"
 WORK=$(mktemp -d)
 SERVE_PID=""

@@ -116,8 +116,10 @@ pub enum Error {
     /// ([`Store::recover`](crate::Store::recover)); reads go on.
     #[error("storage full: {0}")]
     StorageFull(String),
-    /// Another process holds the store (an embedded store has one process at
-    /// a time); the engine's message names the store. Nothing was opened.
+    /// Another handle held the store for the whole
+    /// [`Options::lock_timeout`](crate::Options::lock_timeout) (an embedded
+    /// store has one process at a time); the engine's message names the
+    /// store. Nothing was opened.
     #[error("store busy: {0}")]
     Busy(String),
     /// A fleetkv server answered an error that has no variant of its own

@@ -1,6 +1,6 @@
 //! Stores on a shared etcd: two `Store`s in one process stand for two
 //! servers on one cluster. Each test starts its own etcd 3.4
-//! (`tests/common/etcd_server.rs`); `.ci/etcd.sh` installs it.
+//! (`tests/common/etcd_server.rs`); `.ci/run` installs it.
 
 mod common;
 #[path = "common/etcd_server.rs"]

@@ -1607,3 +1607,21 @@ fn leases_and_campaigns_over_http() {
     let (code, _, _) = s.call("POST", &format!("/leases/{id}/keepalive"), None, &[]);
     assert_eq!(code, 404, "never revived");
 }
+
+#[test]
+fn a_server_started_while_the_store_is_closing_waits_for_it() {
+    // A program that closes its store and starts a server on it at once:
+    // the server waits for the directory (--lock-timeout) instead of exiting.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("db");
+    let held = fleetkv::Store::open(&data).unwrap();
+    held.machines().create(fleetkv::Machine::new("m1")).unwrap();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let server = Server::start_at(&data, &[]);
+    closer.join().unwrap();
+    let (status, body, _) = server.call("GET", "/machines/Name:m1", None, &[]);
+    assert_eq!(status, 200, "{body}");
+}

@@ -824,3 +824,31 @@ fn global_listed_in_profiles_ranks_at_its_place(e: Engine) {
     s.verify_indexes().unwrap();
     assert_eq!(count("p1"), 3);
 }
+
+#[test]
+fn an_open_waits_for_a_held_directory_up_to_the_lock_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let held = Store::open(&path).unwrap();
+    held.machines().create(Machine::new("m1")).unwrap();
+    // Held for the whole timeout: Busy, naming the wait.
+    let short = Options {
+        lock_timeout: std::time::Duration::from_millis(200),
+        ..Options::default()
+    };
+    let started = std::time::Instant::now();
+    match Store::open_with(&path, short) {
+        Err(Error::Busy(why)) => assert!(why.contains("lock timeout"), "{why}"),
+        Err(e) => panic!("expected Busy, got {e}"),
+        Ok(_) => panic!("opened a store another handle holds"),
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    // Released while an open waits: the open gets it, with what was written.
+    let closer = thread::spawn(move || {
+        thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let store = Store::open_with(&path, Options::default()).unwrap();
+    closer.join().unwrap();
+    assert!(store.machines().get("Name:m1").is_ok());
+}

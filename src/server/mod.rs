@@ -100,6 +100,9 @@ pub struct Config {
     /// [`Options::stall_timeout`]: a storage call stalled this long answers
     /// 503 (and so does every later write).
     pub stall_timeout: Duration,
+    /// [`Options::lock_timeout`]: how long the open waits for a store
+    /// another process holds (a server restarting while the old one exits).
+    pub lock_timeout: Duration,
     /// [`Options::max_lease_ttl`]: the longest lease TTL granted.
     pub max_lease_ttl: Duration,
     /// Serve HTTPS with this PEM certificate chain and PEM private key.
@@ -132,6 +135,7 @@ impl Default for Config {
             max_connections: 4096,
             stall_timeout: crate::store::STALL_TIMEOUT,
             max_lease_ttl: Options::default().max_lease_ttl,
+            lock_timeout: Options::default().lock_timeout,
             tls: None,
             metrics_listen: None,
             #[cfg(feature = "etcd")]
@@ -347,6 +351,7 @@ fn open_store(config: &Config) -> Result<Store, String> {
     let options = Options {
         durable: config.durable,
         stall_timeout: config.stall_timeout,
+        lock_timeout: config.lock_timeout,
         max_lease_ttl: config.max_lease_ttl,
         ..Options::default()
     };

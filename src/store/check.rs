@@ -53,7 +53,7 @@ impl Store {
             checkpoint_after: None,
             ..options.clone()
         };
-        let store = match super::open::reopen(path, checking) {
+        let store = match Store::open_with(path, checking) {
             Ok(s) => s,
             Err(e @ Error::Corrupt { .. }) => {
                 report.damage.push(format!("records: {e}"));
@@ -115,7 +115,7 @@ impl Store {
                     return Err(Error::Storage(format!("{}: {e}", file.display())));
                 }
             }
-            let rebuilt = super::open::reopen(path, options)?;
+            let rebuilt = Store::open_with(path, options)?;
             rebuilt.verify_indexes()?;
             rebuilt.checkpoint()?;
             report.passed.push(format!(

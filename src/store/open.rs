@@ -67,6 +67,12 @@ pub struct Options {
     pub checkpoint_after: Option<u64>,
     /// The longest TTL a lease may be granted ([`crate::Leases::grant`]).
     pub max_lease_ttl: std::time::Duration,
+    /// How long an open waits for a store directory another handle holds
+    /// (another process, or a store in this process that is still closing:
+    /// sled's IO threads let go of the directory a moment after the last
+    /// handle drops) before it returns [`Error::Busy`]. Retried with
+    /// jittered backoff up to 60 ms, so that several waiters do not collide.
+    pub lock_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -77,6 +83,7 @@ impl Default for Options {
             stall_timeout: STALL_TIMEOUT,
             checkpoint_after: Some(1_000),
             max_lease_ttl: std::time::Duration::from_secs(24 * 3600),
+            lock_timeout: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -241,15 +248,29 @@ fn open_indexes(db: &dyn Backend, dir: &Path, secret: &[u8]) -> Result<(State, R
     Ok((load_state(db)?, Recovery::Rebuilt { refused }))
 }
 
-/// Opens the store in `path`, waiting up to 5 s while its lock is still
-/// held: sled's IO threads release a closed store's lock a moment after the
-/// close returns.
-pub(super) fn reopen(path: &Path, options: Options) -> Result<Store> {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+/// Runs `open` (sled's open of a directory), retrying while another handle
+/// holds the directory, until `timeout` ([`Options::lock_timeout`]).
+fn open_waiting(
+    timeout: std::time::Duration,
+    mut open: impl FnMut() -> Result<SledBackend>,
+) -> Result<SledBackend> {
+    let start = std::time::Instant::now();
+    let mut backoff = std::time::Duration::from_millis(4);
     loop {
-        match Store::open_with(path, options.clone()) {
-            Err(Error::Busy(_)) if std::time::Instant::now() < until => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
+        match open() {
+            Err(Error::Busy(why)) => {
+                let waited = start.elapsed();
+                if waited >= timeout {
+                    return Err(Error::Busy(format!(
+                        "{why}: another handle held the store for the whole {:.1}s lock timeout",
+                        waited.as_secs_f64()
+                    )));
+                }
+                // Full jitter in [backoff/2, backoff], capped at what is left.
+                let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+                let nap = backoff / 2 + backoff / 2 * jitter / 1000;
+                std::thread::sleep(nap.min(timeout - waited));
+                backoff = (backoff * 2).min(std::time::Duration::from_millis(60));
             }
             r => return r,
         }
@@ -421,7 +442,10 @@ impl Store {
         let _timed = crate::telemetry::Timed::start(crate::telemetry::record_open);
         let guard = stall::Guard::new(options.stall_timeout)?;
         let dir = path.clone();
-        let backend = guard.run("open", move || SledBackend::open(path))??;
+        let backend = open_waiting(options.lock_timeout, || {
+            let at = path.clone();
+            guard.run("open", move || SledBackend::open(at))?
+        })?;
         Store::start(Arc::new(backend), guard, options, dir)
     }
 
@@ -658,15 +682,9 @@ impl Store {
                 after: inner.options.stall_timeout,
             });
         }
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let backend = loop {
-            match SledBackend::open(Some(dir.clone())) {
-                Err(Error::Busy(_)) if std::time::Instant::now() < until => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                r => break r?,
-            }
-        };
+        let backend = open_waiting(inner.options.lock_timeout, || {
+            SledBackend::open(Some(dir.clone()))
+        })?;
         let secret = backend.get(SECRET_KEY)?.ok_or_else(|| Error::Corrupt {
             key: "s:secret".into(),
             reason: "the store has no signing secret".into(),

@@ -75,7 +75,14 @@ impl Server {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let mut banner = Vec::new();
         let url = loop {
-            let line = lines.next().expect("server exited").unwrap();
+            let Some(line) = lines.next() else {
+                let status = child.wait();
+                panic!(
+                    "the server exited before listening ({status:?}); its stderr:\n{}",
+                    banner.join("\n")
+                );
+            };
+            let line = line.unwrap();
             if let Some(u) = line.strip_prefix("fleetkv: listening on ") {
                 break u.to_string();
             }

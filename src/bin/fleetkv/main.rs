@@ -39,7 +39,7 @@ mod words;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fleetkv::client::Client;
@@ -535,7 +535,7 @@ fn run(cli: Cli) -> Out {
     let open = cli.open();
     let (kind, verb) = match cli.cmd {
         #[cfg(feature = "server")]
-        Cmd::Serve(args) => return args.run(data, open.stall_timeout, open.no_fsync),
+        Cmd::Serve(args) => return args.run(data, open),
         Cmd::Check { repair } => return check(&data, open, repair),
         Cmd::Machines { verb } => (Kind::Machine, verb),
         Cmd::Profiles { verb } => (Kind::Profile, verb),
@@ -963,43 +963,16 @@ fn open_store(data: &Path, open: Open) -> Out<Store> {
             ))
         })
     };
-    let timeout = secs("--lock-timeout", open.lock_timeout)?;
     let options = fleetkv::Options {
         stall_timeout: secs("--stall-timeout", open.stall_timeout)?,
+        lock_timeout: secs("--lock-timeout", open.lock_timeout)?,
         durable: !open.no_fsync,
         ..fleetkv::Options::default()
     };
-    let start = Instant::now();
-    let mut backoff = Duration::from_millis(4);
-    loop {
-        match Store::open_with(data, options.clone()) {
-            Ok(s) => return Ok(s),
-            Err(Error::Busy(_)) => {
-                let waited = start.elapsed();
-                if waited >= timeout {
-                    return Err(Failure {
-                        code: 5,
-                        msg: format!(
-                            "store {} is busy: another process held it for the whole {:.1}s lock timeout (--lock-timeout)",
-                            data.display(),
-                            waited.as_secs_f64()
-                        ),
-                    });
-                }
-                // Full jitter in [backoff/2, backoff], capped at what is left.
-                let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
-                let nap = backoff / 2 + backoff / 2 * jitter / 1000;
-                std::thread::sleep(nap.min(timeout - waited));
-                backoff = (backoff * 2).min(Duration::from_millis(60));
-            }
-            Err(e) => {
-                return Err(Failure {
-                    code: Failure::from_error_code(&e),
-                    msg: format!("cannot open store {}: {e}", data.display()),
-                })
-            }
-        }
-    }
+    Store::open_with(data, options).map_err(|e| Failure {
+        code: Failure::from_error_code(&e),
+        msg: format!("cannot open store {}: {e}", data.display()),
+    })
 }
 
 /// The argument itself, or stdin for `-`.

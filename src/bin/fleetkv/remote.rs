@@ -212,9 +212,10 @@ pub struct ServeArgs {
 
 #[cfg(feature = "server")]
 impl ServeArgs {
-    /// Runs the server (or adds a user) on store directory `data`; storage
-    /// calls stalled for `stall_timeout` seconds answer 503.
-    pub fn run(self, data: std::path::PathBuf, stall_timeout: f64, no_fsync: bool) -> Out {
+    /// Runs the server (or adds a user) on store directory `data`, opened
+    /// as `open` says (storage calls stalled for its stall timeout answer
+    /// 503).
+    pub fn run(self, data: std::path::PathBuf, open: super::Open) -> Out {
         if let Some(nv) = &self.add_user {
             let (n, p) = nv
                 .split_once(':')
@@ -233,7 +234,7 @@ impl ServeArgs {
         fleetkv::server::run(fleetkv::server::Config {
             data,
             listen: self.listen,
-            durable: !no_fsync,
+            durable: !open.no_fsync,
             max_body_bytes: self.max_body_bytes,
             max_header_bytes: self.max_header_bytes,
             request_timeout: secs("request-timeout", self.request_timeout)?,
@@ -241,7 +242,9 @@ impl ServeArgs {
             header_timeout: secs("header-timeout", self.header_timeout)?,
             write_timeout: secs("write-timeout", self.write_timeout)?,
             max_connections: self.max_connections,
-            stall_timeout: secs("stall-timeout", stall_timeout)?,
+            stall_timeout: secs("stall-timeout", open.stall_timeout)?,
+            lock_timeout: Duration::try_from_secs_f64(open.lock_timeout)
+                .map_err(|_| Failure::input("--lock-timeout: expected a non-negative number"))?,
             tls: self.tls_cert.zip(self.tls_key),
             metrics_listen: self.metrics_listen,
             max_lease_ttl: Duration::from_secs(self.max_lease_ttl),
