@@ -1021,6 +1021,11 @@ fn coordination_endpoints() {
         403,
         "a profile token has no profiles/token claim: it cannot renew itself"
     );
+    // The index check: the admin's, never a token's.
+    let (st, v, _) = s.call("GET", "/check", None, &[]);
+    assert_eq!(st, 200, "{v}");
+    assert!(v["Revision"].as_u64().unwrap() >= 5, "{v}");
+    assert_eq!(with("GET", "/check"), 403);
     let forged = format!("{}x", &token[..token.len() - 1]);
     assert_eq!(
         s.call("GET", "/profiles/c", None, &[("Authorization", &forged)])

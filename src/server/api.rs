@@ -170,6 +170,14 @@ pub struct Info {
     revision: u64,
 }
 
+/// `GET /api/v3/check`: what was checked.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckReply {
+    /// The revision the indexes and the documents agreed at.
+    revision: u64,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -222,12 +230,14 @@ pub struct Info {
         super::leases::resign,
         super::leases::leaders,
         coord::watch_members,
-        super::metrics::scrape
+        super::metrics::scrape,
+        check
     ),
     components(schemas(
         ApiErrorBody,
         PatchOp,
         Info,
+        CheckReply,
         Collection,
         coord::TokenReply,
         super::leases::Grant,
@@ -263,6 +273,38 @@ pub async fn info(State(app): St) -> Json<Info> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         revision: app.store.revision(),
     })
+}
+
+/// Rebuilds this server's indexes from the stored documents and compares
+/// them with the live ones ([`Store::verify_indexes`]): on several servers
+/// over one etcd, each answers for its own indexes. It reads every
+/// document, so only the admin key and users may ask.
+#[utoipa::path(get, tag = "operations", path = "/api/v3/check",
+    responses(
+        (status = 200, body = CheckReply, description = "The indexes equal a rebuild from the documents"),
+        (status = 401, body = ApiErrorBody),
+        (status = 403, description = "A token: the check is for the admin key and users", body = ApiErrorBody),
+        (status = 500, description = "The indexes differ from the documents (`Corrupt`, naming the difference)", body = ApiErrorBody),
+        (status = 503, description = "Other servers kept writing while the check read; check again", body = ApiErrorBody)))]
+pub async fn check(
+    State(app): St,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<CheckReply>> {
+    if let Principal::Token(_) = who {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the index check is for the admin key and users, not tokens",
+        ));
+    }
+    app.on_pool(|store| {
+        store.verify_indexes()?;
+        Ok::<_, Error>(CheckReply {
+            revision: store.revision(),
+        })
+    })
+    .await
+    .map(Json)
 }
 
 /// Jobs are created by rendering and read by Uuid: no collection route

@@ -18,6 +18,7 @@
 //! | GET, PATCH, POST | `/api/v3/{kind}/{id}/params` | params (`?aggregate=true`), JSON Patch on the params map, replace them all |
 //! | GET, POST, DELETE | `/api/v3/{kind}/{id}/params/{key…}` | get, set (CAS with `X-Fleetkv-Expect`), remove |
 //! | | tokens, waits, election, workflow-all, render, events | the coordination verbs: see [`coord`] |
+//! | GET | `/api/v3/check` | the server's indexes against a rebuild from the documents (admin key and users) |
 //! | GET | `/metrics` | Prometheus text ([`metrics`]; claim `metrics/get/*`, or unauthenticated on `--metrics-listen`) |
 //! | GET, POST | `/ui/…` | the operator's pages ([`ui`]; a login form and a session cookie) |
 //!
@@ -192,6 +193,7 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
         .route("/api/v3/export", get(transfer::export))
         .route("/api/v3/import", post(transfer::import))
         .route("/metrics", get(metrics::scrape))
+        .route("/api/v3/check", get(api::check))
         .route("/api/v3/workflow-all", post(coord::workflow_all))
         .route("/api/v3/machines/{id}/render", post(coord::render))
         .route("/api/v3/profiles/{id}/token", post(coord::token))

@@ -19,12 +19,40 @@ use crate::error::{Error, Result};
 use crate::index::{Entries, Index};
 use crate::model::{Machine, ParamDef, Profile};
 
+/// How many times [`Store::verify_indexes`] reads a shared store before it
+/// gives up on finding it still.
+const VERIFY_TRIES: u32 = 20;
+
 impl Store {
     /// Rebuilds every index from the stored documents and compares it with
     /// the live one. An operator's and the test suite's check.
+    ///
+    /// On an engine shared with other servers (etcd) the live state first
+    /// catches up, and the documents are compared only when they were read
+    /// at that same revision: should other servers keep writing through
+    /// twenty attempts, the answer is [`Error::Unavailable`]
+    /// (try again), never a false report of damage.
     pub fn verify_indexes(&self) -> Result<()> {
-        let _w = self.inner.writer.lock();
-        let fresh = load_state(&*self.backend())?;
+        let mut w = self.inner.writer.lock();
+        let backend = self.backend();
+        let mut tries = 0;
+        let fresh = loop {
+            if !backend.shared() {
+                // The writer lock holds every writer off.
+                break load_state(&*backend)?;
+            }
+            self.catch_up_locked(&mut w)?;
+            let fresh = load_state(&*backend)?;
+            if fresh.rev == self.state_for_write().rev && backend.revision()? == fresh.rev {
+                break fresh;
+            }
+            tries += 1;
+            if tries == VERIFY_TRIES {
+                return Err(Error::Unavailable(format!(
+                    "other servers kept writing through {VERIFY_TRIES} attempts to read the store at one revision; check again"
+                )));
+            }
+        };
         let live = self.state();
         if fresh.machines != live.machines {
             return Err(Error::Corrupt {
