@@ -298,3 +298,85 @@ fn two_servers_on_one_etcd_answer_each_others_writes() {
     let (status, body, _) = b.call("GET", "/machines?min_revision=x", None, &[]);
     assert_eq!(status, 400, "{body}");
 }
+
+/// etcd's own revision (what a compaction names), from its JSON gateway.
+fn etcd_revision(etcd: &Etcd) -> i64 {
+    let resp: serde_json::Value = serde_json::from_str(
+        &ureq::post(&format!("{}/v3/kv/range", etcd.url))
+            .send_string(r#"{"key": "AA=="}"#)
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    resp["header"]["revision"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_server_paused_past_a_compaction_and_the_log_trim_catches_up() {
+    // Server B is frozen while a writer with a short change log moves the
+    // store on and etcd compacts its history: B's watch resumes from a
+    // compacted revision, and its own change log no longer reaches its
+    // state. It must rebuild, answer at the new revision and pass its check.
+    let etcd = Etcd::start();
+    let b = common::Server::start(&["--etcd", &etcd.url, "--etcd-prefix", "/pause/"]);
+    let a = Store::open_etcd(
+        std::slice::from_ref(&etcd.url),
+        EtcdOptions {
+            prefix: "/pause/".into(),
+            ..EtcdOptions::default()
+        },
+        Options {
+            log_retain: 5,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    a.machines().create(Machine::new("c-0")).unwrap();
+    let (st, v, _) = b.call(
+        "GET",
+        &format!("/machines?min_revision={}&Name=c-0", a.revision()),
+        None,
+        &[],
+    );
+    assert_eq!(st, 200, "{v}");
+    let pid = b.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    for i in 1..=40 {
+        a.machines().create(Machine::new(format!("c-{i}"))).unwrap();
+    }
+    a.profiles()
+        .set_param("global", "site", json!("after"))
+        .unwrap();
+    let compact = format!(
+        r#"{{"revision": "{}", "physical": true}}"#,
+        etcd_revision(&etcd)
+    );
+    ureq::post(&format!("{}/v3/kv/compaction", etcd.url))
+        .send_string(&compact)
+        .unwrap();
+    signal("-CONT");
+    let at = a.revision();
+    let (st, v, n) = b.call(
+        "GET",
+        &format!("/machines?min_revision={at}&Name=Re(%5Ec-)&site=after"),
+        None,
+        &[],
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(n, Some(41), "{v}");
+    let (st, v, _) = b.call("GET", "/check", None, &[]);
+    assert_eq!(st, 200, "{v}");
+    a.verify_indexes().unwrap();
+}

@@ -28,12 +28,25 @@ impl Drop for Running {
 /// The release `fleetkv` binary of this checkout.
 pub const FLEETKV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/fleetkv");
 
+impl Running {
+    /// A started process at `url`, killed when the handle drops.
+    pub fn new(child: Child, url: String, auth: String) -> Running {
+        Running { child, url, auth }
+    }
+}
+
 /// `fleetkv serve` on `data` with `flags`, once it listens.
 pub fn fleetkv(bin: &str, data: &Path, flags: &[&str]) -> Running {
+    fleetkv_serve(bin, data, flags, &[])
+}
+
+/// [`fleetkv`] with `serve_flags` after `serve` (`--etcd URL`…).
+pub fn fleetkv_serve(bin: &str, data: &Path, flags: &[&str], serve_flags: &[&str]) -> Running {
     let mut child = Command::new(bin)
         .args(flags)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
+        .args(serve_flags)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| {
