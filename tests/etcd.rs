@@ -169,14 +169,114 @@ fn waits_on_one_server_wake_on_the_other_servers_write() {
     b.verify_indexes().unwrap();
 }
 
+/// Waits until `f` holds, at most `secs` seconds.
+fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < until, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
-fn leases_are_refused_on_an_etcd_store() {
+fn a_lease_granted_on_one_server_is_kept_revoked_and_expired_on_another() {
     let etcd = Etcd::start();
     let a = open(&etcd, "/lease/");
-    match a.leases().grant(10) {
-        Err(Error::Invalid { reason, .. }) => assert!(reason.contains("etcd"), "{reason}"),
-        other => panic!("{other:?}"),
+    let b = open(&etcd, "/lease/");
+    a.machines().create(Machine::new("m1")).unwrap();
+    let lease = a.leases().grant(2).unwrap();
+    a.machines()
+        .with_lease(lease.id)
+        .set_param("m1", "agent/alive", json!(true))
+        .unwrap();
+    until_at(&b, a.revision());
+    // B renews what A granted, past its TTL: etcd keeps one deadline.
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(800));
+        let kept = b.leases().keep_alive(lease.id).unwrap();
+        // etcd counts whole seconds.
+        assert!(kept.remaining >= 1.0, "{kept:?}");
     }
+    assert_eq!(
+        a.machines().get_param("m1", "agent/alive", false).unwrap(),
+        Some(json!(true))
+    );
+    assert_eq!(b.leases().get(lease.id).unwrap().holds.len(), 1);
+    // Left to expire: both servers see what it held go, in one write.
+    eventually(10, "the expired lease's param gone on B", || {
+        b.machines()
+            .get_param("m1", "agent/alive", false)
+            .unwrap()
+            .is_none()
+    });
+    until_at(&a, b.revision());
+    assert_eq!(
+        a.machines().get_param("m1", "agent/alive", false).unwrap(),
+        None
+    );
+    assert!(matches!(
+        a.leases().keep_alive(lease.id),
+        Err(Error::NotFound { .. })
+    ));
+    // Revoked through the server that did not grant it.
+    let second = a.leases().grant(30).unwrap();
+    a.machines()
+        .with_lease(second.id)
+        .set_param("m1", "x", json!(1))
+        .unwrap();
+    until_at(&b, a.revision());
+    b.leases().revoke(second.id).unwrap();
+    until_at(&a, b.revision());
+    assert_eq!(a.machines().get_param("m1", "x", false).unwrap(), None);
+    assert!(a.leases().list().is_empty());
+    a.verify_indexes().unwrap();
+    b.verify_indexes().unwrap();
+}
+
+#[test]
+fn a_campaign_on_one_server_fails_over_to_a_campaign_on_another() {
+    use fleetkv::Cluster;
+    let etcd = Etcd::start();
+    let a = open(&etcd, "/campaign/");
+    let b = open(&etcd, "/campaign/");
+    for m in ["m1", "m2"] {
+        a.machines().create(Machine::new(m)).unwrap();
+    }
+    let ca = Cluster::init(&a, "c1", None).unwrap();
+    for m in ["m1", "m2"] {
+        ca.add(m).unwrap();
+    }
+    until_at(&b, a.revision());
+    let cb = Cluster::open(&b, "c1").unwrap();
+    let l1 = a.leases().grant(2).unwrap();
+    let won = ca.campaign("m1", l1.id, 1, Duration::from_secs(5)).unwrap();
+    let token = won.token.unwrap();
+    // B's campaign waits while A's leader lives (A keeps its lease)…
+    let l2 = b.leases().grant(30).unwrap();
+    let waiting = {
+        let cb = cb.clone();
+        std::thread::spawn(move || cb.campaign("m2", l2.id, 1, Duration::from_secs(20)))
+    };
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(600));
+        a.leases().keep_alive(l1.id).unwrap();
+    }
+    assert!(!waiting.is_finished(), "B won while A's leader lived");
+    // …and wins once A stops renewing (A's process "paused").
+    let next = waiting.join().unwrap().unwrap();
+    assert_eq!(next.name, "m2");
+    assert!(next.token.unwrap() > token);
+    until_at(&a, b.revision());
+    // A's old leader is fenced on either server.
+    assert!(matches!(
+        a.machines()
+            .with_fence(Cluster::fenced_by(token))
+            .set_param("m1", "work", json!("stale")),
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(ca.leaderships().unwrap().leaders, vec![next]);
+    b.leases().revoke(l2.id).unwrap();
+    a.verify_indexes().unwrap();
 }
 
 #[test]

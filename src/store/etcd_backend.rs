@@ -350,6 +350,72 @@ impl EtcdBackend {
         Ok(())
     }
 
+    /// Grants an etcd lease of `ttl` seconds: the deadline of a fleetkv
+    /// lease on a shared store, kept by etcd's leader for every server.
+    pub(crate) fn grant_lease(&self, ttl: u64) -> Result<i64> {
+        let mut leases = self.client.lease_client();
+        let ttl = i64::try_from(ttl).map_err(|_| Error::invalid("lease TTL", "too large"))?;
+        let resp = self.read(
+            "granting a lease",
+            async move { leases.grant(ttl, None).await },
+        )?;
+        Ok(resp.id())
+    }
+
+    /// Renews etcd lease `id` once; `false` when it has ended (expired or
+    /// revoked: etcd never revives one).
+    pub(crate) fn keep_lease(&self, id: i64) -> Result<bool> {
+        let mut leases = self.client.lease_client();
+        // etcd-client sends one renewal and reads its answer before it
+        // returns; dropping the keeper closes the stream.
+        match self.call(async move { leases.keep_alive(id).await.map(drop) }) {
+            Ok(()) => Ok(true),
+            // etcd-client's own error for an answer with TTL 0.
+            Err(Some(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
+                Ok(false)
+            }
+            Err(Some(e)) => Err(unavailable(&self.endpoints, "renewing a lease", e)),
+            Err(None) => Err(unavailable(
+                &self.endpoints,
+                "renewing a lease",
+                "no answer within the request timeout",
+            )),
+        }
+    }
+
+    /// What is left of etcd lease `id`; `None` once it has ended.
+    pub(crate) fn lease_left(&self, id: i64) -> Result<Option<Duration>> {
+        let mut leases = self.client.lease_client();
+        let resp = self.read("reading a lease", async move {
+            leases.time_to_live(id, None).await
+        })?;
+        Ok((resp.ttl() > 0).then(|| Duration::from_secs(resp.ttl() as u64)))
+    }
+
+    /// Ends etcd lease `id` now; one that has ended already is no error.
+    pub(crate) fn revoke_lease(&self, id: i64) -> Result<()> {
+        let mut leases = self.client.lease_client();
+        match self.call(async move { leases.revoke(id).await }) {
+            Ok(_) => Ok(()),
+            Err(Some(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::NotFound => {
+                Ok(())
+            }
+            Err(Some(e)) => Err(unavailable(&self.endpoints, "revoking a lease", e)),
+            Err(None) => Err(unavailable(
+                &self.endpoints,
+                "revoking a lease",
+                "no answer within the request timeout",
+            )),
+        }
+    }
+
+    /// The ids of every etcd lease that lives now (one request).
+    pub(crate) fn live_leases(&self) -> Result<std::collections::HashSet<i64>> {
+        let mut leases = self.client.lease_client();
+        let resp = self.read("listing leases", async move { leases.leases().await })?;
+        Ok(resp.leases().iter().map(|l| l.id()).collect())
+    }
+
     /// The operations of `batch`, one per key (etcd refuses a transaction
     /// naming a key twice; the batch's later op on a key wins).
     fn ops(&self, batch: Batch) -> (Vec<TxnOp>, usize) {

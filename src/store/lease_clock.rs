@@ -3,7 +3,9 @@
 //! across a restart.
 //!
 //! Owns: deadlines (renewing one is a memory write, never a store write),
-//! the expiry thread and the `fleetkv.leases` file beside sled's files.
+//! the expiry thread and the `fleetkv.leases` file beside sled's files; on
+//! a store shared through etcd, whose etcd leases keep the deadlines, the
+//! poll that ends leases once etcd has ended theirs.
 //! Must not: change records (expiry calls the store's lease write,
 //! [`Store::end_lease`]).
 //!
@@ -384,6 +386,62 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
+    Ok(())
+}
+
+/// How often a server of a store shared through etcd lists etcd's live
+/// leases to find the fleetkv leases whose etcd lease has ended.
+#[cfg(feature = "etcd")]
+const ETCD_EXPIRY_POLL: Duration = Duration::from_millis(500);
+
+/// Ends the leases of a store shared through etcd once etcd has ended
+/// their etcd lease (expired, or revoked by a server that then failed to
+/// write the end). Every server runs this poll; the first end write wins,
+/// and the others find the lease gone once they have caught up. One
+/// request per poll (etcd's lease list), and none while the store holds no
+/// leases.
+#[cfg(feature = "etcd")]
+pub(super) fn follow_etcd_leases(
+    store: &Store,
+    etcd: Arc<super::etcd_backend::EtcdBackend>,
+) -> Result<()> {
+    let weak = Arc::downgrade(&store.inner);
+    std::thread::Builder::new()
+        .name("fleetkv-etcd-leases".into())
+        .spawn(move || {
+            let mut failing = false;
+            loop {
+                std::thread::sleep(ETCD_EXPIRY_POLL);
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let store = Store { inner };
+                let held = store.state_for_write().leases.etcd_leases();
+                if held.is_empty() {
+                    continue;
+                }
+                let live = match etcd.live_leases() {
+                    Ok(live) => live,
+                    // etcd is away: nothing can be decided (the requests
+                    // that need it fail meanwhile).
+                    Err(_) => continue,
+                };
+                for (id, lease) in held {
+                    if live.contains(&lease) {
+                        continue;
+                    }
+                    match store.end_lease(id, true) {
+                        Ok(_) | Err(Error::NotFound { .. }) => failing = false,
+                        Err(e) if !failing => {
+                            failing = true;
+                            eprintln!("fleetkv: lease {id} could not be ended (retrying): {e}");
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Storage(format!("cannot start the etcd lease thread: {e}")))?;
     Ok(())
 }
 

@@ -7,7 +7,8 @@
 //! the value it set is removed, every machine it holds is deleted, with
 //! their change events), and [`Guards`]: the checks a machine write makes
 //! under the writer lock before it commits. Must not: keep time (see
-//! [`super::lease_clock`]) or decide what a write changes.
+//! [`super::lease_clock`], or etcd's leases on a shared store: [`Timer`])
+//! or decide what a write changes.
 //!
 //! # What a lease holds
 //! A machine write made under a lease ([`Machines::with_lease`]) hands the
@@ -90,11 +91,93 @@ pub(super) struct LeaseRecord {
     ttl: u64,
     #[serde(rename = "Holds", default)]
     holds: Vec<Held>,
+    /// On a store shared through etcd: the etcd lease that keeps this
+    /// lease's deadline for every server.
+    #[serde(rename = "EtcdLease", default, skip_serializing_if = "Option::is_none")]
+    etcd: Option<i64>,
 }
 
 impl LeaseRecord {
     fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl)
+    }
+}
+
+/// Who keeps the deadlines of a store's leases.
+pub(super) enum Timer<'a> {
+    /// This process, on its monotonic clock ([`super::lease_clock`]).
+    Local(&'a super::lease_clock::LeaseClock),
+    /// etcd's leader, through one etcd lease per lease (a store shared
+    /// through etcd): any server renews it, and every server sees it end.
+    #[cfg(feature = "etcd")]
+    Etcd(&'a super::etcd_backend::EtcdBackend),
+}
+
+impl Timer<'_> {
+    /// What is left of `r`'s TTL (zero once it has ended).
+    fn remaining(&self, r: &LeaseRecord) -> Duration {
+        match self {
+            Timer::Local(clock) => clock.remaining(r.id).unwrap_or_default(),
+            #[cfg(feature = "etcd")]
+            Timer::Etcd(etcd) => r
+                .etcd
+                .and_then(|e| etcd.lease_left(e).ok().flatten())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Renews `r` for its TTL; an ended lease is [`Error::NotFound`].
+    fn renew(&self, r: &LeaseRecord) -> Result<()> {
+        match self {
+            Timer::Local(clock) => clock.renew(r.id, r.ttl()).map(drop),
+            #[cfg(feature = "etcd")]
+            Timer::Etcd(etcd) => {
+                let ended = || Error::not_found(Kind::Lease, r.id.to_string());
+                match r.etcd {
+                    Some(e) if etcd.keep_lease(e)? => Ok(()),
+                    _ => Err(ended()),
+                }
+            }
+        }
+    }
+
+    /// Whether a write may still hand `r` what it sets. On etcd a lease
+    /// whose etcd lease ended a moment ago is still live here until the
+    /// end write (at most one expiry poll later) clears what it holds,
+    /// including what such a write handed it.
+    fn live(&self, r: &LeaseRecord) -> bool {
+        match self {
+            Timer::Local(clock) => clock.live(r.id),
+            #[cfg(feature = "etcd")]
+            Timer::Etcd(_) => true,
+        }
+    }
+
+    /// Takes `r` off its clock before the write that ends it, so that no
+    /// renewal succeeds from then on. `due`: only if it has expired (the
+    /// expiry thread's call; `false` when it has not). Otherwise it ends
+    /// now (a revoke).
+    fn take(&self, r: &LeaseRecord, due: bool) -> Result<bool> {
+        match self {
+            Timer::Local(clock) => Ok(clock.take(r.id, due)),
+            #[cfg(feature = "etcd")]
+            Timer::Etcd(etcd) => match (r.etcd, due) {
+                (None, _) => Ok(true),
+                (Some(e), true) => Ok(etcd.lease_left(e)?.is_none()),
+                (Some(e), false) => etcd.revoke_lease(e).map(|()| true),
+            },
+        }
+    }
+
+    /// The end write of lease `id` failed: it is tried again. Locally the
+    /// lease goes back on the clock, due now; on etcd the expiry poll finds
+    /// its etcd lease ended again.
+    fn retry(&self, id: LeaseId) {
+        match self {
+            Timer::Local(clock) => clock.set(id, Instant::now()),
+            #[cfg(feature = "etcd")]
+            Timer::Etcd(_) => {}
+        }
     }
 }
 
@@ -138,6 +221,15 @@ impl LeaseTable {
     /// `(id, ttl)` of every lease.
     pub(super) fn ttls(&self) -> Vec<(LeaseId, Duration)> {
         self.records.values().map(|r| (r.id, r.ttl())).collect()
+    }
+
+    /// `(id, etcd lease)` of every lease whose deadline etcd keeps.
+    #[cfg(feature = "etcd")]
+    pub(super) fn etcd_leases(&self) -> Vec<(LeaseId, i64)> {
+        self.records
+            .values()
+            .filter_map(|r| Some((r.id, r.etcd?)))
+            .collect()
     }
 
     fn put(&mut self, r: LeaseRecord) {
@@ -188,7 +280,12 @@ impl Guards {
     /// Fails the write unless every precondition holds now.
     pub(super) fn check(&self, store: &Store, st: &State) -> Result<()> {
         if let Some(id) = self.lease {
-            if !st.leases.records.contains_key(&id) || !store.inner.leases.live(id) {
+            let live = st
+                .leases
+                .records
+                .get(&id)
+                .is_some_and(|r| store.timer().live(r));
+            if !live {
                 return Err(Error::not_found(Kind::Lease, id.to_string()));
             }
         }
@@ -330,17 +427,11 @@ pub struct Leases<'a> {
 impl Leases<'_> {
     /// Grants a lease of `ttl` seconds (at least 1, at most
     /// [`Options::max_lease_ttl`](super::Options::max_lease_ttl)).
+    ///
+    /// On a store shared through etcd the deadline is an etcd lease,
+    /// granted first: the record that names it is visible to other servers
+    /// only once the etcd lease exists.
     pub fn grant(&self, ttl: u64) -> Result<Lease> {
-        if self.store.inner.shared {
-            // A lease's deadline lives in the granting process's memory
-            // (`lease_clock`): another server could neither keep it alive
-            // nor expire it. Refused until leases are etcd leases.
-            return Err(Error::invalid(
-                "lease",
-                "leases are not available on a store shared through etcd yet \
-                 (a lease's deadline would live in one server's memory)",
-            ));
-        }
         let max = self.store.inner.options.max_lease_ttl.as_secs();
         if ttl == 0 || ttl > max {
             return Err(Error::invalid(
@@ -349,22 +440,43 @@ impl Leases<'_> {
             ));
         }
         let store = self.store;
-        let id = store.write_as(WriteKind::Lease, |_, rev, _| {
+        let timer = store.timer();
+        let etcd: Option<i64> = match &timer {
+            Timer::Local(_) => None,
+            #[cfg(feature = "etcd")]
+            Timer::Etcd(etcd) => Some(etcd.grant_lease(ttl)?),
+        };
+        let granted = store.write_as(WriteKind::Lease, |_, rev, _| {
             let r = LeaseRecord {
                 id: rev,
                 ttl,
                 holds: Vec::new(),
+                etcd,
             };
             let mut batch = Batch::default();
             batch.put(&lease_key(rev)[..], encode(&r));
             let apply = Box::new(move |st: &mut State| st.leases.put(r));
             Ok((batch, apply as Apply, rev))
-        })?;
-        store
-            .inner
-            .leases
-            .set(id, Instant::now() + Duration::from_secs(ttl));
-        store.inner.leases.start(store)?;
+        });
+        let id = match (granted, &timer) {
+            (Ok(id), Timer::Local(clock)) => {
+                clock.set(id, Instant::now() + Duration::from_secs(ttl));
+                store.inner.leases.start(store)?;
+                id
+            }
+            #[cfg(feature = "etcd")]
+            (Ok(id), Timer::Etcd(_)) => id,
+            (Err(e), _) => {
+                // Nothing names the etcd lease: let it go now rather than
+                // at its TTL (an outcome-unknown write that did land ends
+                // at the next expiry poll, the etcd lease being gone).
+                #[cfg(feature = "etcd")]
+                if let (Timer::Etcd(etcd), Some(lease)) = (&timer, etcd) {
+                    let _ = etcd.revoke_lease(lease);
+                }
+                return Err(e);
+            }
+        };
         self.get(id)
     }
 
@@ -372,15 +484,15 @@ impl Leases<'_> {
     /// store write. An unknown, ended or expired lease is
     /// [`Error::NotFound`], never revived.
     pub fn keep_alive(&self, id: LeaseId) -> Result<Lease> {
-        let ttl = self
+        let record = self
             .store
             .state_for_write()
             .leases
             .records
             .get(&id)
-            .map(LeaseRecord::ttl)
+            .cloned()
             .ok_or_else(|| Error::not_found(Kind::Lease, id.to_string()))?;
-        self.store.inner.leases.renew(id, ttl)?;
+        self.store.timer().renew(&record)?;
         self.get(id)
     }
 
@@ -408,7 +520,7 @@ impl Leases<'_> {
     }
 
     fn show(&self, r: &LeaseRecord) -> Lease {
-        let left = self.store.inner.leases.remaining(r.id).unwrap_or_default();
+        let left = self.store.timer().remaining(r);
         Lease {
             id: r.id,
             ttl: r.ttl,
@@ -424,10 +536,19 @@ impl Store {
         Leases { store: self }
     }
 
+    /// Who keeps this store's lease deadlines.
+    pub(super) fn timer(&self) -> Timer<'_> {
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = self.inner.etcd.get() {
+            return Timer::Etcd(etcd);
+        }
+        Timer::Local(&self.inner.leases)
+    }
+
     /// Ends lease `id` (`due`: only if its deadline has passed, the expiry
     /// thread's call) in one write: what it held goes with it.
     pub(super) fn end_lease(&self, id: LeaseId, due: bool) -> Result<Lease> {
-        let clock = &self.inner.leases;
+        let timer = self.timer();
         let shown = self.leases().get(id)?;
         let r = self.write_as(WriteKind::Lease, |st, rev, log| {
             let record = st
@@ -436,7 +557,7 @@ impl Store {
                 .get(&id)
                 .ok_or_else(|| Error::not_found(Kind::Lease, id.to_string()))?;
             // Off the clock first: no renewal can succeed from here on.
-            if !clock.take(id, due) && due {
+            if !timer.take(record, due)? && due {
                 return Err(Error::not_found(Kind::Lease, id.to_string()));
             }
             let mut batch = Batch::default();
@@ -506,7 +627,7 @@ impl Store {
             if self.state_for_write().leases.records.contains_key(&id)
                 && !matches!(e, Error::NotFound { .. })
             {
-                clock.set(id, Instant::now());
+                timer.retry(id);
             }
         }
         r.map(|()| Lease {
@@ -518,6 +639,11 @@ impl Store {
     /// Restores the deadlines of the leases a store holds at open, ends
     /// those that cannot be proven live, and starts the expiry thread.
     pub(super) fn start_leases(&self) -> Result<()> {
+        if self.inner.shared {
+            // etcd keeps the deadlines (`Timer::Etcd`): nothing to restore,
+            // and the store's opener starts the expiry poll.
+            return Ok(());
+        }
         let ttls = self.state_for_write().leases.ttls();
         if ttls.is_empty() {
             return Ok(());

@@ -119,6 +119,10 @@ pub(super) struct Inner {
     pub(super) leases: Arc<LeaseClock>,
     /// Other servers write to the engine too (etcd): see `super::follow`.
     pub(super) shared: bool,
+    /// The etcd engine itself (a store shared through etcd): its leases
+    /// keep lease deadlines ([`super::leases::Timer`]).
+    #[cfg(feature = "etcd")]
+    pub(super) etcd: std::sync::OnceLock<Arc<super::etcd_backend::EtcdBackend>>,
 }
 
 /// The checkpoint file's directory and what it lacks.
@@ -434,6 +438,8 @@ impl Store {
         // the two rings the follower, whose catch-up finds it or not.
         let (from, _) = backend.revisions()?;
         let store = Store::start(backend.clone(), guard, options, None)?;
+        let _ = store.inner.etcd.set(backend.clone());
+        super::lease_clock::follow_etcd_leases(&store, backend.clone())?;
         super::follow::start_follower(&store, backend, from + 1)?;
         Ok(store)
     }
@@ -494,6 +500,8 @@ impl Store {
                 recovery,
                 leases,
                 shared,
+                #[cfg(feature = "etcd")]
+                etcd: std::sync::OnceLock::new(),
             }),
         };
         store.start_leases()?;
