@@ -266,6 +266,36 @@ fn the_seed_over_three_servers_and_sigkills_mid_load() {
         "server 2's event stream never showed member-1: {seen:?}"
     );
 
+    // A linearizable read on another server sees a write the moment it is
+    // acknowledged, with no revision passed along.
+    for i in 0..20 {
+        let name = format!("lin-{i}");
+        let (st, v, _) = call(
+            &urls[i % 3],
+            "POST",
+            "/machines",
+            Some(&json!({"Name": name})),
+            None,
+        );
+        assert_eq!(st, 201, "{v}");
+        let (st, v, _) = call(
+            &urls[(i + 1) % 3],
+            "GET",
+            &format!("/machines?linearizable=true&Name={name}"),
+            None,
+            None,
+        );
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(
+            v.as_array().map(Vec::len),
+            Some(1),
+            "{name} on server {}: {v}",
+            (i + 1) % 3
+        );
+    }
+    let (st, v, _) = call(&urls[0], "GET", "/machines?linearizable=maybe", None, None);
+    assert_eq!(st, 400, "{v}");
+
     // Part 2: load through all three servers while etcd member 0 and
     // fleetkv server 1 are SIGKILLed and restarted.
     let (st, v, _) = call(

@@ -240,25 +240,37 @@ pub const REVISION_HEADER: &str = "x-fleetkv-revision";
 /// `?min_revision=N`: the request waits (up to the longest wait) until the
 /// store's indexes have reached revision N — on a server sharing etcd with
 /// others, until it has caught up with a write another server answered.
+/// `?linearizable=true`: the request first catches up with everything the
+/// engine holds now (one etcd read of the revision), so it sees every write
+/// any server acknowledged before it arrived; without it a server answers
+/// from its indexes as they are (current within the watch's delay). On a
+/// store no other server writes it changes nothing: its indexes are always
+/// current.
 /// Every answer carries `X-Fleetkv-Revision`: the store's revision once
 /// the answer was ready, so it covers a write the request made and
 /// everything the answer read (a client passes it as `min_revision` to
 /// another server to read its own write there).
 async fn revisions(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let min = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("min_revision="))
-            .map(str::to_string)
-    });
-    if min.is_some() {
+    const OURS: [&str; 2] = ["min_revision=", "linearizable="];
+    let (min, linearizable) = {
+        let query = req.uri().query().unwrap_or("");
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(name))
+                .map(str::to_string)
+        };
+        (param(OURS[0]), param(OURS[1]))
+    };
+    if min.is_some() || linearizable.is_some() {
         // Handlers read unknown query keys as filters (DRP's `?Key=value`):
-        // the parameter is this layer's, taken out of the request.
+        // the parameters are this layer's, taken out of the request.
         let uri = req.uri();
         let rest: Vec<&str> = uri
             .query()
             .unwrap_or("")
             .split('&')
-            .filter(|kv| !kv.starts_with("min_revision=") && !kv.is_empty())
+            .filter(|kv| !kv.is_empty() && !OURS.iter().any(|p| kv.starts_with(p)))
             .collect();
         let path = if rest.is_empty() {
             uri.path().to_string()
@@ -270,6 +282,27 @@ async fn revisions(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
             parts.path_and_query = Some(p);
             if let Ok(u) = axum::http::Uri::from_parts(parts) {
                 *req.uri_mut() = u;
+            }
+        }
+    }
+    if let Some(text) = linearizable {
+        match crate::wire::parse_bool_named("linearizable", &text) {
+            Ok(false) => {}
+            Ok(true) => {
+                let store = app.store.clone();
+                match tokio::task::spawn_blocking(move || store.catch_up()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return ApiError::from(e).into_response(),
+                    Err(e) => {
+                        return ApiError::from(crate::Error::Storage(format!(
+                            "catching up for a linearizable read: {e}"
+                        )))
+                        .into_response()
+                    }
+                }
+            }
+            Err(why) => {
+                return ApiError::from(crate::Error::invalid("linearizable", why)).into_response()
             }
         }
     }
