@@ -127,7 +127,7 @@ pub struct EtcdTopology {
     /// sends each request to the next server in turn (skipping one that is
     /// down), so reads meet writes made through the other servers.
     pub servers: usize,
-    /// SIGKILL + restart of an etcd member (member 0, 1, … in turn).
+    /// SIGKILL + restart of an etcd member: the leader, then a follower, …
     pub member_kills: usize,
     /// SIGSTOP, [`PAUSE`] later SIGCONT, of a server (server 1, 2, … in turn).
     pub pauses: usize,
@@ -139,6 +139,11 @@ pub struct EtcdTopology {
     /// reads from its own indexes as they stand.
     pub session_reads: bool,
 }
+
+/// A client's pause after an unknown outcome, doubled per unknown outcome
+/// in a row.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(640);
 
 /// How long a paused server stays stopped.
 pub const PAUSE: Duration = Duration::from_secs(1);
@@ -328,8 +333,9 @@ pub struct Figures {
     pub etcd_members: usize,
     /// Reads and counts passed `?min_revision=` ([`EtcdTopology::session_reads`]).
     pub session_reads: bool,
-    /// etcd members killed (SIGKILL) and restarted.
+    /// etcd members killed (SIGKILL) and restarted; of those, leaders.
     pub member_kills: usize,
+    pub leader_kills: usize,
     /// Longest an etcd member took from its restart to healthy.
     pub max_member_restart: Duration,
     /// Servers paused (SIGSTOP … SIGCONT).
@@ -352,6 +358,9 @@ pub struct Figures {
     /// every attempt (409 "revision conflict"): nothing was written, so
     /// they are left out of the history.
     pub races_lost: u64,
+    /// Operations refused with 503 `Unavailable` (etcd unreachable:
+    /// nothing read or written), left out of the history too.
+    pub unavailable: u64,
     pub groups: usize,
     pub max_group_ops: usize,
     /// The load phase.
@@ -419,8 +428,9 @@ impl fmt::Display for Figures {
             )?;
             writeln!(
                 f,
-                "etcd member kills      {} (slowest back to healthy {} ms), server pauses {}",
+                "etcd member kills      {} ({} of the leader; slowest back to healthy {} ms), server pauses {}",
                 self.member_kills,
+                self.leader_kills,
                 self.max_member_restart.as_millis(),
                 self.pauses
             )?;
@@ -435,8 +445,8 @@ impl fmt::Display for Figures {
             )?;
             writeln!(
                 f,
-                "revision races lost    {} writes refused (409, nothing written; left out)",
-                self.races_lost
+                "refused, no effect     {} revision races lost (409), {} etcd unavailable (503); left out",
+                self.races_lost, self.unavailable
             )?;
         }
         writeln!(
@@ -510,7 +520,16 @@ fn start_server(
             _ => return Err(format!("the server exited: {}", said.join(" | "))),
         }
     };
-    std::thread::spawn(move || lines.for_each(drop));
+    // What a server says once up (it cannot follow etcd, …) is worth
+    // seeing next to a failed run.
+    let name = data
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("[{name}] {line}");
+        }
+    });
     Ok((server, url))
 }
 
@@ -628,7 +647,8 @@ impl Fleet {
 enum Fault {
     /// SIGKILL a fleetkv server, restart it on its directory and port.
     KillServer(usize),
-    /// SIGKILL an etcd member, restart it after [`MEMBER_DOWN`].
+    /// SIGKILL an etcd member (the `k`th kill: the leader when `k` is
+    /// even, a follower when odd), restart it after [`MEMBER_DOWN`].
     KillMember(usize),
     /// SIGSTOP a server for [`PAUSE`].
     Pause(usize),
@@ -637,9 +657,9 @@ enum Fault {
 /// The run's faults in the order they happen: the kinds interleaved, each
 /// kind rotating over its targets.
 fn faults(cfg: &Config) -> Vec<Fault> {
-    let (servers, members, member_kills, pauses) = match &cfg.etcd {
-        Some(t) => (t.servers, t.members, t.member_kills, t.pauses),
-        None => (1, 1, 0, 0),
+    let (servers, member_kills, pauses) = match &cfg.etcd {
+        Some(t) => (t.servers, t.member_kills, t.pauses),
+        None => (1, 0, 0),
     };
     let mut out = Vec::new();
     for i in 0..cfg.kills.max(member_kills).max(pauses) {
@@ -647,7 +667,7 @@ fn faults(cfg: &Config) -> Vec<Fault> {
             out.push(Fault::KillServer(i % servers));
         }
         if i < member_kills {
-            out.push(Fault::KillMember(i % members));
+            out.push(Fault::KillMember(i));
         }
         if i < pauses {
             // Not the server just killed.
@@ -679,6 +699,7 @@ struct Shared {
     behind: [AtomicU64; 2],
     max_read_lag: AtomicU64,
     races_lost: AtomicU64,
+    unavailable: AtomicU64,
     /// The first unexpected answer (a harness or server bug), which stops the run.
     failure: Mutex<Option<String>>,
 }
@@ -786,13 +807,29 @@ fn request(
 enum Outcome {
     /// A definite answer, mapped to the model.
     Ret(Ret),
-    /// Refused without effect for a reason outside the model (the write
-    /// lost the revision race on every attempt): as if never invoked.
-    Refused,
+    /// Refused without effect for a reason outside the model: as if never
+    /// invoked.
+    Refused(Refusal),
     /// No answer (or one that says nothing about the outcome): stays open.
     Unknown(#[allow(dead_code)] String),
     /// An answer the model has no place for: a bug in the harness or server.
     Unexpected(String),
+}
+
+/// Why an operation was refused without effect.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// A write lost the revision race to other servers on every attempt.
+    RaceLost,
+    /// etcd could not be reached (503 `Unavailable`).
+    Unavailable,
+}
+
+/// The `Type` of a DRP-shaped error body.
+fn error_type(body: &str) -> Option<&str> {
+    // `"Type":"X"` without a parse: the body is fleetkv's own JSON.
+    let rest = &body[body.find("\"Type\":\"")? + 8..];
+    Some(&rest[..rest.find('"')?])
 }
 
 fn machine_name(slot: u32, m: usize) -> String {
@@ -919,7 +956,16 @@ fn perform(
         (200, "cas") => Outcome::Ret(Ret::Swapped),
         // Error::RevisionMismatch: other servers won every attempt; not a
         // refused compare (that would claim the value differed).
-        (409, "write" | "cas") if a.body.contains("revision conflict") => Outcome::Refused,
+        (409, "write" | "cas") if a.body.contains("revision conflict") => {
+            Outcome::Refused(Refusal::RaceLost)
+        }
+        // etcd unreachable or without a leader: "nothing was read or
+        // written" (unlike OutcomeUnknown, also a 503). Taken at its word:
+        // were it applied after all, its unique value would turn up in a
+        // read the checker cannot explain.
+        (503, _) if error_type(&a.body) == Some("Unavailable") => {
+            Outcome::Refused(Refusal::Unavailable)
+        }
         (409, "cas") => Outcome::Ret(Ret::CasFailed),
         (200, "count") => match a.count {
             Some(n) => Outcome::Ret(Ret::Count(n)),
@@ -960,6 +1006,7 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
     let mut group = (u32::MAX, 0);
     // The values this client last saw per machine of its group.
     let mut known: [Option<u64>; MAX_MACHINES] = [None; MAX_MACHINES];
+    let mut backoff = MIN_BACKOFF;
     while let Some((up, e)) = shared.wait_up() {
         if e != epoch {
             // Fresh connections after a restart: a pooled one to the dead
@@ -1025,6 +1072,7 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
         shared.max_rev.fetch_max(rev, Ordering::SeqCst);
         match outcome {
             Outcome::Ret(ret) => {
+                backoff = MIN_BACKOFF;
                 if is_read {
                     let k = usize::from(matches!(op, Op::Count(_)));
                     shared.answered[k].fetch_add(1, Ordering::Relaxed);
@@ -1054,18 +1102,29 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
                     _ => {}
                 }
             }
-            Outcome::Refused => {
+            Outcome::Refused(why) => {
                 // Nothing happened: out of the history, the thread free.
                 events.pop();
-                shared.races_lost.fetch_add(1, Ordering::Relaxed);
+                match why {
+                    Refusal::RaceLost => shared.races_lost.fetch_add(1, Ordering::Relaxed),
+                    Refusal::Unavailable => {
+                        // etcd is away: no point in asking again at once.
+                        std::thread::sleep(Duration::from_millis(20));
+                        shared.unavailable.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
             }
             Outcome::Unknown(_) => {
                 // Open for good: go on as a new tester thread, on another
                 // server or once this one is back (a request during the
-                // outage would only add another open operation).
+                // outage would only add another open operation). Backing
+                // off keeps an etcd election (every write 503) from
+                // filling the groups with open writes, which the search
+                // may place anywhere after their invocation.
                 incarnation += 1;
                 known = [None; MAX_MACHINES];
-                std::thread::yield_now();
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Outcome::Unexpected(msg) => {
                 shared.fail(format!("client {id}: {msg}"));
@@ -1135,6 +1194,7 @@ pub fn run(cfg: &Config) -> Result<Figures, String> {
         behind: Default::default(),
         max_read_lag: AtomicU64::new(0),
         races_lost: AtomicU64::new(0),
+        unavailable: AtomicU64::new(0),
         failure: Mutex::new(None),
     });
     // The machines: the keys of the groups appear on them as they are written.
@@ -1210,23 +1270,59 @@ pub fn run(cfg: &Config) -> Result<Figures, String> {
             .collect()
     });
     figures.run_time = started.elapsed();
-    drop(fleet);
-    if let Some(f) = shared
+    let failure = shared
         .failure
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .take()
-    {
-        return Err(f);
+        .take();
+    if let Some(f) = failure {
+        // What each server holds, while they still run.
+        let a = new_agent();
+        let views: Vec<String> = (0..servers)
+            .map(|s| {
+                let count = |path: &str| match request(&a, &shared, s, "HEAD", path, None, None) {
+                    Ok(ans) => format!("{} at revision {}", ans.count.unwrap_or(0), ans.rev),
+                    Err(e) => e,
+                };
+                let check = request(&a, &shared, s, "GET", "/check", None, None)
+                    .map_or_else(|e| e, |ans| format!("{} {}", ans.status, ans.body));
+                format!(
+                    "server {s}: {} lin- machines; /check: {check}",
+                    count("/machines?Name=Re(%5Elin-)")
+                )
+            })
+            .collect();
+        drop(fleet);
+        return Err(format!("{f}\n{}", views.join("\n")));
     }
+    drop(fleet);
     [figures.reads_answered, figures.counts_answered] =
         shared.answered.each_ref().map(|n| n.load(Ordering::SeqCst));
     [figures.reads_behind, figures.counts_behind] =
         shared.behind.each_ref().map(|n| n.load(Ordering::SeqCst));
     figures.max_read_lag = shared.max_read_lag.load(Ordering::SeqCst);
     figures.races_lost = shared.races_lost.load(Ordering::SeqCst);
+    figures.unavailable = shared.unavailable.load(Ordering::SeqCst);
+    eprintln!(
+        "load done in {:.1} s: {} invoked, {} returned; checking",
+        figures.run_time.as_secs_f64(),
+        shared.invoked.load(Ordering::SeqCst),
+        shared.returned.load(Ordering::SeqCst)
+    );
     check(cfg, events, &mut figures);
     Ok(figures)
+}
+
+/// The member that leads the cluster now (its `/metrics` say so).
+fn etcd_leader(etcd: &etcd_server::Cluster) -> Option<usize> {
+    etcd.endpoints().iter().position(|url| {
+        ureq::get(&format!("{url}/metrics"))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .is_some_and(|m| m.lines().any(|l| l == "etcd_server_is_leader 1"))
+    })
 }
 
 /// Does one fault (back to the whole fleet up before it returns) and
@@ -1248,8 +1344,20 @@ fn inject(
             figures.kills += 1;
             shared.set_up(i, true);
         }
-        Fault::KillMember(i) => {
+        Fault::KillMember(k) => {
             let etcd = fleet.etcd.as_mut().ok_or("no etcd cluster")?;
+            // Every other kill hits the leader: an election, and commits
+            // in flight whose outcome nobody can tell.
+            let leader = etcd_leader(etcd);
+            let members = etcd.endpoints().len();
+            let i = match leader {
+                Some(l) if k % 2 == 0 => l,
+                Some(l) => (l + 1 + k % (members - 1).max(1)) % members,
+                None => k % members,
+            };
+            if Some(i) == leader {
+                figures.leader_kills += 1;
+            }
             etcd.kill(i);
             std::thread::sleep(MEMBER_DOWN);
             let t = Instant::now();
