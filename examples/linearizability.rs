@@ -51,6 +51,44 @@
 //!
 //! The search has a step budget per group: a group whose search runs out of
 //! it is reported as undecided (neither proven linearizable nor not).
+//!
+//! A violating group is printed with the end of its shortest violating
+//! prefix marked: the event no linearisation explains.
+//!
+//! # Several servers over etcd (issue 15)
+//! ```text
+//! cargo build --features etcd --bin fleetkv
+//! cargo run --features etcd --example linearizability -- \
+//!     --etcd-members 3 --servers 3 --kills 2 --member-kills 2 --pauses 2 [--session-reads]
+//! ```
+//! With [`EtcdTopology`] the run starts an etcd cluster and several
+//! `fleetkv serve --etcd` on it (one admin key written into every data
+//! directory), and each client sends each request to the next server up.
+//! Faults, spread over the run one at a time: SIGKILL + restart of a
+//! server (in turn), SIGKILL + restart of an etcd member (the leader, then
+//! a follower, …), SIGSTOP/SIGCONT of a server for [`PAUSE`]. A client's
+//! request to a killed server stays open, and it goes on with the next
+//! server; after an unknown outcome it backs off (an etcd election answers
+//! every write 503 for a while). Two answers say nothing happened and are
+//! left out of the history, counted apart: a 409 "revision conflict" (the
+//! write lost the revision race to other servers on every attempt) and a
+//! 503 `Unavailable` (etcd unreachable: nothing read or written; were
+//! either applied after all, its unique value would show up in a read the
+//! checker cannot explain).
+//!
+//! What fleetkv promises to reads across servers: a write is a
+//! compare-and-swap on the store revision in etcd, and a refused `test` or
+//! CAS is answered only once the server has caught up with etcd, so writes
+//! and refusals are linearizable through any server. A read of one
+//! machine's param reads the record from etcd (a linearizable get) and was
+//! not seen stale. A count (and a list's filter) is answered from the
+//! server's own indexes, which follow etcd's watch and may lag a write
+//! another server has already answered: with plain requests the checker
+//! finds most groups violating, each at a count that misses such a write.
+//! Linearizable counts therefore need the client's side of the bargain,
+//! `?min_revision=` the highest `X-Fleetkv-Revision` it knows of — the
+//! `--session-reads` mode, reported as such — until the server waits for
+//! etcd's current revision before answering a read (a read barrier).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
@@ -208,6 +246,19 @@ pub struct Group {
     steps: Rc<Cell<u64>>,
     /// Set once a violation is found when the run stops at the first one.
     abort: Arc<AtomicBool>,
+}
+
+impl Op {
+    /// The kind, as [`Figures::by_kind`] counts it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Read(_) => "read",
+            Op::Write(..) => "write",
+            Op::Cas(..) => "cas",
+            Op::PatchCas(..) => "patch-cas",
+            Op::Count(_) => "count",
+        }
+    }
 }
 
 impl Group {
@@ -371,6 +422,9 @@ pub struct Figures {
     pub max_group_check: Duration,
     /// Groups whose history is not linearizable, with their history.
     pub violations: Vec<String>,
+    /// Per kind, the operations whose answer first made a violating group
+    /// unexplainable (the end of its shortest violating prefix).
+    pub culprits: BTreeMap<&'static str, u64>,
     /// Groups whose search ran out of its step budget.
     pub undecided: Vec<GroupId>,
     /// Groups left unchecked after the first violation
@@ -463,9 +517,15 @@ impl fmt::Display for Figures {
         let result = if self.linearizable() {
             "linearizable".to_string()
         } else {
+            let culprits: Vec<String> = self
+                .culprits
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
             format!(
-                "NOT linearizable: {} groups violate, {} undecided, {} unchecked",
+                "NOT linearizable: {} groups violate (first unexplained answer: {}), {} undecided, {} unchecked",
                 self.violations.len(),
+                culprits.join(", "),
                 self.undecided.len(),
                 self.unchecked
             )
@@ -1392,14 +1452,7 @@ fn check(cfg: &Config, mut events: Vec<Stamped>, figures: &mut Figures) {
         match &e.event {
             Event::Invoke(op) => {
                 figures.invoked += 1;
-                let kind = match op {
-                    Op::Read(_) => "read",
-                    Op::Write(..) => "write",
-                    Op::Cas(..) => "cas",
-                    Op::PatchCas(..) => "patch-cas",
-                    Op::Count(_) => "count",
-                };
-                *figures.by_kind.entry(kind).or_default() += 1;
+                *figures.by_kind.entry(op.kind()).or_default() += 1;
             }
             Event::Return(r) => {
                 figures.returned += 1;
@@ -1463,13 +1516,28 @@ fn check(cfg: &Config, mut events: Vec<Stamped>, figures: &mut Figures) {
             Verdict::Linearizable => {}
             Verdict::Undecided => figures.undecided.push(g),
             Verdict::Unchecked => figures.unchecked += 1,
-            Verdict::Violation => figures.violations.push(format!(
-                "group {} ({} events; the first {} are already not linearizable):\n{}",
-                key_of(g),
-                history.len(),
-                cut.unwrap_or(history.len()),
-                render(history, cut)
-            )),
+            Verdict::Violation => {
+                // The operation whose answer no linearisation explains: the
+                // marked event is its return (or, open, its invocation).
+                let culprit = cut.and_then(|c| {
+                    let last = history.get(c.checked_sub(1)?)?;
+                    history[..c].iter().rev().find_map(|e| match &e.event {
+                        Event::Invoke(op) if e.thread == last.thread => Some(op.kind()),
+                        _ => None,
+                    })
+                });
+                *figures
+                    .culprits
+                    .entry(culprit.unwrap_or("unknown"))
+                    .or_default() += 1;
+                figures.violations.push(format!(
+                    "group {} ({} events; the first {} are already not linearizable):\n{}",
+                    key_of(g),
+                    history.len(),
+                    cut.unwrap_or(history.len()),
+                    render(history, cut)
+                ))
+            }
         }
     }
 }
