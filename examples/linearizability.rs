@@ -51,6 +51,44 @@
 //!
 //! The search has a step budget per group: a group whose search runs out of
 //! it is reported as undecided (neither proven linearizable nor not).
+//!
+//! A violating group is printed with the end of its shortest violating
+//! prefix marked: the event no linearisation explains.
+//!
+//! # Several servers over etcd (issue 15)
+//! ```text
+//! cargo build --features etcd --bin fleetkv
+//! cargo run --features etcd --example linearizability -- \
+//!     --etcd-members 3 --servers 3 --kills 2 --member-kills 2 --pauses 2 [--session-reads]
+//! ```
+//! With [`EtcdTopology`] the run starts an etcd cluster and several
+//! `fleetkv serve --etcd` on it (one admin key written into every data
+//! directory), and each client sends each request to the next server up.
+//! Faults, spread over the run one at a time: SIGKILL + restart of a
+//! server (in turn), SIGKILL + restart of an etcd member (the leader, then
+//! a follower, …), SIGSTOP/SIGCONT of a server for [`PAUSE`]. A client's
+//! request to a killed server stays open, and it goes on with the next
+//! server; after an unknown outcome it backs off (an etcd election answers
+//! every write 503 for a while). Two answers say nothing happened and are
+//! left out of the history, counted apart: a 409 "revision conflict" (the
+//! write lost the revision race to other servers on every attempt) and a
+//! 503 `Unavailable` (etcd unreachable: nothing read or written; were
+//! either applied after all, its unique value would show up in a read the
+//! checker cannot explain).
+//!
+//! What fleetkv promises to reads across servers: a write is a
+//! compare-and-swap on the store revision in etcd, and a refused `test` or
+//! CAS is answered only once the server has caught up with etcd, so writes
+//! and refusals are linearizable through any server. A read of one
+//! machine's param reads the record from etcd (a linearizable get) and was
+//! not seen stale. A count (and a list's filter) is answered from the
+//! server's own indexes, which follow etcd's watch and may lag a write
+//! another server has already answered: with plain requests the checker
+//! finds most groups violating, each at a count that misses such a write.
+//! Linearizable counts therefore need the client's side of the bargain,
+//! `?min_revision=` the highest `X-Fleetkv-Revision` it knows of — the
+//! `--session-reads` mode, reported as such — until the server waits for
+//! etcd's current revision before answering a read (a read barrier).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
@@ -65,6 +103,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
+
+/// The etcd cluster launcher of the tests (`Cluster`: start, SIGKILL,
+/// restart members).
+#[path = "../tests/common/etcd_server.rs"]
+mod etcd_server;
 
 /// Most machines a group may have (the model keeps them in an array).
 pub const MAX_MACHINES: usize = 4;
@@ -96,7 +139,9 @@ pub struct Config {
     /// Operations per group before its slot moves to a fresh one.
     pub group_ops: u64,
     pub stop: Stop,
-    /// SIGKILL + restart cycles, spread evenly over the run.
+    /// SIGKILL + restart cycles of a fleetkv server (with several servers,
+    /// server 0, 1, … in turn), spread evenly over the run with the other
+    /// faults of [`EtcdTopology`].
     pub kills: usize,
     /// Extra flags for `fleetkv` (`--no-fsync` breaks durability on purpose).
     pub server_flags: Vec<String>,
@@ -106,7 +151,42 @@ pub struct Config {
     /// Stop checking at the first violation (the test's choice: a broken
     /// server violates in most groups, and proving each takes a full search).
     pub first_violation: bool,
+    /// Several servers over one etcd cluster the run starts; `None`: one
+    /// server on its own data directory.
+    pub etcd: Option<EtcdTopology>,
 }
+
+/// Several `fleetkv serve --etcd` over one etcd cluster (issue 15).
+#[derive(Clone, Debug)]
+pub struct EtcdTopology {
+    /// Members of the etcd cluster (started and stopped by the run).
+    pub members: usize,
+    /// fleetkv servers over it, each on its own data directory. A client
+    /// sends each request to the next server in turn (skipping one that is
+    /// down), so reads meet writes made through the other servers.
+    pub servers: usize,
+    /// SIGKILL + restart of an etcd member: the leader, then a follower, …
+    pub member_kills: usize,
+    /// SIGSTOP, [`PAUSE`] later SIGCONT, of a server (server 1, 2, … in turn).
+    pub pauses: usize,
+    /// `--session-reads`: every read and count passes `?min_revision=` the
+    /// highest `X-Fleetkv-Revision` any client had seen returned before it
+    /// was invoked. That is the client's side of a bargain, not something
+    /// the checker can tell apart: a run with it proves reads linearizable
+    /// only for clients that pass on revisions. Off, each server answers
+    /// reads from its own indexes as they stand.
+    pub session_reads: bool,
+}
+
+/// A client's pause after an unknown outcome, doubled per unknown outcome
+/// in a row.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(640);
+
+/// How long a paused server stays stopped.
+pub const PAUSE: Duration = Duration::from_secs(1);
+/// How long a killed etcd member stays down before its restart.
+const MEMBER_DOWN: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------
 // The sequential specification of one group.
@@ -166,6 +246,19 @@ pub struct Group {
     steps: Rc<Cell<u64>>,
     /// Set once a violation is found when the run stops at the first one.
     abort: Arc<AtomicBool>,
+}
+
+impl Op {
+    /// The kind, as [`Figures::by_kind`] counts it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Read(_) => "read",
+            Op::Write(..) => "write",
+            Op::Cas(..) => "cas",
+            Op::PatchCas(..) => "patch-cas",
+            Op::Count(_) => "count",
+        }
+    }
 }
 
 impl Group {
@@ -264,6 +357,10 @@ struct Stamped {
     group: GroupId,
     thread: ThreadId,
     event: Event,
+    /// The server the request went to.
+    server: u8,
+    /// A return's `X-Fleetkv-Revision` (0: none).
+    rev: u64,
 }
 
 /// What a run did.
@@ -282,6 +379,39 @@ pub struct Figures {
     pub kills: usize,
     /// Longest a restart took, from the kill to the server listening again.
     pub max_restart: Duration,
+    /// fleetkv servers (1 without etcd) and etcd members (0 without).
+    pub servers: usize,
+    pub etcd_members: usize,
+    /// Reads and counts passed `?min_revision=` ([`EtcdTopology::session_reads`]).
+    pub session_reads: bool,
+    /// etcd members killed (SIGKILL) and restarted; of those, leaders.
+    pub member_kills: usize,
+    pub leader_kills: usize,
+    /// Longest an etcd member took from its restart to healthy.
+    pub max_member_restart: Duration,
+    /// Servers paused (SIGSTOP … SIGCONT).
+    pub pauses: usize,
+    /// Reads (`GET` of a machine's param) answered, and of those the ones
+    /// behind: answered with an `X-Fleetkv-Revision` below one some client
+    /// had seen returned before the read was invoked. The header names the
+    /// server's indexes; the record itself comes from etcd (a linearizable
+    /// get), so a read behind is not necessarily stale.
+    pub reads_answered: u64,
+    pub reads_behind: u64,
+    /// Counts (`HEAD`, answered from the indexes alone) answered, and of
+    /// those the ones behind as above: each certainly missed writes (of some
+    /// group) that completed before it began.
+    pub counts_answered: u64,
+    pub counts_behind: u64,
+    /// The most revisions a read or count was behind.
+    pub max_read_lag: u64,
+    /// Writes refused after losing the revision race to other servers on
+    /// every attempt (409 "revision conflict"): nothing was written, so
+    /// they are left out of the history.
+    pub races_lost: u64,
+    /// Operations refused with 503 `Unavailable` (etcd unreachable:
+    /// nothing read or written), left out of the history too.
+    pub unavailable: u64,
     pub groups: usize,
     pub max_group_ops: usize,
     /// The load phase.
@@ -292,6 +422,9 @@ pub struct Figures {
     pub max_group_check: Duration,
     /// Groups whose history is not linearizable, with their history.
     pub violations: Vec<String>,
+    /// Per kind, the operations whose answer first made a violating group
+    /// unexplainable (the end of its shortest violating prefix).
+    pub culprits: BTreeMap<&'static str, u64>,
     /// Groups whose search ran out of its step budget.
     pub undecided: Vec<GroupId>,
     /// Groups left unchecked after the first violation
@@ -335,6 +468,41 @@ impl fmt::Display for Figures {
             self.kills,
             self.max_restart.as_millis()
         )?;
+        if self.etcd_members > 0 {
+            writeln!(
+                f,
+                "topology               {} servers over {} etcd members, {} reads",
+                self.servers,
+                self.etcd_members,
+                if self.session_reads {
+                    "session (?min_revision=)"
+                } else {
+                    "plain"
+                }
+            )?;
+            writeln!(
+                f,
+                "etcd member kills      {} ({} of the leader; slowest back to healthy {} ms), server pauses {}",
+                self.member_kills,
+                self.leader_kills,
+                self.max_member_restart.as_millis(),
+                self.pauses
+            )?;
+            writeln!(
+                f,
+                "behind                 {} of {} counts, {} of {} reads answered at a revision below one already returned (at most {} behind)",
+                self.counts_behind,
+                self.counts_answered,
+                self.reads_behind,
+                self.reads_answered,
+                self.max_read_lag
+            )?;
+            writeln!(
+                f,
+                "refused, no effect     {} revision races lost (409), {} etcd unavailable (503); left out",
+                self.races_lost, self.unavailable
+            )?;
+        }
         writeln!(
             f,
             "groups                 {} (at most {} ops each)",
@@ -349,9 +517,15 @@ impl fmt::Display for Figures {
         let result = if self.linearizable() {
             "linearizable".to_string()
         } else {
+            let culprits: Vec<String> = self
+                .culprits
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
             format!(
-                "NOT linearizable: {} groups violate, {} undecided, {} unchecked",
+                "NOT linearizable: {} groups violate (first unexplained answer: {}), {} undecided, {} unchecked",
                 self.violations.len(),
+                culprits.join(", "),
                 self.undecided.len(),
                 self.unchecked
             )
@@ -361,7 +535,7 @@ impl fmt::Display for Figures {
 }
 
 // ---------------------------------------------------------------------------
-// The server.
+// The servers.
 
 /// `fleetkv serve`, killed (SIGKILL) on drop.
 struct Server {
@@ -375,13 +549,19 @@ impl Drop for Server {
     }
 }
 
-/// Starts `fleetkv serve` on `data` at `listen` and waits until it listens;
-/// answers the server and its URL.
-fn start_server(cfg: &Config, data: &Path, listen: &str) -> Result<(Server, String), String> {
+/// Starts `fleetkv serve` on `data` at `listen` (with `extra` flags) and
+/// waits until it listens; answers the server and its URL.
+fn start_server(
+    cfg: &Config,
+    data: &Path,
+    listen: &str,
+    extra: &[String],
+) -> Result<(Server, String), String> {
     let mut child = Command::new(&cfg.bin)
         .args(&cfg.server_flags)
         .args(["serve", "--listen", listen, "--data"])
         .arg(data)
+        .args(extra)
         .env_remove("FLEETKV_DATA")
         .env_remove("FLEETKV_NO_FSYNC")
         .stderr(Stdio::piped())
@@ -400,16 +580,169 @@ fn start_server(cfg: &Config, data: &Path, listen: &str) -> Result<(Server, Stri
             _ => return Err(format!("the server exited: {}", said.join(" | "))),
         }
     };
-    std::thread::spawn(move || lines.for_each(drop));
+    // What a server says once up (it cannot follow etcd, …) is worth
+    // seeing next to a failed run.
+    let name = data
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("[{name}] {line}");
+        }
+    });
     Ok((server, url))
 }
 
-/// What clients share: the server's address and whether it is up.
+/// `f`, its panic turned into an error: the etcd launcher shared with the
+/// tests asserts where the harness answers `Err`.
+fn unpanic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        format!("{what}: {msg}")
+    })
+}
+
+/// The processes of a run: one server on its own directory, or several
+/// over an etcd cluster the run started. Every process stops on drop.
+struct Fleet {
+    servers: Vec<Option<Server>>,
+    urls: Vec<String>,
+    data: Vec<PathBuf>,
+    /// `--etcd …` for every server.
+    extra: Vec<String>,
+    /// Dropped after the servers (field order), so none is left waiting
+    /// on a dead cluster.
+    etcd: Option<etcd_server::Cluster>,
+}
+
+impl Fleet {
+    /// Starts the fleet under `dir`; answers it and the admin key.
+    fn start(cfg: &Config, dir: &Path) -> Result<(Fleet, String), String> {
+        let Some(t) = &cfg.etcd else {
+            let data = dir.join("db");
+            let (server, url) = start_server(cfg, &data, "127.0.0.1:0", &[])?;
+            let key = std::fs::read_to_string(data.join("admin.key"))
+                .map_err(|e| format!("reading the admin key: {e}"))?;
+            let fleet = Fleet {
+                servers: vec![Some(server)],
+                urls: vec![url],
+                data: vec![data],
+                extra: Vec::new(),
+                etcd: None,
+            };
+            return Ok((fleet, key.trim().to_string()));
+        };
+        let etcd = unpanic("starting etcd", || etcd_server::Cluster::start(t.members))?;
+        let extra = vec![
+            "--etcd".to_string(),
+            etcd.endpoints().join(","),
+            "--etcd-prefix".to_string(),
+            "/lin/".to_string(),
+        ];
+        // One admin key in every directory: admin keys are per directory,
+        // tokens are shared through etcd.
+        let key = format!(
+            "lin-admin-{:016x}",
+            fastrand::Rng::with_seed(cfg.seed).u64(..)
+        );
+        let mut fleet = Fleet {
+            servers: Vec::new(),
+            urls: Vec::new(),
+            data: Vec::new(),
+            extra,
+            etcd: Some(etcd),
+        };
+        for i in 0..t.servers {
+            let data = dir.join(format!("db{i}"));
+            std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+            std::fs::write(data.join("admin.key"), format!("{key}\n"))
+                .map_err(|e| format!("writing the admin key: {e}"))?;
+            let (server, url) = start_server(cfg, &data, "127.0.0.1:0", &fleet.extra)?;
+            fleet.servers.push(Some(server));
+            fleet.urls.push(url);
+            fleet.data.push(data);
+        }
+        Ok((fleet, key))
+    }
+
+    /// SIGKILL to server `i`, and wait for the process.
+    fn kill(&mut self, i: usize) {
+        drop(self.servers[i].take());
+    }
+
+    /// Starts server `i` again on its directory and port.
+    fn restart(&mut self, cfg: &Config, i: usize) -> Result<(), String> {
+        let listen = self.urls[i].trim_start_matches("http://").to_string();
+        for _ in 0..50 {
+            match start_server(cfg, &self.data[i], &listen, &self.extra) {
+                Ok((s, _)) => {
+                    self.servers[i] = Some(s);
+                    return Ok(());
+                }
+                // The port may not be free again yet.
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        Err(format!("server {i} did not restart on {listen}"))
+    }
+
+    /// `kill -{sig}` to server `i` (STOP, CONT).
+    fn signal(&self, i: usize, sig: &str) -> Result<(), String> {
+        let pid = self.servers[i].as_ref().ok_or("not running")?.child.id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(())
+            .ok_or_else(|| format!("kill -{sig} {pid} (server {i}) failed"))
+    }
+}
+
+/// One fault of a run.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL a fleetkv server, restart it on its directory and port.
+    KillServer(usize),
+    /// SIGKILL an etcd member (the `k`th kill: the leader when `k` is
+    /// even, a follower when odd), restart it after [`MEMBER_DOWN`].
+    KillMember(usize),
+    /// SIGSTOP a server for [`PAUSE`].
+    Pause(usize),
+}
+
+/// The run's faults in the order they happen: the kinds interleaved, each
+/// kind rotating over its targets.
+fn faults(cfg: &Config) -> Vec<Fault> {
+    let (servers, member_kills, pauses) = match &cfg.etcd {
+        Some(t) => (t.servers, t.member_kills, t.pauses),
+        None => (1, 0, 0),
+    };
+    let mut out = Vec::new();
+    for i in 0..cfg.kills.max(member_kills).max(pauses) {
+        if i < cfg.kills {
+            out.push(Fault::KillServer(i % servers));
+        }
+        if i < member_kills {
+            out.push(Fault::KillMember(i));
+        }
+        if i < pauses {
+            // Not the server just killed.
+            out.push(Fault::Pause((i + 1) % servers));
+        }
+    }
+    out
+}
+
+/// What clients share: the servers' addresses and which are up.
 struct Shared {
-    url: String,
+    urls: Vec<String>,
     auth: String,
-    /// (up, epoch): the epoch counts restarts.
-    up: Mutex<(bool, u64)>,
+    /// (bitmask of servers up, epoch): the epoch counts restarts.
+    up: Mutex<(u64, u64)>,
     changed: Condvar,
     stop: AtomicBool,
     seq: AtomicU64,
@@ -417,20 +750,30 @@ struct Shared {
     invoked: AtomicU64,
     returned: AtomicU64,
     slots: Vec<AtomicU64>,
+    /// The highest `X-Fleetkv-Revision` answered so far; raised before the
+    /// answer's return is stamped.
+    max_rev: AtomicU64,
+    session_reads: bool,
+    /// Answered and behind (see [`Figures::reads_behind`]): reads, counts.
+    answered: [AtomicU64; 2],
+    behind: [AtomicU64; 2],
+    max_read_lag: AtomicU64,
+    races_lost: AtomicU64,
+    unavailable: AtomicU64,
     /// The first unexpected answer (a harness or server bug), which stops the run.
     failure: Mutex<Option<String>>,
 }
 
 impl Shared {
-    /// Waits until the server is up; answers its epoch.
-    fn wait_up(&self) -> Option<u64> {
+    /// Waits until some server is up; answers (the servers up, the epoch).
+    fn wait_up(&self) -> Option<(u64, u64)> {
         let mut g = self.up.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return None;
             }
-            if g.0 {
-                return Some(g.1);
+            if g.0 != 0 {
+                return Some(*g);
             }
             g = self
                 .changed
@@ -440,11 +783,13 @@ impl Shared {
         }
     }
 
-    fn set_up(&self, up: bool) {
+    fn set_up(&self, server: usize, up: bool) {
         let mut g = self.up.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 = up;
         if up {
+            g.0 |= 1 << server;
             g.1 += 1;
+        } else {
+            g.0 &= !(1 << server);
         }
         self.changed.notify_all();
     }
@@ -467,20 +812,29 @@ fn new_agent() -> ureq::Agent {
         .build()
 }
 
-/// An HTTP answer: status, body, `X-DRP-List-Count`.
-type Answer = (u16, String, Option<u64>);
+/// An HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: String,
+    /// `X-DRP-List-Count`.
+    count: Option<u64>,
+    /// `X-Fleetkv-Revision` (0: none).
+    rev: u64,
+}
 
-/// One request; `Err` when no answer came.
+/// One request to server `server`; `Err` when no answer came.
 fn request(
     agent: &ureq::Agent,
     shared: &Shared,
+    server: usize,
     method: &str,
     path: &str,
     body: Option<(&str, String)>,
     expect: Option<String>,
 ) -> Result<Answer, String> {
     let mut r = agent
-        .request(method, &format!("{}/api/v3{path}", shared.url))
+        .request(method, &format!("{}/api/v3{path}", shared.urls[server]))
         .set("Authorization", &shared.auth);
     if let Some(e) = &expect {
         r = r.set("X-Fleetkv-Expect", e);
@@ -496,18 +850,46 @@ fn request(
     };
     let status = resp.status();
     let count = resp.header("X-DRP-List-Count").and_then(|c| c.parse().ok());
-    let text = resp.into_string().map_err(|e| e.to_string())?;
-    Ok((status, text, count))
+    let rev = resp
+        .header("X-Fleetkv-Revision")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.into_string().map_err(|e| e.to_string())?;
+    Ok(Answer {
+        status,
+        body,
+        count,
+        rev,
+    })
 }
 
 /// The outcome of one operation.
 enum Outcome {
     /// A definite answer, mapped to the model.
     Ret(Ret),
+    /// Refused without effect for a reason outside the model: as if never
+    /// invoked.
+    Refused(Refusal),
     /// No answer (or one that says nothing about the outcome): stays open.
     Unknown(#[allow(dead_code)] String),
     /// An answer the model has no place for: a bug in the harness or server.
     Unexpected(String),
+}
+
+/// Why an operation was refused without effect.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// A write lost the revision race to other servers on every attempt.
+    RaceLost,
+    /// etcd could not be reached (503 `Unavailable`).
+    Unavailable,
+}
+
+/// The `Type` of a DRP-shaped error body.
+fn error_type(body: &str) -> Option<&str> {
+    // `"Type":"X"` without a parse: the body is fleetkv's own JSON.
+    let rest = &body[body.find("\"Type\":\"")? + 8..];
+    Some(&rest[..rest.find('"')?])
 }
 
 fn machine_name(slot: u32, m: usize) -> String {
@@ -518,133 +900,165 @@ fn key_of(g: GroupId) -> String {
     format!("lin/s{}g{}", g.0, g.1)
 }
 
-/// Runs `op` on group `g` over HTTP and maps its answer to the model.
-fn perform(
-    agent: &ureq::Agent,
-    shared: &Shared,
+/// The request of `op` on group `g` (machines `0..k`): method, path, body,
+/// `X-Fleetkv-Expect`, and which answer it expects.
+#[allow(clippy::type_complexity)]
+fn shape(
     g: GroupId,
     op: &Op,
     k: usize,
     via_patch: bool,
-) -> Outcome {
+) -> (
+    &'static str,
+    String,
+    Option<(&'static str, String)>,
+    Option<String>,
+    &'static str,
+) {
     let key = key_of(g);
     // A JSON Pointer segment: `/` is `~1`.
     let pointer = key.replace('~', "~0").replace('/', "~1");
-    let (answer, what) = match *op {
+    match *op {
         Op::Read(m) => (
-            request(
-                agent,
-                shared,
-                "GET",
-                &format!("/machines/{}/params/{key}", machine_name(g.0, m)),
-                None,
-                None,
-            ),
+            "GET",
+            format!("/machines/{}/params/{key}", machine_name(g.0, m)),
+            None,
+            None,
             "read",
         ),
         Op::Write(m, v) if via_patch => (
-            request(
-                agent,
-                shared,
-                "PATCH",
-                &format!("/machines/{}/params", machine_name(g.0, m)),
-                Some((
-                    "application/json-patch+json",
-                    json!([{"op": "add", "path": format!("/{pointer}"), "value": v}]).to_string(),
-                )),
-                None,
-            ),
+            "PATCH",
+            format!("/machines/{}/params", machine_name(g.0, m)),
+            Some((
+                "application/json-patch+json",
+                json!([{"op": "add", "path": format!("/{pointer}"), "value": v}]).to_string(),
+            )),
+            None,
             "write",
         ),
         Op::Write(m, v) => (
-            request(
-                agent,
-                shared,
-                "POST",
-                &format!("/machines/{}/params/{key}", machine_name(g.0, m)),
-                Some(("application/json", v.to_string())),
-                None,
-            ),
+            "POST",
+            format!("/machines/{}/params/{key}", machine_name(g.0, m)),
+            Some(("application/json", v.to_string())),
+            None,
             "write",
         ),
         Op::Cas(m, expect, v) => (
-            request(
-                agent,
-                shared,
-                "POST",
-                &format!("/machines/{}/params/{key}", machine_name(g.0, m)),
-                Some(("application/json", v.to_string())),
-                Some(expect.map_or("absent".to_string(), |e| e.to_string())),
-            ),
+            "POST",
+            format!("/machines/{}/params/{key}", machine_name(g.0, m)),
+            Some(("application/json", v.to_string())),
+            Some(expect.map_or("absent".to_string(), |e| e.to_string())),
             "cas",
         ),
         Op::PatchCas(m, old, v) => (
-            request(
-                agent,
-                shared,
-                "PATCH",
-                &format!("/machines/{}", machine_name(g.0, m)),
-                Some((
-                    "application/json-patch+json",
-                    json!([
-                        {"op": "test", "path": format!("/Params/{pointer}"), "value": old},
-                        {"op": "replace", "path": format!("/Params/{pointer}"), "value": v},
-                    ])
-                    .to_string(),
-                )),
-                None,
-            ),
+            "PATCH",
+            format!("/machines/{}", machine_name(g.0, m)),
+            Some((
+                "application/json-patch+json",
+                json!([
+                    {"op": "test", "path": format!("/Params/{pointer}"), "value": old},
+                    {"op": "replace", "path": format!("/Params/{pointer}"), "value": v},
+                ])
+                .to_string(),
+            )),
+            None,
             "cas",
         ),
         Op::Count(v) => {
             let names: Vec<String> = (0..k).map(|m| machine_name(g.0, m)).collect();
             (
-                request(
-                    agent,
-                    shared,
-                    "HEAD",
-                    &format!(
-                        "/machines?Name=In({})&Params.{key}=Eq({v})",
-                        names.join(",")
-                    ),
-                    None,
-                    None,
+                "HEAD",
+                format!(
+                    "/machines?Name=In({})&Params.{key}=Eq({v})",
+                    names.join(",")
                 ),
+                None,
+                None,
                 "count",
             )
         }
-    };
-    let (status, body, count) = match answer {
+    }
+}
+
+/// Runs `op` on group `g` over HTTP on `server` and maps its answer to the
+/// model; with `min_rev`, the request passes `?min_revision=`. Answers the
+/// outcome and the answer's `X-Fleetkv-Revision` (0: none).
+#[allow(clippy::too_many_arguments)]
+fn perform(
+    agent: &ureq::Agent,
+    shared: &Shared,
+    server: usize,
+    g: GroupId,
+    op: &Op,
+    k: usize,
+    via_patch: bool,
+    min_rev: Option<u64>,
+) -> (Outcome, u64) {
+    let (method, mut path, body, expect, what) = shape(g, op, k, via_patch);
+    if let Some(min) = min_rev {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        path = format!("{path}{sep}min_revision={min}");
+    }
+    let a = match request(agent, shared, server, method, &path, body, expect) {
         Ok(a) => a,
-        Err(e) => return Outcome::Unknown(e),
+        Err(e) => return (Outcome::Unknown(e), 0),
     };
-    match (status, what) {
-        (200, "read") => match serde_json::from_str::<Value>(&body) {
+    let outcome = match (a.status, what) {
+        (200, "read") => match serde_json::from_str::<Value>(&a.body) {
             Ok(Value::Null) => Outcome::Ret(Ret::Value(None)),
             Ok(v) => match v.as_u64() {
                 Some(n) => Outcome::Ret(Ret::Value(Some(n))),
                 None => Outcome::Unexpected(format!("{op:?}: read {v}")),
             },
-            Err(e) => Outcome::Unexpected(format!("{op:?}: not JSON ({e}): {body}")),
+            Err(e) => Outcome::Unexpected(format!("{op:?}: not JSON ({e}): {}", a.body)),
         },
         (200, "write") => Outcome::Ret(Ret::Written),
         (200, "cas") => Outcome::Ret(Ret::Swapped),
+        // Error::RevisionMismatch: other servers won every attempt; not a
+        // refused compare (that would claim the value differed).
+        (409, "write" | "cas") if a.body.contains("revision conflict") => {
+            Outcome::Refused(Refusal::RaceLost)
+        }
+        // etcd unreachable or without a leader: "nothing was read or
+        // written" (unlike OutcomeUnknown, also a 503). Taken at its word:
+        // were it applied after all, its unique value would turn up in a
+        // read the checker cannot explain.
+        (503, _) if error_type(&a.body) == Some("Unavailable") => {
+            Outcome::Refused(Refusal::Unavailable)
+        }
         (409, "cas") => Outcome::Ret(Ret::CasFailed),
-        (200, "count") => match count {
+        (200, "count") => match a.count {
             Some(n) => Outcome::Ret(Ret::Count(n)),
             None => Outcome::Unexpected(format!("{op:?}: no X-DRP-List-Count")),
         },
-        // Timeouts, a stalled store, an internal error: no telling whether
-        // the write landed.
-        (408 | 500 | 502 | 503 | 504, _) => Outcome::Unknown(format!("{status} {body}")),
-        _ => Outcome::Unexpected(format!("{op:?} on {}: {status} {body}", key_of(g))),
-    }
+        // Timeouts (a `min_revision` wait too), a stalled store, etcd
+        // unavailable or an outcome it could not tell, an internal error:
+        // no telling whether the write landed.
+        (408 | 500 | 502 | 503 | 504, _) => Outcome::Unknown(format!("{} {}", a.status, a.body)),
+        _ => Outcome::Unexpected(format!(
+            "{op:?} on {} via server {server}: {} {}",
+            key_of(g),
+            a.status,
+            a.body
+        )),
+    };
+    (outcome, a.rev)
+}
+
+/// The first server up from `turn` on (`up`: a bitmask, not empty).
+fn pick(up: u64, turn: usize, servers: usize) -> usize {
+    (0..servers)
+        .map(|k| (turn + k) % servers)
+        .find(|s| up & (1 << s) != 0)
+        .unwrap_or(0)
 }
 
 /// One client: operations on its team's slot until the run stops.
 fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
     let mut rng = fastrand::Rng::with_seed(cfg.seed ^ (u64::from(id) << 20));
     let slot = id / cfg.team as u32;
+    let servers = shared.urls.len();
+    let mut turn = id as usize;
     let mut incarnation = 0u32;
     let mut events = Vec::new();
     let mut epoch = 0;
@@ -652,13 +1066,17 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
     let mut group = (u32::MAX, 0);
     // The values this client last saw per machine of its group.
     let mut known: [Option<u64>; MAX_MACHINES] = [None; MAX_MACHINES];
-    while let Some(e) = shared.wait_up() {
+    let mut backoff = MIN_BACKOFF;
+    while let Some((up, e)) = shared.wait_up() {
         if e != epoch {
             // Fresh connections after a restart: a pooled one to the dead
             // server would turn the next write into an unknown outcome.
             agent = new_agent();
             epoch = e;
         }
+        // Each request to the next server: reads meet other servers' writes.
+        let server = pick(up, turn, servers);
+        turn += 1;
         let n = shared.slots[slot as usize].fetch_add(1, Ordering::SeqCst);
         let g = (slot, (n / cfg.group_ops) as u32);
         if g != group {
@@ -687,20 +1105,51 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
         };
         let via_patch = rng.bool();
         let thread = (id, incarnation);
+        let is_read = matches!(op, Op::Read(_) | Op::Count(_));
         events.push(Stamped {
             seq: shared.stamp(),
             group: g,
             thread,
             event: Event::Invoke(op.clone()),
+            server: server as u8,
+            rev: 0,
         });
+        // Read after the stamp: every operation returned before this
+        // invocation raised `max_rev` before its return was stamped.
+        let floor = shared.max_rev.load(Ordering::SeqCst);
+        let min_rev = (shared.session_reads && is_read).then_some(floor);
         shared.invoked.fetch_add(1, Ordering::SeqCst);
-        match perform(&agent, shared, g, &op, cfg.machines, via_patch) {
+        let (outcome, rev) = perform(
+            &agent,
+            shared,
+            server,
+            g,
+            &op,
+            cfg.machines,
+            via_patch,
+            min_rev,
+        );
+        shared.max_rev.fetch_max(rev, Ordering::SeqCst);
+        match outcome {
             Outcome::Ret(ret) => {
+                backoff = MIN_BACKOFF;
+                if is_read {
+                    let k = usize::from(matches!(op, Op::Count(_)));
+                    shared.answered[k].fetch_add(1, Ordering::Relaxed);
+                    if rev < floor {
+                        shared.behind[k].fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .max_read_lag
+                            .fetch_max(floor - rev, Ordering::Relaxed);
+                    }
+                }
                 events.push(Stamped {
                     seq: shared.stamp(),
                     group: g,
                     thread,
                     event: Event::Return(ret.clone()),
+                    server: server as u8,
+                    rev,
                 });
                 shared.returned.fetch_add(1, Ordering::SeqCst);
                 match (&op, ret) {
@@ -713,13 +1162,29 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
                     _ => {}
                 }
             }
+            Outcome::Refused(why) => {
+                // Nothing happened: out of the history, the thread free.
+                events.pop();
+                match why {
+                    Refusal::RaceLost => shared.races_lost.fetch_add(1, Ordering::Relaxed),
+                    Refusal::Unavailable => {
+                        // etcd is away: no point in asking again at once.
+                        std::thread::sleep(Duration::from_millis(20));
+                        shared.unavailable.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
             Outcome::Unknown(_) => {
-                // Open for good: go on as a new tester thread, once the
-                // server is back (a request during the outage would only
-                // add another open operation).
+                // Open for good: go on as a new tester thread, on another
+                // server or once this one is back (a request during the
+                // outage would only add another open operation). Backing
+                // off keeps an etcd election (every write 503) from
+                // filling the groups with open writes, which the search
+                // may place anywhere after their invocation.
                 incarnation += 1;
                 known = [None; MAX_MACHINES];
-                std::thread::yield_now();
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Outcome::Unexpected(msg) => {
                 shared.fail(format!("client {id}: {msg}"));
@@ -733,9 +1198,33 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
     events
 }
 
-/// Runs the clients against a server they see killed and restarted, then
-/// checks the history. `Err` when the run itself failed (the server did not
-/// start, an answer the model has no place for).
+/// Brings every server to the revision of the setup's writes, so none
+/// answers 404 for a machine another server created. (Not `/info`: it is
+/// outside the layer that honours `?min_revision=`.)
+fn sync_servers(shared: &Shared, rev: u64, machines: u64) -> Result<(), String> {
+    let a = new_agent();
+    for s in 0..shared.urls.len() {
+        let path = format!("/machines?Name=Re(%5Elin-)&min_revision={rev}");
+        match request(&a, shared, s, "HEAD", &path, None, None) {
+            Ok(Answer {
+                status: 200,
+                count: Some(n),
+                ..
+            }) if n == machines => {}
+            other => {
+                return Err(format!(
+                    "server {s} at revision {rev} with {machines} machines: {other:?}"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the clients against servers they see killed and restarted (and
+/// etcd members killed, servers paused), then checks the history. `Err`
+/// when the run itself failed (a process did not start, an answer the
+/// model has no place for).
 pub fn run(cfg: &Config) -> Result<Figures, String> {
     if cfg.machines == 0
         || cfg.machines > MAX_MACHINES
@@ -748,16 +1237,19 @@ pub fn run(cfg: &Config) -> Result<Figures, String> {
             "machines must be 1..=4, group_ops 1..=256, team and clients at least 1".into(),
         );
     }
+    if let Some(t) = &cfg.etcd {
+        if !(1..=64).contains(&t.servers) || t.members == 0 {
+            return Err("servers must be 1..=64, etcd members at least 1".into());
+        }
+    }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let data = dir.path().join("db");
-    let (server, url) = start_server(cfg, &data, "127.0.0.1:0")?;
-    let listen = url.trim_start_matches("http://").to_string();
-    let key = std::fs::read_to_string(data.join("admin.key")).map_err(|e| e.to_string())?;
+    let (mut fleet, key) = Fleet::start(cfg, dir.path())?;
+    let servers = fleet.urls.len();
     let slots = cfg.clients.div_ceil(cfg.team);
     let shared = Arc::new(Shared {
-        url,
-        auth: format!("Bearer {}", key.trim()),
-        up: Mutex::new((true, 1)),
+        urls: fleet.urls.clone(),
+        auth: format!("Bearer {key}"),
+        up: Mutex::new((u64::MAX >> (64 - servers), 1)),
         changed: Condvar::new(),
         stop: AtomicBool::new(false),
         seq: AtomicU64::new(0),
@@ -765,35 +1257,50 @@ pub fn run(cfg: &Config) -> Result<Figures, String> {
         invoked: AtomicU64::new(0),
         returned: AtomicU64::new(0),
         slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        max_rev: AtomicU64::new(0),
+        session_reads: cfg.etcd.as_ref().is_some_and(|t| t.session_reads),
+        answered: Default::default(),
+        behind: Default::default(),
+        max_read_lag: AtomicU64::new(0),
+        races_lost: AtomicU64::new(0),
+        unavailable: AtomicU64::new(0),
         failure: Mutex::new(None),
     });
     // The machines: the keys of the groups appear on them as they are written.
     {
         let a = new_agent();
+        let mut top = 0;
         for s in 0..slots as u32 {
             for m in 0..cfg.machines {
                 let body = json!({"Name": machine_name(s, m)}).to_string();
                 match request(
                     &a,
                     &shared,
+                    0,
                     "POST",
                     "/machines",
                     Some(("application/json", body)),
                     None,
                 ) {
-                    Ok((201, ..)) => {}
+                    Ok(Answer {
+                        status: 201, rev, ..
+                    }) => top = top.max(rev),
                     other => return Err(format!("creating {}: {other:?}", machine_name(s, m))),
                 }
             }
         }
+        sync_servers(&shared, top, (slots * cfg.machines) as u64)?;
     }
 
     let started = Instant::now();
     let mut figures = Figures {
         clients: cfg.clients,
+        servers,
+        etcd_members: cfg.etcd.as_ref().map_or(0, |t| t.members),
+        session_reads: shared.session_reads,
         ..Figures::default()
     };
-    let mut server = Some(server);
+    let plan = faults(cfg);
     let events: Vec<Stamped> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..cfg.clients as u32)
             .map(|id| {
@@ -804,66 +1311,137 @@ pub fn run(cfg: &Config) -> Result<Figures, String> {
                     .expect("a client thread")
             })
             .collect();
-        // The killer: SIGKILL at evenly spread moments, restart on the same
-        // directory and port.
+        // The faults, at evenly spread moments, one at a time.
         let progress = |shared: &Shared| match cfg.stop {
             Stop::Ops(n) => shared.invoked.load(Ordering::SeqCst) as f64 / n as f64,
             Stop::Time(d) => started.elapsed().as_secs_f64() / d.as_secs_f64(),
         };
-        let mut kills_done = 0;
+        let mut done = 0;
         while !shared.stop.load(Ordering::SeqCst) {
             let p = progress(&shared);
             if p >= 1.0 {
                 break;
             }
-            if kills_done < cfg.kills && p >= (kills_done + 1) as f64 / (cfg.kills + 1) as f64 {
-                let t = Instant::now();
-                shared.set_up(false);
-                drop(server.take()); // SIGKILL, and wait for the process
-                let mut restarted = None;
-                for _ in 0..50 {
-                    match start_server(cfg, &data, &listen) {
-                        Ok((s, _)) => {
-                            restarted = Some(s);
-                            break;
-                        }
-                        // The port may not be free again yet.
-                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                    }
+            if done < plan.len() && p >= (done + 1) as f64 / (plan.len() + 1) as f64 {
+                if let Err(e) = inject(cfg, &mut fleet, &shared, plan[done], &mut figures) {
+                    shared.fail(e);
+                    break;
                 }
-                match restarted {
-                    Some(s) => server = Some(s),
-                    None => {
-                        shared.fail(format!("the server did not restart on {listen}"));
-                        break;
-                    }
-                }
-                kills_done += 1;
-                figures.max_restart = figures.max_restart.max(t.elapsed());
-                shared.set_up(true);
+                done += 1;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
         shared.stop.store(true, Ordering::SeqCst);
         shared.changed.notify_all();
-        figures.kills = kills_done;
         handles
             .into_iter()
             .flat_map(|h| h.join().expect("a client panicked"))
             .collect()
     });
     figures.run_time = started.elapsed();
-    drop(server);
-    if let Some(f) = shared
+    let failure = shared
         .failure
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .take()
-    {
-        return Err(f);
+        .take();
+    if let Some(f) = failure {
+        // What each server holds, while they still run.
+        let a = new_agent();
+        let views: Vec<String> = (0..servers)
+            .map(|s| {
+                let count = |path: &str| match request(&a, &shared, s, "HEAD", path, None, None) {
+                    Ok(ans) => format!("{} at revision {}", ans.count.unwrap_or(0), ans.rev),
+                    Err(e) => e,
+                };
+                let check = request(&a, &shared, s, "GET", "/check", None, None)
+                    .map_or_else(|e| e, |ans| format!("{} {}", ans.status, ans.body));
+                format!(
+                    "server {s}: {} lin- machines; /check: {check}",
+                    count("/machines?Name=Re(%5Elin-)")
+                )
+            })
+            .collect();
+        drop(fleet);
+        return Err(format!("{f}\n{}", views.join("\n")));
     }
+    drop(fleet);
+    [figures.reads_answered, figures.counts_answered] =
+        shared.answered.each_ref().map(|n| n.load(Ordering::SeqCst));
+    [figures.reads_behind, figures.counts_behind] =
+        shared.behind.each_ref().map(|n| n.load(Ordering::SeqCst));
+    figures.max_read_lag = shared.max_read_lag.load(Ordering::SeqCst);
+    figures.races_lost = shared.races_lost.load(Ordering::SeqCst);
+    figures.unavailable = shared.unavailable.load(Ordering::SeqCst);
+    eprintln!(
+        "load done in {:.1} s: {} invoked, {} returned; checking",
+        figures.run_time.as_secs_f64(),
+        shared.invoked.load(Ordering::SeqCst),
+        shared.returned.load(Ordering::SeqCst)
+    );
     check(cfg, events, &mut figures);
     Ok(figures)
+}
+
+/// The member that leads the cluster now (its `/metrics` say so).
+fn etcd_leader(etcd: &etcd_server::Cluster) -> Option<usize> {
+    etcd.endpoints().iter().position(|url| {
+        ureq::get(&format!("{url}/metrics"))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .is_some_and(|m| m.lines().any(|l| l == "etcd_server_is_leader 1"))
+    })
+}
+
+/// Does one fault (back to the whole fleet up before it returns) and
+/// counts it.
+fn inject(
+    cfg: &Config,
+    fleet: &mut Fleet,
+    shared: &Shared,
+    fault: Fault,
+    figures: &mut Figures,
+) -> Result<(), String> {
+    match fault {
+        Fault::KillServer(i) => {
+            let t = Instant::now();
+            shared.set_up(i, false);
+            fleet.kill(i);
+            fleet.restart(cfg, i)?;
+            figures.max_restart = figures.max_restart.max(t.elapsed());
+            figures.kills += 1;
+            shared.set_up(i, true);
+        }
+        Fault::KillMember(k) => {
+            let etcd = fleet.etcd.as_mut().ok_or("no etcd cluster")?;
+            // Every other kill hits the leader: an election, and commits
+            // in flight whose outcome nobody can tell.
+            let leader = etcd_leader(etcd);
+            let members = etcd.endpoints().len();
+            let i = match leader {
+                Some(l) if k % 2 == 0 => l,
+                Some(l) => (l + 1 + k % (members - 1).max(1)) % members,
+                None => k % members,
+            };
+            if Some(i) == leader {
+                figures.leader_kills += 1;
+            }
+            etcd.kill(i);
+            std::thread::sleep(MEMBER_DOWN);
+            let t = Instant::now();
+            unpanic(&format!("restarting etcd member {i}"), || etcd.restart(i))?;
+            figures.max_member_restart = figures.max_member_restart.max(t.elapsed());
+            figures.member_kills += 1;
+        }
+        Fault::Pause(i) => {
+            fleet.signal(i, "STOP")?;
+            std::thread::sleep(PAUSE);
+            fleet.signal(i, "CONT")?;
+            figures.pauses += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Splits the history by group and checks each group's sub-history.
@@ -874,14 +1452,7 @@ fn check(cfg: &Config, mut events: Vec<Stamped>, figures: &mut Figures) {
         match &e.event {
             Event::Invoke(op) => {
                 figures.invoked += 1;
-                let kind = match op {
-                    Op::Read(_) => "read",
-                    Op::Write(..) => "write",
-                    Op::Cas(..) => "cas",
-                    Op::PatchCas(..) => "patch-cas",
-                    Op::Count(_) => "count",
-                };
-                *figures.by_kind.entry(kind).or_default() += 1;
+                *figures.by_kind.entry(op.kind()).or_default() += 1;
             }
             Event::Return(r) => {
                 figures.returned += 1;
@@ -920,15 +1491,18 @@ fn check(cfg: &Config, mut events: Vec<Stamped>, figures: &mut Figures) {
                     };
                     let t = Instant::now();
                     let verdict = check_group(history, &abort);
-                    if cfg.first_violation && matches!(verdict, Verdict::Violation) {
-                        abort.store(true, Ordering::Relaxed);
+                    let took = t.elapsed();
+                    let mut cut = None;
+                    if matches!(verdict, Verdict::Violation) {
+                        cut = Some(shortest_violating_prefix(history, &abort));
+                        if cfg.first_violation {
+                            abort.store(true, Ordering::Relaxed);
+                        }
                     }
-                    results.lock().unwrap_or_else(|e| e.into_inner()).push((
-                        *g,
-                        verdict,
-                        t.elapsed(),
-                        history,
-                    ));
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((*g, verdict, took, history, cut));
                 })
                 .expect("a checker thread");
         }
@@ -936,18 +1510,34 @@ fn check(cfg: &Config, mut events: Vec<Stamped>, figures: &mut Figures) {
     figures.check_time = started.elapsed();
     let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     results.sort_by_key(|r| r.0);
-    for (g, verdict, took, history) in results {
+    for (g, verdict, took, history, cut) in results {
         figures.max_group_check = figures.max_group_check.max(took);
         match verdict {
             Verdict::Linearizable => {}
             Verdict::Undecided => figures.undecided.push(g),
             Verdict::Unchecked => figures.unchecked += 1,
-            Verdict::Violation => figures.violations.push(format!(
-                "group {} ({} events):\n{}",
-                key_of(g),
-                history.len(),
-                render(history)
-            )),
+            Verdict::Violation => {
+                // The operation whose answer no linearisation explains: the
+                // marked event is its return (or, open, its invocation).
+                let culprit = cut.and_then(|c| {
+                    let last = history.get(c.checked_sub(1)?)?;
+                    history[..c].iter().rev().find_map(|e| match &e.event {
+                        Event::Invoke(op) if e.thread == last.thread => Some(op.kind()),
+                        _ => None,
+                    })
+                });
+                *figures
+                    .culprits
+                    .entry(culprit.unwrap_or("unknown"))
+                    .or_default() += 1;
+                figures.violations.push(format!(
+                    "group {} ({} events; the first {} are already not linearizable):\n{}",
+                    key_of(g),
+                    history.len(),
+                    cut.unwrap_or(history.len()),
+                    render(history, cut)
+                ))
+            }
         }
     }
 }
@@ -993,8 +1583,24 @@ fn check_group(history: &[Stamped], abort: &Arc<AtomicBool>) -> Verdict {
     }
 }
 
-/// A group's history, one event a line (open operations marked).
-fn render(history: &[Stamped]) -> String {
+/// The length of the shortest prefix of a violating history that violates
+/// already: its last event is the one no linearisation explains. (A prefix
+/// of a violating prefix's extension violates too: the search halves.)
+fn shortest_violating_prefix(history: &[Stamped], abort: &Arc<AtomicBool>) -> usize {
+    let (mut lo, mut hi) = (1, history.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match check_group(&history[..mid], abort) {
+            Verdict::Violation => hi = mid,
+            _ => lo = mid + 1,
+        }
+    }
+    hi
+}
+
+/// A group's history, one event a line (open operations marked; with
+/// `cut`, the last event of the shortest violating prefix).
+fn render(history: &[Stamped], cut: Option<usize>) -> String {
     let returned: std::collections::HashSet<(ThreadId, u64)> = {
         // An invocation's return is the thread's next event.
         let mut last: BTreeMap<ThreadId, u64> = BTreeMap::new();
@@ -1013,20 +1619,33 @@ fn render(history: &[Stamped]) -> String {
         }
         out
     };
+    let culprit = cut.map(|c| c.saturating_sub(1));
     history
         .iter()
-        .map(|e| match &e.event {
-            Event::Invoke(op) => format!(
-                "  {:>8} {:?} invoke {op:?}{}",
-                e.seq,
-                e.thread,
-                if returned.contains(&(e.thread, e.seq)) {
-                    ""
-                } else {
-                    "  (OPEN)"
-                }
-            ),
-            Event::Return(r) => format!("  {:>8} {:?} return {r:?}", e.seq, e.thread),
+        .enumerate()
+        .map(|(i, e)| {
+            let line = match &e.event {
+                Event::Invoke(op) => format!(
+                    "  {:>8} {:?} invoke {op:?} on server {}{}",
+                    e.seq,
+                    e.thread,
+                    e.server,
+                    if returned.contains(&(e.thread, e.seq)) {
+                        ""
+                    } else {
+                        "  (OPEN)"
+                    }
+                ),
+                Event::Return(r) => format!(
+                    "  {:>8} {:?} return {r:?} (X-Fleetkv-Revision {})",
+                    e.seq, e.thread, e.rev
+                ),
+            };
+            if Some(i) == culprit {
+                format!("{line}   <== no linearisation explains the history up to here")
+            } else {
+                line
+            }
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -1049,7 +1668,11 @@ fn main() {
         seed: 1,
         check_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         first_violation: false,
+        etcd: None,
     };
+    // The topology's flags, gathered first: any of them means etcd.
+    let (mut members, mut servers) = (None, None);
+    let (mut member_kills, mut pauses, mut session_reads) = (None, None, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> String {
@@ -1080,8 +1703,24 @@ fn main() {
             "--bin" => cfg.bin = PathBuf::from(value("--bin")),
             "--no-fsync" => cfg.server_flags.push("--no-fsync".into()),
             "--first-violation" => cfg.first_violation = true,
+            "--etcd-members" => members = Some(num("--etcd-members", value("--etcd-members"))),
+            "--servers" => servers = Some(num("--servers", value("--servers"))),
+            "--member-kills" => member_kills = Some(num("--member-kills", value("--member-kills"))),
+            "--pauses" => pauses = Some(num("--pauses", value("--pauses"))),
+            "--session-reads" => session_reads = true,
             other => usage(&format!("unknown argument {other}")),
         }
+    }
+    if members.is_some() || servers.is_some() {
+        cfg.etcd = Some(EtcdTopology {
+            members: members.unwrap_or(3),
+            servers: servers.unwrap_or(3),
+            member_kills: member_kills.unwrap_or(1),
+            pauses: pauses.unwrap_or(1),
+            session_reads,
+        });
+    } else if member_kills.is_some() || pauses.is_some() || session_reads {
+        usage("--member-kills, --pauses and --session-reads need --etcd-members or --servers");
     }
     println!(
         "linearizability: {} clients, teams of {}, {} machines per group, {} ops per group, {:?}, {} kills, seed {}, server {} {}",
@@ -1095,6 +1734,20 @@ fn main() {
         cfg.bin.display(),
         cfg.server_flags.join(" ")
     );
+    if let Some(t) = &cfg.etcd {
+        println!(
+            "  over etcd: {} servers, {} etcd members, {} member kills, {} pauses, {} reads",
+            t.servers,
+            t.members,
+            t.member_kills,
+            t.pauses,
+            if t.session_reads {
+                "SESSION (?min_revision=)"
+            } else {
+                "plain"
+            }
+        );
+    }
     match run(&cfg) {
         Ok(f) => {
             println!("{f}");
@@ -1125,7 +1778,8 @@ fn default_bin() -> PathBuf {
 fn usage(msg: &str) -> ! {
     eprintln!(
         "{msg}\nusage: linearizability [--clients N] [--seconds S | --ops N] [--kills K] [--keys K (machines per group, 1..=4)] \
-         [--team N (clients per group)] [--group-ops N] [--seed S] [--check-threads N] [--bin PATH] [--no-fsync] [--first-violation]"
+         [--team N (clients per group)] [--group-ops N] [--seed S] [--check-threads N] [--bin PATH] [--no-fsync] [--first-violation] \
+         [--etcd-members M (3)] [--servers N (3)] [--member-kills K (1)] [--pauses P (1)] [--session-reads]"
     );
     std::process::exit(2);
 }

@@ -28,6 +28,7 @@ fn config(clients: usize, ops: u64, kills: usize, seed: u64) -> Config {
         seed,
         check_threads: 2,
         first_violation: true,
+        etcd: None,
     }
 }
 

@@ -1,0 +1,93 @@
+//! Linearizability over etcd in CI (issue 15): a bounded run of
+//! `examples/linearizability.rs` against three `fleetkv serve --etcd` over
+//! one three-member etcd 3.4 cluster. Each client sends each request to
+//! the next server, so reads meet writes made through the others; a
+//! fleetkv server and the etcd leader are killed with SIGKILL and
+//! restarted, a server is paused. stateright's `LinearizabilityTester`
+//! must find every group's history linearizable.
+//!
+//! Reads pass `?min_revision=` (the harness's `--session-reads`): a server
+//! answers a count from its own indexes, which may lag another server's
+//! write, so without it fleetkv's reads are not linearizable across
+//! servers (the ignored test below; see the example's documentation).
+
+#[allow(dead_code)] // the example's `main` and its flags
+#[path = "../examples/linearizability.rs"]
+mod harness;
+
+use std::path::PathBuf;
+
+use harness::{Config, EtcdTopology, Stop};
+
+fn config(session_reads: bool) -> Config {
+    Config {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_fleetkv")),
+        clients: 32,
+        team: 4,
+        machines: 3,
+        group_ops: 100,
+        stop: Stop::Ops(1_500),
+        kills: 1,
+        server_flags: Vec::new(),
+        seed: 15,
+        check_threads: 2,
+        first_violation: true,
+        etcd: Some(EtcdTopology {
+            members: 3,
+            servers: 3,
+            member_kills: 1,
+            pauses: 1,
+            session_reads,
+        }),
+    }
+}
+
+fn run_and_check(cfg: &Config) {
+    let f = harness::run(cfg).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{f}");
+    assert!(
+        f.linearizable(),
+        "not linearizable ({} undecided: {:?}, {} unchecked); first violation:\n{}",
+        f.undecided.len(),
+        f.undecided,
+        f.unchecked,
+        f.violations.first().map_or("", String::as_str)
+    );
+    // The run must have tested something: every fault done, answers of
+    // every kind through every server, refused CAS.
+    let t = cfg.etcd.as_ref().expect("an etcd topology");
+    assert_eq!(f.kills, cfg.kills);
+    assert_eq!(f.member_kills, t.member_kills);
+    assert_eq!(f.leader_kills, 1, "the first etcd kill hits the leader");
+    assert_eq!(f.pauses, t.pauses);
+    assert!(
+        f.returned > f.invoked / 2,
+        "{} of {} returned",
+        f.returned,
+        f.invoked
+    );
+    assert!(f.cas_failed > 0, "no CAS was refused");
+    for kind in ["read", "write", "cas", "patch-cas", "count"] {
+        assert!(
+            f.by_kind.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind}: {:?}",
+            f.by_kind
+        );
+    }
+}
+
+#[test]
+fn three_servers_over_three_etcd_members_with_kills_are_linearizable_with_session_reads() {
+    run_and_check(&config(true));
+}
+
+/// What a client that passes no revision gets: a count on one server may
+/// miss a write another server has answered (the server answers from its
+/// indexes, which follow etcd's watch). Un-ignore once reads on an etcd
+/// store wait for etcd's current revision first (a linearizable read
+/// barrier).
+#[test]
+#[ignore = "stale counts across servers until the server has a read barrier (issue 15)"]
+fn three_servers_over_three_etcd_members_are_linearizable_with_plain_reads() {
+    run_and_check(&config(false));
+}
