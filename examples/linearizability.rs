@@ -59,7 +59,7 @@
 //! ```text
 //! cargo build --features etcd --bin fleetkv
 //! cargo run --features etcd --example linearizability -- \
-//!     --etcd-members 3 --servers 3 --kills 2 --member-kills 2 --pauses 2 [--session-reads]
+//!     --etcd-members 3 --servers 3 --kills 2 --member-kills 2 --pauses 2 [--session-reads | --linearizable-reads]
 //! ```
 //! With [`EtcdTopology`] the run starts an etcd cluster and several
 //! `fleetkv serve --etcd` on it (one admin key written into every data
@@ -85,10 +85,12 @@
 //! server's own indexes, which follow etcd's watch and may lag a write
 //! another server has already answered: with plain requests the checker
 //! finds most groups violating, each at a count that misses such a write.
-//! Linearizable counts therefore need the client's side of the bargain,
-//! `?min_revision=` the highest `X-Fleetkv-Revision` it knows of — the
-//! `--session-reads` mode, reported as such — until the server waits for
-//! etcd's current revision before answering a read (a read barrier).
+//! Linearizable counts therefore need either the client's side of the
+//! bargain, `?min_revision=` the highest `X-Fleetkv-Revision` it knows of
+//! (the `--session-reads` mode), or the server's read barrier,
+//! `?linearizable=true`: the server catches up with etcd's current revision
+//! before it answers (the `--linearizable-reads` mode). Each mode is
+//! reported as such.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
@@ -169,13 +171,35 @@ pub struct EtcdTopology {
     pub member_kills: usize,
     /// SIGSTOP, [`PAUSE`] later SIGCONT, of a server (server 1, 2, … in turn).
     pub pauses: usize,
+    /// How reads and counts ask for freshness.
+    pub reads: Reads,
+}
+
+/// How reads and counts ask a server for freshness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reads {
+    /// Nothing: each server answers from its own indexes as they stand.
+    #[default]
+    Plain,
     /// `--session-reads`: every read and count passes `?min_revision=` the
     /// highest `X-Fleetkv-Revision` any client had seen returned before it
     /// was invoked. That is the client's side of a bargain, not something
     /// the checker can tell apart: a run with it proves reads linearizable
-    /// only for clients that pass on revisions. Off, each server answers
-    /// reads from its own indexes as they stand.
-    pub session_reads: bool,
+    /// only for clients that pass on revisions.
+    Session,
+    /// `--linearizable-reads`: every read and count passes
+    /// `?linearizable=true`, the server's read barrier.
+    Linearizable,
+}
+
+impl fmt::Display for Reads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reads::Plain => "plain",
+            Reads::Session => "session (?min_revision=)",
+            Reads::Linearizable => "linearizable (?linearizable=true)",
+        })
+    }
 }
 
 /// A client's pause after an unknown outcome, doubled per unknown outcome
@@ -382,8 +406,8 @@ pub struct Figures {
     /// fleetkv servers (1 without etcd) and etcd members (0 without).
     pub servers: usize,
     pub etcd_members: usize,
-    /// Reads and counts passed `?min_revision=` ([`EtcdTopology::session_reads`]).
-    pub session_reads: bool,
+    /// How reads and counts asked for freshness ([`EtcdTopology::reads`]).
+    pub reads: Reads,
     /// etcd members killed (SIGKILL) and restarted; of those, leaders.
     pub member_kills: usize,
     pub leader_kills: usize,
@@ -472,13 +496,7 @@ impl fmt::Display for Figures {
             writeln!(
                 f,
                 "topology               {} servers over {} etcd members, {} reads",
-                self.servers,
-                self.etcd_members,
-                if self.session_reads {
-                    "session (?min_revision=)"
-                } else {
-                    "plain"
-                }
+                self.servers, self.etcd_members, self.reads
             )?;
             writeln!(
                 f,
@@ -753,7 +771,7 @@ struct Shared {
     /// The highest `X-Fleetkv-Revision` answered so far; raised before the
     /// answer's return is stamped.
     max_rev: AtomicU64,
-    session_reads: bool,
+    reads: Reads,
     /// Answered and behind (see [`Figures::reads_behind`]): reads, counts.
     answered: [AtomicU64; 2],
     behind: [AtomicU64; 2],
@@ -981,7 +999,8 @@ fn shape(
 }
 
 /// Runs `op` on group `g` over HTTP on `server` and maps its answer to the
-/// model; with `min_rev`, the request passes `?min_revision=`. Answers the
+/// model; `fresh` is a query parameter the request passes (a read's
+/// `min_revision=N` or `linearizable=true`). Answers the
 /// outcome and the answer's `X-Fleetkv-Revision` (0: none).
 #[allow(clippy::too_many_arguments)]
 fn perform(
@@ -992,12 +1011,12 @@ fn perform(
     op: &Op,
     k: usize,
     via_patch: bool,
-    min_rev: Option<u64>,
+    fresh: Option<String>,
 ) -> (Outcome, u64) {
     let (method, mut path, body, expect, what) = shape(g, op, k, via_patch);
-    if let Some(min) = min_rev {
+    if let Some(param) = fresh {
         let sep = if path.contains('?') { '&' } else { '?' };
-        path = format!("{path}{sep}min_revision={min}");
+        path = format!("{path}{sep}{param}");
     }
     let a = match request(agent, shared, server, method, &path, body, expect) {
         Ok(a) => a,
@@ -1117,7 +1136,11 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
         // Read after the stamp: every operation returned before this
         // invocation raised `max_rev` before its return was stamped.
         let floor = shared.max_rev.load(Ordering::SeqCst);
-        let min_rev = (shared.session_reads && is_read).then_some(floor);
+        let fresh = match (shared.reads, is_read) {
+            (Reads::Session, true) => Some(format!("min_revision={floor}")),
+            (Reads::Linearizable, true) => Some("linearizable=true".to_string()),
+            _ => None,
+        };
         shared.invoked.fetch_add(1, Ordering::SeqCst);
         let (outcome, rev) = perform(
             &agent,
@@ -1127,7 +1150,7 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
             &op,
             cfg.machines,
             via_patch,
-            min_rev,
+            fresh,
         );
         shared.max_rev.fetch_max(rev, Ordering::SeqCst);
         match outcome {
@@ -1258,7 +1281,7 @@ pub fn run(cfg: &Config) -> Result<Figures, String> {
         returned: AtomicU64::new(0),
         slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
         max_rev: AtomicU64::new(0),
-        session_reads: cfg.etcd.as_ref().is_some_and(|t| t.session_reads),
+        reads: cfg.etcd.as_ref().map_or(Reads::Plain, |t| t.reads),
         answered: Default::default(),
         behind: Default::default(),
         max_read_lag: AtomicU64::new(0),
@@ -1297,7 +1320,7 @@ pub fn run(cfg: &Config) -> Result<Figures, String> {
         clients: cfg.clients,
         servers,
         etcd_members: cfg.etcd.as_ref().map_or(0, |t| t.members),
-        session_reads: shared.session_reads,
+        reads: shared.reads,
         ..Figures::default()
     };
     let plan = faults(cfg);
@@ -1672,7 +1695,7 @@ fn main() {
     };
     // The topology's flags, gathered first: any of them means etcd.
     let (mut members, mut servers) = (None, None);
-    let (mut member_kills, mut pauses, mut session_reads) = (None, None, false);
+    let (mut member_kills, mut pauses, mut reads) = (None, None, Reads::Plain);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> String {
@@ -1707,7 +1730,8 @@ fn main() {
             "--servers" => servers = Some(num("--servers", value("--servers"))),
             "--member-kills" => member_kills = Some(num("--member-kills", value("--member-kills"))),
             "--pauses" => pauses = Some(num("--pauses", value("--pauses"))),
-            "--session-reads" => session_reads = true,
+            "--session-reads" => reads = Reads::Session,
+            "--linearizable-reads" => reads = Reads::Linearizable,
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -1717,10 +1741,10 @@ fn main() {
             servers: servers.unwrap_or(3),
             member_kills: member_kills.unwrap_or(1),
             pauses: pauses.unwrap_or(1),
-            session_reads,
+            reads,
         });
-    } else if member_kills.is_some() || pauses.is_some() || session_reads {
-        usage("--member-kills, --pauses and --session-reads need --etcd-members or --servers");
+    } else if member_kills.is_some() || pauses.is_some() || reads != Reads::Plain {
+        usage("--member-kills, --pauses and --session-reads/--linearizable-reads need --etcd-members or --servers");
     }
     println!(
         "linearizability: {} clients, teams of {}, {} machines per group, {} ops per group, {:?}, {} kills, seed {}, server {} {}",
@@ -1737,15 +1761,7 @@ fn main() {
     if let Some(t) = &cfg.etcd {
         println!(
             "  over etcd: {} servers, {} etcd members, {} member kills, {} pauses, {} reads",
-            t.servers,
-            t.members,
-            t.member_kills,
-            t.pauses,
-            if t.session_reads {
-                "SESSION (?min_revision=)"
-            } else {
-                "plain"
-            }
+            t.servers, t.members, t.member_kills, t.pauses, t.reads
         );
     }
     match run(&cfg) {
@@ -1779,7 +1795,7 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "{msg}\nusage: linearizability [--clients N] [--seconds S | --ops N] [--kills K] [--keys K (machines per group, 1..=4)] \
          [--team N (clients per group)] [--group-ops N] [--seed S] [--check-threads N] [--bin PATH] [--no-fsync] [--first-violation] \
-         [--etcd-members M (3)] [--servers N (3)] [--member-kills K (1)] [--pauses P (1)] [--session-reads]"
+         [--etcd-members M (3)] [--servers N (3)] [--member-kills K (1)] [--pauses P (1)] [--session-reads | --linearizable-reads]"
     );
     std::process::exit(2);
 }
