@@ -33,6 +33,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The value at `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// The values at `keys`, in order: one request where the engine is
+    /// remote (a list page of 100 machines from etcd), point reads here.
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
     /// Entries whose key starts with `prefix`, from `from` on (inclusive), in
     /// key order. A scan need not be a snapshot: it may or may not see a
     /// batch committed while it runs, but never part of one entry.
@@ -189,6 +195,20 @@ pub(super) mod checks {
         assert_eq!(feed[0], log_key(150, 1), "{name}");
         assert!(keys(db.changes(200, 0)).is_empty(), "{name}");
         assert_eq!(keys(db.scan(b"b", b"b")), vec![b"b".to_vec()], "{name}");
+        // Many point reads at once, in the order asked, absent keys `None`;
+        // more keys than one etcd transaction takes.
+        let mut asked: Vec<Vec<u8>> = all.iter().rev().take(300).cloned().collect();
+        asked.insert(7, b"missing".to_vec());
+        asked.push(b"d".to_vec());
+        let got = db.get_many(&asked).unwrap();
+        let one_by_one: Vec<_> = asked.iter().map(|k| db.get(k).unwrap()).collect();
+        assert_eq!(got, one_by_one, "{name}: get_many");
+        assert_eq!(got[7], None, "{name}");
+        assert_eq!(
+            got.last().unwrap().as_deref(),
+            Some(&b"after"[..]),
+            "{name}"
+        );
     }
 }
 

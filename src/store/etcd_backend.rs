@@ -474,6 +474,39 @@ impl Backend for EtcdBackend {
             .map(|kv| kv.into_key_value().1))
     }
 
+    /// One transaction of gets per `max_txn_ops` keys: a read at one etcd
+    /// revision, one round trip.
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(self.options.max_txn_ops.max(1)) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|k| TxnOp::get(self.full(k), None))
+                .collect();
+            let mut kv = self.client.kv_client();
+            let resp = self.read(
+                "reading",
+                async move { kv.txn(Txn::new().and_then(ops)).await },
+            )?;
+            for r in resp.op_responses() {
+                let TxnOpResponse::Get(g) = r else {
+                    return Err(Error::Storage(
+                        "etcd answered a get with another operation".into(),
+                    ));
+                };
+                out.push(g.kvs().first().map(|kv| kv.value().to_vec()));
+            }
+        }
+        if out.len() != keys.len() {
+            return Err(Error::Storage(format!(
+                "etcd answered {} of {} gets",
+                out.len(),
+                keys.len()
+            )));
+        }
+        Ok(out)
+    }
+
     fn scan(&self, prefix: &[u8], from: &[u8]) -> Scan<'_> {
         let end = prefix_end(&self.full(prefix));
         let strip = self.prefix.len();

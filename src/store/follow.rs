@@ -39,10 +39,11 @@ use super::backend::Backend;
 use super::changelog::Trim;
 use super::layout::MACHINE_PREFIX;
 use super::layout::{decode, log_key, machine_id_of, machine_key, show_key, LOG_PREFIX};
+use super::leases::LeaseTable;
 #[cfg(feature = "etcd")]
 use super::open::Inner;
 use super::open::Store;
-use super::rebuild::{load_definitions, load_state};
+use super::rebuild::{load_counters, load_definitions, load_state};
 use super::state::{machine_entries, own_keys, State};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Key};
@@ -60,15 +61,96 @@ enum Forward {
         touched: RoaringBitmap,
         machines: Vec<(u32, Machine)>,
     },
+    /// Only machines and leases changed (the common case): the definitions
+    /// stand, and the state moves in place.
+    Machines {
+        rev: u64,
+        next_id: u32,
+        log_len: usize,
+        leases: LeaseTable,
+        touched: RoaringBitmap,
+        machines: Vec<(u32, Machine)>,
+    },
 }
 
 /// Reads what brings `st` forward to the engine's revision; `None` when the
 /// engine is not ahead of it.
 fn read_forward(db: &dyn Backend, st: &State) -> Result<Option<Forward>> {
     // One read when nothing changed (the common case of a poll).
-    if db.revision()? <= st.rev {
+    let rev = db.revision()?;
+    if rev <= st.rev {
         return Ok(None);
     }
+    // Another server wrote machines only: read what the log names and the
+    // few small records beside, never the definitions (a profile or param
+    // change in the log takes the full path below, which reads them all).
+    if db.get(&log_key(st.rev + 1, 0))?.is_some() {
+        let mut touched = RoaringBitmap::new();
+        let mut machines_only = true;
+        for item in db.changes(st.rev + 1, 0) {
+            let (_, event) = item?;
+            match event_subject(&event)? {
+                (Kind::Machine, uuid) => {
+                    if let Some(id) = st
+                        .machines
+                        .lookup(&Key::Field(Field::Uuid), &ValueKey::str(&uuid))
+                        .and_then(|p| p.min())
+                    {
+                        touched.insert(id);
+                    }
+                }
+                (Kind::Profile | Kind::Param, _) => {
+                    machines_only = false;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if machines_only {
+            let (next_id, log_len) = load_counters(db)?;
+            let leases = LeaseTable::load(db)?;
+            let machines = read_machines(db, &touched, st.next_id)?;
+            return Ok(Some(Forward::Machines {
+                rev,
+                next_id,
+                log_len,
+                leases,
+                touched,
+                machines,
+            }));
+        }
+    }
+    full_forward(db, st)
+}
+
+/// The records of machines `touched` (those still stored) and of every
+/// machine created from id `next_id` on.
+fn read_machines(
+    db: &dyn Backend,
+    touched: &RoaringBitmap,
+    next_id: u32,
+) -> Result<Vec<(u32, Machine)>> {
+    let mut machines = Vec::new();
+    for id in touched {
+        let key = machine_key(id);
+        if let Some(bytes) = db.get(&key)? {
+            machines.push((id, decode(&key, &bytes)?));
+        }
+    }
+    for item in db.scan(MACHINE_PREFIX, &machine_key(next_id)) {
+        let (k, v) = item?;
+        let id = machine_id_of(&k).ok_or_else(|| Error::Corrupt {
+            key: show_key(&k),
+            reason: "bad machine key".into(),
+        })?;
+        machines.push((id, decode(&k, &v)?));
+    }
+    Ok(machines)
+}
+
+/// [`read_forward`] when definitions changed too: every definition is read
+/// again (after the revision), then the log and the machines it names.
+fn full_forward(db: &dyn Backend, st: &State) -> Result<Option<Forward>> {
     // The revision first (see the module doc): the records read after it
     // are at least as new.
     let fresh = load_definitions(db)?;
@@ -108,21 +190,7 @@ fn read_forward(db: &dyn Backend, st: &State) -> Result<Option<Forward>> {
             touched |= members.to_bitmap();
         }
     }
-    let mut machines = Vec::new();
-    for id in &touched {
-        let key = machine_key(id);
-        if let Some(bytes) = db.get(&key)? {
-            machines.push((id, decode(&key, &bytes)?));
-        }
-    }
-    for item in db.scan(MACHINE_PREFIX, &machine_key(st.next_id)) {
-        let (k, v) = item?;
-        let id = machine_id_of(&k).ok_or_else(|| Error::Corrupt {
-            key: show_key(&k),
-            reason: "bad machine key".into(),
-        })?;
-        machines.push((id, decode(&k, &v)?));
-    }
+    let machines = read_machines(db, &touched, st.next_id)?;
     Ok(Some(Forward::Changes {
         fresh,
         touched,
@@ -155,6 +223,31 @@ impl Store {
         let rev = {
             let mut st = self.inner.state.write();
             let next = match forward {
+                Forward::Machines {
+                    rev,
+                    next_id,
+                    log_len,
+                    leases,
+                    touched,
+                    machines,
+                } => {
+                    if rev <= st.rev {
+                        return Ok(false);
+                    }
+                    st.machines.remove_everywhere(&touched);
+                    let mut next_id = next_id.max(st.next_id);
+                    for (id, m) in &machines {
+                        let entries = machine_entries(m, &st.profiles);
+                        st.machines.insert(*id, &entries, &own_keys(&m.params));
+                        next_id = next_id.max(id + 1);
+                    }
+                    st.next_id = next_id;
+                    st.log_len = log_len;
+                    st.leases = leases;
+                    st.rev = rev;
+                    drop(st);
+                    return Ok(self.caught_up(trim, rev));
+                }
                 Forward::Rebuilt(fresh) => fresh,
                 Forward::Changes {
                     mut fresh,
@@ -184,12 +277,17 @@ impl Store {
             *st = next;
             st.rev
         };
-        // Another server's trims moved the log's head: read it again.
+        Ok(self.caught_up(trim, rev))
+    }
+
+    /// After the state moved to `rev`: the log's head is read again
+    /// (another server's trims moved it), and waiters wake.
+    fn caught_up(&self, trim: &mut Trim, rev: u64) -> bool {
         *trim = Trim::default();
         self.inner.commits.committed(rev);
         let _g = self.inner.written.lock();
         self.inner.wake.notify_all();
-        Ok(true)
+        true
     }
 
     /// Blocks until the store's indexes have reached revision `rev`

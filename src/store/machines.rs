@@ -384,22 +384,21 @@ impl Machines<'_> {
                 }
             }
         };
-        page.into_iter()
-            .map(|id| {
+        let keys: Vec<Vec<u8>> = page.iter().map(|id| machine_key(*id).to_vec()).collect();
+        let records = self.store.backend().get_many(&keys)?;
+        page.iter()
+            .zip(&keys)
+            .zip(records)
+            .map(|((id, key), bytes)| {
+                let bytes = bytes.ok_or_else(|| Error::Corrupt {
+                    key: format!("m{id}"),
+                    reason: "indexed machine has no record".into(),
+                })?;
                 if !opts.aggregate {
                     // Straight from stored JSON to the answer: no typed detour.
-                    let key = machine_key(id);
-                    let bytes = self
-                        .store
-                        .backend()
-                        .get(&key)?
-                        .ok_or_else(|| Error::Corrupt {
-                            key: format!("m{id}"),
-                            reason: "indexed machine has no record".into(),
-                        })?;
-                    return shape_raw(&key, &bytes, opts);
+                    return shape_raw(key, &bytes, opts);
                 }
-                let m = self.store.load_machine(id)?;
+                let m: Machine = decode(key, &bytes)?;
                 let eff = st.effective(&m);
                 Ok(shape(to_json(&m), Some(eff), opts))
             })

@@ -121,8 +121,8 @@ pub(super) fn load_state(db: &dyn Backend) -> Result<State> {
 
 /// The state without machines: revision, counters, definitions and
 /// profiles (with their index), read whole — they are few.
-pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
-    let rev = db.revision()?;
+/// The next dense machine id and the change log's length as stored.
+pub(super) fn load_counters(db: &dyn Backend) -> Result<(u32, usize)> {
     let next_id = match db.get(NEXT_ID_KEY)? {
         Some(b) => u32::from_be_bytes(b.as_slice().try_into().map_err(|_| Error::Corrupt {
             key: "s:next".into(),
@@ -130,6 +130,19 @@ pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
         })?),
         None => 0,
     };
+    let log_len = match db.get(LOG_LEN_KEY)? {
+        Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| Error::Corrupt {
+            key: "s:logn".into(),
+            reason: "not 8 bytes".into(),
+        })?) as usize,
+        None => 0,
+    };
+    Ok((next_id, log_len))
+}
+
+pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
+    let rev = db.revision()?;
+    let (next_id, log_len) = load_counters(db)?;
     let mut st = State {
         rev,
         next_id,
@@ -141,13 +154,7 @@ pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
         profile_index: Index::default(),
         params: BTreeMap::new(),
         validators: HashMap::new(),
-        log_len: match db.get(LOG_LEN_KEY)? {
-            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| Error::Corrupt {
-                key: "s:logn".into(),
-                reason: "not 8 bytes".into(),
-            })?) as usize,
-            None => 0,
-        },
+        log_len,
         leases: super::leases::LeaseTable::load(db)?,
     };
     for item in db.scan_prefix(&[PARAM_PREFIX]) {
