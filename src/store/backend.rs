@@ -63,6 +63,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// Up to `limit` keys under `prefix` from `from` on, in key order,
+    /// without their values (the change log's head: keys only, one request
+    /// where the engine is remote).
+    fn scan_keys(&self, prefix: &[u8], from: &[u8], limit: usize) -> Result<Vec<Vec<u8>>> {
+        self.scan(prefix, from)
+            .take(limit)
+            .map(|item| item.map(|(k, _)| k))
+            .collect()
+    }
+
     /// Entries under `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Scan<'_> {
         self.scan(prefix, prefix)
@@ -209,6 +219,10 @@ pub(super) mod checks {
             Some(&b"after"[..]),
             "{name}"
         );
+        let head = db.scan_keys(LOG_PREFIX, &log_key(100, 2), 400).unwrap();
+        assert_eq!(head, all[302..].to_vec(), "{name}: keys from 100.2 on");
+        let first = db.scan_keys(LOG_PREFIX, LOG_PREFIX, 2).unwrap();
+        assert_eq!(first, all[..2].to_vec(), "{name}");
     }
 }
 

@@ -51,11 +51,9 @@ impl Trim {
         };
         let want = (n - self.head.len()).max(READ_AHEAD);
         self.reads += 1;
-        let mut got = 0;
-        for item in backend.scan(LOG_PREFIX, &from).take(want) {
-            self.head.push_back(item?.0);
-            got += 1;
-        }
+        let keys = backend.scan_keys(LOG_PREFIX, &from, want)?;
+        let got = keys.len();
+        self.head.extend(keys);
         self.whole = got < want;
         Ok(())
     }

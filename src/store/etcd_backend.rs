@@ -507,6 +507,24 @@ impl Backend for EtcdBackend {
         Ok(out)
     }
 
+    fn scan_keys(&self, prefix: &[u8], from: &[u8], limit: usize) -> Result<Vec<Vec<u8>>> {
+        let (start, end) = (self.full(from), prefix_end(&self.full(prefix)));
+        let options = GetOptions::new()
+            .with_range(end)
+            .with_keys_only()
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let mut kv = self.client.kv_client();
+        let resp = self.read("scanning keys", async move {
+            kv.get(start, Some(options)).await
+        })?;
+        let strip = self.prefix.len();
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| kv.key()[strip..].to_vec())
+            .collect())
+    }
+
     fn scan(&self, prefix: &[u8], from: &[u8]) -> Scan<'_> {
         let end = prefix_end(&self.full(prefix));
         let strip = self.prefix.len();

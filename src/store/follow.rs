@@ -158,8 +158,8 @@ fn full_forward(db: &dyn Backend, st: &State) -> Result<Option<Forward>> {
         return Ok(None);
     }
     let from = log_key(st.rev + 1, 0);
-    match db.scan_prefix(LOG_PREFIX).next().transpose()? {
-        Some((first, _)) if first.as_slice() <= from.as_slice() => {}
+    match db.scan_keys(LOG_PREFIX, LOG_PREFIX, 1)?.first() {
+        Some(first) if first.as_slice() <= from.as_slice() => {}
         _ => return Ok(Some(Forward::Rebuilt(load_state(db)?))),
     }
     let mut touched = RoaringBitmap::new();
