@@ -72,6 +72,33 @@ impl Trim {
     }
 }
 
+impl Trim {
+    /// Brings the queue in line with the log after other servers' writes
+    /// came in (a catch-up on a shared engine). They trim from the same
+    /// head, so what they removed is a prefix of this queue: queued keys
+    /// are dropped from the front while they are gone (a point read each,
+    /// usually one or two), instead of reading the head again — on etcd 3.4
+    /// a range read costs as much as the whole log. A queue that held the
+    /// whole log lacks their new events, and a long run of gone keys means
+    /// the queue is far behind: those start over.
+    pub(super) fn after_others(&mut self, backend: &dyn Backend) -> Result<()> {
+        const MOST_CHECKS: usize = 64;
+        if !self.whole {
+            for _ in 0..MOST_CHECKS {
+                match self.head.front() {
+                    Some(k) if backend.get(k)?.is_none() => {
+                        self.head.pop_front();
+                    }
+                    _ => return Ok(()),
+                }
+            }
+        }
+        self.head.clear();
+        self.whole = false;
+        Ok(())
+    }
+}
+
 /// Stages `changes` as the events of `batch`'s revision and trims the log to
 /// `retain` events (the oldest first: keys sort by revision). The log holds
 /// `log_len` events before the write. Returns how many it holds after, and
@@ -131,6 +158,41 @@ mod tests {
             .scan_prefix(LOG_PREFIX)
             .map(|item| item.unwrap().0)
             .collect()
+    }
+
+    #[test]
+    fn another_writers_trims_drop_from_the_front_of_the_queue() {
+        use crate::store::memory_backend::MemoryBackend;
+        let db = MemoryBackend::default();
+        let keys: Vec<Vec<u8>> = (0..2000u64).map(|r| log_key(r, 0).to_vec()).collect();
+        let mut rev = 0;
+        let mut commit = |f: &dyn Fn(&mut Batch)| {
+            let mut b = Batch {
+                expect: rev,
+                rev: rev + 1,
+                ..Batch::default()
+            };
+            f(&mut b);
+            db.commit(b).unwrap();
+            rev += 1;
+        };
+        commit(&|b| keys.iter().for_each(|k| b.put(k.clone(), b"e".to_vec())));
+        let mut t = Trim::default();
+        t.fill(&db, 10).unwrap();
+        assert_eq!((t.head.len(), t.whole), (READ_AHEAD, false));
+        // Another server trimmed the three oldest: one read each, then the
+        // first key still there.
+        commit(&|b| keys[..3].iter().for_each(|k| b.remove(k.clone())));
+        t.after_others(&db).unwrap();
+        assert_eq!(t.head.front(), Some(&keys[3]));
+        assert_eq!(t.head.len(), READ_AHEAD - 3);
+        assert_eq!(t.reads, 1);
+        // Far behind: the queue starts over, read again when next needed.
+        commit(&|b| keys[3..200].iter().for_each(|k| b.remove(k.clone())));
+        t.after_others(&db).unwrap();
+        assert!(t.head.is_empty());
+        t.fill(&db, 1).unwrap();
+        assert_eq!(t.head.front(), Some(&keys[200]));
     }
 
     #[test]

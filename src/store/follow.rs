@@ -280,10 +280,12 @@ impl Store {
         Ok(self.caught_up(trim, rev))
     }
 
-    /// After the state moved to `rev`: the log's head is read again
-    /// (another server's trims moved it), and waiters wake.
+    /// After the state moved to `rev`: the log's head follows the other
+    /// servers' trims, and waiters wake.
     fn caught_up(&self, trim: &mut Trim, rev: u64) -> bool {
-        *trim = Trim::default();
+        if trim.after_others(&*self.backend()).is_err() {
+            *trim = Trim::default();
+        }
         self.inner.commits.committed(rev);
         let _g = self.inner.written.lock();
         self.inner.wake.notify_all();
