@@ -24,7 +24,6 @@ mod fleet;
 #[path = "../benches/support/serve.rs"]
 mod serve;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -42,50 +41,17 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 const ADMIN: &str = "etcd-scaleout-admin-key";
 const PREFIX: &str = "/scale/";
 
-/// A one-member etcd with room for large imports.
+/// A one-member etcd with room for the load's imports.
 fn etcd(dir: &std::path::Path) -> serve::Running {
-    let port = |()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port")
-    };
-    let (client, peer) = (port(()), port(()));
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "scale", "--data-dir"])
-        .arg(dir)
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("scale={peer_url}")])
-        .args(["--max-txn-ops", "20000", "--max-request-bytes", "33554432"])
-        .args([
-            "--quota-backend-bytes",
-            "8589934592",
-            "--log-level",
-            "error",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd (apt-get install etcd-server)");
-    let running = serve::Running::new(child, url, String::new());
-    let until = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("{}/health", running.url))
-        .call()
-        .is_err()
-    {
-        assert!(Instant::now() < until, "etcd did not become healthy");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    running
+    let flags = [
+        "--max-txn-ops",
+        "20000",
+        "--max-request-bytes",
+        "33554432",
+        "--quota-backend-bytes",
+        "8589934592",
+    ];
+    serve::etcd_with("etcd", dir, &flags).expect("etcd (apt-get install etcd-server)")
 }
 
 /// `fleetkv serve --etcd` with the shared admin key; (server, ms to listen).

@@ -28,13 +28,6 @@ impl Drop for Running {
 /// The release `fleetkv` binary of this checkout.
 pub const FLEETKV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/fleetkv");
 
-impl Running {
-    /// A started process at `url`, killed when the handle drops.
-    pub fn new(child: Child, url: String, auth: String) -> Running {
-        Running { child, url, auth }
-    }
-}
-
 /// `fleetkv serve` on `data` with `flags`, once it listens.
 pub fn fleetkv(bin: &str, data: &Path, flags: &[&str]) -> Running {
     fleetkv_serve(bin, data, flags, &[])
@@ -79,6 +72,11 @@ fn free_port() -> u16 {
 /// A one-member etcd in `dir`, once it answers; `None` when `bin` is not
 /// installed (Debian: `apt-get install etcd-server`).
 pub fn etcd(bin: &str, dir: &Path) -> Option<Running> {
+    etcd_with(bin, dir, &[])
+}
+
+/// [`etcd`] with extra flags (`--max-txn-ops N`…).
+pub fn etcd_with(bin: &str, dir: &Path, flags: &[&str]) -> Option<Running> {
     let (client, peer) = (free_port(), free_port());
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
@@ -91,6 +89,7 @@ pub fn etcd(bin: &str, dir: &Path) -> Option<Running> {
         .args(["--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("bench={peer_url}")])
         .args(["--log-level", "error"])
+        .args(flags)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -28,7 +28,7 @@
 //! race ([`Error::RevisionMismatch`]) catches up and plans again
 //! ([`super::write`]), and no write plans against a half-applied state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 #[cfg(feature = "etcd")]
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -47,8 +47,8 @@ use super::rebuild::{load_counters, load_definitions, load_state};
 use super::state::{machine_entries, own_keys, State};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Key};
-use crate::index::ValueKey;
-use crate::model::{Kind, Machine, GLOBAL_PROFILE};
+use crate::index::{Index, ValueKey};
+use crate::model::{Kind, Machine, Profile, GLOBAL_PROFILE};
 use crate::watch::event_subject;
 
 /// What a catch-up read, to be swapped in under the state lock.
@@ -85,42 +85,78 @@ fn read_forward(db: &dyn Backend, st: &State) -> Result<Option<Forward>> {
     // few small records beside, never the definitions (a profile or param
     // change in the log takes the full path below, which reads them all).
     if db.get(&log_key(st.rev + 1, 0))?.is_some() {
-        let mut touched = RoaringBitmap::new();
-        let mut machines_only = true;
-        for item in db.changes(st.rev + 1, 0) {
-            let (_, event) = item?;
-            match event_subject(&event)? {
-                (Kind::Machine, uuid) => {
-                    if let Some(id) = st
-                        .machines
-                        .lookup(&Key::Field(Field::Uuid), &ValueKey::str(&uuid))
-                        .and_then(|p| p.min())
-                    {
-                        touched.insert(id);
-                    }
-                }
-                (Kind::Profile | Kind::Param, _) => {
-                    machines_only = false;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        if machines_only {
+        let logged = logged_since(db, st)?;
+        if logged.profiles.is_empty() && !logged.params {
             let (next_id, log_len) = load_counters(db)?;
             let leases = LeaseTable::load(db)?;
-            let machines = read_machines(db, &touched, st.next_id)?;
+            let machines = read_machines(db, &logged.machines, st.next_id)?;
             return Ok(Some(Forward::Machines {
                 rev,
                 next_id,
                 log_len,
                 leases,
-                touched,
+                touched: logged.machines,
                 machines,
             }));
         }
     }
     full_forward(db, st)
+}
+
+/// What the change log names after `st`'s revision.
+struct Logged {
+    /// Machines `st` indexes (by id).
+    machines: RoaringBitmap,
+    /// Profiles, by name.
+    profiles: BTreeSet<String>,
+    /// Whether a param definition changed.
+    params: bool,
+}
+
+fn logged_since(db: &dyn Backend, st: &State) -> Result<Logged> {
+    let mut logged = Logged {
+        machines: RoaringBitmap::new(),
+        profiles: BTreeSet::new(),
+        params: false,
+    };
+    for item in db.changes(st.rev + 1, 0) {
+        let (_, event) = item?;
+        match event_subject(&event)? {
+            (Kind::Machine, uuid) => {
+                if let Some(id) = st
+                    .machines
+                    .lookup(&Key::Field(Field::Uuid), &ValueKey::str(&uuid))
+                    .and_then(|p| p.min())
+                {
+                    logged.machines.insert(id);
+                }
+            }
+            (Kind::Profile, name) => {
+                logged.profiles.insert(name);
+            }
+            (Kind::Param, _) => logged.params = true,
+            _ => {}
+        }
+    }
+    Ok(logged)
+}
+
+/// Drops `touched` from `index` and indexes `machines` (under `profiles`);
+/// the next free machine id past them and `next_id`.
+fn reindex(
+    index: &mut Index,
+    profiles: &BTreeMap<String, Profile>,
+    touched: &RoaringBitmap,
+    machines: &[(u32, Machine)],
+    next_id: u32,
+) -> u32 {
+    index.remove_everywhere(touched);
+    let mut next_id = next_id;
+    for (id, m) in machines {
+        index.insert(*id, &machine_entries(m, profiles), &own_keys(&m.params));
+        next_id = next_id.max(id + 1);
+    }
+    next_id
 }
 
 /// The records of machines `touched` (those still stored) and of every
@@ -162,26 +198,11 @@ fn full_forward(db: &dyn Backend, st: &State) -> Result<Option<Forward>> {
         Some(first) if first.as_slice() <= from.as_slice() => {}
         _ => return Ok(Some(Forward::Rebuilt(load_state(db)?))),
     }
-    let mut touched = RoaringBitmap::new();
-    let mut profiles = BTreeSet::new();
-    for item in db.changes(st.rev + 1, 0) {
-        let (_, event) = item?;
-        match event_subject(&event)? {
-            (Kind::Machine, uuid) => {
-                if let Some(id) = st
-                    .machines
-                    .lookup(&Key::Field(Field::Uuid), &ValueKey::str(&uuid))
-                    .and_then(|p| p.min())
-                {
-                    touched.insert(id);
-                }
-            }
-            (Kind::Profile, name) => {
-                profiles.insert(name);
-            }
-            _ => {}
-        }
-    }
+    let Logged {
+        machines: mut touched,
+        profiles,
+        ..
+    } = logged_since(db, st)?;
     if profiles.contains(GLOBAL_PROFILE) {
         return Ok(Some(Forward::Rebuilt(load_state(db)?)));
     }
@@ -234,14 +255,15 @@ impl Store {
                     if rev <= st.rev {
                         return Ok(false);
                     }
-                    st.machines.remove_everywhere(&touched);
-                    let mut next_id = next_id.max(st.next_id);
-                    for (id, m) in &machines {
-                        let entries = machine_entries(m, &st.profiles);
-                        st.machines.insert(*id, &entries, &own_keys(&m.params));
-                        next_id = next_id.max(id + 1);
-                    }
-                    st.next_id = next_id;
+                    let now = &mut *st;
+                    let next_id = next_id.max(now.next_id);
+                    now.next_id = reindex(
+                        &mut now.machines,
+                        &now.profiles,
+                        &touched,
+                        &machines,
+                        next_id,
+                    );
                     st.log_len = log_len;
                     st.leases = leases;
                     st.rev = rev;
@@ -255,18 +277,10 @@ impl Store {
                     machines,
                 } => {
                     let mut index = std::mem::take(&mut st.machines);
-                    index.remove_everywhere(&touched);
-                    let mut next_id = fresh.next_id.max(st.next_id);
-                    for (id, m) in &machines {
-                        index.insert(
-                            *id,
-                            &machine_entries(m, &fresh.profiles),
-                            &own_keys(&m.params),
-                        );
-                        next_id = next_id.max(id + 1);
-                    }
+                    let next_id = fresh.next_id.max(st.next_id);
+                    fresh.next_id =
+                        reindex(&mut index, &fresh.profiles, &touched, &machines, next_id);
                     fresh.machines = index;
-                    fresh.next_id = next_id;
                     fresh
                 }
             };
