@@ -55,7 +55,18 @@ fn a_flipped_checkpoint_is_damage_until_repaired() {
 fn a_record_that_does_not_decode_is_damage_naming_its_key() {
     let (_dir, db) = store_with_machines();
     {
-        let db = sled::open(&db).unwrap();
+        // sled's IO threads release the closed store's lock a moment after
+        // the close returns (the store's own opens wait for it; raw sled
+        // does not): retry while it is held, 5 s at most.
+        let retry = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::open(&db) {
+                Err(_) if std::time::Instant::now() < retry => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => break r.unwrap(),
+            }
+        };
         db.insert(b"m\0\0\0\x02", b"{not json".as_slice()).unwrap();
         db.flush().unwrap();
     }
