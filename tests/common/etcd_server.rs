@@ -1,16 +1,27 @@
-//! A single-member etcd 3.4 on loopback for a test (`/usr/bin/etcd`, or
-//! `$FLEETKV_TEST_ETCD`), in a temporary data directory; killed on drop.
-//! Shared by `tests/etcd.rs` and the etcd backend's unit tests.
+//! etcd 3.4 on loopback for tests (`/usr/bin/etcd`, or `$FLEETKV_TEST_ETCD`):
+//! one member ([`Etcd`]) or several ([`Cluster`]), in a temporary data
+//! directory, killed on drop. Shared by `tests/etcd.rs`,
+//! `tests/etcd_cluster.rs`, the linearizability example and the etcd
+//! backend's unit tests.
+//!
+//! Ports are picked free and then handed to etcd, so another process of a
+//! parallel test run can take one in between: a member that exits before it
+//! listens is started again on new ports, and a member that never comes up
+//! fails the test with its own stderr.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How many times a start is tried on fresh ports before the test fails.
+const START_ATTEMPTS: usize = 5;
+
+/// A single-member cluster, with what a test of one member needs.
 pub struct Etcd {
-    child: Child,
+    cluster: Cluster,
     pub url: String,
-    _dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -20,75 +31,63 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+fn etcd_bin() -> String {
+    std::env::var("FLEETKV_TEST_ETCD").unwrap_or_else(|_| "/usr/bin/etcd".into())
+}
+
+/// Starts etcd with `args`, its stderr in `log`.
+fn spawn_etcd(bin: &str, args: &[String], log: &Path) -> Child {
+    let stderr = std::fs::File::create(log).expect("an etcd log file");
+    Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {bin} (install etcd-server): {e}"))
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
 impl Etcd {
+    /// Starts one member and waits until it has elected itself leader.
     pub fn start() -> Etcd {
-        let bin = std::env::var("FLEETKV_TEST_ETCD").unwrap_or_else(|_| "/usr/bin/etcd".into());
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(&bin)
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
-            .args(["--initial-cluster-state", "new", "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin} (install etcd-server): {e}"));
-        let etcd = Etcd {
-            child,
-            url,
-            _dir: dir,
-        };
-        let until = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < until, "etcd did not listen on {client}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Listening comes before the member has elected itself leader.
-        std::thread::sleep(Duration::from_millis(300));
-        etcd
+        let cluster = Cluster::start(1);
+        let url = cluster.endpoint(0);
+        Etcd { cluster, url }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.cluster.members[0]
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("the member runs")
     }
 
     /// Freezes (`STOP`) or thaws (`CONT`) the member: it keeps its socket
     /// and answers nothing — an etcd that is unreachable, then returns.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .args([&format!("-{sig}"), &self.pid().to_string()])
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        assert!(ok, "kill -{sig} {}", self.child.id());
+        assert!(ok, "kill -{sig} {}", self.pid());
     }
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One member of a [`Cluster`]: its URLs, its data directory, its process
-/// while it runs.
+/// One member of a [`Cluster`]: its URLs, its data directory and log, its
+/// process while it runs.
 struct Member {
     name: String,
     client_url: String,
     peer_url: String,
     data: std::path::PathBuf,
+    log: std::path::PathBuf,
     child: Option<Child>,
 }
 
@@ -102,58 +101,99 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// What became of a member that was waited for.
+enum Health {
+    Healthy,
+    Exited,
+}
+
 impl Cluster {
-    /// Starts `n` members and waits until the cluster has a leader.
+    /// Starts `n` members and waits until the cluster has a leader. A
+    /// member that exits on the way (a port taken meanwhile) makes the whole
+    /// cluster start again on new ports: its peers already know the old ones.
     pub fn start(n: usize) -> Cluster {
-        let bin = std::env::var("FLEETKV_TEST_ETCD").unwrap_or_else(|_| "/usr/bin/etcd".into());
+        let bin = etcd_bin();
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let members: Vec<Member> = (0..n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()),
-                peer_url: format!("http://127.0.0.1:{}", free_port()),
-                data: dir.path().join(format!("m{i}")),
-                child: None,
-            })
-            .collect();
-        let initial = members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url))
-            .collect::<Vec<_>>()
-            .join(",");
+        let mut attempts = 0;
         let mut cluster = Cluster {
-            members,
-            initial,
+            members: Vec::new(),
+            initial: String::new(),
             bin,
             _dir: dir,
         };
-        for i in 0..n {
-            cluster.spawn(i);
+        'attempt: loop {
+            attempts += 1;
+            assert!(
+                attempts <= START_ATTEMPTS,
+                "an etcd member exited before listening {START_ATTEMPTS} times"
+            );
+            let base = cluster._dir.path().join(format!("attempt{attempts}"));
+            cluster.members = (0..n)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    client_url: format!("http://127.0.0.1:{}", free_port()),
+                    peer_url: format!("http://127.0.0.1:{}", free_port()),
+                    data: base.join(format!("m{i}")),
+                    log: base.join(format!("m{i}.log")),
+                    child: None,
+                })
+                .collect();
+            cluster.initial = cluster
+                .members
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.peer_url))
+                .collect::<Vec<_>>()
+                .join(",");
+            std::fs::create_dir_all(&base).expect("a member directory");
+            for i in 0..n {
+                cluster.spawn(i);
+            }
+            for i in 0..n {
+                if let Health::Exited = cluster.await_health(i) {
+                    eprintln!(
+                        "etcd member {i} exited while starting (attempt {attempts}), \
+                         restarting the cluster on new ports:\n{}",
+                        log_tail(&cluster.members[i].log)
+                    );
+                    for j in 0..n {
+                        cluster.kill(j);
+                    }
+                    continue 'attempt;
+                }
+            }
+            return cluster;
         }
-        for i in 0..n {
-            cluster.wait_healthy(i);
-        }
-        cluster
     }
 
     fn spawn(&mut self, i: usize) {
         let m = &mut self.members[i];
-        let child = Command::new(&self.bin)
-            .args(["--name", &m.name, "--data-dir"])
-            .arg(&m.data)
-            .args(["--listen-client-urls", &m.client_url])
-            .args(["--advertise-client-urls", &m.client_url])
-            .args(["--listen-peer-urls", &m.peer_url])
-            .args(["--initial-advertise-peer-urls", &m.peer_url])
-            .args(["--initial-cluster", &self.initial])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", "fleetkv-test"])
-            .args(["--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {} (install etcd-server): {e}", self.bin));
-        m.child = Some(child);
+        let args: Vec<String> = [
+            "--name",
+            &m.name,
+            "--data-dir",
+            &m.data.to_string_lossy(),
+            "--listen-client-urls",
+            &m.client_url,
+            "--advertise-client-urls",
+            &m.client_url,
+            "--listen-peer-urls",
+            &m.peer_url,
+            "--initial-advertise-peer-urls",
+            &m.peer_url,
+            "--initial-cluster",
+            &self.initial,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "fleetkv-test",
+            "--logger",
+            "zap",
+            "--log-level",
+            "error",
+        ]
+        .map(String::from)
+        .to_vec();
+        m.child = Some(spawn_etcd(&self.bin, &args, &m.log));
     }
 
     /// Every member's client URL.
@@ -167,7 +207,18 @@ impl Cluster {
     }
 
     /// Waits until member `i` answers `/health` with a leader in sight.
-    pub fn wait_healthy(&self, i: usize) {
+    pub fn wait_healthy(&mut self, i: usize) {
+        if let Health::Exited = self.await_health(i) {
+            panic!(
+                "etcd member {i} exited; its stderr:\n{}",
+                log_tail(&self.members[i].log)
+            );
+        }
+    }
+
+    /// Waits until member `i` is healthy or its process has exited; fails
+    /// the test with the member's stderr after 30 s.
+    fn await_health(&mut self, i: usize) -> Health {
         let url = format!("{}/health", self.members[i].client_url);
         let until = Instant::now() + Duration::from_secs(30);
         loop {
@@ -178,9 +229,20 @@ impl Cluster {
                 .and_then(|r| r.into_string().ok())
                 .is_some_and(|body| body.contains("\"true\""));
             if healthy {
-                return;
+                return Health::Healthy;
             }
-            assert!(Instant::now() < until, "etcd member {i} is not healthy");
+            let m = &mut self.members[i];
+            if let Some(c) = m.child.as_mut() {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    m.child = None;
+                    return Health::Exited;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "etcd member {i} is not healthy in 30 s; its stderr:\n{}",
+                log_tail(&m.log)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
