@@ -17,19 +17,16 @@
 
 #[path = "../benches/support/fleet.rs"]
 mod fleet;
+#[path = "../benches/support/load.rs"]
+mod load;
 #[path = "../benches/support/serve.rs"]
 mod serve;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use load::arg;
 
 use base64::Engine as _;
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    let i = args.iter().position(|a| a == name)?;
-    args.get(i + 1).cloned()
-}
 
 /// What one request writes.
 #[derive(Clone)]
@@ -75,80 +72,19 @@ impl Target {
     }
 }
 
-/// Writes/s, p50, p99 of `clients` writers for `seconds`.
-struct Figures {
-    per_sec: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: usize,
-}
-
-fn load(target: &Target, clients: usize, seconds: f64) -> Figures {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..clients)
-        .map(|c| {
-            let (target, stop) = (target.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new()
-                    .max_idle_connections_per_host(1)
-                    .timeout(Duration::from_secs(30))
-                    .build();
-                let (mut lat, mut errors, mut i) = (Vec::new(), 0usize, c * 7919);
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    match target.write(&agent, i) {
-                        Ok(()) => lat.push(t.elapsed()),
-                        Err(e) => {
-                            errors += 1;
-                            if errors <= 3 {
-                                eprintln!("write: {e}");
-                            }
-                        }
-                    }
-                    i += 1;
-                }
-                (lat, errors)
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs_f64(seconds));
-    stop.store(true, Ordering::Relaxed);
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for w in workers {
-        let (lat, e) = w.join().expect("a client thread");
-        all.extend(lat);
-        errors += e;
-    }
-    let wall = started.elapsed().as_secs_f64();
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len().saturating_sub(1)) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or_default()
-    };
-    Figures {
-        per_sec: all.len() as f64 / wall,
-        p50: pct(0.5),
-        p99: pct(0.99),
-        errors,
-    }
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let seconds: f64 = arg(&args, "--seconds").map_or(10.0, |s| s.parse().expect("--seconds"));
-    let clients: Vec<usize> = arg(&args, "--clients")
-        .unwrap_or_else(|| "1,64".into())
+    let seconds: f64 = arg(&args, "--seconds", 10.0);
+    let clients: Vec<usize> = arg(&args, "--clients", "1,64".to_string())
         .split(',')
         .map(|c| c.parse().expect("--clients N,M"))
         .collect();
-    let bin = arg(&args, "--bin").unwrap_or_else(|| serve::FLEETKV.to_string());
-    let etcd_bin = arg(&args, "--etcd").unwrap_or_else(|| "etcd".into());
+    let bin = arg(&args, "--bin", serve::FLEETKV.to_string());
+    let etcd_bin = arg(&args, "--etcd", "etcd".to_string());
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut targets: Vec<(String, Box<Start>)> = Vec::new();
@@ -206,9 +142,9 @@ fn main() {
     let mut rows = Vec::new();
     for (name, start) in &targets {
         let (server, target) = start();
-        let _ = load(&target, 1, 1.0); // warm up: connections, caches
+        let _ = load::run(1, 1.0, |agent, _, i| target.write(agent, i)); // warm up: connections, caches
         for &n in &clients {
-            let f = load(&target, n, seconds);
+            let f = load::run(n, seconds, |agent, _, i| target.write(agent, i));
             rows.push((name.clone(), n, f));
         }
         drop(server);

@@ -21,22 +21,16 @@
 
 #[path = "../benches/support/fleet.rs"]
 mod fleet;
+#[path = "../benches/support/load.rs"]
+mod load;
 #[path = "../benches/support/serve.rs"]
 mod serve;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use fleetkv::{EtcdOptions, Options, Store};
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+use load::arg;
 
 const ADMIN: &str = "etcd-scaleout-admin-key";
 const PREFIX: &str = "/scale/";
@@ -66,101 +60,6 @@ fn server(etcd: &str, dir: &std::path::Path) -> (serve::Running, Duration) {
         &["--etcd", etcd, "--etcd-prefix", PREFIX],
     );
     (s, t.elapsed())
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .max_idle_connections_per_host(1)
-        .timeout(Duration::from_secs(30))
-        .build()
-}
-
-struct Figures {
-    per_sec: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: usize,
-}
-
-impl std::fmt::Display for Figures {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms{}",
-            self.per_sec,
-            self.p50.as_secs_f64() * 1e3,
-            self.p99.as_secs_f64() * 1e3,
-            if self.errors > 0 {
-                format!("  ({} errors)", self.errors)
-            } else {
-                String::new()
-            }
-        )
-    }
-}
-
-fn percentiles(mut all: Vec<Duration>) -> (Duration, Duration) {
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len().saturating_sub(1)) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or_default()
-    };
-    (pct(0.5), pct(0.99))
-}
-
-/// `clients` threads run `op(agent, client, i)` for `seconds`.
-fn load(
-    clients: usize,
-    seconds: f64,
-    op: impl Fn(&ureq::Agent, usize, usize) -> Result<(), String> + Sync,
-) -> Figures {
-    let stop = AtomicBool::new(false);
-    let started = Instant::now();
-    let (all, errors) = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..clients)
-            .map(|c| {
-                let (op, stop) = (&op, &stop);
-                scope.spawn(move || {
-                    let agent = agent();
-                    let (mut lat, mut errors, mut i) = (Vec::new(), 0usize, c * 7919);
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        match op(&agent, c, i) {
-                            Ok(()) => lat.push(t.elapsed()),
-                            Err(e) => {
-                                errors += 1;
-                                if errors <= 2 {
-                                    eprintln!("  error: {e}");
-                                }
-                            }
-                        }
-                        i += 1;
-                    }
-                    (lat, errors)
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs_f64(seconds));
-        stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for w in workers {
-            let (lat, e) = w.join().expect("a client thread");
-            all.extend(lat);
-            errors += e;
-        }
-        (all, errors)
-    });
-    let wall = started.elapsed().as_secs_f64();
-    let n = all.len();
-    let (p50, p99) = percentiles(all);
-    Figures {
-        per_sec: n as f64 / wall,
-        p50,
-        p99,
-        errors,
-    }
 }
 
 fn done(r: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response, String> {
@@ -284,7 +183,7 @@ fn main() {
     // Cold start: spawn to listening, then to the first count answered.
     let (a, listen_a) = server(&etcd.url, &dir.path().join("a"));
     let t = Instant::now();
-    count(&agent(), &a.url, 0, None).expect("the first count");
+    count(&load::agent(), &a.url, 0, None).expect("the first count");
     println!(
         "cold start of a server joining the store: listening after {:.2} s, first count {:.1} ms later",
         listen_a.as_secs_f64(),
@@ -294,29 +193,29 @@ fn main() {
     let servers = [a.url.clone(), b.url.clone()];
 
     println!("\nreads ({clients} clients):");
-    let one = load(clients, seconds, |ag, _, i| count(ag, &servers[0], i, None));
+    let one = load::run(clients, seconds, |ag, _, i| count(ag, &servers[0], i, None));
     println!("  HEAD count, one server       {one}");
-    let two = load(clients, seconds, |ag, c, i| {
+    let two = load::run(clients, seconds, |ag, c, i| {
         count(ag, &servers[c % 2], i, None)
     });
     println!("  HEAD count, two servers      {two}");
-    let one = load(clients, seconds, |ag, _, i| list(ag, &servers[0], i));
+    let one = load::run(clients, seconds, |ag, _, i| list(ag, &servers[0], i));
     println!("  GET list 100 slim, one       {one}");
-    let two = load(clients, seconds, |ag, c, i| list(ag, &servers[c % 2], i));
+    let two = load::run(clients, seconds, |ag, c, i| list(ag, &servers[c % 2], i));
     println!("  GET list 100 slim, two       {two}");
 
     println!("\nwrites (a param of one of 1,000 machines; two servers, round robin):");
     for n in [1, 64] {
-        let f = load(n, seconds, |ag, c, i| {
+        let f = load::run(n, seconds, |ag, c, i| {
             write(ag, &servers[(c + i) % 2], i).map(drop)
         });
         println!("  fleetkv, {n:>2} clients          {f}");
-        let f = load(n, seconds, |ag, _, i| etcd_put(ag, &etcd.url, i));
+        let f = load::run(n, seconds, |ag, _, i| etcd_put(ag, &etcd.url, i));
         println!("  etcd put, {n:>2} clients         {f}");
     }
 
     // Visibility: A acknowledges, B counts it.
-    let (ag_a, ag_b) = (agent(), agent());
+    let (ag_a, ag_b) = (load::agent(), load::agent());
     let mut lags = Vec::new();
     for i in 0..300 {
         let rev = write(&ag_a, &servers[0], i).expect("a write on A");
@@ -324,7 +223,7 @@ fn main() {
         count(&ag_b, &servers[1], i, Some(rev)).expect("B's count at A's revision");
         lags.push(t.elapsed());
     }
-    let (p50, p99) = percentiles(lags);
+    let (p50, p99) = load::percentiles(lags);
     println!(
         "\nwrite on A to its count on B (300 writes): median {:.2} ms, p99 {:.2} ms",
         p50.as_secs_f64() * 1e3,
