@@ -1462,7 +1462,8 @@ fn membership_stream_over_sse_resumes_with_last_event_id() {
     let s = Server::start(&[]);
     assert_eq!(s.cli(&["machines", "create", "m1"]).0, 0);
     let url = format!(
-        "{}/api/v3/watch/members?filter=Workflow%20Eq%20done&members=true",
+        // `True`: Go's spellings, as DRP's Python client sends booleans.
+        "{}/api/v3/watch/members?filter=Workflow%20Eq%20done&members=True",
         s.url
     );
     let r = ureq::get(&url)

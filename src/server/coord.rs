@@ -506,12 +506,8 @@ pub async fn events(
     }
     let (filter, _) = listing(&rest)?;
     let filter = (!filter.is_all()).then_some(filter);
-    // Resume after the last event the client saw (`REV.SEQ`), else `from`.
-    let last = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once('.'))
-        .and_then(|(r, s)| Some((r.parse::<u64>().ok()?, s.parse::<u32>().ok()?)));
+    // Resume after the last event the client saw, else `from`.
+    let last = last_event_id(&headers);
     let from = match (last, opts.get("from")) {
         (Some((rev, _)), _) => Some(rev),
         (None, Some(f)) => Some(
@@ -585,19 +581,13 @@ pub async fn watch_members(
     app.auth.authorize(&who, "machines", "list", "")?;
     let (opts, rest) = take(q.as_deref().unwrap_or(""), &["from", "members"])?;
     let (filter, _) = listing(&rest)?;
+    // A bare `?members` asks for them; otherwise Go's spellings, as DRP.
     let members = match opts.get("members").map(String::as_str) {
-        None | Some("false") => false,
-        Some("" | "true") => true,
-        Some(v) => {
-            return Err(ApiError::bad_request(format!(
-                "members {v:?}: expected true or false"
-            )))
-        }
+        None => false,
+        Some("") => true,
+        Some(v) => crate::wire::parse_bool_named("members", v).map_err(ApiError::bad_request)?,
     };
-    let last = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let last = last_event_id(&headers).map(|(rev, _)| rev);
     let from = match opts.get("from") {
         Some(f) => Some(
             f.parse::<u64>()
@@ -627,4 +617,37 @@ pub async fn watch_members(
             )
         },
     ))
+}
+
+/// Where a reconnecting SSE client resumes: its `Last-Event-ID`, `REV.SEQ`
+/// (a change event) or `REV` (a membership stream's, or every change of
+/// that revision seen), as `(REV, SEQ)`. Anything else is no resume point,
+/// as a client sends back whatever id it last got.
+fn last_event_id(headers: &HeaderMap) -> Option<(u64, u32)> {
+    let id = headers.get("last-event-id")?.to_str().ok()?.trim();
+    match id.split_once('.') {
+        Some((rev, seq)) => Some((rev.parse().ok()?, seq.parse().ok()?)),
+        None => Some((id.parse().ok()?, u32::MAX)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_event_ids_of_both_streams_are_read_alike() {
+        let with = |id: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("last-event-id", id.parse().unwrap());
+            last_event_id(&h)
+        };
+        assert_eq!(with("120.3"), Some((120, 3)));
+        assert_eq!(with("120"), Some((120, u32::MAX)));
+        assert_eq!(with(" 7 "), Some((7, u32::MAX)));
+        for bad in ["", "x", "120.x", "-1", "1.2.3"] {
+            assert_eq!(with(bad), None, "{bad:?}");
+        }
+        assert_eq!(last_event_id(&HeaderMap::new()), None);
+    }
 }

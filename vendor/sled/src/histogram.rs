@@ -49,8 +49,14 @@ impl Default for Histogram {
     fn default() -> Histogram {
         #[cfg(not(feature = "miri_optimizations"))]
         {
-            let mut vals = Vec::with_capacity(BUCKETS);
-            vals.resize_with(BUCKETS, Default::default);
+            // fleetkv patch 7: with `no_metrics` (the default) nothing
+            // reads or writes the buckets, so none are allocated; sled
+            // makes dozens of histograms at its first open, megabytes of
+            // zeroed memory a short-lived process would only fault in.
+            let mut vals = Vec::new();
+            if cfg!(not(feature = "no_metrics")) {
+                vals.resize_with(BUCKETS, Default::default);
+            }
 
             Histogram {
                 vals,

@@ -235,6 +235,27 @@ fn bump_atomic_lsn(atomic_lsn: &AtomicLsn, to: Lsn) {
 use std::convert::{TryFrom, TryInto};
 
 #[inline]
+/// fleetkv patch 6: writes `buf` at `offset` unless the file already holds
+/// exactly those bytes there (read into `scratch`); returns whether it
+/// wrote. Recovery rewrites the same fill over free segments and over the
+/// tail of the active one at every open; a file that already holds it is
+/// left as it is, so an open that changes nothing dirties no pages and
+/// has nothing to sync.
+pub(crate) fn pwrite_if_changed(
+    file: &std::fs::File,
+    buf: &[u8],
+    offset: LogOffset,
+    scratch: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    scratch.resize(buf.len(), 0);
+    let held = pread_exact_or_eof(file, scratch, offset)?;
+    if held == buf.len() && scratch[..] == *buf {
+        return Ok(false);
+    }
+    pwrite_all(file, buf, offset)?;
+    Ok(true)
+}
+
 pub(crate) fn lsn_to_arr(number: Lsn) -> [u8; 8] {
     number.to_le_bytes()
 }

@@ -632,13 +632,18 @@ impl SegmentAccountant {
             }
         }
 
+        let fill = vec![MessageKind::Corrupted.into(); self.config.segment_size];
+        let mut scratch = Vec::new();
         for segment_base in to_free {
             self.free_segment(segment_base)?;
             io_fail!(self.config, "zero garbage segment SA");
-            pwrite_all(
+            // fleetkv patch 6: a segment zeroed by an earlier open is not
+            // written again.
+            pwrite_if_changed(
                 &self.config.file,
-                &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
+                &fill,
                 segment_base,
+                &mut scratch,
             )?;
         }
 
