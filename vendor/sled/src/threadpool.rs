@@ -76,16 +76,33 @@ impl Queue {
 
 static QUEUE: Lazy<Queue, fn() -> Queue> = Lazy::new(init_queue);
 static BROKEN: AtomicBool = AtomicBool::new(false);
+static STARTED: std::sync::Once = std::sync::Once::new();
 
 fn init_queue() -> Queue {
-    debug_delay();
-    for _ in 0..DESIRED_WAITING_THREADS {
-        debug_delay();
-        if let Err(e) = spawn_new_thread(true) {
-            log::error!("failed to initialize threadpool: {:?}", e);
-        }
-    }
     Queue { cv: Condvar::new(), mu: Mutex::new(VecDeque::new()) }
+}
+
+/// The queue, with its immortal threads started on first use.
+///
+/// fleetkv patch 8: the threads used to be spawned inside `QUEUE`'s lazy
+/// initializer. Each new thread's first act is to read `QUEUE`, and
+/// `Lazy` busy-waits (no yield) until its initializer returns, so every
+/// thread spawned so far spun while the initializer spawned the rest: on a
+/// 2-core machine about a tenth of a short process's CPU. Now the queue
+/// exists before any thread does, and callers that race the first spawns
+/// block on the `Once` instead of spinning.
+fn queue() -> &'static Queue {
+    let queue: &'static Queue = &QUEUE;
+    STARTED.call_once(|| {
+        debug_delay();
+        for _ in 0..DESIRED_WAITING_THREADS {
+            debug_delay();
+            if let Err(e) = spawn_new_thread(true) {
+                log::error!("failed to initialize threadpool: {:?}", e);
+            }
+        }
+    });
+    queue
 }
 
 fn perform_work(is_immortal: bool) {
@@ -206,7 +223,7 @@ where
         promise_filler.fill(result);
     };
 
-    let depth = QUEUE.send(Box::new(task));
+    let depth = queue().send(Box::new(task));
 
     if depth > DESIRED_WAITING_THREADS {
         maybe_spawn_new_thread()?;
