@@ -461,6 +461,40 @@ impl Figures {
     pub fn linearizable(&self) -> bool {
         self.violations.is_empty() && self.undecided.is_empty() && self.unchecked == 0
     }
+
+    /// Why a run under `cfg` proves less than a test needs, if it does: a
+    /// history not found linearizable, or a run that did not exercise what
+    /// was asked — every fault done, most operations answered, compare-and-
+    /// sets refused, every kind of operation invoked.
+    pub fn shortfall(&self, cfg: &Config) -> Option<String> {
+        if !self.linearizable() {
+            return Some(format!(
+                "not linearizable ({} undecided: {:?}, {} unchecked); first violation:\n{}",
+                self.undecided.len(),
+                self.undecided,
+                self.unchecked,
+                self.violations.first().map_or("", String::as_str)
+            ));
+        }
+        let mut faults = vec![("server kills", self.kills, cfg.kills)];
+        if let Some(t) = &cfg.etcd {
+            faults.push(("etcd member kills", self.member_kills, t.member_kills));
+            faults.push(("server pauses", self.pauses, t.pauses));
+        }
+        if let Some((what, done, asked)) = faults.into_iter().find(|(_, d, a)| d != a) {
+            return Some(format!("{what}: {done} done, {asked} asked"));
+        }
+        if self.returned <= self.invoked / 2 {
+            return Some(format!("{} of {} returned", self.returned, self.invoked));
+        }
+        if self.cas_failed == 0 {
+            return Some("no compare-and-set was refused".into());
+        }
+        ["read", "write", "cas", "patch-cas", "count"]
+            .into_iter()
+            .find(|kind| self.by_kind.get(kind).copied().unwrap_or(0) == 0)
+            .map(|kind| format!("no {kind} invoked: {:?}", self.by_kind))
+    }
 }
 
 impl fmt::Display for Figures {
@@ -1769,6 +1803,9 @@ fn main() {
             println!("{f}");
             for v in f.violations.iter().take(3) {
                 println!("{v}");
+            }
+            if let Some(why) = f.shortfall(&cfg) {
+                println!("short of a full check: {why}");
             }
             if !f.linearizable() {
                 std::process::exit(1);

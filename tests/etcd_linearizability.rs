@@ -47,35 +47,10 @@ fn config(reads: Reads) -> Config {
 fn run_and_check(cfg: &Config) {
     let f = harness::run(cfg).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{f}");
-    assert!(
-        f.linearizable(),
-        "not linearizable ({} undecided: {:?}, {} unchecked); first violation:\n{}",
-        f.undecided.len(),
-        f.undecided,
-        f.unchecked,
-        f.violations.first().map_or("", String::as_str)
-    );
-    // The run must have tested something: every fault done, answers of
-    // every kind through every server, refused CAS.
-    let t = cfg.etcd.as_ref().expect("an etcd topology");
-    assert_eq!(f.kills, cfg.kills);
-    assert_eq!(f.member_kills, t.member_kills);
-    assert_eq!(f.leader_kills, 1, "the first etcd kill hits the leader");
-    assert_eq!(f.pauses, t.pauses);
-    assert!(
-        f.returned > f.invoked / 2,
-        "{} of {} returned",
-        f.returned,
-        f.invoked
-    );
-    assert!(f.cas_failed > 0, "no CAS was refused");
-    for kind in ["read", "write", "cas", "patch-cas", "count"] {
-        assert!(
-            f.by_kind.get(kind).copied().unwrap_or(0) > 0,
-            "no {kind}: {:?}",
-            f.by_kind
-        );
+    if let Some(why) = f.shortfall(cfg) {
+        panic!("{why}");
     }
+    assert_eq!(f.leader_kills, 1, "the first etcd kill hits the leader");
 }
 
 #[test]
