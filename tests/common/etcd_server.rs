@@ -4,10 +4,15 @@
 //! `tests/etcd_cluster.rs`, the linearizability example and the etcd
 //! backend's unit tests.
 //!
-//! Ports are picked free and then handed to etcd, so another process of a
-//! parallel test run can take one in between: a member that exits before it
-//! listens is started again on new ports, and a member that never comes up
-//! fails the test with its own stderr.
+//! Ports come from below the kernel's ephemeral range, so neither a
+//! "dead port" a test picks with `bind(0)` nor an outgoing connection's local
+//! port can ever be one of them, and each is claimed with a file lock held
+//! for the member's life, so two test processes never hand etcd the same
+//! one. (Before, a second etcd could lose the race for a port and exit while
+//! the first answered its health check: the test then ran against another
+//! test's etcd.) A member that still exits before it listens — a port some
+//! other program holds — is started again on new ports, and a member that
+//! never comes up fails the test with its own stderr.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::net::TcpListener;
@@ -24,11 +29,42 @@ pub struct Etcd {
     pub url: String,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// A loopback port claimed for a member's life: the lock on its file keeps
+/// every other test process off it; dropping it frees the port.
+struct Port {
+    number: u16,
+    _claim: std::fs::File,
+}
+
+/// The lowest port the kernel hands out by itself (`bind(0)`, `connect`).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// Claims a port in `[10000, ephemeral_low)` that no test process holds and
+/// that nothing listens on now.
+fn claim_port() -> Port {
+    let dir = std::env::temp_dir().join("fleetkv-test-ports");
+    std::fs::create_dir_all(&dir).expect("a port claim directory");
+    let high = ephemeral_low().max(10001);
+    for _ in 0..10_000 {
+        let number = fastrand::u16(10000..high);
+        let Ok(file) = std::fs::File::create(dir.join(number.to_string())) else {
+            continue;
+        };
+        if fs2::FileExt::try_lock_exclusive(&file).is_ok()
+            && TcpListener::bind(("127.0.0.1", number)).is_ok()
+        {
+            return Port {
+                number,
+                _claim: file,
+            };
+        }
+    }
+    panic!("no free loopback port below {high}")
 }
 
 fn etcd_bin() -> String {
@@ -86,6 +122,7 @@ struct Member {
     name: String,
     client_url: String,
     peer_url: String,
+    _ports: [Port; 2],
     data: std::path::PathBuf,
     log: std::path::PathBuf,
     child: Option<Child>,
@@ -129,13 +166,17 @@ impl Cluster {
             );
             let base = cluster._dir.path().join(format!("attempt{attempts}"));
             cluster.members = (0..n)
-                .map(|i| Member {
-                    name: format!("m{i}"),
-                    client_url: format!("http://127.0.0.1:{}", free_port()),
-                    peer_url: format!("http://127.0.0.1:{}", free_port()),
-                    data: base.join(format!("m{i}")),
-                    log: base.join(format!("m{i}.log")),
-                    child: None,
+                .map(|i| {
+                    let (client, peer) = (claim_port(), claim_port());
+                    Member {
+                        name: format!("m{i}"),
+                        client_url: format!("http://127.0.0.1:{}", client.number),
+                        peer_url: format!("http://127.0.0.1:{}", peer.number),
+                        _ports: [client, peer],
+                        data: base.join(format!("m{i}")),
+                        log: base.join(format!("m{i}.log")),
+                        child: None,
+                    }
                 })
                 .collect();
             cluster.initial = cluster
