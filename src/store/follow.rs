@@ -358,7 +358,7 @@ fn follow(weak: &Weak<Inner>, backend: &super::etcd_backend::EtcdBackend, mut fr
             return;
         };
         last_poll.set(Instant::now());
-        match (Store { inner }).catch_up() {
+        match (Store::background(inner)).catch_up() {
             Ok(_) if failing.replace(false) => {
                 eprintln!("fleetkv: etcd answers again; the indexes are current");
             }

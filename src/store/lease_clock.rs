@@ -284,7 +284,7 @@ fn expire_loop(clock: &LeaseClock, store: &Weak<Inner>) {
             let Some(inner) = store.upgrade() else {
                 return;
             };
-            let store = Store { inner };
+            let store = Store::background(inner);
             for id in clock.due() {
                 if let Err(e) = store.end_lease(id, true) {
                     if !matches!(e, Error::NotFound { .. }) {
@@ -415,7 +415,7 @@ pub(super) fn follow_etcd_leases(
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                let store = Store { inner };
+                let store = Store::background(inner);
                 let held = store.state_for_write().leases.etcd_leases();
                 if held.is_empty() {
                     continue;
@@ -500,5 +500,20 @@ mod tests {
         let none = LeaseClock::new(Some(other.path()));
         assert!(none.restore(&[(1, Duration::from_secs(5))]).is_err());
         assert!(!none.live(1));
+    }
+
+    /// The users' last handle closes the store on its own thread, even while
+    /// a background thread holds the store: a process may exit right after.
+    #[test]
+    fn the_last_user_handle_files_deadlines_while_a_thread_holds_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let copy = store.clone();
+        store.leases().grant(60).unwrap();
+        let held_by_thread = Store::background(store.inner.clone());
+        drop(store);
+        drop(copy);
+        assert!(dir.path().join(LEASES_FILE).exists());
+        drop(held_by_thread);
     }
 }

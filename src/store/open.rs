@@ -10,7 +10,7 @@
 //! [`super::rebuild`]) or write objects other than through the pipeline.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
@@ -89,9 +89,51 @@ impl Default for Options {
 }
 
 /// A fleetkv store. Cheap to clone (an `Arc`); `Send + Sync`.
-#[derive(Clone)]
+///
+/// The last clone to drop closes the store on its own thread: it files the
+/// lease deadlines, writes a checkpoint when one is due and flushes. Never
+/// on a background thread that happened to hold the store a moment longer:
+/// a process returning from `main` does not wait for those.
 pub struct Store {
     pub(super) inner: Arc<Inner>,
+    /// Counted in [`Inner::handles`]; a background thread's handle is not.
+    counted: bool,
+}
+
+impl Store {
+    fn first(inner: Inner) -> Store {
+        inner.handles.store(1, Ordering::Release);
+        Store {
+            inner: Arc::new(inner),
+            counted: true,
+        }
+    }
+
+    /// A background thread's handle: it never closes the store.
+    pub(super) fn background(inner: Arc<Inner>) -> Store {
+        Store {
+            inner,
+            counted: false,
+        }
+    }
+}
+
+impl Clone for Store {
+    fn clone(&self) -> Store {
+        self.inner.handles.fetch_add(1, Ordering::AcqRel);
+        Store {
+            inner: self.inner.clone(),
+            counted: true,
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.counted && self.inner.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.close();
+        }
+    }
 }
 
 pub(super) struct Inner {
@@ -123,6 +165,8 @@ pub(super) struct Inner {
     /// keep lease deadlines ([`super::leases::Timer`]).
     #[cfg(feature = "etcd")]
     pub(super) etcd: std::sync::OnceLock<Arc<super::etcd_backend::EtcdBackend>>,
+    /// The users' [`Store`] handles alive.
+    handles: AtomicUsize,
 }
 
 /// The checkpoint file's directory and what it lacks.
@@ -175,10 +219,20 @@ impl Checkpoints {
 const NO_CHECKPOINT: u64 = u64::MAX / 4;
 
 impl Drop for Inner {
+    /// Closed already when the users' last handle dropped; again here for
+    /// what a background thread did after that (each step is cheap when
+    /// there is nothing to do).
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Inner {
+    /// Files lease deadlines, writes a checkpoint when due, and flushes.
     /// sled flushes when its last handle drops; flushing here first, through
     /// the guard, bounds that too: should it stall, the storage thread keeps
     /// a handle and sled's own flush never runs.
-    fn drop(&mut self) {
+    fn close(&self) {
         if let Err(e) = self.leases.file() {
             eprintln!("fleetkv: could not file lease deadlines: {e}");
         }
@@ -478,32 +532,31 @@ impl Store {
         let shared = backend.shared();
         let flusher = guard.sibling("fleetkv-flush")?;
         let leases = Arc::new(LeaseClock::new(dir.as_deref()));
-        let store = Store {
-            inner: Arc::new(Inner {
-                backend: RwLock::new(backend),
-                guard,
-                flusher,
-                commits: GroupCommit::new(rev),
-                options,
-                writer: Mutex::new(changelog::Trim::default()),
-                state: Arc::new(RwLock::new(state)),
-                written: Mutex::new(()),
-                wake: Condvar::new(),
-                checkpoints: dir.map(|dir| {
-                    Arc::new(Checkpoints {
-                        dir,
-                        pending: AtomicU64::new(pending),
-                        running: AtomicBool::new(false),
-                        writing: Mutex::new(()),
-                    })
-                }),
-                recovery,
-                leases,
-                shared,
-                #[cfg(feature = "etcd")]
-                etcd: std::sync::OnceLock::new(),
+        let store = Store::first(Inner {
+            backend: RwLock::new(backend),
+            guard,
+            flusher,
+            commits: GroupCommit::new(rev),
+            options,
+            writer: Mutex::new(changelog::Trim::default()),
+            state: Arc::new(RwLock::new(state)),
+            written: Mutex::new(()),
+            wake: Condvar::new(),
+            checkpoints: dir.map(|dir| {
+                Arc::new(Checkpoints {
+                    dir,
+                    pending: AtomicU64::new(pending),
+                    running: AtomicBool::new(false),
+                    writing: Mutex::new(()),
+                })
             }),
-        };
+            recovery,
+            leases,
+            shared,
+            #[cfg(feature = "etcd")]
+            etcd: std::sync::OnceLock::new(),
+            handles: AtomicUsize::new(0),
+        });
         store.start_leases()?;
         let has_secret = store.backend().get(SECRET_KEY)?.is_some();
         if has_secret
