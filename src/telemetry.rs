@@ -17,10 +17,13 @@
 //! change-log length) are gauges set by [`observe_store`] when someone
 //! asks, not maintained on every write.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+use parking_lot::RwLock;
 
 use crate::error::Error;
 use crate::Store;
@@ -188,16 +191,61 @@ pub fn describe() {
     );
 }
 
-/// Records one HTTP request. `route` must be a route template or a fixed
-/// word, never a requested path.
-pub fn record_request(method: &'static str, route: &str, status: u16, took: Duration) {
-    let labels = [
-        ("method", method.to_string()),
-        ("route", route.to_string()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(HTTP_DURATION, &labels).record(took.as_secs_f64());
+/// Records HTTP requests ([`HTTP_REQUESTS`], [`HTTP_DURATION`]), keeping
+/// each series' handles: the recorder's registry is searched (labels built,
+/// hashed, compared) once per series, not once per request. Make it after
+/// the recorder is installed: handles taken before belong to the no-op one.
+#[derive(Default)]
+pub struct RequestRecorder {
+    /// By route, then `(method, status)`: a route answers few of those.
+    series: RwLock<HashMap<Box<str>, Vec<RequestSeries>>>,
+}
+
+struct RequestSeries {
+    method: &'static str,
+    status: u16,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl RequestRecorder {
+    /// Records one request. `route` must be a route template or a fixed
+    /// word, never a requested path.
+    pub fn record(&self, method: &'static str, route: &str, status: u16, took: Duration) {
+        let record = |s: &RequestSeries| {
+            s.requests.increment(1);
+            s.duration.record(took.as_secs_f64());
+        };
+        let find = |v: &[RequestSeries]| {
+            v.iter()
+                .position(|s| s.status == status && s.method == method)
+        };
+        {
+            let series = self.series.read();
+            if let Some(v) = series.get(route) {
+                if let Some(i) = find(v) {
+                    return record(&v[i]);
+                }
+            }
+        }
+        let mut series = self.series.write();
+        let v = series.entry(route.into()).or_default();
+        let i = find(v).unwrap_or_else(|| {
+            let labels = [
+                ("method", method.to_string()),
+                ("route", route.to_string()),
+                ("status", status.to_string()),
+            ];
+            v.push(RequestSeries {
+                method,
+                status,
+                requests: metrics::counter!(HTTP_REQUESTS, &labels),
+                duration: metrics::histogram!(HTTP_DURATION, &labels),
+            });
+            v.len() - 1
+        });
+        record(&v[i]);
+    }
 }
 
 /// Records one store write and how it ended.

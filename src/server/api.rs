@@ -333,7 +333,7 @@ pub(crate) fn kind_of(s: &str) -> ApiResult<Kind> {
 
 /// A machine or profile key from one (decoded) path segment: such a name
 /// cannot hold a `/`, so an encoded slash (`%2F`) is refused here. Empty,
-/// dot and non-UTF-8 segments never get this far (see [`check_path`]).
+/// dot and non-UTF-8 segments never get this far (see [`check_segments`]).
 pub(crate) fn check_id(id: &str) -> ApiResult<()> {
     if id.contains('/') {
         return Err(ApiError::bad_request(format!(
@@ -401,31 +401,26 @@ pub(crate) fn url_decode(s: &str) -> ApiResult<String> {
     String::from_utf8(out).map_err(|_| ApiError::bad_request("query is not UTF-8"))
 }
 
-/// Middleware: each segment of an `/api/v3/…` path, percent-decoded once,
+/// Checks the path after `/api/v3/`: each segment, percent-decoded once,
 /// must be UTF-8 without NUL, and neither it nor any `/`-separated part of
 /// it (`%2F` decodes to a slash: `params/my%2Fdata`) may be empty, `.` or
 /// `..`. axum decodes the same segments once for `Path`; this refuses, with
 /// a 400 naming the segment, what no handler could take. Whether a name may
 /// hold `/` at all depends on its kind: see [`check_id`].
-pub async fn check_path(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match req
-        .uri()
-        .path()
-        .strip_prefix("/api/v3/")
-        .map(check_segments)
-    {
-        Some(Err(e)) => e.into_response(),
-        _ => next.run(req).await,
-    }
-}
-
-fn check_segments(path: &str) -> ApiResult<()> {
+pub(crate) fn check_segments(path: &str) -> ApiResult<()> {
     for raw in path.split('/') {
         let bad = |why: String| {
             Err(ApiError::bad_request(format!("path segment {raw:?} {why}")).about("", raw))
         };
         if raw.is_empty() {
             return bad("is empty".to_string());
+        }
+        // Nothing to decode (the common case): checked as it is.
+        if !raw.contains('%') {
+            if matches!(raw, "." | "..") {
+                return bad(format!("decodes to {raw:?}: an empty, . or .. name part"));
+            }
+            continue;
         }
         let text = match unescape(raw, false).map(String::from_utf8) {
             Err(i) => return bad(format!("has a bad %-escape at {i}")),

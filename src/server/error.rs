@@ -1,12 +1,11 @@
 //! DRP-shaped error responses: `{"Model","Key","Type","Messages":[..],"Code"}`.
 //!
 //! Every failure the server answers with goes through [`ApiError`], including
-//! axum's and tower's own rejections (see [`shape_errors`]), so a client never
+//! axum's and tower's own rejections (see [`shape`]), so a client never
 //! sees a bare text body or a 500 for something it sent.
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Request, StatusCode};
-use axum::middleware::Next;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -174,12 +173,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Middleware: rewrites any error response that is not JSON (axum's extractor
-/// rejections, the router's 404/405, the body limit's 413, the timeout's 408)
-/// into DRP's shape, keeping its status and text.
-pub async fn shape_errors(req: Request<Body>, next: Next) -> Response {
-    let is_head = req.method() == axum::http::Method::HEAD;
-    let resp = next.run(req).await;
+/// Rewrites an error response that is not JSON (axum's extractor
+/// rejections, the router's 404/405, the body limit's 413) into DRP's
+/// shape, keeping its status and text; the answer to a HEAD stays bodiless.
+pub(crate) async fn shape(resp: Response, is_head: bool) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()

@@ -1,9 +1,9 @@
 //! `GET /metrics`: the figures of [`crate::telemetry`] in Prometheus' text
-//! format, and the middleware that counts and times every request.
+//! format. (The server's front middleware counts and times every request
+//! through [`telemetry::RequestRecorder`].)
 //!
 //! Owns: installing the process's Prometheus recorder (once), the
-//! request middleware (labels: method, route template, status), the
-//! scrape handler on the main listener (claim `metrics/get/*`; the admin
+//! request method labels, the scrape handler on the main listener (claim `metrics/get/*`; the admin
 //! key and users pass) and the router of the separate unauthenticated
 //! listener (`--metrics-listen`). Must not: name metrics (see
 //! [`crate::telemetry`]) or read the store other than through
@@ -13,12 +13,11 @@
 //! listener and push gateway: it renders text; this server serves it.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{header, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Extension, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -75,7 +74,7 @@ pub(crate) fn recorder() -> Option<PrometheusHandle> {
 
 /// Method labels: a fixed list, so a client's invented method cannot add
 /// series.
-fn method_label(m: &Method) -> &'static str {
+pub(crate) fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
@@ -86,25 +85,6 @@ fn method_label(m: &Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     }
-}
-
-/// Counts and times every request by its route template (never the path
-/// it asked for: that holds names and param keys) and status.
-pub(crate) async fn track(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let res = next.run(req).await;
-    telemetry::record_request(
-        method,
-        route.as_deref().unwrap_or("unmatched"),
-        res.status().as_u16(),
-        started.elapsed(),
-    );
-    res
 }
 
 /// The metrics in Prometheus' text format.

@@ -59,18 +59,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::{Error, Options, Store};
 use api::App;
-use error::{shape_errors, ApiError};
+use error::ApiError;
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -149,7 +148,6 @@ impl Default for Config {
 
 /// The router over `app`, with every limit and the error shaping.
 pub fn router(app: Arc<App>, config: &Config) -> Router {
-    let max_headers = config.max_header_bytes;
     Router::new()
         .route("/api/v3/openapi.json", get(api::openapi))
         .route(
@@ -210,33 +208,103 @@ pub fn router(app: Arc<App>, config: &Config) -> Router {
                 .delete(api::remove_param),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .layer(from_fn_with_state(app.clone(), revisions))
-        .layer(from_fn_with_state(app.clone(), authenticate))
+        .layer(from_fn_with_state(app.clone(), gate))
         // Unauthenticated: health and version.
         .route("/api/v3/info", get(api::info))
         // The UI checks its own session cookie (see `ui`).
         .merge(ui::routes(Arc::new(ui::Sessions::default())))
-        .layer(from_fn(api::check_path))
         .layer(from_fn(read_body))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
+        // Outermost, so that every answer is counted and shaped (401, 413,
+        // 408…); a layer on the router still sees the matched route
+        // template. One layer for what every request passes: each layer
+        // costs every request a service clone and a boxed future.
+        .layer(from_fn_with_state(
+            Arc::new(Front {
+                requests: crate::telemetry::RequestRecorder::default(),
+                max_headers: config.max_header_bytes,
+                timeout: config.request_timeout,
+            }),
+            front,
         ))
-        .layer(from_fn(move |req: Request, next: Next| {
-            header_limit(max_headers, req, next)
-        }))
-        .layer(from_fn(shape_errors))
-        // Outermost, so that every answer is counted (401, 413, 408…); a
-        // layer on the router still sees the matched route template.
-        .layer(from_fn(metrics::track))
         .with_state(app)
+}
+
+/// What [`front`] needs.
+struct Front {
+    requests: crate::telemetry::RequestRecorder,
+    max_headers: usize,
+    timeout: std::time::Duration,
+}
+
+/// Every request: counted and timed by route template and status
+/// (`metrics`), refused when its headers are too large or its path has a
+/// bad segment, given at most the request timeout (408), and answered in
+/// DRP's error shape whatever refused it (see [`error::shape`]).
+async fn front(State(front): State<Arc<Front>>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = metrics::method_label(req.method());
+    let is_head = req.method() == axum::http::Method::HEAD;
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let resp = match refuse(&front, &req) {
+        Some(refused) => refused,
+        None => match tokio::time::timeout(front.timeout, next.run(req)).await {
+            Ok(resp) => error::shape(resp, is_head).await,
+            Err(_) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "Timeout",
+                format!(
+                    "the request took longer than {:?} (--request-timeout)",
+                    front.timeout
+                ),
+            )
+            .into_response(),
+        },
+    };
+    front.requests.record(
+        method,
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
+/// Why `req` is refused before it is read: headers over the limit, or a
+/// path segment that is empty, `.`/`..` or badly escaped.
+fn refuse(front: &Front, req: &Request) -> Option<Response> {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size > front.max_headers {
+        return Some(
+            ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "TooLarge",
+                format!(
+                    "request headers are {size} bytes; the limit is {} (--max-header-bytes)",
+                    front.max_headers
+                ),
+            )
+            .into_response(),
+        );
+    }
+    let path = req.uri().path().strip_prefix("/api/v3/")?;
+    api::check_segments(path)
+        .err()
+        .map(IntoResponse::into_response)
 }
 
 /// The response header naming the store revision an answer was given at.
 pub const REVISION_HEADER: &str = "x-fleetkv-revision";
 
+/// Every API request (all but `/api/v3/info` and the UI): authenticated
+/// (the principal goes in its extensions; a refusal is a 401), then its
+/// revision parameters are served.
+///
 /// `?min_revision=N`: the request waits (up to the longest wait) until the
 /// store's indexes have reached revision N — on a server sharing etcd with
 /// others, until it has caught up with a write another server answered.
@@ -250,28 +318,30 @@ pub const REVISION_HEADER: &str = "x-fleetkv-revision";
 /// the answer was ready, so it covers a write the request made and
 /// everything the answer read (a client passes it as `min_revision` to
 /// another server to read its own write there).
-async fn revisions(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+async fn gate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    match app.auth.authenticate(req.headers()) {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+        }
+        Err(e) => return e.into_response(),
+    }
     const OURS: [&str; 2] = ["min_revision=", "linearizable="];
-    let (min, linearizable) = {
-        let query = req.uri().query().unwrap_or("");
-        let param = |name: &str| {
-            query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix(name))
-                .map(str::to_string)
-        };
-        (param(OURS[0]), param(OURS[1]))
-    };
-    if min.is_some() || linearizable.is_some() {
+    let query = req.uri().query().unwrap_or("");
+    let (mut min, mut linearizable) = (None, None);
+    if query.contains(OURS[0]) || query.contains(OURS[1]) {
         // Handlers read unknown query keys as filters (DRP's `?Key=value`):
         // the parameters are this layer's, taken out of the request.
+        let mut rest = Vec::new();
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            if let Some(v) = kv.strip_prefix(OURS[0]) {
+                min.get_or_insert_with(|| v.to_string());
+            } else if let Some(v) = kv.strip_prefix(OURS[1]) {
+                linearizable.get_or_insert_with(|| v.to_string());
+            } else {
+                rest.push(kv);
+            }
+        }
         let uri = req.uri();
-        let rest: Vec<&str> = uri
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter(|kv| !kv.is_empty() && !OURS.iter().any(|p| kv.starts_with(p)))
-            .collect();
         let path = if rest.is_empty() {
             uri.path().to_string()
         } else {
@@ -333,20 +403,11 @@ async fn revisions(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
     let mut resp = next.run(req).await;
     // Not `revision()`: on a durable store that waits for the disk, which
     // an async worker must not do for a header.
-    if let Ok(v) = axum::http::HeaderValue::from_str(&app.store.revision_in_memory().to_string()) {
-        resp.headers_mut().insert(REVISION_HEADER, v);
-    }
+    resp.headers_mut().insert(
+        REVISION_HEADER,
+        axum::http::HeaderValue::from(app.store.revision_in_memory()),
+    );
     resp
-}
-
-async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    match app.auth.authenticate(req.headers()) {
-        Ok(p) => {
-            req.extensions_mut().insert(p);
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    }
 }
 
 /// Reads the request body to its end before routing. A handler that takes
@@ -356,29 +417,15 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
 /// kept-alive connection failed. Bodies are bounded by the limit layers
 /// outside this one (an excess is a 413 here, as in a handler).
 async fn read_body(req: Request, next: Next) -> Response {
+    if axum::body::HttpBody::is_end_stream(req.body()) {
+        return next.run(req).await;
+    }
     let (parts, body) = req.into_parts();
     let whole = Request::from_parts(parts.clone(), body);
     match Bytes::from_request(whole, &()).await {
         Ok(b) => next.run(Request::from_parts(parts, Body::from(b))).await,
         Err(e) => e.into_response(),
     }
-}
-
-async fn header_limit(max: usize, req: Request<Body>, next: Next) -> Response {
-    let size: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    if size > max {
-        return ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "TooLarge",
-            format!("request headers are {size} bytes; the limit is {max} (--max-header-bytes)"),
-        )
-        .into_response();
-    }
-    next.run(req).await
 }
 
 /// The store `config` names: on etcd (`--etcd`) or in its directory.
