@@ -193,19 +193,30 @@ pub fn describe() {
 
 /// Records HTTP requests ([`HTTP_REQUESTS`], [`HTTP_DURATION`]), keeping
 /// each series' handles: the recorder's registry is searched (labels built,
-/// hashed, compared) once per series, not once per request. Make it after
-/// the recorder is installed: handles taken before belong to the no-op one.
+/// hashed, compared) once per series, not once per request. The handles
+/// belong to the recorder in force when they were taken, so they are kept
+/// with that recorder's address and taken again when another one is in
+/// force: an application may install its recorder after building the router.
 #[derive(Default)]
 pub struct RequestRecorder {
-    /// By route, then `(method, status)`: a route answers few of those.
-    series: RwLock<HashMap<Box<str>, Vec<RequestSeries>>>,
+    series: RwLock<SeriesHandles>,
 }
+
+/// The recorder the handles came from (its address), and by route, then
+/// `(method, status)`, the handles: a route answers few of those.
+type SeriesHandles = (usize, HashMap<Box<str>, Vec<RequestSeries>>);
 
 struct RequestSeries {
     method: &'static str,
     status: u16,
     requests: metrics::Counter,
     duration: metrics::Histogram,
+}
+
+/// The address of the recorder in force on this thread: the same for as
+/// long as the same recorder is (a global one, once set, stays for good).
+fn recorder_in_force() -> usize {
+    metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
 }
 
 impl RequestRecorder {
@@ -220,16 +231,20 @@ impl RequestRecorder {
             v.iter()
                 .position(|s| s.status == status && s.method == method)
         };
+        let recorder = recorder_in_force();
         {
             let series = self.series.read();
-            if let Some(v) = series.get(route) {
-                if let Some(i) = find(v) {
-                    return record(&v[i]);
+            if series.0 == recorder {
+                if let Some(i) = series.1.get(route).and_then(|v| find(v)) {
+                    return record(&series.1[route][i]);
                 }
             }
         }
         let mut series = self.series.write();
-        let v = series.entry(route.into()).or_default();
+        if series.0 != recorder {
+            *series = (recorder, HashMap::new());
+        }
+        let v = series.1.entry(route.into()).or_default();
         let i = find(v).unwrap_or_else(|| {
             let labels = [
                 ("method", method.to_string()),
@@ -376,6 +391,41 @@ fn note_index_measure(at: Instant, took: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metrics::{Key, KeyName, Metadata, SharedString};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// Counts every counter increment, whatever its key.
+    #[derive(Default)]
+    struct CountingRecorder(Arc<AtomicU64>);
+
+    impl metrics::Recorder for CountingRecorder {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> metrics::Counter {
+            metrics::Counter::from_arc(Arc::clone(&self.0))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn requests_recorded_before_a_recorder_is_installed_do_not_blind_it() {
+        let requests = RequestRecorder::default();
+        // No recorder yet: the facade hands out no-op handles.
+        requests.record("GET", "/api/v3/machines", 200, Duration::ZERO);
+        let counting = CountingRecorder::default();
+        metrics::with_local_recorder(&counting, || {
+            requests.record("GET", "/api/v3/machines", 200, Duration::ZERO);
+            requests.record("GET", "/api/v3/machines", 200, Duration::ZERO);
+        });
+        assert_eq!(counting.0.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn outcomes() {
