@@ -49,7 +49,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Applies `batch` atomically if the store is at `batch.expect`, moving
     /// it to `batch.rev`; otherwise writes nothing and returns
-    /// [`Error::RevisionMismatch`].
+    /// [`Error::RevisionMismatch`]. Atomic as a reopen sees it: after a
+    /// crash the engine holds all of the batch or none of it. A read of the
+    /// engine while the commit runs may see part of it; the store's readers
+    /// hold its state lock, which the writer holds across the commit.
     fn commit(&self, batch: Batch) -> Result<()>;
 
     /// Makes every committed batch durable.

@@ -12,7 +12,8 @@
 //! JSON; `l` + lease id (u64, big-endian) → lease JSON (its TTL and what
 //! it holds; its deadline is not stored here, see `lease_clock`); `c` + revision (u64, big-endian) + sequence (u32, big-endian) → one
 //! change event; `s:rev` → the store revision (kept by the engine, see
-//! [`super::backend`]); `s:next` → the next machine id; `s:logn` → events
+//! [`super::backend`]); `s:intent` → the last small batch the sled engine
+//! committed (see [`super::sled_backend`]); `s:next` → the next machine id; `s:logn` → events
 //! in the change log; `s:secret` → the token signing secret.
 
 use serde_json::Value;
@@ -22,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::model::Kind;
 
 pub(crate) const REV_KEY: &[u8] = b"s:rev";
+pub(crate) const INTENT_KEY: &[u8] = b"s:intent";
 pub(crate) const NEXT_ID_KEY: &[u8] = b"s:next";
 pub(crate) const SECRET_KEY: &[u8] = b"s:secret";
 pub(crate) const LOG_LEN_KEY: &[u8] = b"s:logn";
