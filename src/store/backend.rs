@@ -115,6 +115,15 @@ impl Batch {
     pub(crate) fn remove(&mut self, key: impl Into<Vec<u8>>) {
         self.ops.push((key.into(), None));
     }
+
+    /// A copy, to commit again (a batch is otherwise moved, never copied).
+    pub(crate) fn copy(&self) -> Batch {
+        Batch {
+            expect: self.expect,
+            rev: self.rev,
+            ops: self.ops.clone(),
+        }
+    }
 }
 
 /// The check every engine runs, atomically with its apply.

@@ -18,11 +18,19 @@
 //! Readers of a durable store wait here too, after they read: a read that
 //! saw a write not yet on disk answers only once that write is durable, so
 //! no one is told of a write that a crash could still take back.
+//!
+//! When that flush fails, the reader has its answer already. So a durable
+//! store on an engine of its own keeps each committed batch here until a
+//! flush covers it, and [`Store::recover`](super::Store::recover) commits
+//! again, after reopening the engine, the kept batches the engine lost: the
+//! store comes back at the revision readers were shown, not before it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use super::backend::Batch;
 use crate::error::Result;
 
 /// Committed and flushed revisions, and the flush under way.
@@ -33,6 +41,9 @@ pub(super) struct GroupCommit {
     flushed: AtomicU64,
     /// Held while one flush runs; the queue of writers waiting to be covered.
     flushing: Mutex<()>,
+    /// Committed batches no flush has covered yet, oldest first (only those
+    /// handed to [`keep`](Self::keep)).
+    unflushed: Mutex<VecDeque<Batch>>,
 }
 
 impl GroupCommit {
@@ -42,6 +53,7 @@ impl GroupCommit {
             committed: AtomicU64::new(rev),
             flushed: AtomicU64::new(rev),
             flushing: Mutex::new(()),
+            unflushed: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -51,6 +63,18 @@ impl GroupCommit {
         let _one = self.flushing.lock();
         self.committed.store(rev, Ordering::Release);
         self.flushed.store(rev, Ordering::Release);
+        self.unflushed.lock().clear();
+    }
+
+    /// Keeps a committed batch until a flush covers it (call before
+    /// [`committed`](Self::committed), in revision order).
+    pub(super) fn keep(&self, batch: Batch) {
+        self.unflushed.lock().push_back(batch);
+    }
+
+    /// Copies of the kept batches no flush has covered, oldest first.
+    pub(super) fn unflushed(&self) -> Vec<Batch> {
+        self.unflushed.lock().iter().map(Batch::copy).collect()
     }
 
     /// Notes that the engine committed `rev` (before memory shows it).
@@ -81,6 +105,10 @@ impl GroupCommit {
         let upto = self.committed_rev();
         flush()?;
         self.flushed.fetch_max(upto, Ordering::AcqRel);
+        let mut kept = self.unflushed.lock();
+        while kept.front().is_some_and(|b| b.rev <= upto) {
+            kept.pop_front();
+        }
         Ok(())
     }
 }
@@ -151,5 +179,32 @@ mod tests {
         let e = sync.wait_for(1, || Err(crate::Error::Storage("disk on fire".into())));
         assert!(e.is_err());
         assert!(!sync.is_flushed(1));
+    }
+
+    #[test]
+    fn kept_batches_stay_until_a_flush_covers_them() {
+        let sync = GroupCommit::new(0);
+        for rev in 1..=3 {
+            sync.keep(Batch {
+                expect: rev - 1,
+                rev,
+                ops: vec![(vec![b'k'], Some(vec![rev as u8]))],
+            });
+            sync.committed(rev);
+        }
+        let failed = sync.wait_for(2, || Err(crate::Error::Storage("disk on fire".into())));
+        assert!(failed.is_err());
+        let revs = |s: &GroupCommit| s.unflushed().iter().map(|b| b.rev).collect::<Vec<_>>();
+        assert_eq!(revs(&sync), [1, 2, 3]);
+        assert_eq!(sync.unflushed()[2].ops, [(vec![b'k'], Some(vec![3]))]);
+        sync.wait_for(3, || Ok(())).unwrap();
+        assert!(revs(&sync).is_empty());
+        sync.keep(Batch {
+            expect: 3,
+            rev: 4,
+            ..Batch::default()
+        });
+        sync.reset(3);
+        assert!(revs(&sync).is_empty());
     }
 }

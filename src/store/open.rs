@@ -411,10 +411,48 @@ impl Drop for ReadState<'_> {
         let store = self.store;
         if store.inner.options.durable && !store.inner.commits.is_flushed(rev) {
             // A failed flush has failed the store; the reader still answers
-            // from memory, which is what the engine holds.
+            // from memory, and `recover` commits what it saw again.
             let _ = store.sync_to(rev);
         }
     }
+}
+
+/// After a failed flush, on the reopened engine: commits again, in order,
+/// the batches committed before the failure that no flush covered and the
+/// engine lost (readers may have been shown them), then flushes them.
+/// Returns the revisions committed again. Bounded like every engine call;
+/// on an error nothing is dropped, and the next recover tries again.
+fn redo_unflushed(inner: &Inner, backend: &Arc<dyn Backend>) -> Result<Option<(u64, u64)>> {
+    let at = backend.revision()?;
+    let redo: Vec<Batch> = inner
+        .commits
+        .unflushed()
+        .into_iter()
+        .filter(|b| b.rev > at)
+        .collect();
+    let Some((first, last)) = redo.first().zip(redo.last()).map(|(f, l)| (f.rev, l.rev)) else {
+        return Ok(None);
+    };
+    if redo[0].expect != at {
+        // Not a continuation of what the engine holds (it lost a batch a
+        // flush had covered): nothing can be committed on top of it.
+        return Err(Error::Corrupt {
+            key: "s:rev".into(),
+            reason: format!(
+                "the reopened store is at revision {at}, but the first write not yet on disk \
+                 was planned at {}",
+                redo[0].expect
+            ),
+        });
+    }
+    let engine = Arc::clone(backend);
+    inner.guard.run_recovering("commit again", move || {
+        for batch in redo {
+            engine.commit(batch)?;
+        }
+        engine.flush()
+    })??;
+    Ok(Some((first, last)))
 }
 
 impl Store {
@@ -688,9 +726,14 @@ impl Store {
     /// I/O error its state is unknown — the fsync lesson): the engine is
     /// closed and opened again from its directory, the indexes are read
     /// from the checkpoint or rebuilt from the records, exactly as a new
-    /// process would. Every acknowledged write was on disk and is there; a
-    /// write that was answered with an error may or may not be (the
-    /// revision may go back). First `RECOVER_HEADROOM` bytes are written to
+    /// process would. Every acknowledged write was on disk and is there.
+    /// A write whose flush failed had been applied in memory, and readers
+    /// may have been shown it: on a durable store each committed batch is
+    /// kept until a flush covers it, and those the reopened engine lacks
+    /// are committed to it again and flushed before anything is read, so
+    /// the store comes back at the revision readers saw (a write whose
+    /// commit itself failed was never shown, and may or may not be there).
+    /// First `RECOVER_HEADROOM` bytes are written to
     /// a probe file in the directory and synced: while that fails (the disk
     /// is still full), nothing changes, the error is returned and reads go
     /// on from the failed engine. Writers and readers of the indexes wait
@@ -720,6 +763,23 @@ impl Store {
                 Error::Storage(msg)
             }
         })?;
+        let lock_timeout = inner.options.lock_timeout;
+        self.reopen(Some(&dir), || {
+            let engine = open_waiting(lock_timeout, || SledBackend::open(Some(dir.clone())))?;
+            Ok(Arc::new(engine))
+        })?;
+        Ok(true)
+    }
+
+    /// [`recover`](Self::recover)'s reopen, for any engine: `open` opens the
+    /// engine again from what is durable once the failed one is closed.
+    /// Crate tests reopen the fault-injecting engine through it.
+    pub(super) fn reopen(
+        &self,
+        dir: Option<&Path>,
+        open: impl FnOnce() -> Result<Arc<dyn Backend>>,
+    ) -> Result<()> {
+        let inner = &self.inner;
         let mut trim = inner.writer.lock();
         let mut st = inner.state.write();
         let old_rev = st.rev;
@@ -743,14 +803,16 @@ impl Store {
                 after: inner.options.stall_timeout,
             });
         }
-        let backend = open_waiting(inner.options.lock_timeout, || {
-            SledBackend::open(Some(dir.clone()))
-        })?;
+        let backend = open()?;
+        let redone = redo_unflushed(inner, &backend)?;
         let secret = backend.get(SECRET_KEY)?.ok_or_else(|| Error::Corrupt {
             key: "s:secret".into(),
             reason: "the store has no signing secret".into(),
         })?;
-        let (state, recovery) = open_indexes(&backend, &dir, &secret)?;
+        let (state, recovery) = match dir {
+            Some(dir) => open_indexes(&*backend, dir, &secret)?,
+            None => (load_state(&*backend)?, Recovery::Rebuilt { refused: None }),
+        };
         let rev = state.rev;
         if let Some(c) = &inner.checkpoints {
             let pending = match recovery {
@@ -762,13 +824,19 @@ impl Store {
         *st = state;
         *trim = changelog::Trim::default();
         inner.commits.reset(rev);
-        *inner.backend.write() = Arc::new(backend);
+        *inner.backend.write() = backend;
         inner.guard.clear_failure();
         drop(st);
         drop(trim);
         eprintln!(
-            "fleetkv: reopened the store in {} after a storage failure: revision {rev}{}",
-            dir.display(),
+            "fleetkv: reopened the store{} after a storage failure: revision {rev}{}{}",
+            dir.map(|d| format!(" in {}", d.display()))
+                .unwrap_or_default(),
+            match redone {
+                Some((from, to)) =>
+                    format!(" (revisions {from}..={to} committed again from memory)"),
+                None => String::new(),
+            },
             if rev < old_rev {
                 format!(" (revisions {}..={old_rev} were not on disk)", rev + 1)
             } else {
@@ -777,7 +845,7 @@ impl Store {
         );
         let _g = inner.written.lock();
         inner.wake.notify_all();
-        Ok(true)
+        Ok(())
     }
 
     /// How this open got its indexes: from a checkpoint (and how much of

@@ -239,6 +239,22 @@ impl Guard {
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Result<Pending<'_, R>> {
         self.check()?;
+        self.enqueue(op, f)
+    }
+
+    /// Hands `f` to the storage thread whether or not the store has failed
+    /// (a stall still refuses it).
+    fn enqueue<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<Pending<'_, R>> {
+        if let Some((op, after)) = self.stalled.get() {
+            return Err(Error::Stalled {
+                op: op.clone(),
+                after: *after,
+            });
+        }
         let slot = Arc::new(Slot {
             result: Mutex::new(None),
             filled: AtomicBool::new(false),
@@ -287,6 +303,16 @@ impl Guard {
     #[cfg(not(debug_assertions))]
     fn injected_stall(&self, _op: &str) -> bool {
         false
+    }
+
+    /// [`run`](Self::run) for the reopen of a failed store, which engine
+    /// calls must reach while its failure stands.
+    pub(crate) fn run_recovering<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R> {
+        self.enqueue(op, f)?.wait()
     }
 
     /// Runs `f` on the storage thread and waits for it, at most the limit.

@@ -203,6 +203,8 @@ impl Store {
             let mut st = self.inner.state.write();
             timing::mark("state write lock");
             let backend = self.backend();
+            // Until a flush covers it, for `Store::recover` to commit again.
+            let kept = (self.inner.options.durable && !shared).then(|| batch.copy());
             let (ran, r) = self.inner.guard.run("commit", move || {
                 let t0 = timing::now();
                 let r = backend.commit(batch);
@@ -242,6 +244,9 @@ impl Store {
                     }
                     return Err(e);
                 }
+            }
+            if let Some(batch) = kept {
+                self.inner.commits.keep(batch);
             }
             self.inner.commits.committed(rev);
             w.committed(trimmed, rev, changes.len());
