@@ -192,7 +192,7 @@ fn put_value(out: &mut Vec<u8>, v: &ValueKey) {
         }
         ValueKey::Str(s) => {
             out.push(3);
-            put_str(out, s);
+            put_str(out, &s.as_str());
         }
         ValueKey::Json(s) => {
             out.push(4);
@@ -320,7 +320,7 @@ impl<'a> Reader<'a> {
             0 => ValueKey::Null,
             1 => ValueKey::Bool(self.u8()? != 0),
             2 => ValueKey::Num(NumKey::new(f64::from_bits(self.u64()?))),
-            3 => ValueKey::Str(self.str()?.into()),
+            3 => ValueKey::str(self.str()?),
             4 => ValueKey::Json(self.str()?.into()),
             t => return Err(self.fail(&format!("value tag {t}"))),
         })

@@ -20,7 +20,7 @@ use std::mem::size_of;
 
 use roaring::RoaringBitmap;
 
-use super::{Posting, Postings, ValueKey};
+use super::{Posting, Postings, Text, ValueKey};
 
 /// A B-tree entry's bytes over its key and value's: 6/5.
 const BTREE_FACTOR_NUM: usize = 6;
@@ -43,7 +43,7 @@ pub(super) fn postings(p: &Postings) -> usize {
         .iter()
         .map(|(v, post)| {
             let value = match v {
-                ValueKey::Str(s) if s.is_heap_allocated() => s.capacity(),
+                ValueKey::Str(Text::Compact(s)) if s.is_heap_allocated() => s.capacity(),
                 ValueKey::Json(j) => j.len(),
                 _ => 0,
             };

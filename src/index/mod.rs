@@ -32,7 +32,7 @@ use serde_json::Value;
 use crate::filter::{Bound, BoundPred, Key, Ordinal, Test};
 pub(crate) use posting::Posting;
 use value::NumKey;
-pub(crate) use value::ValueKey;
+pub(crate) use value::{Text, ValueKey};
 
 /// One indexed key: its distinct values in order, each with the objects that
 /// hold it, and the objects that hold any value.
@@ -326,7 +326,7 @@ impl Index {
                         p.values
                             .keys()
                             .filter_map(|k| match k {
-                                ValueKey::Str(s) => Some(s.to_string()),
+                                ValueKey::Str(s) => Some(s.as_str().to_string()),
                                 _ => None,
                             })
                             .collect()
@@ -614,10 +614,11 @@ fn for_each_matching(post: &Postings, test: &Test, mut f: impl FnMut(&Posting)) 
                 let start = RangeBound::Included(ValueKey::str(&prefix));
                 for (v, b) in vals.range((start, RangeBound::Unbounded)) {
                     let ValueKey::Str(s) = v else { break };
+                    let s = s.as_str();
                     if !s.starts_with(prefix.as_str()) {
                         break;
                     }
-                    if decides || re.is_match(s) {
+                    if decides || re.is_match(&s) {
                         f(b);
                     }
                 }
@@ -639,12 +640,12 @@ fn walk_ordinal(
 ) {
     if shape.ip.is_some() {
         let strings = vals.range((
-            RangeBound::Included(ValueKey::Str("".into())),
+            RangeBound::Included(ValueKey::str("")),
             RangeBound::Excluded(ValueKey::Json("".into())),
         ));
         for (v, b) in strings {
             let ValueKey::Str(s) = v else { continue };
-            let Ok(ip) = s.parse::<std::net::IpAddr>() else {
+            let Ok(ip) = s.as_str().parse::<std::net::IpAddr>() else {
                 continue;
             };
             let ok_lo = lo.is_none_or(|(o, incl)| {

@@ -34,7 +34,7 @@ pub(crate) enum ValueKey {
     Null,
     Bool(bool),
     Num(NumKey),
-    Str(compact_str::CompactString),
+    Str(Text),
     /// Arrays and objects, as canonical JSON text (object keys sorted).
     Json(Box<str>),
 }
@@ -62,13 +62,13 @@ impl ValueKey {
             Value::Null => ValueKey::Null,
             Value::Bool(b) => ValueKey::Bool(*b),
             Value::Number(n) => ValueKey::Num(NumKey::new(n.as_f64().unwrap_or(f64::NAN))),
-            Value::String(s) => ValueKey::Str(s.as_str().into()),
+            Value::String(s) => ValueKey::str(s),
             other => ValueKey::Json(canonical_json(other).into()),
         }
     }
 
     pub(crate) fn str(s: &str) -> ValueKey {
-        ValueKey::Str(s.into())
+        ValueKey::Str(Text::new(s))
     }
 
     /// The value as JSON: an integral number within `i64` comes back as an
@@ -85,9 +85,85 @@ impl ValueKey {
                     serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
                 }
             }
-            ValueKey::Str(s) => Value::String(s.to_string()),
+            ValueKey::Str(s) => Value::String(s.as_str().to_string()),
             // Written by `canonical_json`, so it parses back.
             ValueKey::Json(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// A string value's text, kept off the heap where it can be: up to 24
+/// bytes inline (compact_str), and a UUID in its canonical form (36
+/// characters, lowercase, hyphenated: every machine's `Uuid`) as its 16
+/// bytes. A text always takes the same form ([`Text::new`]), so the derived
+/// equality and hash are by text; the order is by text too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Text {
+    Compact(compact_str::CompactString),
+    Uuid(uuid::Uuid),
+}
+
+// A value key is a map key in every posting: the UUID form must not make
+// it larger than the inline string it replaces.
+const _: () = assert!(std::mem::size_of::<ValueKey>() == 24);
+
+impl Text {
+    pub(crate) fn new(s: &str) -> Text {
+        if s.len() == uuid::fmt::Hyphenated::LENGTH {
+            if let Ok(u) = uuid::Uuid::try_parse(s) {
+                let mut buf = [0; uuid::fmt::Hyphenated::LENGTH];
+                if u.hyphenated().encode_lower(&mut buf) == s {
+                    return Text::Uuid(u);
+                }
+            }
+        }
+        Text::Compact(s.into())
+    }
+
+    /// The text, borrowed or (a UUID) written out on the stack.
+    pub(crate) fn as_str(&self) -> TextRef<'_> {
+        match self {
+            Text::Compact(c) => TextRef::Borrowed(c.as_str()),
+            Text::Uuid(u) => {
+                let mut buf = [0; uuid::fmt::Hyphenated::LENGTH];
+                u.hyphenated().encode_lower(&mut buf);
+                TextRef::Uuid(buf)
+            }
+        }
+    }
+}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Text::Compact(a), Text::Compact(b)) => a.cmp(b),
+            // Lowercase hex keeps the bytes' order; the hyphens stand at
+            // the same places in both.
+            (Text::Uuid(a), Text::Uuid(b)) => a.as_bytes().cmp(b.as_bytes()),
+            _ => (*self.as_str()).cmp(&*other.as_str()),
+        }
+    }
+}
+
+/// [`Text::as_str`]'s answer: derefs to the text.
+pub(crate) enum TextRef<'a> {
+    Borrowed(&'a str),
+    Uuid([u8; uuid::fmt::Hyphenated::LENGTH]),
+}
+
+impl std::ops::Deref for TextRef<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            TextRef::Borrowed(s) => s,
+            // Written by `encode_lower`: ASCII hex digits and hyphens.
+            TextRef::Uuid(b) => std::str::from_utf8(b).unwrap_or_default(),
         }
     }
 }
@@ -124,6 +200,53 @@ mod tests {
         assert_eq!(ValueKey::of(&json!(-0.0)), ValueKey::of(&json!(0)));
         assert!(ValueKey::of(&json!(2)) < ValueKey::of(&json!(10)));
         assert!(ValueKey::of(&json!(10)) < ValueKey::of(&json!("1")));
+    }
+
+    #[test]
+    fn uuids_are_kept_as_bytes_and_still_compare_as_text() {
+        let u = "5eed0000-0000-4000-8000-00000000002a";
+        let k = ValueKey::str(u);
+        assert!(matches!(k, ValueKey::Str(Text::Uuid(_))));
+        assert_eq!(
+            &*match &k {
+                ValueKey::Str(t) => t.as_str(),
+                _ => unreachable!(),
+            },
+            u
+        );
+        assert_eq!(k.to_json(), json!(u));
+        // Not canonical: kept as text, and a different value.
+        for other in [
+            "5EED0000-0000-4000-8000-00000000002A",
+            "5eed0000000040008000000000000000002a",
+        ] {
+            assert!(matches!(
+                ValueKey::str(other),
+                ValueKey::Str(Text::Compact(_))
+            ));
+            assert_ne!(ValueKey::str(other), k);
+        }
+        // Ordered as the texts are, whatever their forms.
+        let mut texts = vec![
+            "5eed0000-0000-4000-8000-00000000002a",
+            "5eed0000-0000-4000-8000-0000000000ff",
+            "5eed0000-0000-4000-8000-000000000100",
+            "5eed0000-0000-4000-8000",
+            "5eed0000-0000-4000-8000-00000000002a-and-more",
+            "5eed",
+            "6",
+            "node-01",
+            "5EED",
+            "",
+        ];
+        let mut keys: Vec<ValueKey> = texts.iter().map(|t| ValueKey::str(t)).collect();
+        texts.sort();
+        keys.sort();
+        let back: Vec<String> = keys
+            .iter()
+            .map(|k| k.to_json().as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(back, texts);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::open::{ReadState, Store};
 use crate::error::{Error, Result};
 use crate::filter::{Bound, Field, Filter, Key, Subject};
-use crate::index::ValueKey;
+use crate::index::{Text, ValueKey};
 use crate::model::{Kind, Machine};
 
 /// The machine state at one revision, read-locked.
@@ -81,15 +81,18 @@ impl StateView<'_> {
         }
         let idx = &self.st.machines;
         idx.each_value_within(&Key::Field(Field::Uuid), ids, |id, v| {
-            if let ValueKey::Str(s) = v {
-                if let Ok(u) = Uuid::parse_str(s) {
-                    out.insert(id, (u, String::new()));
-                }
+            let uuid = match v {
+                ValueKey::Str(Text::Uuid(u)) => Some(*u),
+                ValueKey::Str(Text::Compact(s)) => Uuid::parse_str(s).ok(),
+                _ => None,
+            };
+            if let Some(u) = uuid {
+                out.insert(id, (u, String::new()));
             }
         });
         idx.each_value_within(&Key::Field(Field::Name), ids, |id, v| {
             if let (Some(slot), ValueKey::Str(s)) = (out.get_mut(&id), v) {
-                slot.1 = s.to_string();
+                slot.1 = s.as_str().to_string();
             }
         });
         out
