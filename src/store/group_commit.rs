@@ -12,8 +12,9 @@
 //! and return without a flush of their own. Durability costs each write
 //! the latency of about one flush, not the throughput of one flush per
 //! write — as far as the engine lets commits run during a flush (sled holds
-//! a global lock through a flush that its batch commits need, so on sled
-//! few writes share one: `vendor/sled/PATCHES.md`).
+//! a global lock through a flush that its `sled::Batch` commits need, so
+//! large writes share few flushes: `vendor/sled/PATCHES.md`; small ones
+//! commit through plain inserts, which run during a flush).
 //!
 //! Readers of a durable store wait here too, after they read: a read that
 //! saw a write not yet on disk answers only once that write is durable, so
