@@ -172,45 +172,57 @@ impl Intent {
     }
 
     fn decode(bytes: &[u8]) -> Result<Intent> {
-        let bad = |reason: &str| Error::Corrupt {
-            key: show_key(INTENT_KEY),
-            reason: reason.into(),
-        };
-        let mut rest = bytes;
-        let mut take = |n: usize| -> Result<&[u8]> {
-            if rest.len() < n {
-                return Err(bad("truncated"));
-            }
-            let (head, tail) = rest.split_at(n);
-            rest = tail;
-            Ok(head)
-        };
-        let len = |b: &[u8]| -> usize {
-            // `take(4)` returned exactly four bytes.
-            u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
-        };
-        let expect = read_u64(INTENT_KEY, take(8)?)?;
-        let rev = read_u64(INTENT_KEY, take(8)?)?;
+        let mut r = Reader(bytes);
+        let expect = r.u64()?;
+        let rev = r.u64()?;
         if rev <= expect {
-            return Err(bad("its revision does not move forward"));
+            return Err(corrupt_intent("its revision does not move forward"));
         }
         let mut ops = Vec::new();
-        let mut left = bytes.len() - 16;
-        while left > 0 {
-            let n = len(take(4)?);
-            let key = take(n)?.to_vec();
-            let value = match take(1)? {
+        while !r.0.is_empty() {
+            let n = r.len()?;
+            let key = r.take(n)?.to_vec();
+            let value = match r.take(1)? {
                 [0] => None,
                 [1] => {
-                    let n = len(take(4)?);
-                    Some(take(n)?.to_vec())
+                    let n = r.len()?;
+                    Some(r.take(n)?.to_vec())
                 }
-                _ => return Err(bad("a record is neither a put nor a remove")),
+                _ => return Err(corrupt_intent("a record is neither a put nor a remove")),
             };
-            left -= 4 + key.len() + 1 + value.as_ref().map_or(0, |v| 4 + v.len());
             ops.push((key, value));
         }
         Ok(Intent { expect, rev, ops })
+    }
+}
+
+fn corrupt_intent(reason: &str) -> Error {
+    Error::Corrupt {
+        key: show_key(INTENT_KEY),
+        reason: reason.into(),
+    }
+}
+
+/// The unread rest of an intent record.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(corrupt_intent("truncated"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        read_u64(INTENT_KEY, self.take(8)?)
+    }
+
+    fn len(&mut self) -> Result<usize> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
     }
 }
 

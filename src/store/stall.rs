@@ -184,12 +184,7 @@ impl Guard {
     /// `Err(Stalled)` once any call has stalled; `Err(Storage)` once a
     /// flush has failed.
     pub(crate) fn check(&self) -> Result<()> {
-        if let Some((op, after)) = self.stalled.get() {
-            return Err(Error::Stalled {
-                op: op.clone(),
-                after: *after,
-            });
-        }
+        self.check_stalled()?;
         match &*self.failed.lock() {
             Some(f) => {
                 let msg = format!("the store refuses writes until it is reopened: {}", f.why);
@@ -242,6 +237,16 @@ impl Guard {
         self.enqueue(op, f)
     }
 
+    fn check_stalled(&self) -> Result<()> {
+        match self.stalled.get() {
+            Some((op, after)) => Err(Error::Stalled {
+                op: op.clone(),
+                after: *after,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Hands `f` to the storage thread whether or not the store has failed
     /// (a stall still refuses it).
     fn enqueue<R: Send + 'static>(
@@ -249,12 +254,7 @@ impl Guard {
         op: &'static str,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Result<Pending<'_, R>> {
-        if let Some((op, after)) = self.stalled.get() {
-            return Err(Error::Stalled {
-                op: op.clone(),
-                after: *after,
-            });
-        }
+        self.check_stalled()?;
         let slot = Arc::new(Slot {
             result: Mutex::new(None),
             filled: AtomicBool::new(false),
