@@ -46,7 +46,8 @@ impl Image {
 pub(crate) struct Rates {
     pub(crate) commit: u32,
     /// A commit that applies its batch and then reports an error (sled's
-    /// `apply_batch` can: an I/O error after some inserts, or from sealing
+    /// engine can: an I/O error after some inserts of a `sled::Batch`, or
+    /// of a small batch's records after its intent, or from sealing
     /// the batch, is returned with those inserts already in the live tree).
     pub(crate) commit_applied: u32,
     /// A failed flush persisted none, some (torn) or all of the queued
