@@ -290,6 +290,52 @@ fn a_checkpoint_the_trimmed_log_cannot_bridge_is_refused() {
     s.verify_indexes().unwrap();
 }
 
+/// An open reads the checkpoint while the engine opens, before it has the
+/// directory's lock; a checkpoint written meanwhile by the store holding
+/// the lock is the one it uses (the one it read first is past the trimmed
+/// log and would mean a rebuild).
+#[test]
+fn a_checkpoint_written_while_an_open_waits_for_the_lock_is_the_one_read() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    let holder = open_with(
+        dir.path(),
+        Options {
+            log_retain: 10,
+            ..quiet()
+        },
+    );
+    for i in 0..20 {
+        holder
+            .machines()
+            .set_param("node-0001", "rack", json!(i % 7))
+            .unwrap();
+    }
+    let path = dir.path().to_path_buf();
+    let waiter = std::thread::spawn(move || {
+        Store::open_with(
+            &path,
+            Options {
+                lock_timeout: std::time::Duration::from_secs(20),
+                ..Options::default()
+            },
+        )
+    });
+    // Time for the waiter to read the old checkpoint (a few KB) and start
+    // waiting for the lock.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let rev = holder.revision();
+    holder.checkpoint().unwrap();
+    drop(holder);
+    let s = waiter.join().unwrap().unwrap();
+    assert!(
+        matches!(s.recovery(), Recovery::Checkpoint { revision, events: 0, .. } if *revision == rev),
+        "{:?} (the holder closed at {rev})",
+        s.recovery()
+    );
+    s.verify_indexes().unwrap();
+}
+
 /// A running store writes a checkpoint itself once the log is half way to
 /// forgetting the last one.
 #[test]

@@ -3,9 +3,10 @@
 //! (how a checkpoint is brought forward without the objects' old entries).
 //!
 //! Owns: the layout of an encoded index (versioned by the checkpoint that
-//! carries it). Must not: checksum, name files or decide when to encode —
-//! the store's checkpoint module wraps these bytes in a header with the
-//! format version, revision and checksum.
+//! carries it), and where each key's section lies in it. Must not: check
+//! the whole file, name files or decide when to encode — the store's
+//! checkpoint module wraps these bytes in a header with the format version,
+//! revision and checksum.
 //!
 //! Layout (little-endian): universe bitmap; own-param count, then per param
 //! its name and bitmap; key count, then per key the key, its `has` bitmap,
@@ -15,19 +16,26 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
-use super::keys::{Keys, Section};
+use super::keys::{Bytes, FileSection, Keys, Section};
 use super::{Index, NumKey, Posting, Postings, ValueKey};
 use crate::filter::{Field, Key};
 
 /// Why encoded bytes are not an index.
 pub(crate) type DecodeError = String;
 
+/// Where the stream [`Index::decode`] reads starts in a file, so that the
+/// sections can stay there: the file and the offset of the stream's first
+/// byte.
+pub(crate) type InFile = (Arc<std::fs::File>, u64);
+
 impl Index {
-    /// Appends this index's encoding to `out`.
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends this index's encoding to `out`. Fails only when a section
+    /// still in a checkpoint file cannot be read again.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
         put_bitmap(out, &self.universe);
         put_len(out, self.own.len());
         for (name, ids) in &self.own {
@@ -41,18 +49,20 @@ impl Index {
             let at = out.len();
             put_len(out, 0);
             match section {
-                Section::Raw(bytes) => out.extend_from_slice(bytes),
+                Section::Raw(bytes) => out.extend_from_slice(&bytes.read()?),
                 Section::Decoded(p) => encode_section(out, p),
             }
             let len = (out.len() - at - 4) as u32;
             out[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
+        Ok(())
     }
 
     /// Reads the index [`encode`](Self::encode) wrote from `r`, to its end.
-    /// Keys stay encoded until read ([`Keys`]); each section is read
-    /// straight into the buffer its key keeps.
-    pub(crate) fn decode(r: impl Read) -> Result<Index, DecodeError> {
+    /// Keys stay encoded until read ([`Keys`]). With `in_file`, each
+    /// section streams past (its CRC-32 taken) and stays in the file;
+    /// without, it is read into a buffer of its key's own.
+    pub(crate) fn decode(r: impl Read, in_file: Option<InFile>) -> Result<Index, DecodeError> {
         let mut r = Stream { r, pos: 0 };
         let universe = r.bitmap()?;
         let mut own = std::collections::HashMap::new();
@@ -62,10 +72,24 @@ impl Index {
         }
         let n = r.u32()?;
         let mut sections = Vec::new();
+        let mut scratch = Vec::new();
         for _ in 0..n {
             let key = r.key()?;
             let len = r.u32()?;
-            sections.push((key, r.bytes(len)?.into_boxed_slice()));
+            let bytes = match &in_file {
+                None => Bytes::Held(r.bytes(len)?.into_boxed_slice()),
+                Some((file, base)) => {
+                    let offset = base + r.pos;
+                    let crc = r.pass(len, &mut scratch)?;
+                    Bytes::InFile(FileSection {
+                        file: file.clone(),
+                        offset,
+                        len,
+                        crc,
+                    })
+                }
+            };
+            sections.push((key, bytes));
         }
         if r.r.read(&mut [0]).map_err(|e| r.fail(&e.to_string()))? != 0 {
             return Err(r.fail("trailing bytes"));
@@ -226,6 +250,23 @@ impl<R: Read> Stream<R> {
         Ok(v)
     }
 
+    /// Reads `n` bytes through `scratch`, keeping only their CRC-32.
+    fn pass(&mut self, n: u32, scratch: &mut Vec<u8>) -> Result<u32, DecodeError> {
+        scratch.resize(64 << 10, 0);
+        let mut crc = crc32fast::Hasher::new();
+        let mut left = n as usize;
+        while left > 0 {
+            let chunk = &mut scratch[..left.min(64 << 10)];
+            self.r
+                .read_exact(chunk)
+                .map_err(|e| self.fail(&format!("truncated ({e})")))?;
+            crc.update(chunk);
+            self.pos += chunk.len() as u64;
+            left -= chunk.len();
+        }
+        Ok(crc.finalize())
+    }
+
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.bytes(1)?[0])
     }
@@ -360,12 +401,12 @@ mod tests {
 
     fn encoded(ix: &Index) -> Vec<u8> {
         let mut bytes = Vec::new();
-        ix.encode(&mut bytes);
+        ix.encode(&mut bytes).unwrap();
         bytes
     }
 
     fn decode(bytes: &[u8]) -> Result<Index, DecodeError> {
-        let ix = Index::decode(bytes)?;
+        let ix = Index::decode(bytes, None)?;
         // Decode every key, as a reader would.
         let keys: Vec<Key> = ix.keys.names().cloned().collect();
         for k in keys {
@@ -397,6 +438,42 @@ mod tests {
             b[at] ^= 0xA5;
             let _ = decode(&b);
         }
+    }
+
+    /// Sections left in their file read back equal, cost no heap until
+    /// read, and a section whose bytes changed after the open is an error
+    /// when it is read again, not other postings.
+    #[test]
+    fn sections_left_in_their_file_read_back_and_are_checked_again() {
+        use std::io::{Seek, SeekFrom, Write};
+        let ix = sample(0..300);
+        let bytes = encoded(&ix);
+        let mut file = tempfile::tempfile().unwrap();
+        // A prefix, as a checkpoint's header sits before the index.
+        file.write_all(b"header!").unwrap();
+        file.write_all(&bytes).unwrap();
+        let file = Arc::new(file);
+        let lazy = Index::decode(&bytes[..], Some((file.clone(), 7))).unwrap();
+        let held = Index::decode(&bytes[..], None).unwrap();
+        assert!(lazy.heap_bytes() + 4000 < held.heap_bytes());
+        assert_eq!(lazy, ix);
+
+        let lazy = Index::decode(&bytes[..], Some((file.clone(), 7))).unwrap();
+        let Some((_, Section::Raw(Bytes::InFile(name)))) = lazy
+            .keys
+            .for_encoding()
+            .find(|(k, _)| **k == Key::Field(Field::Name))
+        else {
+            panic!("the Name key is not in the file");
+        };
+        (&*file)
+            .seek(SeekFrom::Start(name.offset + u64::from(name.len) / 2))
+            .unwrap();
+        (&*file).write_all(b"x").unwrap();
+        let again = Bytes::InFile(name.clone()).read().unwrap_err();
+        assert!(again.contains("other bytes"), "{again}");
+        // Encoding reads raw sections again: the change is refused there too.
+        assert!(lazy.encode(&mut Vec::new()).is_err());
     }
 
     #[test]
@@ -467,7 +544,7 @@ mod tests {
             let mut plain = Index::default();
             before.iter().for_each(|c| apply(&mut plain, c));
             let bytes = encoded(&plain);
-            let mut lazy = Index::decode(&bytes[..]).unwrap();
+            let mut lazy = Index::decode(&bytes[..], None).unwrap();
             for c in &after {
                 apply(&mut plain, c);
                 apply(&mut lazy, c);

@@ -16,13 +16,20 @@
 //! Uuid either. An encoded key with nothing queued is copied into the next
 //! checkpoint as it is.
 //!
-//! The bytes passed the checkpoint's CRC-32, so they are what this build
-//! encoded; a key that still fails to decode (a bug, not damage) is reported
-//! on stderr and read as empty, and [`Store::verify_indexes`] then differs
-//! from a rebuild.
+//! A section stays where the checkpoint reader found it: in its file, at
+//! an offset, with the CRC-32 the reader took of it while it checked the
+//! whole file at open ([`Bytes::InFile`]; tests hold sections in memory). A
+//! process that reads one key reads only that key's bytes into memory. The
+//! file is never written in place (a new checkpoint is a new file renamed
+//! over it, and the open file keeps the old one), so a read that finds other
+//! bytes than the open checked means the file was changed behind the
+//! store's back, or the disk failed: like a key that fails to decode (a bug),
+//! it is reported on stderr and read as empty, and
+//! [`Store::verify_indexes`] then differs from a rebuild.
 //!
 //! [`Store::verify_indexes`]: crate::Store::verify_indexes
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -53,11 +60,61 @@ enum Slot {
     },
 }
 
+/// Where an encoded key's section is.
+#[derive(Clone)]
+pub(crate) enum Bytes {
+    /// In memory.
+    Held(Box<[u8]>),
+    /// In a checkpoint file, as its reader checked it.
+    InFile(FileSection),
+}
+
+/// A section's place in a checkpoint file and its CRC-32 as read at open.
+#[derive(Clone)]
+pub(crate) struct FileSection {
+    pub(crate) file: Arc<std::fs::File>,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+    pub(crate) crc: u32,
+}
+
+impl Bytes {
+    /// The section's bytes, read again (and checked) if they are in a file.
+    pub(super) fn read(&self) -> Result<Cow<'_, [u8]>, String> {
+        match self {
+            Bytes::Held(b) => Ok(Cow::Borrowed(b)),
+            Bytes::InFile(s) => {
+                let mut buf = vec![0; s.len as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&*s.file, &mut buf, s.offset)
+                    .map_err(|e| format!("cannot be read again ({e})"))?;
+                if crc32fast::hash(&buf) != s.crc {
+                    return Err("holds other bytes than the open checked".into());
+                }
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Bytes::Held(b) => b.len(),
+            Bytes::InFile(s) => s.len as usize,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Bytes::Held(b) => b.len(),
+            Bytes::InFile(_) => 0,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Encoded {
-    /// The key's own copy of its section: freed when the key is decoded,
-    /// so a store that has read every key holds no checkpoint bytes.
-    section: Box<[u8]>,
+    /// The key's section: dropped when the key is decoded, so a store that
+    /// has read every key holds no checkpoint bytes.
+    section: Bytes,
     /// The key is a set (`Profiles`): no `has` bitmap.
     set: bool,
     queued: Vec<Op>,
@@ -101,26 +158,30 @@ impl Slot {
         }
     }
 
-    /// Queues `op` if the key is still encoded and has room; else hands it back.
-    fn queue(&mut self, op: Op) -> Option<Op> {
+    /// Queues `op()` if the key is still encoded and has room (and returns
+    /// true); else makes no op at all, since building one clones a value.
+    fn queue(&mut self, op: impl FnOnce() -> Op) -> bool {
         match self {
             Slot::Encoded { lazy, enc }
                 if lazy.get().is_none() && enc.queued.len() < MAX_QUEUED =>
             {
-                enc.queued.push(op);
-                None
+                enc.queued.push(op());
+                true
             }
-            _ => Some(op),
+            _ => false,
         }
     }
 }
 
 impl Encoded {
     fn decode(&self) -> Postings {
-        let mut p = match super::codec::decode_section(&self.section) {
+        let decoded = self.section.read().and_then(|bytes| {
+            super::codec::decode_section(&bytes).map_err(|e| format!("does not decode ({e})"))
+        });
+        let mut p = match decoded {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("fleetkv: an index checkpoint key does not decode ({e}); read as empty");
+                eprintln!("fleetkv: an index checkpoint key {e}; read as empty");
                 Postings::default()
             }
         };
@@ -183,7 +244,7 @@ impl PartialEq for Keys {
 
 impl Keys {
     /// Keys from their encoded sections, decoded when first read.
-    pub(super) fn encoded(sections: Vec<(Key, Box<[u8]>)>) -> Keys {
+    pub(super) fn encoded(sections: Vec<(Key, Bytes)>) -> Keys {
         let map = sections
             .into_iter()
             .map(|(k, section)| {
@@ -240,19 +301,21 @@ impl Keys {
     }
 
     pub(super) fn add(&mut self, k: &Key, v: &ValueKey, id: u32) {
-        if let Some(slot) = self.map.get_mut(k) {
-            if slot.queue(Op::Add(v.clone(), id)).is_none() {
-                return;
+        match self.map.get_mut(k) {
+            Some(slot) => {
+                if !slot.queue(|| Op::Add(v.clone(), id)) {
+                    slot.get_mut().add(v, id, is_set(k));
+                }
             }
+            None => self.entry(k).add(v, id, is_set(k)),
         }
-        self.entry(k).add(v, id, is_set(k));
     }
 
     pub(super) fn sub(&mut self, k: &Key, v: &ValueKey, id: u32) {
         let Some(slot) = self.map.get_mut(k) else {
             return;
         };
-        if slot.queue(Op::Sub(v.clone(), id)).is_some() {
+        if !slot.queue(|| Op::Sub(v.clone(), id)) {
             slot.get_mut().sub(v, id);
             self.prune(k);
         }
@@ -262,7 +325,7 @@ impl Keys {
     pub(super) fn remove_ids(&mut self, ids: &RoaringBitmap) {
         let shared = Arc::new(ids.clone());
         self.map.retain(|_, slot| {
-            if slot.queue(Op::RemoveAll(shared.clone())).is_none() {
+            if slot.queue(|| Op::RemoveAll(shared.clone())) {
                 return true;
             }
             let p = slot.get_mut();
@@ -299,7 +362,7 @@ impl Keys {
                 name + match slot {
                     Slot::Decoded(p) => super::memory::postings(p),
                     Slot::Encoded { lazy, enc } => {
-                        enc.section.len()
+                        enc.section.heap_bytes()
                             + enc.queued.capacity() * std::mem::size_of::<Op>()
                             + lazy.get().map_or(0, super::memory::postings)
                     }
@@ -324,6 +387,6 @@ impl Keys {
 
 /// One key's section for a checkpoint.
 pub(super) enum Section<'a> {
-    Raw(&'a [u8]),
+    Raw(&'a Bytes),
     Decoded(&'a Postings),
 }

@@ -30,6 +30,7 @@ use roaring::RoaringBitmap;
 use serde_json::Value;
 
 use crate::filter::{Bound, BoundPred, Key, Ordinal, Test};
+pub(crate) use codec::InFile;
 pub(crate) use posting::Posting;
 use value::NumKey;
 pub(crate) use value::{Text, ValueKey};

@@ -12,9 +12,18 @@
 //! A rebuild decodes every machine document (about 20 µs each: 20–30 s for
 //! a million). Everything else the state holds — definitions, profiles and
 //! the profile index — is small and is read whole at every open. So only
-//! the machine index is checkpointed, eagerly read (the whole file; a lazy,
-//! per-key read is the next step if opens at a million machines must fall
-//! under the file's read time).
+//! the machine index is checkpointed.
+//!
+//! # Reading it
+//! The open reads the whole file once, on a thread of its own while the
+//! engine opens ([`Prefetch`]), and checks its CRC-32; the index's small
+//! parts (universe, own-param bitmaps) are decoded, while each key's section
+//! stays in the file, where it was found, with its own CRC-32 taken on the
+//! way ([`crate::index`] reads and checks it again when a query first needs
+//! that key). So a process that answers one count holds only the keys it
+//! read, and the file's read costs no time beyond the engine's own open.
+//! A checkpoint replaced while the open waited for the directory's lock is
+//! read again.
 //!
 //! The checkpoint is brought forward with the change log, without needing
 //! the machines' old documents: the log says which machines (by Uuid) and
@@ -87,9 +96,59 @@ pub enum Recovery {
 
 /// A checkpoint as read from its file.
 pub(super) struct Checkpoint {
+    /// Whose it is: [`store_digest`] of the store that wrote it.
+    digest: [u8; 16],
     pub(super) rev: u64,
     pub(super) next_id: u32,
     pub(super) machines: Index,
+}
+
+impl Checkpoint {
+    /// The checkpoint, if the store with `digest` wrote it.
+    pub(super) fn of_store(self, digest: &[u8; 16]) -> std::result::Result<Checkpoint, String> {
+        if &self.digest == digest {
+            Ok(self)
+        } else {
+            Err("belongs to another store".into())
+        }
+    }
+}
+
+/// What reading the checkpoint found: the file's identity when it was
+/// opened (`None`: there was none), and the checkpoint or why not.
+type Found = (
+    Option<(u64, u64)>,
+    std::result::Result<Option<Checkpoint>, String>,
+);
+
+/// The checkpoint read on a thread of its own, begun before the engine
+/// opens (the file read and checked while the engine reads its own).
+pub(super) struct Prefetch(Option<std::thread::JoinHandle<Found>>);
+
+impl Prefetch {
+    /// Starts reading `dir`'s checkpoint (if a thread can be had; else
+    /// [`take`](Self::take) reads it).
+    pub(super) fn start(dir: &Path) -> Prefetch {
+        let dir = dir.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("fleetkv-checkpoint".into())
+            .spawn(move || read_found(&dir));
+        Prefetch(thread.ok())
+    }
+
+    /// What [`read`] returns for `dir` now: the prefetched result if the
+    /// file is still the one it read, else read again.
+    pub(super) fn take(self, dir: &Path) -> std::result::Result<Option<Checkpoint>, String> {
+        match self.0.map(std::thread::JoinHandle::join) {
+            Some(Ok((identity, found))) if identity == file_identity(&dir.join(FILE)) => found,
+            _ => read(dir),
+        }
+    }
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The 16 bytes that tie a checkpoint to one store: a digest of its signing
@@ -104,10 +163,11 @@ pub(super) fn store_digest(secret: &[u8]) -> [u8; 16] {
     out
 }
 
-/// The file's bytes for `st`'s machine index.
-pub(super) fn encode(digest: &[u8; 16], st: &State) -> Vec<u8> {
+/// The file's bytes for `st`'s machine index; `Err` when a key still in
+/// the last checkpoint file cannot be read again.
+pub(super) fn encode(digest: &[u8; 16], st: &State) -> std::result::Result<Vec<u8>, String> {
     let mut out = vec![0; HEADER];
-    st.machines.encode(&mut out);
+    st.machines.encode(&mut out)?;
     let body_len = (out.len() - HEADER) as u64;
     let crc = crc32fast::hash(&out[HEADER..]);
     let mut h = &mut out[..HEADER];
@@ -123,7 +183,7 @@ pub(super) fn encode(digest: &[u8; 16], st: &State) -> Vec<u8> {
         h[..part.len()].copy_from_slice(part);
         h = &mut h[part.len()..];
     }
-    out
+    Ok(out)
 }
 
 /// Writes `bytes` as `dir`'s checkpoint: a temporary file, synced, renamed
@@ -139,27 +199,28 @@ pub(super) fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Reads `dir`'s checkpoint: `Ok(None)` when there is none, `Err(why)` when
-/// it cannot be used.
-pub(super) fn read(
-    dir: &Path,
-    digest: &[u8; 16],
-) -> std::result::Result<Option<Checkpoint>, String> {
+/// it cannot be used. The caller checks whose it is
+/// ([`Checkpoint::of_store`]).
+pub(super) fn read(dir: &Path) -> std::result::Result<Option<Checkpoint>, String> {
+    read_found(dir).1
+}
+
+fn read_found(dir: &Path) -> Found {
+    use std::os::unix::fs::MetadataExt;
     let path: PathBuf = dir.join(FILE);
     let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot be read: {e}")),
+        Ok(f) => std::sync::Arc::new(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (None, Ok(None)),
+        Err(e) => return (None, Err(format!("cannot be read: {e}"))),
     };
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot be read: {e}"))?
-        .len();
-    parse(
-        std::io::BufReader::with_capacity(1 << 20, file),
-        len,
-        digest,
-    )
-    .map(Some)
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return (None, Err(format!("cannot be read: {e}"))),
+    };
+    let identity = Some((meta.dev(), meta.ino()));
+    let r = std::io::BufReader::with_capacity(1 << 20, &*file);
+    let in_file = (file.clone(), HEADER as u64);
+    (identity, parse(r, meta.len(), Some(in_file)).map(Some))
 }
 
 /// A reader that checksums what passes through it.
@@ -178,8 +239,13 @@ impl<R: Read> Read for Summed<R> {
 
 /// Reads a checkpoint of `len` bytes from `r`: the header is checked, then
 /// the body is decoded as it streams past its checksum (so no second copy of
-/// the file is held) and the checksum is compared at the end.
-fn parse(mut r: impl Read, len: u64, digest: &[u8; 16]) -> std::result::Result<Checkpoint, String> {
+/// the file is held) and the checksum is compared at the end. With
+/// `in_file` (`r` is that file), the keys' sections stay in the file.
+fn parse(
+    mut r: impl Read,
+    len: u64,
+    in_file: Option<crate::index::InFile>,
+) -> std::result::Result<Checkpoint, String> {
     let mut header = [0u8; HEADER];
     if len < HEADER as u64 || r.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
         return Err("is not a fleetkv index checkpoint (torn or foreign)".into());
@@ -194,9 +260,8 @@ fn parse(mut r: impl Read, len: u64, digest: &[u8; 16]) -> std::result::Result<C
             "has format version {version}; this build reads version {VERSION}"
         ));
     }
-    if &header[12..28] != digest {
-        return Err("belongs to another store".into());
-    }
+    let mut digest = [0; 16];
+    digest.copy_from_slice(&header[12..28]);
     let (rev, next_id, body_len, crc) = (u64_at(28), u32_at(36), u64_at(40), u32_at(48));
     if len - HEADER as u64 != body_len {
         return Err(format!(
@@ -208,7 +273,7 @@ fn parse(mut r: impl Read, len: u64, digest: &[u8; 16]) -> std::result::Result<C
         r: r.take(body_len),
         crc: crc32fast::Hasher::new(),
     };
-    let decoded = Index::decode(&mut body);
+    let decoded = Index::decode(&mut body, in_file);
     // Checksum all of it whether or not it decoded: damage reads as damage.
     let _ = std::io::copy(&mut body, &mut std::io::sink());
     if body.crc.finalize() != crc {
@@ -216,6 +281,7 @@ fn parse(mut r: impl Read, len: u64, digest: &[u8; 16]) -> std::result::Result<C
     }
     let machines = decoded.map_err(|e| format!("does not decode: {e}"))?;
     Ok(Checkpoint {
+        digest,
         rev,
         next_id,
         machines,
@@ -348,8 +414,8 @@ mod tests {
     fn a_checkpoint_reads_back_and_every_damage_is_refused() {
         let digest = store_digest(b"secret");
         let st = state_with(500);
-        let bytes = encode(&digest, &st);
-        let parse = |b: &[u8], d: &[u8; 16]| parse(b, b.len() as u64, d);
+        let bytes = encode(&digest, &st).unwrap();
+        let parse = |b: &[u8], d: &[u8; 16]| parse(b, b.len() as u64, None)?.of_store(d);
         let ck = parse(&bytes, &digest).unwrap();
         assert_eq!((ck.rev, ck.next_id), (42, 500));
         assert_eq!(ck.machines, st.machines);

@@ -259,7 +259,7 @@ mod tests {
         };
         let guard = Guard::new(options.stall_timeout)?;
         let engine: Arc<dyn Backend> = fb.clone();
-        Store::start(engine, guard, options, None)
+        Store::start(engine, guard, options, None, None)
     }
 
     /// Everything a reader sees: documents, effective params, and counts

@@ -200,6 +200,12 @@ impl Checkpoints {
                 self.pending.load(Ordering::Acquire),
             )
         };
+        let bytes = bytes.map_err(|e| {
+            Error::Storage(format!(
+                "encoding the index checkpoint in {}: a key of the last checkpoint {e}",
+                self.dir.display()
+            ))
+        })?;
         flush()?;
         checkpoint::write(&self.dir, &bytes).map_err(|e| {
             Error::Storage(format!(
@@ -288,8 +294,18 @@ impl Inner {
 
 /// The state from `dir`'s checkpoint brought forward, or rebuilt (with one
 /// line on stderr when a checkpoint was there but could not serve).
-fn open_indexes(db: &dyn Backend, dir: &Path, secret: &[u8]) -> Result<(State, Recovery)> {
-    let refused = match checkpoint::read(dir, &checkpoint::store_digest(secret)) {
+fn open_indexes(
+    db: &dyn Backend,
+    dir: &Path,
+    secret: &[u8],
+    prefetch: Option<checkpoint::Prefetch>,
+) -> Result<(State, Recovery)> {
+    let read = match prefetch {
+        Some(p) => p.take(dir),
+        None => checkpoint::read(dir),
+    };
+    let digest = checkpoint::store_digest(secret);
+    let refused = match read.and_then(|ck| ck.map(|ck| ck.of_store(&digest)).transpose()) {
         Ok(None) => None,
         Ok(Some(ck)) => match checkpoint::bring_forward(db, ck)? {
             Ok(found) => return Ok(found),
@@ -496,7 +512,13 @@ impl Store {
             ..options
         };
         let guard = stall::Guard::inline(options.stall_timeout);
-        Store::start(Arc::new(MemoryBackend::default()), guard, options, None)
+        Store::start(
+            Arc::new(MemoryBackend::default()),
+            guard,
+            options,
+            None,
+            None,
+        )
     }
 
     /// A store on an etcd cluster shared with other fleetkv servers
@@ -529,7 +551,7 @@ impl Store {
         // The watch starts before the records are read: a write between
         // the two rings the follower, whose catch-up finds it or not.
         let (from, _) = backend.revisions()?;
-        let store = Store::start(backend.clone(), guard, options, None)?;
+        let store = Store::start(backend.clone(), guard, options, None, None)?;
         let _ = store.inner.etcd.set(backend.clone());
         super::lease_clock::follow_etcd_leases(&store, backend.clone())?;
         super::follow::start_follower(&store, backend, from + 1)?;
@@ -540,26 +562,29 @@ impl Store {
         let _timed = crate::telemetry::Timed::start(crate::telemetry::record_open);
         let guard = stall::Guard::new(options.stall_timeout)?;
         let dir = path.clone();
+        let prefetch = dir.as_deref().map(checkpoint::Prefetch::start);
         let backend = open_waiting(options.lock_timeout, || {
             let at = path.clone();
             guard.run("open", move || SledBackend::open(at))?
         })?;
-        Store::start(Arc::new(backend), guard, options, dir)
+        Store::start(Arc::new(backend), guard, options, dir, prefetch)
     }
 
     /// Builds the in-memory state from an opened engine; a new store gets
     /// its `global` profile and signing secret in its first write.
     /// From a checkpoint in `dir` when there is a usable one (see
-    /// [`super::checkpoint`]), else from every record. Crate tests open
-    /// stores on other engines through it (`fault_backend`).
+    /// [`super::checkpoint`]; `prefetch` has begun reading it), else from
+    /// every record. Crate tests open stores on other engines through it
+    /// (`fault_backend`).
     pub(super) fn start(
         backend: Arc<dyn Backend>,
         guard: stall::Guard,
         options: Options,
         dir: Option<PathBuf>,
+        prefetch: Option<checkpoint::Prefetch>,
     ) -> Result<Store> {
         let (state, recovery) = match (&dir, backend.get(SECRET_KEY)?) {
-            (Some(dir), Some(secret)) => open_indexes(&*backend, dir, &secret)?,
+            (Some(dir), Some(secret)) => open_indexes(&*backend, dir, &secret, prefetch)?,
             _ => (load_state(&*backend)?, Recovery::Rebuilt { refused: None }),
         };
         let pending = match recovery {
@@ -810,7 +835,7 @@ impl Store {
             reason: "the store has no signing secret".into(),
         })?;
         let (state, recovery) = match dir {
-            Some(dir) => open_indexes(&*backend, dir, &secret)?,
+            Some(dir) => open_indexes(&*backend, dir, &secret, None)?,
             None => (load_state(&*backend)?, Recovery::Rebuilt { refused: None }),
         };
         let rev = state.rev;
