@@ -23,9 +23,10 @@
 //! file is never written in place (a new checkpoint is a new file renamed
 //! over it, and the open file keeps the old one), so a read that finds other
 //! bytes than the open checked means the file was changed behind the
-//! store's back, or the disk failed: like a key that fails to decode (a bug),
-//! it is reported on stderr and read as empty, and
-//! [`Store::verify_indexes`] then differs from a rebuild.
+//! store's back, or the disk failed. Such a key, like one that fails to
+//! decode (a bug), is reported on stderr and built again from the records
+//! themselves by the store's [`Repair`] (every machine record read, for that
+//! one key); only without one (tests) is it read as empty.
 //!
 //! [`Store::verify_indexes`]: crate::Store::verify_indexes
 
@@ -37,6 +38,11 @@ use roaring::RoaringBitmap;
 
 use super::{Posting, Postings, ValueKey};
 use crate::filter::Key;
+
+/// Builds one key's postings from the records themselves, as they stand
+/// when it is called (the store holds the state's lock, so they match the
+/// index); set by the store on an index read from a checkpoint.
+pub(crate) type Repair = Arc<dyn Fn(&Key) -> Result<Postings, String> + Send + Sync>;
 
 /// Writes queued on one encoded key before it is decoded instead.
 const MAX_QUEUED: usize = 4096;
@@ -132,16 +138,16 @@ impl std::fmt::Debug for Encoded {
 }
 
 impl Slot {
-    fn get(&self) -> &Postings {
+    fn get(&self, k: &Key, repair: Option<&Repair>) -> &Postings {
         match self {
             Slot::Decoded(p) => p,
-            Slot::Encoded { lazy, enc } => lazy.get_or_init(|| enc.decode()),
+            Slot::Encoded { lazy, enc } => lazy.get_or_init(|| enc.decode(k, repair)),
         }
     }
 
-    fn get_mut(&mut self) -> &mut Postings {
+    fn get_mut(&mut self, k: &Key, repair: Option<&Repair>) -> &mut Postings {
         if let Slot::Encoded { lazy, enc } = self {
-            let p = lazy.take().unwrap_or_else(|| enc.decode());
+            let p = lazy.take().unwrap_or_else(|| enc.decode(k, repair));
             *self = Slot::Decoded(p);
         }
         match self {
@@ -174,15 +180,25 @@ impl Slot {
 }
 
 impl Encoded {
-    fn decode(&self) -> Postings {
+    /// The section decoded with its queued writes; a section that cannot
+    /// be read or decoded is built from the records instead (`repair`),
+    /// which already hold every queued write.
+    fn decode(&self, k: &Key, repair: Option<&Repair>) -> Postings {
         let decoded = self.section.read().and_then(|bytes| {
             super::codec::decode_section(&bytes).map_err(|e| format!("does not decode ({e})"))
         });
         let mut p = match decoded {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("fleetkv: an index checkpoint key {e}; read as empty");
-                Postings::default()
+                let Some(repair) = repair else {
+                    eprintln!("fleetkv: index checkpoint key {k:?} {e}; read as empty");
+                    return Postings::default();
+                };
+                eprintln!("fleetkv: index checkpoint key {k:?} {e}; built from the records");
+                return repair(k).unwrap_or_else(|why| {
+                    eprintln!("fleetkv: index key {k:?} could not be built from the records ({why}); read as empty");
+                    Postings::default()
+                });
             }
         };
         for op in &self.queued {
@@ -225,14 +241,21 @@ impl Postings {
     }
 }
 
-fn is_set(k: &Key) -> bool {
+pub(super) fn is_set(k: &Key) -> bool {
     matches!(k, Key::Profiles)
 }
 
 /// An index's keys. A key with no values is absent.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Keys {
     map: HashMap<Key, Slot>,
+    repair: Option<Repair>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.map.iter()).finish()
+    }
 }
 
 impl PartialEq for Keys {
@@ -260,13 +283,18 @@ impl Keys {
                 (k, slot)
             })
             .collect();
-        Keys { map }
+        Keys { map, repair: None }
+    }
+
+    /// What a key whose section fails its check is read as instead.
+    pub(super) fn set_repair(&mut self, repair: Repair) {
+        self.repair = Some(repair);
     }
 
     pub(crate) fn get(&self, k: &Key) -> Option<&Postings> {
         self.map
             .get(k)
-            .map(Slot::get)
+            .map(|slot| slot.get(k, self.repair.as_ref()))
             .filter(|p| !p.values.is_empty())
     }
 
@@ -275,7 +303,7 @@ impl Keys {
     pub(crate) fn names(&self) -> impl Iterator<Item = &Key> {
         self.map.iter().filter_map(|(k, slot)| {
             let untouched = slot.pending().is_some_and(|e| e.queued.is_empty());
-            (untouched || !slot.get().values.is_empty()).then_some(k)
+            (untouched || !slot.get(k, self.repair.as_ref()).values.is_empty()).then_some(k)
         })
     }
 
@@ -288,7 +316,7 @@ impl Keys {
                 .insert(k.clone(), Slot::Decoded(Postings::default()));
         }
         match self.map.get_mut(k) {
-            Some(slot) => slot.get_mut(),
+            Some(slot) => slot.get_mut(k, self.repair.as_ref()),
             None => unreachable!("inserted above"),
         }
     }
@@ -304,7 +332,7 @@ impl Keys {
         match self.map.get_mut(k) {
             Some(slot) => {
                 if !slot.queue(|| Op::Add(v.clone(), id)) {
-                    slot.get_mut().add(v, id, is_set(k));
+                    slot.get_mut(k, self.repair.as_ref()).add(v, id, is_set(k));
                 }
             }
             None => self.entry(k).add(v, id, is_set(k)),
@@ -316,7 +344,7 @@ impl Keys {
             return;
         };
         if !slot.queue(|| Op::Sub(v.clone(), id)) {
-            slot.get_mut().sub(v, id);
+            slot.get_mut(k, self.repair.as_ref()).sub(v, id);
             self.prune(k);
         }
     }
@@ -324,11 +352,12 @@ impl Keys {
     /// Removes `ids` from every key (queued on encoded keys).
     pub(super) fn remove_ids(&mut self, ids: &RoaringBitmap) {
         let shared = Arc::new(ids.clone());
-        self.map.retain(|_, slot| {
+        let repair = self.repair.as_ref();
+        self.map.retain(|k, slot| {
             if slot.queue(|| Op::RemoveAll(shared.clone())) {
                 return true;
             }
-            let p = slot.get_mut();
+            let p = slot.get_mut(k, repair);
             p.remove_ids(ids);
             !p.values.is_empty()
         });
@@ -379,7 +408,7 @@ impl Keys {
             if let Some(e) = slot.pending().filter(|e| e.queued.is_empty()) {
                 return Some((k, Section::Raw(&e.section)));
             }
-            let p = slot.get();
+            let p = slot.get(k, self.repair.as_ref());
             (!p.values.is_empty()).then_some((k, Section::Decoded(p)))
         })
     }

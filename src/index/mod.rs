@@ -31,6 +31,7 @@ use serde_json::Value;
 
 use crate::filter::{Bound, BoundPred, Key, Ordinal, Test};
 pub(crate) use codec::InFile;
+pub(crate) use keys::Repair;
 pub(crate) use posting::Posting;
 use value::NumKey;
 pub(crate) use value::{Text, ValueKey};
@@ -64,7 +65,44 @@ pub(crate) struct Index {
     own: HashMap<String, RoaringBitmap>,
 }
 
+/// One key's postings, built from each object's entries: what a
+/// [`Repair`] returns.
+pub(crate) struct KeyBuilder {
+    key: Key,
+    set: bool,
+    postings: Postings,
+}
+
+impl KeyBuilder {
+    pub(crate) fn new(key: &Key) -> KeyBuilder {
+        KeyBuilder {
+            key: key.clone(),
+            set: keys::is_set(key),
+            postings: Postings::default(),
+        }
+    }
+
+    /// Object `id`'s entries (those of other keys are passed over).
+    pub(crate) fn add(&mut self, id: u32, entries: &Entries) {
+        for (k, v) in entries {
+            if *k == self.key {
+                self.postings.add(v, id, self.set);
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) -> Postings {
+        self.postings
+    }
+}
+
 impl Index {
+    /// What a key whose checkpoint section fails its check is read as
+    /// instead (see [`Repair`]).
+    pub(crate) fn set_repair(&mut self, repair: Repair) {
+        self.keys.set_repair(repair);
+    }
+
     pub(crate) fn universe(&self) -> &RoaringBitmap {
         &self.universe
     }

@@ -295,7 +295,7 @@ impl Inner {
 /// The state from `dir`'s checkpoint brought forward, or rebuilt (with one
 /// line on stderr when a checkpoint was there but could not serve).
 fn open_indexes(
-    db: &dyn Backend,
+    db: &Arc<dyn Backend>,
     dir: &Path,
     secret: &[u8],
     prefetch: Option<checkpoint::Prefetch>,
@@ -307,10 +307,13 @@ fn open_indexes(
     let digest = checkpoint::store_digest(secret);
     let refused = match read.and_then(|ck| ck.map(|ck| ck.of_store(&digest)).transpose()) {
         Ok(None) => None,
-        Ok(Some(ck)) => match checkpoint::bring_forward(db, ck)? {
-            Ok(found) => return Ok(found),
-            Err(why) => Some(why),
-        },
+        Ok(Some(mut ck)) => {
+            ck.machines.set_repair(super::rebuild::repair_from(db));
+            match checkpoint::bring_forward(&**db, ck)? {
+                Ok(found) => return Ok(found),
+                Err(why) => Some(why),
+            }
+        }
         Err(why) => Some(why),
     };
     if let Some(why) = &refused {
@@ -319,7 +322,7 @@ fn open_indexes(
             dir.join(checkpoint::FILE).display()
         );
     }
-    Ok((load_state(db)?, Recovery::Rebuilt { refused }))
+    Ok((load_state(&**db)?, Recovery::Rebuilt { refused }))
 }
 
 /// Runs `open` (sled's open of a directory), retrying while another handle
@@ -584,7 +587,7 @@ impl Store {
         prefetch: Option<checkpoint::Prefetch>,
     ) -> Result<Store> {
         let (state, recovery) = match (&dir, backend.get(SECRET_KEY)?) {
-            (Some(dir), Some(secret)) => open_indexes(&*backend, dir, &secret, prefetch)?,
+            (Some(dir), Some(secret)) => open_indexes(&backend, dir, &secret, prefetch)?,
             _ => (load_state(&*backend)?, Recovery::Rebuilt { refused: None }),
         };
         let pending = match recovery {
@@ -835,7 +838,7 @@ impl Store {
             reason: "the store has no signing secret".into(),
         })?;
         let (state, recovery) = match dir {
-            Some(dir) => open_indexes(&*backend, dir, &secret, None)?,
+            Some(dir) => open_indexes(&backend, dir, &secret, None)?,
             None => (load_state(&*backend)?, Recovery::Rebuilt { refused: None }),
         };
         let rev = state.rev;

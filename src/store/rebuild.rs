@@ -16,7 +16,8 @@ use super::layout::{
 use super::open::Store;
 use super::state::{machine_entries, profile_entries, State};
 use crate::error::{Error, Result};
-use crate::index::{Entries, Index};
+use crate::filter::Key;
+use crate::index::{Entries, Index, KeyBuilder, Repair};
 use crate::model::{Machine, ParamDef, Profile};
 
 /// How many times [`Store::verify_indexes`] reads a shared store before it
@@ -171,6 +172,37 @@ pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
         st.add_profile(p);
     }
     Ok(st)
+}
+
+/// The [`Repair`] of a machine index read from a checkpoint: one key's
+/// postings from every machine record, with the profiles as the records
+/// hold them. It holds the engine weakly, so that the state never keeps a
+/// closed or replaced engine (and its directory lock) alive.
+pub(super) fn repair_from(db: &Arc<dyn Backend>) -> Repair {
+    let db = Arc::downgrade(db);
+    Arc::new(move |key: &Key| {
+        let db = db.upgrade().ok_or("the engine is closed")?;
+        let build = || -> Result<_> {
+            let mut profiles = BTreeMap::new();
+            for item in db.scan_prefix(&[PROFILE_PREFIX]) {
+                let (k, v) = item?;
+                let p: Profile = decode(&k, &v)?;
+                profiles.insert(p.name.clone(), p);
+            }
+            let mut out = KeyBuilder::new(key);
+            for item in db.scan_prefix(MACHINE_PREFIX) {
+                let (k, v) = item?;
+                let id = machine_id_of(&k).ok_or_else(|| Error::Corrupt {
+                    key: show_key(&k),
+                    reason: "bad machine key".into(),
+                })?;
+                let m: Machine = decode(&k, &v)?;
+                out.add(id, &machine_entries(&m, &profiles));
+            }
+            Ok(out.finish())
+        };
+        build().map_err(|e| e.to_string())
+    })
 }
 
 /// Indexes every machine record from key `from` on into `st.machines`

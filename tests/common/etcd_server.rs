@@ -106,13 +106,35 @@ impl Etcd {
 
     /// Freezes (`STOP`) or thaws (`CONT`) the member: it keeps its socket
     /// and answers nothing — an etcd that is unreachable, then returns.
+    /// `STOP` returns once every thread of the member is stopped: `kill`
+    /// only queues the signal, and on a loaded machine a thread can still
+    /// answer a request sent right after it.
     pub fn signal(&self, sig: &str) {
+        let pid = self.pid();
         let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .args([&format!("-{sig}"), &pid.to_string()])
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        assert!(ok, "kill -{sig} {}", self.pid());
+        assert!(ok, "kill -{sig} {pid}");
+        if sig != "STOP" {
+            return;
+        }
+        let stopped = || -> Option<bool> {
+            let mut all = true;
+            for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+                let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+                // The state follows the command name's closing parenthesis.
+                let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+                all &= matches!(state, 'T' | 't');
+            }
+            Some(all)
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stopped() != Some(true) {
+            assert!(std::time::Instant::now() < until, "etcd {pid} did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
