@@ -38,7 +38,7 @@ use roaring::RoaringBitmap;
 use super::backend::Backend;
 use super::changelog::Trim;
 use super::layout::MACHINE_PREFIX;
-use super::layout::{decode, log_key, machine_id_of, machine_key, show_key, LOG_PREFIX};
+use super::layout::{decode, log_key, machine_key, LOG_PREFIX};
 use super::leases::LeaseTable;
 #[cfg(feature = "etcd")]
 use super::open::Inner;
@@ -175,11 +175,7 @@ fn read_machines(
     }
     for item in db.scan(MACHINE_PREFIX, &machine_key(next_id)) {
         let (k, v) = item?;
-        let id = machine_id_of(&k).ok_or_else(|| Error::Corrupt {
-            key: show_key(&k),
-            reason: "bad machine key".into(),
-        })?;
-        machines.push((id, decode(&k, &v)?));
+        machines.push(super::rebuild::machine_record(&k, &v)?);
     }
     Ok(machines)
 }

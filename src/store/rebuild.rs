@@ -166,12 +166,30 @@ pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
         }
         st.params.insert(def.name.clone(), def);
     }
-    for item in db.scan_prefix(&[PROFILE_PREFIX]) {
-        let (k, v) = item?;
-        let p: Profile = decode(&k, &v)?;
+    for p in load_profiles(db)?.into_values() {
         st.add_profile(p);
     }
     Ok(st)
+}
+
+/// Every stored profile, by name (the order their records are stored in).
+fn load_profiles(db: &dyn Backend) -> Result<BTreeMap<String, Profile>> {
+    let mut profiles = BTreeMap::new();
+    for item in db.scan_prefix(&[PROFILE_PREFIX]) {
+        let (k, v) = item?;
+        let p: Profile = decode(&k, &v)?;
+        profiles.insert(p.name.clone(), p);
+    }
+    Ok(profiles)
+}
+
+/// A machine record's id (from its key) and machine.
+pub(super) fn machine_record(k: &[u8], v: &[u8]) -> Result<(u32, Machine)> {
+    let id = machine_id_of(k).ok_or_else(|| Error::Corrupt {
+        key: show_key(k),
+        reason: "bad machine key".into(),
+    })?;
+    Ok((id, decode(k, v)?))
 }
 
 /// The [`Repair`] of a machine index read from a checkpoint: one key's
@@ -183,20 +201,11 @@ pub(super) fn repair_from(db: &Arc<dyn Backend>) -> Repair {
     Arc::new(move |key: &Key| {
         let db = db.upgrade().ok_or("the engine is closed")?;
         let build = || -> Result<_> {
-            let mut profiles = BTreeMap::new();
-            for item in db.scan_prefix(&[PROFILE_PREFIX]) {
-                let (k, v) = item?;
-                let p: Profile = decode(&k, &v)?;
-                profiles.insert(p.name.clone(), p);
-            }
+            let profiles = load_profiles(&*db)?;
             let mut out = KeyBuilder::new(key);
             for item in db.scan_prefix(MACHINE_PREFIX) {
                 let (k, v) = item?;
-                let id = machine_id_of(&k).ok_or_else(|| Error::Corrupt {
-                    key: show_key(&k),
-                    reason: "bad machine key".into(),
-                })?;
-                let m: Machine = decode(&k, &v)?;
+                let (id, m) = machine_record(&k, &v)?;
                 out.add(id, &machine_entries(&m, &profiles));
             }
             Ok(out.finish())
@@ -224,11 +233,7 @@ pub(super) fn index_machines(db: &dyn Backend, st: &mut State, from: &[u8]) -> R
             let mut chunk = Vec::with_capacity(1024);
             for item in db.scan(MACHINE_PREFIX, from) {
                 let decoded = item.and_then(|(k, v)| {
-                    let id = machine_id_of(&k).ok_or_else(|| Error::Corrupt {
-                        key: show_key(&k),
-                        reason: "bad machine key".into(),
-                    })?;
-                    let m: Machine = decode(&k, &v)?;
+                    let (id, m) = machine_record(&k, &v)?;
                     let own = m.params.keys().cloned().collect();
                     Ok((id, machine_entries(&m, profiles), own))
                 });
