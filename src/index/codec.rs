@@ -14,13 +14,13 @@
 //! its byte length and roaring's portable serialization; a string is its
 //! byte length and UTF-8.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
 use super::keys::{Bytes, FileSection, Keys, Section};
+use super::values::Values;
 use super::{Index, NumKey, Posting, Postings, ValueKey};
 use crate::filter::{Field, Key};
 
@@ -33,8 +33,10 @@ pub(crate) type DecodeError = String;
 pub(crate) type InFile = (Arc<std::fs::File>, u64);
 
 impl Index {
-    /// Appends this index's encoding to `out`. Fails only when a section
-    /// still in a checkpoint file cannot be read again.
+    /// Appends this index's encoding to `out`. An untouched section still
+    /// in a checkpoint file is copied as it is; one that no longer reads
+    /// back as the open checked it is taken from its repair instead, and
+    /// only without a repair (tests) does the encoding fail.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
         put_bitmap(out, &self.universe);
         put_len(out, self.own.len());
@@ -42,19 +44,33 @@ impl Index {
             put_str(out, name);
             put_bitmap(out, ids);
         }
-        let sections: Vec<_> = self.keys.for_encoding().collect();
-        put_len(out, sections.len());
-        for (key, section) in sections {
+        let count_at = out.len();
+        put_len(out, 0);
+        let mut count = 0u32;
+        for (key, section) in self.keys.for_encoding() {
+            let key_at = out.len();
             put_key(out, key);
             let at = out.len();
             put_len(out, 0);
             match section {
-                Section::Raw(bytes) => out.extend_from_slice(&bytes.read()?),
+                Section::Raw(bytes) => match bytes.read() {
+                    Ok(raw) => out.extend_from_slice(&raw),
+                    Err(why) => match self.keys.repaired(key) {
+                        Some(p) if !p.values.is_empty() => encode_section(out, p),
+                        Some(_) => {
+                            out.truncate(key_at);
+                            continue;
+                        }
+                        None => return Err(format!("index checkpoint key {key:?} {why}")),
+                    },
+                },
                 Section::Decoded(p) => encode_section(out, p),
             }
             let len = (out.len() - at - 4) as u32;
             out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            count += 1;
         }
+        out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
         Ok(())
     }
 
@@ -119,9 +135,9 @@ impl Index {
 fn encode_section(out: &mut Vec<u8>, p: &Postings) {
     put_bitmap(out, &p.has);
     put_len(out, p.values.len());
-    for (value, posting) in &p.values {
-        put_value(out, value);
-        match posting {
+    for (value, posting) in p.values.iter() {
+        put_value(out, &value);
+        match &*posting {
             Posting::One(id) => {
                 out.push(0);
                 out.extend_from_slice(&id.to_le_bytes());
@@ -152,12 +168,13 @@ pub(super) fn decode_section(bytes: &[u8]) -> Result<Postings, DecodeError> {
     if r.pos != bytes.len() {
         return Err(r.fail("trailing bytes"));
     }
-    // Written in order, so `BTreeMap` builds it in one bulk pass.
-    let values: BTreeMap<ValueKey, Posting> = values.into_iter().collect();
-    if values.len() != n {
-        return Err(r.fail("repeated values"));
+    if values.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(r.fail("values out of order or repeated"));
     }
-    Ok(Postings { values, has })
+    Ok(Postings {
+        values: Values::from_sorted(values),
+        has,
+    })
 }
 
 fn put_len(out: &mut Vec<u8>, n: usize) {
@@ -472,8 +489,22 @@ mod tests {
         (&*file).write_all(b"x").unwrap();
         let again = Bytes::InFile(name.clone()).read().unwrap_err();
         assert!(again.contains("other bytes"), "{again}");
-        // Encoding reads raw sections again: the change is refused there too.
+        // Encoding reads raw sections again: without a repair the change is
+        // refused there too...
         assert!(lazy.encode(&mut Vec::new()).is_err());
+        // ...and with one (the store's), that key is taken from the repair
+        // while the others are still copied as they are.
+        let truth = ix.clone();
+        let mut lazy = lazy;
+        lazy.set_repair(Arc::new(move |k: &Key| {
+            truth
+                .keys
+                .get(k)
+                .cloned()
+                .ok_or_else(|| format!("no {k:?}"))
+        }));
+        let again = encoded(&lazy);
+        assert_eq!(decode(&again).unwrap(), ix);
     }
 
     #[test]

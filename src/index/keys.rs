@@ -36,7 +36,7 @@ use std::sync::{Arc, OnceLock};
 
 use roaring::RoaringBitmap;
 
-use super::{Posting, Postings, ValueKey};
+use super::{Postings, ValueKey};
 use crate::filter::Key;
 
 /// Builds one key's postings from the records themselves, as they stand
@@ -215,12 +215,7 @@ impl Encoded {
 impl Postings {
     /// `id` holds `v`. `has` is kept for scalar keys, not for a `set`.
     pub(super) fn add(&mut self, v: &ValueKey, id: u32, set: bool) {
-        match self.values.get_mut(v) {
-            Some(post) => post.insert(id),
-            None => {
-                self.values.insert(v.clone(), Posting::One(id));
-            }
-        }
+        self.values.add(v, id);
         if !set {
             self.has.insert(id);
         }
@@ -228,15 +223,13 @@ impl Postings {
 
     /// `id` no longer holds `v`.
     pub(super) fn sub(&mut self, v: &ValueKey, id: u32) {
-        if self.values.get_mut(v).is_some_and(|post| post.remove(id)) {
-            self.values.remove(v);
-        }
+        self.values.sub(v, id);
         self.has.remove(id);
     }
 
     /// None of `ids` holds anything.
     pub(super) fn remove_ids(&mut self, ids: &RoaringBitmap) {
-        self.values.retain(|_, post| !post.remove_all(ids));
+        self.values.remove_ids(ids);
         self.has -= ids;
     }
 }
@@ -371,7 +364,7 @@ impl Keys {
     pub(super) fn compact(&mut self) {
         for slot in self.map.values_mut() {
             if let Slot::Decoded(p) = slot {
-                p.values = std::mem::take(&mut p.values).into_iter().collect();
+                p.values.compact();
             }
         }
     }
@@ -403,6 +396,13 @@ impl Keys {
 
     /// `(key, section)` for a checkpoint: an encoded key nothing changed is
     /// copied as it is.
+    /// `k`'s postings read through its repair, when the index has one
+    /// (after its raw section failed to read back).
+    pub(super) fn repaired(&self, k: &Key) -> Option<&Postings> {
+        let repair = self.repair.as_ref()?;
+        self.map.get(k).map(|slot| slot.get(k, Some(repair)))
+    }
+
     pub(super) fn for_encoding(&self) -> impl Iterator<Item = (&Key, Section<'_>)> {
         self.map.iter().filter_map(|(k, slot)| {
             if let Some(e) = slot.pending().filter(|e| e.queued.is_empty()) {

@@ -22,8 +22,10 @@ mod keys;
 mod memory;
 mod posting;
 mod value;
+mod values;
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::ops::Bound as RangeBound;
 
 use roaring::RoaringBitmap;
@@ -35,12 +37,13 @@ pub(crate) use keys::Repair;
 pub(crate) use posting::Posting;
 use value::NumKey;
 pub(crate) use value::{Text, ValueKey};
+use values::Values;
 
 /// One indexed key: its distinct values in order, each with the objects that
 /// hold it, and the objects that hold any value.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Postings {
-    pub(crate) values: BTreeMap<ValueKey, Posting>,
+    pub(crate) values: Values,
     pub(crate) has: RoaringBitmap,
 }
 
@@ -128,7 +131,7 @@ impl Index {
     }
 
     /// Objects whose `key` equals `value`.
-    pub(crate) fn lookup(&self, key: &Key, value: &ValueKey) -> Option<&Posting> {
+    pub(crate) fn lookup(&self, key: &Key, value: &ValueKey) -> Option<Cow<'_, Posting>> {
         self.keys.get(key).and_then(|p| p.values.get(value))
     }
 
@@ -173,18 +176,11 @@ impl Index {
         }
         let p = self.keys.entry(key);
         if !p.has.is_disjoint(ids) {
-            p.values.retain(|_, post| !post.remove_all(ids));
+            p.values.remove_ids(ids);
             p.has -= ids;
         }
         if let Some(v) = new {
-            match p.values.get_mut(v) {
-                Some(post) => post.insert_all(ids),
-                None => {
-                    if let Some(post) = Posting::from_bitmap(ids.clone()) {
-                        p.values.insert(v.clone(), post);
-                    }
-                }
-            }
+            p.values.add_all(v, ids);
             p.has |= ids;
         }
         if p.values.is_empty() {
@@ -363,8 +359,8 @@ impl Index {
                 set_test_owned(&p.test, base, members, || {
                     post.map(|p| {
                         p.values
-                            .keys()
-                            .filter_map(|k| match k {
+                            .iter()
+                            .filter_map(|(k, _)| match &*k {
                                 ValueKey::Str(s) => Some(s.as_str().to_string()),
                                 _ => None,
                             })
@@ -448,13 +444,13 @@ impl Index {
             return;
         };
         let mut left = ids.len();
-        for (v, b) in &post.values {
+        for (v, b) in post.values.iter() {
             if left == 0 {
                 break;
             }
             for id in b.and(ids) {
                 left = left.saturating_sub(1);
-                f(id, v);
+                f(id, &v);
             }
         }
     }
@@ -482,14 +478,14 @@ impl Index {
         let mut groups: Vec<(ValueKey, RoaringBitmap)> = Vec::new();
         let mut rest = ids.clone();
         if let Some(post) = self.keys.get(key) {
-            for (v, b) in &post.values {
+            for (v, b) in post.values.iter() {
                 if rest.is_empty() {
                     break;
                 }
                 let g = b.and(&rest);
                 if !g.is_empty() {
                     rest -= &g;
-                    groups.push((v.clone(), g));
+                    groups.push((v.into_owned(), g));
                 }
             }
         }
@@ -638,7 +634,7 @@ fn for_each_matching(post: &Postings, test: &Test, mut f: impl FnMut(&Posting)) 
             keys.dedup();
             for k in &keys {
                 if let Some(b) = vals.get(k) {
-                    f(b);
+                    f(&b);
                 }
             }
         }
@@ -650,15 +646,15 @@ fn for_each_matching(post: &Postings, test: &Test, mut f: impl FnMut(&Posting)) 
             // prefixes; where the prefix alone decides the match, skip the
             // regex for the whole range.
             for MatchPrefix { prefix, decides } in match_prefixes(re.as_str()) {
-                let start = RangeBound::Included(ValueKey::str(&prefix));
-                for (v, b) in vals.range((start, RangeBound::Unbounded)) {
-                    let ValueKey::Str(s) = v else { break };
+                let start = ValueKey::str(&prefix);
+                for (v, b) in vals.range(RangeBound::Included(&start), RangeBound::Unbounded) {
+                    let ValueKey::Str(s) = &*v else { break };
                     let s = s.as_str();
                     if !s.starts_with(prefix.as_str()) {
                         break;
                     }
                     if decides || re.is_match(&s) {
-                        f(b);
+                        f(&b);
                     }
                 }
             }
@@ -671,19 +667,17 @@ fn for_each_matching(post: &Postings, test: &Test, mut f: impl FnMut(&Posting)) 
 /// Walks the number segment with `num` bounds, the string segment with `text`
 /// bounds, or (Address) every string parsed as an IP against `ip` bounds.
 fn walk_ordinal(
-    vals: &BTreeMap<ValueKey, Posting>,
+    vals: &Values,
     shape: &Ordinal,
     lo: Option<(&Ordinal, bool)>,
     hi: Option<(&Ordinal, bool)>,
     f: &mut impl FnMut(&Posting),
 ) {
     if shape.ip.is_some() {
-        let strings = vals.range((
-            RangeBound::Included(ValueKey::str("")),
-            RangeBound::Excluded(ValueKey::Json("".into())),
-        ));
+        let (first, past) = (ValueKey::str(""), ValueKey::Json("".into()));
+        let strings = vals.range(RangeBound::Included(&first), RangeBound::Excluded(&past));
         for (v, b) in strings {
-            let ValueKey::Str(s) = v else { continue };
+            let ValueKey::Str(s) = &*v else { continue };
             let Ok(ip) = s.as_str().parse::<std::net::IpAddr>() else {
                 continue;
             };
@@ -694,7 +688,7 @@ fn walk_ordinal(
                 o.ip.is_some_and(|h| same_family(h, ip) && if incl { ip <= h } else { ip < h })
             });
             if ok_lo && ok_hi {
-                f(b);
+                f(&b);
             }
         }
         return;
@@ -730,10 +724,10 @@ fn walk_ordinal(
         if range_is_empty(&l, &h) {
             continue;
         }
-        for (v, b) in vals.range((l, h)) {
+        for (v, b) in vals.range(l.as_ref(), h.as_ref()) {
             // NaN-free JSON numbers only; strings in their own segment.
-            if std::mem::discriminant(v) == std::mem::discriminant(&seg_lo) {
-                f(b);
+            if std::mem::discriminant(&*v) == std::mem::discriminant(&seg_lo) {
+                f(&b);
             }
         }
     }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::filter::{Field, Key, ParamTypes};
-use crate::index::{Defaults, Entries, Index, Posting, ValueKey};
+use crate::index::{Defaults, Entries, Index, ValueKey};
 use crate::model::{Effective, Kind, Machine, Object, ParamDef, Profile};
 
 /// Everything kept in memory, replaced only under the state's write lock.
@@ -94,7 +94,7 @@ impl State {
     pub(super) fn members(&self, profile: &str) -> RoaringBitmap {
         self.machines
             .lookup(&Key::Profiles, &ValueKey::str(profile))
-            .map(Posting::to_bitmap)
+            .map(|p| p.to_bitmap())
             .unwrap_or_default()
     }
 

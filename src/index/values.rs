@@ -1,0 +1,832 @@
+//! One key's distinct values in order, each with the ids holding it.
+//!
+//! Owns: how a key's values sit in memory, and the ordered reads (a value,
+//! a range, all of them) and writes (an id in, out, many out) that both
+//! forms answer alike. Must not: know keys or queries, or the checkpoint's
+//! bytes (a key's section lists its values whichever form holds them).
+//!
+//! Two forms, chosen when a key is built in bulk (a rebuild, an import, a
+//! key decoded from a checkpoint: [`Values::from_sorted`]):
+//!
+//! - **A B-tree** of value and posting, for keys whose values many objects
+//!   share (Profiles, racks, booleans) and for small keys: a lookup is one
+//!   tree search, and a posting is borrowed in place.
+//! - **Packed blocks**, for a key of at least [`PACK_MIN`] values nearly all
+//!   held by one object each: Name, Uuid, Address, serial numbers. A tree
+//!   entry costs a 24-byte value key and a 16-byte posting in nodes about
+//!   five sixths full, some 48 bytes per machine per key, which was most of
+//!   the index. A block holds up to [`BLOCK_MAX`] values front-coded
+//!   (bytes shared with the previous value's encoding, then the rest) each
+//!   with a varint id: `node-0001234` costs about 6 bytes, a UUID about 20.
+//!   A lookup finds the block in a small tree by its first value and
+//!   decodes up to a block's values; a write decodes and re-encodes one
+//!   block (a few µs), splitting it when it grows past [`BLOCK_MAX`].
+//!
+//! A key keeps its form until it is built again; both answer every read
+//! and write the same, so the form is memory and speed only. Equality is
+//! by content, never by form.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::ops::Bound as RangeBound;
+
+use roaring::RoaringBitmap;
+
+use super::value::{NumKey, Text};
+use super::{Posting, ValueKey};
+
+/// A key with fewer values stays a tree.
+pub(crate) const PACK_MIN: usize = 1024;
+/// Values per block as built; a block is split when it grows past
+/// [`BLOCK_MAX`].
+const BLOCK_FILL: usize = 48;
+pub(crate) const BLOCK_MAX: usize = 2 * BLOCK_FILL;
+
+/// A value and its posting as a read yields them: borrowed from a tree,
+/// made on the spot from a block (a single id is two words; a shared
+/// posting is borrowed from the block there too).
+pub(crate) type Item<'a> = (Cow<'a, ValueKey>, Cow<'a, Posting>);
+
+/// See the module doc.
+#[derive(Clone)]
+pub(crate) enum Values {
+    Tree(BTreeMap<ValueKey, Posting>),
+    Packed(Packed),
+}
+
+impl Default for Values {
+    fn default() -> Values {
+        Values::Tree(BTreeMap::new())
+    }
+}
+
+impl PartialEq for Values {
+    fn eq(&self, other: &Values) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for Values {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<(ValueKey, Posting)> for Values {
+    /// Sorts first; [`Values::from_sorted`] when the input is in order.
+    fn from_iter<I: IntoIterator<Item = (ValueKey, Posting)>>(iter: I) -> Values {
+        let mut v: Vec<_> = iter.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|b, a| a.0 == b.0);
+        Values::from_sorted(v)
+    }
+}
+
+impl Values {
+    /// The form a key of these values (ascending, distinct) is best held
+    /// in (see the module doc).
+    pub(crate) fn from_sorted(values: Vec<(ValueKey, Posting)>) -> Values {
+        let n = values.len();
+        let single = values
+            .iter()
+            .filter(|(_, p)| matches!(p, Posting::One(_)))
+            .count();
+        if n >= PACK_MIN && single * 10 >= n * 9 {
+            Values::Packed(Packed::from_sorted(values))
+        } else {
+            Values::Tree(values.into_iter().collect())
+        }
+    }
+
+    /// Held again in the form its values now call for, packed full.
+    pub(crate) fn compact(&mut self) {
+        let all: Vec<(ValueKey, Posting)> = match std::mem::take(self) {
+            Values::Tree(t) => t.into_iter().collect(),
+            Values::Packed(p) => p.into_entries(),
+        };
+        *self = Values::from_sorted(all);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Values::Tree(t) => t.len(),
+            Values::Packed(p) => p.len,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn get(&self, v: &ValueKey) -> Option<Cow<'_, Posting>> {
+        match self {
+            Values::Tree(t) => t.get(v).map(Cow::Borrowed),
+            Values::Packed(p) => p.get(v),
+        }
+    }
+
+    /// Every value in order.
+    pub(crate) fn iter(&self) -> Range<'_> {
+        self.range(RangeBound::Unbounded, RangeBound::Unbounded)
+    }
+
+    /// The values between `lo` and `hi`, in order.
+    pub(crate) fn range(&self, lo: RangeBound<&ValueKey>, hi: RangeBound<&ValueKey>) -> Range<'_> {
+        match self {
+            Values::Tree(t) => Range::Tree(t.range::<ValueKey, _>((lo, hi))),
+            Values::Packed(p) => Range::Packed(p.range(lo, hi)),
+        }
+    }
+
+    /// `id` holds `v`.
+    pub(crate) fn add(&mut self, v: &ValueKey, id: u32) {
+        match self {
+            Values::Tree(t) => match t.get_mut(v) {
+                Some(post) => post.insert(id),
+                None => {
+                    t.insert(v.clone(), Posting::One(id));
+                }
+            },
+            Values::Packed(p) => p.update(v, |post| match post {
+                Some(post) => post.insert(id),
+                None => *post = Some(Posting::One(id)),
+            }),
+        }
+    }
+
+    /// `id` no longer holds `v`.
+    pub(crate) fn sub(&mut self, v: &ValueKey, id: u32) {
+        match self {
+            Values::Tree(t) => {
+                if t.get_mut(v).is_some_and(|post| post.remove(id)) {
+                    t.remove(v);
+                }
+            }
+            Values::Packed(p) => p.update(v, |post| {
+                if post.as_mut().is_some_and(|post| post.remove(id)) {
+                    *post = None;
+                }
+            }),
+        }
+    }
+
+    /// Every one of `ids` holds `v` (which they held no other value of).
+    pub(crate) fn add_all(&mut self, v: &ValueKey, ids: &RoaringBitmap) {
+        match self {
+            Values::Tree(t) => match t.get_mut(v) {
+                Some(post) => post.insert_all(ids),
+                None => {
+                    if let Some(new) = Posting::from_bitmap(ids.clone()) {
+                        t.insert(v.clone(), new);
+                    }
+                }
+            },
+            Values::Packed(p) => p.update(v, |post| match post {
+                Some(post) => post.insert_all(ids),
+                None => *post = Posting::from_bitmap(ids.clone()),
+            }),
+        }
+    }
+
+    /// None of `ids` holds any value.
+    pub(crate) fn remove_ids(&mut self, ids: &RoaringBitmap) {
+        match self {
+            Values::Tree(t) => t.retain(|_, post| !post.remove_all(ids)),
+            Values::Packed(p) => p.remove_ids(ids),
+        }
+    }
+
+    /// Estimated heap bytes of the form itself and of its values (the
+    /// rules are [`super::memory`]'s).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        use super::memory::{btree, posting, value};
+        use std::mem::size_of;
+        match self {
+            Values::Tree(t) => {
+                btree(t.len(), size_of::<(ValueKey, Posting)>())
+                    + t.iter().map(|(v, p)| value(v) + posting(p)).sum::<usize>()
+            }
+            Values::Packed(p) => {
+                let blocks: usize = p
+                    .blocks
+                    .iter()
+                    .map(|(first, b)| {
+                        value(first)
+                            + b.bytes.len()
+                            + b.many.capacity() * size_of::<Posting>()
+                            + b.many.iter().map(posting).sum::<usize>()
+                    })
+                    .sum();
+                btree(p.blocks.len(), size_of::<(ValueKey, Block)>()) + blocks
+            }
+        }
+    }
+}
+
+/// The values of a range, in order: [`Values::range`].
+pub(crate) enum Range<'a> {
+    Tree(std::collections::btree_map::Range<'a, ValueKey, Posting>),
+    Packed(PackedRange<'a>),
+}
+
+impl<'a> Iterator for Range<'a> {
+    type Item = Item<'a>;
+
+    fn next(&mut self) -> Option<Item<'a>> {
+        match self {
+            Range::Tree(r) => r.next().map(|(k, p)| (Cow::Borrowed(k), Cow::Borrowed(p))),
+            Range::Packed(r) => r.next(),
+        }
+    }
+}
+
+/// A range of packed values: the blocks from the one `lo` is in, each
+/// decoded entry by entry; values below `lo` skipped, the walk ended at the
+/// first above `hi`.
+pub(crate) struct PackedRange<'a> {
+    blocks: std::collections::btree_map::Range<'a, ValueKey, Block>,
+    block: Option<BlockIter<'a>>,
+    /// `Unbounded` once a value at or past it was seen.
+    lo: RangeBound<ValueKey>,
+    hi: RangeBound<ValueKey>,
+}
+
+impl<'a> Iterator for PackedRange<'a> {
+    type Item = Item<'a>;
+
+    fn next(&mut self) -> Option<Item<'a>> {
+        loop {
+            let Some(block) = &mut self.block else {
+                self.block = Some(self.blocks.next()?.1.iter());
+                continue;
+            };
+            let Some((k, post)) = block.next() else {
+                self.block = None;
+                continue;
+            };
+            let below = match &self.lo {
+                RangeBound::Included(l) => k < *l,
+                RangeBound::Excluded(l) => k <= *l,
+                RangeBound::Unbounded => false,
+            };
+            if below {
+                continue;
+            }
+            self.lo = RangeBound::Unbounded;
+            let above = match &self.hi {
+                RangeBound::Included(h) => k > *h,
+                RangeBound::Excluded(h) => k >= *h,
+                RangeBound::Unbounded => false,
+            };
+            if above {
+                self.block = None;
+                self.blocks = Default::default();
+                return None;
+            }
+            return Some((Cow::Owned(k), post));
+        }
+    }
+}
+
+/// Blocks of front-coded values by their first value; `len` values in all.
+#[derive(Clone, Default)]
+pub(crate) struct Packed {
+    blocks: BTreeMap<ValueKey, Block>,
+    len: usize,
+}
+
+/// Up to [`BLOCK_MAX`] values in order (never none). Each entry: how many
+/// bytes its value's encoding shares with the previous one's (one byte),
+/// the length of the rest (varint), the rest, then its posting as a
+/// varint: `id << 1` for a single id, `i << 1 | 1` for `many[i]`.
+#[derive(Clone)]
+struct Block {
+    bytes: Box<[u8]>,
+    many: Vec<Posting>,
+}
+
+impl Packed {
+    fn from_sorted(values: Vec<(ValueKey, Posting)>) -> Packed {
+        let len = values.len();
+        let mut blocks = BTreeMap::new();
+        let mut values = values.into_iter().peekable();
+        while values.peek().is_some() {
+            let chunk: Vec<_> = values.by_ref().take(BLOCK_FILL).collect();
+            let (first, block) = Block::build(chunk);
+            blocks.insert(first, block);
+        }
+        Packed { blocks, len }
+    }
+
+    fn into_entries(self) -> Vec<(ValueKey, Posting)> {
+        let mut all = Vec::with_capacity(self.len);
+        for block in self.blocks.into_values() {
+            all.extend(block.into_entries());
+        }
+        all
+    }
+
+    /// The first value of the block `v` would be in.
+    fn block_of(&self, v: &ValueKey) -> Option<&ValueKey> {
+        self.blocks
+            .range::<ValueKey, _>((RangeBound::Unbounded, RangeBound::Included(v)))
+            .next_back()
+            .or_else(|| self.blocks.iter().next())
+            .map(|(first, _)| first)
+    }
+
+    fn get(&self, v: &ValueKey) -> Option<Cow<'_, Posting>> {
+        let (_, block) = self
+            .blocks
+            .range::<ValueKey, _>((RangeBound::Unbounded, RangeBound::Included(v)))
+            .next_back()?;
+        for (k, post) in block.iter() {
+            match k.cmp(v) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => return Some(post),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
+    }
+
+    fn range(&self, lo: RangeBound<&ValueKey>, hi: RangeBound<&ValueKey>) -> PackedRange<'_> {
+        let blocks = match lo {
+            RangeBound::Included(v) | RangeBound::Excluded(v) => match self.block_of(v) {
+                Some(first) => self
+                    .blocks
+                    .range::<ValueKey, _>((RangeBound::Included(first), RangeBound::Unbounded)),
+                None => self.blocks.range::<ValueKey, _>(..),
+            },
+            RangeBound::Unbounded => self.blocks.range::<ValueKey, _>(..),
+        };
+        PackedRange {
+            blocks,
+            block: None,
+            lo: lo.map(ValueKey::clone),
+            hi: hi.map(ValueKey::clone),
+        }
+    }
+
+    /// Changes `v`'s posting in place (`None`: absent, or removed).
+    fn update(&mut self, v: &ValueKey, change: impl FnOnce(&mut Option<Posting>)) {
+        let Some(first) = self.block_of(v).cloned() else {
+            let mut post = None;
+            change(&mut post);
+            if let Some(post) = post {
+                self.put(vec![(v.clone(), post)]);
+                self.len += 1;
+            }
+            return;
+        };
+        let Some(block) = self.blocks.remove(&first) else {
+            return;
+        };
+        let mut entries = block.into_entries();
+        match entries.binary_search_by(|(k, _)| k.cmp(v)) {
+            Ok(i) => {
+                let mut post = Some(take(&mut entries[i].1));
+                change(&mut post);
+                match post {
+                    Some(post) => entries[i].1 = post,
+                    None => {
+                        entries.remove(i);
+                        self.len -= 1;
+                    }
+                }
+            }
+            Err(i) => {
+                let mut post = None;
+                change(&mut post);
+                if let Some(post) = post {
+                    entries.insert(i, (v.clone(), post));
+                    self.len += 1;
+                }
+            }
+        }
+        self.put(entries);
+    }
+
+    /// Stores one block's worth of entries again (in order; split when
+    /// over [`BLOCK_MAX`]; nothing when empty).
+    fn put(&mut self, entries: Vec<(ValueKey, Posting)>) {
+        if entries.len() <= BLOCK_MAX {
+            if !entries.is_empty() {
+                let (first, block) = Block::build(entries);
+                self.blocks.insert(first, block);
+            }
+            return;
+        }
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let chunk: Vec<_> = entries.by_ref().take(BLOCK_FILL).collect();
+            let (first, block) = Block::build(chunk);
+            self.blocks.insert(first, block);
+        }
+    }
+
+    fn remove_ids(&mut self, ids: &RoaringBitmap) {
+        let hit: Vec<ValueKey> = self
+            .blocks
+            .iter()
+            .filter(|(_, block)| {
+                block
+                    .iter()
+                    .any(|(_, p)| p.iter().any(|id| ids.contains(id)))
+            })
+            .map(|(first, _)| first.clone())
+            .collect();
+        for first in hit {
+            let Some(block) = self.blocks.remove(&first) else {
+                continue;
+            };
+            let before = block.len();
+            let mut entries = block.into_entries();
+            entries.retain_mut(|(_, post)| !post.remove_all(ids));
+            self.len -= before - entries.len();
+            self.put(entries);
+        }
+    }
+}
+
+/// The posting moved out of `slot`, in a block being rebuilt (the slot is
+/// dropped with the block).
+fn take(slot: &mut Posting) -> Posting {
+    std::mem::replace(slot, Posting::One(0))
+}
+
+impl Block {
+    /// A block of `entries` (ascending, not empty) and its first value.
+    fn build(entries: Vec<(ValueKey, Posting)>) -> (ValueKey, Block) {
+        let mut bytes = Vec::with_capacity(entries.len() * 8);
+        let mut many = Vec::new();
+        let mut prev = Vec::new();
+        let mut cur = Vec::new();
+        let mut first = None;
+        for (v, post) in entries {
+            cur.clear();
+            encode_value(&mut cur, &v);
+            let shared = prev
+                .iter()
+                .zip(&cur)
+                .take(u8::MAX as usize)
+                .take_while(|(a, b)| a == b)
+                .count();
+            bytes.push(shared as u8);
+            put_varint(&mut bytes, (cur.len() - shared) as u64);
+            bytes.extend_from_slice(&cur[shared..]);
+            match post {
+                Posting::One(id) => put_varint(&mut bytes, u64::from(id) << 1),
+                many_ids => {
+                    put_varint(&mut bytes, (many.len() as u64) << 1 | 1);
+                    many.push(many_ids);
+                }
+            }
+            std::mem::swap(&mut prev, &mut cur);
+            if first.is_none() {
+                first = Some(v);
+            }
+        }
+        let block = Block {
+            bytes: bytes.into_boxed_slice(),
+            many,
+        };
+        (first.unwrap_or(ValueKey::Null), block)
+    }
+
+    fn iter(&self) -> BlockIter<'_> {
+        BlockIter {
+            block: self,
+            pos: 0,
+            value: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    fn into_entries(self) -> Vec<(ValueKey, Posting)> {
+        let mut many = self.many;
+        let mut out = Vec::with_capacity(BLOCK_MAX);
+        let mut it = BlockIter {
+            block: &Block {
+                bytes: self.bytes,
+                many: Vec::new(),
+            },
+            pos: 0,
+            value: Vec::new(),
+        };
+        while let Some((v, slot)) = it.next_raw() {
+            let post = match slot {
+                Slot::One(id) => Posting::One(id),
+                Slot::Many(i) => take(&mut many[i]),
+            };
+            out.push((v, post));
+        }
+        out
+    }
+}
+
+/// A block's entry's posting before it is borrowed.
+enum Slot {
+    One(u32),
+    Many(usize),
+}
+
+struct BlockIter<'a> {
+    block: &'a Block,
+    pos: usize,
+    /// The previous entry's value encoding, which the next shares bytes of.
+    value: Vec<u8>,
+}
+
+impl BlockIter<'_> {
+    fn next_raw(&mut self) -> Option<(ValueKey, Slot)> {
+        let bytes = &self.block.bytes;
+        let shared = *bytes.get(self.pos)? as usize;
+        self.pos += 1;
+        let rest = get_varint(bytes, &mut self.pos) as usize;
+        self.value.truncate(shared);
+        self.value
+            .extend_from_slice(&bytes[self.pos..self.pos + rest]);
+        self.pos += rest;
+        let v = decode_value(&self.value);
+        let post = get_varint(bytes, &mut self.pos);
+        let slot = if post & 1 == 0 {
+            Slot::One((post >> 1) as u32)
+        } else {
+            Slot::Many((post >> 1) as usize)
+        };
+        Some((v, slot))
+    }
+}
+
+impl<'a> Iterator for BlockIter<'a> {
+    type Item = (ValueKey, Cow<'a, Posting>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (v, slot) = self.next_raw()?;
+        let post = match slot {
+            Slot::One(id) => Cow::Owned(Posting::One(id)),
+            Slot::Many(i) => Cow::Borrowed(&self.block.many[i]),
+        };
+        Some((v, post))
+    }
+}
+
+// The encoding of a value inside a block: a tag, then what the tag needs
+// (its length is the entry's). Only this module writes or reads it, so a
+// malformed one is a bug here, never input.
+const NULL: u8 = 0;
+const FALSE: u8 = 1;
+const TRUE: u8 = 2;
+const NUM: u8 = 3;
+const STR: u8 = 4;
+const UUID: u8 = 5;
+const JSON: u8 = 6;
+
+fn encode_value(out: &mut Vec<u8>, v: &ValueKey) {
+    match v {
+        ValueKey::Null => out.push(NULL),
+        ValueKey::Bool(false) => out.push(FALSE),
+        ValueKey::Bool(true) => out.push(TRUE),
+        ValueKey::Num(n) => {
+            out.push(NUM);
+            out.extend_from_slice(&n.0 .0.to_bits().to_be_bytes());
+        }
+        ValueKey::Str(Text::Compact(s)) => {
+            out.push(STR);
+            out.extend_from_slice(s.as_bytes());
+        }
+        ValueKey::Str(Text::Uuid(u)) => {
+            out.push(UUID);
+            out.extend_from_slice(u.as_bytes());
+        }
+        ValueKey::Json(s) => {
+            out.push(JSON);
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+fn decode_value(bytes: &[u8]) -> ValueKey {
+    let (tag, rest) = bytes.split_first().expect("a block value has a tag");
+    let text = || std::str::from_utf8(rest).expect("a block holds the text it was given");
+    match *tag {
+        NULL => ValueKey::Null,
+        FALSE => ValueKey::Bool(false),
+        TRUE => ValueKey::Bool(true),
+        NUM => {
+            let bits = rest.try_into().expect("a block number is 8 bytes");
+            ValueKey::Num(NumKey::new(f64::from_bits(u64::from_be_bytes(bits))))
+        }
+        STR => ValueKey::Str(Text::Compact(text().into())),
+        UUID => {
+            let raw = rest.try_into().expect("a block UUID is 16 bytes");
+            ValueKey::Str(Text::Uuid(uuid::Uuid::from_bytes(raw)))
+        }
+        JSON => ValueKey::Json(text().into()),
+        t => unreachable!("block value tag {t}"),
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn get_varint(bytes: &[u8], pos: &mut usize) -> u64 {
+    let mut n = 0u64;
+    let mut shift = 0;
+    loop {
+        let b = bytes[*pos];
+        *pos += 1;
+        n |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return n;
+        }
+        shift += 7;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(i: u32) -> ValueKey {
+        match i % 7 {
+            0 => ValueKey::Num(NumKey::new(f64::from(i) - 50.0)),
+            1 => ValueKey::str(&uuid::Uuid::from_u128(u128::from(i) * 7919).to_string()),
+            2 => ValueKey::Json(format!("[{i}]").into()),
+            3 => ValueKey::Bool(i.is_multiple_of(2)),
+            4 => ValueKey::Null,
+            _ => ValueKey::str(&format!("node-{i:07}")),
+        }
+    }
+
+    /// Both forms built from the same values, so that every step below
+    /// can be checked on each against a plain tree.
+    fn forms(values: &BTreeMap<ValueKey, Posting>) -> [Values; 2] {
+        let sorted: Vec<_> = values.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+        [
+            Values::Tree(sorted.iter().cloned().collect()),
+            Values::Packed(Packed::from_sorted(sorted)),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add(u32, u32),
+        Sub(u32, u32),
+        AddAll(u32, Vec<u32>),
+        RemoveIds(Vec<u32>),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..400u32, 0..2000u32).prop_map(|(k, id)| Op::Add(k, id)),
+            3 => (0..400u32, 0..2000u32).prop_map(|(k, id)| Op::Sub(k, id)),
+            1 => (0..400u32, proptest::collection::vec(0..2000u32, 0..20))
+                .prop_map(|(k, ids)| Op::AddAll(k, ids)),
+            1 => proptest::collection::vec(0..2000u32, 0..200).prop_map(Op::RemoveIds),
+        ]
+    }
+
+    /// The plain tree every form is held to.
+    fn apply(truth: &mut BTreeMap<ValueKey, Posting>, op: &Op) {
+        let mut t = Values::Tree(std::mem::take(truth));
+        apply_to(&mut t, op);
+        let Values::Tree(t) = t else { unreachable!() };
+        *truth = t;
+    }
+
+    fn apply_to(v: &mut Values, op: &Op) {
+        match op {
+            Op::Add(k, id) => v.add(&key(*k), *id),
+            Op::Sub(k, id) => v.sub(&key(*k), *id),
+            Op::AddAll(k, ids) => v.add_all(&key(*k), &ids.iter().copied().collect()),
+            Op::RemoveIds(ids) => v.remove_ids(&ids.iter().copied().collect()),
+        }
+    }
+
+    fn check(truth: &BTreeMap<ValueKey, Posting>, v: &Values, probes: &[u32]) {
+        let want: Vec<_> = truth.iter().collect();
+        let got: Vec<_> = v.iter().collect();
+        assert_eq!(got.len(), want.len());
+        assert_eq!(v.len(), truth.len());
+        for ((gk, gp), (wk, wp)) in got.iter().zip(&want) {
+            assert_eq!(&**gk, *wk);
+            assert_eq!(&**gp, *wp);
+        }
+        for p in probes {
+            let k = key(*p);
+            assert_eq!(v.get(&k).as_deref(), truth.get(&k), "get {k:?}");
+            for (lo, hi) in [
+                (RangeBound::Included(&k), RangeBound::Unbounded),
+                (RangeBound::Excluded(&k), RangeBound::Unbounded),
+                (RangeBound::Unbounded, RangeBound::Excluded(&k)),
+                (RangeBound::Unbounded, RangeBound::Included(&k)),
+            ] {
+                let got: Vec<_> = v.range(lo, hi).map(|(k, _)| k.into_owned()).collect();
+                let want: Vec<_> = truth
+                    .range::<ValueKey, _>((lo, hi))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                assert_eq!(got, want, "range {lo:?}..{hi:?}");
+            }
+        }
+    }
+
+    proptest! {
+        /// Blocks answer every read and write as the tree does, through
+        /// splits, emptied blocks and shared postings.
+        #[test]
+        fn packed_blocks_answer_as_the_tree(
+            start in proptest::collection::btree_map(0..400u32, 0..2000u32, 0..300),
+            ops in proptest::collection::vec(op(), 0..300),
+            probes in proptest::collection::vec(0..400u32, 8),
+        ) {
+            let mut truth: BTreeMap<ValueKey, Posting> = start
+                .iter()
+                .map(|(k, id)| (key(*k), Posting::One(*id)))
+                .collect();
+            let mut held = forms(&truth);
+            for op in &ops {
+                apply(&mut truth, op);
+                for v in &mut held {
+                    apply_to(v, op);
+                }
+            }
+            for v in &held {
+                check(&truth, v, &probes);
+            }
+            let mut again = held[1].clone();
+            again.compact();
+            check(&truth, &again, &probes);
+        }
+    }
+
+    /// Blocks split as one grows past its bound, and go when emptied.
+    #[test]
+    fn blocks_split_and_go() {
+        let mut v = Values::Packed(Packed::default());
+        let mut truth = BTreeMap::new();
+        for i in (0..2000u32).rev() {
+            v.add(&key(i * 5), i);
+            apply(&mut truth, &Op::Add(i * 5, i));
+        }
+        let Values::Packed(p) = &v else {
+            unreachable!()
+        };
+        assert!(
+            p.blocks.len() > 2000 / BLOCK_MAX,
+            "{} blocks",
+            p.blocks.len()
+        );
+        assert!(p.blocks.values().all(|b| b.len() <= BLOCK_MAX));
+        check(&truth, &v, &[0, 5, 7, 9995, 10_000]);
+        for i in 0..2000u32 {
+            v.sub(&key(i * 5), i);
+        }
+        assert!(v.is_empty());
+        let Values::Packed(p) = &v else {
+            unreachable!()
+        };
+        assert!(p.blocks.is_empty());
+    }
+
+    #[test]
+    fn a_key_of_single_holders_is_packed_and_small() {
+        let n = 100_000u32;
+        let values: Vec<_> = (0..n)
+            .map(|i| (ValueKey::str(&format!("node-{i:07}")), Posting::One(i)))
+            .collect();
+        let v = Values::from_sorted(values);
+        let Values::Packed(p) = &v else {
+            panic!("not packed");
+        };
+        let bytes: usize = p.blocks.values().map(|b| b.bytes.len()).sum();
+        // About 6 bytes a name, where a tree entry is 40 before its node.
+        assert!(bytes < 8 * n as usize, "{bytes} bytes");
+        assert_eq!(
+            v.get(&ValueKey::str("node-0012345")).as_deref(),
+            Some(&Posting::One(12345))
+        );
+        assert_eq!(v.get(&ValueKey::str("node-00123456")), None);
+        // Values most objects share stay a tree.
+        let shared: Vec<_> = (0..3u32)
+            .map(|i| {
+                (
+                    ValueKey::Num(NumKey::new(f64::from(i))),
+                    Posting::Many(Box::new((0..n).filter(|x| x % 3 == i).collect())),
+                )
+            })
+            .collect();
+        assert!(matches!(Values::from_sorted(shared), Values::Tree(_)));
+    }
+}
