@@ -83,14 +83,30 @@ fn fmt(d: Duration) -> String {
     }
 }
 
+/// A v4 UUID as random as `new_v4`'s but the same for `i` in every run
+/// (splitmix64), so that fleetkv and raw sled store the same bytes.
+fn random_uuid(i: usize) -> uuid::Uuid {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let seed = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let bytes = (u128::from(mix(seed)) << 64 | u128::from(mix(seed ^ 0xdead_beef))).to_be_bytes();
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
 fn ratio(a: Duration, b: Duration) -> String {
     format!("{:.1}×", a.as_secs_f64() / b.as_secs_f64())
 }
 
 const HELP: &str =
-    "membership_report [--machines N] [--writes-only] [--cli PATH] [--keep DIR] [--svg PATH]
+    "membership_report [--machines N] [--random-uuids] [--writes-only] [--cli PATH] [--keep DIR] [--svg PATH]
 
   --machines N     fleet size (default 100000)
+  --random-uuids   give each machine a random (v4) UUID, as real fleets
+                   have, instead of the fleet's sequential ones (which share
+                   most of their bytes, and so pack smaller in the index)
   --writes-only    skip the query table, SQLite, index memory and reopen:
                    only bulk import vs raw sled and the write figures
   --cli PATH       the fleetkv binary: adds one process per count beside one
@@ -160,7 +176,15 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = kept.as_deref().unwrap_or(tmp.path());
     let store = fleet::fleetkv(0, Some(dir));
-    let machines: Vec<_> = (0..n).map(fleet::machine).collect();
+    let random_uuids = args.iter().any(|a| a == "--random-uuids");
+    let machine = |i: usize| {
+        let mut m = fleet::machine(i);
+        if random_uuids {
+            m.uuid = random_uuid(i);
+        }
+        m
+    };
+    let machines: Vec<_> = (0..n).map(machine).collect();
     let t = Instant::now();
     for chunk in machines.chunks(10_000) {
         store.machines().import(chunk.to_vec()).unwrap();
@@ -171,7 +195,7 @@ fn main() {
     let raw_dir = tempfile::tempdir().unwrap();
     let raw = sled::open(raw_dir.path()).unwrap();
     let docs: Vec<Vec<u8>> = (0..n)
-        .map(|i| serde_json::to_vec(&fleet::machine(i)).unwrap())
+        .map(|i| serde_json::to_vec(&machine(i)).unwrap())
         .collect();
     let t = Instant::now();
     for (c, chunk) in docs.chunks(10_000).enumerate() {
@@ -414,7 +438,7 @@ fn main() {
         }
 
         // SIGKILL in the middle of an import of 20,000 new machines.
-        let extra: Vec<_> = (n..n + 20_000).map(fleet::machine).collect();
+        let extra: Vec<_> = (n..n + 20_000).map(machine).collect();
         let file = dir.join("extra.json");
         std::fs::write(&file, serde_json::to_vec(&extra).unwrap()).unwrap();
         let mut child = std::process::Command::new(&cli)

@@ -94,7 +94,8 @@ impl KeyBuilder {
         }
     }
 
-    pub(crate) fn finish(self) -> Postings {
+    pub(crate) fn finish(mut self) -> Postings {
+        self.postings.values.compact();
         self.postings
     }
 }

@@ -22,9 +22,12 @@
 //!   decodes up to a block's values; a write decodes and re-encodes one
 //!   block (a few µs), splitting it when it grows past [`BLOCK_MAX`].
 //!
-//! A key keeps its form until it is built again; both answer every read
-//! and write the same, so the form is memory and speed only. Equality is
-//! by content, never by form.
+//! A key keeps its form until it is built again: a fleet created through
+//! the API is packed at the next open (from the checkpoint) or rebuild.
+//! Packing a growing tree as it grows would make every later write of a
+//! bulk build a block re-encode instead of a tree insert. Both forms answer
+//! every read and write the same, so the form is memory and speed only.
+//! Equality is by content, never by form.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -147,10 +150,14 @@ impl Values {
                     t.insert(v.clone(), Posting::One(id));
                 }
             },
-            Values::Packed(p) => p.update(v, |post| match post {
-                Some(post) => post.insert(id),
-                None => *post = Some(Posting::One(id)),
-            }),
+            Values::Packed(p) => {
+                if !p.add_single(v, id) {
+                    p.update(v, |post| match post {
+                        Some(post) => post.insert(id),
+                        None => *post = Some(Posting::One(id)),
+                    });
+                }
+            }
         }
     }
 
@@ -162,11 +169,15 @@ impl Values {
                     t.remove(v);
                 }
             }
-            Values::Packed(p) => p.update(v, |post| {
-                if post.as_mut().is_some_and(|post| post.remove(id)) {
-                    *post = None;
+            Values::Packed(p) => {
+                if !p.sub_single(v, id) {
+                    p.update(v, |post| {
+                        if post.as_mut().is_some_and(|post| post.remove(id)) {
+                            *post = None;
+                        }
+                    });
                 }
-            }),
+            }
         }
     }
 
@@ -303,6 +314,7 @@ pub(crate) struct Packed {
 struct Block {
     bytes: Box<[u8]>,
     many: Vec<Posting>,
+    len: u16,
 }
 
 impl Packed {
@@ -365,6 +377,44 @@ impl Packed {
             block: None,
             lo: lo.map(ValueKey::clone),
             hi: hi.map(ValueKey::clone),
+        }
+    }
+
+    /// A new value held by `id` alone, spliced into its block's bytes;
+    /// false (nothing done) where [`Block::insert_single`] declines.
+    fn add_single(&mut self, v: &ValueKey, id: u32) -> bool {
+        let Some((_, block)) = self
+            .blocks
+            .range_mut::<ValueKey, _>((RangeBound::Unbounded, RangeBound::Included(v)))
+            .next_back()
+        else {
+            return false;
+        };
+        let mut value = Vec::new();
+        encode_value(&mut value, v);
+        let done = block.insert_single(&value, id);
+        self.len += usize::from(done);
+        done
+    }
+
+    /// `id` off `v` where it holds it alone, spliced out of its block's
+    /// bytes; false (nothing done) where [`Block::remove_single`] declines.
+    fn sub_single(&mut self, v: &ValueKey, id: u32) -> bool {
+        let Some((_, block)) = self
+            .blocks
+            .range_mut::<ValueKey, _>((RangeBound::Unbounded, RangeBound::Included(v)))
+            .next_back()
+        else {
+            return true;
+        };
+        let mut value = Vec::new();
+        encode_value(&mut value, v);
+        match block.remove_single(&value, id) {
+            Some(removed) => {
+                self.len -= usize::from(removed);
+                true
+            }
+            None => false,
         }
     }
 
@@ -463,25 +513,19 @@ impl Block {
         let mut prev = Vec::new();
         let mut cur = Vec::new();
         let mut first = None;
+        let len = entries.len() as u16;
         for (v, post) in entries {
             cur.clear();
             encode_value(&mut cur, &v);
-            let shared = prev
-                .iter()
-                .zip(&cur)
-                .take(u8::MAX as usize)
-                .take_while(|(a, b)| a == b)
-                .count();
-            bytes.push(shared as u8);
-            put_varint(&mut bytes, (cur.len() - shared) as u64);
-            bytes.extend_from_slice(&cur[shared..]);
-            match post {
-                Posting::One(id) => put_varint(&mut bytes, u64::from(id) << 1),
+            let slot = match post {
+                Posting::One(id) => u64::from(id) << 1,
                 many_ids => {
-                    put_varint(&mut bytes, (many.len() as u64) << 1 | 1);
                     many.push(many_ids);
+                    ((many.len() - 1) as u64) << 1 | 1
                 }
-            }
+            };
+            let (slot, n) = varint(slot);
+            push_entry(&mut bytes, &prev, &cur, &slot[..n]);
             std::mem::swap(&mut prev, &mut cur);
             if first.is_none() {
                 first = Some(v);
@@ -490,6 +534,7 @@ impl Block {
         let block = Block {
             bytes: bytes.into_boxed_slice(),
             many,
+            len,
         };
         (first.unwrap_or(ValueKey::Null), block)
     }
@@ -503,7 +548,85 @@ impl Block {
     }
 
     fn len(&self) -> usize {
-        self.iter().count()
+        usize::from(self.len)
+    }
+
+    /// Inserts `value` (encoded), held by `id` alone, where it belongs,
+    /// copying the other entries' bytes as they are: false (nothing done)
+    /// when it is there already, would come first (the block's key would
+    /// change) or the block is full.
+    fn insert_single(&mut self, value: &[u8], id: u32) -> bool {
+        if self.len() >= BLOCK_MAX {
+            return false;
+        }
+        let mut scan = RawScan::new(&self.bytes);
+        let mut next = None;
+        while let Some(e) = scan.next() {
+            match cmp_encoded(&scan.cur, value) {
+                std::cmp::Ordering::Less => scan.advance(),
+                std::cmp::Ordering::Equal => return false,
+                std::cmp::Ordering::Greater if e.start == 0 => return false,
+                std::cmp::Ordering::Greater => {
+                    next = Some(e);
+                    break;
+                }
+            }
+        }
+        let (slot, n) = varint(u64::from(id) << 1);
+        let bytes = &self.bytes;
+        let mut out = Vec::with_capacity(bytes.len() + value.len() + 8);
+        match next {
+            Some(e) => {
+                out.extend_from_slice(&bytes[..e.start]);
+                push_entry(&mut out, &scan.prev, value, &slot[..n]);
+                push_entry(&mut out, value, &scan.cur, &bytes[e.post..e.end]);
+                out.extend_from_slice(&bytes[e.end..]);
+            }
+            None => {
+                out.extend_from_slice(bytes);
+                push_entry(&mut out, &scan.prev, value, &slot[..n]);
+            }
+        }
+        self.bytes = out.into_boxed_slice();
+        self.len += 1;
+        true
+    }
+
+    /// Takes `id` off `value` (encoded) where `id` holds it alone, copying
+    /// the other entries' bytes as they are. `Some(removed)` when done
+    /// (`removed`: the value went); `None` (nothing done) when the value
+    /// is shared or is the block's first.
+    fn remove_single(&mut self, value: &[u8], id: u32) -> Option<bool> {
+        let mut scan = RawScan::new(&self.bytes);
+        let found = loop {
+            let Some(e) = scan.next() else {
+                return Some(false);
+            };
+            match cmp_encoded(&scan.cur, value) {
+                std::cmp::Ordering::Less => scan.advance(),
+                std::cmp::Ordering::Equal => break e,
+                std::cmp::Ordering::Greater => return Some(false),
+            }
+        };
+        match found.slot {
+            Slot::One(x) if x != id => return Some(false),
+            Slot::One(_) if found.start > 0 => {}
+            _ => return None,
+        }
+        let bytes = &self.bytes;
+        let mut out = Vec::with_capacity(bytes.len());
+        out.extend_from_slice(&bytes[..found.start]);
+        // The next entry is coded against the removed value: read it so,
+        // and write it again against the value before.
+        let before = std::mem::take(&mut scan.prev);
+        scan.advance();
+        if let Some(next) = scan.next() {
+            push_entry(&mut out, &before, &scan.cur, &bytes[next.post..next.end]);
+            out.extend_from_slice(&bytes[next.end..]);
+        }
+        self.bytes = out.into_boxed_slice();
+        self.len -= 1;
+        Some(true)
     }
 
     fn into_entries(self) -> Vec<(ValueKey, Posting)> {
@@ -513,6 +636,7 @@ impl Block {
             block: &Block {
                 bytes: self.bytes,
                 many: Vec::new(),
+                len: self.len,
             },
             pos: 0,
             value: Vec::new(),
@@ -525,6 +649,67 @@ impl Block {
             out.push((v, post));
         }
         out
+    }
+}
+
+/// Where one entry of a block lies: its first byte, its posting's first
+/// byte, the byte after it; and its posting.
+struct RawEntry {
+    start: usize,
+    post: usize,
+    end: usize,
+    slot: Slot,
+}
+
+/// Walks a block's entries as bytes: `cur` holds the current entry's value
+/// encoding, `prev` the one before ([`RawScan::advance`] moves on).
+struct RawScan<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    prev: Vec<u8>,
+    cur: Vec<u8>,
+}
+
+impl<'a> RawScan<'a> {
+    fn new(bytes: &'a [u8]) -> RawScan<'a> {
+        RawScan {
+            bytes,
+            pos: 0,
+            prev: Vec::new(),
+            cur: Vec::new(),
+        }
+    }
+
+    /// Reads the entry at the current position into `cur`.
+    fn next(&mut self) -> Option<RawEntry> {
+        let bytes = self.bytes;
+        let start = self.pos;
+        let shared = *bytes.get(start)? as usize;
+        let mut pos = start + 1;
+        let rest = get_varint(bytes, &mut pos) as usize;
+        self.cur.clear();
+        self.cur.extend_from_slice(&self.prev[..shared]);
+        self.cur.extend_from_slice(&bytes[pos..pos + rest]);
+        pos += rest;
+        let post = pos;
+        let n = get_varint(bytes, &mut pos);
+        self.pos = pos;
+        let slot = if n & 1 == 0 {
+            Slot::One((n >> 1) as u32)
+        } else {
+            Slot::Many((n >> 1) as usize)
+        };
+        Some(RawEntry {
+            start,
+            post,
+            end: pos,
+            slot,
+        })
+    }
+
+    /// The current entry becomes the previous one.
+    fn advance(&mut self) {
+        std::mem::swap(&mut self.prev, &mut self.cur);
     }
 }
 
@@ -577,7 +762,9 @@ impl<'a> Iterator for BlockIter<'a> {
 
 // The encoding of a value inside a block: a tag, then what the tag needs
 // (its length is the entry's). Only this module writes or reads it, so a
-// malformed one is a bug here, never input.
+// malformed one is a bug here, never input. Encodings order as their
+// values do ([`cmp_encoded`]), so that a write finds its place in a block
+// without decoding it.
 const NULL: u8 = 0;
 const FALSE: u8 = 1;
 const TRUE: u8 = 2;
@@ -592,8 +779,15 @@ fn encode_value(out: &mut Vec<u8>, v: &ValueKey) {
         ValueKey::Bool(false) => out.push(FALSE),
         ValueKey::Bool(true) => out.push(TRUE),
         ValueKey::Num(n) => {
+            // Sign-flipped bits: their unsigned order is `total_cmp`'s.
+            let bits = n.0 .0.to_bits();
+            let ordered = if bits >> 63 == 1 {
+                !bits
+            } else {
+                bits | 1 << 63
+            };
             out.push(NUM);
-            out.extend_from_slice(&n.0 .0.to_bits().to_be_bytes());
+            out.extend_from_slice(&ordered.to_be_bytes());
         }
         ValueKey::Str(Text::Compact(s)) => {
             out.push(STR);
@@ -618,8 +812,14 @@ fn decode_value(bytes: &[u8]) -> ValueKey {
         FALSE => ValueKey::Bool(false),
         TRUE => ValueKey::Bool(true),
         NUM => {
-            let bits = rest.try_into().expect("a block number is 8 bytes");
-            ValueKey::Num(NumKey::new(f64::from_bits(u64::from_be_bytes(bits))))
+            let raw = rest.try_into().expect("a block number is 8 bytes");
+            let ordered = u64::from_be_bytes(raw);
+            let bits = if ordered >> 63 == 1 {
+                ordered & !(1 << 63)
+            } else {
+                !ordered
+            };
+            ValueKey::Num(NumKey::new(f64::from_bits(bits)))
         }
         STR => ValueKey::Str(Text::Compact(text().into())),
         UUID => {
@@ -629,6 +829,40 @@ fn decode_value(bytes: &[u8]) -> ValueKey {
         JSON => ValueKey::Json(text().into()),
         t => unreachable!("block value tag {t}"),
     }
+}
+
+/// The order of the values two encodings stand for: their bytes' order,
+/// but for a UUID against other text, which is compared as text.
+fn cmp_encoded(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    match (a.first(), b.first()) {
+        (Some(&x), Some(&y)) if matches!((x, y), (STR, UUID) | (UUID, STR)) => {
+            decode_value(a).cmp(&decode_value(b))
+        }
+        _ => a.cmp(b),
+    }
+}
+
+/// Appends one entry: `value`'s encoding front-coded against `prev`'s,
+/// then the posting's varint bytes as they are.
+fn push_entry(out: &mut Vec<u8>, prev: &[u8], value: &[u8], post: &[u8]) {
+    let shared = prev
+        .iter()
+        .zip(value)
+        .take(u8::MAX as usize)
+        .take_while(|(a, b)| a == b)
+        .count();
+    out.push(shared as u8);
+    put_varint(out, (value.len() - shared) as u64);
+    out.extend_from_slice(&value[shared..]);
+    out.extend_from_slice(post);
+}
+
+fn varint(n: u64) -> ([u8; 10], usize) {
+    let mut v = Vec::with_capacity(10);
+    put_varint(&mut v, n);
+    let mut b = [0; 10];
+    b[..v.len()].copy_from_slice(&v);
+    (b, v.len())
 }
 
 fn put_varint(out: &mut Vec<u8>, mut n: u64) {
@@ -697,12 +931,37 @@ mod tests {
         ]
     }
 
-    /// The plain tree every form is held to.
+    /// The plain map every form is held to, changed by `Posting`'s own
+    /// rules.
     fn apply(truth: &mut BTreeMap<ValueKey, Posting>, op: &Op) {
-        let mut t = Values::Tree(std::mem::take(truth));
-        apply_to(&mut t, op);
-        let Values::Tree(t) = t else { unreachable!() };
-        *truth = t;
+        match op {
+            Op::Add(k, id) => match truth.get_mut(&key(*k)) {
+                Some(post) => post.insert(*id),
+                None => {
+                    truth.insert(key(*k), Posting::One(*id));
+                }
+            },
+            Op::Sub(k, id) => {
+                if truth.get_mut(&key(*k)).is_some_and(|post| post.remove(*id)) {
+                    truth.remove(&key(*k));
+                }
+            }
+            Op::AddAll(k, ids) => {
+                let ids: RoaringBitmap = ids.iter().copied().collect();
+                match truth.get_mut(&key(*k)) {
+                    Some(post) => post.insert_all(&ids),
+                    None => {
+                        if let Some(post) = Posting::from_bitmap(ids) {
+                            truth.insert(key(*k), post);
+                        }
+                    }
+                }
+            }
+            Op::RemoveIds(ids) => {
+                let ids: RoaringBitmap = ids.iter().copied().collect();
+                truth.retain(|_, post| !post.remove_all(&ids));
+            }
+        }
     }
 
     fn apply_to(v: &mut Values, op: &Op) {
