@@ -319,15 +319,12 @@ struct Block {
 
 impl Packed {
     fn from_sorted(values: Vec<(ValueKey, Posting)>) -> Packed {
-        let len = values.len();
-        let mut blocks = BTreeMap::new();
-        let mut values = values.into_iter().peekable();
-        while values.peek().is_some() {
-            let chunk: Vec<_> = values.by_ref().take(BLOCK_FILL).collect();
-            let (first, block) = Block::build(chunk);
-            blocks.insert(first, block);
-        }
-        Packed { blocks, len }
+        let mut packed = Packed {
+            blocks: BTreeMap::new(),
+            len: values.len(),
+        };
+        packed.put(values);
+        packed
     }
 
     fn into_entries(self) -> Vec<(ValueKey, Posting)> {
@@ -347,15 +344,19 @@ impl Packed {
             .map(|(first, _)| first)
     }
 
+    /// Compares encodings, so that no value of the block is decoded.
     fn get(&self, v: &ValueKey) -> Option<Cow<'_, Posting>> {
         let (_, block) = self
             .blocks
             .range::<ValueKey, _>((RangeBound::Unbounded, RangeBound::Included(v)))
             .next_back()?;
-        for (k, post) in block.iter() {
-            match k.cmp(v) {
+        let mut value = Vec::new();
+        encode_value(&mut value, v);
+        let mut scan = RawScan::new(&block.bytes);
+        while let Some(e) = scan.next() {
+            match cmp_encoded(&scan.cur, &value) {
                 std::cmp::Ordering::Less => {}
-                std::cmp::Ordering::Equal => return Some(post),
+                std::cmp::Ordering::Equal => return Some(block.posting(e.slot)),
                 std::cmp::Ordering::Greater => return None,
             }
         }
@@ -457,8 +458,8 @@ impl Packed {
         self.put(entries);
     }
 
-    /// Stores one block's worth of entries again (in order; split when
-    /// over [`BLOCK_MAX`]; nothing when empty).
+    /// Stores entries (in order) as one block, or as blocks of
+    /// [`BLOCK_FILL`] when over [`BLOCK_MAX`]; nothing when empty.
     fn put(&mut self, entries: Vec<(ValueKey, Posting)>) {
         if entries.len() <= BLOCK_MAX {
             if !entries.is_empty() {
@@ -480,9 +481,11 @@ impl Packed {
             .blocks
             .iter()
             .filter(|(_, block)| {
-                block
-                    .iter()
-                    .any(|(_, p)| p.iter().any(|id| ids.contains(id)))
+                let mut scan = RawScan::new(&block.bytes);
+                std::iter::from_fn(|| scan.next()).any(|e| match e.slot {
+                    Slot::One(id) => ids.contains(id),
+                    Slot::Many(i) => block.many[i].len_within(Some(ids)) > 0,
+                })
             })
             .map(|(first, _)| first.clone())
             .collect();
@@ -551,6 +554,13 @@ impl Block {
         usize::from(self.len)
     }
 
+    fn posting(&self, slot: Slot) -> Cow<'_, Posting> {
+        match slot {
+            Slot::One(id) => Cow::Owned(Posting::One(id)),
+            Slot::Many(i) => Cow::Borrowed(&self.many[i]),
+        }
+    }
+
     /// Inserts `value` (encoded), held by `id` alone, where it belongs,
     /// copying the other entries' bytes as they are: false (nothing done)
     /// when it is there already, would come first (the block's key would
@@ -563,7 +573,7 @@ impl Block {
         let mut next = None;
         while let Some(e) = scan.next() {
             match cmp_encoded(&scan.cur, value) {
-                std::cmp::Ordering::Less => scan.advance(),
+                std::cmp::Ordering::Less => {}
                 std::cmp::Ordering::Equal => return false,
                 std::cmp::Ordering::Greater if e.start == 0 => return false,
                 std::cmp::Ordering::Greater => {
@@ -603,7 +613,7 @@ impl Block {
                 return Some(false);
             };
             match cmp_encoded(&scan.cur, value) {
-                std::cmp::Ordering::Less => scan.advance(),
+                std::cmp::Ordering::Less => {}
                 std::cmp::Ordering::Equal => break e,
                 std::cmp::Ordering::Greater => return Some(false),
             }
@@ -619,7 +629,6 @@ impl Block {
         // The next entry is coded against the removed value: read it so,
         // and write it again against the value before.
         let before = std::mem::take(&mut scan.prev);
-        scan.advance();
         if let Some(next) = scan.next() {
             push_entry(&mut out, &before, &scan.cur, &bytes[next.post..next.end]);
             out.extend_from_slice(&bytes[next.end..]);
@@ -661,13 +670,15 @@ struct RawEntry {
     slot: Slot,
 }
 
-/// Walks a block's entries as bytes: `cur` holds the current entry's value
-/// encoding, `prev` the one before ([`RawScan::advance`] moves on).
+/// Walks a block's entries as bytes: after [`RawScan::next`], `cur` holds
+/// the entry's value encoding and `prev` the one before (at the end, `prev`
+/// is the last entry's).
 struct RawScan<'a> {
     bytes: &'a [u8],
     pos: usize,
     prev: Vec<u8>,
     cur: Vec<u8>,
+    started: bool,
 }
 
 impl<'a> RawScan<'a> {
@@ -677,11 +688,16 @@ impl<'a> RawScan<'a> {
             pos: 0,
             prev: Vec::new(),
             cur: Vec::new(),
+            started: false,
         }
     }
 
-    /// Reads the entry at the current position into `cur`.
+    /// Reads the next entry into `cur`, the one before moving to `prev`.
     fn next(&mut self) -> Option<RawEntry> {
+        if self.started {
+            std::mem::swap(&mut self.prev, &mut self.cur);
+        }
+        self.started = true;
         let bytes = self.bytes;
         let start = self.pos;
         let shared = *bytes.get(start)? as usize;
@@ -705,11 +721,6 @@ impl<'a> RawScan<'a> {
             end: pos,
             slot,
         })
-    }
-
-    /// The current entry becomes the previous one.
-    fn advance(&mut self) {
-        std::mem::swap(&mut self.prev, &mut self.cur);
     }
 }
 
@@ -752,11 +763,7 @@ impl<'a> Iterator for BlockIter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let (v, slot) = self.next_raw()?;
-        let post = match slot {
-            Slot::One(id) => Cow::Owned(Posting::One(id)),
-            Slot::Many(i) => Cow::Borrowed(&self.block.many[i]),
-        };
-        Some((v, post))
+        Some((v, self.block.posting(slot)))
     }
 }
 
