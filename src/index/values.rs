@@ -75,16 +75,6 @@ impl std::fmt::Debug for Values {
     }
 }
 
-impl FromIterator<(ValueKey, Posting)> for Values {
-    /// Sorts first; [`Values::from_sorted`] when the input is in order.
-    fn from_iter<I: IntoIterator<Item = (ValueKey, Posting)>>(iter: I) -> Values {
-        let mut v: Vec<_> = iter.into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v.dedup_by(|b, a| a.0 == b.0);
-        Values::from_sorted(v)
-    }
-}
-
 impl Values {
     /// The form a key of these values (ascending, distinct) is best held
     /// in (see the module doc).
@@ -381,18 +371,24 @@ impl Packed {
         }
     }
 
+    /// The block whose first value is the last at or below `v` (none: `v`
+    /// comes before every block), and `v`'s encoding.
+    fn block_for(&mut self, v: &ValueKey) -> Option<(&mut Block, Vec<u8>)> {
+        let (_, block) = self
+            .blocks
+            .range_mut::<ValueKey, _>((RangeBound::Unbounded, RangeBound::Included(v)))
+            .next_back()?;
+        let mut value = Vec::new();
+        encode_value(&mut value, v);
+        Some((block, value))
+    }
+
     /// A new value held by `id` alone, spliced into its block's bytes;
     /// false (nothing done) where [`Block::insert_single`] declines.
     fn add_single(&mut self, v: &ValueKey, id: u32) -> bool {
-        let Some((_, block)) = self
-            .blocks
-            .range_mut::<ValueKey, _>((RangeBound::Unbounded, RangeBound::Included(v)))
-            .next_back()
-        else {
+        let Some((block, value)) = self.block_for(v) else {
             return false;
         };
-        let mut value = Vec::new();
-        encode_value(&mut value, v);
         let done = block.insert_single(&value, id);
         self.len += usize::from(done);
         done
@@ -401,15 +397,9 @@ impl Packed {
     /// `id` off `v` where it holds it alone, spliced out of its block's
     /// bytes; false (nothing done) where [`Block::remove_single`] declines.
     fn sub_single(&mut self, v: &ValueKey, id: u32) -> bool {
-        let Some((_, block)) = self
-            .blocks
-            .range_mut::<ValueKey, _>((RangeBound::Unbounded, RangeBound::Included(v)))
-            .next_back()
-        else {
+        let Some((block, value)) = self.block_for(v) else {
             return true;
         };
-        let mut value = Vec::new();
-        encode_value(&mut value, v);
         match block.remove_single(&value, id) {
             Some(removed) => {
                 self.len -= usize::from(removed);
