@@ -31,7 +31,7 @@ pub use model::{Kind, Machine, ParamDef, Profile, GLOBAL_PROFILE};
 pub use store::EtcdOptions;
 pub use store::{
     Fence, GroupCount, Held, Lease, LeaseId, Leases, ListOptions, Objects, Options, Query,
-    Recovery, Store,
+    Recovery, Snapshot, Store,
 };
 pub use template::{Job, RenderContext, Template, TemplateError, TemplateErrorKind, TokenMinter};
 pub use watch::{

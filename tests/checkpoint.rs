@@ -6,13 +6,14 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use fleetkv::{Filter, Machine, Options, ParamDef, Profile, Recovery, Store};
+use fleetkv::{Filter, Machine, Options, ParamDef, Profile, Recovery, Snapshot, Store};
 use serde_json::json;
 
 mod common;
 use common::Server;
 
 const FILE: &str = "fleetkv.index";
+const SNAPSHOT: &str = "fleetkv.clean";
 
 fn quiet() -> Options {
     // Close writes no checkpoint, so an open must replay what came after.
@@ -47,19 +48,21 @@ fn fleet(dir: &Path) {
     s.machines().import(ms).unwrap();
 }
 
+const QUERIES: [&str; 7] = [
+    "",
+    "Profiles Eq cluster-1",
+    "cluster/size Gte 20",
+    "rack Eq 3",
+    "Name Re ^node-00[0-4]",
+    "Workflow Eq deploy",
+    "Meta.owner Eq ops",
+];
+
 fn counts(s: &Store) -> Vec<u64> {
-    [
-        "",
-        "Profiles Eq cluster-1",
-        "cluster/size Gte 20",
-        "rack Eq 3",
-        "Name Re ^node-00[0-4]",
-        "Workflow Eq deploy",
-        "Meta.owner Eq ops",
-    ]
-    .iter()
-    .map(|f| s.machines().count(&Filter::parse(f).unwrap()).unwrap())
-    .collect()
+    QUERIES
+        .iter()
+        .map(|f| s.machines().count(&Filter::parse(f).unwrap()).unwrap())
+        .collect()
 }
 
 #[test]
@@ -94,10 +97,11 @@ fn files(
         .collect()
 }
 
-/// An open that only counts (the CLI's `machines count`) leaves every file
-/// of the store as it found it: sled's recovery no longer rewrites the fill
-/// its last open already wrote (vendor/sled/PATCHES.md, patch 6). Reading
-/// documents is another matter: sled may consolidate a page it reads.
+/// An open that only counts leaves every file of the store as it found it
+/// but the snapshot its close leaves again: sled's recovery no longer
+/// rewrites the fill its last open already wrote (vendor/sled/PATCHES.md,
+/// patch 6). Reading documents is another matter: sled may consolidate a
+/// page it reads.
 #[test]
 fn an_open_that_only_counts_writes_no_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,11 +111,14 @@ fn an_open_that_only_counts_writes_no_file() {
         let s = open(dir.path());
         assert_eq!(counts(&s)[..2], [1200, 300]);
     }
-    let before = files(dir.path());
+    let mut before = files(dir.path());
     let s = open(dir.path());
     assert_eq!(counts(&s)[..2], [1200, 300]);
     drop(s);
-    assert_eq!(files(dir.path()), before);
+    let mut after = files(dir.path());
+    assert!(after.remove(std::ffi::OsStr::new(SNAPSHOT)).is_some());
+    before.remove(std::ffi::OsStr::new(SNAPSHOT));
+    assert_eq!(after, before);
 }
 
 /// Every kind of write after a checkpoint, then an open that replays them.
@@ -562,4 +569,212 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), dest).unwrap();
         }
     }
+}
+
+/// Waits until no engine holds `dir` (sled's IO threads let go of its lock
+/// a moment after the last handle drops).
+fn released(dir: &Path) {
+    use fs2::FileExt;
+    let f = std::fs::File::open(dir.join("db")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while FileExt::try_lock_exclusive(&f).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine never let go"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    FileExt::unlock(&f).unwrap();
+}
+
+fn snapshot(dir: &Path) -> Option<Snapshot> {
+    released(dir);
+    Snapshot::open(dir).unwrap()
+}
+
+fn snapshot_counts(snap: &Snapshot) -> Vec<u64> {
+    QUERIES
+        .iter()
+        .map(|f| snap.count(&Filter::parse(f).unwrap()).unwrap())
+        .collect()
+}
+
+/// A clean close with the checkpoint at the store's revision leaves a
+/// snapshot that counts (and group-counts, with definitions' defaults) as
+/// the store did, until the next open of the store removes it.
+#[test]
+fn a_clean_close_leaves_a_snapshot_that_counts_as_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    let s = open(dir.path());
+    s.params()
+        .create(ParamDef::new(
+            "tier",
+            json!({"type": "string", "default": "bronze"}),
+        ))
+        .unwrap();
+    s.machines()
+        .set_param("node-0007", "tier", json!("gold"))
+        .unwrap();
+    s.checkpoint().unwrap();
+    let expected = counts(&s);
+    let by = ["Params.tier".to_string(), "Params.rack".to_string()];
+    let groups = s.machines().group_count(&Filter::all(), &by).unwrap();
+    let rev = s.revision();
+    // Open: the store holds the directory, and its open removed the file.
+    assert!(Snapshot::open(dir.path()).unwrap().is_none());
+    assert!(!dir.path().join(SNAPSHOT).exists());
+    drop(s);
+    let snap = snapshot(dir.path()).expect("left by the close");
+    assert_eq!(snap.revision(), rev);
+    assert_eq!(snapshot_counts(&snap), expected);
+    let tier = |f: &str| snap.count(&Filter::parse(f).unwrap()).unwrap();
+    assert_eq!(tier("tier Eq bronze"), 1199, "the default binds");
+    assert_eq!(tier("tier Eq gold"), 1);
+    assert_eq!(snap.group_count(&Filter::all(), &by).unwrap(), groups);
+    // Bad input is the same typed error the store gives.
+    assert!(matches!(
+        snap.count(&Filter::parse("Profiles Lt cluster-1").unwrap()),
+        Err(fleetkv::Error::Filter(_))
+    ));
+}
+
+/// No snapshot when the checkpoint is behind the close, or while a lease
+/// is live (the next open may end it, a write).
+#[test]
+fn a_close_leaves_no_snapshot_the_store_has_moved_past() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    let s = open_with(dir.path(), quiet());
+    s.machines()
+        .set_param("node-0001", "rack", json!(99))
+        .unwrap();
+    drop(s);
+    assert!(snapshot(dir.path()).is_none(), "the checkpoint is behind");
+    let s = open(dir.path());
+    s.checkpoint().unwrap();
+    drop(s);
+    let snap = snapshot(dir.path()).expect("at the checkpoint");
+    assert_eq!(
+        snap.count(&Filter::parse("rack Eq 99").unwrap()).unwrap(),
+        1
+    );
+    let s = open(dir.path());
+    s.leases().grant(600).unwrap();
+    s.checkpoint().unwrap();
+    drop(s);
+    assert!(snapshot(dir.path()).is_none(), "a lease is live");
+}
+
+/// Anything changed since the close — an engine file, the checkpoint, the
+/// snapshot file itself — and there is no snapshot; a section damaged
+/// after the snapshot was opened fails the count instead of answering.
+#[test]
+fn a_snapshot_whose_files_changed_is_no_snapshot() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fleet(d);
+    let expected = counts(&open(d));
+    let again = || drop(open(d));
+    assert!(snapshot(d).is_some());
+
+    // An engine file touched (as a write by a build that does not know
+    // the snapshot would).
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    let db = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("db"))
+        .unwrap();
+    db.set_modified(later).unwrap();
+    drop(db);
+    assert!(snapshot(d).is_none(), "db touched");
+    again();
+    assert!(snapshot(d).is_some());
+
+    // The checkpoint written again, the same bytes under a new inode.
+    let bytes = std::fs::read(d.join(FILE)).unwrap();
+    std::fs::remove_file(d.join(FILE)).unwrap();
+    std::fs::write(d.join(FILE), &bytes).unwrap();
+    assert!(snapshot(d).is_none(), "checkpoint replaced");
+    again();
+
+    // The snapshot file flipped.
+    let mut clean = std::fs::read(d.join(SNAPSHOT)).unwrap();
+    let at = clean.len() / 2;
+    clean[at] ^= 1;
+    std::fs::write(d.join(SNAPSHOT), &clean).unwrap();
+    assert!(snapshot(d).is_none(), "snapshot flipped");
+    again();
+
+    // Sections changed in place once the snapshot has the file open.
+    let snap = snapshot(d).expect("left again");
+    let path = d.join(FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len();
+    for at in (len / 4..len).step_by(97) {
+        bytes[at] ^= 0x5A;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    let mut refused = 0;
+    for (f, n) in QUERIES.iter().zip(&expected) {
+        match snap.count(&Filter::parse(f).unwrap()) {
+            Ok(got) => assert_eq!(got, *n, "{f}"),
+            Err(fleetkv::Error::Corrupt { .. }) => refused += 1,
+            Err(e) => panic!("{f}: {e}"),
+        }
+    }
+    assert!(refused > 0, "no damaged section was read");
+    // The store itself builds those keys from the records.
+    assert_eq!(counts(&open(d)), expected);
+}
+
+/// `fleetkv machines count` answers from the snapshot without opening the
+/// store (whose open would remove the file and whose close would write a
+/// new one), and opens the store once a write made the snapshot stale.
+#[test]
+fn the_cli_counts_from_the_snapshot_and_opens_the_store_after_a_write() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fleet(d);
+    drop(open(d));
+    released(d);
+    let cli = |args: &[&str]| {
+        let out = Command::new(common::BIN)
+            .arg("--data")
+            .arg(d)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let identity = || {
+        let m = std::fs::metadata(d.join(SNAPSHOT)).unwrap();
+        (m.ino(), m.mtime(), m.mtime_nsec())
+    };
+    let left = identity();
+    assert_eq!(
+        cli(&["machines", "count", "Profiles", "Eq", "cluster-1"]),
+        "300\n"
+    );
+    let groups: serde_json::Value =
+        serde_json::from_str(&cli(&["machines", "count", "--group-by", "Params.rack"])).unwrap();
+    let total: u64 = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["Count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 1200);
+    assert_eq!(identity(), left, "the store was not opened");
+    cli(&["machines", "set", "node-0001", "param", "rack", "to", "99"]);
+    assert!(!d.join(SNAPSHOT).exists(), "the write's open removed it");
+    assert_eq!(cli(&["machines", "count", "rack", "Eq", "99"]), "1\n");
 }

@@ -198,6 +198,19 @@ pub(super) fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The revision in the header of the checkpoint at `path`, if it is one of
+/// this format (its body unchecked).
+pub(super) fn revision_of(path: &Path) -> Option<u64> {
+    let mut header = [0u8; HEADER];
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut header)
+        .ok()?;
+    let version = u32::from_le_bytes(header[8..12].try_into().ok()?);
+    (&header[..8] == MAGIC && version == VERSION)
+        .then(|| u64::from_le_bytes(header[28..36].try_into().unwrap_or_default()))
+}
+
 /// Reads `dir`'s checkpoint: `Ok(None)` when there is none, `Err(why)` when
 /// it cannot be used. The caller checks whose it is
 /// ([`Checkpoint::of_store`]).

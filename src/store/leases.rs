@@ -218,6 +218,11 @@ impl LeaseTable {
         Ok(t)
     }
 
+    /// Whether no lease is live.
+    pub(super) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     /// `(id, ttl)` of every lease.
     pub(super) fn ttls(&self) -> Vec<(LeaseId, Duration)> {
         self.records.values().map(|r| (r.id, r.ttl())).collect()

@@ -30,6 +30,18 @@ pub(crate) struct MemoryBackend {
     data: RwLock<Data>,
 }
 
+impl MemoryBackend {
+    /// An engine holding `records` at revision `rev`.
+    pub(crate) fn holding(rev: u64, records: Vec<(Vec<u8>, Vec<u8>)>) -> MemoryBackend {
+        MemoryBackend {
+            data: RwLock::new(Data {
+                rev,
+                map: records.into_iter().collect(),
+            }),
+        }
+    }
+}
+
 impl Backend for MemoryBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.data.read().map.get(key).cloned())

@@ -16,6 +16,8 @@
 //! - `layout` — key layout and record codec.
 //! - `stall` — the storage thread bounding every blocking engine call.
 //! - `open` — [`Options`], [`Store`], opening, a new store's first write.
+//! - `snapshot` — what a clean close leaves for counting without opening
+//!   the engine ([`Snapshot`]).
 //! - `rebuild` — the in-memory state from the records; index verification;
 //!   `check` — the operator's integrity check and repair.
 //! - `state` — the in-memory state, addressing, cross-object checks, index
@@ -74,6 +76,7 @@ mod patch;
 mod profiles;
 mod rebuild;
 mod sled_backend;
+mod snapshot;
 mod stall;
 mod state;
 mod view;
@@ -92,6 +95,7 @@ pub use objects::Objects;
 pub use open::{Options, Store, STALL_TIMEOUT};
 pub use params::Params;
 pub use profiles::Profiles;
+pub use snapshot::Snapshot;
 
 pub(crate) use layout::{job_key, log_position};
 #[cfg(any(feature = "server", feature = "client"))]

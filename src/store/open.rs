@@ -29,6 +29,7 @@ use super::params::Params;
 use super::profiles::Profiles;
 use super::rebuild::load_state;
 use super::sled_backend::SledBackend;
+use super::snapshot;
 use super::stall;
 use super::state::State;
 use super::write::{record, Apply};
@@ -167,6 +168,9 @@ pub(super) struct Inner {
     pub(super) etcd: std::sync::OnceLock<Arc<super::etcd_backend::EtcdBackend>>,
     /// The users' [`Store`] handles alive.
     handles: AtomicUsize,
+    /// A close left a snapshot ([`super::snapshot`]) that the next write
+    /// must remove before it commits.
+    clean_left: AtomicBool,
 }
 
 /// The checkpoint file's directory and what it lacks.
@@ -248,7 +252,48 @@ impl Inner {
             }
         }
         let backend = self.backend.read().clone();
-        let _ = self.flusher.run("flush", move || backend.flush());
+        if let Ok(Ok(())) = self.flusher.run("flush", move || backend.flush()) {
+            self.leave_snapshot();
+        }
+    }
+
+    /// Leaves a snapshot for counting without the engine, when the
+    /// checkpoint on disk is at the store's revision and no lease is live
+    /// (writers wait).
+    fn leave_snapshot(&self) {
+        let Some(c) = &self.checkpoints else {
+            return;
+        };
+        if self.shared || self.guard.check().is_err() {
+            return;
+        }
+        let _writer = self.writer.lock();
+        let (rev, leased) = {
+            let st = self.state.read();
+            (st.rev, !st.leases.is_empty())
+        };
+        // The next open may end a lease (a write) that a snapshot would
+        // still count as live.
+        if leased {
+            return;
+        }
+        let backend = self.backend.read().clone();
+        match snapshot::leave(&c.dir, &*backend, rev) {
+            Ok(left) => self.clean_left.store(left, Ordering::Release),
+            Err(e) => eprintln!("fleetkv: {e}"),
+        }
+    }
+
+    /// Before a write commits (the writer lock held): removes the snapshot
+    /// a close left, which the write would make stale.
+    pub(super) fn forget_snapshot(&self) -> Result<()> {
+        if self.clean_left.load(Ordering::Acquire) {
+            if let Some(c) = &self.checkpoints {
+                snapshot::forget(&c.dir)?;
+            }
+            self.clean_left.store(false, Ordering::Release);
+        }
+        Ok(())
     }
 }
 
@@ -570,6 +615,10 @@ impl Store {
             let at = path.clone();
             guard.run("open", move || SledBackend::open(at))?
         })?;
+        // The engine is ours now, and about to take writes.
+        if let Some(dir) = &dir {
+            snapshot::forget(dir)?;
+        }
         Store::start(Arc::new(backend), guard, options, dir, prefetch)
     }
 
@@ -622,6 +671,7 @@ impl Store {
             #[cfg(feature = "etcd")]
             etcd: std::sync::OnceLock::new(),
             handles: AtomicUsize::new(0),
+            clean_left: AtomicBool::new(false),
         });
         store.start_leases()?;
         let has_secret = store.backend().get(SECRET_KEY)?.is_some();

@@ -163,6 +163,7 @@ impl Store {
         self.inner.guard.check()?;
         timing::start();
         let mut w = self.inner.writer.lock();
+        self.inner.forget_snapshot()?;
         let shared = self.inner.shared;
         let mut attempt = 0;
         let (rev, out, replay_cost) = loop {

@@ -679,6 +679,11 @@ fn run(cli: Cli) -> Out {
             auth::mint(s, token, kind, id, *ttl, claims)
         });
     }
+    if let (Verb::Count(args), Kind::Machine, None, None) = (&verb, kind, token, &ctx.reference) {
+        if ctx.count_from_snapshot(&data, args)? {
+            return Ok(());
+        }
+    }
     with_store(&data, open, |s| {
         let fence = ctx.fence.map(fleetkv::Cluster::fenced_by);
         let s = auth::access(s, token)?.machine_writes(ctx.lease, fence);
@@ -713,6 +718,30 @@ impl Ctx {
                 serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
             ),
         }
+    }
+
+    /// `machines count` (and `--group-by`) answered from the snapshot the
+    /// last clean close left, without opening the store; `false` when
+    /// there is no usable one (the store is open elsewhere, or changed) and
+    /// the store must be opened. The owner's answer: callers with a token
+    /// open the store, which checks it.
+    fn count_from_snapshot(&self, data: &Path, args: &ListArgs) -> Out<bool> {
+        let Ok(Some(snap)) = fleetkv::Snapshot::open(data) else {
+            return Ok(false);
+        };
+        let (filter, _) = listing(Kind::Machine, args)?;
+        if args.group_by.is_empty() {
+            let Ok(n) = snap.count(&filter) else {
+                return Ok(false);
+            };
+            outln!("{n}");
+        } else {
+            let Ok(groups) = snap.group_count(&filter, &args.group_by) else {
+                return Ok(false);
+            };
+            self.print(&to_value(groups), Some(Kind::Machine));
+        }
+        Ok(true)
     }
 
     /// An embedded store's verb: what only a local store does (rendering,
