@@ -639,31 +639,75 @@ fn a_clean_close_leaves_a_snapshot_that_counts_as_the_store() {
     ));
 }
 
-/// No snapshot when the checkpoint is behind the close, or while a lease
-/// is live (the next open may end it, a write).
+/// A close after writes the checkpoint does not cover leaves a snapshot
+/// that brings the checkpoint forward itself: machines created, changed,
+/// moved between profiles and deleted, a profile's param changed under its
+/// members. Not after a `global` change, past its bound of machines to
+/// index again, or while a lease is live.
 #[test]
-fn a_close_leaves_no_snapshot_the_store_has_moved_past() {
+fn a_close_after_writes_leaves_a_snapshot_that_brings_the_checkpoint_forward() {
     let dir = tempfile::tempdir().unwrap();
-    fleet(dir.path());
-    let s = open_with(dir.path(), quiet());
+    let d = dir.path();
+    fleet(d);
+    let s = open_with(d, quiet());
     s.machines()
         .set_param("node-0001", "rack", json!(99))
         .unwrap();
+    s.machines().create(machine(5000, &["cluster-2"])).unwrap();
+    s.machines().delete("node-0002").unwrap();
+    s.machines()
+        .patch(
+            "node-0003",
+            &json!([{"op": "replace", "path": "/Profiles", "value": ["cluster-1"]}]),
+        )
+        .unwrap();
+    s.profiles()
+        .update("cluster-0", &json!({"Params": {"cluster/size": 77}}))
+        .unwrap();
+    let expected = counts(&s);
+    let sized = |f: &str| Filter::parse(f).unwrap();
+    let n77 = s.machines().count(&sized("cluster/size Eq 77")).unwrap();
+    assert_eq!(n77, 300);
     drop(s);
-    assert!(snapshot(dir.path()).is_none(), "the checkpoint is behind");
-    let s = open(dir.path());
+    let snap = snapshot(d).expect("brought forward by the snapshot itself");
+    assert_eq!(snapshot_counts(&snap), expected);
+    assert_eq!(snap.count(&sized("cluster/size Eq 77")).unwrap(), n77);
+    assert_eq!(snap.count(&sized("rack Eq 99")).unwrap(), 1);
+    assert_eq!(snap.count(&sized("Name Eq node-0002")).unwrap(), 0);
+    assert_eq!(snap.count(&sized("Name Eq node-5000")).unwrap(), 1);
+    // An open replays the same writes, and its close leaves the same.
+    let s = open_with(d, quiet());
+    assert!(matches!(
+        s.recovery(),
+        Recovery::Checkpoint { events: 5, .. }
+    ));
+    assert_eq!(counts(&s), expected);
+    drop(s);
+    assert_eq!(snapshot_counts(&snapshot(d).unwrap()), expected);
+
+    // `global` changed: every machine, so an open rebuilds instead.
+    let s = open_with(d, quiet());
+    s.profiles()
+        .update("global", &json!({"Params": {"dc": "east"}}))
+        .unwrap();
+    drop(s);
+    assert!(snapshot(d).is_none(), "after a global change");
+    // More machines than a count should index again: open the store.
+    let s = open_with(d, quiet());
+    s.checkpoint().unwrap();
+    let many: Vec<Machine> = (6000..6000 + 4100).map(|i| machine(i, &[])).collect();
+    s.machines().import(many).unwrap();
+    drop(s);
+    assert!(snapshot(d).is_none(), "past the bound");
+    let s = open(d);
     s.checkpoint().unwrap();
     drop(s);
-    let snap = snapshot(dir.path()).expect("at the checkpoint");
-    assert_eq!(
-        snap.count(&Filter::parse("rack Eq 99").unwrap()).unwrap(),
-        1
-    );
-    let s = open(dir.path());
+    assert!(snapshot(d).is_some());
+    let s = open(d);
     s.leases().grant(600).unwrap();
     s.checkpoint().unwrap();
     drop(s);
-    assert!(snapshot(dir.path()).is_none(), "a lease is live");
+    assert!(snapshot(d).is_none(), "a lease is live");
 }
 
 /// Anything changed since the close — an engine file, the checkpoint, the
@@ -736,7 +780,7 @@ fn a_snapshot_whose_files_changed_is_no_snapshot() {
 
 /// `fleetkv machines count` answers from the snapshot without opening the
 /// store (whose open would remove the file and whose close would write a
-/// new one), and opens the store once a write made the snapshot stale.
+/// new one), also after a write through the CLI.
 #[test]
 fn the_cli_counts_from_the_snapshot_and_opens_the_store_after_a_write() {
     use std::os::unix::fs::MetadataExt;
@@ -774,7 +818,11 @@ fn the_cli_counts_from_the_snapshot_and_opens_the_store_after_a_write() {
         .sum();
     assert_eq!(total, 1200);
     assert_eq!(identity(), left, "the store was not opened");
+    // A write opens the store (which removes the file) and its close
+    // leaves a new one, which the next count reads.
     cli(&["machines", "set", "node-0001", "param", "rack", "to", "99"]);
-    assert!(!d.join(SNAPSHOT).exists(), "the write's open removed it");
+    let after_write = identity();
+    assert_ne!(after_write, left);
     assert_eq!(cli(&["machines", "count", "rack", "Eq", "99"]), "1\n");
+    assert_eq!(identity(), after_write, "the store was not opened");
 }

@@ -48,7 +48,7 @@
 //! back below it and redo those revisions differently — and the file is
 //! written to a temporary name, synced, and renamed over the old one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -58,11 +58,12 @@ use sha2::{Digest, Sha256};
 use super::backend::Backend;
 use super::layout::{decode, log_key, machine_key, LOG_PREFIX};
 use super::rebuild::{index_machines, load_definitions};
+use super::snapshot::Changed;
 use super::state::{machine_entries, own_keys, State};
 use crate::error::Result;
 use crate::filter::{Field, Key};
 use crate::index::{Index, ValueKey};
-use crate::model::{Kind, Machine, GLOBAL_PROFILE};
+use crate::model::{Kind, Machine, Profile, GLOBAL_PROFILE};
 use crate::watch::{event_subject, Change};
 
 /// The checkpoint's file name in the store's directory.
@@ -334,6 +335,7 @@ pub(super) fn bring_forward(
     }
     let mut machines = ckpt.machines;
     let mut touched = RoaringBitmap::new();
+    let mut profiles = BTreeSet::new();
     let mut events = 0u64;
     if ckpt.rev < st.rev {
         // The log must still hold every event after the checkpoint: trimming
@@ -348,7 +350,6 @@ pub(super) fn bring_forward(
                 )))
             }
         }
-        let mut profiles = BTreeSet::new();
         for item in db.changes(ckpt.rev + 1, 0) {
             let (_, event) = item?;
             events += 1;
@@ -373,27 +374,31 @@ pub(super) fn bring_forward(
                 ckpt.rev
             )));
         }
-        for p in &profiles {
-            if let Some(members) = machines.lookup(&Key::Profiles, &ValueKey::str(p)) {
-                touched |= members.to_bitmap();
-            }
-        }
     }
-    machines.remove_everywhere(&touched);
-    let mut reindexed = 0u64;
-    for id in &touched {
+    touched |= members_of(&machines, &profiles);
+    let mut reindexed = reindex(&mut machines, &touched, &st.profiles, |id| {
         let key = machine_key(id);
-        if let Some(bytes) = db.get(&key)? {
-            let m: Machine = decode(&key, &bytes)?;
-            machines.insert(id, &machine_entries(&m, &st.profiles), &own_keys(&m.params));
-            reindexed += 1;
-        }
-    }
+        db.get(&key)?.map(|bytes| decode(&key, &bytes)).transpose()
+    })?;
     st.machines = machines;
     st.next_id = st.next_id.max(ckpt.next_id);
     let before = st.machines.universe().len();
     index_machines(db, &mut st, &machine_key(ckpt.next_id))?;
     reindexed += st.machines.universe().len() - before;
+    // What a snapshot at the close needs to bring this checkpoint forward.
+    let mut changed = Changed::since(ckpt.rev);
+    let created = st
+        .machines
+        .universe()
+        .iter()
+        .skip_while(|id| *id < ckpt.next_id);
+    for id in touched.iter().chain(created) {
+        changed.machine(id, st.rev);
+    }
+    for p in &profiles {
+        changed.profile(p, st.rev);
+    }
+    st.changed = changed;
     Ok(Ok((
         st,
         Recovery::Checkpoint {
@@ -402,6 +407,39 @@ pub(super) fn bring_forward(
             reindexed,
         },
     )))
+}
+
+/// The members of `profiles` as `machines` has them.
+pub(super) fn members_of<'a>(
+    machines: &Index,
+    profiles: impl IntoIterator<Item = &'a String>,
+) -> RoaringBitmap {
+    let mut out = RoaringBitmap::new();
+    for p in profiles {
+        if let Some(members) = machines.lookup(&Key::Profiles, &ValueKey::str(p)) {
+            out |= members.to_bitmap();
+        }
+    }
+    out
+}
+
+/// Removes `touched` from every posting of `machines`, then indexes again
+/// each of them `record` still finds (against `profiles`). Returns how many.
+pub(super) fn reindex(
+    machines: &mut Index,
+    touched: &RoaringBitmap,
+    profiles: &BTreeMap<String, Profile>,
+    mut record: impl FnMut(u32) -> Result<Option<Machine>>,
+) -> Result<u64> {
+    machines.remove_everywhere(touched);
+    let mut reindexed = 0;
+    for id in touched {
+        if let Some(m) = record(id)? {
+            machines.insert(id, &machine_entries(&m, profiles), &own_keys(&m.params));
+            reindexed += 1;
+        }
+    }
+    Ok(reindexed)
 }
 
 #[cfg(test)]

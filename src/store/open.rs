@@ -197,11 +197,12 @@ impl Checkpoints {
         flush: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         let _timed = crate::telemetry::Timed::start(crate::telemetry::record_checkpoint);
-        let (bytes, covered) = {
+        let (bytes, covered, rev) = {
             let st = state.read();
             (
                 checkpoint::encode(digest, &st),
                 self.pending.load(Ordering::Acquire),
+                st.rev,
             )
         };
         let bytes = bytes.map_err(|e| {
@@ -221,6 +222,7 @@ impl Checkpoints {
             covered.min(self.pending.load(Ordering::Acquire)),
             Ordering::AcqRel,
         );
+        state.write().changed.covered(rev);
         Ok(())
     }
 }
@@ -257,9 +259,8 @@ impl Inner {
         }
     }
 
-    /// Leaves a snapshot for counting without the engine, when the
-    /// checkpoint on disk is at the store's revision and no lease is live
-    /// (writers wait).
+    /// Leaves a snapshot for counting without the engine, when no lease is
+    /// live (writers wait; [`snapshot::leave`] says when else it does not).
     fn leave_snapshot(&self) {
         let Some(c) = &self.checkpoints else {
             return;
@@ -268,17 +269,14 @@ impl Inner {
             return;
         }
         let _writer = self.writer.lock();
-        let (rev, leased) = {
-            let st = self.state.read();
-            (st.rev, !st.leases.is_empty())
-        };
+        let st = self.state.read();
         // The next open may end a lease (a write) that a snapshot would
         // still count as live.
-        if leased {
+        if !st.leases.is_empty() {
             return;
         }
         let backend = self.backend.read().clone();
-        match snapshot::leave(&c.dir, &*backend, rev) {
+        match snapshot::leave(&c.dir, &*backend, &st) {
             Ok(left) => self.clean_left.store(left, Ordering::Release),
             Err(e) => eprintln!("fleetkv: {e}"),
         }

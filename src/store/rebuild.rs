@@ -157,6 +157,7 @@ pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
         validators: HashMap::new(),
         log_len,
         leases: super::leases::LeaseTable::load(db)?,
+        changed: super::snapshot::Changed::since(rev),
     };
     for item in db.scan_prefix(&[PARAM_PREFIX]) {
         let (k, v) = item?;

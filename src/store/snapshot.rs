@@ -14,15 +14,26 @@
 //! project's 2-core machine, where `sqlite3` answers the same count in
 //! 4–6 ms. A count needs only the machine index, which the index checkpoint
 //! holds, and the param definitions (defaults and types bind the filter).
-//! After a clean close that wrote the checkpoint at the store's revision,
-//! those two are the whole answer.
+//! What the writes since the checkpoint changed, the closing store knows:
+//! its state keeps the machines and profiles changed after the checkpoint
+//! on disk ([`Changed`], filled by the write path and by an open's replay,
+//! emptied up to a checkpoint's revision when one is written).
 //!
 //! # What the file holds
-//! The store's revision; the checkpoint file's identity (inode, length,
-//! modification and change times); the same identity for every file of the
-//! engine in the directory (everything not named `fleetkv.*`); and the
-//! records the state's definitions come from (`s:next`, `s:logn`, every
-//! param definition and profile), as stored. A CRC-32 covers it all.
+//! The store's revision and the checkpoint's; the checkpoint file's
+//! identity (inode, length, modification and change times); the same
+//! identity for every file of the engine in the directory (everything not
+//! named `fleetkv.*`); every machine id at the close; and records as
+//! stored: the counters, every param definition and profile, and the
+//! machines whose postings may differ from the checkpoint's — those changed
+//! since it and the members of every profile changed since (at most
+//! [`MOST_CHANGED`]; past that, or after a change of `global`, a close
+//! leaves none). A CRC-32 covers it all.
+//!
+//! [`Snapshot::open`] brings the checkpoint forward as an open does from the
+//! change log: those machines, and the ones gone since (in the checkpoint,
+//! not at the close), are removed from every posting, and the ones with a
+//! record are indexed again. The machine ids must then be the close's.
 //!
 //! # When a snapshot is trusted
 //! [`Snapshot::open`] takes a shared lock on the engine's lock file (sled's
@@ -39,6 +50,9 @@
 //! write after a close removes it first, and the identities catch a store
 //! written by a build that does not know the file.
 //!
+//! Tests: `tests/checkpoint.rs` (every write kind brought forward, every
+//! change behind the snapshot's back, the CLI).
+//!
 //! A close leaves no snapshot while a lease is live: the next open may end
 //! it, which is a write. A snapshot holds no leases and no documents: it
 //! answers counts and group counts, nothing else.
@@ -47,16 +61,25 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
+use roaring::RoaringBitmap;
+
 use super::backend::Backend;
 use super::checkpoint;
-use super::layout::{LOG_LEN_KEY, NEXT_ID_KEY, PARAM_PREFIX, PROFILE_PREFIX};
+use super::layout::{
+    decode, machine_id_of, machine_key, LOG_LEN_KEY, MACHINE_PREFIX, NEXT_ID_KEY, PARAM_PREFIX,
+    PROFILE_PREFIX,
+};
 use super::list::group_keys;
 use super::memory_backend::MemoryBackend;
+use super::rebuild::load_definitions;
 use super::state::State;
 use crate::error::{Error, Result};
-use crate::filter::Filter;
-use crate::index::GroupCount;
-use crate::model::Kind;
+use crate::filter::{Field, Filter, Key};
+use crate::index::{GroupCount, ValueKey};
+use crate::model::{Kind, GLOBAL_PROFILE};
+use crate::watch::Change;
 
 /// The file's name in the store's directory.
 pub(super) const FILE: &str = "fleetkv.clean";
@@ -119,8 +142,14 @@ fn engine_files(dir: &Path) -> std::io::Result<Vec<(String, Identity)>> {
 #[derive(Debug, PartialEq)]
 struct Clean {
     rev: u64,
+    /// The checkpoint's revision, and its file.
+    checkpoint_rev: u64,
     checkpoint: Identity,
     engine: Vec<(String, Identity)>,
+    /// Every machine at `rev` (roaring's portable format).
+    universe: Vec<u8>,
+    /// Counters, definitions, profiles, and the records of the machines to
+    /// index again, as stored.
     records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -128,12 +157,14 @@ impl Clean {
     fn encode(&self) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(&self.rev.to_le_bytes());
+        b.extend_from_slice(&self.checkpoint_rev.to_le_bytes());
         put_identity(&mut b, &self.checkpoint);
         b.extend_from_slice(&(self.engine.len() as u64).to_le_bytes());
         for (path, id) in &self.engine {
             put_bytes(&mut b, path.as_bytes());
             put_identity(&mut b, id);
         }
+        put_bytes(&mut b, &self.universe);
         b.extend_from_slice(&(self.records.len() as u64).to_le_bytes());
         for (k, v) in &self.records {
             put_bytes(&mut b, k);
@@ -160,20 +191,24 @@ impl Clean {
             return None;
         }
         let rev = r.u64()?;
+        let checkpoint_rev = r.u64()?;
         let checkpoint = r.identity()?;
         let mut engine = Vec::new();
         for _ in 0..r.u64()? {
             let path = String::from_utf8(r.bytes()?.to_vec()).ok()?;
             engine.push((path, r.identity()?));
         }
+        let universe = r.bytes()?.to_vec();
         let mut records = Vec::new();
         for _ in 0..r.u64()? {
             records.push((r.bytes()?.to_vec(), r.bytes()?.to_vec()));
         }
         r.0.is_empty().then_some(Clean {
             rev,
+            checkpoint_rev,
             checkpoint,
             engine,
+            universe,
             records,
         })
     }
@@ -233,15 +268,105 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Leaves `dir`'s snapshot of a store at revision `rev` whose engine `db`
-/// is flushed and takes no more writes meanwhile (the caller holds the
-/// writer lock), if the checkpoint there is at `rev`. Returns whether it
-/// left one.
-pub(super) fn leave(dir: &Path, db: &dyn Backend, rev: u64) -> Result<bool> {
+/// The machines (by id) and profiles changed after a revision, each with
+/// the revision of its last change: what a close needs to bring the
+/// checkpoint on disk forward in a snapshot. Kept in the state of a store
+/// in a directory; a checkpoint at a revision forgets what it covers.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Changed {
+    /// Every write after this revision is here.
+    since: u64,
+    machines: HashMap<u32, u64>,
+    profiles: HashMap<String, u64>,
+    /// The last change of the `global` profile (every machine changed).
+    global: u64,
+}
+
+impl Changed {
+    /// Nothing changed after `rev` yet.
+    pub(super) fn since(rev: u64) -> Changed {
+        Changed {
+            since: rev,
+            ..Changed::default()
+        }
+    }
+
+    pub(super) fn machine(&mut self, id: u32, rev: u64) {
+        self.machines.insert(id, rev);
+    }
+
+    pub(super) fn profile(&mut self, name: &str, rev: u64) {
+        if name == GLOBAL_PROFILE {
+            self.global = rev;
+        } else {
+            self.profiles.insert(name.to_string(), rev);
+        }
+    }
+
+    /// Notes a write's `changes` at `rev`, once applied to `st`'s index (a
+    /// machine deleted has no id left: the snapshot finds it gone from the
+    /// universe).
+    pub(super) fn note(st: &mut State, changes: &[Change], rev: u64) {
+        for c in changes {
+            match c.kind {
+                Kind::Machine => {
+                    let id = st
+                        .machines
+                        .lookup(&Key::Field(Field::Uuid), &ValueKey::str(&c.key))
+                        .and_then(|p| p.min());
+                    if let Some(id) = id {
+                        st.changed.machine(id, rev);
+                    }
+                }
+                Kind::Profile => st.changed.profile(&c.key, rev),
+                _ => {}
+            }
+        }
+    }
+
+    /// Forgets what a checkpoint at `rev` covers.
+    pub(super) fn covered(&mut self, rev: u64) {
+        self.machines.retain(|_, r| *r > rev);
+        self.profiles.retain(|_, r| *r > rev);
+        self.since = self.since.max(rev);
+    }
+}
+
+/// The most machines a snapshot indexes again itself: past it, opening the
+/// store costs less than decoding them in every count.
+const MOST_CHANGED: u64 = 4096;
+
+/// Leaves `dir`'s snapshot of a store whose state is `st` and whose engine
+/// `db` is flushed and takes no more writes meanwhile (the caller holds the
+/// writer lock), when the checkpoint there and what changed since it make
+/// one: the checkpoint at or behind `st`'s revision, no `global` change
+/// since, at most [`MOST_CHANGED`] machines to index again. Returns
+/// whether it left one.
+pub(super) fn leave(dir: &Path, db: &dyn Backend, st: &State) -> Result<bool> {
     let io =
         |e: std::io::Error| Error::Storage(format!("leaving {}: {e}", dir.join(FILE).display()));
     let ck_path = dir.join(checkpoint::FILE);
-    if db.revision()? != rev || checkpoint::revision_of(&ck_path) != Some(rev) {
+    let changed = &st.changed;
+    let Some(at) = checkpoint::revision_of(&ck_path) else {
+        return Ok(false);
+    };
+    if db.revision()? != st.rev || at > st.rev || at < changed.since || changed.global > at {
+        return Ok(false);
+    }
+    // The machines whose postings may differ from the checkpoint's: those
+    // changed since, and the members of every profile changed since (a
+    // member that left or joined changed itself). Gone ones are not in the
+    // universe the file holds.
+    let profiles = changed.profiles.iter().filter(|(_, r)| **r > at);
+    let mut ids: RoaringBitmap = changed
+        .machines
+        .iter()
+        .filter(|(_, r)| **r > at)
+        .map(|(id, _)| *id)
+        .collect();
+    ids |= checkpoint::members_of(&st.machines, profiles.map(|(p, _)| p));
+    ids &= st.machines.universe();
+    if ids.len() > MOST_CHANGED {
         return Ok(false);
     }
     let checkpoint = Identity::of(&std::fs::metadata(&ck_path).map_err(io)?);
@@ -256,10 +381,24 @@ pub(super) fn leave(dir: &Path, db: &dyn Backend, rev: u64) -> Result<bool> {
             records.push(item?);
         }
     }
+    for id in &ids {
+        let key = machine_key(id);
+        match db.get(&key)? {
+            Some(v) => records.push((key.to_vec(), v)),
+            None => return Ok(false), // the index and the records disagree: no shortcut
+        }
+    }
+    let mut universe = Vec::new();
+    st.machines
+        .universe()
+        .serialize_into(&mut universe)
+        .map_err(io)?;
     let clean = Clean {
-        rev,
+        rev: st.rev,
+        checkpoint_rev: at,
         checkpoint,
         engine: engine_files(dir).map_err(io)?,
+        universe,
         records,
     };
     // Written whole under another name, then renamed: a torn file is never
@@ -349,7 +488,7 @@ impl Snapshot {
         // The checkpoint file is open now, and never written in place: the
         // lock has done its part.
         drop(lock);
-        if ck.rev != clean.rev {
+        if ck.rev != clean.checkpoint_rev {
             return Ok(None);
         }
         let damaged = Arc::new(AtomicBool::new(false));
@@ -358,10 +497,31 @@ impl Snapshot {
             flag.store(true, Ordering::Release);
             Err("a snapshot holds no records; the store's open rebuilds it".into())
         }));
-        let db = MemoryBackend::holding(clean.rev, clean.records);
-        let Ok((state, _)) = checkpoint::bring_forward(&db, ck)? else {
+        let Ok(universe) = RoaringBitmap::deserialize_from(clean.universe.as_slice()) else {
             return Ok(None);
         };
+        let db = MemoryBackend::holding(clean.rev, clean.records);
+        let mut state = load_definitions(&db)?;
+        // The checkpoint brought forward as an open would from the log: the
+        // machines changed since, with the members of every profile changed
+        // since (their records are here), and the machines gone since.
+        let mut machines = ck.machines;
+        let mut touched: RoaringBitmap = db
+            .scan_prefix(MACHINE_PREFIX)
+            .filter_map(|item| item.ok().and_then(|(k, _)| machine_id_of(&k)))
+            .collect();
+        touched |= machines.universe() - &universe;
+        checkpoint::reindex(&mut machines, &touched, &state.profiles, |id| {
+            let key = machine_key(id);
+            db.get(&key)?.map(|bytes| decode(&key, &bytes)).transpose()
+        })?;
+        // A member indexed again needs its record: without one it would be
+        // missing here, and the snapshot is not used.
+        if machines.universe() != &universe {
+            return Ok(None);
+        }
+        state.machines = machines;
+        state.next_id = state.next_id.max(ck.next_id);
         Ok(Some(Snapshot {
             state,
             damaged,
@@ -422,8 +582,10 @@ mod tests {
     fn the_file_reads_back_and_any_damage_is_no_snapshot() {
         let clean = Clean {
             rev: 42,
+            checkpoint_rev: 40,
             checkpoint: identity(1),
             engine: vec![("blobs/1".into(), identity(2)), ("db".into(), identity(3))],
+            universe: vec![1, 2, 3],
             records: vec![
                 (b"s:next".to_vec(), vec![0, 0, 0, 9]),
                 (b"pa".to_vec(), vec![]),

@@ -35,6 +35,8 @@ pub(crate) struct State {
     pub(super) log_len: usize,
     /// Leases and what they hold.
     pub(super) leases: super::leases::LeaseTable,
+    /// What changed since the checkpoint on disk (a store in a directory).
+    pub(super) changed: super::snapshot::Changed,
 }
 
 impl Defaults for State {

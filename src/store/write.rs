@@ -16,6 +16,7 @@ use super::checkpoint;
 use super::layout::{encode, kind_of_key};
 use super::open::Store;
 use super::rebuild::load_state;
+use super::snapshot::Changed;
 use super::state::State;
 use crate::error::{Error, Result};
 use crate::timing;
@@ -252,6 +253,9 @@ impl Store {
             self.inner.commits.committed(rev);
             w.committed(trimmed, rev, changes.len());
             apply(&mut st);
+            if self.inner.checkpoints.is_some() {
+                Changed::note(&mut st, &changes, rev);
+            }
             let replay_cost = checkpoint::replay_cost(&st, &changes);
             st.rev = rev;
             st.log_len = log_len;
