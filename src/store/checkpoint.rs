@@ -232,9 +232,17 @@ fn read_found(dir: &Path) -> Found {
         Err(e) => return (None, Err(format!("cannot be read: {e}"))),
     };
     let identity = Some((meta.dev(), meta.ino()));
+    (identity, read_open(file, meta.len()))
+}
+
+/// Reads the checkpoint in `file` (open, `len` bytes long), as [`read`] does.
+pub(super) fn read_open(
+    file: std::sync::Arc<std::fs::File>,
+    len: u64,
+) -> std::result::Result<Option<Checkpoint>, String> {
     let r = std::io::BufReader::with_capacity(1 << 20, &*file);
     let in_file = (file.clone(), HEADER as u64);
-    (identity, parse(r, meta.len(), Some(in_file)).map(Some))
+    parse(r, len, Some(in_file)).map(Some)
 }
 
 /// A reader that checksums what passes through it.

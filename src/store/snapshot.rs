@@ -38,8 +38,10 @@
 //! # When a snapshot is trusted
 //! [`Snapshot::open`] takes a shared lock on the engine's lock file (sled's
 //! `db`, which sled's open locks exclusively): no engine is open on the
-//! directory while the snapshot is checked and the checkpoint opened, and
-//! an open that comes meanwhile waits, as it would for another handle.
+//! directory while the snapshot is checked and the checkpoint's file opened
+//! (read after the lock is let go: the file is only ever replaced, never
+//! written in place), and an open that comes meanwhile waits, as it would
+//! for another handle.
 //! Then the file must check, every engine file must have the identity it
 //! had at the close, and so must the checkpoint, which is read as an open
 //! reads it (its own CRC-32, then each key's section checked again when a
@@ -476,18 +478,27 @@ impl Snapshot {
         let Some(clean) = Clean::decode(&bytes) else {
             return Ok(None);
         };
-        let ck_path = dir.join(checkpoint::FILE);
+        // The checkpoint's file is opened under the lock and read after it:
+        // it is only ever replaced (renamed over), never written in place,
+        // so the open file stays what the identity check saw. Readers hold
+        // the lock that briefly, and an open of the store waiting for it
+        // is not held off by a stream of counts.
+        let ck_file = match std::fs::File::open(dir.join(checkpoint::FILE)) {
+            Ok(f) => f,
+            Err(_) => return Ok(None),
+        };
         let unchanged = engine_files(dir).is_ok_and(|files| files == clean.engine)
-            && std::fs::metadata(&ck_path).is_ok_and(|m| Identity::of(&m) == clean.checkpoint);
+            && ck_file
+                .metadata()
+                .is_ok_and(|m| Identity::of(&m) == clean.checkpoint);
+        drop(lock);
         if !unchanged {
             return Ok(None);
         }
-        let Ok(Some(mut ck)) = checkpoint::read(dir) else {
+        let Ok(Some(mut ck)) = checkpoint::read_open(Arc::new(ck_file), clean.checkpoint.len)
+        else {
             return Ok(None);
         };
-        // The checkpoint file is open now, and never written in place: the
-        // lock has done its part.
-        drop(lock);
         if ck.rev != clean.checkpoint_rev {
             return Ok(None);
         }
