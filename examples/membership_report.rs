@@ -148,11 +148,30 @@ fn stage_medians(writes: &[fleetkv::timing::Stages]) -> Vec<(&'static str, Durat
         .collect()
 }
 
+/// The child the report SIGKILLs mid-import: imports the JSON array in
+/// `file` into the store in `dir` and prints a line once each write has
+/// committed, so that the parent kills it between two writes' commits.
+fn import_child(dir: &str, file: &str) {
+    use std::io::Write;
+    let store = Store::open(dir).unwrap();
+    let doc = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    fleetkv::transfer::import_with(&store, doc, None, |_, done, _| {
+        if done > 0 {
+            println!("{done}");
+            let _ = std::io::stdout().flush();
+        }
+    })
+    .unwrap();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{HELP}");
         return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--import-child") {
+        return import_child(&args[i + 1], &args[i + 2]);
     }
     let writes_only = args.iter().any(|a| a == "--writes-only");
     let n: usize = args
@@ -459,30 +478,37 @@ fn main() {
             fmt(opened)
         );
 
-        // SIGKILL in the middle of an import of 20,000 new machines.
-        let extra: Vec<_> = (n..n + 20_000).map(machine).collect();
+        // SIGKILL in the middle of an import of 30,000 new machines (three
+        // writes), once the first has committed: this report run again as
+        // the importing child says when.
+        use std::io::BufRead;
+        let extra: Vec<_> = (n..n + 30_000).map(machine).collect();
         let file = dir.join("extra.json");
         std::fs::write(&file, serde_json::to_vec(&extra).unwrap()).unwrap();
-        let mut child = std::process::Command::new(&cli)
-            .arg("--data")
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--import-child")
             .arg(dir)
-            .args(["import"])
             .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        let label = match child.try_wait().unwrap() {
-            None => "after SIGKILL mid-import",
-            Some(_) => "after an import that finished before its SIGKILL",
-        };
+        let mut committed = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut committed)
+            .unwrap();
         let _ = child.kill();
-        let _ = child.wait();
+        let label = match child.wait().unwrap().code() {
+            None => format!(
+                "after SIGKILL mid-import ({} of 30,000 committed)",
+                committed.trim()
+            ),
+            Some(_) => "after an import that finished before its SIGKILL".into(),
+        };
         println!();
         println!("| figure | value |");
         println!("|---|---:|");
-        let s = open_count(label);
+        let s = open_count(&label);
         s.verify_indexes().unwrap();
     }
 }
