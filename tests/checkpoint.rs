@@ -710,6 +710,81 @@ fn a_close_after_writes_leaves_a_snapshot_that_brings_the_checkpoint_forward() {
     assert!(snapshot(d).is_none(), "a lease is live");
 }
 
+/// A checkpoint written between writes forgets only what it covers: the
+/// snapshot at the close brings it forward over the writes after it, some
+/// of them to machines and profiles the writes before it changed too.
+#[test]
+fn a_snapshot_brings_forward_a_checkpoint_written_between_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fleet(d);
+    let s = open_with(d, quiet());
+    let write = |i: u32| {
+        let name = format!("node-{:04}", i % 150);
+        s.machines()
+            .set_param(&name, "rack", json!(100 + i % 9))
+            .unwrap();
+        if i.is_multiple_of(50) {
+            s.profiles()
+                .update(
+                    &format!("cluster-{}", i % 4),
+                    &json!({"Params": {"cluster/size": i}}),
+                )
+                .unwrap();
+        }
+    };
+    for i in 0..200 {
+        write(i);
+    }
+    s.checkpoint().unwrap();
+    for i in 200..260 {
+        write(i);
+    }
+    let by = ["Params.rack".to_string(), "Params.cluster/size".to_string()];
+    let groups = s.machines().group_count(&Filter::all(), &by).unwrap();
+    let expected = counts(&s);
+    drop(s);
+    let snap = snapshot(d).expect("a snapshot past the checkpoint");
+    assert_eq!(snapshot_counts(&snap), expected);
+    assert_eq!(snap.group_count(&Filter::all(), &by).unwrap(), groups);
+}
+
+/// Writes that land while a checkpoint is being written are not forgotten
+/// with what it covers (checkpoints taken in a loop beside a writer).
+#[test]
+fn writes_during_a_checkpoint_stay_in_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fleet(d);
+    let s = open_with(
+        d,
+        Options {
+            durable: false,
+            ..quiet()
+        },
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                s.checkpoint().unwrap();
+            }
+        });
+        for i in 0..3000u32 {
+            let name = format!("node-{:04}", (i * 7) % 1200);
+            s.machines()
+                .set_param(&name, "rack", json!(1000 + i))
+                .unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+    });
+    let by = ["Params.rack".to_string()];
+    let groups = s.machines().group_count(&Filter::all(), &by).unwrap();
+    drop(s);
+    let snap = snapshot(d).expect("a snapshot");
+    assert_eq!(snap.group_count(&Filter::all(), &by).unwrap(), groups);
+}
+
 /// Anything changed since the close — an engine file, the checkpoint, the
 /// snapshot file itself — and there is no snapshot; a section damaged
 /// after the snapshot was opened fails the count instead of answering.
