@@ -785,6 +785,36 @@ fn writes_during_a_checkpoint_stay_in_the_snapshot() {
     assert_eq!(snap.group_count(&Filter::all(), &by).unwrap(), groups);
 }
 
+/// Another store's checkpoint at the same revision, refused by the open
+/// (a rebuild) and left in place by a close that writes none, is never a
+/// snapshot's base.
+#[test]
+fn another_stores_checkpoint_is_never_a_snapshots_base() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fleet(a.path());
+    fleet(b.path());
+    drop(open(a.path()));
+    let s = open(b.path());
+    let rev = s.revision();
+    let uuid = s.machines().get("node-0001").unwrap().uuid;
+    drop(s);
+    std::fs::copy(a.path().join(FILE), b.path().join(FILE)).unwrap();
+    let s = open_with(b.path(), quiet());
+    assert_eq!(s.revision(), rev, "the same revisions, other Uuids");
+    assert!(matches!(
+        s.recovery(),
+        Recovery::Rebuilt { refused: Some(_) }
+    ));
+    drop(s);
+    match snapshot(b.path()) {
+        None => {}
+        Some(snap) => {
+            let f = Filter::parse(&format!("Uuid Eq {uuid}")).unwrap();
+            assert_eq!(snap.count(&f).unwrap(), 1, "counted from the other store");
+        }
+    }
+}
+
 /// Anything changed since the close — an engine file, the checkpoint, the
 /// snapshot file itself — and there is no snapshot; a section damaged
 /// after the snapshot was opened fails the count instead of answering.

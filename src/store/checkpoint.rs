@@ -200,16 +200,16 @@ pub(super) fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// The revision in the header of the checkpoint at `path`, if it is one of
-/// this format (its body unchecked).
-pub(super) fn revision_of(path: &Path) -> Option<u64> {
+/// this format written by the store with `digest` (its body unchecked).
+pub(super) fn revision_of(path: &Path, digest: &[u8; 16]) -> Option<u64> {
     let mut header = [0u8; HEADER];
     std::fs::File::open(path)
         .ok()?
         .read_exact(&mut header)
         .ok()?;
     let version = u32::from_le_bytes(header[8..12].try_into().ok()?);
-    (&header[..8] == MAGIC && version == VERSION)
-        .then(|| u64::from_le_bytes(header[28..36].try_into().unwrap_or_default()))
+    let rev = u64::from_le_bytes(header[28..36].try_into().ok()?);
+    (&header[..8] == MAGIC && version == VERSION && &header[12..28] == digest).then_some(rev)
 }
 
 /// Reads `dir`'s checkpoint: `Ok(None)` when there is none, `Err(why)` when

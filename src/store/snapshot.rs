@@ -52,18 +52,17 @@
 //! write after a close removes it first, and the identities catch a store
 //! written by a build that does not know the file.
 //!
-//! Tests: `tests/checkpoint.rs` (every write kind brought forward, every
-//! change behind the snapshot's back, the CLI).
-//!
 //! A close leaves no snapshot while a lease is live: the next open may end
 //! it, which is a write. A snapshot holds no leases and no documents: it
 //! answers counts and group counts, nothing else.
+//!
+//! Tests: `tests/checkpoint.rs` (every write kind brought forward, every
+//! change behind the snapshot's back, the CLI).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-use std::collections::HashMap;
 
 use roaring::RoaringBitmap;
 
@@ -71,7 +70,7 @@ use super::backend::Backend;
 use super::checkpoint;
 use super::layout::{
     decode, machine_id_of, machine_key, LOG_LEN_KEY, MACHINE_PREFIX, NEXT_ID_KEY, PARAM_PREFIX,
-    PROFILE_PREFIX,
+    PROFILE_PREFIX, SECRET_KEY,
 };
 use super::list::group_keys;
 use super::memory_backend::MemoryBackend;
@@ -349,7 +348,12 @@ pub(super) fn leave(dir: &Path, db: &dyn Backend, st: &State) -> Result<bool> {
         |e: std::io::Error| Error::Storage(format!("leaving {}: {e}", dir.join(FILE).display()));
     let ck_path = dir.join(checkpoint::FILE);
     let changed = &st.changed;
-    let Some(at) = checkpoint::revision_of(&ck_path) else {
+    // Only this store's own checkpoint: an open that refused another's (a
+    // rebuild) and wrote none at its close leaves that file in place.
+    let Some(secret) = db.get(SECRET_KEY)? else {
+        return Ok(false);
+    };
+    let Some(at) = checkpoint::revision_of(&ck_path, &checkpoint::store_digest(&secret)) else {
         return Ok(false);
     };
     if db.revision()? != st.rev || at > st.rev || at < changed.since || changed.global > at {
