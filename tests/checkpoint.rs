@@ -494,36 +494,91 @@ fn sigkill_between_a_checkpoint_and_later_writes_replays_exactly() {
     }
 }
 
-/// SIGKILL in the middle of a CLI import (one write per object today): the
-/// checkpoint from before the import bridges to indexes equal to a rebuild,
-/// and every machine that landed is whole.
+/// The importing child [`sigkill_mid_import_replays_exactly`] kills: this
+/// test binary run again with the store's directory in this variable. It
+/// imports `more.json` beside it and prints a line after each write that
+/// committed, so that the kill comes between two commits.
+const IMPORT_CHILD: &str = "FLEETKV_CHECKPOINT_IMPORT_CHILD";
+
+#[test]
+fn import_child() {
+    use std::io::Write;
+    let Some(data) = std::env::var_os(IMPORT_CHILD) else {
+        return; // only as the child
+    };
+    let data = std::path::PathBuf::from(data);
+    let s = open(&data);
+    let file = data.parent().unwrap().join("more.json");
+    let doc = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    fleetkv::transfer::import_with(&s, doc, None, |_, done, _| {
+        if done > 0 {
+            println!("committed {done}");
+            let _ = std::io::stdout().flush();
+        }
+    })
+    .unwrap();
+}
+
+/// SIGKILL in the middle of an import of three writes, once the first has
+/// committed: the checkpoint from before the import bridges to indexes
+/// equal to a rebuild, every machine that landed is whole, and the CLI's
+/// counts (opening the store, then from the snapshot its close leaves)
+/// agree with them.
 #[test]
 fn sigkill_mid_import_replays_exactly() {
+    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("db");
     fleet(&data);
-    let more: Vec<Machine> = (0..20_000)
+    let more: Vec<Machine> = (0..30_000)
         .map(|i| {
             let mut m = Machine::new(format!("more-{i:05}"));
             m.profiles = vec!["cluster-1".into()];
             m
         })
         .collect();
-    let file = dir.path().join("more.json");
-    std::fs::write(&file, serde_json::to_vec(&more).unwrap()).unwrap();
-    let mut child = Command::new(common::BIN)
-        .arg("--data")
-        .arg(&data)
-        .args(["import", "--kind", "machines"])
-        .arg(&file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    std::fs::write(
+        dir.path().join("more.json"),
+        serde_json::to_vec(&more).unwrap(),
+    )
+    .unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["import_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(IMPORT_CHILD, &data)
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines
+        .map(Result::unwrap)
+        // The harness's "test import_child ... " may start the line.
+        .find(|l| l.contains("committed "))
+        .expect("the child committed a write");
     let _ = child.kill();
     child.wait().unwrap();
+    // The CLI's count: the killed import's open removed the fleet's
+    // snapshot, so the first count opens the store (and replays); its close
+    // checkpoints, and the second answers from the snapshot that leaves.
+    let cli_count = || {
+        let out = Command::new(common::BIN)
+            .arg("--data")
+            .arg(&data)
+            .args(["machines", "count", "Profiles", "Eq", "cluster-1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let replayed = cli_count();
+    released(&data);
+    assert!(data.join(SNAPSHOT).exists(), "left by the count's close");
+    let from_snapshot = cli_count();
     let s = open(&data);
+    assert_eq!((replayed, from_snapshot), (counts(&s)[1], counts(&s)[1]));
     assert!(
         matches!(s.recovery(), Recovery::Checkpoint { .. }),
         "{:?}",
@@ -534,9 +589,13 @@ fn sigkill_mid_import_replays_exactly() {
         .machines()
         .count(&Filter::parse("Name Re ^more-").unwrap())
         .unwrap();
-    // Whole machines: each one landed with its profile.
+    // Whole writes of whole machines: each one landed with its profile.
+    assert!(
+        imported >= 10_000 && imported.is_multiple_of(10_000),
+        "{imported}"
+    );
     assert_eq!(counts(&s)[1], 300 + imported);
-    eprintln!("{imported} of 20000 imported before the kill");
+    eprintln!("{imported} of 30000 imported before the kill ({first})");
 }
 
 /// Opens `dir`, waiting out the lock of a store this process just closed:
