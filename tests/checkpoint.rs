@@ -349,7 +349,6 @@ fn a_checkpoint_written_while_an_open_waits_for_the_lock_is_the_one_read() {
 /// from the records instead: answers and indexes stay right.
 #[test]
 fn a_section_changed_on_disk_after_the_open_is_built_from_the_records() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     fleet(dir.path());
     let expected = counts(&open(dir.path()));
@@ -359,19 +358,7 @@ fn a_section_changed_on_disk_after_the_open_is_built_from_the_records() {
         "{:?}",
         s.recovery()
     );
-    let path = dir.path().join(FILE);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let len = bytes.len();
-    for at in (len / 4..len).step_by(97) {
-        bytes[at] ^= 0x5A;
-    }
-    // The same file, written in place: the open store still has it open.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .write_all(&bytes)
-        .unwrap();
+    damage_in_place(&dir.path().join(FILE));
     assert_eq!(counts(&s), expected);
     s.verify_indexes().unwrap();
 }
@@ -630,6 +617,23 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Rewrites every 97th byte of the file's last three quarters, in place:
+/// the same file (inode), which a store or snapshot may hold open.
+fn damage_in_place(path: &Path) {
+    use std::io::Write;
+    let mut bytes = std::fs::read(path).unwrap();
+    let len = bytes.len();
+    for at in (len / 4..len).step_by(97) {
+        bytes[at] ^= 0x5A;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+}
+
 /// Waits until no engine holds `dir` (sled's IO threads let go of its lock
 /// a moment after the last handle drops).
 fn released(dir: &Path) {
@@ -879,7 +883,6 @@ fn another_stores_checkpoint_is_never_a_snapshots_base() {
 /// after the snapshot was opened fails the count instead of answering.
 #[test]
 fn a_snapshot_whose_files_changed_is_no_snapshot() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fleet(d);
@@ -917,18 +920,7 @@ fn a_snapshot_whose_files_changed_is_no_snapshot() {
 
     // Sections changed in place once the snapshot has the file open.
     let snap = snapshot(d).expect("left again");
-    let path = d.join(FILE);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let len = bytes.len();
-    for at in (len / 4..len).step_by(97) {
-        bytes[at] ^= 0x5A;
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .write_all(&bytes)
-        .unwrap();
+    damage_in_place(&d.join(FILE));
     let mut refused = 0;
     for (f, n) in QUERIES.iter().zip(&expected) {
         match snap.count(&Filter::parse(f).unwrap()) {
