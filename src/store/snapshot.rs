@@ -438,7 +438,14 @@ pub(super) fn forget(dir: &Path) -> Result<()> {
 /// store.machines().create(Machine::new("m1"))?;
 /// store.checkpoint()?;
 /// drop(store); // a clean close at the checkpoint's revision leaves one
-/// let snap = Snapshot::open(dir.path())?.expect("a snapshot");
+/// // sled's IO threads let go of the directory a moment after the drop:
+/// // until then the store still counts as open.
+/// let snap = (0..500)
+///     .find_map(|_| {
+///         std::thread::sleep(std::time::Duration::from_millis(10));
+///         Snapshot::open(dir.path()).ok().flatten()
+///     })
+///     .expect("a snapshot");
 /// assert_eq!(snap.count(&Filter::parse("Name Eq m1")?)?, 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -461,8 +468,10 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     /// The snapshot the last clean close left in `dir`, if it still
     /// describes the store there. `Ok(None)` when there is none, when the
-    /// store is open (in this process or another), or when any of its
-    /// files changed since: open the store instead ([`crate::Store::open`]).
+    /// store is open (in this process or another; a store just dropped in
+    /// this process holds the directory a moment longer, while sled's IO
+    /// threads let go), or when any of its files changed since: open the
+    /// store instead ([`crate::Store::open`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Option<Snapshot>> {
         let dir = dir.as_ref();
         let lock = match std::fs::File::open(dir.join(ENGINE_LOCK)) {
