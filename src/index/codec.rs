@@ -74,6 +74,17 @@ impl Index {
         Ok(())
     }
 
+    /// A copy to encode a checkpoint from without holding the state's lock:
+    /// it shares every key with this index ([`Keys::for_checkpoint`]), so
+    /// taking it costs the universe and the own-param bitmaps, not the keys.
+    pub(crate) fn for_checkpoint(&self) -> Index {
+        Index {
+            universe: self.universe.clone(),
+            keys: self.keys.for_checkpoint(),
+            own: self.own.clone(),
+        }
+    }
+
     /// Reads the index [`encode`](Self::encode) wrote from `r`, to its end.
     /// Keys stay encoded until read ([`Keys`]). With `in_file`, each
     /// section streams past (its CRC-32 taken) and stays in the file;
@@ -507,6 +518,50 @@ mod tests {
         assert_eq!(decode(&again).unwrap(), ix);
     }
 
+    /// A checkpoint's copy is taken under the state's lock and encoded
+    /// without it, so it has no repair: a key with queued writes whose
+    /// section no longer reads back is built through the index's repair
+    /// when the copy is taken, never read as empty by the copy (which
+    /// would leave the index itself without that key too, as the two
+    /// share it).
+    #[test]
+    fn a_damaged_section_is_repaired_before_a_checkpoints_copy_is_taken() {
+        use std::io::{Seek, SeekFrom, Write};
+        let ix = sample(0..300);
+        let bytes = encoded(&ix);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        let file = Arc::new(file);
+        let mut lazy = Index::decode(&bytes[..], Some((file.clone(), 0))).unwrap();
+        let mut truth = ix.clone();
+        insert_sample(&mut truth, 300);
+        let repaired_from = truth.clone();
+        lazy.set_repair(Arc::new(move |k: &Key| {
+            repaired_from
+                .keys
+                .get(k)
+                .cloned()
+                .ok_or_else(|| format!("no {k:?}"))
+        }));
+        let Some((_, Section::Raw(Bytes::InFile(name)))) = lazy
+            .keys
+            .for_encoding()
+            .find(|(k, _)| **k == Key::Field(Field::Name))
+        else {
+            panic!("the Name key is not in the file");
+        };
+        let name = name.clone();
+        // Queued on every key, then the Name key's bytes change on disk.
+        insert_sample(&mut lazy, 300);
+        (&*file)
+            .seek(SeekFrom::Start(name.offset + u64::from(name.len) / 2))
+            .unwrap();
+        (&*file).write_all(b"x").unwrap();
+        let copy = lazy.for_checkpoint();
+        assert_eq!(decode(&encoded(&copy)).unwrap(), truth);
+        assert_eq!(lazy, truth);
+    }
+
     #[test]
     fn removing_everywhere_equals_never_inserting() {
         let mut ix = sample(0..300);
@@ -585,6 +640,38 @@ mod tests {
             let again = decode(&encoded(&lazy)).unwrap();
             prop_assert_eq!(&lazy, &plain);
             prop_assert_eq!(&again, &plain);
+        }
+
+        /// A checkpoint's copy of an index (decoded, or lazy with queued
+        /// changes) encodes the index as it was when taken, whatever is
+        /// changed in the index after; the index takes the changes as if
+        /// no copy existed.
+        #[test]
+        fn a_checkpoints_copy_keeps_the_index_as_it_was(
+            before in proptest::collection::vec(change(), 0..60),
+            queued in proptest::collection::vec(change(), 0..20),
+            after in proptest::collection::vec(change(), 1..60),
+        ) {
+            let mut plain = Index::default();
+            before.iter().for_each(|c| apply(&mut plain, c));
+            let mut lazy = Index::decode(&encoded(&plain)[..], None).unwrap();
+            for c in &queued {
+                apply(&mut plain, c);
+                apply(&mut lazy, c);
+            }
+            let then = plain.clone();
+            let copies = [plain.for_checkpoint(), lazy.for_checkpoint()];
+            let mut expected = then.clone();
+            for c in &after {
+                apply(&mut expected, c);
+                apply(&mut plain, c);
+                apply(&mut lazy, c);
+            }
+            for copy in &copies {
+                prop_assert_eq!(&decode(&encoded(copy)).unwrap(), &then);
+            }
+            prop_assert_eq!(&plain, &expected);
+            prop_assert_eq!(&lazy, &expected);
         }
     }
 }

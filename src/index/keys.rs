@@ -241,7 +241,9 @@ pub(super) fn is_set(k: &Key) -> bool {
 /// An index's keys. A key with no values is absent.
 #[derive(Clone, Default)]
 pub(crate) struct Keys {
-    map: HashMap<Key, Slot>,
+    /// Shared with the copies [`for_checkpoint`](Keys::for_checkpoint)
+    /// hands out: a write to a key another copy holds copies that key first.
+    map: HashMap<Key, Arc<Slot>>,
     repair: Option<Repair>,
 }
 
@@ -273,7 +275,7 @@ impl Keys {
                     lazy: OnceLock::new(),
                     enc,
                 };
-                (k, slot)
+                (k, Arc::new(slot))
             })
             .collect();
         Keys { map, repair: None }
@@ -306,17 +308,17 @@ impl Keys {
         // rebuild and import time otherwise.
         if !self.map.contains_key(k) {
             self.map
-                .insert(k.clone(), Slot::Decoded(Postings::default()));
+                .insert(k.clone(), Arc::new(Slot::Decoded(Postings::default())));
         }
         match self.map.get_mut(k) {
-            Some(slot) => slot.get_mut(k, self.repair.as_ref()),
+            Some(slot) => Arc::make_mut(slot).get_mut(k, self.repair.as_ref()),
             None => unreachable!("inserted above"),
         }
     }
 
     /// Drops `k` if it holds nothing (only decoded keys are looked at).
     pub(super) fn prune(&mut self, k: &Key) {
-        if matches!(self.map.get(k), Some(Slot::Decoded(p)) if p.values.is_empty()) {
+        if matches!(self.map.get(k).map(|s| &**s), Some(Slot::Decoded(p)) if p.values.is_empty()) {
             self.map.remove(k);
         }
     }
@@ -324,6 +326,7 @@ impl Keys {
     pub(super) fn add(&mut self, k: &Key, v: &ValueKey, id: u32) {
         match self.map.get_mut(k) {
             Some(slot) => {
+                let slot = Arc::make_mut(slot);
                 if !slot.queue(|| Op::Add(v.clone(), id)) {
                     slot.get_mut(k, self.repair.as_ref()).add(v, id, is_set(k));
                 }
@@ -336,6 +339,7 @@ impl Keys {
         let Some(slot) = self.map.get_mut(k) else {
             return;
         };
+        let slot = Arc::make_mut(slot);
         if !slot.queue(|| Op::Sub(v.clone(), id)) {
             slot.get_mut(k, self.repair.as_ref()).sub(v, id);
             self.prune(k);
@@ -347,6 +351,7 @@ impl Keys {
         let shared = Arc::new(ids.clone());
         let repair = self.repair.as_ref();
         self.map.retain(|k, slot| {
+            let slot = Arc::make_mut(slot);
             if slot.queue(|| Op::RemoveAll(shared.clone())) {
                 return true;
             }
@@ -363,8 +368,10 @@ impl Keys {
     /// roughly halves the memory of the keys whose values are unique.
     pub(super) fn compact(&mut self) {
         for slot in self.map.values_mut() {
-            if let Slot::Decoded(p) = slot {
-                p.values.compact();
+            if matches!(**slot, Slot::Decoded(_)) {
+                if let Slot::Decoded(p) = Arc::make_mut(slot) {
+                    p.values.compact();
+                }
             }
         }
     }
@@ -372,7 +379,8 @@ impl Keys {
     /// Estimated heap bytes: the map, each key's name, and each key's
     /// postings (decoded) or bytes and queued writes (still encoded).
     pub(super) fn heap_bytes(&self) -> usize {
-        let map = self.map.capacity() * (std::mem::size_of::<(Key, Slot)>() + 1);
+        let map = self.map.capacity() * (std::mem::size_of::<(Key, Arc<Slot>)>() + 1)
+            + self.map.len() * (std::mem::size_of::<Slot>() + 2 * std::mem::size_of::<usize>());
         let slots: usize = self
             .map
             .iter()
@@ -381,7 +389,7 @@ impl Keys {
                     Key::Param(n) | Key::Meta(n) => n.capacity(),
                     _ => 0,
                 };
-                name + match slot {
+                name + match &**slot {
                     Slot::Decoded(p) => super::memory::postings(p),
                     Slot::Encoded { lazy, enc } => {
                         enc.section.heap_bytes()
@@ -401,6 +409,25 @@ impl Keys {
     pub(super) fn repaired(&self, k: &Key) -> Option<&Postings> {
         let repair = self.repair.as_ref()?;
         self.map.get(k).map(|slot| slot.get(k, Some(repair)))
+    }
+
+    /// A copy to encode a checkpoint from while writes go on: it shares
+    /// every key (a write copies a key before it changes it) and has no
+    /// repair, since a repair reads the records as they stand, which is
+    /// only the copy's state under the lock this is called with. So every
+    /// key with queued writes is decoded here first; encoding the copy
+    /// reads only untouched sections, and fails on one that no longer reads
+    /// back (encode under the lock then, where the repair applies).
+    pub(super) fn for_checkpoint(&self) -> Keys {
+        for (k, slot) in &self.map {
+            if slot.pending().is_some_and(|e| !e.queued.is_empty()) {
+                slot.get(k, self.repair.as_ref());
+            }
+        }
+        Keys {
+            map: self.map.clone(),
+            repair: None,
+        }
     }
 
     pub(super) fn for_encoding(&self) -> impl Iterator<Item = (&Key, Section<'_>)> {

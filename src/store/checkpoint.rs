@@ -164,11 +164,17 @@ pub(super) fn store_digest(secret: &[u8]) -> [u8; 16] {
     out
 }
 
-/// The file's bytes for `st`'s machine index; `Err` when a key still in
-/// the last checkpoint file cannot be read again.
-pub(super) fn encode(digest: &[u8; 16], st: &State) -> std::result::Result<Vec<u8>, String> {
+/// The file's bytes for a machine index at revision `rev` (`next_id` the
+/// next free machine id then); `Err` when a key still in the last
+/// checkpoint file cannot be read again.
+pub(super) fn encode(
+    digest: &[u8; 16],
+    index: &Index,
+    rev: u64,
+    next_id: u32,
+) -> std::result::Result<Vec<u8>, String> {
     let mut out = vec![0; HEADER];
-    st.machines.encode(&mut out)?;
+    index.encode(&mut out)?;
     let body_len = (out.len() - HEADER) as u64;
     let crc = crc32fast::hash(&out[HEADER..]);
     let mut h = &mut out[..HEADER];
@@ -176,8 +182,8 @@ pub(super) fn encode(digest: &[u8; 16], st: &State) -> std::result::Result<Vec<u
         &MAGIC[..],
         &VERSION.to_le_bytes(),
         digest,
-        &st.rev.to_le_bytes(),
-        &st.next_id.to_le_bytes(),
+        &rev.to_le_bytes(),
+        &next_id.to_le_bytes(),
         &body_len.to_le_bytes(),
         &crc.to_le_bytes(),
     ] {
@@ -473,7 +479,7 @@ mod tests {
     fn a_checkpoint_reads_back_and_every_damage_is_refused() {
         let digest = store_digest(b"secret");
         let st = state_with(500);
-        let bytes = encode(&digest, &st).unwrap();
+        let bytes = encode(&digest, &st.machines, st.rev, st.next_id).unwrap();
         let parse = |b: &[u8], d: &[u8; 16]| parse(b, b.len() as u64, None)?.of_store(d);
         let ck = parse(&bytes, &digest).unwrap();
         assert_eq!((ck.rev, ck.next_id), (42, 500));

@@ -188,8 +188,16 @@ pub(super) struct Checkpoints {
 
 impl Checkpoints {
     /// Encodes `state`'s index, makes its revision durable with `flush`,
-    /// then writes the file. The encoding holds the state's read lock
-    /// (writers wait, readers do not).
+    /// then writes the file.
+    ///
+    /// The encoding works on a copy taken under the state's read lock that
+    /// shares every key with the index ([`Index::for_checkpoint`]): writes
+    /// go on while it runs (at 1M machines it takes about half a second,
+    /// which writers, and the readers queued behind them, used to wait
+    /// for), and a write copies a key the copy still holds before it
+    /// changes it. Only when a section of the last checkpoint no longer
+    /// reads back is the index encoded under the lock, where the key is
+    /// built from the records.
     fn write(
         &self,
         digest: &[u8; 16],
@@ -197,14 +205,24 @@ impl Checkpoints {
         flush: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         let _timed = crate::telemetry::Timed::start(crate::telemetry::record_checkpoint);
-        let (bytes, covered, rev) = {
+        let (copy, covered, mut rev, next_id) = {
             let st = state.read();
             (
-                checkpoint::encode(digest, &st),
+                st.machines.for_checkpoint(),
                 self.pending.load(Ordering::Acquire),
                 st.rev,
+                st.next_id,
             )
         };
+        #[cfg(test)]
+        tests::encoding(&self.dir);
+        let mut bytes = checkpoint::encode(digest, &copy, rev, next_id);
+        drop(copy);
+        if bytes.is_err() {
+            let st = state.read();
+            rev = st.rev;
+            bytes = checkpoint::encode(digest, &st.machines, st.rev, st.next_id);
+        }
         let bytes = bytes.map_err(|e| {
             Error::Storage(format!(
                 "encoding the index checkpoint in {}: a key of the last checkpoint {e}",
@@ -984,5 +1002,112 @@ impl Store {
     /// The engine, for reads (writes go through [`write`](Self::write)).
     pub(crate) fn backend(&self) -> Arc<dyn Backend> {
         self.inner.backend.read().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+    use serde_json::json;
+
+    use super::*;
+    use crate::filter::Filter;
+    use crate::model::Machine;
+
+    type Hook = Arc<dyn Fn() + Send + Sync>;
+
+    /// Called by a checkpoint's encoding of store directory `dir` once it
+    /// holds its copy: what a test set for that directory runs there.
+    static ENCODING: Mutex<Vec<(PathBuf, Hook)>> = Mutex::new(Vec::new());
+
+    pub(super) fn encoding(dir: &Path) {
+        let hook = ENCODING
+            .lock()
+            .iter()
+            .find(|(d, _)| d == dir)
+            .map(|(_, h)| h.clone());
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    #[test]
+    fn writes_and_reads_go_on_while_a_checkpoint_is_encoded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let options = Options {
+            durable: false,
+            checkpoint_after: None,
+            ..Options::default()
+        };
+        let store = Store::open_with(&dir, options.clone()).unwrap();
+        store
+            .machines()
+            .import(
+                (0..500)
+                    .map(|i| {
+                        let mut m = Machine::new(format!("node-{i:04}"));
+                        m.params.insert("rack".into(), json!(i % 5));
+                        m
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        let at = store.revision();
+        // The encoder waits at the hook until the test lets it go.
+        let (entered_tx, entered) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let entered_tx = Mutex::new(entered_tx);
+        ENCODING.lock().push((
+            dir.clone(),
+            Arc::new(move || {
+                let _ = entered_tx.lock().send(());
+                let _ = released.lock().recv_timeout(Duration::from_secs(60));
+            }),
+        ));
+        let encoder = {
+            let s = store.clone();
+            std::thread::spawn(move || s.checkpoint())
+        };
+        entered.recv_timeout(Duration::from_secs(30)).unwrap();
+        let (done_tx, done) = mpsc::channel();
+        let writer = {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                let wrote = s.machines().set_param("node-0007", "rack", json!(9));
+                let rack9 = Filter::parse("rack Eq 9").unwrap();
+                let counted = s.machines().count(&rack9);
+                let _ = done_tx.send((wrote.map(|m| m.revision), counted));
+            })
+        };
+        // A write and a count while the encoder holds its copy: neither
+        // waits for the encoding.
+        let answer = done.recv_timeout(Duration::from_secs(20));
+        release.send(()).unwrap();
+        let (wrote, counted) = answer.expect("a write waited for the checkpoint's encoding");
+        writer.join().unwrap();
+        encoder.join().unwrap().unwrap();
+        ENCODING.lock().retain(|(d, _)| d != &dir);
+        assert_eq!(wrote.unwrap(), at + 1);
+        assert_eq!(counted.unwrap(), 1);
+        // The file holds the index as the copy had it: the write came after.
+        let digest = checkpoint::store_digest(&store.inner.secret().unwrap());
+        let file = dir.join(checkpoint::FILE);
+        assert_eq!(checkpoint::revision_of(&file, &digest), Some(at));
+        store.verify_indexes().unwrap();
+        drop(store);
+        let store = Store::open_with(&dir, options).unwrap();
+        match store.recovery() {
+            Recovery::Checkpoint { revision, .. } => assert!(*revision >= at),
+            other => panic!("{other:?}"),
+        }
+        store.verify_indexes().unwrap();
+        let rack9 = Filter::parse("rack Eq 9").unwrap();
+        assert_eq!(store.machines().count(&rack9).unwrap(), 1);
     }
 }
