@@ -83,6 +83,29 @@ fn a_clean_close_leaves_a_checkpoint_the_next_open_reads_whole() {
     assert_eq!(counts(&s)[..2], [1200, 300]);
 }
 
+/// A process killed between writing a checkpoint's or a snapshot's
+/// temporary file and renaming it leaves the file; the next open of the
+/// store removes it (and reads the checkpoint the rename never replaced).
+#[test]
+fn temporary_files_a_killed_process_left_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    released(dir.path());
+    let left: Vec<_> = [FILE, SNAPSHOT]
+        .iter()
+        .map(|name| dir.path().join(format!("{name}.tmp")))
+        .collect();
+    for tmp in &left {
+        std::fs::write(tmp, vec![7u8; 1 << 20]).unwrap();
+    }
+    let s = open(dir.path());
+    for tmp in &left {
+        assert!(!tmp.exists(), "{} is still there", tmp.display());
+    }
+    assert!(matches!(s.recovery(), Recovery::Checkpoint { .. }));
+    assert_eq!(counts(&s)[..2], [1200, 300]);
+}
+
 /// Each file in `dir`: its length and when it was last written.
 fn files(
     dir: &Path,

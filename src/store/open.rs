@@ -634,6 +634,13 @@ impl Store {
         // The engine is ours now, and about to take writes.
         if let Some(dir) = &dir {
             snapshot::forget(dir)?;
+            // A process killed between writing a checkpoint's or a
+            // snapshot's temporary file and renaming it left it behind (as
+            // large as a checkpoint); no one else writes here while we hold
+            // the engine, and our own checkpoints have not started.
+            for name in [checkpoint::FILE, snapshot::FILE] {
+                let _ = std::fs::remove_file(dir.join(format!("{name}.tmp")));
+            }
         }
         Store::start(Arc::new(backend), guard, options, dir, prefetch)
     }
