@@ -778,17 +778,32 @@ fn a_close_after_writes_leaves_a_snapshot_that_brings_the_checkpoint_forward() {
         .unwrap();
     drop(s);
     assert!(snapshot(d).is_none(), "after a global change");
-    // More machines than a count should index again: open the store.
+    // More machines than a count should index again: open the store. Made
+    // first, then changed after a checkpoint (a change the machine ids
+    // alone would not show).
     let s = open_with(d, quiet());
+    let mut many: Vec<Machine> = (6000..6000 + 4100)
+        .map(|i| {
+            let mut m = machine(i, &[]);
+            m.uuid = uuid::Uuid::from_u128(0x5eed0000_0000_4000_8000_000000000000 | u128::from(i));
+            m
+        })
+        .collect();
+    s.machines().import(many.clone()).unwrap();
     s.checkpoint().unwrap();
-    let many: Vec<Machine> = (6000..6000 + 4100).map(|i| machine(i, &[])).collect();
-    s.machines().import(many).unwrap();
+    for m in &mut many {
+        m.params.insert("rack".into(), json!(77));
+    }
+    assert_eq!(s.machines().import(many).unwrap(), (0, 4100));
     drop(s);
     assert!(snapshot(d).is_none(), "past the bound");
     let s = open(d);
+    assert_eq!(s.machines().count(&sized("rack Eq 77")).unwrap(), 4100);
     s.checkpoint().unwrap();
     drop(s);
-    assert!(snapshot(d).is_some());
+    let snap = snapshot(d).expect("a checkpoint covers the changes");
+    assert_eq!(snap.count(&sized("rack Eq 77")).unwrap(), 4100);
+    drop(snap);
     let s = open(d);
     s.leases().grant(600).unwrap();
     s.checkpoint().unwrap();

@@ -17,7 +17,8 @@
 //! What the writes since the checkpoint changed, the closing store knows:
 //! its state keeps the machines and profiles changed after the checkpoint
 //! on disk ([`Changed`], filled by the write path and by an open's replay,
-//! emptied up to a checkpoint's revision when one is written).
+//! emptied up to a checkpoint's revision when one is written, and never
+//! holding more machines than a snapshot would index again).
 //!
 //! # What the file holds
 //! The store's revision and the checkpoint's; the checkpoint file's
@@ -281,6 +282,10 @@ pub(crate) struct Changed {
     profiles: HashMap<String, u64>,
     /// The last change of the `global` profile (every machine changed).
     global: u64,
+    /// The last change of a machine left out of `machines`, which holds at
+    /// most [`MOST_CHANGED`]: past that a close leaves no snapshot anyway,
+    /// until a checkpoint covers this revision.
+    overflow: u64,
 }
 
 impl Changed {
@@ -293,7 +298,11 @@ impl Changed {
     }
 
     pub(super) fn machine(&mut self, id: u32, rev: u64) {
-        self.machines.insert(id, rev);
+        if self.machines.len() < MOST_CHANGED as usize || self.machines.contains_key(&id) {
+            self.machines.insert(id, rev);
+        } else {
+            self.overflow = rev;
+        }
     }
 
     pub(super) fn profile(&mut self, name: &str, rev: u64) {
@@ -356,7 +365,12 @@ pub(super) fn leave(dir: &Path, db: &dyn Backend, st: &State) -> Result<bool> {
     let Some(at) = checkpoint::revision_of(&ck_path, &checkpoint::store_digest(&secret)) else {
         return Ok(false);
     };
-    if db.revision()? != st.rev || at > st.rev || at < changed.since || changed.global > at {
+    if db.revision()? != st.rev
+        || at > st.rev
+        || at < changed.since
+        || changed.global > at
+        || changed.overflow > at
+    {
         return Ok(false);
     }
     // The machines whose postings may differ from the checkpoint's: those
@@ -600,6 +614,28 @@ mod tests {
             mtime: (n as i64, 7),
             ctime: (n as i64 + 1, -1),
         }
+    }
+
+    /// The machines changed since the checkpoint stay within what a
+    /// snapshot would index again; one left out holds snapshots back until
+    /// a checkpoint covers its change.
+    #[test]
+    fn changed_machines_are_bounded_and_a_left_out_one_is_remembered() {
+        let mut c = Changed::since(0);
+        let most = MOST_CHANGED as u32;
+        for id in 0..most + 10 {
+            c.machine(id, u64::from(id) + 1);
+        }
+        assert_eq!(c.machines.len(), most as usize);
+        assert_eq!(c.overflow, u64::from(most) + 10);
+        // A machine already noted is noted again, not left out.
+        c.machine(3, 9_999);
+        assert_eq!((c.machines[&3], c.overflow), (9_999, u64::from(most) + 10));
+        c.covered(u64::from(most));
+        assert_eq!(c.machines.len(), 1);
+        assert!(c.overflow > c.since, "not covered yet");
+        c.covered(10_000);
+        assert!(c.machines.is_empty() && c.overflow <= c.since);
     }
 
     #[test]
