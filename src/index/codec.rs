@@ -443,6 +443,41 @@ mod tests {
         Ok(ix)
     }
 
+    /// A repair that builds each key as `truth` holds it (the store's
+    /// reads the records instead).
+    fn repair_from(truth: Index) -> super::super::keys::Repair {
+        Arc::new(move |k: &Key| {
+            truth
+                .keys
+                .get(k)
+                .cloned()
+                .ok_or_else(|| format!("no {k:?}"))
+        })
+    }
+
+    /// Where `ix`'s Name section is in its checkpoint file (the key
+    /// untouched since the open).
+    fn name_section(ix: &Index) -> FileSection {
+        match ix
+            .keys
+            .for_encoding()
+            .find(|(k, _)| **k == Key::Field(Field::Name))
+        {
+            Some((_, Section::Raw(Bytes::InFile(name)))) => name.clone(),
+            _ => panic!("the Name key is not in the file"),
+        }
+    }
+
+    /// Changes a byte in the middle of `section`, as a failing disk or
+    /// another writer would.
+    fn damage(file: &std::fs::File, section: &FileSection) {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = file;
+        file.seek(SeekFrom::Start(section.offset + u64::from(section.len) / 2))
+            .unwrap();
+        file.write_all(b"x").unwrap();
+    }
+
     #[test]
     fn an_index_reads_back_equal() {
         let ix = sample(0..300);
@@ -473,7 +508,7 @@ mod tests {
     /// when it is read again, not other postings.
     #[test]
     fn sections_left_in_their_file_read_back_and_are_checked_again() {
-        use std::io::{Seek, SeekFrom, Write};
+        use std::io::Write;
         let ix = sample(0..300);
         let bytes = encoded(&ix);
         let mut file = tempfile::tempfile().unwrap();
@@ -487,33 +522,17 @@ mod tests {
         assert_eq!(lazy, ix);
 
         let lazy = Index::decode(&bytes[..], Some((file.clone(), 7))).unwrap();
-        let Some((_, Section::Raw(Bytes::InFile(name)))) = lazy
-            .keys
-            .for_encoding()
-            .find(|(k, _)| **k == Key::Field(Field::Name))
-        else {
-            panic!("the Name key is not in the file");
-        };
-        (&*file)
-            .seek(SeekFrom::Start(name.offset + u64::from(name.len) / 2))
-            .unwrap();
-        (&*file).write_all(b"x").unwrap();
-        let again = Bytes::InFile(name.clone()).read().unwrap_err();
+        let name = name_section(&lazy);
+        damage(&file, &name);
+        let again = Bytes::InFile(name).read().unwrap_err();
         assert!(again.contains("other bytes"), "{again}");
         // Encoding reads raw sections again: without a repair the change is
         // refused there too...
         assert!(lazy.encode(&mut Vec::new()).is_err());
         // ...and with one (the store's), that key is taken from the repair
         // while the others are still copied as they are.
-        let truth = ix.clone();
         let mut lazy = lazy;
-        lazy.set_repair(Arc::new(move |k: &Key| {
-            truth
-                .keys
-                .get(k)
-                .cloned()
-                .ok_or_else(|| format!("no {k:?}"))
-        }));
+        lazy.set_repair(repair_from(ix.clone()));
         let again = encoded(&lazy);
         assert_eq!(decode(&again).unwrap(), ix);
     }
@@ -526,7 +545,7 @@ mod tests {
     /// share it).
     #[test]
     fn a_damaged_section_is_repaired_before_a_checkpoints_copy_is_taken() {
-        use std::io::{Seek, SeekFrom, Write};
+        use std::io::Write;
         let ix = sample(0..300);
         let bytes = encoded(&ix);
         let mut file = tempfile::tempfile().unwrap();
@@ -535,28 +554,11 @@ mod tests {
         let mut lazy = Index::decode(&bytes[..], Some((file.clone(), 0))).unwrap();
         let mut truth = ix.clone();
         insert_sample(&mut truth, 300);
-        let repaired_from = truth.clone();
-        lazy.set_repair(Arc::new(move |k: &Key| {
-            repaired_from
-                .keys
-                .get(k)
-                .cloned()
-                .ok_or_else(|| format!("no {k:?}"))
-        }));
-        let Some((_, Section::Raw(Bytes::InFile(name)))) = lazy
-            .keys
-            .for_encoding()
-            .find(|(k, _)| **k == Key::Field(Field::Name))
-        else {
-            panic!("the Name key is not in the file");
-        };
-        let name = name.clone();
+        lazy.set_repair(repair_from(truth.clone()));
+        let name = name_section(&lazy);
         // Queued on every key, then the Name key's bytes change on disk.
         insert_sample(&mut lazy, 300);
-        (&*file)
-            .seek(SeekFrom::Start(name.offset + u64::from(name.len) / 2))
-            .unwrap();
-        (&*file).write_all(b"x").unwrap();
+        damage(&file, &name);
         let copy = lazy.for_checkpoint();
         assert_eq!(decode(&encoded(&copy)).unwrap(), truth);
         assert_eq!(lazy, truth);
