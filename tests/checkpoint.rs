@@ -642,6 +642,34 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Rewrites every 97th byte of the file's last three quarters, in place:
 /// the same file (inode), which a store or snapshot may hold open.
+/// A checkpoint taken after the file it replaces changed on disk: the
+/// copy it encodes without the state's lock cannot read the untouched keys
+/// back, so it is encoded again under the lock, where those keys are built
+/// from the records; the next open reads it and equals a rebuild.
+#[test]
+fn a_checkpoint_over_a_changed_file_builds_the_unreadable_keys_from_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    let s = open(dir.path());
+    s.machines()
+        .set_param("node-0001", "rack", json!(99))
+        .unwrap();
+    damage_in_place(&dir.path().join(FILE));
+    s.checkpoint().unwrap();
+    let expected = counts(&s);
+    let rev = s.revision();
+    drop(s);
+    released(dir.path());
+    let s = open(dir.path());
+    assert!(
+        matches!(s.recovery(), Recovery::Checkpoint { revision, .. } if *revision == rev),
+        "{:?}",
+        s.recovery()
+    );
+    assert_eq!(counts(&s), expected);
+    s.verify_indexes().unwrap();
+}
+
 fn damage_in_place(path: &Path) {
     use std::io::Write;
     let mut bytes = std::fs::read(path).unwrap();
