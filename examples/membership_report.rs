@@ -575,6 +575,9 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 /// Writes with index maintenance, and where one param write's time goes.
 fn write_figures(store: &Store, n: usize) {
+    // Waits out a background checkpoint the import started (and writes one
+    // more), so that the writes below do not share the two cores with it.
+    store.checkpoint().unwrap();
     let mut i = 0u64;
     fleetkv::timing::take();
     let write = median(201, || {
@@ -614,6 +617,27 @@ fn write_figures(store: &Store, n: usize) {
     println!(
         "| cluster profile param change ({} members) | {} |",
         n / fleet::CLUSTERS,
+        fmt(t.elapsed())
+    );
+    // A delete touches every key the machine had a value in: while a
+    // background checkpoint holds its copy of the index (at 1M the `global`
+    // change above starts one that encodes for about 0.5 s), each of those
+    // keys is copied before it changes.
+    let t = Instant::now();
+    store
+        .machines()
+        .delete(&format!("node-{:07}", n - 1))
+        .unwrap();
+    let during = t.elapsed();
+    store.checkpoint().unwrap();
+    let t = Instant::now();
+    store
+        .machines()
+        .delete(&format!("node-{:07}", n - 2))
+        .unwrap();
+    println!(
+        "| machine delete right after those / with no checkpoint running | {} / {} |",
+        fmt(during),
         fmt(t.elapsed())
     );
     store.verify_indexes().unwrap();

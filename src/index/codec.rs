@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
-use super::keys::{Bytes, FileSection, Keys, Section};
+use super::keys::{Bytes, FileSection, Keys, Repacked, Section};
 use super::values::Values;
 use super::{Index, NumKey, Posting, Postings, ValueKey};
 use crate::filter::{Field, Key};
@@ -83,6 +83,22 @@ impl Index {
             keys: self.keys.for_checkpoint(),
             own: self.own.clone(),
         }
+    }
+
+    /// Packed forms of the keys this copy holds as trees but whose values
+    /// call for packed blocks: a fleet imported or written through the API
+    /// grows its Name, Uuid and Address keys as trees, which cost several
+    /// times the memory and make a copy-on-write of the key copy every
+    /// value. Built from a checkpoint's copy, off the lock; see
+    /// [`adopt`](Self::adopt).
+    pub(crate) fn repack(&self) -> Repacked {
+        self.keys.repack()
+    }
+
+    /// Takes the packed forms of the keys unchanged since they were built
+    /// (see [`Keys::adopt`]); returns how many.
+    pub(crate) fn adopt(&mut self, repacked: Repacked) -> usize {
+        self.keys.adopt(repacked)
     }
 
     /// Reads the index [`encode`](Self::encode) wrote from `r`, to its end.
@@ -562,6 +578,39 @@ mod tests {
         let copy = lazy.for_checkpoint();
         assert_eq!(decode(&encoded(&copy)).unwrap(), truth);
         assert_eq!(lazy, truth);
+    }
+
+    fn name_is_packed(ix: &Index) -> bool {
+        let name = ix.keys.get(&Key::Field(Field::Name)).unwrap();
+        matches!(name.values, Values::Packed(_))
+    }
+
+    /// Keys grown one write at a time (as an import does) are trees; a
+    /// checkpoint packs them from its copy, and the index adopts a packed
+    /// key only if no write changed the key since the copy was taken.
+    #[test]
+    fn a_checkpoints_copy_packs_the_keys_grown_as_trees_that_no_write_changed_since() {
+        let mut ix = sample(0..2000);
+        assert!(!name_is_packed(&ix));
+        let before = ix.heap_bytes();
+        let copy = ix.for_checkpoint();
+        let repacked = copy.repack();
+        drop(copy);
+        assert_eq!(ix.adopt(repacked), 1, "only Name calls for packing");
+        assert!(name_is_packed(&ix));
+        assert!(ix.heap_bytes() < before, "{} ≥ {before}", ix.heap_bytes());
+        assert_eq!(ix, sample(0..2000));
+
+        // A write to Name between the copy and the adoption: the packed
+        // form lacks it, so it is not adopted.
+        let mut ix = sample(0..2000);
+        let copy = ix.for_checkpoint();
+        let repacked = copy.repack();
+        insert_sample(&mut ix, 2000);
+        drop(copy);
+        assert_eq!(ix.adopt(repacked), 0);
+        assert!(!name_is_packed(&ix));
+        assert_eq!(ix, sample(0..2001));
     }
 
     #[test]

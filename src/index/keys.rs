@@ -36,6 +36,7 @@ use std::sync::{Arc, OnceLock};
 
 use roaring::RoaringBitmap;
 
+use super::values::Values;
 use super::{Postings, ValueKey};
 use crate::filter::Key;
 
@@ -430,6 +431,52 @@ impl Keys {
         }
     }
 
+    /// Packed forms of this copy's keys that are held as trees but call
+    /// for packing ([`Values::packs_better`]), built off the state's lock
+    /// for [`adopt`](Keys::adopt). Each remembers the slot it was built
+    /// from.
+    pub(super) fn repack(&self) -> Repacked {
+        let forms = self
+            .map
+            .iter()
+            .filter_map(|(k, slot)| {
+                let Slot::Decoded(p) = &**slot else {
+                    return None;
+                };
+                if !p.values.packs_better() {
+                    return None;
+                }
+                let values = Values::from_sorted(
+                    p.values
+                        .iter()
+                        .map(|(v, post)| (v.into_owned(), post.into_owned()))
+                        .collect(),
+                );
+                let packed = Postings {
+                    values,
+                    has: p.has.clone(),
+                };
+                Some((k.clone(), slot.clone(), Arc::new(Slot::Decoded(packed))))
+            })
+            .collect();
+        Repacked(forms)
+    }
+
+    /// Takes the packed form of each key still held in the very slot it
+    /// was built from (nothing changed it since); returns how many.
+    pub(super) fn adopt(&mut self, repacked: Repacked) -> usize {
+        let mut adopted = 0;
+        for (k, from, packed) in repacked.0 {
+            if let Some(slot) = self.map.get_mut(&k) {
+                if Arc::ptr_eq(slot, &from) {
+                    *slot = packed;
+                    adopted += 1;
+                }
+            }
+        }
+        adopted
+    }
+
     pub(super) fn for_encoding(&self) -> impl Iterator<Item = (&Key, Section<'_>)> {
         self.map.iter().filter_map(|(k, slot)| {
             if let Some(e) = slot.pending().filter(|e| e.queued.is_empty()) {
@@ -440,6 +487,10 @@ impl Keys {
         })
     }
 }
+
+/// Packed forms of keys a checkpoint's copy held as trees: see
+/// [`Keys::repack`].
+pub(crate) struct Repacked(Vec<(Key, Arc<Slot>, Arc<Slot>)>);
 
 /// One key's section for a checkpoint.
 pub(super) enum Section<'a> {

@@ -3,14 +3,18 @@
 //! single object, so that case is stored inline — no bitmap allocation, and
 //! counting it never touches the heap.
 
+use std::sync::Arc;
+
 use roaring::RoaringBitmap;
 
-/// The ids holding one value; never empty. 16 bytes: the bitmap is boxed
-/// so that the common single-id case keeps map entries small.
+/// The ids holding one value; never empty. 16 bytes: the bitmap is behind
+/// a pointer so that the common single-id case keeps map entries small,
+/// and shared, so that a copy of a key (a checkpoint's, taken while writes
+/// go on) shares its bitmaps and a write copies only the one it changes.
 #[derive(Debug, Clone)]
 pub(crate) enum Posting {
     One(u32),
-    Many(Box<RoaringBitmap>),
+    Many(Arc<RoaringBitmap>),
 }
 
 impl PartialEq for Posting {
@@ -25,10 +29,10 @@ impl Posting {
             Posting::One(x) if *x == id => {}
             Posting::One(x) => {
                 let b: RoaringBitmap = [*x, id].into_iter().collect();
-                *self = Posting::Many(Box::new(b));
+                *self = Posting::Many(Arc::new(b));
             }
             Posting::Many(b) => {
-                b.insert(id);
+                Arc::make_mut(b).insert(id);
             }
         }
     }
@@ -38,7 +42,7 @@ impl Posting {
         match self {
             Posting::One(x) => *x == id,
             Posting::Many(b) => {
-                b.remove(id);
+                Arc::make_mut(b).remove(id);
                 self.shrink()
             }
         }
@@ -49,7 +53,7 @@ impl Posting {
         match self {
             Posting::One(x) => ids.contains(*x),
             Posting::Many(b) => {
-                **b -= ids;
+                *Arc::make_mut(b) -= ids;
                 self.shrink()
             }
         }
@@ -58,7 +62,7 @@ impl Posting {
     pub(crate) fn insert_all(&mut self, ids: &RoaringBitmap) {
         let mut b = self.to_bitmap();
         b |= ids;
-        *self = Posting::Many(Box::new(b));
+        *self = Posting::Many(Arc::new(b));
         self.shrink();
     }
 
@@ -75,7 +79,7 @@ impl Posting {
     }
 
     pub(crate) fn from_bitmap(b: RoaringBitmap) -> Option<Posting> {
-        let mut p = Posting::Many(Box::new(b));
+        let mut p = Posting::Many(Arc::new(b));
         (!p.shrink()).then_some(p)
     }
 
@@ -154,7 +158,7 @@ mod tests {
         assert!(matches!(p, Posting::Many(_)));
         assert!(!p.remove(3));
         assert!(matches!(p, Posting::One(5)));
-        assert_eq!(p, Posting::Many(Box::new([5].into_iter().collect())));
+        assert_eq!(p, Posting::Many(Arc::new([5].into_iter().collect())));
         assert!(p.remove(5));
         let w: RoaringBitmap = [1, 5].into_iter().collect();
         assert_eq!(Posting::One(5).len_within(Some(&w)), 1);

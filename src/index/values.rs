@@ -32,6 +32,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Bound as RangeBound;
+use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
@@ -79,15 +80,30 @@ impl Values {
     /// The form a key of these values (ascending, distinct) is best held
     /// in (see the module doc).
     pub(crate) fn from_sorted(values: Vec<(ValueKey, Posting)>) -> Values {
-        let n = values.len();
         let single = values
             .iter()
             .filter(|(_, p)| matches!(p, Posting::One(_)))
             .count();
-        if n >= PACK_MIN && single * 10 >= n * 9 {
+        if packs(values.len(), single) {
             Values::Packed(Packed::from_sorted(values))
         } else {
             Values::Tree(values.into_iter().collect())
+        }
+    }
+
+    /// A tree whose values call for packed blocks (see the module doc):
+    /// one a bulk build that was not a rebuild (an import, writes through
+    /// the API) left growing as a tree.
+    pub(crate) fn packs_better(&self) -> bool {
+        match self {
+            Values::Tree(t) => {
+                t.len() >= PACK_MIN
+                    && packs(
+                        t.len(),
+                        t.values().filter(|p| matches!(p, Posting::One(_))).count(),
+                    )
+            }
+            Values::Packed(_) => false,
         }
     }
 
@@ -218,10 +234,17 @@ impl Values {
                             + b.many.iter().map(posting).sum::<usize>()
                     })
                     .sum();
-                btree(p.blocks.len(), size_of::<(ValueKey, Block)>()) + blocks
+                btree(p.blocks.len(), size_of::<(ValueKey, Arc<Block>)>())
+                    + p.blocks.len() * (size_of::<Block>() + 2 * size_of::<usize>())
+                    + blocks
             }
         }
     }
+}
+
+/// Whether `n` values, `single` of them held by one object, are packed.
+fn packs(n: usize, single: usize) -> bool {
+    n >= PACK_MIN && single * 10 >= n * 9
 }
 
 /// The values of a range, in order: [`Values::range`].
@@ -245,7 +268,7 @@ impl<'a> Iterator for Range<'a> {
 /// decoded entry by entry; values below `lo` skipped, the walk ended at the
 /// first above `hi`.
 pub(crate) struct PackedRange<'a> {
-    blocks: std::collections::btree_map::Range<'a, ValueKey, Block>,
+    blocks: std::collections::btree_map::Range<'a, ValueKey, Arc<Block>>,
     block: Option<BlockIter<'a>>,
     /// `Unbounded` once a value at or past it was seen.
     lo: RangeBound<ValueKey>,
@@ -290,9 +313,13 @@ impl<'a> Iterator for PackedRange<'a> {
 }
 
 /// Blocks of front-coded values by their first value; `len` values in all.
+///
+/// Each block sits behind an `Arc`, so a copy of the key (a checkpoint's,
+/// taken while writes go on) shares every block, and a write then copies
+/// only the block it changes, never the whole key.
 #[derive(Clone, Default)]
 pub(crate) struct Packed {
-    blocks: BTreeMap<ValueKey, Block>,
+    blocks: BTreeMap<ValueKey, Arc<Block>>,
     len: usize,
 }
 
@@ -320,7 +347,7 @@ impl Packed {
     fn into_entries(self) -> Vec<(ValueKey, Posting)> {
         let mut all = Vec::with_capacity(self.len);
         for block in self.blocks.into_values() {
-            all.extend(block.into_entries());
+            all.extend(Block::unshared(block).into_entries());
         }
         all
     }
@@ -380,7 +407,7 @@ impl Packed {
             .next_back()?;
         let mut value = Vec::new();
         encode_value(&mut value, v);
-        Some((block, value))
+        Some((Arc::make_mut(block), value))
     }
 
     /// A new value held by `id` alone, spliced into its block's bytes;
@@ -423,7 +450,7 @@ impl Packed {
         let Some(block) = self.blocks.remove(&first) else {
             return;
         };
-        let mut entries = block.into_entries();
+        let mut entries = Block::unshared(block).into_entries();
         match entries.binary_search_by(|(k, _)| k.cmp(v)) {
             Ok(i) => {
                 let mut post = Some(take(&mut entries[i].1));
@@ -454,7 +481,7 @@ impl Packed {
         if entries.len() <= BLOCK_MAX {
             if !entries.is_empty() {
                 let (first, block) = Block::build(entries);
-                self.blocks.insert(first, block);
+                self.blocks.insert(first, Arc::new(block));
             }
             return;
         }
@@ -462,7 +489,7 @@ impl Packed {
         while entries.peek().is_some() {
             let chunk: Vec<_> = entries.by_ref().take(BLOCK_FILL).collect();
             let (first, block) = Block::build(chunk);
-            self.blocks.insert(first, block);
+            self.blocks.insert(first, Arc::new(block));
         }
     }
 
@@ -484,7 +511,7 @@ impl Packed {
                 continue;
             };
             let before = block.len();
-            let mut entries = block.into_entries();
+            let mut entries = Block::unshared(block).into_entries();
             entries.retain_mut(|(_, post)| !post.remove_all(ids));
             self.len -= before - entries.len();
             self.put(entries);
@@ -499,6 +526,11 @@ fn take(slot: &mut Posting) -> Posting {
 }
 
 impl Block {
+    /// The block itself, copied only if a copy of the key still holds it.
+    fn unshared(block: Arc<Block>) -> Block {
+        Arc::try_unwrap(block).unwrap_or_else(|shared| (*shared).clone())
+    }
+
     /// A block of `entries` (ascending, not empty) and its first value.
     fn build(entries: Vec<(ValueKey, Posting)>) -> (ValueKey, Block) {
         let mut bytes = Vec::with_capacity(entries.len() * 8);
@@ -1079,7 +1111,7 @@ mod tests {
             .map(|i| {
                 (
                     ValueKey::Num(NumKey::new(f64::from(i))),
-                    Posting::Many(Box::new((0..n).filter(|x| x % 3 == i).collect())),
+                    Posting::Many(std::sync::Arc::new((0..n).filter(|x| x % 3 == i).collect())),
                 )
             })
             .collect();

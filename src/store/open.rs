@@ -194,15 +194,26 @@ impl Checkpoints {
     /// shares every key with the index ([`Index::for_checkpoint`]): writes
     /// go on while it runs (at 1M machines it takes about half a second,
     /// which writers, and the readers queued behind them, used to wait
-    /// for), and a write copies a key the copy still holds before it
-    /// changes it. Only when a section of the last checkpoint no longer
-    /// reads back is the index encoded under the lock, where the key is
-    /// built from the records.
+    /// for). A write to a key the copy still holds copies that key's map
+    /// of blocks or values first, which shares the packed blocks and the
+    /// bitmaps (the write copies only those it changes); a key of unique
+    /// values grown as a tree (by imports or API writes) is a map of one
+    /// entry per machine, so copying it costs far more: hence `repack`.
+    /// Only when a section of the last checkpoint no longer reads back is
+    /// the index encoded under the lock, where the key is built from the
+    /// records.
+    ///
+    /// With `repack`, keys grown as trees whose values call for packed
+    /// blocks are packed from the copy after the encoding and adopted
+    /// where no write changed them since ([`Index::repack`]): after an
+    /// import, the first checkpoint brings the index to the form and size
+    /// a reopen would.
     fn write(
         &self,
         digest: &[u8; 16],
         state: &RwLock<State>,
         flush: impl FnOnce() -> Result<()>,
+        repack: bool,
     ) -> Result<()> {
         let _timed = crate::telemetry::Timed::start(crate::telemetry::record_checkpoint);
         let (copy, covered, mut rev, next_id) = {
@@ -217,6 +228,9 @@ impl Checkpoints {
         #[cfg(test)]
         tests::encoding(&self.dir);
         let mut bytes = checkpoint::encode(digest, &copy, rev, next_id);
+        // Keys an import or the API grew as trees are packed from the copy
+        // here, and adopted below where no write changed them since.
+        let repacked = (repack && bytes.is_ok()).then(|| copy.repack());
         drop(copy);
         if bytes.is_err() {
             let st = state.read();
@@ -240,7 +254,11 @@ impl Checkpoints {
             covered.min(self.pending.load(Ordering::Acquire)),
             Ordering::AcqRel,
         );
-        state.write().changed.covered(rev);
+        let mut st = state.write();
+        st.changed.covered(rev);
+        if let Some(repacked) = repacked {
+            st.machines.adopt(repacked);
+        }
         Ok(())
     }
 }
@@ -267,7 +285,7 @@ impl Inner {
             eprintln!("fleetkv: could not file lease deadlines: {e}");
         }
         if self.checkpoint_due(self.options.checkpoint_after) {
-            if let Err(e) = self.checkpoint() {
+            if let Err(e) = self.checkpoint(false) {
                 eprintln!("fleetkv: could not write the index checkpoint: {e}");
             }
         }
@@ -325,7 +343,9 @@ impl Inner {
 
     /// Writes a checkpoint now, after any under way (waiting at most the
     /// stall limit for it: a background one whose flush stalled is given up).
-    fn checkpoint(&self) -> Result<()> {
+    /// Writes a checkpoint now; with `repack`, keys grown as trees are
+    /// packed too (not worth it at a close).
+    fn checkpoint(&self, repack: bool) -> Result<()> {
         let Some(c) = &self.checkpoints else {
             return Ok(());
         };
@@ -337,9 +357,12 @@ impl Inner {
         };
         let digest = checkpoint::store_digest(&self.secret()?);
         let backend = self.backend.read().clone();
-        c.write(&digest, &self.state, || {
-            self.flusher.run("flush", move || backend.flush())?
-        })
+        c.write(
+            &digest,
+            &self.state,
+            || self.flusher.run("flush", move || backend.flush())?,
+            repack,
+        )
     }
 
     fn secret(&self) -> Result<Vec<u8>> {
@@ -960,7 +983,7 @@ impl Store {
     /// no-op), flushing the engine first. Closing writes one when due
     /// ([`Options::checkpoint_after`]).
     pub fn checkpoint(&self) -> Result<()> {
-        self.inner.checkpoint()
+        self.inner.checkpoint(true)
     }
 
     /// Counts a write's replay cost toward the next checkpoint, and starts
@@ -996,7 +1019,7 @@ impl Store {
                 // waits for it, and a close waits for it at most the limit.
                 // A failure only means a longer replay or a rebuild later.
                 let _one = bg.writing.lock();
-                if let Err(e) = bg.write(&digest, &state, || backend.flush()) {
+                if let Err(e) = bg.write(&digest, &state, || backend.flush(), true) {
                     eprintln!("fleetkv: could not write the index checkpoint: {e}");
                 }
                 bg.running.store(false, Ordering::Release);
@@ -1042,6 +1065,9 @@ mod tests {
         }
     }
 
+    /// Also: keys the import grew as trees are packed by the checkpoint,
+    /// except one a write changed while it encoded (Name, here), which
+    /// keeps that write.
     #[test]
     fn writes_and_reads_go_on_while_a_checkpoint_is_encoded() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1055,16 +1081,20 @@ mod tests {
         store
             .machines()
             .import(
-                (0..500)
+                // Past the size at which a key of unique values is packed.
+                (0..1100)
                     .map(|i| {
                         let mut m = Machine::new(format!("node-{i:04}"));
                         m.params.insert("rack".into(), json!(i % 5));
+                        m.params.insert("serial".into(), json!(format!("s-{i}")));
                         m
                     })
                     .collect(),
             )
             .unwrap();
         let at = store.revision();
+        let index_bytes = || store.inner.state.read().machines.heap_bytes();
+        let before = index_bytes();
         // The encoder waits at the hook until the test lets it go.
         let (entered_tx, entered) = mpsc::channel::<()>();
         let (release, released) = mpsc::channel::<()>();
@@ -1086,10 +1116,13 @@ mod tests {
         let writer = {
             let s = store.clone();
             std::thread::spawn(move || {
+                let mut new = Machine::new("node-9999");
+                new.params.insert("rack".into(), json!(9));
+                let created = s.machines().create(new);
                 let wrote = s.machines().set_param("node-0007", "rack", json!(9));
                 let rack9 = Filter::parse("rack Eq 9").unwrap();
                 let counted = s.machines().count(&rack9);
-                let _ = done_tx.send((wrote.map(|m| m.revision), counted));
+                let _ = done_tx.send((created.and(wrote).map(|m| m.revision), counted));
             })
         };
         // A write and a count while the encoder holds its copy: neither
@@ -1100,8 +1133,10 @@ mod tests {
         writer.join().unwrap();
         encoder.join().unwrap().unwrap();
         ENCODING.lock().retain(|(d, _)| d != &dir);
-        assert_eq!(wrote.unwrap(), at + 1);
-        assert_eq!(counted.unwrap(), 1);
+        assert_eq!(wrote.unwrap(), at + 2);
+        assert_eq!(counted.unwrap(), 2);
+        // The serial key, which no write touched, was packed.
+        assert!(index_bytes() < before, "{} ≥ {before}", index_bytes());
         // The file holds the index as the copy had it: the write came after.
         let digest = checkpoint::store_digest(&store.inner.secret().unwrap());
         let file = dir.join(checkpoint::FILE);
@@ -1115,6 +1150,6 @@ mod tests {
         }
         store.verify_indexes().unwrap();
         let rack9 = Filter::parse("rack Eq 9").unwrap();
-        assert_eq!(store.machines().count(&rack9).unwrap(), 1);
+        assert_eq!(store.machines().count(&rack9).unwrap(), 2);
     }
 }
