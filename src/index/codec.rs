@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
-use super::keys::{Bytes, FileSection, Keys, Repacked, Section};
+use super::keys::{Bytes, FileSection, Keys, Released, Repacked, Section};
 use super::values::Values;
 use super::{Index, NumKey, Posting, Postings, ValueKey};
 use crate::filter::{Field, Key};
@@ -96,8 +96,9 @@ impl Index {
     }
 
     /// Takes the packed forms of the keys unchanged since they were built
-    /// (see [`Keys::adopt`]); returns how many.
-    pub(crate) fn adopt(&mut self, repacked: Repacked) -> usize {
+    /// (see [`Keys::adopt`]); what it returns is to be dropped after the
+    /// state's lock is let go.
+    pub(crate) fn adopt(&mut self, repacked: Repacked) -> Released {
         self.keys.adopt(repacked)
     }
 
@@ -596,7 +597,7 @@ mod tests {
         let copy = ix.for_checkpoint();
         let repacked = copy.repack();
         drop(copy);
-        assert_eq!(ix.adopt(repacked), 1, "only Name calls for packing");
+        assert_eq!(ix.adopt(repacked).adopted, 1, "only Name calls for packing");
         assert!(name_is_packed(&ix));
         assert!(ix.heap_bytes() < before, "{} ≥ {before}", ix.heap_bytes());
         assert_eq!(ix, sample(0..2000));
@@ -608,7 +609,7 @@ mod tests {
         let repacked = copy.repack();
         insert_sample(&mut ix, 2000);
         drop(copy);
-        assert_eq!(ix.adopt(repacked), 0);
+        assert_eq!(ix.adopt(repacked).adopted, 0);
         assert!(!name_is_packed(&ix));
         assert_eq!(ix, sample(0..2001));
     }

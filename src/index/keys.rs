@@ -463,18 +463,23 @@ impl Keys {
     }
 
     /// Takes the packed form of each key still held in the very slot it
-    /// was built from (nothing changed it since); returns how many.
-    pub(super) fn adopt(&mut self, repacked: Repacked) -> usize {
-        let mut adopted = 0;
+    /// was built from (nothing changed it since).
+    pub(super) fn adopt(&mut self, repacked: Repacked) -> Released {
+        let mut released = Released {
+            slots: Vec::with_capacity(2 * repacked.0.len()),
+            adopted: 0,
+        };
         for (k, from, packed) in repacked.0 {
-            if let Some(slot) = self.map.get_mut(&k) {
-                if Arc::ptr_eq(slot, &from) {
-                    *slot = packed;
-                    adopted += 1;
+            match self.map.get_mut(&k) {
+                Some(slot) if Arc::ptr_eq(slot, &from) => {
+                    released.slots.push(std::mem::replace(slot, packed));
+                    released.adopted += 1;
                 }
+                _ => released.slots.push(packed),
             }
+            released.slots.push(from);
         }
-        adopted
+        released
     }
 
     pub(super) fn for_encoding(&self) -> impl Iterator<Item = (&Key, Section<'_>)> {
@@ -491,6 +496,16 @@ impl Keys {
 /// Packed forms of keys a checkpoint's copy held as trees: see
 /// [`Keys::repack`].
 pub(crate) struct Repacked(Vec<(Key, Arc<Slot>, Arc<Slot>)>);
+
+/// What [`Keys::adopt`] let go of: the trees the packed keys replaced, and
+/// the packed forms it did not take. Dropping it frees them, up to a
+/// million tree entries (and a heap string each for Uuid) per key: not
+/// under the state's lock.
+pub(crate) struct Released {
+    slots: Vec<Arc<Slot>>,
+    /// How many keys were packed.
+    pub(crate) adopted: usize,
+}
 
 /// One key's section for a checkpoint.
 pub(super) enum Section<'a> {

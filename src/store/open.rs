@@ -254,11 +254,14 @@ impl Checkpoints {
             covered.min(self.pending.load(Ordering::Acquire)),
             Ordering::AcqRel,
         );
-        let mut st = state.write();
-        st.changed.covered(rev);
-        if let Some(repacked) = repacked {
-            st.machines.adopt(repacked);
-        }
+        let released = {
+            let mut st = state.write();
+            st.changed.covered(rev);
+            repacked.map(|r| st.machines.adopt(r))
+        };
+        // The trees the packed keys replace are freed here, not under the
+        // lock.
+        drop(released);
         Ok(())
     }
 }
