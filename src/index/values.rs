@@ -23,9 +23,10 @@
 //!   block (a few µs), splitting it when it grows past [`BLOCK_MAX`].
 //!
 //! A key keeps its form until it is built again: a fleet created through
-//! the API is packed at the next open (from the checkpoint) or rebuild.
-//! Packing a growing tree as it grows would make every later write of a
-//! bulk build a block re-encode instead of a tree insert. Both forms answer
+//! the API or imported is packed by the next checkpoint (from its copy:
+//! [`Values::packs_better`]), open or rebuild. Packing a growing tree as it
+//! grows would make every later write of a bulk build a block re-encode
+//! instead of a tree insert. Both forms answer
 //! every read and write the same, so the form is memory and speed only.
 //! Equality is by content, never by form.
 
