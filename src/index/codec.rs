@@ -88,8 +88,8 @@ impl Index {
     /// Packed forms of the keys this copy holds as trees but whose values
     /// call for packed blocks: a fleet imported or written through the API
     /// grows its Name, Uuid and Address keys as trees, which cost several
-    /// times the memory and make a copy-on-write of the key copy every
-    /// value. Built from a checkpoint's copy, off the lock; see
+    /// times the memory, and whose copy-on-write copies an entry per
+    /// machine. Built from a checkpoint's copy, off the lock; see
     /// [`adopt`](Self::adopt).
     pub(crate) fn repack(&self) -> Repacked {
         self.keys.repack()

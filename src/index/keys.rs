@@ -36,7 +36,6 @@ use std::sync::{Arc, OnceLock};
 
 use roaring::RoaringBitmap;
 
-use super::values::Values;
 use super::{Postings, ValueKey};
 use crate::filter::Key;
 
@@ -432,9 +431,9 @@ impl Keys {
     }
 
     /// Packed forms of this copy's keys that are held as trees but call
-    /// for packing ([`Values::packs_better`]), built off the state's lock
-    /// for [`adopt`](Keys::adopt). Each remembers the slot it was built
-    /// from.
+    /// for packing ([`Values::repacked`](super::values::Values::repacked)),
+    /// built off the state's lock for [`adopt`](Keys::adopt). Each
+    /// remembers the slot it was built from.
     pub(super) fn repack(&self) -> Repacked {
         let forms = self
             .map
@@ -443,17 +442,8 @@ impl Keys {
                 let Slot::Decoded(p) = &**slot else {
                     return None;
                 };
-                if !p.values.packs_better() {
-                    return None;
-                }
-                let values = Values::from_sorted(
-                    p.values
-                        .iter()
-                        .map(|(v, post)| (v.into_owned(), post.into_owned()))
-                        .collect(),
-                );
                 let packed = Postings {
-                    values,
+                    values: p.values.repacked()?,
                     has: p.has.clone(),
                 };
                 Some((k.clone(), slot.clone(), Arc::new(Slot::Decoded(packed))))

@@ -24,7 +24,7 @@
 //!
 //! A key keeps its form until it is built again: a fleet created through
 //! the API or imported is packed by the next checkpoint (from its copy:
-//! [`Values::packs_better`]), open or rebuild. Packing a growing tree as it
+//! [`Values::repacked`]), open or rebuild. Packing a growing tree as it
 //! grows would make every later write of a bulk build a block re-encode
 //! instead of a tree insert. Both forms answer
 //! every read and write the same, so the form is memory and speed only.
@@ -92,20 +92,22 @@ impl Values {
         }
     }
 
-    /// A tree whose values call for packed blocks (see the module doc):
-    /// one a bulk build that was not a rebuild (an import, writes through
-    /// the API) left growing as a tree.
-    pub(crate) fn packs_better(&self) -> bool {
-        match self {
-            Values::Tree(t) => {
-                t.len() >= PACK_MIN
-                    && packs(
-                        t.len(),
-                        t.values().filter(|p| matches!(p, Posting::One(_))).count(),
-                    )
-            }
-            Values::Packed(_) => false,
+    /// A packed copy of a tree whose values call for packed blocks (see
+    /// the module doc): one a bulk build that was not a rebuild (an
+    /// import, writes through the API) left growing as a tree. `None` for
+    /// any other key.
+    pub(crate) fn repacked(&self) -> Option<Values> {
+        let Values::Tree(t) = self else {
+            return None;
+        };
+        if t.len() < PACK_MIN {
+            return None;
         }
+        let single = t.values().filter(|p| matches!(p, Posting::One(_))).count();
+        packs(t.len(), single).then(|| {
+            let entries = t.iter().map(|(v, p)| (v.clone(), p.clone())).collect();
+            Values::Packed(Packed::from_sorted(entries))
+        })
     }
 
     /// Held again in the form its values now call for, packed full.
