@@ -603,15 +603,22 @@ mod tests {
         assert_eq!(ix, sample(0..2000));
 
         // A write to Name between the copy and the adoption: the packed
-        // form lacks it, so it is not adopted.
+        // form lacks it, so it is not adopted. The write itself copied the
+        // shared tree into its packed form (`keys::unshare`).
         let mut ix = sample(0..2000);
         let copy = ix.for_checkpoint();
         let repacked = copy.repack();
         insert_sample(&mut ix, 2000);
+        assert!(name_is_packed(&ix), "a write's copy of a shared tree");
+        assert!(!name_is_packed(&copy), "the checkpoint's copy is untouched");
         drop(copy);
         assert_eq!(ix.adopt(repacked).adopted, 0);
-        assert!(!name_is_packed(&ix));
         assert_eq!(ix, sample(0..2001));
+
+        // Unshared, a write changes the tree in place: no packing.
+        let mut ix = sample(0..2000);
+        insert_sample(&mut ix, 2000);
+        assert!(!name_is_packed(&ix));
     }
 
     #[test]

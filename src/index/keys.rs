@@ -238,6 +238,23 @@ pub(super) fn is_set(k: &Key) -> bool {
     matches!(k, Key::Profiles)
 }
 
+/// The slot to write, copied first if another copy of the index holds it
+/// (a checkpoint's, or an import's prepared copy: `Arc::make_mut`). A tree
+/// whose values call for packing is copied into its packed form instead: it
+/// costs about what the copy would, and makes every later copy cheap (the
+/// block map, not a node per value).
+fn unshare(slot: &mut Arc<Slot>) -> &mut Slot {
+    if Arc::get_mut(slot).is_none() {
+        if let Slot::Decoded(p) = &**slot {
+            if let Some(values) = p.values.repacked() {
+                let has = p.has.clone();
+                *slot = Arc::new(Slot::Decoded(Postings { values, has }));
+            }
+        }
+    }
+    Arc::make_mut(slot)
+}
+
 /// An index's keys. A key with no values is absent.
 #[derive(Clone, Default)]
 pub(crate) struct Keys {
@@ -311,7 +328,7 @@ impl Keys {
                 .insert(k.clone(), Arc::new(Slot::Decoded(Postings::default())));
         }
         match self.map.get_mut(k) {
-            Some(slot) => Arc::make_mut(slot).get_mut(k, self.repair.as_ref()),
+            Some(slot) => unshare(slot).get_mut(k, self.repair.as_ref()),
             None => unreachable!("inserted above"),
         }
     }
@@ -326,7 +343,7 @@ impl Keys {
     pub(super) fn add(&mut self, k: &Key, v: &ValueKey, id: u32) {
         match self.map.get_mut(k) {
             Some(slot) => {
-                let slot = Arc::make_mut(slot);
+                let slot = unshare(slot);
                 if !slot.queue(|| Op::Add(v.clone(), id)) {
                     slot.get_mut(k, self.repair.as_ref()).add(v, id, is_set(k));
                 }
@@ -339,7 +356,7 @@ impl Keys {
         let Some(slot) = self.map.get_mut(k) else {
             return;
         };
-        let slot = Arc::make_mut(slot);
+        let slot = unshare(slot);
         if !slot.queue(|| Op::Sub(v.clone(), id)) {
             slot.get_mut(k, self.repair.as_ref()).sub(v, id);
             self.prune(k);
@@ -351,7 +368,7 @@ impl Keys {
         let shared = Arc::new(ids.clone());
         let repair = self.repair.as_ref();
         self.map.retain(|k, slot| {
-            let slot = Arc::make_mut(slot);
+            let slot = unshare(slot);
             if slot.queue(|| Op::RemoveAll(shared.clone())) {
                 return true;
             }

@@ -142,7 +142,16 @@ impl Index {
             self.add(k, v, id);
         }
         for name in own {
-            self.own.entry((*name).to_string()).or_default().insert(id);
+            // Looked up first: a name's String is made once, not per object.
+            match self.own.get_mut(*name) {
+                Some(ids) => {
+                    ids.insert(id);
+                }
+                None => {
+                    self.own
+                        .insert((*name).to_string(), RoaringBitmap::from_iter([id]));
+                }
+            }
         }
     }
 

@@ -18,7 +18,7 @@ use super::open::Store;
 use super::params::plan_def;
 use super::profiles::{apply_profile, plan_profile, ProfilePlan};
 use super::state::{Pending, State};
-use super::write::{record, Apply};
+use super::write::{record, Prepare, Swap};
 use crate::error::Error;
 use crate::model::{Kind, Machine, ParamDef, Profile};
 use crate::telemetry::WriteKind;
@@ -81,6 +81,27 @@ struct BulkPlan {
 }
 
 impl BulkPlan {
+    /// See [`MachinePlan::prepare`]: a write of machines alone (and
+    /// definitions, which no index holds) works on a copy of the machine
+    /// index while the engine commits; one with profiles applies in place
+    /// once committed, since profile changes move machines' postings first.
+    fn prepare(mut self, st: &State, overlapped: bool) -> Swap {
+        let machines = match self.machines.take() {
+            Some(m) if self.profiles.is_empty() => m.prepare(st, overlapped),
+            machines => {
+                self.machines = machines;
+                return Box::new(move |st: &mut State| {
+                    self.apply(st);
+                    None
+                });
+            }
+        };
+        Box::new(move |st: &mut State| {
+            self.apply(st);
+            machines(st)
+        })
+    }
+
     fn apply(self, st: &mut State) {
         for (d, v) in self.params {
             st.validators.insert(d.name.clone(), v);
@@ -122,7 +143,7 @@ impl Store {
             let plan = self.plan_bulk(st, rev, Some((&mut batch, log)), bulk, &mut at)?;
             Ok((
                 batch,
-                Box::new(move |st: &mut State| plan.apply(st)) as Apply,
+                Box::new(move |st: &State, overlapped| plan.prepare(st, overlapped)) as Prepare,
                 (),
             ))
         });

@@ -20,11 +20,11 @@ use super::patch;
 use super::state::{
     machine_diff, machine_entries, machine_entries_with, own_keys, EntryDiff, Pending, State,
 };
-use super::write::{erase, record, stage, Apply};
+use super::write::{erase, record, stage, Apply, Prepare, Swap};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::GroupCount;
-use crate::index::{Defaults, Entries, ValueKey};
+use crate::index::{Defaults, Entries, Index, ValueKey};
 use crate::model::{Kind, Machine};
 use crate::telemetry::WriteKind;
 use crate::timing;
@@ -168,7 +168,7 @@ impl Machines<'_> {
             let counts = (plan.created, plan.replaced);
             Ok((
                 batch,
-                Box::new(move |st: &mut State| plan.apply(st)) as Apply,
+                Box::new(move |st: &State, overlapped| plan.prepare(st, overlapped)) as Prepare,
                 counts,
             ))
         })
@@ -628,17 +628,42 @@ pub(super) struct MachinePlan {
 impl MachinePlan {
     /// The in-memory half: index entries in, the next id moved on.
     pub(super) fn apply(self, st: &mut State) {
+        let next = self.next;
+        self.index_into(&mut st.machines);
+        st.next_id = next;
+    }
+
+    /// The in-memory half as a [`Prepare`](super::write::Prepare): with a
+    /// commit in flight, the entries go into a copy of the machine index
+    /// (its keys are shared until written, so the copy costs the keys this
+    /// write touches), which the returned apply puts in place.
+    pub(super) fn prepare(self, st: &State, overlapped: bool) -> Swap {
+        if !overlapped {
+            return Box::new(move |st: &mut State| {
+                self.apply(st);
+                None
+            });
+        }
+        let next = self.next;
+        let mut index = st.machines.clone();
+        self.index_into(&mut index);
+        Box::new(move |st: &mut State| {
+            st.next_id = next;
+            Some(std::mem::replace(&mut st.machines, index))
+        })
+    }
+
+    fn index_into(self, index: &mut Index) {
         for (id, old, ne, params) in self.planned {
             match old {
-                Some((oe, old_params)) => st.machines.replace_entries(
+                Some((oe, old_params)) => index.replace_entries(
                     id,
                     Some((&oe, own_keys(&old_params))),
                     Some((&ne, own_keys(&params))),
                 ),
-                None => st.machines.insert(id, &ne, &own_keys(&params)),
+                None => index.insert(id, &ne, &own_keys(&params)),
             }
         }
-        st.next_id = self.next;
     }
 }
 
@@ -725,6 +750,7 @@ pub(super) fn plan_machines(
                 other => other,
             })?;
         m.revision = rev;
+        timing::mark("plan: check");
         if let Some((batch, log)) = &mut out {
             record(
                 batch,
@@ -753,6 +779,7 @@ pub(super) fn plan_machines(
             (id, oe, ne, m.params)
         })
         .collect();
+    timing::mark("plan: index entries");
     Ok(MachinePlan {
         planned,
         next,

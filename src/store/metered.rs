@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::backend::Batch;
 use super::open::Store;
-use super::write::Apply;
+use super::write::Memory;
 use crate::error::Result;
 use crate::telemetry::{self, WriteKind};
 use crate::watch::Change;
@@ -26,10 +26,10 @@ pub(crate) struct Gauges {
 impl Store {
     /// [`Store::write`], recorded as a `kind` write with its outcome and
     /// duration.
-    pub(super) fn write_as<T>(
+    pub(super) fn write_as<T, M: Into<Memory>>(
         &self,
         kind: WriteKind,
-        f: impl FnMut(&super::state::State, u64, &mut Vec<Change>) -> Result<(Batch, Apply, T)>,
+        f: impl FnMut(&super::state::State, u64, &mut Vec<Change>) -> Result<(Batch, M, T)>,
     ) -> Result<T> {
         let started = Instant::now();
         let r = self.write(f);

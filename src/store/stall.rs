@@ -227,6 +227,11 @@ impl Guard {
         *self.failed.lock() = None;
     }
 
+    /// Whether calls run on the caller's thread (see [`Guard::inline`]).
+    pub(crate) fn is_inline(&self) -> bool {
+        self.jobs.is_none()
+    }
+
     /// Hands `f` to the storage thread; wait for it with [`Pending::wait`].
     pub(crate) fn submit<R: Send + 'static>(
         &self,

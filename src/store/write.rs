@@ -8,7 +8,9 @@
 //! change log's records (see [`super::changelog`]).
 //!
 //! The engine commits first and memory follows: a failed or stalled commit
-//! leaves the indexes equal to what is stored.
+//! leaves the indexes equal to what is stored. A write with a large index
+//! change (an import) builds it while the engine commits, on a copy that
+//! replaces the index only once the commit succeeded ([`Prepare`]).
 
 use super::backend::Batch;
 use super::changelog;
@@ -19,6 +21,7 @@ use super::rebuild::load_state;
 use super::snapshot::Changed;
 use super::state::State;
 use crate::error::{Error, Result};
+use crate::index::Index;
 use crate::timing;
 use crate::watch::{Action, Change};
 
@@ -28,6 +31,38 @@ pub(super) const PLAN_ATTEMPTS: u32 = 16;
 
 /// The in-memory half of a write, applied after its batch commits.
 pub(super) type Apply = Box<dyn FnOnce(&mut State)>;
+
+/// The in-memory half of a write whose index change is large (an import),
+/// worked out from the state as it was while the engine commits the batch
+/// on the storage thread: the caller's core builds the change instead of
+/// waiting. The flag says whether a commit is in flight meanwhile; only
+/// then is working on a copy worth it (else the [`Swap`] it returns may
+/// change the state in place). The copy is applied only once the commit
+/// succeeded, so a failed or stalled commit leaves memory as it was.
+pub(super) type Prepare = Box<dyn FnOnce(&State, bool) -> Swap>;
+
+/// A prepared change's apply: returns the machine index it replaced, freed
+/// once the state's lock is let go (the keys the write copied: at a million
+/// machines, tens of milliseconds readers would otherwise wait).
+pub(super) type Swap = Box<dyn FnOnce(&mut State) -> Option<Index>>;
+
+/// What a write's plan returns for memory: see [`Apply`] and [`Prepare`].
+pub(super) enum Memory {
+    Apply(Apply),
+    Prepare(Prepare),
+}
+
+impl From<Apply> for Memory {
+    fn from(a: Apply) -> Memory {
+        Memory::Apply(a)
+    }
+}
+
+impl From<Prepare> for Memory {
+    fn from(p: Prepare) -> Memory {
+        Memory::Prepare(p)
+    }
+}
 
 /// A value a write's plan consumes, for a plan that may run again
 /// ([`Store::write`] on a shared engine): the first plan takes the value
@@ -157,9 +192,9 @@ impl Store {
     /// again once the store caught up, when the engine was ahead: the
     /// caller may have read the newer state through another server. On an
     /// engine only this store writes, `f` runs once.
-    pub(super) fn write<T>(
+    pub(super) fn write<T, M: Into<Memory>>(
         &self,
-        mut f: impl FnMut(&State, u64, &mut Vec<Change>) -> Result<(Batch, Apply, T)>,
+        mut f: impl FnMut(&State, u64, &mut Vec<Change>) -> Result<(Batch, M, T)>,
     ) -> Result<T> {
         self.inner.guard.check()?;
         timing::start();
@@ -167,6 +202,7 @@ impl Store {
         self.inner.forget_snapshot()?;
         let shared = self.inner.shared;
         let mut attempt = 0;
+        let mut retired = None;
         let (rev, out, replay_cost) = loop {
             attempt += 1;
             let retry = shared && attempt < PLAN_ATTEMPTS;
@@ -174,13 +210,13 @@ impl Store {
             let planned = {
                 let st = self.inner.state.read();
                 timing::mark("locks");
-                f(&st, st.rev + 1, &mut changes).map(|(mut batch, apply, out)| {
+                f(&st, st.rev + 1, &mut changes).map(|(mut batch, memory, out)| {
                     batch.expect = st.rev;
                     batch.rev = st.rev + 1;
-                    (batch, apply, out, st.log_len)
+                    (batch, memory.into(), out, st.log_len)
                 })
             };
-            let (mut batch, apply, out, log_len) = match planned {
+            let (mut batch, memory, out, log_len): (_, Memory, _, _) = match planned {
                 Ok(p) => p,
                 Err(e) if retry && !matches!(e, Error::Unavailable(_)) => {
                     if self.catch_up_locked(&mut w)? {
@@ -207,11 +243,20 @@ impl Store {
             let backend = self.backend();
             // Until a flush covers it, for `Store::recover` to commit again.
             let kept = (self.inner.options.durable && !shared).then(|| batch.copy());
-            let (ran, r) = self.inner.guard.run("commit", move || {
+            let committing = self.inner.guard.submit("commit", move || {
                 let t0 = timing::now();
                 let r = backend.commit(batch);
                 ((t0, timing::now()), r)
             })?;
+            let apply = match memory {
+                Memory::Apply(apply) => Ok(apply),
+                Memory::Prepare(prepare) => {
+                    let swap = prepare(&st, !self.inner.guard.is_inline());
+                    timing::mark("index prepare (beside the commit)");
+                    Err(swap)
+                }
+            };
+            let (ran, r) = committing.wait()?;
             if let (Some(t0), Some(t1)) = ran {
                 timing::mark_at("handoff to storage thread", t0);
                 timing::mark_at("engine commit", t1);
@@ -252,7 +297,10 @@ impl Store {
             }
             self.inner.commits.committed(rev);
             w.committed(trimmed, rev, changes.len());
-            apply(&mut st);
+            match apply {
+                Ok(apply) => apply(&mut st),
+                Err(swap) => retired = swap(&mut st),
+            }
             if self.inner.checkpoints.is_some() {
                 Changed::note(&mut st, &changes, rev);
             }
@@ -265,6 +313,8 @@ impl Store {
         // The next writer may commit while this one waits for the disk: the
         // flush that covers this write may cover theirs too.
         drop(w);
+        drop(retired);
+        timing::mark("free the replaced index");
         let durable = if self.inner.options.durable {
             let r = self.sync_to(rev);
             timing::mark("flush");
@@ -293,5 +343,91 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use parking_lot::{Condvar, Mutex};
+
+    use super::super::backend::{Backend, Batch, Scan};
+    use super::super::memory_backend::MemoryBackend;
+    use super::super::stall::Guard;
+    use crate::error::{Error, Result};
+    use crate::filter::Filter;
+    use crate::model::Machine;
+    use crate::store::{Options, Store};
+
+    /// The in-memory engine, whose commits wait at a gate once it closes.
+    #[derive(Default)]
+    struct Gated {
+        inner: MemoryBackend,
+        closed: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl Gated {
+        fn set(&self, closed: bool) {
+            *self.closed.lock() = closed;
+            self.opened.notify_all();
+        }
+    }
+
+    impl Backend for Gated {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.inner.get(key)
+        }
+        fn scan(&self, prefix: &[u8], from: &[u8]) -> Scan<'_> {
+            self.inner.scan(prefix, from)
+        }
+        fn revision(&self) -> Result<u64> {
+            self.inner.revision()
+        }
+        fn commit(&self, batch: Batch) -> Result<()> {
+            let mut closed = self.closed.lock();
+            while *closed {
+                self.opened.wait(&mut closed);
+            }
+            drop(closed);
+            self.inner.commit(batch)
+        }
+        fn flush(&self) -> Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    fn machines(from: usize, to: usize) -> Vec<Machine> {
+        (from..to).map(|i| Machine::new(format!("m{i}"))).collect()
+    }
+
+    /// An import's index change is built while its batch commits; a commit
+    /// that stalls must leave what readers see as it was.
+    #[test]
+    fn an_import_whose_commit_stalls_leaves_the_indexes_as_they_were() {
+        let gated = Arc::new(Gated::default());
+        let options = Options {
+            stall_timeout: Duration::from_millis(300),
+            ..Options::default()
+        };
+        let guard = Guard::new(options.stall_timeout).unwrap();
+        let engine: Arc<dyn Backend> = gated.clone();
+        let s = Store::start(engine, guard, options, None, None).unwrap();
+        s.machines().import(machines(0, 300)).unwrap();
+        let all = Filter::parse("Name Re ^m").unwrap();
+        assert_eq!(s.machines().count(&all).unwrap(), 300);
+
+        gated.set(true);
+        let stalled = s.machines().import(machines(300, 600));
+        assert!(matches!(stalled, Err(Error::Stalled { .. })), "{stalled:?}");
+        assert_eq!(s.machines().count(&all).unwrap(), 300);
+        assert!(!s.machines().exists("m450").unwrap());
+        s.verify_indexes().unwrap();
+        // The stuck commit ends (and lands in the engine, where a reopen
+        // would find it); the stalled store keeps refusing writes.
+        gated.set(false);
+        assert!(s.machines().import(machines(600, 601)).is_err());
     }
 }
