@@ -202,8 +202,7 @@ impl Store {
         self.inner.forget_snapshot()?;
         let shared = self.inner.shared;
         let mut attempt = 0;
-        let mut retired = None;
-        let (rev, out, replay_cost) = loop {
+        let (rev, out, replay_cost, retired) = loop {
             attempt += 1;
             let retry = shared && attempt < PLAN_ATTEMPTS;
             let mut changes = Vec::new();
@@ -248,12 +247,15 @@ impl Store {
                 let r = backend.commit(batch);
                 ((t0, timing::now()), r)
             })?;
-            let apply = match memory {
-                Memory::Apply(apply) => Ok(apply),
+            let apply: Swap = match memory {
+                Memory::Apply(apply) => Box::new(move |st: &mut State| {
+                    apply(st);
+                    None
+                }),
                 Memory::Prepare(prepare) => {
                     let swap = prepare(&st, !self.inner.guard.is_inline());
                     timing::mark("index prepare (beside the commit)");
-                    Err(swap)
+                    swap
                 }
             };
             let (ran, r) = committing.wait()?;
@@ -297,10 +299,7 @@ impl Store {
             }
             self.inner.commits.committed(rev);
             w.committed(trimmed, rev, changes.len());
-            match apply {
-                Ok(apply) => apply(&mut st),
-                Err(swap) => retired = swap(&mut st),
-            }
+            let retired = apply(&mut st);
             if self.inner.checkpoints.is_some() {
                 Changed::note(&mut st, &changes, rev);
             }
@@ -308,7 +307,7 @@ impl Store {
             st.rev = rev;
             st.log_len = log_len;
             timing::mark("index apply");
-            break (rev, out, replay_cost);
+            break (rev, out, replay_cost, retired);
         };
         // The next writer may commit while this one waits for the disk: the
         // flush that covers this write may cover theirs too.
