@@ -52,6 +52,13 @@ pub(super) enum Memory {
     Prepare(Prepare),
 }
 
+/// A write's in-memory half once its commit is under way: [`Memory`]
+/// with the prepared change worked out.
+enum Ready {
+    Apply(Apply),
+    Swap(Swap),
+}
+
 impl From<Apply> for Memory {
     fn from(a: Apply) -> Memory {
         Memory::Apply(a)
@@ -247,15 +254,12 @@ impl Store {
                 let r = backend.commit(batch);
                 ((t0, timing::now()), r)
             })?;
-            let apply: Swap = match memory {
-                Memory::Apply(apply) => Box::new(move |st: &mut State| {
-                    apply(st);
-                    None
-                }),
+            let ready = match memory {
+                Memory::Apply(apply) => Ready::Apply(apply),
                 Memory::Prepare(prepare) => {
                     let swap = prepare(&st, !self.inner.guard.is_inline());
                     timing::mark("index prepare (beside the commit)");
-                    swap
+                    Ready::Swap(swap)
                 }
             };
             let (ran, r) = committing.wait()?;
@@ -299,7 +303,13 @@ impl Store {
             }
             self.inner.commits.committed(rev);
             w.committed(trimmed, rev, changes.len());
-            let retired = apply(&mut st);
+            let retired = match ready {
+                Ready::Apply(apply) => {
+                    apply(&mut st);
+                    None
+                }
+                Ready::Swap(swap) => swap(&mut st),
+            };
             if self.inner.checkpoints.is_some() {
                 Changed::note(&mut st, &changes, rev);
             }
