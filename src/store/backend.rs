@@ -58,6 +58,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Makes every committed batch durable.
     fn flush(&self) -> Result<()>;
 
+    /// The store's last flush before its handles drop: makes every
+    /// committed batch durable and stops the engine's own background work,
+    /// so its files stay as this flush left them (a clean-close snapshot
+    /// pins their identities next). A later commit still works and is made
+    /// durable by the next flush or the engine's drop.
+    fn close(&self) -> Result<()> {
+        self.flush()
+    }
+
     /// Whether other processes (other servers) commit to this engine too:
     /// the store then follows their writes and plans a write again when it
     /// lost the revision race (see `super::follow`). An embedded engine is

@@ -293,7 +293,7 @@ impl Inner {
             }
         }
         let backend = self.backend.read().clone();
-        if let Ok(Ok(())) = self.flusher.run("flush", move || backend.flush()) {
+        if let Ok(Ok(())) = self.flusher.run("flush", move || backend.close()) {
             self.leave_snapshot();
         }
     }

@@ -53,6 +53,11 @@
 //! write after a close removes it first, and the identities catch a store
 //! written by a build that does not know the file.
 //!
+//! The identities are pinned after the close's last flush, which first
+//! stops the engine's own background work ([`Backend::close`]: sled's
+//! flusher cleans segments, moving pages and shrinking its file, after any
+//! flush of ours).
+//!
 //! A close leaves no snapshot while a lease is live: the next open may end
 //! it, which is a write. A snapshot holds no leases and no documents: it
 //! answers counts and group counts, nothing else.

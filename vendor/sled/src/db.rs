@@ -223,6 +223,16 @@ impl Db {
         tenants.iter().map(|(name, _)| name.clone()).collect()
     }
 
+    /// Stops the background flusher (and the segment cleaning it runs),
+    /// waiting for its last cycle to end. Writes are then made durable
+    /// only by `flush` (and by the last handle's drop). A fleetkv patch:
+    /// a clean close flushes once more after this, so the files stay as
+    /// that flush left them until the database is dropped.
+    pub fn stop_background_flusher(&self) {
+        let flusher = self.context.flusher.lock().take();
+        drop(flusher);
+    }
+
     /// Returns `true` if the database was
     /// recovered from a previous process.
     /// Note that database state is only
