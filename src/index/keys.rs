@@ -221,6 +221,14 @@ impl Postings {
         }
     }
 
+    /// [`add`](Self::add) for each of `items` (in order of value, then id).
+    fn add_sorted(&mut self, items: &[(&ValueKey, u32)], set: bool) {
+        self.values.add_sorted(items);
+        if !set {
+            self.has.extend(items.iter().map(|(_, id)| *id));
+        }
+    }
+
     /// `id` no longer holds `v`.
     pub(super) fn sub(&mut self, v: &ValueKey, id: u32) {
         self.values.sub(v, id);
@@ -349,6 +357,25 @@ impl Keys {
                 }
             }
             None => self.entry(k).add(v, id, is_set(k)),
+        }
+    }
+
+    /// [`add`](Self::add) for each of `items` (in order of value, then
+    /// id), the key looked up and copied once.
+    pub(super) fn add_sorted(&mut self, k: &Key, items: &[(&ValueKey, u32)]) {
+        let set = is_set(k);
+        let Some(slot) = self.map.get_mut(k) else {
+            self.entry(k).add_sorted(items, set);
+            return;
+        };
+        let slot = unshare(slot);
+        let queued = items
+            .iter()
+            .take_while(|(v, id)| slot.queue(|| Op::Add((*v).clone(), *id)))
+            .count();
+        if queued < items.len() {
+            slot.get_mut(k, self.repair.as_ref())
+                .add_sorted(&items[queued..], set);
         }
     }
 

@@ -155,6 +155,27 @@ impl Index {
         }
     }
 
+    /// [`insert`](Self::insert) for many new objects: each key's items are
+    /// sorted and added at once, so a packed key's blocks are built again
+    /// once per write rather than spliced per object (see
+    /// [`values::Values::add_sorted`]).
+    pub(crate) fn insert_many<'a>(
+        &mut self,
+        objects: impl IntoIterator<Item = (u32, &'a [(Key, ValueKey)], Vec<&'a str>)>,
+    ) {
+        let mut by_key: HashMap<&Key, Vec<(&ValueKey, u32)>> = HashMap::new();
+        for (id, entries, own) in objects {
+            self.insert(id, &[], &own);
+            for (k, v) in entries {
+                by_key.entry(k).or_default().push((v, id));
+            }
+        }
+        for (k, mut items) in by_key {
+            items.sort_unstable();
+            self.keys.add_sorted(k, &items);
+        }
+    }
+
     pub(crate) fn remove(&mut self, id: u32, entries: &[(Key, ValueKey)], own: &[&str]) {
         self.universe.remove(id);
         for (k, v) in entries {

@@ -159,14 +159,27 @@ impl Values {
                     t.insert(v.clone(), Posting::One(id));
                 }
             },
-            Values::Packed(p) => {
-                if !p.add_single(v, id) {
-                    p.update(v, |post| match post {
-                        Some(post) => post.insert(id),
-                        None => *post = Some(Posting::One(id)),
-                    });
+            Values::Packed(p) => p.add(v, id),
+        }
+    }
+
+    /// Each `(v, id)` of `items` (in order of value, then id): `id` holds
+    /// `v`. On packed blocks, each block the items land in is decoded and
+    /// built again once, where [`add`](Self::add) splices each value in
+    /// alone (an import's names and UUIDs: a block scan apiece).
+    pub(crate) fn add_sorted(&mut self, items: &[(&ValueKey, u32)]) {
+        match self {
+            Values::Tree(t) => {
+                for run in items.chunk_by(|a, b| a.0 == b.0) {
+                    match t.get_mut(run[0].0) {
+                        Some(post) => run.iter().for_each(|(_, id)| post.insert(*id)),
+                        None => {
+                            t.insert(run[0].0.clone(), posting_of(run));
+                        }
+                    }
                 }
             }
+            Values::Packed(p) => p.add_sorted(items),
         }
     }
 
@@ -244,6 +257,19 @@ impl Values {
         }
     }
 }
+
+/// The posting of a run of one value's items.
+fn posting_of(run: &[(&ValueKey, u32)]) -> Posting {
+    let mut post = Posting::One(run[0].1);
+    for (_, id) in &run[1..] {
+        post.insert(*id);
+    }
+    post
+}
+
+/// At most this many items landing in one block are spliced in one by one
+/// ([`Block::insert_single`]) rather than the block built again.
+const SPLICE_MOST: usize = 4;
 
 /// Whether `n` values, `single` of them held by one object, are packed.
 fn packs(n: usize, single: usize) -> bool {
@@ -411,6 +437,64 @@ impl Packed {
         let mut value = Vec::new();
         encode_value(&mut value, v);
         Some((Arc::make_mut(block), value))
+    }
+
+    fn add(&mut self, v: &ValueKey, id: u32) {
+        if !self.add_single(v, id) {
+            self.update(v, |post| match post {
+                Some(post) => post.insert(id),
+                None => *post = Some(Posting::One(id)),
+            });
+        }
+    }
+
+    /// See [`Values::add_sorted`].
+    fn add_sorted(&mut self, items: &[(&ValueKey, u32)]) {
+        let mut rest = items;
+        while let Some(&(v, _)) = rest.first() {
+            let first = self.block_of(v).cloned();
+            // The items below the next block's first value land in this one.
+            let here = match &first {
+                Some(f) => self
+                    .blocks
+                    .range::<ValueKey, _>((RangeBound::Excluded(f), RangeBound::Unbounded))
+                    .next()
+                    .map_or(rest.len(), |(next, _)| {
+                        rest.partition_point(|(x, _)| *x < next)
+                    }),
+                None => rest.len(),
+            };
+            let (here, later) = rest.split_at(here.max(1));
+            rest = later;
+            if here.len() <= SPLICE_MOST {
+                for (v, id) in here {
+                    self.add(v, *id);
+                }
+                continue;
+            }
+            let entries = match first.and_then(|f| self.blocks.remove(&f)) {
+                Some(block) => Block::unshared(block).into_entries(),
+                None => Vec::new(),
+            };
+            let mut merged = Vec::with_capacity(entries.len() + here.len());
+            let mut entries = entries.into_iter().peekable();
+            for run in here.chunk_by(|a, b| a.0 == b.0) {
+                let v = run[0].0;
+                merged.extend(std::iter::from_fn(|| entries.next_if(|(k, _)| k < v)));
+                match entries.next_if(|(k, _)| k == v) {
+                    Some((k, mut post)) => {
+                        run.iter().for_each(|(_, id)| post.insert(*id));
+                        merged.push((k, post));
+                    }
+                    None => {
+                        self.len += 1;
+                        merged.push((v.clone(), posting_of(run)));
+                    }
+                }
+            }
+            merged.extend(entries);
+            self.put(merged);
+        }
     }
 
     /// A new value held by `id` alone, spliced into its block's bytes;
@@ -951,6 +1035,9 @@ mod tests {
         Sub(u32, u32),
         AddAll(u32, Vec<u32>),
         RemoveIds(Vec<u32>),
+        /// Pairs of value and id, each id new to its value (as an import's
+        /// are), applied in sorted order.
+        AddSorted(Vec<(u32, u32)>),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -960,6 +1047,7 @@ mod tests {
             1 => (0..400u32, proptest::collection::vec(0..2000u32, 0..20))
                 .prop_map(|(k, ids)| Op::AddAll(k, ids)),
             1 => proptest::collection::vec(0..2000u32, 0..200).prop_map(Op::RemoveIds),
+            1 => proptest::collection::vec((0..400u32, 2000..4000u32), 0..300).prop_map(Op::AddSorted),
         ]
     }
 
@@ -993,6 +1081,11 @@ mod tests {
                 let ids: RoaringBitmap = ids.iter().copied().collect();
                 truth.retain(|_, post| !post.remove_all(&ids));
             }
+            Op::AddSorted(items) => {
+                for (k, id) in items {
+                    apply(truth, &Op::Add(*k, *id));
+                }
+            }
         }
     }
 
@@ -1002,6 +1095,14 @@ mod tests {
             Op::Sub(k, id) => v.sub(&key(*k), *id),
             Op::AddAll(k, ids) => v.add_all(&key(*k), &ids.iter().copied().collect()),
             Op::RemoveIds(ids) => v.remove_ids(&ids.iter().copied().collect()),
+            Op::AddSorted(items) => {
+                let mut items: Vec<(ValueKey, u32)> =
+                    items.iter().map(|(k, id)| (key(*k), *id)).collect();
+                items.sort();
+                items.dedup();
+                let items: Vec<(&ValueKey, u32)> = items.iter().map(|(k, id)| (k, *id)).collect();
+                v.add_sorted(&items);
+            }
         }
     }
 

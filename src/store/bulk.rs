@@ -85,9 +85,9 @@ impl BulkPlan {
     /// definitions, which no index holds) works on a copy of the machine
     /// index while the engine commits; one with profiles applies in place
     /// once committed, since profile changes move machines' postings first.
-    fn prepare(mut self, st: &State, overlapped: bool) -> Swap {
+    fn prepare(mut self, st: &State) -> Swap {
         let machines = match self.machines.take() {
-            Some(m) if self.profiles.is_empty() => m.prepare(st, overlapped),
+            Some(m) if self.profiles.is_empty() => m.prepare(st),
             machines => {
                 self.machines = machines;
                 return Box::new(move |st: &mut State| {
@@ -143,7 +143,7 @@ impl Store {
             let plan = self.plan_bulk(st, rev, Some((&mut batch, log)), bulk, &mut at)?;
             Ok((
                 batch,
-                Box::new(move |st: &State, overlapped| plan.prepare(st, overlapped)) as Prepare,
+                Box::new(move |st: &State| plan.prepare(st)) as Prepare,
                 (),
             ))
         });

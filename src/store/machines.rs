@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::GroupCount;
 use crate::index::{Defaults, Entries, Index, ValueKey};
-use crate::model::{Kind, Machine};
+use crate::model::{Kind, Machine, Profile};
 use crate::telemetry::WriteKind;
 use crate::timing;
 use crate::watch::Change;
@@ -168,7 +168,7 @@ impl Machines<'_> {
             let counts = (plan.created, plan.replaced);
             Ok((
                 batch,
-                Box::new(move |st: &State, overlapped| plan.prepare(st, overlapped)) as Prepare,
+                Box::new(move |st: &State| plan.prepare(st)) as Prepare,
                 counts,
             ))
         })
@@ -610,72 +610,114 @@ fn normalize_machine(m: &mut Machine) {
     }
 }
 
-/// How many indexed machines one planned machine repays the copy of, in
-/// [`MachinePlan::prepare`]: copying the index costs about 35 ns per indexed
-/// machine (its bitmaps and block maps), building one machine's entries
-/// beside the commit saves 20–30 µs of the caller's time after it. Measured
-/// break-even (one store, copy against in place, alternated): between 100
-/// and 300 machines at 100k, between 1,000 and 3,000 at 1M.
+/// How many indexed machines one planned machine repays the copy of (see
+/// [`MachinePlan::prepare`]): copying the index costs about 35 ns per
+/// indexed machine (its bitmaps and block maps), building one machine's
+/// entries beside the commit saves 20–30 µs of the caller's time after it.
+/// Measured break-even (one store, copy against in place, alternated):
+/// between 100 and 300 machines at 100k, between 1,000 and 3,000 at 1M.
 const COPY_REPAID_PER_MACHINE: u64 = 512;
 
-/// Machines planned for one write by [`plan_machines`]: their index entries
-/// (worked out before the state's write lock) and the next free id.
+/// A machine of a write: its id, the stored machine it replaces, the new.
+type Planned = (u32, Option<Machine>, Machine);
+
+/// A machine's index entries and own params, before (if it replaces one)
+/// and after.
+#[allow(clippy::type_complexity)]
+type Indexed = (
+    u32,
+    Option<(Entries, Map<String, Value>)>,
+    Entries,
+    Map<String, Value>,
+);
+
+/// Machines planned for one write by [`plan_machines`], and the next free id.
 pub(super) struct MachinePlan {
-    #[allow(clippy::type_complexity)]
-    planned: Vec<(
-        u32,
-        Option<(Entries, Map<String, Value>)>,
-        Entries,
-        Map<String, Value>,
-    )>,
+    planned: Plan,
     next: u32,
     pub(super) created: usize,
     pub(super) replaced: usize,
 }
 
+/// Where a write's index entries are worked out.
+enum Plan {
+    /// At plan time, before the state's write lock; applied in place once
+    /// the batch committed.
+    Entries(Vec<Indexed>),
+    /// Beside the engine's commit, into a copy of the machine index (see
+    /// [`MachinePlan::prepare`]).
+    Beside(Vec<Planned>),
+}
+
+/// The entries of `planned`, a replaced machine's old ones with today's
+/// profiles too (by the time they are applied, the write's own profile
+/// changes are in the index).
+fn index_entries<'p>(
+    planned: Vec<Planned>,
+    profile: impl Fn(&str) -> Option<&'p Profile> + Copy,
+) -> Vec<Indexed> {
+    planned
+        .into_iter()
+        .map(|(id, old, m)| {
+            let ne = machine_entries_with(&m, profile);
+            let oe = old.map(|o| (machine_entries_with(&o, profile), o.params));
+            (id, oe, ne, m.params)
+        })
+        .collect()
+}
+
 impl MachinePlan {
     /// The in-memory half: index entries in, the next id moved on.
     pub(super) fn apply(self, st: &mut State) {
-        let next = self.next;
-        self.index_into(&mut st.machines);
-        st.next_id = next;
+        let indexed = match self.planned {
+            Plan::Entries(indexed) => indexed,
+            Plan::Beside(planned) => index_entries(planned, |n| st.profiles.get(n)),
+        };
+        index_into(indexed, &mut st.machines);
+        st.next_id = self.next;
     }
 
-    /// The in-memory half as a [`Prepare`](super::write::Prepare): with a
-    /// commit in flight, the entries go into a copy of the machine index
-    /// (its keys are shared until written, so the copy costs the keys this
-    /// write touches), which the returned apply puts in place. A write too
-    /// small to repay the copy (see [`COPY_REPAID_PER_MACHINE`]) applies in
-    /// place once committed, as a create does.
-    pub(super) fn prepare(self, st: &State, overlapped: bool) -> Swap {
-        let indexed = st.machines.universe().len();
-        if !overlapped || (self.planned.len() as u64) * COPY_REPAID_PER_MACHINE < indexed {
+    /// The in-memory half as a [`Prepare`](super::write::Prepare). A write
+    /// planned [`Plan::Beside`] (enough machines to repay the copy, with a
+    /// commit in flight: see [`plan_machines`]) works its entries out and
+    /// inserts them into a copy of the machine index (its keys are shared
+    /// until written, so the copy costs the keys this write touches) while
+    /// the engine commits; the returned apply puts the copy in place. Any
+    /// other applies in place once committed, as a create does.
+    pub(super) fn prepare(self, st: &State) -> Swap {
+        let Plan::Beside(planned) = self.planned else {
             return Box::new(move |st: &mut State| {
                 self.apply(st);
                 None
             });
-        }
-        let next = self.next;
+        };
+        let indexed = index_entries(planned, |n| st.profiles.get(n));
+        timing::mark("index entries (beside the commit)");
         let mut index = st.machines.clone();
-        self.index_into(&mut index);
+        index_into(indexed, &mut index);
+        let next = self.next;
         Box::new(move |st: &mut State| {
             st.next_id = next;
             Some(std::mem::replace(&mut st.machines, index))
         })
     }
+}
 
-    fn index_into(self, index: &mut Index) {
-        for (id, old, ne, params) in self.planned {
-            match old {
-                Some((oe, old_params)) => index.replace_entries(
-                    id,
-                    Some((&oe, own_keys(&old_params))),
-                    Some((&ne, own_keys(&params))),
-                ),
-                None => index.insert(id, &ne, &own_keys(&params)),
-            }
+/// Replaced machines one by one, new ones together
+/// ([`Index::insert_many`]); a write's ids are distinct.
+fn index_into(indexed: Vec<Indexed>, index: &mut Index) {
+    let mut created = Vec::with_capacity(indexed.len());
+    for (id, old, ne, params) in &indexed {
+        match old {
+            Some((oe, old_params)) => index.replace_entries(
+                *id,
+                Some((oe, own_keys(old_params))),
+                Some((ne, own_keys(params))),
+            ),
+            None => created.push((*id, ne.as_slice(), own_keys(params))),
         }
     }
+    index.insert_many(created);
 }
 
 /// Plans creating or replacing (by Uuid) `machines` in one write, checked
@@ -701,7 +743,7 @@ pub(super) fn plan_machines(
     let mut names: HashMap<String, Uuid> = HashMap::with_capacity(machines.len());
     let mut uuids: HashSet<Uuid> = HashSet::with_capacity(machines.len());
     let mut next = st.next_id;
-    let mut planned: Vec<(u32, Option<Machine>, Machine)> = Vec::with_capacity(machines.len());
+    let mut planned: Vec<Planned> = Vec::with_capacity(machines.len());
     let (mut created, mut replaced) = (0, 0);
     for (i, mut m) in machines.into_iter().enumerate() {
         *at = i;
@@ -777,19 +819,19 @@ pub(super) fn plan_machines(
     if let Some((batch, _)) = &mut out {
         batch.put(NEXT_ID_KEY, next.to_be_bytes());
     }
-    // Index entries are worked out now, outside the state's write lock
-    // (profiles cannot change: the writer lock is held). A machine's old
-    // entries are taken with the write's profiles too: by the time its
-    // entries are applied, those profiles' changes are in the index.
-    let profile = |n: &str| pending.profile(st, n);
-    let planned = planned
-        .into_iter()
-        .map(|(id, old, m)| {
-            let ne = machine_entries_with(&m, profile);
-            let oe = old.map(|o| (machine_entries_with(&o, profile), o.params));
-            (id, oe, ne, m.params)
-        })
-        .collect();
+    // With a commit in flight and enough machines to repay a copy of the
+    // index, their entries are worked out beside the commit (only a write
+    // without profiles of its own: those move machines' postings first).
+    // Else now, outside the state's write lock (profiles cannot change: the
+    // writer lock is held), with the write's profiles laid over the state's.
+    let beside = pending.profiles.is_empty()
+        && !store.inner.guard.is_inline()
+        && (planned.len() as u64) * COPY_REPAID_PER_MACHINE >= st.machines.universe().len();
+    let planned = if beside {
+        Plan::Beside(planned)
+    } else {
+        Plan::Entries(index_entries(planned, |n| pending.profile(st, n)))
+    };
     timing::mark("plan: index entries");
     Ok(MachinePlan {
         planned,

@@ -35,11 +35,11 @@ pub(super) type Apply = Box<dyn FnOnce(&mut State)>;
 /// The in-memory half of a write whose index change is large (an import),
 /// worked out from the state as it was while the engine commits the batch
 /// on the storage thread: the caller's core builds the change instead of
-/// waiting. The flag says whether a commit is in flight meanwhile; only
-/// then is working on a copy worth it (else the [`Swap`] it returns may
-/// change the state in place). The copy is applied only once the commit
-/// succeeded, so a failed or stalled commit leaves memory as it was.
-pub(super) type Prepare = Box<dyn FnOnce(&State, bool) -> Swap>;
+/// waiting. The plan decides whether that is worth a copy of the index
+/// (else the [`Swap`] it returns may change the state in place). A copy is
+/// applied only once the commit succeeded, so a failed or stalled commit
+/// leaves memory as it was.
+pub(super) type Prepare = Box<dyn FnOnce(&State) -> Swap>;
 
 /// A prepared change's apply: returns the machine index it replaced, freed
 /// once the state's lock is let go (the keys the write copied: at a million
@@ -257,7 +257,7 @@ impl Store {
             let ready = match memory {
                 Memory::Apply(apply) => Ready::Apply(apply),
                 Memory::Prepare(prepare) => {
-                    let swap = prepare(&st, !self.inner.guard.is_inline());
+                    let swap = prepare(&st);
                     timing::mark("index prepare (beside the commit)");
                     Ready::Swap(swap)
                 }
@@ -412,6 +412,54 @@ mod tests {
         (from..to).map(|i| Machine::new(format!("m{i}"))).collect()
     }
 
+    /// A store whose commits run on a storage thread (as sled's do), over
+    /// the gated in-memory engine.
+    fn threaded(options: Options) -> (Arc<Gated>, Store) {
+        let gated = Arc::new(Gated::default());
+        let guard = Guard::new(options.stall_timeout).unwrap();
+        let engine: Arc<dyn Backend> = gated.clone();
+        let s = Store::start(engine, guard, options, None, None).unwrap();
+        (gated, s)
+    }
+
+    /// An import whose entries are worked out beside its commit (new
+    /// machines and replaced ones, under profiles) leaves the indexes a
+    /// rebuild would build.
+    #[test]
+    fn an_import_beside_its_commit_indexes_as_a_rebuild_does() {
+        let (_, s) = threaded(Options::default());
+        let mut p = crate::model::Profile::new("p");
+        p.params.insert("zone".into(), serde_json::json!("a"));
+        s.profiles().create(p).unwrap();
+        let fleet = |from: usize, to: usize, rack: usize| -> Vec<Machine> {
+            (from..to)
+                .map(|i| {
+                    let mut m = Machine::new(format!("m{i}"));
+                    if i % 2 == 0 {
+                        m.profiles = vec!["p".into()];
+                    }
+                    m.params
+                        .insert("rack".into(), serde_json::json!(i % 7 + rack));
+                    m
+                })
+                .collect()
+        };
+        s.machines().import(fleet(0, 1000, 0)).unwrap();
+        s.verify_indexes().unwrap();
+        // 300 replaced (by Uuid) and 300 new: one write, beside its commit.
+        let mut again = fleet(0, 300, 100);
+        for m in &mut again {
+            m.uuid = s.machines().get(&format!("Name:{}", m.name)).unwrap().uuid;
+        }
+        again.extend(fleet(1000, 1300, 0));
+        assert_eq!(s.machines().import(again).unwrap(), (300, 300));
+        s.verify_indexes().unwrap();
+        let count = |f: &str| s.machines().count(&Filter::parse(f).unwrap()).unwrap();
+        assert_eq!(count("Name Re ^m"), 1300);
+        assert_eq!(count("rack Gte 100"), 300);
+        assert_eq!(count("zone Eq a"), 650);
+    }
+
     /// An import's index change is built while its batch commits (on a
     /// copy, for an import large enough to repay it; else in place once
     /// committed); a commit that stalls must leave what readers see as it
@@ -419,14 +467,10 @@ mod tests {
     #[test]
     fn an_import_whose_commit_stalls_leaves_the_indexes_as_they_were() {
         for stalled_len in [300, 1] {
-            let gated = Arc::new(Gated::default());
-            let options = Options {
+            let (gated, s) = threaded(Options {
                 stall_timeout: Duration::from_millis(300),
                 ..Options::default()
-            };
-            let guard = Guard::new(options.stall_timeout).unwrap();
-            let engine: Arc<dyn Backend> = gated.clone();
-            let s = Store::start(engine, guard, options, None, None).unwrap();
+            });
             s.machines().import(machines(0, 1000)).unwrap();
             let all = Filter::parse("Name Re ^m").unwrap();
             assert_eq!(s.machines().count(&all).unwrap(), 1000);
