@@ -81,40 +81,27 @@ struct BulkPlan {
 }
 
 impl BulkPlan {
-    /// See [`MachinePlan::prepare`]: a write of machines alone (and
-    /// definitions, which no index holds) works on a copy of the machine
-    /// index while the engine commits; one with profiles applies in place
-    /// once committed, since profile changes move machines' postings first.
-    fn prepare(mut self, st: &State) -> Swap {
-        let machines = match self.machines.take() {
-            Some(m) if self.profiles.is_empty() => m.prepare(st),
-            machines => {
-                self.machines = machines;
-                return Box::new(move |st: &mut State| {
-                    self.apply(st);
-                    None
-                });
-            }
-        };
+    /// Definitions and profiles apply in place once committed, then the
+    /// machines as their plan prepared them: beside the commit, on a copy
+    /// of the machine index, only for a write without profiles (profile
+    /// changes move machines' postings first; [`super::machines::plan_machines`]
+    /// decides).
+    fn prepare(self, st: &State) -> Swap {
+        let machines = self.machines.map(|m| m.prepare(st));
+        let (params, profiles) = (self.params, self.profiles);
         Box::new(move |st: &mut State| {
-            self.apply(st);
-            machines(st)
+            for (d, v) in params {
+                st.validators.insert(d.name.clone(), v);
+                st.params.insert(d.name.clone(), d);
+            }
+            // In order: each profile's plan was made with the earlier ones
+            // laid over the state, so applying them in turn keeps the index
+            // exact.
+            for (old, p, plan) in profiles {
+                apply_profile(st, old, p, plan);
+            }
+            machines.and_then(|m| m(st))
         })
-    }
-
-    fn apply(self, st: &mut State) {
-        for (d, v) in self.params {
-            st.validators.insert(d.name.clone(), v);
-            st.params.insert(d.name.clone(), d);
-        }
-        // In order: each profile's plan was made with the earlier ones laid
-        // over the state, so applying them in turn keeps the index exact.
-        for (old, p, plan) in self.profiles {
-            apply_profile(st, old, p, plan);
-        }
-        if let Some(m) = self.machines {
-            m.apply(st);
-        }
     }
 }
 

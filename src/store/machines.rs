@@ -667,35 +667,30 @@ fn index_entries<'p>(
 }
 
 impl MachinePlan {
-    /// The in-memory half: index entries in, the next id moved on.
-    pub(super) fn apply(self, st: &mut State) {
-        let indexed = match self.planned {
-            Plan::Entries(indexed) => indexed,
-            Plan::Beside(planned) => index_entries(planned, |n| st.profiles.get(n)),
-        };
-        index_into(indexed, &mut st.machines);
-        st.next_id = self.next;
-    }
-
-    /// The in-memory half as a [`Prepare`](super::write::Prepare). A write
-    /// planned [`Plan::Beside`] (enough machines to repay the copy, with a
-    /// commit in flight: see [`plan_machines`]) works its entries out and
-    /// inserts them into a copy of the machine index (its keys are shared
-    /// until written, so the copy costs the keys this write touches) while
-    /// the engine commits; the returned apply puts the copy in place. Any
-    /// other applies in place once committed, as a create does.
+    /// The in-memory half as a [`Prepare`](super::write::Prepare): index
+    /// entries in, the next id moved on. A write planned [`Plan::Beside`]
+    /// (enough machines to repay the copy, with a commit in flight: see
+    /// [`plan_machines`]) works its entries out and inserts them into a copy
+    /// of the machine index (its keys are shared until written, so the copy
+    /// costs the keys this write touches) while the engine commits; the
+    /// returned apply puts the copy in place. Any other applies in place
+    /// once committed, as a create does.
     pub(super) fn prepare(self, st: &State) -> Swap {
-        let Plan::Beside(planned) = self.planned else {
-            return Box::new(move |st: &mut State| {
-                self.apply(st);
-                None
-            });
+        let next = self.next;
+        let planned = match self.planned {
+            Plan::Entries(indexed) => {
+                return Box::new(move |st: &mut State| {
+                    index_into(indexed, &mut st.machines);
+                    st.next_id = next;
+                    None
+                });
+            }
+            Plan::Beside(planned) => planned,
         };
         let indexed = index_entries(planned, |n| st.profiles.get(n));
         timing::mark("index entries (beside the commit)");
         let mut index = st.machines.clone();
         index_into(indexed, &mut index);
-        let next = self.next;
         Box::new(move |st: &mut State| {
             st.next_id = next;
             Some(std::mem::replace(&mut st.machines, index))
