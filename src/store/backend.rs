@@ -90,15 +90,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
         self.scan(prefix, prefix)
     }
 
-    /// The feed of committed changes: change-log records (encoded events)
-    /// from `(rev, seq)` on, oldest first. The write path logs every write's
+    /// The feed of committed changes: the change log's events (each keyed
+    /// by its position, `log_key`) from `(rev, seq)` on, oldest first. The write path logs every write's
     /// events inside its own batch, so a reader of this feed — a watch in
     /// this process, or another process or server sharing the data — sees a
     /// write's events exactly when the write is committed. This default
     /// reads the log through [`scan`](Self::scan); an engine with a native
     /// change stream (etcd's watch) may serve it from that instead.
     fn changes(&self, rev: u64, seq: u32) -> Scan<'_> {
-        self.scan(LOG_PREFIX, &log_key(rev, seq))
+        // A record holding `(rev, seq)` may start earlier in the revision.
+        super::changelog::events(self.scan(LOG_PREFIX, &log_key(rev, 0)), (rev, seq))
     }
 }
 

@@ -1,68 +1,105 @@
 //! The change log's place in a write: every write's events go into its own
-//! batch, and the oldest events beyond the retention leave in that batch.
+//! batch, grouped into records, and the oldest records beyond the retention
+//! leave in that batch.
 //!
-//! Owns: the log's keys in a batch, its length record, and trimming. Must
-//! not: encode or decode events (the watch module owns their format) or
+//! Owns: the log's records (which events share one, their keys and their
+//! framing), its length record, trimming, and reading the records back as
+//! events ([`events`], behind [`Backend::changes`]). Must not: encode or
+//! decode an event's own fields (the watch module owns that format) or
 //! read the log for watchers (they read the engine's feed of committed
 //! changes, [`Backend::changes`]).
 //!
+//! # Records
+//! A write's events are stored in records of consecutive events of its
+//! revision, each at most [`RECORD_BYTES`] unless one event alone is larger:
+//! a param write is one record of one event, an import of 10,000 of the
+//! report's machines (about 500 bytes an event) about 850 records. The
+//! engine's cost of a write follows its records, not its events (a 100k
+//! import committed in 0.9–1.4 s more than its index build took with one
+//! record per event, 0.06–0.11 s more with records; `docs/write-path.md`,
+//! stop 35). A record's key names its revision, first sequence and count
+//! (`super::layout`); its value is each event's encoding after its length
+//! (u32, big-endian). A store written before records had one event per key,
+//! without a count; both are read, and the old ones leave as they are
+//! trimmed.
+//!
 //! # Trimming
-//! A write that takes the log past its retention removes as many of the
-//! oldest events in the same batch. Their keys come from [`Trim`], a queue
-//! of the log's oldest keys held as runs of one revision's events, so a
-//! write's trim is a remove with no read of its own. The events this writer
-//! appends join the queue as they commit (their keys are known); the part
-//! of the log written before this process opened it is read from the
-//! engine [`READ_AHEAD`] keys at a time, until the reads reach the first
-//! event this writer appended: from then on the log is never read again.
-//! Only writers touch the log, under the writer lock, and new events sort
-//! after every queued key, so the queue stays the log's head.
+//! A write that takes the log past its retention removes whole records,
+//! oldest first, as long as at least `retain` events stay: the log keeps
+//! between `retain` and `retain` plus one record's events less one. Their
+//! keys come from [`Trim`], a queue of the log's oldest records, so a
+//! write's trim is a remove with no read of its own. The records this
+//! writer appends join the queue as they commit (their keys are known);
+//! the part of the log written before this process opened it is read from
+//! the engine [`READ_AHEAD`] keys at a time, until the reads reach the
+//! first record this writer appended: from then on the log is never read
+//! again. Only writers touch the log, under the writer lock, and new
+//! records sort after every queued key, so the queue stays the log's head.
 
 use std::collections::VecDeque;
 
-use super::backend::{Backend, Batch};
-use super::layout::{log_key, log_position, LOG_LEN_KEY, LOG_PREFIX};
+use super::backend::{Backend, Batch, Scan};
+use super::layout::{log_key, log_record, log_record_key, show_key, LOG_LEN_KEY, LOG_PREFIX};
 use crate::error::{Error, Result};
 use crate::timing;
-use crate::watch::{encode_event, Change};
+use crate::watch::{encode_event_into, Change};
 
 /// How many of the oldest log keys one read fetches.
 pub(super) const READ_AHEAD: usize = 1024;
 
-/// Events `seq .. seq + len` of revision `rev`.
+/// The most bytes a record's events take, unless one event alone is larger.
+/// sled keeps about 17 records in a leaf and writes a leaf over 128 KiB (a
+/// quarter of its segment) to a blob file of its own, which its flush does
+/// not fsync (`vendor/sled/src/pagecache/blob_io.rs`): 17 records of this
+/// size stay under that.
+pub(super) const RECORD_BYTES: usize = 6 * 1024;
+
+/// One record of the log: events `first .. first + count` of `rev`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Run {
+pub(crate) struct Record {
     rev: u64,
-    seq: u32,
-    len: u32,
+    first: u32,
+    count: u32,
+    /// One event under its own 13-byte key (the layout before records).
+    single_key: bool,
 }
 
-impl Run {
-    fn keys(self) -> impl Iterator<Item = [u8; 13]> {
-        (self.seq..self.seq + self.len).map(move |q| log_key(self.rev, q))
+impl Record {
+    fn from_key(key: &[u8]) -> Result<Record> {
+        match log_record(key) {
+            Some((rev, first, count)) => Ok(Record {
+                rev,
+                first,
+                count,
+                single_key: key.len() == 13,
+            }),
+            None => Err(Error::Corrupt {
+                key: show_key(key),
+                reason: "not a change-log key".into(),
+            }),
+        }
+    }
+
+    fn key(self) -> Vec<u8> {
+        if self.single_key {
+            log_key(self.rev, self.first).to_vec()
+        } else {
+            log_record_key(self.rev, self.first, self.count).to_vec()
+        }
     }
 }
 
-/// Appends event `(rev, seq)` to `runs`, extending the last run if it is
-/// the event right after it.
-fn push_event(runs: &mut VecDeque<Run>, rev: u64, seq: u32) {
-    match runs.back_mut() {
-        Some(r) if r.rev == rev && r.seq + r.len == seq => r.len += 1,
-        _ => runs.push_back(Run { rev, seq, len: 1 }),
-    }
-}
-
-/// The log's oldest keys, oldest first (a prefix of the log's keys), and
-/// the keys of the events this writer appended beyond them.
+/// The log's oldest records, oldest first (a prefix of the log's keys), and
+/// the records this writer appended beyond them.
 #[derive(Default)]
 pub(crate) struct Trim {
-    head: VecDeque<Run>,
-    /// Keys in `head`.
+    head: VecDeque<Record>,
+    /// Events in `head`.
     queued: usize,
-    /// This writer's events that `head` has not reached yet (read from the
-    /// engine, the log between them would be); empty once `whole`.
-    tail: VecDeque<Run>,
-    /// The queue holds every key in the log: new events join `head` as
+    /// This writer's records that `head` has not reached yet (read from
+    /// the engine, the log between them would be); empty once `whole`.
+    tail: VecDeque<Record>,
+    /// The queue holds every record in the log: new records join `head` as
     /// they commit, so it is never read again.
     whole: bool,
     /// Reads of the log's head so far (for tests).
@@ -70,34 +107,31 @@ pub(crate) struct Trim {
 }
 
 impl Trim {
-    /// Makes sure the queue holds the `n` oldest keys, or every key there is.
+    /// Makes sure the queue holds at least the `n` oldest events, or every
+    /// record there is.
     fn fill(&mut self, backend: &dyn Backend, n: usize) -> Result<()> {
         while self.queued < n && !self.whole {
-            // Keys are 13 bytes: the last queued key plus a zero byte sorts
-            // right after it and before every longer-lived key.
+            // The last queued key plus a zero byte sorts right after it and
+            // before every later key (no two records share a revision and
+            // first sequence).
             let from = match self.head.back() {
-                Some(r) => [&log_key(r.rev, r.seq + r.len - 1)[..], &[0]].concat(),
+                Some(r) => [&r.key()[..], &[0]].concat(),
                 None => LOG_PREFIX.to_vec(),
             };
             let want = (n - self.queued).max(READ_AHEAD);
             self.reads += 1;
             let keys = backend.scan_keys(LOG_PREFIX, &from, want)?;
             let got = keys.len();
-            let first_appended = self.tail.front().map(|r| (r.rev, r.seq));
+            let first_appended = self.tail.front().map(|r| (r.rev, r.first));
             for key in keys {
-                let Some(at) = log_position(&key) else {
-                    return Err(Error::Corrupt {
-                        key: super::layout::show_key(&key),
-                        reason: "not a change-log key".into(),
-                    });
-                };
-                if first_appended.is_some_and(|first| at >= first) {
+                let r = Record::from_key(&key)?;
+                if first_appended.is_some_and(|first| (r.rev, r.first) >= first) {
                     // The rest of the log is what this writer appended.
                     self.join_tail();
                     return Ok(());
                 }
-                push_event(&mut self.head, at.0, at.1);
-                self.queued += 1;
+                self.queued += r.count as usize;
+                self.head.push_back(r);
             }
             if got < want {
                 self.join_tail();
@@ -106,51 +140,46 @@ impl Trim {
         Ok(())
     }
 
-    /// The queue has reached the first event this writer appended.
+    /// The queue has reached the first record this writer appended.
     fn join_tail(&mut self) {
         for r in self.tail.drain(..) {
-            self.queued += r.len as usize;
+            self.queued += r.count as usize;
             self.head.push_back(r);
         }
         self.whole = true;
     }
 
-    /// The first `n` queued keys, oldest first.
-    fn oldest(&self, n: usize) -> impl Iterator<Item = [u8; 13]> + '_ {
-        self.head.iter().flat_map(|r| r.keys()).take(n)
+    /// The oldest queued records holding at most `events` events in all.
+    fn oldest(&self, events: usize) -> impl Iterator<Item = Record> + '_ {
+        let mut left = events;
+        self.head.iter().copied().take_while(move |r| {
+            let fits = r.count as usize <= left;
+            left = left.saturating_sub(r.count as usize);
+            fits
+        })
     }
 
-    /// Once a batch committed: forgets the `trimmed` oldest keys it removed
-    /// and takes in the keys of the `added` events of `rev`.
-    pub(super) fn committed(&mut self, trimmed: usize, rev: u64, added: usize) {
-        let mut left = trimmed.min(self.queued);
-        self.queued -= left;
-        while left > 0 {
-            let Some(front) = self.head.front_mut() else {
-                break;
-            };
-            let take = left.min(front.len as usize);
-            if take == front.len as usize {
-                self.head.pop_front();
-            } else {
-                front.seq += take as u32;
-                front.len -= take as u32;
+    /// Forgets the `n` oldest queued records.
+    fn drop_oldest(&mut self, n: usize) {
+        for _ in 0..n {
+            match self.head.pop_front() {
+                Some(r) => self.queued -= r.count as usize,
+                None => break,
             }
-            left -= take;
         }
-        let Ok(len) = u32::try_from(added) else {
-            // More events than a write may hold (refused when staged).
-            return;
-        };
-        if len == 0 {
-            return;
-        }
-        let run = Run { rev, seq: 0, len };
-        if self.whole {
-            self.head.push_back(run);
-            self.queued += added;
-        } else {
-            self.tail.push_back(run);
+    }
+
+    /// Once a batch committed: forgets the records it removed and takes in
+    /// the ones it added.
+    pub(super) fn committed(&mut self, staged: &Staged) {
+        self.drop_oldest(staged.trimmed);
+        for &r in &staged.added {
+            if self.whole {
+                self.head.push_back(r);
+                self.queued += r.count as usize;
+            } else {
+                self.tail.push_back(r);
+            }
         }
     }
 }
@@ -158,14 +187,15 @@ impl Trim {
 impl Trim {
     /// Brings the queue in line with the log after other servers' writes
     /// came in (a catch-up on a shared engine). They trim from the same
-    /// head, so what they removed is a prefix of this queue: queued keys
+    /// head, so what they removed is a prefix of this queue: queued records
     /// are dropped from the front while they are gone (a point read each,
     /// usually one or two), instead of reading the head again — on etcd 3.4
-    /// a range read costs as much as the whole log. Their new events sit
-    /// between this writer's, so the events this writer appended are no
+    /// a range read costs as much as the whole log. Their new records sit
+    /// between this writer's, so the records this writer appended are no
     /// longer the log's end, and a queue that held the whole log is no
     /// longer its head: those start over, read again when next needed. A
-    /// long run of gone keys means the queue is far behind: it starts over.
+    /// long run of gone records means the queue is far behind: it starts
+    /// over.
     pub(super) fn after_others(&mut self, backend: &dyn Backend) -> Result<()> {
         const MOST_CHECKS: usize = 64;
         self.tail.clear();
@@ -175,9 +205,8 @@ impl Trim {
             return Ok(());
         }
         for _ in 0..MOST_CHECKS {
-            let front = self.oldest(1).next();
-            match front {
-                Some(k) if backend.get(&k)?.is_none() => self.committed(1, 0, 0),
+            match self.head.front() {
+                Some(r) if backend.get(&r.key())?.is_none() => self.drop_oldest(1),
                 _ => return Ok(()),
             }
         }
@@ -187,11 +216,19 @@ impl Trim {
     }
 }
 
-/// Stages `changes` as the events of `batch`'s revision and trims the log to
-/// `retain` events (the oldest first: keys sort by revision). The log holds
-/// `log_len` events before the write. Returns how many it holds after, and
-/// how many queued keys the batch removes (hand that to
-/// [`Trim::committed`] once it commits).
+/// What [`stage`] put in a batch, for [`Trim::committed`] once it commits.
+pub(crate) struct Staged {
+    /// Events in the log after the write.
+    pub(super) log_len: usize,
+    /// Queued records the batch removes.
+    trimmed: usize,
+    /// Records the batch adds.
+    added: Vec<Record>,
+}
+
+/// Stages `changes` as the events of `batch`'s revision and trims the log
+/// to no fewer than `retain` events (the oldest records first: keys sort by
+/// revision). The log holds `log_len` events before the write.
 pub(super) fn stage(
     backend: &dyn Backend,
     trim: &mut Trim,
@@ -199,27 +236,186 @@ pub(super) fn stage(
     changes: &[Change],
     log_len: usize,
     retain: usize,
-) -> Result<(usize, usize)> {
+) -> Result<Staged> {
     let rev = batch.rev;
-    for (seq, c) in changes.iter().enumerate() {
-        let seq = u32::try_from(seq)
-            .map_err(|_| Error::invalid("write", "too many objects in one write"))?;
-        batch.put(log_key(rev, seq), encode_event(rev, seq, c));
+    let too_many = || Error::invalid("write", "too many objects in one write");
+    let mut added = Vec::new();
+    let mut close = |batch: &mut Batch, first: u32, end: u32, value: Vec<u8>| {
+        let count = end - first;
+        batch.put(log_record_key(rev, first, count), value);
+        added.push(Record {
+            rev,
+            first,
+            count,
+            single_key: false,
+        });
+    };
+    let mut value = Vec::new();
+    let mut first = 0u32;
+    let mut end = 0u32;
+    for c in changes {
+        let seq = end;
+        end = seq.checked_add(1).ok_or_else(too_many)?;
+        let at = value.len();
+        value.extend_from_slice(&[0; 4]);
+        encode_event_into(&mut value, rev, seq, c);
+        let len = u32::try_from(value.len() - at - 4).map_err(|_| too_many())?;
+        value[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        if value.len() > RECORD_BYTES && at > 0 {
+            // This event starts the next record.
+            let next = value.split_off(at);
+            close(batch, first, seq, std::mem::replace(&mut value, next));
+            first = seq;
+        }
+    }
+    if !value.is_empty() {
+        close(batch, first, end, value);
     }
     timing::mark("log: event encode");
     let excess = (log_len + changes.len()).saturating_sub(retain);
+    let mut trimmed = 0;
     let mut removed = 0;
     if excess > 0 {
         trim.fill(backend, excess)?;
-        for key in trim.oldest(excess) {
-            batch.remove(key.to_vec());
-            removed += 1;
+        for r in trim.oldest(excess) {
+            batch.remove(r.key());
+            trimmed += 1;
+            removed += r.count as usize;
         }
     }
-    let log_len = log_len + changes.len() - excess;
+    let log_len = log_len + changes.len() - removed;
     batch.put(LOG_LEN_KEY, (log_len as u64).to_be_bytes());
     timing::mark("log: trim");
-    Ok((log_len, removed))
+    Ok(Staged {
+        log_len,
+        trimmed,
+        added,
+    })
+}
+
+/// The position of the log's first record, if it holds any.
+pub(super) fn first_position(backend: &dyn Backend) -> Result<Option<(u64, u32)>> {
+    match backend.scan_keys(LOG_PREFIX, LOG_PREFIX, 1)?.first() {
+        Some(key) => Record::from_key(key).map(|r| Some((r.rev, r.first))),
+        None => Ok(None),
+    }
+}
+
+/// Whether the log holds the first event of revision `rev`.
+pub(super) fn logs_revision(backend: &dyn Backend, rev: u64) -> Result<bool> {
+    match backend.scan_keys(LOG_PREFIX, &log_key(rev, 0), 1)?.first() {
+        Some(key) => Record::from_key(key).map(|r| (r.rev, r.first) == (rev, 0)),
+        None => Ok(false),
+    }
+}
+
+/// The events in the log `records` (a scan of its records in key order
+/// that starts at or before the record holding `from`), from position
+/// `from` on: one item per event, keyed by its position (`log_key`).
+pub(crate) fn events(records: Scan<'_>, from: (u64, u32)) -> Scan<'_> {
+    Box::new(Events {
+        records,
+        from,
+        open: None,
+    })
+}
+
+/// A record being read: its key, revision, next sequence, last sequence
+/// plus one, value, and the offset of its next event.
+struct Open {
+    key: Vec<u8>,
+    rev: u64,
+    seq: u32,
+    end: u32,
+    value: Vec<u8>,
+    at: usize,
+}
+
+struct Events<'a> {
+    records: Scan<'a>,
+    from: (u64, u32),
+    open: Option<Open>,
+}
+
+impl Events<'_> {
+    /// The next event of the open record, `None` once it is read whole.
+    fn next_framed(&mut self) -> Option<Result<(Vec<u8>, Vec<u8>)>> {
+        let o = self.open.as_mut()?;
+        let corrupt = |o: &Open, reason: &str| Error::Corrupt {
+            key: show_key(&o.key),
+            reason: reason.into(),
+        };
+        while o.at < o.value.len() {
+            let body = o.at + 4;
+            let Some(len) = o
+                .value
+                .get(o.at..body)
+                .and_then(|b| b.try_into().ok())
+                .map(|b| u32::from_be_bytes(b) as usize)
+                .filter(|len| body + len <= o.value.len())
+            else {
+                let e = corrupt(o, "a change-log record's framing runs past its end");
+                self.open = None;
+                return Some(Err(e));
+            };
+            if o.seq >= o.end {
+                let e = corrupt(o, "a change-log record holds more events than its key says");
+                self.open = None;
+                return Some(Err(e));
+            }
+            let at = (o.rev, o.seq);
+            o.seq += 1;
+            o.at = body + len;
+            if at >= self.from {
+                let event = o.value[body..body + len].to_vec();
+                return Some(Ok((log_key(at.0, at.1).to_vec(), event)));
+            }
+        }
+        let short = o.seq != o.end;
+        let e = short.then(|| {
+            corrupt(
+                o,
+                "a change-log record holds fewer events than its key says",
+            )
+        });
+        self.open = None;
+        e.map(Err)
+    }
+}
+
+impl Iterator for Events<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.next_framed() {
+                return Some(item);
+            }
+            let (key, value) = match self.records.next()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e)),
+            };
+            let r = match Record::from_key(&key) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            let end = r.first.saturating_add(r.count);
+            if (r.rev, end) <= self.from {
+                continue;
+            }
+            if r.single_key {
+                return Some(Ok((key, value)));
+            }
+            self.open = Some(Open {
+                key,
+                rev: r.rev,
+                seq: r.first,
+                end,
+                value,
+                at: 0,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +424,7 @@ mod tests {
 
     use super::*;
     use crate::model::Machine;
+    use crate::store::layout::log_position;
     use crate::store::{Options, Store};
 
     fn stores(retain: usize) -> Vec<(&'static str, Store)> {
@@ -241,7 +438,16 @@ mod tests {
         ]
     }
 
+    /// The log's events' positions, as keys.
     fn logged(s: &Store) -> Vec<Vec<u8>> {
+        s.backend()
+            .changes(0, 0)
+            .map(|item| item.unwrap().0)
+            .collect()
+    }
+
+    /// The log's records' keys.
+    fn records(s: &Store) -> Vec<Vec<u8>> {
         s.backend()
             .scan_prefix(LOG_PREFIX)
             .map(|item| item.unwrap().0)
@@ -272,10 +478,7 @@ mod tests {
         // first key still there.
         commit(&|b| keys[..3].iter().for_each(|k| b.remove(k.clone())));
         t.after_others(&db).unwrap();
-        assert_eq!(
-            t.oldest(1).next().map(|k| k.to_vec()),
-            Some(keys[3].clone())
-        );
+        assert_eq!(t.oldest(1).next().map(Record::key), Some(keys[3].clone()));
         assert_eq!(t.queued, READ_AHEAD - 3);
         assert_eq!(t.reads, 1);
         // Far behind: the queue starts over, read again when next needed.
@@ -283,10 +486,7 @@ mod tests {
         t.after_others(&db).unwrap();
         assert_eq!(t.queued, 0);
         t.fill(&db, 1).unwrap();
-        assert_eq!(
-            t.oldest(1).next().map(|k| k.to_vec()),
-            Some(keys[200].clone())
-        );
+        assert_eq!(t.oldest(1).next().map(Record::key), Some(keys[200].clone()));
     }
 
     #[test]
@@ -294,10 +494,9 @@ mod tests {
         let retain = READ_AHEAD + 10;
         for (name, s) in stores(retain) {
             let m = s.machines().create(Machine::new("m")).unwrap();
-            let old = (0..retain)
-                .map(|i| Machine::new(format!("old{i}")))
-                .collect();
-            s.machines().import(old).unwrap();
+            for i in 0..retain {
+                s.machines().set_param(&m.name, "old", json!(i)).unwrap();
+            }
             // A writer that did not write that log, as after a reopen.
             *s.inner.writer.lock() = Trim::default();
             let writes = 3 * READ_AHEAD;
@@ -314,8 +513,8 @@ mod tests {
                 .map(|r| log_key(r, 0).to_vec())
                 .collect();
             assert_eq!(logged(&s), want, "{name}");
-            // The import's events were read, 1,024 and then the rest up to
-            // the first event this writer appended; its own, never.
+            // The older records were read, 1,024 and then the rest up to the
+            // first one this writer appended; its own, never.
             assert_eq!(s.inner.writer.lock().reads, 2, "{name}");
             // A watch from the oldest kept revision replays them.
             let mut w = s.watch(None, None, Some(rev - 4)).unwrap();
@@ -327,19 +526,163 @@ mod tests {
         }
     }
 
+    /// `(revision, sequence)` of each key.
+    fn positions(keys: &[Vec<u8>]) -> Vec<(u64, u32)> {
+        keys.iter().map(|k| log_position(k).unwrap()).collect()
+    }
+
     #[test]
-    fn a_write_of_many_events_trims_across_read_ahead_boundaries() {
-        for (name, s) in stores(READ_AHEAD + 10) {
+    fn an_import_is_logged_in_records_and_trimmed_a_whole_record_at_a_time() {
+        let retain = READ_AHEAD + 10;
+        for (name, s) in stores(retain) {
+            // The store's first write logs the global profile.
+            let mut written = 1;
             for round in 0..4 {
                 let batch: Vec<Machine> = (0..700)
                     .map(|i| Machine::new(format!("m{round}-{i}")))
                     .collect();
                 s.machines().import(batch).unwrap();
-                let n = logged(&s).len();
+                written += 700;
+                let events = positions(&logged(&s));
+                let n = events.len();
                 assert_eq!(n, s.state().log_len, "{name}: round {round}");
-                assert!(n <= READ_AHEAD + 10, "{name}: {n} events kept");
+                // A few records per import, each within its size bound.
+                let records: Vec<(u64, u32, u32)> =
+                    records(&s).iter().map(|k| log_record(k).unwrap()).collect();
+                assert!(records.len() * 10 < n, "{name}: {} records", records.len());
+                let largest = records.iter().map(|r| r.2 as usize).max().unwrap();
+                if written < retain {
+                    assert_eq!(n, written, "{name}: round {round}");
+                } else {
+                    assert!(n >= retain && n < retain + largest, "{name}: {n} kept");
+                }
+                // The newest events, without a gap, the last import whole.
+                let rev = s.revision();
+                assert_eq!(events.last(), Some(&(rev, 699)), "{name}");
+                // A read from inside a record starts at its event.
+                let from: Vec<_> = s.backend().changes(rev, 350).take(2).collect();
+                let from: Vec<_> = from.into_iter().map(|e| e.unwrap().0).collect();
+                assert_eq!(positions(&from), [(rev, 350), (rev, 351)], "{name}");
+                for pair in events.windows(2) {
+                    let [(r0, q0), (r1, q1)] = [pair[0], pair[1]];
+                    // Revision 1 is the global profile's one event.
+                    let last = if r0 == 1 { 0 } else { 699 };
+                    assert!(
+                        (r1, q1) == (r0, q0 + 1) || (r1, q1, q0) == (r0 + 1, 0, last),
+                        "{name}: {pair:?}"
+                    );
+                }
             }
-            assert_eq!(logged(&s).len(), READ_AHEAD + 10, "{name}");
+            s.verify_indexes().unwrap();
+        }
+    }
+
+    /// Rewrites the log of the store on `db` as the layout before records
+    /// kept it: one event per 13-byte key.
+    fn to_single_keys(db: &dyn Backend) {
+        let rev = db.revision().unwrap();
+        let mut b = Batch {
+            expect: rev,
+            rev,
+            ..Batch::default()
+        };
+        for item in db.scan_prefix(LOG_PREFIX) {
+            b.remove(item.unwrap().0);
+        }
+        for item in db.changes(0, 0) {
+            let (k, v) = item.unwrap();
+            b.put(k, v);
+        }
+        db.commit(b).unwrap();
+    }
+
+    #[test]
+    fn a_log_of_one_event_per_key_is_read_and_trimmed_beside_records() {
+        use std::sync::Arc;
+
+        use crate::store::memory_backend::MemoryBackend;
+        use crate::store::stall;
+        let options = Options {
+            log_retain: 40,
+            durable: false,
+            ..Options::default()
+        };
+        let start = |db: &Arc<MemoryBackend>| {
+            let guard = stall::Guard::inline(options.stall_timeout);
+            Store::start(db.clone(), guard, options.clone(), None, None).unwrap()
+        };
+        let db = Arc::new(MemoryBackend::default());
+        let s = start(&db);
+        for round in 0..3 {
+            let batch = (0..10).map(|i| Machine::new(format!("m{round}-{i}")));
+            s.machines().import(batch.collect()).unwrap();
+        }
+        let before = logged(&s);
+        drop(s);
+        to_single_keys(&*db);
+        // The first write's event (the global profile) and the imports'.
+        assert_eq!(records(&start(&db)).len(), 31);
+        let s = start(&db);
+        assert_eq!(logged(&s), before);
+        // A watch from the middle of a revision, across both layouts.
+        let m = s.machines().create(Machine::new("n")).unwrap();
+        let mut w = s.watch(None, None, Some(2)).unwrap();
+        let first = w.poll().unwrap().unwrap();
+        assert_eq!((first.revision, first.seq, first.key.len()), (2, 0, 36));
+        for _ in 0..29 {
+            w.poll().unwrap().unwrap();
+        }
+        assert_eq!(w.poll().unwrap().unwrap().key, m.uuid.to_string());
+        // Writes trim the single keys first, one event each, then records.
+        for i in 0..40 {
+            s.machines().set_param(&m.name, "n", json!(i)).unwrap();
+            let want = (33 + i).min(40);
+            assert_eq!(logged(&s).len(), want, "after write {i}");
+            assert_eq!(s.state().log_len, want);
+        }
+        assert!(records(&s).iter().all(|k| k.len() == 17));
+        s.verify_indexes().unwrap();
+    }
+
+    #[test]
+    fn a_damaged_record_is_reported_not_read_past() {
+        use crate::store::memory_backend::MemoryBackend;
+        let db = MemoryBackend::default();
+        let event = br#"{"Revision":1}"#;
+        let framed = |n: usize| {
+            let mut v = Vec::new();
+            for _ in 0..n {
+                v.extend_from_slice(&(event.len() as u32).to_be_bytes());
+                v.extend_from_slice(event);
+            }
+            v
+        };
+        let mut cut = framed(2);
+        cut.pop();
+        let cases = [
+            (log_record_key(1, 0, 2).to_vec(), cut, "runs past its end"),
+            (log_record_key(1, 0, 1).to_vec(), framed(2), "more events"),
+            (log_record_key(1, 0, 3).to_vec(), framed(2), "fewer events"),
+            (b"cshort".to_vec(), framed(1), "not a change-log key"),
+        ];
+        for (rev, (key, value, want)) in (0u64..).zip(cases) {
+            let mut b = Batch {
+                expect: rev,
+                rev: rev + 1,
+                ..Batch::default()
+            };
+            for item in db.scan_prefix(LOG_PREFIX) {
+                b.remove(item.unwrap().0);
+            }
+            b.put(key, value);
+            db.commit(b).unwrap();
+            let read: Vec<_> = db.changes(0, 0).collect();
+            match read.last() {
+                Some(Err(Error::Corrupt { reason, .. })) => {
+                    assert!(reason.contains(want), "{reason}")
+                }
+                other => panic!("{want}: {other:?}"),
+            }
         }
     }
 
@@ -379,16 +722,24 @@ mod tests {
 
     #[test]
     fn a_revision_trimmed_in_part_is_not_replayed() {
-        for (name, s) in stores(3) {
-            s.machines()
-                .import(vec![Machine::new("a"), Machine::new("b")])
-                .unwrap();
+        for (name, s) in stores(6) {
+            // Events of about 2.2 KB: two to a record.
+            let big = json!("x".repeat(1_900));
+            let machines = (0..8).map(|i| {
+                let mut m = Machine::new(format!("m{i}"));
+                m.params.insert("big".into(), big.clone());
+                m
+            });
+            s.machines().import(machines.collect()).unwrap();
             let split = s.revision();
-            s.machines()
-                .import(vec![Machine::new("c"), Machine::new("d")])
-                .unwrap();
-            // The log: split's second event and the next revision's two.
-            assert_eq!(logged(&s).len(), 3, "{name}");
+            let counts: Vec<u32> = records(&s)
+                .iter()
+                .filter_map(|k| log_record(k).filter(|r| r.0 == split).map(|r| r.2))
+                .collect();
+            assert_eq!(counts, [2, 2, 2, 2], "{name}");
+            s.machines().create(Machine::new("c")).unwrap();
+            // The log: split's last three records and the next revision's event.
+            assert_eq!(logged(&s).len(), 7, "{name}");
             match s.watch(None, None, Some(split)) {
                 Err(Error::Compacted { requested, oldest }) => {
                     assert_eq!((requested, oldest), (split, split + 1), "{name}")
@@ -396,8 +747,7 @@ mod tests {
                 other => panic!("{name}: {:?}", other.map(|_| "a watch")),
             }
             let mut w = s.watch(None, None, Some(split + 1)).unwrap();
-            assert_eq!(w.poll().unwrap().unwrap().seq, 0, "{name}");
-            assert_eq!(w.poll().unwrap().unwrap().seq, 1, "{name}");
+            assert_eq!(w.poll().unwrap().unwrap().key.len(), 36, "{name}");
             assert!(w.poll().unwrap().is_none(), "{name}");
         }
     }

@@ -56,7 +56,8 @@ use roaring::RoaringBitmap;
 use sha2::{Digest, Sha256};
 
 use super::backend::Backend;
-use super::layout::{decode, log_key, machine_key, LOG_PREFIX};
+use super::changelog;
+use super::layout::{decode, machine_key};
 use super::rebuild::{index_machines, load_definitions};
 use super::snapshot::Changed;
 use super::state::{machine_entries, own_keys, State};
@@ -354,9 +355,8 @@ pub(super) fn bring_forward(
     if ckpt.rev < st.rev {
         // The log must still hold every event after the checkpoint: trimming
         // removes the oldest first, so its first key says.
-        let from = log_key(ckpt.rev + 1, 0);
-        match db.scan_prefix(LOG_PREFIX).next().transpose()? {
-            Some((first, _)) if first.as_slice() <= from.as_slice() => {}
+        match changelog::first_position(db)? {
+            Some(first) if first <= (ckpt.rev + 1, 0) => {}
             _ => {
                 return Ok(Err(format!(
                     "is at revision {}, older than the change log reaches",

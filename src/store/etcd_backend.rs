@@ -37,8 +37,8 @@
 //! # Limits: refused, not split
 //! etcd refuses a request over `--max-request-bytes` (1.5 MiB by default)
 //! and a transaction of more than `--max-txn-ops` operations (128). A write
-//! needs one operation per object it writes, one per change event, one per
-//! trimmed event and three of its own (`s:rev`, `s:logn`, and `s:format` on
+//! needs one operation per object it writes, one per change-log record (up
+//! to 6 KiB of events), one per trimmed record and three of its own (`s:rev`, `s:logn`, and `s:format` on
 //! the first). A write over either limit is refused before it is sent, with
 //! [`Error::Invalid`] naming both numbers. It is not split: two
 //! transactions are two revisions, and another server would see (and could

@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 use roaring::RoaringBitmap;
 
 use super::backend::Backend;
-use super::changelog::Trim;
+use super::changelog::{self, Trim};
 use super::layout::MACHINE_PREFIX;
-use super::layout::{decode, log_key, machine_key, LOG_PREFIX};
+use super::layout::{decode, machine_key};
 use super::leases::LeaseTable;
 #[cfg(feature = "etcd")]
 use super::open::Inner;
@@ -84,7 +84,7 @@ fn read_forward(db: &dyn Backend, st: &State) -> Result<Option<Forward>> {
     // Another server wrote machines only: read what the log names and the
     // few small records beside, never the definitions (a profile or param
     // change in the log takes the full path below, which reads them all).
-    if db.get(&log_key(st.rev + 1, 0))?.is_some() {
+    if changelog::logs_revision(db, st.rev + 1)? {
         let logged = logged_since(db, st)?;
         if logged.profiles.is_empty() && !logged.params {
             let (next_id, log_len) = load_counters(db)?;
@@ -189,9 +189,8 @@ fn full_forward(db: &dyn Backend, st: &State) -> Result<Option<Forward>> {
     if fresh.rev <= st.rev {
         return Ok(None);
     }
-    let from = log_key(st.rev + 1, 0);
-    match db.scan_keys(LOG_PREFIX, LOG_PREFIX, 1)?.first() {
-        Some(first) if first.as_slice() <= from.as_slice() => {}
+    match changelog::first_position(db)? {
+        Some(first) if first <= (st.rev + 1, 0) => {}
         _ => return Ok(Some(Forward::Rebuilt(load_state(db)?))),
     }
     let Logged {

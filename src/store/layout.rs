@@ -10,8 +10,11 @@
 //! `m` + machine id (u32, big-endian) → machine JSON; `p` + name → profile
 //! JSON; `d` + name → param definition JSON; `j` + job Uuid (16 bytes) → job
 //! JSON; `l` + lease id (u64, big-endian) → lease JSON (its TTL and what
-//! it holds; its deadline is not stored here, see `lease_clock`); `c` + revision (u64, big-endian) + sequence (u32, big-endian) → one
-//! change event; `s:rev` → the store revision (kept by the engine, see
+//! it holds; its deadline is not stored here, see `lease_clock`); `c` + revision (u64, big-endian) + first sequence (u32,
+//! big-endian) + count (u32, big-endian) → a record of `count` change events
+//! of one revision, from that sequence on (see `super::changelog`; a store
+//! written before stop 35 has 13-byte keys without the count, one event
+//! each); `s:rev` → the store revision (kept by the engine, see
 //! [`super::backend`]); `s:intent` → the last small batch the sled engine
 //! committed (see [`super::sled_backend`]); `s:next` → the next machine id; `s:logn` → events
 //! in the change log; `s:secret` → the token signing secret.
@@ -74,13 +77,38 @@ pub(crate) fn log_key(rev: u64, seq: u32) -> [u8; 13] {
     k
 }
 
-/// The (revision, sequence) of a change-log key, if `key` is one.
+/// The key of a change-log record holding events `first .. first + count`
+/// of revision `rev`.
+pub(crate) fn log_record_key(rev: u64, first: u32, count: u32) -> [u8; 17] {
+    let mut k = [b'c'; 17];
+    k[1..9].copy_from_slice(&rev.to_be_bytes());
+    k[9..13].copy_from_slice(&first.to_be_bytes());
+    k[13..].copy_from_slice(&count.to_be_bytes());
+    k
+}
+
+/// The (revision, sequence) of one event's key, if `key` is one.
 pub(crate) fn log_position(key: &[u8]) -> Option<(u64, u32)> {
     match key {
         [b'c', rest @ ..] if rest.len() == 12 => {
             let rev = u64::from_be_bytes(rest[..8].try_into().ok()?);
             let seq = u32::from_be_bytes(rest[8..].try_into().ok()?);
             Some((rev, seq))
+        }
+        _ => None,
+    }
+}
+
+/// The (revision, first sequence, count) of a change-log record's key, if
+/// `key` is one: a record of several events, or one event under its own
+/// key (the layout before stop 35).
+pub(crate) fn log_record(key: &[u8]) -> Option<(u64, u32, u32)> {
+    match key.len() {
+        13 => log_position(key).map(|(rev, seq)| (rev, seq, 1)),
+        17 => {
+            let (rev, first) = log_position(&key[..13])?;
+            let count = u32::from_be_bytes(key[13..].try_into().ok()?);
+            (count > 0).then_some((rev, first, count))
         }
         _ => None,
     }

@@ -50,7 +50,9 @@ pub struct Options {
     /// own about every 500 ms, and on [`Store::flush`] / drop), including
     /// acknowledged ones.
     pub durable: bool,
-    /// How many change events the log keeps for resuming watches.
+    /// How many change events the log keeps at least, for resuming
+    /// watches (it trims whole records: fewer than this plus one record's
+    /// events).
     pub log_retain: usize,
     /// How long an open, commit or flush may make no progress before the
     /// call returns [`Error::Stalled`] (and the store refuses further

@@ -234,7 +234,7 @@ impl Store {
             };
             timing::mark("plan: other");
             let rev = batch.rev;
-            let (log_len, trimmed) = changelog::stage(
+            let staged = changelog::stage(
                 &*self.backend(),
                 &mut w,
                 &mut batch,
@@ -302,7 +302,7 @@ impl Store {
                 self.inner.commits.keep(batch);
             }
             self.inner.commits.committed(rev);
-            w.committed(trimmed, rev, changes.len());
+            w.committed(&staged);
             let retired = match ready {
                 Ready::Apply(apply) => {
                     apply(&mut st);
@@ -315,7 +315,7 @@ impl Store {
             }
             let replay_cost = checkpoint::replay_cost(&st, &changes);
             st.rev = rev;
-            st.log_len = log_len;
+            st.log_len = staged.log_len;
             timing::mark("index apply");
             break (rev, out, replay_cost, retired);
         };

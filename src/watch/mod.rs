@@ -14,7 +14,8 @@
 //! keys it by revision and sequence), holding the object after the write and
 //! (for updates and deletes) before it. Jobs are logged too, as creates of
 //! [`Kind::Job`]: a watch of every kind sees them; a filter cannot apply to
-//! them. The log keeps the newest [`LOG_RETAIN`] events; a watch from an
+//! them. The log keeps at least the newest [`LOG_RETAIN`] events (it trims
+//! whole records of several events, see the store's `changelog`); a watch from an
 //! older revision fails with [`Error::Compacted`] naming the oldest revision
 //! still kept, as etcd does.
 //!
@@ -40,7 +41,7 @@ use crate::store::{log_position, Store};
 
 pub use members::{Member, MemberOptions, MemberWatch, Membership};
 
-/// How many events the persisted change log keeps.
+/// How many events the persisted change log keeps at least.
 pub const LOG_RETAIN: usize = 100_000;
 
 /// What a write did to an object.
@@ -109,7 +110,16 @@ pub(crate) fn event_subject(bytes: &[u8]) -> Result<(Kind, String)> {
 }
 
 /// Encodes an event around the stored object bytes (already JSON).
+#[cfg(test)]
 pub(crate) fn encode_event(rev: u64, seq: u32, c: &Change) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_event_into(&mut out, rev, seq, c);
+    out
+}
+
+/// Appends the encoding of an event (around the stored object bytes,
+/// already JSON) to `out`; the change log frames several in one record.
+pub(crate) fn encode_event_into(out: &mut Vec<u8>, rev: u64, seq: u32, c: &Change) {
     /// An event's fields before the object: serialized straight from
     /// borrowed values (no intermediate JSON map).
     #[derive(Serialize)]
@@ -133,9 +143,9 @@ pub(crate) fn encode_event(rev: u64, seq: u32, c: &Change) -> Vec<u8> {
         action: c.action,
     };
     let previous = c.previous.as_ref().map_or(0, Vec::len);
-    let mut out = Vec::with_capacity(96 + c.key.len() + c.object.len() + previous);
+    out.reserve(96 + c.key.len() + c.object.len() + previous);
     // Writing a struct of numbers, strings and unit enums into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, &head);
+    let _ = serde_json::to_writer(&mut *out, &head);
     out.pop(); // its closing brace
     out.extend_from_slice(b",\"Object\":");
     out.extend_from_slice(&c.object);
@@ -144,7 +154,6 @@ pub(crate) fn encode_event(rev: u64, seq: u32, c: &Change) -> Vec<u8> {
         out.extend_from_slice(p);
     }
     out.push(b'}');
-    out
 }
 
 /// When a count-wait is satisfied.
