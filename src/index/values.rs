@@ -398,6 +398,9 @@ impl Packed {
             .next_back()?;
         let mut value = Vec::new();
         encode_value(&mut value, v);
+        if let Some(found) = find_encoded(&block.bytes, &value) {
+            return found.map(|slot| block.posting(slot));
+        }
         let mut scan = RawScan::new(&block.bytes);
         while let Some(e) = scan.next() {
             match cmp_encoded(&scan.cur, &value) {
@@ -833,6 +836,62 @@ impl<'a> RawScan<'a> {
     }
 }
 
+/// The posting slot of `target` (a value's encoding) among a block's
+/// entries, found without building each entry's encoding: front coding
+/// says how many leading bytes an entry shares with the one before, and
+/// the entries ascend, so an entry sharing more of it than the one before
+/// shares with `target` is still below `target`, and one sharing fewer is
+/// above it; only an entry sharing exactly that many has its bytes
+/// compared. `Some(None)`: not in the block. `None`: the block mixes text
+/// and UUID values around a text target, whose order is not their bytes'
+/// (see [`cmp_encoded`]), so the caller compares decoded values instead.
+fn find_encoded(bytes: &[u8], target: &[u8]) -> Option<Option<Slot>> {
+    let text = |tag: u8| tag == STR || tag == UUID;
+    let target_tag = *target.first()?;
+    // How many leading bytes of `target` the entry before matched.
+    let mut matched = 0;
+    let mut tag = target_tag;
+    let mut pos = 0;
+    while let Some(&shared) = bytes.get(pos) {
+        let shared = shared as usize;
+        pos += 1;
+        let rest = get_varint(bytes, &mut pos) as usize;
+        let suffix = &bytes[pos..pos + rest];
+        pos += rest;
+        let n = get_varint(bytes, &mut pos);
+        if shared == 0 {
+            tag = *suffix.first()?;
+        }
+        if tag != target_tag && text(tag) && text(target_tag) {
+            return None;
+        }
+        // A shared count at its cap (u8::MAX) may understate what the
+        // entry shares: compare its bytes from there.
+        if shared < matched && shared < u8::MAX as usize {
+            return Some(None);
+        }
+        if shared > matched {
+            continue;
+        }
+        let from = shared;
+        let want = &target[from..];
+        let common = suffix.iter().zip(want).take_while(|(a, b)| a == b).count();
+        match (suffix.get(common), want.get(common)) {
+            (None, None) => {
+                return Some(Some(if n & 1 == 0 {
+                    Slot::One((n >> 1) as u32)
+                } else {
+                    Slot::Many((n >> 1) as usize)
+                }))
+            }
+            (None, Some(_)) => matched = from + common,
+            (Some(a), Some(b)) if a < b => matched = from + common,
+            _ => return Some(None),
+        }
+    }
+    Some(None)
+}
+
 /// A block's entry's posting before it is borrowed.
 enum Slot {
     One(u32),
@@ -1015,6 +1074,8 @@ mod tests {
             2 => ValueKey::Json(format!("[{i}]").into()),
             3 => ValueKey::Bool(i.is_multiple_of(2)),
             4 => ValueKey::Null,
+            // Names that are prefixes of others (`n1`, `n12`, `n123`).
+            5 => ValueKey::str(&format!("n{i}")),
             _ => ValueKey::str(&format!("node-{i:07}")),
         }
     }
@@ -1160,6 +1221,37 @@ mod tests {
             let mut again = held[1].clone();
             again.compact();
             check(&truth, &again, &probes);
+        }
+    }
+
+    /// Lookups that skip entries by their shared prefix find what a
+    /// comparison of every entry finds: names that are prefixes of others,
+    /// and names sharing more bytes than a shared count holds (255).
+    #[test]
+    fn a_lookup_finds_what_the_tree_finds_among_prefixes_and_long_names() {
+        let long = "x".repeat(300);
+        let mut names: Vec<String> = Vec::new();
+        for i in 0..400u32 {
+            names.push(format!("n{i}"));
+            names.push(format!("{long}{i}"));
+            names.push(format!("{long}{}{i}", "y".repeat(i as usize % 3)));
+        }
+        let truth: BTreeMap<ValueKey, Posting> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 4 != 0)
+            .map(|(i, n)| (ValueKey::str(n), Posting::One(i as u32)))
+            .collect();
+        let packed =
+            Packed::from_sorted(truth.iter().map(|(k, p)| (k.clone(), p.clone())).collect());
+        assert!(packed.blocks.len() > 4);
+        let probes = names
+            .iter()
+            .cloned()
+            .chain(["".into(), "n".into(), long.clone(), "z".into()]);
+        for n in probes {
+            let v = ValueKey::str(&n);
+            assert_eq!(packed.get(&v).as_deref(), truth.get(&v), "{n}");
         }
     }
 

@@ -416,7 +416,7 @@ fn open_indexes(
 
 /// Runs `open` (sled's open of a directory), retrying while another handle
 /// holds the directory, until `timeout` ([`Options::lock_timeout`]).
-fn open_waiting(
+pub(super) fn open_waiting(
     timeout: std::time::Duration,
     mut open: impl FnMut() -> Result<SledBackend>,
 ) -> Result<SledBackend> {

@@ -296,6 +296,13 @@ impl Backend for SledBackend {
 mod tests {
     use super::*;
 
+    /// Opens the directory a handle just dropped: sled's IO threads let
+    /// go of it a moment later (a loaded machine: tens of milliseconds).
+    fn reopen(dir: &std::path::Path) -> Result<SledBackend> {
+        let wait = std::time::Duration::from_secs(10);
+        super::super::open::open_waiting(wait, || SledBackend::open(Some(dir.into())))
+    }
+
     fn batch(expect: u64, ops: &[(&[u8], Option<&[u8]>)]) -> Batch {
         Batch {
             expect,
@@ -352,7 +359,7 @@ mod tests {
             db.db.insert(b"a", b"2").unwrap();
             db.flush().unwrap();
         }
-        let db = SledBackend::open(Some(dir.path().into())).unwrap();
+        let db = reopen(dir.path()).unwrap();
         assert_eq!(db.revision().unwrap(), 2);
         assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
         assert_eq!(db.get(b"b").unwrap(), None);
@@ -437,7 +444,7 @@ mod tests {
             db.db.insert(INTENT_KEY, Intent::encode(&b, 2)).unwrap();
             db.flush().unwrap();
         }
-        match SledBackend::open(Some(dir.path().into())) {
+        match reopen(dir.path()) {
             Err(Error::Corrupt { key, reason }) => {
                 assert_eq!(key, "s:intent");
                 assert!(reason.contains("1 to 5"), "{reason}");
