@@ -822,11 +822,7 @@ impl<'a> RawScan<'a> {
         let post = pos;
         let n = get_varint(bytes, &mut pos);
         self.pos = pos;
-        let slot = if n & 1 == 0 {
-            Slot::One((n >> 1) as u32)
-        } else {
-            Slot::Many((n >> 1) as usize)
-        };
+        let slot = Slot::of(n);
         Some(RawEntry {
             start,
             post,
@@ -877,13 +873,7 @@ fn find_encoded(bytes: &[u8], target: &[u8]) -> Option<Option<Slot>> {
         let want = &target[from..];
         let common = suffix.iter().zip(want).take_while(|(a, b)| a == b).count();
         match (suffix.get(common), want.get(common)) {
-            (None, None) => {
-                return Some(Some(if n & 1 == 0 {
-                    Slot::One((n >> 1) as u32)
-                } else {
-                    Slot::Many((n >> 1) as usize)
-                }))
-            }
+            (None, None) => return Some(Some(Slot::of(n))),
             (None, Some(_)) => matched = from + common,
             (Some(a), Some(b)) if a < b => matched = from + common,
             _ => return Some(None),
@@ -896,6 +886,18 @@ fn find_encoded(bytes: &[u8], target: &[u8]) -> Option<Option<Slot>> {
 enum Slot {
     One(u32),
     Many(usize),
+}
+
+impl Slot {
+    /// The slot an entry's posting varint names: one id (even), or the
+    /// index of a shared posting (odd).
+    fn of(n: u64) -> Slot {
+        if n & 1 == 0 {
+            Slot::One((n >> 1) as u32)
+        } else {
+            Slot::Many((n >> 1) as usize)
+        }
+    }
 }
 
 struct BlockIter<'a> {
