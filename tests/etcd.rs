@@ -66,6 +66,49 @@ fn a_write_on_one_server_is_seen_by_the_other() {
     b.verify_indexes().unwrap();
 }
 
+/// The change log stores a write's events in records of several, so an
+/// import of a hundred machines is 100 records, a few log records and the
+/// store's own keys: one transaction under etcd's default 128 operations
+/// (with a record per event it was 203, refused). Another server follows
+/// it and watches its events one by one.
+#[test]
+fn an_import_of_a_hundred_machines_is_one_etcd_transaction() {
+    let etcd = Etcd::start();
+    let a = open(&etcd, "/hundred/");
+    let b = open(&etcd, "/hundred/");
+    let from = a.revision() + 1;
+    let machines = |n: usize, tag: &str| -> Vec<Machine> {
+        (0..n)
+            .map(|i| {
+                let mut m = Machine::new(format!("{tag}-{i:03}"));
+                m.params.insert("rack".into(), json!(i % 7));
+                m
+            })
+            .collect()
+    };
+    assert_eq!(a.machines().import(machines(100, "imp")).unwrap(), (100, 0));
+    assert_eq!(a.revision(), from);
+    until_at(&b, from);
+    let imported = Filter::parse("Name Re ^imp-").unwrap();
+    assert_eq!(b.machines().count(&imported).unwrap(), 100);
+    let mut w = b.watch(None, None, Some(from)).unwrap();
+    for seq in 0..100 {
+        let e = w.poll().unwrap().expect("an event per machine");
+        assert_eq!((e.revision, e.seq), (from, seq));
+    }
+    assert!(w.poll().unwrap().is_none());
+    // Past the limit the write is refused whole, naming it.
+    match a.machines().import(machines(130, "over")) {
+        Err(Error::Invalid { reason, .. }) => {
+            assert!(reason.contains("--max-txn-ops"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.revision(), from);
+    a.verify_indexes().unwrap();
+    b.verify_indexes().unwrap();
+}
+
 #[test]
 fn concurrent_param_cas_has_exactly_one_winner_per_round() {
     let etcd = Etcd::start();
