@@ -55,6 +55,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// hold its state lock, which the writer holds across the commit.
     fn commit(&self, batch: Batch) -> Result<()>;
 
+    /// Finishes work a commit may leave after its commit point (sled: a
+    /// small batch's record inserts, see `super::sled_backend`), so that
+    /// it need not delay the writer. Reads see a committed batch whether
+    /// or not it is settled; the next commit settles first. The store
+    /// calls this on its storage thread once the writer has its answer.
+    fn settle(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Makes every committed batch durable.
     fn flush(&self) -> Result<()>;
 

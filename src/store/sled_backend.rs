@@ -40,8 +40,23 @@
 //! records or [`INTENT_MOST_BYTES`] bytes (an import chunk) goes through
 //! `sled::Batch`, where the peg's cost is shared and writing the records
 //! twice would not be.
+//!
+//! # Settling after the answer
+//! The intent is the commit point, so a small batch's record inserts need
+//! not delay its writer: [`Backend::commit`] stores the intent and keeps
+//! the records as the *unsettled* batch, and [`Backend::settle`], which the
+//! store's storage thread runs once the writer has its answer, inserts
+//! them. Until then [`Backend::get`] answers a key of the unsettled batch
+//! from it, and a scan settles first (on its own thread if need be: one
+//! thread settles at a time, under `settling`). Every commit settles the
+//! batch before it first, so an intent is only ever overwritten once its
+//! records are all inserted, which is what recovery relies on. A settle
+//! that fails keeps the batch unsettled (reads still see it, the intent
+//! still holds it) and the next commit, which settles first, reports the
+//! error.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -57,11 +72,19 @@ pub(crate) const INTENT_MOST_OPS: usize = 16;
 /// The most key and value bytes a batch committed through an intent holds.
 pub(crate) const INTENT_MOST_BYTES: usize = 256 * 1024;
 
+/// A batch's records: `(key, Some(value))` puts, `(key, None)` removes.
+type Ops = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// A sled database.
 pub(crate) struct SledBackend {
     db: sled::Db,
     /// The revision as committed; held across check and apply.
     rev: Mutex<u64>,
+    /// The last small batch when its intent is stored and its records may
+    /// not all be inserted yet (see "Settling after the answer").
+    unsettled: Mutex<Option<Arc<Ops>>>,
+    /// Held while a thread inserts the unsettled batch's records.
+    settling: Mutex<()>,
 }
 
 fn storage(e: sled::Error) -> Error {
@@ -108,13 +131,15 @@ impl SledBackend {
                         ),
                     });
                 }
-                apply_ops(&db, intent.ops)?;
+                apply_ops(&db, &intent.ops)?;
                 rev = intent.rev;
             }
         }
         Ok(SledBackend {
             db,
             rev: Mutex::new(rev),
+            unsettled: Mutex::new(None),
+            settling: Mutex::new(()),
         })
     }
 }
@@ -128,11 +153,12 @@ fn read_u64(key: &[u8], b: &[u8]) -> Result<u64> {
     })?))
 }
 
-/// Applies a batch's records one by one.
-fn apply_ops(db: &sled::Db, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+/// Applies a batch's records one by one (again, after a crash: puts and
+/// removes of whole records are idempotent).
+fn apply_ops(db: &sled::Db, ops: &Ops) -> Result<()> {
     for (k, v) in ops {
         match v {
-            Some(v) => db.insert(k, v),
+            Some(v) => db.insert(k, v.as_slice()),
             None => db.remove(k),
         }
         .map_err(storage)?;
@@ -147,7 +173,7 @@ fn apply_ops(db: &sled::Db, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> 
 struct Intent {
     expect: u64,
     rev: u64,
-    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ops: Ops,
 }
 
 impl Intent {
@@ -228,10 +254,19 @@ impl<'a> Reader<'a> {
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(ops) = &*self.unsettled.lock() {
+            // A later op on the same key wins.
+            if let Some((_, v)) = ops.iter().rev().find(|(k, _)| k == key) {
+                return Ok(v.clone());
+            }
+        }
         Ok(self.db.get(key).map_err(storage)?.map(|v| v.to_vec()))
     }
 
     fn scan(&self, prefix: &[u8], from: &[u8]) -> Scan<'_> {
+        if let Err(e) = self.settle() {
+            return Box::new(std::iter::once(Err(e)));
+        }
         let prefix = prefix.to_vec();
         Box::new(
             self.db
@@ -251,6 +286,9 @@ impl Backend for SledBackend {
     fn commit(&self, batch: Batch) -> Result<()> {
         let mut rev = self.rev.lock();
         check_revision(*rev, &batch)?;
+        // The intent below overwrites the last one, and a large batch's
+        // revision covers it: its records must all be in first.
+        self.settle()?;
         let size: usize = batch
             .ops
             .iter()
@@ -260,7 +298,7 @@ impl Backend for SledBackend {
             self.db
                 .insert(INTENT_KEY, Intent::encode(&batch, size))
                 .map_err(storage)?;
-            apply_ops(&self.db, batch.ops)?;
+            *self.unsettled.lock() = Some(Arc::new(batch.ops));
             *rev = batch.rev;
             return Ok(());
         }
@@ -277,6 +315,17 @@ impl Backend for SledBackend {
         Ok(())
     }
 
+    fn settle(&self) -> Result<()> {
+        let _one = self.settling.lock();
+        let Some(ops) = self.unsettled.lock().clone() else {
+            return Ok(());
+        };
+        apply_ops(&self.db, &ops)?;
+        // Only a commit sets a new batch, and it settles this one first.
+        *self.unsettled.lock() = None;
+        Ok(())
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush().map_err(storage)?;
         Ok(())
@@ -287,6 +336,7 @@ impl Backend for SledBackend {
     /// ours. Stopped first (vendor patch 9), nothing writes once this
     /// flush returns.
     fn close(&self) -> Result<()> {
+        self.settle()?;
         self.db.stop_background_flusher();
         self.flush()
     }
@@ -384,6 +434,86 @@ mod tests {
         assert_eq!(
             db.get(b"c").unwrap().as_deref(),
             Some(&b"changed after"[..])
+        );
+    }
+
+    /// A small batch is read from the moment its commit returns, before its
+    /// records are inserted; the next commit inserts them before it writes
+    /// its own intent; and a crash before the last batch settles loses
+    /// nothing of it or of the ones before.
+    #[test]
+    fn a_batch_is_read_before_it_settles_and_a_crash_before_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled_has = |db: &SledBackend, k: &[u8]| db.db.get(k).unwrap().map(|v| v.to_vec());
+        let scan = |db: &SledBackend| -> Vec<(Vec<u8>, Vec<u8>)> {
+            db.scan(b"k", b"k").map(|r| r.unwrap()).collect()
+        };
+        {
+            let db = SledBackend::open(Some(dir.path().into())).unwrap();
+            db.commit(batch(
+                0,
+                &[
+                    (b"ka", Some(b"1")),
+                    (b"kb", Some(b"1")),
+                    (b"ke", Some(b"1")),
+                ],
+            ))
+            .unwrap();
+            assert_eq!(sled_has(&db, b"ka"), None, "not inserted before a settle");
+            assert_eq!(db.get(b"ka").unwrap().as_deref(), Some(&b"1"[..]));
+            db.commit(batch(
+                1,
+                &[
+                    (b"ka", Some(b"2")),
+                    (b"kb", None),
+                    (b"kb", Some(b"3")),
+                    (b"kc", Some(b"2")),
+                    (b"kc", None),
+                ],
+            ))
+            .unwrap();
+            assert_eq!(
+                sled_has(&db, b"kb").as_deref(),
+                Some(&b"1"[..]),
+                "settled first"
+            );
+            // A later op on a key wins.
+            assert_eq!(db.get(b"kb").unwrap().as_deref(), Some(&b"3"[..]));
+            assert_eq!(db.get(b"kc").unwrap(), None);
+            assert_eq!(db.get(b"ka").unwrap().as_deref(), Some(&b"2"[..]));
+            let want = |pairs: &[(&[u8], &[u8])]| -> Vec<(Vec<u8>, Vec<u8>)> {
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .collect()
+            };
+            assert_eq!(
+                scan(&db),
+                want(&[(b"ka", b"2"), (b"kb", b"3"), (b"ke", b"1")]),
+                "a scan settles"
+            );
+            db.commit(batch(2, &[(b"kd", Some(b"3")), (b"ka", None)]))
+                .unwrap();
+            assert_eq!(sled_has(&db, b"kd"), None);
+            // A crash: durable, but never settled nor closed.
+            db.flush().unwrap();
+        }
+        let db = reopen(dir.path()).unwrap();
+        assert_eq!(db.revision().unwrap(), 3);
+        assert_eq!(
+            scan(&db),
+            vec![
+                (b"kb".to_vec(), b"3".to_vec()),
+                (b"kd".to_vec(), b"3".to_vec()),
+                (b"ke".to_vec(), b"1".to_vec())
+            ]
+        );
+        db.commit(batch(3, &[(b"kf", Some(b"4"))])).unwrap();
+        db.close().unwrap();
+        assert_eq!(
+            sled_has(&db, b"kf").as_deref(),
+            Some(&b"4"[..]),
+            "a close settles"
         );
     }
 

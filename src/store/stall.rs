@@ -252,12 +252,34 @@ impl Guard {
         }
     }
 
+    /// [`submit`](Self::submit), then `after` on the storage thread once
+    /// the result is handed back: work the caller need not wait for, done
+    /// before the thread takes its next call.
+    pub(crate) fn submit_then<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> R + Send + 'static,
+        after: impl FnOnce() + Send + 'static,
+    ) -> Result<Pending<'_, R>> {
+        self.check()?;
+        self.enqueue_then(op, f, after)
+    }
+
     /// Hands `f` to the storage thread whether or not the store has failed
     /// (a stall still refuses it).
     fn enqueue<R: Send + 'static>(
         &self,
         op: &'static str,
         f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<Pending<'_, R>> {
+        self.enqueue_then(op, f, || ())
+    }
+
+    fn enqueue_then<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> R + Send + 'static,
+        after: impl FnOnce() + Send + 'static,
     ) -> Result<Pending<'_, R>> {
         self.check_stalled()?;
         let slot = Arc::new(Slot {
@@ -277,6 +299,7 @@ impl Guard {
             *filled.result.lock() = Some(r);
             filled.filled.store(true, Ordering::Release);
             filled.done.notify_one();
+            after();
         });
         match &self.jobs {
             Some(jobs) => jobs.lock().send(job).map_err(|_| Error::Stalled {

@@ -249,11 +249,20 @@ impl Store {
             let backend = self.backend();
             // Until a flush covers it, for `Store::recover` to commit again.
             let kept = (self.inner.options.durable && !shared).then(|| batch.copy());
-            let committing = self.inner.guard.submit("commit", move || {
-                let t0 = timing::now();
-                let r = backend.commit(batch);
-                ((t0, timing::now()), r)
-            })?;
+            let settling = backend.clone();
+            let committing = self.inner.guard.submit_then(
+                "commit",
+                move || {
+                    let t0 = timing::now();
+                    let r = backend.commit(batch);
+                    ((t0, timing::now()), r)
+                },
+                // An error leaves the batch unsettled; the next commit,
+                // which settles first, reports it.
+                move || {
+                    let _ = settling.settle();
+                },
+            )?;
             let ready = match memory {
                 Memory::Apply(apply) => Ready::Apply(apply),
                 Memory::Prepare(prepare) => {
@@ -402,6 +411,9 @@ mod tests {
             }
             drop(closed);
             self.inner.commit(batch)
+        }
+        fn settle(&self) -> Result<()> {
+            self.inner.settle()
         }
         fn flush(&self) -> Result<()> {
             self.inner.flush()
