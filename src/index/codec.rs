@@ -109,7 +109,7 @@ impl Index {
     pub(crate) fn decode(r: impl Read, in_file: Option<InFile>) -> Result<Index, DecodeError> {
         let mut r = Stream { r, pos: 0 };
         let universe = r.bitmap()?;
-        let mut own = std::collections::HashMap::new();
+        let mut own = super::FastMap::default();
         for _ in 0..r.u32()? {
             let name = r.string()?;
             own.insert(name, r.bitmap()?);

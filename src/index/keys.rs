@@ -30,8 +30,8 @@
 //!
 //! [`Store::verify_indexes`]: crate::Store::verify_indexes
 
+use super::FastMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use roaring::RoaringBitmap;
@@ -268,7 +268,7 @@ fn unshare(slot: &mut Arc<Slot>) -> &mut Slot {
 pub(crate) struct Keys {
     /// Shared with the copies [`for_checkpoint`](Keys::for_checkpoint)
     /// hands out: a write to a key another copy holds copies that key first.
-    map: HashMap<Key, Arc<Slot>>,
+    map: FastMap<Key, Arc<Slot>>,
     repair: Option<Repair>,
 }
 

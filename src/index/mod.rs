@@ -26,6 +26,10 @@ mod values;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+
+/// The index's hash maps: foldhash, seeded per map (keys are param names
+/// and Meta keys from the store's own writers).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::ops::Bound as RangeBound;
 
 use roaring::RoaringBitmap;
@@ -65,7 +69,7 @@ pub(crate) struct Index {
     keys: keys::Keys,
     /// Objects holding their own `Params[k]` (machines only): what makes a
     /// `global` change pure bitmap algebra.
-    own: HashMap<String, RoaringBitmap>,
+    own: FastMap<String, RoaringBitmap>,
 }
 
 /// One key's postings, built from each object's entries: what a
@@ -163,7 +167,7 @@ impl Index {
         &mut self,
         objects: impl IntoIterator<Item = (u32, &'a [(Key, ValueKey)], Vec<&'a str>)>,
     ) {
-        let mut by_key: HashMap<&Key, Vec<(&ValueKey, u32)>> = HashMap::new();
+        let mut by_key: FastMap<&Key, Vec<(&ValueKey, u32)>> = FastMap::default();
         for (id, entries, own) in objects {
             self.insert(id, &[], &own);
             for (k, v) in entries {
