@@ -30,13 +30,12 @@
 //!
 //! [`Store::verify_indexes`]: crate::Store::verify_indexes
 
-use super::FastMap;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use roaring::RoaringBitmap;
 
-use super::{Postings, ValueKey};
+use super::{FastMap, Postings, ValueKey};
 use crate::filter::Key;
 
 /// Builds one key's postings from the records themselves, as they stand

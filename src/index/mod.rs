@@ -26,10 +26,6 @@ mod values;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-
-/// The index's hash maps: foldhash, seeded per map (keys are param names
-/// and Meta keys from the store's own writers).
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::ops::Bound as RangeBound;
 
 use roaring::RoaringBitmap;
@@ -42,6 +38,10 @@ pub(crate) use posting::Posting;
 use value::NumKey;
 pub(crate) use value::{Text, ValueKey};
 use values::Values;
+
+/// The index's hash maps: foldhash, seeded per map (keys are param names
+/// and Meta keys from the store's own writers).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One indexed key: its distinct values in order, each with the objects that
 /// hold it, and the objects that hold any value.
