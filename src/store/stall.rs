@@ -26,6 +26,14 @@
 //! so other threads still run; it changes nothing about the stall limit,
 //! which counts from the hand-over as before.
 //!
+//! # Work after the answer
+//! A call may leave work for the storage thread to do once its caller has
+//! the answer ([`Guard::submit_then`]: sled inserting a small write's
+//! records after its commit point). The next call waits behind it, under
+//! the same limit; should it stall, the error names the work that is stuck
+//! ("settle of the last commit (before the commit)"), not only the call
+//! that waited.
+//!
 //! # Engines that cannot stall
 //! The in-memory engine never waits on I/O, so its store gets an inline
 //! guard ([`Guard::inline`]): calls run on the caller's thread, with no
@@ -71,6 +79,9 @@ pub(crate) struct Guard {
     /// The storage thread's queue; `None` for an inline guard.
     jobs: Option<Mutex<Sender<Job>>>,
     limit: Duration,
+    /// What the storage thread runs (or ran last): a call stuck behind
+    /// another's work is reported with the name of the work that is stuck.
+    running: Arc<Mutex<&'static str>>,
     stalled: Arc<OnceLock<(String, Duration)>>,
     /// A flush or commit that failed: what the engine holds or has on disk
     /// is unknown, so writes stop until a reopen decides (and clears it:
@@ -122,6 +133,7 @@ impl Guard {
         Guard {
             jobs: None,
             limit,
+            running: Arc::new(Mutex::new("")),
             stalled: Arc::new(OnceLock::new()),
             failed: Arc::new(Mutex::new(None)),
             #[cfg(debug_assertions)]
@@ -171,6 +183,7 @@ impl Guard {
         Ok(Guard {
             jobs: Some(Mutex::new(tx)),
             limit,
+            running: Arc::new(Mutex::new("")),
             stalled,
             failed,
             #[cfg(debug_assertions)]
@@ -252,17 +265,18 @@ impl Guard {
         }
     }
 
-    /// [`submit`](Self::submit), then `after` on the storage thread once
-    /// the result is handed back: work the caller need not wait for, done
-    /// before the thread takes its next call.
+    /// [`submit`](Self::submit), then `after` (named `after_op`) on the
+    /// storage thread once the result is handed back: work the caller need
+    /// not wait for, done before the thread takes its next call.
     pub(crate) fn submit_then<R: Send + 'static>(
         &self,
         op: &'static str,
         f: impl FnOnce() -> R + Send + 'static,
+        after_op: &'static str,
         after: impl FnOnce() + Send + 'static,
     ) -> Result<Pending<'_, R>> {
         self.check()?;
-        self.enqueue_then(op, f, after)
+        self.enqueue_then(op, f, after_op, after)
     }
 
     /// Hands `f` to the storage thread whether or not the store has failed
@@ -272,13 +286,14 @@ impl Guard {
         op: &'static str,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Result<Pending<'_, R>> {
-        self.enqueue_then(op, f, || ())
+        self.enqueue_then(op, f, op, || ())
     }
 
     fn enqueue_then<R: Send + 'static>(
         &self,
         op: &'static str,
         f: impl FnOnce() -> R + Send + 'static,
+        after_op: &'static str,
         after: impl FnOnce() + Send + 'static,
     ) -> Result<Pending<'_, R>> {
         self.check_stalled()?;
@@ -289,7 +304,9 @@ impl Guard {
         });
         let filled = slot.clone();
         let stall = self.injected_stall(op);
+        let running = self.running.clone();
         let job: Job = Box::new(move || {
+            *running.lock() = op;
             if stall {
                 loop {
                     std::thread::park();
@@ -299,6 +316,7 @@ impl Guard {
             *filled.result.lock() = Some(r);
             filled.filled.store(true, Ordering::Release);
             filled.done.notify_one();
+            *running.lock() = after_op;
             after();
         });
         match &self.jobs {
@@ -373,11 +391,13 @@ impl<R> Pending<'_, R> {
             }
             if slot.done.wait_until(&mut done, deadline).timed_out() && done.is_none() {
                 let after = self.started.elapsed();
-                let _ = self.guard.stalled.set((self.op.to_string(), after));
-                return Err(Error::Stalled {
-                    op: self.op.into(),
-                    after,
-                });
+                // This call, or the work it waits behind.
+                let stuck = match *self.guard.running.lock() {
+                    running if running.is_empty() || running == self.op => self.op.to_string(),
+                    running => format!("{running} (before the {})", self.op),
+                };
+                let _ = self.guard.stalled.set((stuck.clone(), after));
+                return Err(Error::Stalled { op: stuck, after });
             }
         }
     }
@@ -409,6 +429,33 @@ mod tests {
             matches!(g.run("next", || 1), Err(Error::Stalled { op, .. }) if op == "stuck commit")
         );
         assert!(started.elapsed() < Duration::from_millis(100));
+        drop(tx);
+    }
+
+    /// Work left after a call's answer is done before the next call, and a
+    /// stall in it is reported under its own name.
+    #[test]
+    fn a_stall_after_an_answer_is_named_for_the_work_that_is_stuck() {
+        let g = Guard::new(Duration::from_millis(100)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let done = g
+            .submit_then(
+                "commit",
+                || 7,
+                "settle",
+                move || {
+                    let _ = rx.recv(); // never sent while the guard waits
+                },
+            )
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(done, 7, "the answer does not wait for the work after it");
+        let e = g.run("commit", || 8).unwrap_err();
+        assert!(
+            matches!(&e, Error::Stalled { op, .. } if op == "settle (before the commit)"),
+            "{e}"
+        );
         drop(tx);
     }
 

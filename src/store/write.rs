@@ -259,6 +259,7 @@ impl Store {
                 },
                 // An error leaves the batch unsettled; the next commit,
                 // which settles first, reports it.
+                "settle of the last commit",
                 move || {
                     let _ = settling.settle();
                 },
