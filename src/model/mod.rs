@@ -386,6 +386,12 @@ impl<'a> Effective<'a> {
         self.layers.iter().find_map(|l| l.get(key))
     }
 
+    /// The explicit value of `key` below the first layer (a machine's
+    /// profiles and the global profile: what its own value overrides).
+    pub(crate) fn inherited(&self, key: &str) -> Option<&'a Value> {
+        self.layers.iter().skip(1).find_map(|l| l.get(key))
+    }
+
     /// Each explicitly held name once, with its first holder's value: the
     /// layers in order, each in its own key order.
     pub(crate) fn explicit(&self) -> impl Iterator<Item = (&'a String, &'a Value)> + '_ {

@@ -18,7 +18,8 @@ use super::list::{group_keys, shape, shape_raw, sort_key, window, ListOptions, Q
 use super::open::Store;
 use super::patch;
 use super::state::{
-    machine_diff, machine_entries, machine_entries_with, own_keys, EntryDiff, Pending, State,
+    machine_diff, machine_entries, machine_entries_with, own_keys, own_param_diff, EntryDiff,
+    Pending, State,
 };
 use super::write::{erase, record, stage, Apply, Prepare, Swap};
 use crate::error::{Error, Result};
@@ -234,10 +235,7 @@ impl Machines<'_> {
     /// Sets own param `key`.
     pub fn set_param(&self, addr: &str, key: &str, value: Value) -> Result<Machine> {
         let mut value = self.store.replan(value);
-        self.write_one(addr, Some(key), |m, _| {
-            m.params.insert(key.to_string(), value.take()?);
-            Ok(())
-        })
+        Ok(self.write_param(addr, key, |_| Ok(Some(value.take()?)))?.0)
     }
 
     /// Compare-and-set of own param `key`: only if its own value (or, when it
@@ -251,25 +249,16 @@ impl Machines<'_> {
     ) -> Result<Machine> {
         let default = self.store.state_for_write().default_of(key).cloned();
         let mut value = self.store.replan(value);
-        self.write_one(addr, Some(key), |m, _| {
-            patch::param_cas_in(
-                &mut m.params,
-                key,
-                expected,
-                value.take()?,
-                default.as_ref(),
-            )
-        })
+        let written = self.write_param(addr, key, |actual| {
+            patch::check_param_cas(key, actual, expected, default.as_ref())?;
+            Ok(Some(value.take()?))
+        })?;
+        Ok(written.0)
     }
 
     /// Removes own param `key`; returns the removed value (`None` if it had none).
     pub fn remove_param(&self, addr: &str, key: &str) -> Result<Option<Value>> {
-        let mut removed = None;
-        self.modify_typed(addr, |m| {
-            removed = m.params.shift_remove(key);
-            Ok(())
-        })?;
-        Ok(removed)
+        Ok(self.write_param(addr, key, |_| Ok(None))?.1)
     }
 
     /// Own params, or with `aggregate` the effective ones (own → profiles →
@@ -550,6 +539,63 @@ impl Machines<'_> {
         })
     }
 
+    /// One own param's write: `f` gets the param's own value and returns
+    /// its new one (`None`: removed). Returns the machine as written and
+    /// the param's previous own value.
+    ///
+    /// Nothing else of the machine changes, so nothing else is checked
+    /// again or compared: the machine is decoded once and changed in place,
+    /// only the new value is checked against its definition, and only the
+    /// param's effective value is compared for the index. Under a lease the
+    /// write takes the general path, which the lease's hand-over needs.
+    fn write_param(
+        &self,
+        addr: &str,
+        key: &str,
+        mut f: impl FnMut(Option<&Value>) -> Result<Option<Value>>,
+    ) -> Result<(Machine, Option<Value>)> {
+        if self.guards.lease.is_some() {
+            let mut previous = None;
+            let m = self.write_one(addr, Some(key), |m, _| {
+                let new = f(m.params.get(key))?;
+                previous = set_own(&mut m.params, key, new);
+                Ok(())
+            })?;
+            return Ok((m, previous));
+        }
+        self.store.write_as(WriteKind::Machine, |st, rev, log| {
+            self.guards.check(self.store, st)?;
+            let id = st.machine_id(addr)?;
+            let (mut m, old_bytes) = self.store.load_machine_bytes(id)?;
+            timing::mark("plan: decode");
+            let new = f(m.params.get(key))?;
+            if let Some(v) = &new {
+                if m.params.get(key) != Some(v) {
+                    st.check_param(key, v)?;
+                }
+            }
+            timing::mark("plan: validate");
+            let previous = set_own(&mut m.params, key, new);
+            m.revision = rev;
+            timing::mark("plan: change");
+            let mut batch = Batch::default();
+            let record_key = machine_key(id);
+            stage(
+                &mut batch,
+                log,
+                &record_key,
+                &m.uuid.to_string(),
+                encode(&m),
+                Some(old_bytes),
+            );
+            timing::mark("encode");
+            let diff = own_param_diff(&m, key, previous.as_ref(), &st.profiles);
+            timing::mark("plan: index diff");
+            let apply = Box::new(move |st: &mut State| diff.apply(&mut st.machines, id));
+            Ok((batch, apply as Apply, (m, previous)))
+        })
+    }
+
     /// Loads machine `id`, lets `f` change it, checks the result against
     /// the data model and every other object, and stages its record and
     /// event. Returns the new machine and its index change.
@@ -590,6 +636,15 @@ impl Machines<'_> {
         let diff = machine_diff(&old, &m, &st.profiles);
         timing::mark("plan: index diff");
         Ok((m, diff))
+    }
+}
+
+/// Sets (`Some`) or removes own param `key`, keeping the others' order;
+/// returns its previous value.
+fn set_own(params: &mut Map<String, Value>, key: &str, value: Option<Value>) -> Option<Value> {
+    match value {
+        Some(v) => params.insert(key.to_string(), v),
+        None => params.shift_remove(key),
     }
 }
 

@@ -182,7 +182,19 @@ pub(crate) fn param_cas_in(
     value: Value,
     default: Option<&Value>,
 ) -> Result<()> {
-    let actual = params.get(key);
+    check_param_cas(key, params.get(key), expected, default)?;
+    params.insert(key.to_string(), value);
+    Ok(())
+}
+
+/// The check of [`param_cas_in`]: [`Error::Conflict`] unless `actual` (own
+/// value, `None`: absent) or, when absent, `default` equals `expected`.
+pub(crate) fn check_param_cas(
+    key: &str,
+    actual: Option<&Value>,
+    expected: Option<&Value>,
+    default: Option<&Value>,
+) -> Result<()> {
     let ok = match (actual, expected) {
         (Some(a), Some(e)) => a == e,
         (None, None) => true,
@@ -196,7 +208,6 @@ pub(crate) fn param_cas_in(
             actual: actual.or(default).cloned().map(Box::new),
         });
     }
-    params.insert(key.to_string(), value);
     Ok(())
 }
 

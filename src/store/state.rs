@@ -112,16 +112,14 @@ impl State {
             if old.and_then(|o| o.get(k)) == Some(v) {
                 continue;
             }
-            if let Some(val) = pending.validator(self, k) {
-                if let Err(e) = val.validate(v) {
-                    return Err(Error::Schema {
-                        param: k.clone(),
-                        reason: e.to_string(),
-                    });
-                }
-            }
+            check_schema(pending.validator(self, k), k, v)?;
         }
         Ok(())
+    }
+
+    /// Checks `v` against param `k`'s definition, if it has one.
+    pub(super) fn check_param(&self, k: &str, v: &Value) -> Result<()> {
+        check_schema(self.validators.get(k).map(|v| &**v), k, v)
     }
 
     pub(super) fn check_machine(
@@ -163,6 +161,16 @@ impl State {
             }
         }
         self.check_params_in(pending, old.map(|o| &o.params), &m.params)
+    }
+}
+
+fn check_schema(validator: Option<&jsonschema::Validator>, k: &str, v: &Value) -> Result<()> {
+    match validator {
+        Some(val) => val.validate(v).map_err(|e| Error::Schema {
+            param: k.to_string(),
+            reason: e.to_string(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -352,21 +360,58 @@ pub(super) fn machine_diff(
         .map(|(k, _)| k)
         .chain(new.params.keys().filter(|k| !old.params.contains_key(*k)));
     for k in changed {
-        if same_fields {
-            let (ov, nv) = (eo.get(k), en.get(k));
-            if ov != nv {
-                let key = Key::Param(k.clone());
-                d.gone.extend(ov.map(|v| (key.clone(), ValueKey::of(v))));
-                d.came.extend(nv.map(|v| (key, ValueKey::of(v))));
-            }
+        let effective = same_fields.then(|| (eo.get(k), en.get(k)));
+        d.param_changed(
+            k,
+            effective,
+            old.params.contains_key(k),
+            new.params.contains_key(k),
+        );
+    }
+    d
+}
+
+/// The index change of a write that changed only own param `key` of
+/// machine `new` (`old_own`: its own value before): [`machine_diff`] of
+/// that write, without the old machine.
+pub(super) fn own_param_diff(
+    new: &Machine,
+    key: &str,
+    old_own: Option<&Value>,
+    profiles: &BTreeMap<String, Profile>,
+) -> EntryDiff {
+    let layers = Effective::of_machine(new, |n| profiles.get(n).map(|p| &p.params));
+    let new_own = new.params.get(key);
+    let mut d = EntryDiff::default();
+    if old_own != new_own {
+        let effective = (old_own.or_else(|| layers.inherited(key)), layers.get(key));
+        d.param_changed(key, Some(effective), old_own.is_some(), new_own.is_some());
+    }
+    d
+}
+
+impl EntryDiff {
+    /// Param `k` changed: its effective value went from `.0` to `.1` (when
+    /// given: `None` if the rest of the entries are compared whole) and
+    /// the object held it as its own before and after as said.
+    fn param_changed(
+        &mut self,
+        k: &str,
+        effective: Option<(Option<&Value>, Option<&Value>)>,
+        own_before: bool,
+        own_after: bool,
+    ) {
+        if let Some((ov, nv)) = effective.filter(|(ov, nv)| ov != nv) {
+            let key = Key::Param(k.to_string());
+            self.gone.extend(ov.map(|v| (key.clone(), ValueKey::of(v))));
+            self.came.extend(nv.map(|v| (key, ValueKey::of(v))));
         }
-        match (old.params.contains_key(k), new.params.contains_key(k)) {
-            (true, false) => d.gone_own.push(k.clone()),
-            (false, true) => d.came_own.push(k.clone()),
+        match (own_before, own_after) {
+            (true, false) => self.gone_own.push(k.to_string()),
+            (false, true) => self.came_own.push(k.to_string()),
             _ => {}
         }
     }
-    d
 }
 
 pub(super) fn own_keys(params: &Map<String, Value>) -> Vec<&str> {
