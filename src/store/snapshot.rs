@@ -72,7 +72,7 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
-use super::backend::Backend;
+use super::backend::{Backend, Batch};
 use super::checkpoint;
 use super::layout::{
     decode, machine_id_of, machine_key, LOG_LEN_KEY, MACHINE_PREFIX, NEXT_ID_KEY, PARAM_PREFIX,
@@ -83,8 +83,8 @@ use super::memory_backend::MemoryBackend;
 use super::rebuild::load_definitions;
 use super::state::State;
 use crate::error::{Error, Result};
-use crate::filter::{Field, Filter, Key};
-use crate::index::{GroupCount, ValueKey};
+use crate::filter::Filter;
+use crate::index::GroupCount;
 use crate::model::{Kind, GLOBAL_PROFILE};
 use crate::watch::Change;
 
@@ -318,24 +318,27 @@ impl Changed {
         }
     }
 
-    /// Notes a write's `changes` at `rev`, once applied to `st`'s index (a
-    /// machine deleted has no id left: the snapshot finds it gone from the
-    /// universe).
-    pub(super) fn note(st: &mut State, changes: &[Change], rev: u64) {
-        for c in changes {
-            match c.kind {
-                Kind::Machine => {
-                    let id = st
-                        .machines
-                        .lookup(&Key::Field(Field::Uuid), &ValueKey::str(&c.key))
-                        .and_then(|p| p.min());
-                    if let Some(id) = id {
-                        st.changed.machine(id, rev);
-                    }
-                }
-                Kind::Profile => st.changed.profile(&c.key, rev),
-                _ => {}
-            }
+    /// The ids of the machines `batch` stores a record of: every machine a
+    /// write creates or changes (a machine deleted has no id left: the
+    /// snapshot finds it gone from the universe).
+    pub(super) fn written_machines(batch: &Batch) -> Vec<u32> {
+        batch
+            .ops
+            .iter()
+            .filter(|(_, value)| value.is_some())
+            .filter_map(|(key, _)| machine_id_of(key))
+            .collect()
+    }
+
+    /// Notes a write at `rev`: the machines it wrote (see
+    /// [`written_machines`](Self::written_machines)) and the profiles its
+    /// `changes` name.
+    pub(super) fn note(st: &mut State, machines: &[u32], changes: &[Change], rev: u64) {
+        for &id in machines {
+            st.changed.machine(id, rev);
+        }
+        for c in changes.iter().filter(|c| c.kind == Kind::Profile) {
+            st.changed.profile(&c.key, rev);
         }
     }
 

@@ -242,6 +242,12 @@ impl Store {
                 log_len,
                 self.inner.options.log_retain,
             )?;
+            // What a checkpoint no longer covers: the machines by their
+            // records' keys (no lookup of each by Uuid after the apply).
+            let written = match self.inner.checkpoints {
+                Some(_) => Changed::written_machines(&batch),
+                None => Vec::new(),
+            };
             // The engine commits first, memory follows: a failed or stalled
             // commit leaves the indexes equal to what is stored.
             let mut st = self.inner.state.write();
@@ -313,6 +319,7 @@ impl Store {
             }
             self.inner.commits.committed(rev);
             w.committed(&staged);
+            timing::mark("index apply: log state");
             let retired = match ready {
                 Ready::Apply(apply) => {
                     apply(&mut st);
@@ -320,9 +327,11 @@ impl Store {
                 }
                 Ready::Swap(swap) => swap(&mut st),
             };
+            timing::mark("index apply: entries");
             if self.inner.checkpoints.is_some() {
-                Changed::note(&mut st, &changes, rev);
+                Changed::note(&mut st, &written, &changes, rev);
             }
+            timing::mark("index apply: changed since checkpoint");
             let replay_cost = checkpoint::replay_cost(&st, &changes);
             st.rev = rev;
             st.log_len = staged.log_len;
