@@ -592,6 +592,24 @@ fn write_figures(store: &Store, n: usize) {
         fmt(write)
     );
     let stages = fleetkv::timing::take();
+    // The same write, each to another machine: its record is read from the
+    // engine, not from the last write's batch the engine still holds.
+    let spread = median(201, || {
+        i += 1;
+        store
+            .machines()
+            .set_param(
+                &format!("node-{:07}", (i as usize * 7919) % n),
+                "rack",
+                json!(i % 50),
+            )
+            .unwrap();
+    });
+    println!(
+        "| the same, each to another machine (median) | {} |",
+        fmt(spread)
+    );
+    fleetkv::timing::take();
     let t = Instant::now();
     store
         .profiles()

@@ -142,6 +142,22 @@ impl Index {
 
     pub(crate) fn insert(&mut self, id: u32, entries: &[(Key, ValueKey)], own: &[&str]) {
         self.universe.insert(id);
+        self.add_entries(id, entries, own);
+    }
+
+    /// A change of object `id`, which stays indexed: it no longer holds
+    /// `gone` (and own params `gone_own`), and now holds `came` (`came_own`).
+    pub(crate) fn update(
+        &mut self,
+        id: u32,
+        (gone, gone_own): (&[(Key, ValueKey)], &[&str]),
+        (came, came_own): (&[(Key, ValueKey)], &[&str]),
+    ) {
+        self.sub_entries(id, gone, gone_own);
+        self.add_entries(id, came, came_own);
+    }
+
+    fn add_entries(&mut self, id: u32, entries: &[(Key, ValueKey)], own: &[&str]) {
         for (k, v) in entries {
             self.add(k, v, id);
         }
@@ -182,6 +198,10 @@ impl Index {
 
     pub(crate) fn remove(&mut self, id: u32, entries: &[(Key, ValueKey)], own: &[&str]) {
         self.universe.remove(id);
+        self.sub_entries(id, entries, own);
+    }
+
+    fn sub_entries(&mut self, id: u32, entries: &[(Key, ValueKey)], own: &[&str]) {
         for (k, v) in entries {
             self.sub(k, v, id);
         }

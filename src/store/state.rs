@@ -323,8 +323,11 @@ impl EntryDiff {
         fn names(v: &[String]) -> Vec<&str> {
             v.iter().map(String::as_str).collect()
         }
-        index.remove(id, &self.gone, &names(&self.gone_own));
-        index.insert(id, &self.came, &names(&self.came_own));
+        index.update(
+            id,
+            (&self.gone, &names(&self.gone_own)),
+            (&self.came, &names(&self.came_own)),
+        );
     }
 }
 
