@@ -579,16 +579,7 @@ impl Machines<'_> {
             m.revision = rev;
             timing::mark("plan: change");
             let mut batch = Batch::default();
-            let record_key = machine_key(id);
-            stage(
-                &mut batch,
-                log,
-                &record_key,
-                &m.uuid.to_string(),
-                encode(&m),
-                Some(old_bytes),
-            );
-            timing::mark("encode");
+            stage_update(&mut batch, log, id, &m, old_bytes);
             let diff = own_param_diff(&m, key, previous.as_ref(), &st.profiles);
             timing::mark("plan: index diff");
             let apply = Box::new(move |st: &mut State| diff.apply(&mut st.machines, id));
@@ -623,20 +614,32 @@ impl Machines<'_> {
         st.check_machine(Some(id), Some(&old), &m)?;
         m.revision = rev;
         timing::mark("plan: validate");
-        let key = machine_key(id);
-        stage(
-            batch,
-            log,
-            &key,
-            &m.uuid.to_string(),
-            encode(&m),
-            Some(old_bytes),
-        );
-        timing::mark("encode");
+        stage_update(batch, log, id, &m, old_bytes);
         let diff = machine_diff(&old, &m, &st.profiles);
         timing::mark("plan: index diff");
         Ok((m, diff))
     }
+}
+
+/// Stages machine `id`'s new record `m` and its update event
+/// (`old_bytes`: its record as read).
+fn stage_update(
+    batch: &mut Batch,
+    log: &mut Vec<Change>,
+    id: u32,
+    m: &Machine,
+    old_bytes: Vec<u8>,
+) {
+    let key = machine_key(id);
+    stage(
+        batch,
+        log,
+        &key,
+        &m.uuid.to_string(),
+        encode(m),
+        Some(old_bytes),
+    );
+    timing::mark("encode");
 }
 
 /// Sets (`Some`) or removes own param `key`, keeping the others' order;
