@@ -496,16 +496,7 @@ impl Machines<'_> {
 
     /// A write of one machine through its JSON document.
     fn modify(&self, addr: &str, f: impl FnMut(&mut Value) -> Result<()>) -> Result<Machine> {
-        self.modify_typed(addr, as_json(f))
-    }
-
-    /// A write of one machine through its typed form (the param writes:
-    /// no JSON document is built and read back).
-    fn modify_typed(
-        &self,
-        addr: &str,
-        mut f: impl FnMut(&mut Machine) -> Result<()>,
-    ) -> Result<Machine> {
+        let mut f = as_json(f);
         self.write_one(addr, None, |m, _| f(m))
     }
 
