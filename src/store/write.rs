@@ -244,10 +244,11 @@ impl Store {
             )?;
             // What a checkpoint no longer covers: the machines by their
             // records' keys (no lookup of each by Uuid after the apply).
-            let written = match self.inner.checkpoints {
-                Some(_) => Changed::written_machines(&batch),
-                None => Vec::new(),
-            };
+            let written = self
+                .inner
+                .checkpoints
+                .as_ref()
+                .map(|_| Changed::written_machines(&batch));
             // The engine commits first, memory follows: a failed or stalled
             // commit leaves the indexes equal to what is stored.
             let mut st = self.inner.state.write();
@@ -328,8 +329,8 @@ impl Store {
                 Ready::Swap(swap) => swap(&mut st),
             };
             timing::mark("index apply: entries");
-            if self.inner.checkpoints.is_some() {
-                Changed::note(&mut st, &written, &changes, rev);
+            if let Some(written) = &written {
+                Changed::note(&mut st, written, &changes, rev);
             }
             timing::mark("index apply: changed since checkpoint");
             let replay_cost = checkpoint::replay_cost(&st, &changes);
