@@ -90,12 +90,17 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data)?;
+    // fleetkv patch 10: the log message pointing at this blob is made
+    // durable by the log's own sync, which covers neither this file nor its
+    // name in `blobs/`. Both are synced here, before the pointer is
+    // serialized into the log buffer.
+    if !config.temporary {
+        f.sync_all()?;
+        std::fs::File::open(path.parent().unwrap_or(&path))?.sync_all()?;
+    }
+    trace!("successfully wrote blob at {:?}", path);
+    Ok(())
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {
