@@ -18,8 +18,9 @@
 //! import committed in 0.9–1.4 s more than its index build took with one
 //! record per event, 0.06–0.11 s more with records; `docs/write-path.md`,
 //! stop 35). A record's key names its revision, first sequence and count
-//! (`super::layout`); its value is each event's encoding after its length
-//! (u32, big-endian). A store written before records had one event per key,
+//! (`super::layout`); its value is a five-byte header (a mark and the
+//! record's format, [`HEADER`]), then each event's encoding after its
+//! length (u32, big-endian). A store written before records had one event per key,
 //! without a count; both are read, and the old ones leave as they are
 //! trimmed.
 //!
@@ -53,6 +54,31 @@ pub(super) const READ_AHEAD: usize = 1024;
 /// not fsync (`vendor/sled/src/pagecache/blob_io.rs`): 17 records of this
 /// size stay under that.
 pub(super) const RECORD_BYTES: usize = 6 * 1024;
+
+/// What a record's value starts with: a mark, then its format. A build
+/// from before the mark reads it as an event's length that runs past the
+/// record's end and reports the record as `Corrupt`, so an older build
+/// never reads events it does not understand (format 1: an update's event
+/// may hold the patch that undoes it instead of the previous object). A
+/// record without the mark is from before it (format 0), and still read.
+const HEADER: [u8; 5] = [0xFF, 0xFF, 0xFF, 0xFF, RECORD_FORMAT];
+/// The newest record format this build reads, and the one it writes.
+const RECORD_FORMAT: u8 = 1;
+
+/// Where a record's first event starts (`value`: the record), or why this
+/// build cannot read it.
+fn events_start(value: &[u8]) -> std::result::Result<usize, String> {
+    match value.get(..4) {
+        Some(mark) if mark == &HEADER[..4] => match value.get(4) {
+            Some(&f) if f <= RECORD_FORMAT => Ok(HEADER.len()),
+            Some(f) => Err(format!(
+                "a change-log record in format {f}, newer than this build reads ({RECORD_FORMAT})"
+            )),
+            None => Err("a change-log record's header is cut short".into()),
+        },
+        _ => Ok(0),
+    }
+}
 
 /// One record of the log: events `first .. first + count` of `rev`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -250,7 +276,7 @@ pub(super) fn stage(
             single_key: false,
         });
     };
-    let mut value = Vec::new();
+    let mut value = HEADER.to_vec();
     let mut first = 0u32;
     let mut end = 0u32;
     for c in changes {
@@ -261,14 +287,15 @@ pub(super) fn stage(
         encode_event_into(&mut value, rev, seq, c);
         let len = u32::try_from(value.len() - at - 4).map_err(|_| too_many())?;
         value[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        if value.len() > RECORD_BYTES && at > 0 {
+        if value.len() > RECORD_BYTES && at > HEADER.len() {
             // This event starts the next record.
-            let next = value.split_off(at);
+            let next = [&HEADER[..], &value[at..]].concat();
+            value.truncate(at);
             close(batch, first, seq, std::mem::replace(&mut value, next));
             first = seq;
         }
     }
-    if !value.is_empty() {
+    if value.len() > HEADER.len() {
         close(batch, first, end, value);
     }
     timing::mark("log: event encode");
@@ -406,13 +433,22 @@ impl Iterator for Events<'_> {
             if r.single_key {
                 return Some(Ok((key, value)));
             }
+            let at = match events_start(&value) {
+                Ok(at) => at,
+                Err(reason) => {
+                    return Some(Err(Error::Corrupt {
+                        key: show_key(&key),
+                        reason,
+                    }))
+                }
+            };
             self.open = Some(Open {
                 key,
                 rev: r.rev,
                 seq: r.first,
                 end,
                 value,
-                at: 0,
+                at,
             });
         }
     }
@@ -664,6 +700,16 @@ mod tests {
             (log_record_key(1, 0, 1).to_vec(), framed(2), "more events"),
             (log_record_key(1, 0, 3).to_vec(), framed(2), "fewer events"),
             (b"cshort".to_vec(), framed(1), "not a change-log key"),
+            (
+                log_record_key(1, 0, 1).to_vec(),
+                [&[0xFF, 0xFF, 0xFF, 0xFF, RECORD_FORMAT + 1][..], &framed(1)].concat(),
+                "newer than this build reads",
+            ),
+            (
+                log_record_key(1, 0, 1).to_vec(),
+                HEADER[..4].to_vec(),
+                "cut short",
+            ),
         ];
         for (rev, (key, value, want)) in (0u64..).zip(cases) {
             let mut b = Batch {
@@ -684,6 +730,95 @@ mod tests {
                 other => panic!("{want}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_param_write_logs_the_patch_that_undoes_it_not_the_machine_before() {
+        for (name, s) in stores(100) {
+            s.machines().create(Machine::new("m")).unwrap();
+            s.machines().set_param("m", "k", json!(1)).unwrap();
+            s.machines().set_param("m", "k", json!(2)).unwrap();
+            s.machines().remove_param("m", "k").unwrap();
+            let events: Vec<String> = s
+                .backend()
+                .changes(0, 0)
+                .map(|item| String::from_utf8(item.unwrap().1).unwrap())
+                .collect();
+            // The `global` profile's create, the machine's, then the three.
+            let [_, _, added, replaced, removed] = &events[..] else {
+                panic!("{name}: {events:?}");
+            };
+            let undo = |e: &str| e.split_once(r#""Undo":"#).map(|(_, u)| u.to_string());
+            assert_eq!(
+                undo(added).as_deref(),
+                Some(
+                    r#"[{"op":"remove","path":"/Params/k"},{"op":"replace","path":"/Revision","value":2}]}"#
+                ),
+                "{name}"
+            );
+            assert_eq!(
+                undo(replaced).as_deref(),
+                Some(
+                    r#"[{"op":"replace","path":"/Params/k","value":1},{"op":"replace","path":"/Revision","value":3}]}"#
+                ),
+                "{name}"
+            );
+            assert!(
+                !added.contains(r#""Previous""#) && !replaced.contains(r#""Previous""#),
+                "{name}"
+            );
+            // Adding it back would not put it where it was: the whole machine.
+            assert!(
+                removed.contains(r#""Previous":"#) && undo(removed).is_none(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_with_and_without_the_format_header_are_both_read() {
+        use crate::store::memory_backend::MemoryBackend;
+        let db = MemoryBackend::default();
+        let framed = |revs: [u64; 2]| {
+            let mut v = Vec::new();
+            for r in revs {
+                let event = format!("{{\"Revision\":{r}}}");
+                v.extend_from_slice(&(event.len() as u32).to_be_bytes());
+                v.extend_from_slice(event.as_bytes());
+            }
+            v
+        };
+        let mut b = Batch {
+            expect: 0,
+            rev: 2,
+            ..Batch::default()
+        };
+        // Revision 1 as stops 35–37 wrote it (no header), 2 as this build.
+        b.put(log_record_key(1, 0, 2), framed([1, 1]));
+        b.put(
+            log_record_key(2, 0, 2),
+            [&HEADER[..], &framed([2, 2])].concat(),
+        );
+        db.commit(b).unwrap();
+        let read: Vec<_> = db.changes(0, 0).map(|r| r.unwrap()).collect();
+        let got: Vec<_> = read
+            .iter()
+            .map(|(k, v)| {
+                (
+                    log_position(k).unwrap(),
+                    String::from_utf8_lossy(v).to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ((1, 0), r#"{"Revision":1}"#.to_string()),
+                ((1, 1), r#"{"Revision":1}"#.to_string()),
+                ((2, 0), r#"{"Revision":2}"#.to_string()),
+                ((2, 1), r#"{"Revision":2}"#.to_string()),
+            ]
+        );
     }
 
     #[test]

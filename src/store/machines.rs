@@ -29,7 +29,7 @@ use crate::index::{Defaults, Entries, Index, ValueKey};
 use crate::model::{Kind, Machine, Profile};
 use crate::telemetry::WriteKind;
 use crate::timing;
-use crate::watch::Change;
+use crate::watch::{Change, Previous};
 
 /// Machines: addressed by Uuid, `Uuid:…`, `Key:…` or `Name:…` (a bare
 /// non-UUID address is taken as a Name).
@@ -566,11 +566,24 @@ impl Machines<'_> {
                 }
             }
             timing::mark("plan: validate");
+            let old_revision = m.revision;
             let previous = set_own(&mut m.params, key, new);
             m.revision = rev;
             timing::mark("plan: change");
+            let undo = undo_param(
+                key,
+                previous.as_ref(),
+                m.params.contains_key(key),
+                old_revision,
+            );
             let mut batch = Batch::default();
-            stage_update(&mut batch, log, id, &m, old_bytes);
+            stage_update(
+                &mut batch,
+                log,
+                id,
+                &m,
+                undo.unwrap_or(Previous::Doc(old_bytes)),
+            );
             let diff = own_param_diff(&m, key, previous.as_ref(), &st.profiles);
             timing::mark("plan: index diff");
             let apply = Box::new(move |st: &mut State| diff.apply(&mut st.machines, id));
@@ -605,21 +618,21 @@ impl Machines<'_> {
         st.check_machine(Some(id), Some(&old), &m)?;
         m.revision = rev;
         timing::mark("plan: validate");
-        stage_update(batch, log, id, &m, old_bytes);
+        stage_update(batch, log, id, &m, Previous::Doc(old_bytes));
         let diff = machine_diff(&old, &m, &st.profiles);
         timing::mark("plan: index diff");
         Ok((m, diff))
     }
 }
 
-/// Stages machine `id`'s new record `m` and its update event
-/// (`old_bytes`: its record as read).
+/// Stages machine `id`'s new record `m` and its update event, which keeps
+/// the machine before the write as `previous`.
 fn stage_update(
     batch: &mut Batch,
     log: &mut Vec<Change>,
     id: u32,
     m: &Machine,
-    old_bytes: Vec<u8>,
+    previous: Previous,
 ) {
     let key = machine_key(id);
     stage(
@@ -628,9 +641,45 @@ fn stage_update(
         &key,
         &m.uuid.to_string(),
         encode(m),
-        Some(old_bytes),
+        Some(previous),
     );
     timing::mark("encode");
+}
+
+/// The patch that undoes a write of own param `key` (its value before:
+/// `before`; whether the machine has it after: `has_after`) and of the
+/// machine's Revision (`revision` before), for the write's event. `None`
+/// when the param was removed: adding it back would put it last, not where
+/// it was, so the event keeps the whole machine instead.
+fn undo_param(
+    key: &str,
+    before: Option<&Value>,
+    has_after: bool,
+    revision: u64,
+) -> Option<Previous> {
+    let mut out = Vec::with_capacity(96 + key.len());
+    let path = format!("/Params/{}", key.replace('~', "~0").replace('/', "~1"));
+    // Writing strings and JSON values into a Vec cannot fail.
+    match (before, has_after) {
+        (Some(v), true) => {
+            out.extend_from_slice(br#"[{"op":"replace","path":"#);
+            let _ = serde_json::to_writer(&mut out, &path);
+            out.extend_from_slice(br#","value":"#);
+            let _ = serde_json::to_writer(&mut out, v);
+            out.extend_from_slice(b"},");
+        }
+        (None, true) => {
+            out.extend_from_slice(br#"[{"op":"remove","path":"#);
+            let _ = serde_json::to_writer(&mut out, &path);
+            out.extend_from_slice(b"},");
+        }
+        (None, false) => out.push(b'['),
+        (Some(_), false) => return None,
+    }
+    out.extend_from_slice(br#"{"op":"replace","path":"/Revision","value":"#);
+    out.extend_from_slice(revision.to_string().as_bytes());
+    out.extend_from_slice(b"}]");
+    Some(Previous::Undo(out))
 }
 
 /// Sets (`Some`) or removes own param `key`, keeping the others' order;

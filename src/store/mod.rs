@@ -97,7 +97,9 @@ pub use params::Params;
 pub use profiles::Profiles;
 pub use snapshot::Snapshot;
 
-pub(crate) use layout::{job_key, log_position};
+#[cfg(test)]
+pub(crate) use layout::log_key;
+pub(crate) use layout::{job_key, log_position, show_key};
 #[cfg(any(feature = "server", feature = "client"))]
 pub(crate) use patch::not_a_patch;
 pub(crate) use state::MachineAddr;

@@ -23,7 +23,7 @@ use super::state::State;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::timing;
-use crate::watch::{Action, Change};
+use crate::watch::{Action, Change, Previous};
 
 /// How many times a write on a shared engine is planned before a lost
 /// revision race is returned ([`Error::RevisionMismatch`]).
@@ -113,21 +113,22 @@ pub(super) fn record<T: serde::Serialize>(
 ) {
     let bytes = encode(new);
     timing::mark("encode");
-    let previous = old.map(encode);
+    let previous = old.map(|old| Previous::Doc(encode(old)));
     timing::mark("encode previous");
     stage(batch, log, key, name, bytes, previous);
 }
 
-/// Stages an object's new record (`bytes`) and its change event, given the
-/// previous record's bytes as read (`None`: a create): the event's
-/// `previous` is those bytes, not a second encoding of the old object.
+/// Stages an object's new record (`bytes`) and its change event, given
+/// what the event keeps of the previous object (`None`: a create): the
+/// previous record's bytes as read, not a second encoding of the old
+/// object, or the patch that undoes the write.
 pub(super) fn stage(
     batch: &mut Batch,
     log: &mut Vec<Change>,
     key: &[u8],
     name: &str,
     bytes: Vec<u8>,
-    previous: Option<Vec<u8>>,
+    previous: Option<Previous>,
 ) {
     log.push(Change {
         kind: kind_of_key(key),

@@ -63,6 +63,7 @@
 //! literal of a type the definition now refuses) ends with the binding
 //! error.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -154,19 +155,33 @@ struct Logged {
     action: Action,
     /// The machine after the write (for a delete: as it was).
     object: Box<RawValue>,
-    /// The machine before the write (updates).
+    /// The machine before the write (updates): whole, or the patch that
+    /// turns `object` back into it.
     previous: Option<Box<RawValue>>,
+    undo: Option<Box<RawValue>>,
 }
 
 impl Logged {
     /// The machine's document as it was before this change (`None`: it did
-    /// not exist).
-    fn before(&self) -> Option<&str> {
-        match self.action {
-            Action::Create => None,
-            Action::Update => self.previous.as_deref().map(RawValue::get),
-            Action::Delete => Some(self.object.get()),
-        }
+    /// not exist). An update logged with its undo patch gets it rebuilt.
+    fn before(&self) -> Result<Option<Cow<'_, str>>> {
+        Ok(match (self.action, &self.undo) {
+            (Action::Create, _) => None,
+            (Action::Update, Some(undo)) => {
+                let corrupt = |reason: String| Error::Corrupt {
+                    key: format!("change log, revision {}", self.rev),
+                    reason,
+                };
+                let object =
+                    serde_json::from_str(self.object.get()).map_err(|e| corrupt(e.to_string()))?;
+                let undo = serde_json::from_str(undo.get()).map_err(|e| corrupt(e.to_string()))?;
+                Some(Cow::Owned(
+                    super::undone(object, &undo).map_err(corrupt)?.to_string(),
+                ))
+            }
+            (Action::Update, None) => self.previous.as_deref().map(|p| Cow::Borrowed(p.get())),
+            (Action::Delete, _) => Some(Cow::Borrowed(self.object.get())),
+        })
     }
 }
 
@@ -183,6 +198,8 @@ struct Head<'a> {
     object: &'a RawValue,
     #[serde(rename = "Previous", borrow, default)]
     previous: Option<&'a RawValue>,
+    #[serde(rename = "Undo", borrow, default)]
+    undo: Option<&'a RawValue>,
 }
 
 /// The Name in a machine document (nothing else is built).
@@ -392,6 +409,7 @@ impl MemberWatch {
                 action: head.action,
                 object: if machine { head.object } else { RawValue::NULL }.to_owned(),
                 previous: head.previous.filter(|_| machine).map(RawValue::to_owned),
+                undo: head.undo.filter(|_| machine).map(RawValue::to_owned),
             });
         }
         // A trim removes the oldest events first: if the log still reaches
@@ -544,10 +562,10 @@ impl MemberWatch {
             if let Some(id) = now_id {
                 set.remove(id);
             }
-            let Some(doc) = c.before() else {
+            let Some(doc) = c.before()? else {
                 continue;
             };
-            if view.machine_matches(&self.bound, doc)? {
+            if view.machine_matches(&self.bound, &doc)? {
                 let id = match now_id.or_else(|| self.ids.get(&c.uuid).copied()) {
                     Some(id) => id,
                     None => self.pseudo_id(),
@@ -556,7 +574,7 @@ impl MemberWatch {
                 known.insert(
                     id,
                     Member {
-                        name: name_of(doc),
+                        name: name_of(&doc),
                         uuid: c.uuid,
                     },
                 );
@@ -584,8 +602,8 @@ impl MemberWatch {
             last_name.insert(c.uuid, name_of(c.object.get()));
         }
         for c in after.iter().rev() {
-            if let Some(doc) = c.before() {
-                last_name.insert(c.uuid, name_of(doc));
+            if let Some(doc) = c.before()? {
+                last_name.insert(c.uuid, name_of(&doc));
             }
         }
         let unnamed: RoaringBitmap = joined_ids

@@ -37,7 +37,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::filter::{Bound, Filter};
 use crate::model::Kind;
-use crate::store::{log_position, Store};
+use crate::store::{log_position, show_key, Store};
 
 pub use members::{Member, MemberOptions, MemberWatch, Membership};
 
@@ -89,7 +89,76 @@ pub(crate) struct Change {
     pub(crate) key: String,
     pub(crate) action: Action,
     pub(crate) object: Vec<u8>,
-    pub(crate) previous: Option<Vec<u8>>,
+    pub(crate) previous: Option<Previous>,
+}
+
+/// What an update's event keeps of the object before the write.
+pub(crate) enum Previous {
+    /// Its stored bytes.
+    Doc(Vec<u8>),
+    /// A JSON Patch (encoded) that turns the event's object back into it:
+    /// a param write's event holds one changed param this way instead of a
+    /// second copy of the whole object. Only for a change the patch undoes
+    /// exactly, member order included.
+    Undo(Vec<u8>),
+}
+
+/// The stored form of an event: [`Event`] with its previous object either
+/// whole or as the patch that undoes the write ([`Previous::Undo`]).
+#[derive(Deserialize)]
+struct Stored {
+    #[serde(rename = "Revision")]
+    revision: u64,
+    #[serde(rename = "Seq")]
+    seq: u32,
+    #[serde(rename = "Kind")]
+    kind: Kind,
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "Action")]
+    action: Action,
+    #[serde(rename = "Object")]
+    object: Value,
+    #[serde(rename = "Previous", default)]
+    previous: Option<Value>,
+    #[serde(rename = "Undo", default)]
+    undo: Option<json_patch::Patch>,
+}
+
+/// An updated object's previous state: `object` with the event's undo
+/// patch applied (the error says why it does not apply).
+fn undone(mut object: Value, undo: &json_patch::Patch) -> std::result::Result<Value, String> {
+    json_patch::patch(&mut object, undo)
+        .map_err(|e| format!("its undo patch does not apply to its object: {e}"))?;
+    Ok(object)
+}
+
+/// Reads an event as the change log stores it (`key`: its log key, named
+/// in errors). An update stored with the patch that undoes it gets its
+/// previous object back by applying the patch to a copy of its object.
+pub(crate) fn decode_event(key: &[u8], bytes: &[u8]) -> Result<Event> {
+    let corrupt = |reason: String| Error::Corrupt {
+        key: match log_position(key) {
+            Some((rev, seq)) => format!("change log {rev}.{seq}"),
+            None => show_key(key),
+        },
+        reason,
+    };
+    let s: Stored = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let previous = match (s.previous, s.undo) {
+        (previous, None) => previous,
+        (None, Some(undo)) => Some(undone(s.object.clone(), &undo).map_err(corrupt)?),
+        (Some(_), Some(_)) => return Err(corrupt("an event holds both Previous and Undo".into())),
+    };
+    Ok(Event {
+        revision: s.revision,
+        seq: s.seq,
+        kind: s.kind,
+        key: s.key,
+        action: s.action,
+        object: s.object,
+        previous,
+    })
 }
 
 /// The kind and key of an encoded event, reading nothing else (index
@@ -142,16 +211,26 @@ pub(crate) fn encode_event_into(out: &mut Vec<u8>, rev: u64, seq: u32, c: &Chang
         key: &c.key,
         action: c.action,
     };
-    let previous = c.previous.as_ref().map_or(0, Vec::len);
+    let previous = match &c.previous {
+        Some(Previous::Doc(b) | Previous::Undo(b)) => b.len(),
+        None => 0,
+    };
     out.reserve(96 + c.key.len() + c.object.len() + previous);
     // Writing a struct of numbers, strings and unit enums into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, &head);
     out.pop(); // its closing brace
     out.extend_from_slice(b",\"Object\":");
     out.extend_from_slice(&c.object);
-    if let Some(p) = &c.previous {
-        out.extend_from_slice(b",\"Previous\":");
-        out.extend_from_slice(p);
+    match &c.previous {
+        Some(Previous::Doc(p)) => {
+            out.extend_from_slice(b",\"Previous\":");
+            out.extend_from_slice(p);
+        }
+        Some(Previous::Undo(p)) => {
+            out.extend_from_slice(b",\"Undo\":");
+            out.extend_from_slice(p);
+        }
+        None => {}
     }
     out.push(b'}');
 }
@@ -383,10 +462,7 @@ impl Watch {
             if std::mem::take(&mut first) && log_position(&k) != Some(self.next) {
                 self.check_not_trimmed()?;
             }
-            let e: Event = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
-                key: format!("c{:?}", k.get(1..).unwrap_or_default()),
-                reason: e.to_string(),
-            })?;
+            let e = decode_event(&k, &v)?;
             self.next = (e.revision, e.seq + 1);
             if self.wanted(&e) {
                 found = Some(e);
@@ -458,6 +534,7 @@ impl Iterator for Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::log_key;
     use serde_json::json;
 
     #[test]
@@ -467,9 +544,9 @@ mod tests {
             key: "k\"1".into(),
             action: Action::Update,
             object: br#"{"Name":"a","Params":{"x":2}}"#.to_vec(),
-            previous: Some(br#"{"Name":"a","Params":{"x":1}}"#.to_vec()),
+            previous: Some(Previous::Doc(br#"{"Name":"a","Params":{"x":1}}"#.to_vec())),
         };
-        let e: Event = serde_json::from_slice(&encode_event(7, 3, &c)).unwrap();
+        let e = decode_event(&log_key(7, 3), &encode_event(7, 3, &c)).unwrap();
         assert_eq!(
             e,
             Event {
@@ -487,7 +564,52 @@ mod tests {
             action: Action::Create,
             ..c
         };
-        let e: Event = serde_json::from_slice(&encode_event(8, 0, &created)).unwrap();
+        let e = decode_event(&log_key(8, 0), &encode_event(8, 0, &created)).unwrap();
         assert_eq!((e.action, e.previous), (Action::Create, None));
+    }
+
+    #[test]
+    fn an_update_stored_with_its_undo_patch_reads_back_with_its_previous_object() {
+        let undo = br#"[{"op":"replace","path":"/Params/x","value":1},{"op":"remove","path":"/Params/y"}]"#;
+        let c = Change {
+            kind: Kind::Machine,
+            key: "k".into(),
+            action: Action::Update,
+            object: br#"{"Name":"a","Params":{"x":2,"y":3}}"#.to_vec(),
+            previous: Some(Previous::Undo(undo.to_vec())),
+        };
+        let bytes = encode_event(9, 0, &c);
+        let stored = String::from_utf8_lossy(&bytes);
+        assert!(
+            stored.contains("\"Undo\":") && !stored.contains("\"Previous\""),
+            "{stored}"
+        );
+        let e = decode_event(&log_key(9, 0), &bytes).unwrap();
+        assert_eq!(e.object, json!({"Name": "a", "Params": {"x": 2, "y": 3}}));
+        assert_eq!(e.previous, Some(json!({"Name": "a", "Params": {"x": 1}})));
+        // Serialized as before: the whole previous object, no patch.
+        let wire = serde_json::to_value(&e).unwrap();
+        assert_eq!(wire["Previous"], json!({"Name": "a", "Params": {"x": 1}}));
+        assert!(wire.get("Undo").is_none());
+    }
+
+    #[test]
+    fn an_undo_patch_that_does_not_apply_is_reported_as_corrupt() {
+        let c = Change {
+            kind: Kind::Machine,
+            key: "k".into(),
+            action: Action::Update,
+            object: br#"{"Name":"a","Params":{}}"#.to_vec(),
+            previous: Some(Previous::Undo(
+                br#"[{"op":"remove","path":"/Params/gone"}]"#.to_vec(),
+            )),
+        };
+        match decode_event(&log_key(4, 2), &encode_event(4, 2, &c)) {
+            Err(Error::Corrupt { key, reason }) => {
+                assert_eq!(key, "change log 4.2");
+                assert!(reason.contains("undo patch"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
