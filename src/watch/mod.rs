@@ -12,7 +12,10 @@
 //! # The log
 //! Every write appends one event per object it changed (the store's layout
 //! keys it by revision and sequence), holding the object after the write and
-//! (for updates and deletes) before it. Jobs are logged too, as creates of
+//! (for updates and deletes) before it: whole, or for a machine's param
+//! write as the patch that undoes it (`Undo`), which the log's
+//! reader applies so an [`Event`] always carries it whole. Jobs
+//! are logged too, as creates of
 //! [`Kind::Job`]: a watch of every kind sees them; a filter cannot apply to
 //! them. The log keeps at least the newest [`LOG_RETAIN`] events (it trims
 //! whole records of several events, see the store's `changelog`); a watch from an
