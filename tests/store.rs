@@ -773,6 +773,18 @@ fn param_writes_keep_the_index_equal_to_a_rebuild(e: Engine) {
             }),
         ),
         (
+            "a name with / and ~ added",
+            Box::new(|s| {
+                s.machines().set_param("m", "hw/x~y", json!(1)).unwrap();
+            }),
+        ),
+        (
+            "a name with / and ~ changed",
+            Box::new(|s| {
+                s.machines().set_param("m", "hw/x~y", json!(2)).unwrap();
+            }),
+        ),
+        (
             "removed",
             Box::new(|s| {
                 s.machines().remove_param("m", "k").unwrap();

@@ -657,8 +657,17 @@ fn undo_param(
     has_after: bool,
     revision: u64,
 ) -> Option<Previous> {
-    let mut out = Vec::with_capacity(96 + key.len());
-    let path = format!("/Params/{}", key.replace('~', "~0").replace('/', "~1"));
+    let mut out = Vec::with_capacity(160 + 2 * key.len());
+    // The param's JSON Pointer (RFC 6901: `~` as `~0`, `/` as `~1`).
+    let mut path = String::with_capacity(16 + 2 * key.len());
+    path.push_str("/Params/");
+    for c in key.chars() {
+        match c {
+            '~' => path.push_str("~0"),
+            '/' => path.push_str("~1"),
+            c => path.push(c),
+        }
+    }
     // Writing strings and JSON values into a Vec cannot fail.
     match (before, has_after) {
         (Some(v), true) => {
@@ -677,7 +686,7 @@ fn undo_param(
         (Some(_), false) => return None,
     }
     out.extend_from_slice(br#"{"op":"replace","path":"/Revision","value":"#);
-    out.extend_from_slice(revision.to_string().as_bytes());
+    let _ = serde_json::to_writer(&mut out, &revision);
     out.extend_from_slice(b"}]");
     Some(Previous::Undo(out))
 }
