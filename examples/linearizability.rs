@@ -50,7 +50,11 @@
 //! restart, so each kill leaves at most one open operation per client.
 //!
 //! The search has a step budget per group: a group whose search runs out of
-//! it is reported as undecided (neither proven linearizable nor not).
+//! it is reported as undecided (neither proven linearizable nor not). Its
+//! cost grows exponentially with a group's open operations, so each group
+//! sees at most one fault: when a fault is due, a slot still in the
+//! generation the fault before it hit moves on to the next, and the fault
+//! waits until no operation of such a generation is in flight.
 //!
 //! A violating group is printed with the end of its shortest violating
 //! prefix marked: the event no linearisation explains.
@@ -115,6 +119,9 @@ mod etcd_server;
 pub const MAX_MACHINES: usize = 4;
 /// Search steps per group before it is called undecided.
 const STEP_BUDGET: u64 = 1_000_000;
+/// Longest a fault waits for the operations of generations an earlier
+/// fault hit to finish.
+const FAULT_WAIT: Duration = Duration::from_secs(5);
 /// Longest a request may take before its outcome is unknown.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -438,6 +445,8 @@ pub struct Figures {
     pub unavailable: u64,
     pub groups: usize,
     pub max_group_ops: usize,
+    /// The most operations one group left open.
+    pub max_group_open: usize,
     /// The load phase.
     pub run_time: Duration,
     /// The checker, wall time (over `check_threads`).
@@ -557,8 +566,8 @@ impl fmt::Display for Figures {
         }
         writeln!(
             f,
-            "groups                 {} (at most {} ops each)",
-            self.groups, self.max_group_ops
+            "groups                 {} (at most {} ops, {} open, each)",
+            self.groups, self.max_group_ops, self.max_group_open
         )?;
         writeln!(
             f,
@@ -801,7 +810,11 @@ struct Shared {
     next_value: AtomicU64,
     invoked: AtomicU64,
     returned: AtomicU64,
+    /// Per slot, the operations invoked on it (its generation follows).
     slots: Vec<AtomicU64>,
+    /// Per client, the generation of its operation in flight, plus one
+    /// (0: none; `u64::MAX`: one whose generation is not known yet).
+    busy: Vec<AtomicU64>,
     /// The highest `X-Fleetkv-Revision` answered so far; raised before the
     /// answer's return is stamped.
     max_rev: AtomicU64,
@@ -1130,6 +1143,8 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
         // Each request to the next server: reads meet other servers' writes.
         let server = pick(up, turn, servers);
         turn += 1;
+        // Busy before the generation is known: a fault waits for it.
+        shared.busy[id as usize].store(u64::MAX, Ordering::SeqCst);
         let n = shared.slots[slot as usize].fetch_add(1, Ordering::SeqCst);
         let g = (slot, (n / cfg.group_ops) as u32);
         if g != group {
@@ -1176,6 +1191,7 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
             _ => None,
         };
         shared.invoked.fetch_add(1, Ordering::SeqCst);
+        shared.busy[id as usize].store(u64::from(g.1) + 1, Ordering::SeqCst);
         let (outcome, rev) = perform(
             &agent,
             shared,
@@ -1186,6 +1202,7 @@ fn client(cfg: &Config, shared: &Shared, id: u32) -> Vec<Stamped> {
             via_patch,
             fresh,
         );
+        shared.busy[id as usize].store(0, Ordering::SeqCst);
         shared.max_rev.fetch_max(rev, Ordering::SeqCst);
         match outcome {
             Outcome::Ret(ret) => {
@@ -1314,6 +1331,7 @@ pub fn run(cfg: &Config) -> Result<Figures, String> {
         invoked: AtomicU64::new(0),
         returned: AtomicU64::new(0),
         slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        busy: (0..cfg.clients).map(|_| AtomicU64::new(0)).collect(),
         max_rev: AtomicU64::new(0),
         reads: cfg.etcd.as_ref().map_or(Reads::Plain, |t| t.reads),
         answered: Default::default(),
@@ -1374,12 +1392,44 @@ pub fn run(cfg: &Config) -> Result<Figures, String> {
             Stop::Time(d) => started.elapsed().as_secs_f64() / d.as_secs_f64(),
         };
         let mut done = 0;
+        // Per slot, the generation the last fault hit. Each fault leaves up
+        // to `team` operations of a group open, and the search grows
+        // exponentially with a group's open operations (two kills in one
+        // group of 200 clients once ran out of its step budget). So when a
+        // fault is due, a slot still in the generation the fault before it
+        // hit moves on to the next, and the fault waits until no client has
+        // an operation of such a generation in flight (at most
+        // `FAULT_WAIT`).
+        let mut hit: Vec<Option<u64>> = vec![None; shared.slots.len()];
+        let mut due_since: Option<Instant> = None;
+        let apart = |hit: &[Option<u64>]| {
+            shared.busy.iter().enumerate().all(|(c, b)| {
+                let b = b.load(Ordering::SeqCst);
+                b == 0 || (b != u64::MAX && hit[c / cfg.team].is_none_or(|h| b - 1 > h))
+            })
+        };
         while !shared.stop.load(Ordering::SeqCst) {
             let p = progress(&shared);
             if p >= 1.0 {
                 break;
             }
             if done < plan.len() && p >= (done + 1) as f64 / (plan.len() + 1) as f64 {
+                if due_since.is_none() {
+                    due_since = Some(Instant::now());
+                    for (h, n) in hit.iter().zip(&shared.slots) {
+                        if let Some(h) = h {
+                            n.fetch_max((h + 1) * cfg.group_ops, Ordering::SeqCst);
+                        }
+                    }
+                }
+                if !apart(&hit) && due_since.is_some_and(|t| t.elapsed() < FAULT_WAIT) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                due_since = None;
+                for (h, n) in hit.iter_mut().zip(&shared.slots) {
+                    *h = Some(n.load(Ordering::SeqCst) / cfg.group_ops);
+                }
                 if let Err(e) = inject(cfg, &mut fleet, &shared, plan[done], &mut figures) {
                     shared.fail(e);
                     break;
@@ -1529,6 +1579,14 @@ fn check(cfg: &Config, mut events: Vec<Stamped>, figures: &mut Figures) {
             h.iter()
                 .filter(|e| matches!(e.event, Event::Invoke(_)))
                 .count()
+        })
+        .max()
+        .unwrap_or(0);
+    figures.max_group_open = groups
+        .iter()
+        .map(|(_, h)| {
+            let invoked = h.iter().filter(|e| matches!(e.event, Event::Invoke(_)));
+            2 * invoked.count() - h.len()
         })
         .max()
         .unwrap_or(0);
