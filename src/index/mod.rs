@@ -17,6 +17,7 @@
 //! default satisfies adds "every object without a value" (`U − has(k)`). So a
 //! definition's default can change without touching any posting.
 
+mod bulk;
 mod codec;
 mod keys;
 mod memory;
@@ -32,6 +33,7 @@ use roaring::RoaringBitmap;
 use serde_json::Value;
 
 use crate::filter::{Bound, BoundPred, Key, Ordinal, Test};
+pub(crate) use bulk::{Bulk, EntrySink, KeyRef};
 pub(crate) use codec::InFile;
 pub(crate) use keys::Repair;
 pub(crate) use posting::Posting;
@@ -172,27 +174,6 @@ impl Index {
                         .insert((*name).to_string(), RoaringBitmap::from_iter([id]));
                 }
             }
-        }
-    }
-
-    /// [`insert`](Self::insert) for many new objects: each key's items are
-    /// sorted and added at once, so a packed key's blocks are built again
-    /// once per write rather than spliced per object (see
-    /// [`values::Values::add_sorted`]).
-    pub(crate) fn insert_many<'a>(
-        &mut self,
-        objects: impl IntoIterator<Item = (u32, &'a [(Key, ValueKey)], Vec<&'a str>)>,
-    ) {
-        let mut by_key: FastMap<&Key, Vec<(&ValueKey, u32)>> = FastMap::default();
-        for (id, entries, own) in objects {
-            self.insert(id, &[], &own);
-            for (k, v) in entries {
-                by_key.entry(k).or_default().push((v, id));
-            }
-        }
-        for (k, mut items) in by_key {
-            items.sort_unstable();
-            self.keys.add_sorted(k, &items);
         }
     }
 

@@ -71,6 +71,11 @@ impl ValueKey {
         ValueKey::Str(Text::new(s))
     }
 
+    /// `ValueKey::str(&u.to_string())`, without the text.
+    pub(crate) fn uuid(u: uuid::Uuid) -> ValueKey {
+        ValueKey::Str(Text::Uuid(u))
+    }
+
     /// The value as JSON: an integral number within `i64` comes back as an
     /// integer, as it was stored.
     pub(crate) fn to_json(&self) -> Value {

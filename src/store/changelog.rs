@@ -50,9 +50,9 @@ pub(super) const READ_AHEAD: usize = 1024;
 
 /// The most bytes a record's events take, unless one event alone is larger.
 /// sled keeps about 17 records in a leaf and writes a leaf over 128 KiB (a
-/// quarter of its segment) to a blob file of its own, which its flush does
-/// not fsync (`vendor/sled/src/pagecache/blob_io.rs`): 17 records of this
-/// size stay under that.
+/// quarter of its segment) to a blob file of its own, which costs a file
+/// and a directory fsync of its own (`vendor/sled/PATCHES.md` §10): 17
+/// records of this size stay under that.
 pub(super) const RECORD_BYTES: usize = 6 * 1024;
 
 /// What a record's value starts with: a mark, then its format. A build

@@ -6,7 +6,7 @@
 //! across a batch) and their index changes. Must not: touch profiles' or
 //! definitions' records, or reach the engine except to read machines.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -18,14 +18,14 @@ use super::list::{group_keys, shape, shape_raw, sort_key, window, ListOptions, Q
 use super::open::Store;
 use super::patch;
 use super::state::{
-    machine_diff, machine_entries, machine_entries_with, own_keys, own_param_diff, EntryDiff,
-    Pending, State,
+    machine_diff, machine_entries, machine_entries_into, machine_entries_with, own_keys,
+    own_param_diff, EntryDiff, Pending, State,
 };
 use super::write::{erase, record, stage, Apply, Prepare, Swap};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::GroupCount;
-use crate::index::{Defaults, Entries, Index, ValueKey};
+use crate::index::{Bulk, Defaults, Entries, EntrySink, FastMap, Index, KeyRef, ValueKey};
 use crate::model::{Kind, Machine, Profile};
 use crate::telemetry::WriteKind;
 use crate::timing;
@@ -794,10 +794,11 @@ impl MachinePlan {
             }
             Plan::Beside(planned) => planned,
         };
-        let indexed = index_entries(planned, |n| st.profiles.get(n));
-        timing::mark("index entries (beside the commit)");
         let mut index = st.machines.clone();
-        index_into(indexed, &mut index);
+        index_planned(&planned, |n| st.profiles.get(n), &mut index);
+        timing::mark("index entries (beside the commit)");
+        drop(planned);
+        timing::mark("free the planned machines (beside the commit)");
         Box::new(move |st: &mut State| {
             st.next_id = next;
             Some(std::mem::replace(&mut st.machines, index))
@@ -806,9 +807,9 @@ impl MachinePlan {
 }
 
 /// Replaced machines one by one, new ones together
-/// ([`Index::insert_many`]); a write's ids are distinct.
+/// ([`Index::insert_bulk`]); a write's ids are distinct.
 fn index_into(indexed: Vec<Indexed>, index: &mut Index) {
-    let mut created = Vec::with_capacity(indexed.len());
+    let mut created = Bulk::default();
     for (id, old, ne, params) in &indexed {
         match old {
             Some((oe, old_params)) => index.replace_entries(
@@ -816,10 +817,39 @@ fn index_into(indexed: Vec<Indexed>, index: &mut Index) {
                 Some((oe, own_keys(old_params))),
                 Some((ne, own_keys(params))),
             ),
-            None => created.push((*id, ne.as_slice(), own_keys(params))),
+            None => {
+                created.object(*id, params.keys().map(String::as_str));
+                for (k, v) in ne {
+                    created.entry(KeyRef::from(k), v.clone());
+                }
+            }
         }
     }
-    index.insert_many(created);
+    index.insert_bulk(created);
+}
+
+/// [`index_into`] straight from the planned machines: a new machine's
+/// entries go to the bulk as they are worked out, borrowing its keys.
+fn index_planned<'p>(
+    planned: &'p [Planned],
+    profile: impl Fn(&str) -> Option<&'p Profile> + Copy,
+    index: &mut Index,
+) {
+    let mut created = Bulk::default();
+    for (id, old, m) in planned {
+        match old {
+            Some(o) => index.replace_entries(
+                *id,
+                Some((&machine_entries_with(o, profile), own_keys(&o.params))),
+                Some((&machine_entries_with(m, profile), own_keys(&m.params))),
+            ),
+            None => {
+                created.object(*id, m.params.keys().map(String::as_str));
+                machine_entries_into(m, profile, &mut created);
+            }
+        }
+    }
+    index.insert_bulk(created);
 }
 
 /// Plans creating or replacing (by Uuid) `machines` in one write, checked
@@ -842,8 +872,10 @@ pub(super) fn plan_machines(
     by_name: bool,
     at: &mut usize,
 ) -> Result<MachinePlan> {
-    let mut names: HashMap<String, Uuid> = HashMap::with_capacity(machines.len());
-    let mut uuids: HashSet<Uuid> = HashSet::with_capacity(machines.len());
+    let mut names: FastMap<String, Uuid> = FastMap::default();
+    let mut uuids: HashSet<Uuid, foldhash::fast::RandomState> = HashSet::default();
+    names.reserve(machines.len());
+    uuids.reserve(machines.len());
     let mut next = st.next_id;
     let mut planned: Vec<Planned> = Vec::with_capacity(machines.len());
     let (mut created, mut replaced) = (0, 0);
@@ -879,10 +911,7 @@ pub(super) fn plan_machines(
         }
         let existing = st
             .machines
-            .lookup(
-                &Key::Field(Field::Uuid),
-                &ValueKey::str(&m.uuid.to_string()),
-            )
+            .lookup(&Key::Field(Field::Uuid), &ValueKey::uuid(m.uuid))
             .and_then(|b| b.min());
         let (id, old) = match existing {
             Some(id) => {

@@ -17,7 +17,7 @@ use super::open::Store;
 use super::state::{machine_entries, profile_entries, State};
 use crate::error::{Error, Result};
 use crate::filter::Key;
-use crate::index::{Entries, Index, KeyBuilder, Repair};
+use crate::index::{Entries, FastMap, Index, KeyBuilder, Repair};
 use crate::model::{Machine, ParamDef, Profile};
 
 /// How many times [`Store::verify_indexes`] reads a shared store before it
@@ -154,7 +154,7 @@ pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
         next_profile_id: 0,
         profile_index: Index::default(),
         params: BTreeMap::new(),
-        validators: HashMap::new(),
+        validators: FastMap::default(),
         log_len,
         leases: super::leases::LeaseTable::load(db)?,
         changed: super::snapshot::Changed::since(rev),

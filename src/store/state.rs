@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::filter::{Field, Key, ParamTypes};
-use crate::index::{Defaults, Entries, Index, ValueKey};
+use crate::index::{Defaults, Entries, EntrySink, FastMap, Index, KeyRef, ValueKey};
 use crate::model::{Effective, Kind, Machine, Object, ParamDef, Profile};
 
 /// Everything kept in memory, replaced only under the state's write lock.
@@ -30,7 +30,7 @@ pub(crate) struct State {
     pub(super) next_profile_id: u32,
     pub(super) profile_index: Index,
     pub(super) params: BTreeMap<String, ParamDef>,
-    pub(super) validators: HashMap<String, Arc<jsonschema::Validator>>,
+    pub(super) validators: FastMap<String, Arc<jsonschema::Validator>>,
     /// Events in the persisted change log.
     pub(super) log_len: usize,
     /// Leases and what they hold.
@@ -180,7 +180,7 @@ fn check_schema(validator: Option<&jsonschema::Validator>, k: &str, v: &Value) -
 /// stored already. Empty for a single-object write.
 #[derive(Default)]
 pub(super) struct Pending {
-    pub(super) validators: HashMap<String, Arc<jsonschema::Validator>>,
+    pub(super) validators: FastMap<String, Arc<jsonschema::Validator>>,
     pub(super) profiles: BTreeMap<String, Profile>,
 }
 
@@ -252,19 +252,22 @@ fn canonical_uuid(s: &str) -> Result<String> {
 }
 
 fn common_entries<'a>(
-    e: &mut Entries,
+    e: &mut impl EntrySink<'a>,
     name: &str,
     description: &str,
     params: impl IntoIterator<Item = (&'a String, &'a Value)>,
-    meta: &BTreeMap<String, String>,
+    meta: &'a BTreeMap<String, String>,
 ) {
-    e.push((Key::Field(Field::Name), ValueKey::str(name)));
-    e.push((Key::Field(Field::Description), ValueKey::str(description)));
+    e.entry(KeyRef::Field(Field::Name), ValueKey::str(name));
+    e.entry(
+        KeyRef::Field(Field::Description),
+        ValueKey::str(description),
+    );
     for (k, v) in params {
-        e.push((Key::Param(k.clone()), ValueKey::of(v)));
+        e.entry(KeyRef::Param(k), ValueKey::of(v));
     }
     for (k, v) in meta {
-        e.push((Key::Meta(k.clone()), ValueKey::str(v)));
+        e.entry(KeyRef::Meta(k), ValueKey::str(v));
     }
 }
 
@@ -279,26 +282,29 @@ pub(super) fn machine_entries_with<'p>(
     profile: impl Fn(&str) -> Option<&'p Profile>,
 ) -> Entries {
     let mut e = Entries::with_capacity(16 + m.params.len());
-    // Explicit effective params by reference; the index applies definition
-    // defaults itself (through `Defaults`).
-    let effective = Effective::of_machine(m, |n| profile(n).map(|p| &p.params));
-    common_entries(
-        &mut e,
-        &m.name,
-        &m.description,
-        effective.explicit(),
-        &m.meta,
-    );
-    e.push((Key::Field(Field::Uuid), ValueKey::str(&m.uuid.to_string())));
-    if !m.address.is_empty() {
-        e.push((Key::Field(Field::Address), ValueKey::str(&m.address)));
-    }
-    e.push((Key::Field(Field::Workflow), ValueKey::str(&m.workflow)));
-    e.push((Key::Field(Field::Runnable), ValueKey::Bool(m.runnable)));
-    for p in &m.profiles {
-        e.push((Key::Profiles, ValueKey::str(p)));
-    }
+    machine_entries_into(m, |n| profile(n), &mut e);
     e
+}
+
+/// A machine's index entries, written to `e`: its explicit effective
+/// params by reference (the index applies definition defaults itself,
+/// through `Defaults`), its fields and its profiles.
+pub(super) fn machine_entries_into<'a>(
+    m: &'a Machine,
+    profile: impl Fn(&str) -> Option<&'a Profile>,
+    e: &mut impl EntrySink<'a>,
+) {
+    let effective = Effective::of_machine(m, |n| profile(n).map(|p| &p.params));
+    common_entries(e, &m.name, &m.description, effective.explicit(), &m.meta);
+    e.entry(KeyRef::Field(Field::Uuid), ValueKey::uuid(m.uuid));
+    if !m.address.is_empty() {
+        e.entry(KeyRef::Field(Field::Address), ValueKey::str(&m.address));
+    }
+    e.entry(KeyRef::Field(Field::Workflow), ValueKey::str(&m.workflow));
+    e.entry(KeyRef::Field(Field::Runnable), ValueKey::Bool(m.runnable));
+    for p in &m.profiles {
+        e.entry(KeyRef::Profiles, ValueKey::str(p));
+    }
 }
 
 pub(super) fn profile_entries(p: &Profile) -> Entries {
