@@ -347,6 +347,19 @@ where
         .or_else(|| default(key))
 }
 
+/// The params a machine with `profiles` inherits, in priority order: each
+/// profile's (`profile` looks them up by name; a missing one contributes
+/// nothing), then the global profile's. What its own params override.
+pub(crate) fn profile_layers<'a>(
+    profiles: impl IntoIterator<Item = &'a str>,
+    profile: impl Fn(&str) -> Option<&'a Map<String, Value>>,
+) -> impl Iterator<Item = &'a Map<String, Value>> {
+    profiles
+        .into_iter()
+        .chain(std::iter::once(GLOBAL_PROFILE))
+        .filter_map(profile)
+}
+
 /// The one definition of effective params (docs/architecture.md §3): the param maps an
 /// object's values come from, in resolution order — a machine's own, each of
 /// its profiles in order, then `global` — where the first map holding a name
@@ -363,12 +376,7 @@ impl<'a> Effective<'a> {
         m: &'a Machine,
         profile: impl Fn(&str) -> Option<&'a Map<String, Value>>,
     ) -> Self {
-        let profiles = m
-            .profiles
-            .iter()
-            .map(String::as_str)
-            .chain(std::iter::once(GLOBAL_PROFILE))
-            .filter_map(profile);
+        let profiles = profile_layers(m.profiles.iter().map(String::as_str), profile);
         Effective {
             layers: std::iter::once(&m.params).chain(profiles).collect(),
         }
@@ -384,12 +392,6 @@ impl<'a> Effective<'a> {
     /// The explicit value of `key`, from its first holder.
     pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
         self.layers.iter().find_map(|l| l.get(key))
-    }
-
-    /// The explicit value of `key` below the first layer (a machine's
-    /// profiles and the global profile: what its own value overrides).
-    pub(crate) fn inherited(&self, key: &str) -> Option<&'a Value> {
-        self.layers.iter().skip(1).find_map(|l| l.get(key))
     }
 
     /// Each explicitly held name once, with its first holder's value: the

@@ -6,27 +6,32 @@
 //! across a batch) and their index changes. Must not: touch profiles' or
 //! definitions' records, or reach the engine except to read machines.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
+use std::rc::Rc;
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::backend::Batch;
-use super::layout::{decode, encode, from_json, machine_key, to_json, MACHINE_PREFIX, NEXT_ID_KEY};
+use super::layout::{
+    decode, encode, from_json, machine_key, show_key, to_json, MACHINE_PREFIX, NEXT_ID_KEY,
+};
 use super::leases::{Fence, Guards, LeaseId};
 use super::list::{group_keys, shape, shape_raw, sort_key, window, ListOptions, Query};
+use super::machine_doc::MachineDoc;
 use super::open::Store;
 use super::patch;
 use super::state::{
     machine_diff, machine_entries, machine_entries_into, machine_entries_with, own_keys,
-    own_param_diff, EntryDiff, Pending, State,
+    param_diff, EntryDiff, Pending, State,
 };
 use super::write::{erase, record, stage, Apply, Prepare, Swap};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::GroupCount;
 use crate::index::{Bulk, Defaults, Entries, EntrySink, FastMap, Index, KeyRef, ValueKey};
-use crate::model::{Kind, Machine, Profile};
+use crate::model::{profile_layers, Kind, Machine, Profile};
 use crate::telemetry::WriteKind;
 use crate::timing;
 use crate::watch::{Change, Previous};
@@ -51,15 +56,18 @@ impl Store {
     /// Machine `id` and its record's bytes as stored.
     fn load_machine_bytes(&self, id: u32) -> Result<(Machine, Vec<u8>)> {
         let key = machine_key(id);
-        let got = self.backend().get(&key)?;
+        let bytes = self.machine_record(&key)?;
+        Ok((decode(&key, &bytes)?, bytes))
+    }
+
+    /// The record of an indexed machine, under `key`.
+    fn machine_record(&self, key: &[u8]) -> Result<Vec<u8>> {
+        let got = self.backend().get(key)?;
         timing::mark("plan: engine get");
-        match got {
-            Some(bytes) => Ok((decode(&key, &bytes)?, bytes)),
-            None => Err(Error::Corrupt {
-                key: format!("m{id}"),
-                reason: "indexed machine has no record".into(),
-            }),
-        }
+        got.ok_or_else(|| Error::Corrupt {
+            key: show_key(key),
+            reason: "indexed machine has no record".into(),
+        })
     }
 }
 
@@ -535,60 +543,84 @@ impl Machines<'_> {
     /// the param's previous own value.
     ///
     /// Nothing else of the machine changes, so nothing else is checked
-    /// again or compared: the machine is decoded once and changed in place,
-    /// only the new value is checked against its definition, and only the
-    /// param's effective value is compared for the index. Under a lease the
+    /// again or compared: the record is not decoded but scanned, and the
+    /// new one spliced from it ([`MachineDoc`]); only the new value is
+    /// checked against its definition, and only the param's effective
+    /// value is compared for the index. The machine returned is decoded
+    /// from the new record while the engine commits. Under a lease the
     /// write takes the general path, which the lease's hand-over needs.
     fn write_param(
         &self,
         addr: &str,
-        key: &str,
+        key_name: &str,
         mut f: impl FnMut(Option<&Value>) -> Result<Option<Value>>,
     ) -> Result<(Machine, Option<Value>)> {
         if self.guards.lease.is_some() {
             let mut previous = None;
-            let m = self.write_one(addr, Some(key), |m, _| {
-                let new = f(m.params.get(key))?;
-                previous = set_own(&mut m.params, key, new);
+            let m = self.write_one(addr, Some(key_name), |m, _| {
+                let new = f(m.params.get(key_name))?;
+                previous = set_own(&mut m.params, key_name, new);
                 Ok(())
             })?;
             return Ok((m, previous));
         }
-        self.store.write_as(WriteKind::Machine, |st, rev, log| {
+        // The machine as written, decoded beside the engine's commit.
+        let written: Rc<RefCell<Option<Result<Machine>>>> = Rc::default();
+        let previous = self.store.write_as(WriteKind::Machine, |st, rev, log| {
             self.guards.check(self.store, st)?;
             let id = st.machine_id(addr)?;
-            let (mut m, old_bytes) = self.store.load_machine_bytes(id)?;
+            let key = machine_key(id);
+            let old_bytes = self.store.machine_record(&key)?;
+            let doc = MachineDoc::scan(&key, &old_bytes)?;
+            let old = doc.param(key_name)?;
             timing::mark("plan: decode");
-            let new = f(m.params.get(key))?;
+            let new = f(old.as_ref())?;
             if let Some(v) = &new {
-                if m.params.get(key) != Some(v) {
-                    st.check_param(key, v)?;
+                if old.as_ref() != Some(v) {
+                    st.check_param(key_name, v)?;
                 }
             }
             timing::mark("plan: validate");
-            let old_revision = m.revision;
-            let previous = set_own(&mut m.params, key, new);
-            m.revision = rev;
-            timing::mark("plan: change");
-            let undo = undo_param(
-                key,
-                previous.as_ref(),
-                m.params.contains_key(key),
-                old_revision,
-            );
+            let bytes = match doc.with_param(key_name, new.as_ref(), rev) {
+                Some(bytes) => bytes,
+                None => {
+                    let mut m: Machine = decode(&key, &old_bytes)?;
+                    set_own(&mut m.params, key_name, new.clone());
+                    m.revision = rev;
+                    encode(&m)
+                }
+            };
+            timing::mark("encode");
+            let undo = undo_param(key_name, old.as_ref(), new.is_some(), doc.revision);
+            let inherited = profile_layers(doc.profiles.iter().map(|p| &**p), |n| {
+                st.profiles.get(n).map(|p| &p.params)
+            })
+            .find_map(|l| l.get(key_name));
+            let diff = param_diff(key_name, old.as_ref(), new.as_ref(), inherited);
             let mut batch = Batch::default();
-            stage_update(
+            stage(
                 &mut batch,
                 log,
-                id,
-                &m,
-                undo.unwrap_or(Previous::Doc(old_bytes)),
+                &key,
+                doc.uuid,
+                bytes.clone(),
+                Some(undo.unwrap_or_else(|| Previous::Doc(old_bytes.clone()))),
             );
-            let diff = own_param_diff(&m, key, previous.as_ref(), &st.profiles);
             timing::mark("plan: index diff");
-            let apply = Box::new(move |st: &mut State| diff.apply(&mut st.machines, id));
-            Ok((batch, apply as Apply, (m, previous)))
-        })
+            let written = written.clone();
+            let prepare = Box::new(move |_: &State| {
+                *written.borrow_mut() = Some(decode::<Machine>(&key, &bytes));
+                Box::new(move |st: &mut State| {
+                    diff.apply(&mut st.machines, id);
+                    None
+                }) as Swap
+            });
+            Ok((batch, prepare as Prepare, old))
+        })?;
+        let machine = written.take().ok_or_else(|| {
+            Error::Storage("internal: a param write answered without its machine".into())
+        })??;
+        Ok((machine, previous))
     }
 
     /// Loads machine `id`, lets `f` change it, checks the result against

@@ -37,7 +37,9 @@
 //! - `machines`, `profiles`, `params` — one handle per object kind;
 //!   `bulk` — definitions, profiles and machines in one write (imports);
 //!   `objects` — the three handles behind one kind-generic JSON surface;
-//!   `patch` — the document update operations they share.
+//!   `patch` — the document update operations they share;
+//!   `machine_doc` — a machine record read and spliced as bytes, for a
+//!   one-param write.
 //!
 //! # Dense ids
 //! Machines get a dense `u32` id on create, persisted as their record key, and
@@ -66,6 +68,7 @@ mod layout;
 mod lease_clock;
 mod leases;
 mod list;
+mod machine_doc;
 mod machines;
 mod memory_backend;
 mod metered;

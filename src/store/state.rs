@@ -383,17 +383,18 @@ pub(super) fn machine_diff(
 /// The index change of a write that changed only own param `key` of
 /// machine `new` (`old_own`: its own value before): [`machine_diff`] of
 /// that write, without the old machine.
-pub(super) fn own_param_diff(
-    new: &Machine,
+/// What a write of own param `key` alone changes in the index: its own
+/// value went from `old_own` to `new_own`, and `inherited` is what the
+/// machine's profiles (then `global`) give it.
+pub(super) fn param_diff(
     key: &str,
     old_own: Option<&Value>,
-    profiles: &BTreeMap<String, Profile>,
+    new_own: Option<&Value>,
+    inherited: Option<&Value>,
 ) -> EntryDiff {
-    let layers = Effective::of_machine(new, |n| profiles.get(n).map(|p| &p.params));
-    let new_own = new.params.get(key);
     let mut d = EntryDiff::default();
     if old_own != new_own {
-        let effective = (old_own.or_else(|| layers.inherited(key)), layers.get(key));
+        let effective = (old_own.or(inherited), new_own.or(inherited));
         d.param_changed(key, Some(effective), old_own.is_some(), new_own.is_some());
     }
     d
