@@ -200,6 +200,17 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_uuid_key_is_the_key_of_its_text() {
+        for u in [
+            uuid::Uuid::nil(),
+            uuid::Uuid::max(),
+            uuid::Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0042),
+        ] {
+            assert_eq!(ValueKey::uuid(u), ValueKey::str(&u.to_string()));
+        }
+    }
+
+    #[test]
     fn numbers_share_keys_by_value() {
         assert_eq!(ValueKey::of(&json!(3)), ValueKey::of(&json!(3.0)));
         assert_eq!(ValueKey::of(&json!(-0.0)), ValueKey::of(&json!(0)));

@@ -607,6 +607,10 @@ impl Machines<'_> {
                 Some(undo.unwrap_or_else(|| Previous::Doc(old_bytes.clone()))),
             );
             timing::mark("plan: index diff");
+            // The new record decodes wherever the old one did (a JSON value
+            // spliced into Params, a number into Revision), and every record
+            // is the encoding of a machine: a failure here would be a bug,
+            // reported after the write committed.
             let written = written.clone();
             let prepare = Box::new(move |_: &State| {
                 *written.borrow_mut() = Some(decode::<Machine>(&key, &bytes));
