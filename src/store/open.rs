@@ -309,6 +309,17 @@ impl Inner {
         if self.shared || self.guard.check().is_err() {
             return;
         }
+        // A background checkpoint not yet written would replace the file
+        // the snapshot names, and the snapshot would never be used: wait
+        // for it (no write is in flight at a close to start another), at
+        // most the stall limit, else leave none.
+        let deadline = std::time::Instant::now() + self.options.stall_timeout;
+        while c.running.load(Ordering::Acquire) {
+            if std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let _writer = self.writer.lock();
         let st = self.state.read();
         // The next open may end a lease (a write) that a snapshot would
@@ -1023,6 +1034,8 @@ impl Store {
                 // Its flush is not bounded by the storage thread; nobody
                 // waits for it, and a close waits for it at most the limit.
                 // A failure only means a longer replay or a rebuild later.
+                #[cfg(test)]
+                tests::encoding(&bg.dir.join("background"));
                 let _one = bg.writing.lock();
                 if let Err(e) = bg.write(&digest, &state, || backend.flush(), true) {
                     eprintln!("fleetkv: could not write the index checkpoint: {e}");
@@ -1056,7 +1069,8 @@ mod tests {
     type Hook = Arc<dyn Fn() + Send + Sync>;
 
     /// Called by a checkpoint's encoding of store directory `dir` once it
-    /// holds its copy: what a test set for that directory runs there.
+    /// holds its copy (and with `dir/background` as a background
+    /// checkpoint starts): what a test set for that path runs there.
     static ENCODING: Mutex<Vec<(PathBuf, Hook)>> = Mutex::new(Vec::new());
 
     pub(super) fn encoding(dir: &Path) {
@@ -1068,6 +1082,44 @@ mod tests {
         if let Some(hook) = hook {
             hook();
         }
+    }
+
+    /// A background checkpoint still under way when the store closes would
+    /// replace the checkpoint file after the close named it in its
+    /// snapshot, and the snapshot would never be used: the close waits.
+    #[test]
+    fn a_close_waits_for_a_background_checkpoint_before_its_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        // The background checkpoint starts late, after the close's.
+        ENCODING.lock().push((
+            dir.join("background"),
+            Arc::new(|| std::thread::sleep(Duration::from_millis(300))),
+        ));
+        let store = Store::open(&dir).unwrap();
+        store.machines().create(Machine::new("m1")).unwrap();
+        let background = store
+            .inner
+            .checkpoints
+            .as_ref()
+            .is_some_and(|c| c.running.load(Ordering::Acquire));
+        drop(store);
+        let snap = (0..500).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            crate::Snapshot::open(&dir).ok().flatten()
+        });
+        ENCODING
+            .lock()
+            .retain(|(d, _)| d != &dir.join("background"));
+        assert!(
+            background,
+            "the new store's first writes start no checkpoint"
+        );
+        let snap = snap.expect("a snapshot after the close");
+        assert_eq!(
+            snap.count(&Filter::parse("Name Eq m1").unwrap()).unwrap(),
+            1
+        );
     }
 
     /// Also: keys the import grew as trees are packed by the checkpoint,
