@@ -461,8 +461,7 @@ pub(super) fn forget(dir: &Path) -> Result<()> {
 /// store.checkpoint()?;
 /// drop(store); // a clean close at the checkpoint's revision leaves one
 /// // sled's IO threads let go of the directory a moment after the drop:
-/// // until then the store still counts as open (allow 30 s on a busy
-/// // machine: 5 s once ran out under the whole test suite).
+/// // until then the store still counts as open (allow for a busy machine).
 /// let snap = (0..3000)
 ///     .find_map(|_| {
 ///         std::thread::sleep(std::time::Duration::from_millis(10));
