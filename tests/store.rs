@@ -27,6 +27,7 @@ on_each_engine!(
     patch_many_is_all_or_nothing,
     param_writes_keep_the_index_equal_to_a_rebuild,
     global_listed_in_profiles_ranks_at_its_place,
+    a_param_write_answering_its_value_writes_what_set_param_writes,
 );
 
 fn member(name: &str, profiles: &[&str]) -> Machine {
@@ -869,4 +870,72 @@ fn an_open_waits_for_a_held_directory_up_to_the_lock_timeout() {
     let store = Store::open_with(&path, Options::default()).unwrap();
     closer.join().unwrap();
     assert!(store.machines().get("Name:m1").is_ok());
+}
+
+/// `Objects::set_param_value` (the server's and the clients' param write,
+/// which does not read the machine back) stores, indexes and logs what
+/// `Machines::set_param` does, answers the value written, and on a failed
+/// compare or a bad value writes nothing.
+fn a_param_write_answering_its_value_writes_what_set_param_writes(e: Engine) {
+    let s = e.store();
+    s.params()
+        .create(ParamDef::new("n", json!({"type": "integer"})))
+        .unwrap();
+    s.profiles().create(Profile::new("p")).unwrap();
+    s.machines().create(member("a", &["p"])).unwrap();
+    s.machines().create(member("b", &["p"])).unwrap();
+    let machines = s.objects(Kind::Machine).unwrap();
+    let mut w = s.watch(Some(Kind::Machine), None, None).unwrap();
+
+    let typed = s.machines().set_param("a", "n", json!(7)).unwrap();
+    assert_eq!(
+        machines.set_param_value("b", "n", None, json!(7)).unwrap(),
+        json!(7)
+    );
+    let b = s.machines().get("b").unwrap();
+    assert_eq!(b.params, typed.params);
+    assert_eq!(b.revision, typed.revision + 1);
+    let events: Vec<_> = std::iter::from_fn(|| w.poll().unwrap()).collect();
+    assert_eq!(events.len(), 2, "one event per write");
+    assert_eq!(events[1].object["Params"], json!({"n": 7}));
+    assert_eq!(
+        s.machines()
+            .count(&Filter::parse("n Eq 7").unwrap())
+            .unwrap(),
+        2
+    );
+
+    let before = snapshot(&s);
+    let lost = machines.set_param_value("b", "n", Some(Some(&json!(1))), json!(8));
+    assert!(matches!(lost, Err(Error::Conflict { .. })), "{lost:?}");
+    let bad = machines.set_param_value("b", "n", None, json!("eight"));
+    assert!(matches!(bad, Err(Error::Schema { .. })), "{bad:?}");
+    let missing = machines.set_param_value("c", "n", None, json!(8));
+    assert!(
+        matches!(missing, Err(Error::NotFound { .. })),
+        "{missing:?}"
+    );
+    assert_eq!(snapshot(&s), before, "a refused write changed the store");
+
+    assert_eq!(
+        machines
+            .set_param_value("b", "n", Some(Some(&json!(7))), json!(8))
+            .unwrap(),
+        json!(8)
+    );
+    let profiles = s.objects(Kind::Profile).unwrap();
+    assert_eq!(
+        profiles
+            .set_param_value("p", "n", Some(None), json!(1))
+            .unwrap(),
+        json!(1)
+    );
+    assert_eq!(s.profiles().get("p").unwrap().params["n"], json!(1));
+    assert_eq!(
+        s.machines()
+            .count(&Filter::parse("n Eq 8").unwrap())
+            .unwrap(),
+        1
+    );
+    s.verify_indexes().unwrap();
 }

@@ -819,6 +819,18 @@ impl ScopedObjects<'_> {
         self.check("param-set", id)?;
         self.objects.set_param(id, key, expected, value)
     }
+    /// `param-set`, answering the value written
+    /// ([`Objects::set_param_value`](crate::Objects::set_param_value)).
+    pub fn set_param_value(
+        &self,
+        id: &str,
+        key: &str,
+        expected: Option<Option<&Value>>,
+        value: Value,
+    ) -> Result<Value> {
+        self.check("param-set", id)?;
+        self.objects.set_param_value(id, key, expected, value)
+    }
     /// `param-set`.
     pub fn remove_param(&self, id: &str, key: &str) -> Result<Option<Value>> {
         self.check("param-set", id)?;

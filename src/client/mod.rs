@@ -144,14 +144,6 @@ pub trait Client {
     fn resign(&self, name: &str, machine: &str) -> Result<Value>;
 }
 
-/// The param's value in an object as written.
-fn param_of(obj: &Value, key: &str) -> Value {
-    obj.get("Params")
-        .and_then(|p| p.get(key))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 /// An embedded handle: its store, and its claims check.
 trait Embedded {
     fn store_of(&self) -> &Store;
@@ -256,8 +248,8 @@ macro_rules! embedded_client {
                 expected: Option<Option<&Value>>,
                 value: Value,
             ) -> Result<Value> {
-                let obj = self.objects(kind)?.set_param(id, key, expected, value)?;
-                Ok(param_of(&obj, key))
+                self.objects(kind)?
+                    .set_param_value(id, key, expected, value)
             }
             fn remove_param(&self, kind: Kind, id: &str, key: &str) -> Result<Option<Value>> {
                 self.objects(kind)?.remove_param(id, key)

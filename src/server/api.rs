@@ -1027,7 +1027,7 @@ pub(crate) async fn set_param(
         let expect = expect.as_ref().map(Option::as_ref);
         guards
             .objects(s, kind)?
-            .set_param(&id, &key, expect, value)?;
+            .set_param_value(&id, &key, expect, value)?;
         Ok(())
     })
     .await?;

@@ -293,6 +293,31 @@ impl Objects<'_> {
         })
     }
 
+    /// [`set_param`](Self::set_param) answering the value written, as
+    /// DRP's param API does, instead of the object: a machine is not read
+    /// back (at 1M machines, about a fifth of the write).
+    pub fn set_param_value(
+        &self,
+        id: &str,
+        key: &str,
+        expected: Option<Option<&Value>>,
+        value: Value,
+    ) -> Result<Value> {
+        self.unguarded()?;
+        match self.kind {
+            Kind::Machine => self.machines.set_param_value(id, key, expected, value),
+            Kind::Profile => {
+                let written = value.clone();
+                match expected {
+                    None => self.store.profiles().set_param(id, key, value)?,
+                    Some(e) => self.store.profiles().set_param_if(id, key, e, value)?,
+                };
+                Ok(written)
+            }
+            _ => Err(self.no_params()),
+        }
+    }
+
     /// Removes own param `key`; returns its value (`None`: it had none).
     pub fn remove_param(&self, id: &str, key: &str) -> Result<Option<Value>> {
         self.unguarded()?;
