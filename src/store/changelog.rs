@@ -22,7 +22,14 @@
 //! record's format, [`HEADER`]), then each event's encoding after its
 //! length (u32, big-endian). A store written before records had one event per key,
 //! without a count; both are read, and the old ones leave as they are
-//! trimmed.
+//! trimmed. A record of 2 KiB of events or more is stored compressed, as
+//! one LZ4 block ([`packed`]): an import's events repeat its machines'
+//! records, and compressed they add about a fifth to the bytes the import
+//! writes instead of doubling them (a 100k import in raw sled batches:
+//! documents 0.86–1.13 s, with plain records 1.29–1.40 s, with compressed
+//! ones 1.12–1.23 s). LZ4 because it compresses at memory speed (lz4_flex,
+//! in safe Rust); what a better ratio would save is smaller than what the
+//! slower compressor would cost on the writer's critical path.
 //!
 //! # Trimming
 //! A write that takes the log past its retention removes whole records,
@@ -61,22 +68,88 @@ pub(super) const RECORD_BYTES: usize = 6 * 1024;
 /// never reads events it does not understand (format 1: an update's event
 /// may hold the patch that undoes it instead of the previous object). A
 /// record without the mark is from before it (format 0), and still read.
-const HEADER: [u8; 5] = [0xFF, 0xFF, 0xFF, 0xFF, RECORD_FORMAT];
-/// The newest record format this build reads, and the one it writes.
-const RECORD_FORMAT: u8 = 1;
+const HEADER: [u8; 5] = [0xFF, 0xFF, 0xFF, 0xFF, PLAIN];
+/// The format of a record whose events follow its header as they are.
+const PLAIN: u8 = 1;
+/// The format of a compressed record ([`packed`]): after the header, the
+/// length of its events' bytes (u32, big-endian), then those bytes as one
+/// LZ4 block. A build that reads format 1 only reports it as newer.
+const LZ4: u8 = 2;
+/// The newest record format this build reads.
+const RECORD_FORMAT: u8 = LZ4;
+/// Records with fewer bytes of events are stored as they are: a one-event
+/// record (a param write's, about 600 bytes) would pay the compression's
+/// time (about a microsecond) for a few hundred bytes.
+const PACK_FROM: usize = 2048;
 
-/// Where a record's first event starts (`value`: the record), or why this
-/// build cannot read it.
-fn events_start(value: &[u8]) -> std::result::Result<usize, String> {
+/// `record` (a plain record) as it is stored: compressed when its events
+/// take [`PACK_FROM`] bytes or more and that saves an eighth of them. An
+/// import's events repeat each machine's record; the same keys in each of
+/// about a dozen machines make a record compress about 4.8× (the report's
+/// fleet), so the log no longer doubles the bytes an import writes.
+fn packed(record: Vec<u8>) -> Vec<u8> {
+    let events = &record[HEADER.len()..];
+    let Ok(len) = u32::try_from(events.len()) else {
+        return record;
+    };
+    if events.len() < PACK_FROM {
+        return record;
+    }
+    let at = HEADER.len() + 4;
+    let mut out = vec![0; at + lz4_flex::block::get_maximum_output_size(events.len())];
+    let Ok(size) = lz4_flex::block::compress_into(events, &mut out[at..]) else {
+        return record;
+    };
+    if at + size > record.len() - record.len() / 8 {
+        return record;
+    }
+    out.truncate(at + size);
+    out[..4].copy_from_slice(&HEADER[..4]);
+    out[4] = LZ4;
+    out[5..at].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// A record's events (`value`: the record as stored) and the offset of
+/// the first, or why this build cannot read them.
+fn record_events(value: Vec<u8>) -> std::result::Result<(Vec<u8>, usize), String> {
     match value.get(..4) {
         Some(mark) if mark == &HEADER[..4] => match value.get(4) {
-            Some(&f) if f <= RECORD_FORMAT => Ok(HEADER.len()),
+            Some(&f) if f <= PLAIN => Ok((value, HEADER.len())),
+            Some(&LZ4) => unpacked(&value).map(|events| (events, 0)),
             Some(f) => Err(format!(
                 "a change-log record in format {f}, newer than this build reads ({RECORD_FORMAT})"
             )),
             None => Err("a change-log record's header is cut short".into()),
         },
-        _ => Ok(0),
+        _ => Ok((value, 0)),
+    }
+}
+
+/// The events of a compressed record, checked to be as long as it says.
+fn unpacked(value: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let at = HEADER.len() + 4;
+    let (Some(len), Some(block)) = (value.get(HEADER.len()..at), value.get(at..)) else {
+        return Err("a compressed change-log record's header is cut short".into());
+    };
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    // LZ4 expands a block at most about 255 times: a larger length is
+    // damage, and must not size an allocation.
+    if len > block.len().saturating_mul(255) {
+        return Err(format!(
+            "a compressed change-log record says {len} bytes, more than its {} can hold",
+            block.len()
+        ));
+    }
+    let mut events = vec![0; len];
+    match lz4_flex::block::decompress_into(block, &mut events) {
+        Ok(n) if n == len => Ok(events),
+        Ok(n) => Err(format!(
+            "a compressed change-log record holds {n} bytes, not the {len} it says"
+        )),
+        Err(e) => Err(format!(
+            "a compressed change-log record does not decompress: {e}"
+        )),
     }
 }
 
@@ -268,7 +341,7 @@ pub(super) fn stage(
     let mut added = Vec::new();
     let mut close = |batch: &mut Batch, first: u32, end: u32, value: Vec<u8>| {
         let count = end - first;
-        batch.put(log_record_key(rev, first, count), value);
+        batch.put(log_record_key(rev, first, count), packed(value));
         added.push(Record {
             rev,
             first,
@@ -433,8 +506,8 @@ impl Iterator for Events<'_> {
             if r.single_key {
                 return Some(Ok((key, value)));
             }
-            let at = match events_start(&value) {
-                Ok(at) => at,
+            let (value, at) = match record_events(value) {
+                Ok(events) => events,
                 Err(reason) => {
                     return Some(Err(Error::Corrupt {
                         key: show_key(&key),
@@ -695,7 +768,37 @@ mod tests {
         };
         let mut cut = framed(2);
         cut.pop();
+        // A compressed record of 200 events, then damaged three ways.
+        let many = packed([&HEADER[..], &framed(200)].concat());
+        assert_eq!(many[4], LZ4);
+        let mut flipped = many.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x5A;
+        let mut oversized = many.clone();
+        oversized[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
+        let mut shortened = many.clone();
+        shortened[5..9].copy_from_slice(&100u32.to_be_bytes());
         let cases = [
+            (
+                log_record_key(1, 0, 200).to_vec(),
+                many[..many.len() - 3].to_vec(),
+                "does not decompress",
+            ),
+            (
+                log_record_key(1, 0, 200).to_vec(),
+                oversized,
+                "more than its",
+            ),
+            (
+                log_record_key(1, 0, 200).to_vec(),
+                shortened,
+                "compressed change-log record",
+            ),
+            (
+                log_record_key(1, 0, 200).to_vec(),
+                many[..7].to_vec(),
+                "header is cut short",
+            ),
             (log_record_key(1, 0, 2).to_vec(), cut, "runs past its end"),
             (log_record_key(1, 0, 1).to_vec(), framed(2), "more events"),
             (log_record_key(1, 0, 3).to_vec(), framed(2), "fewer events"),
@@ -730,6 +833,73 @@ mod tests {
                 other => panic!("{want}: {other:?}"),
             }
         }
+        // A flipped bit inside the block: an error, or events that are
+        // then checked like any record's (never a panic).
+        let mut b = Batch {
+            expect: 10,
+            rev: 11,
+            ..Batch::default()
+        };
+        for item in db.scan_prefix(LOG_PREFIX) {
+            b.remove(item.unwrap().0);
+        }
+        b.put(log_record_key(1, 0, 200).to_vec(), flipped);
+        db.commit(b).unwrap();
+        let _ = db.changes(0, 0).collect::<Vec<_>>();
+    }
+
+    #[test]
+    fn a_record_of_many_events_is_stored_compressed_and_reads_back_the_same() {
+        let s = Store::temporary().unwrap();
+        let machines: Vec<Machine> = (0..200)
+            .map(|i| {
+                let mut m = Machine::new(format!("node-{i:04}"));
+                m.params.insert("rack".into(), json!(i % 7));
+                m
+            })
+            .collect();
+        s.machines().import(machines).unwrap();
+        let stored: Vec<Vec<u8>> = s
+            .backend()
+            .scan(LOG_PREFIX, LOG_PREFIX)
+            .map(|kv| kv.unwrap().1)
+            .collect();
+        assert!(stored.len() > 2, "{} records", stored.len());
+        let compressed = stored.iter().filter(|v| v[4] == LZ4).count();
+        assert!(compressed > 0, "no record is compressed");
+        let (mut events, mut packed_bytes) = (0, 0);
+        for v in &stored {
+            let (body, at) = record_events(v.clone()).unwrap();
+            events += body.len() - at;
+            packed_bytes += v.len();
+        }
+        assert!(
+            packed_bytes * 2 < events,
+            "{packed_bytes} of {events} bytes"
+        );
+        // Every machine's event comes back from the log, in order.
+        let logged: Vec<Vec<u8>> = s.backend().changes(0, 0).map(|e| e.unwrap().1).collect();
+        // (The store's first write, before the import, made `global`.)
+        assert_eq!(logged.len(), 201);
+        for (i, event) in logged[1..].iter().enumerate() {
+            let name = format!("node-{i:04}");
+            assert!(
+                event.windows(name.len()).any(|w| w == name.as_bytes()),
+                "event {i} does not hold {name}"
+            );
+        }
+        // A small record (one param write) stays plain.
+        s.machines()
+            .set_param("node-0001", "rack", json!(1))
+            .unwrap();
+        let last = s
+            .backend()
+            .scan(LOG_PREFIX, LOG_PREFIX)
+            .last()
+            .unwrap()
+            .unwrap()
+            .1;
+        assert_eq!(last[4], PLAIN);
     }
 
     #[test]
