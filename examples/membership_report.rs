@@ -54,16 +54,43 @@ static GLOBAL: Counting = Counting;
 /// median, its mean (with the tail: a sample of [`median`] is a batch's
 /// mean) and its 90th percentile.
 fn each(n: usize, mut f: impl FnMut()) -> (Duration, Duration, Duration) {
-    let mut times: Vec<Duration> = (0..n)
+    let times: Vec<Duration> = (0..n)
         .map(|_| {
             let t = Instant::now();
             f();
             t.elapsed()
         })
         .collect();
+    spread(times)
+}
+
+/// The median, mean and 90th percentile of `times` (not empty).
+fn spread(mut times: Vec<Duration>) -> (Duration, Duration, Duration) {
+    let n = times.len();
     let mean = times.iter().sum::<Duration>() / n as u32;
     times.sort();
     (times[n / 2], mean, times[n * 9 / 10])
+}
+
+/// [`each`] for two calls taken in turns, `n` of each (given their turn).
+fn each_alternated(
+    n: usize,
+    mut f: impl FnMut(usize),
+    mut g: impl FnMut(usize),
+) -> (
+    (Duration, Duration, Duration),
+    (Duration, Duration, Duration),
+) {
+    let (mut fs, mut gs) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for k in 0..n {
+        let t = Instant::now();
+        f(k);
+        fs.push(t.elapsed());
+        let t = Instant::now();
+        g(k);
+        gs.push(t.elapsed());
+    }
+    (spread(fs), spread(gs))
 }
 
 /// Median time of one call: `samples` samples, each timing a batch sized so
@@ -613,15 +640,25 @@ fn write_figures(store: &Store, n: usize) {
     // worth batching away): the median is one write's, and the mean beside
     // it carries the tail (about a tenth of the writes take 40–60 µs, when
     // the storage thread or sled's IO threads hold the other core).
-    // As the server and the clients write a param: the answer is the value
-    // written (DRP's param API), the machine is not read back.
+    // As the server and the clients write a param (the answer is the value
+    // written, DRP's param API: the machine is not read back), alternated
+    // write by write with `Machines::set_param`, which returns the machine
+    // decoded, so that both see the same state of the machine.
     let machines = store.objects(Kind::Machine).unwrap();
-    let (write, write_mean, write_p90) = each(WRITES, || {
-        i += 1;
-        machines
-            .set_param_value("node-0000042", "rack", None, json!(i % 50))
-            .unwrap();
-    });
+    let ((write, write_mean, write_p90), (typed, typed_mean, typed_p90)) = each_alternated(
+        WRITES,
+        |k| {
+            machines
+                .set_param_value("node-0000042", "rack", None, json!((2 * k) % 50))
+                .unwrap();
+        },
+        |k| {
+            store
+                .machines()
+                .set_param("node-0000042", "rack", json!((2 * k + 1) % 50))
+                .unwrap();
+        },
+    );
     println!(
         "| one param write incl. index maintenance: median / mean / p90 of {} | {} / {} / {} |",
         thousands(WRITES),
@@ -629,20 +666,14 @@ fn write_figures(store: &Store, n: usize) {
         fmt(write_mean),
         fmt(write_p90)
     );
-    let stages = fleetkv::timing::take();
-    let (typed, typed_mean, typed_p90) = each(WRITES, || {
-        i += 1;
-        store
-            .machines()
-            .set_param("node-0000042", "rack", json!(i % 50))
-            .unwrap();
-    });
     println!(
-        "| the same through `Machines::set_param`, which decodes the machine it returns | {} / {} / {} |",
+        "| the same through `Machines::set_param`, which decodes the machine it returns (alternated with the above) | {} / {} / {} |",
         fmt(typed),
         fmt(typed_mean),
         fmt(typed_p90)
     );
+    // The stages of the writes above that answered the value.
+    let stages: Vec<_> = fleetkv::timing::take().into_iter().step_by(2).collect();
     // The same write, each to another machine: its record is read from the
     // engine, not from the last write's batch the engine still holds.
     let (spread, spread_mean, spread_p90) = each(WRITES, || {
