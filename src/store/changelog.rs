@@ -89,12 +89,12 @@ const PACK_FROM: usize = 2048;
 /// fleet), so the log no longer doubles the bytes an import writes.
 fn packed(record: Vec<u8>) -> Vec<u8> {
     let events = &record[HEADER.len()..];
-    let Ok(len) = u32::try_from(events.len()) else {
-        return record;
-    };
     if events.len() < PACK_FROM {
         return record;
     }
+    let Ok(len) = u32::try_from(events.len()) else {
+        return record;
+    };
     let at = HEADER.len() + 4;
     let mut out = vec![0; at + lz4_flex::block::get_maximum_output_size(events.len())];
     let Ok(size) = lz4_flex::block::compress_into(events, &mut out[at..]) else {

@@ -295,8 +295,7 @@ impl Objects<'_> {
 
     /// [`set_param`](Self::set_param) answering the value written, as
     /// DRP's param API does, instead of the object: a machine is not read
-    /// back (its decode, 2–4 µs, outlasts the engine's
-    /// commit).
+    /// back (its decode, 2–4 µs, outlasts the engine's commit).
     pub fn set_param_value(
         &self,
         id: &str,
