@@ -28,6 +28,7 @@ on_each_engine!(
     param_writes_keep_the_index_equal_to_a_rebuild,
     global_listed_in_profiles_ranks_at_its_place,
     a_param_write_answering_its_value_writes_what_set_param_writes,
+    a_large_import_refuses_its_first_bad_machine,
 );
 
 fn member(name: &str, profiles: &[&str]) -> Machine {
@@ -937,5 +938,91 @@ fn a_param_write_answering_its_value_writes_what_set_param_writes(e: Engine) {
             .unwrap(),
         1
     );
+    s.verify_indexes().unwrap();
+}
+
+/// An import large enough to be checked on two threads (over 1,024
+/// machines) reports the first machine refused, wherever the refusals are:
+/// in either half, or found in order (a Name given twice) after a machine
+/// the per-machine checks refuse. Nothing is written.
+fn a_large_import_refuses_its_first_bad_machine(e: Engine) {
+    use fleetkv::store::{Bulk, BulkError};
+    let s = e.store();
+    s.params()
+        .create(ParamDef::new(
+            "slot",
+            json!({"type": "integer", "minimum": 0}),
+        ))
+        .unwrap();
+    s.profiles().create(Profile::new("rack")).unwrap();
+    let fleet = || -> Vec<Machine> {
+        (0..3000)
+            .map(|i| {
+                let mut m = member(&format!("m{i}"), &["rack"]);
+                m.params.insert("slot".into(), json!(i));
+                m
+            })
+            .collect()
+    };
+    let bad_slot = |m: &mut Machine| {
+        m.params.insert("slot".into(), json!(-1));
+    };
+    let bad_profile = |m: &mut Machine| m.profiles.push("ghost".into());
+    let name_of_10 = |m: &mut Machine| m.name = "m10".into();
+    type Spoiled<'a> = Vec<(usize, &'a dyn Fn(&mut Machine))>;
+    // The spoiled machines, and the first refused with what its error says.
+    let cases: Vec<(Spoiled, usize, &str)> = vec![
+        (vec![(2500, &bad_slot)], 2500, "param slot"),
+        (
+            vec![(2500, &bad_slot), (700, &bad_profile)],
+            700,
+            "Profiles of m700",
+        ),
+        (
+            vec![(1400, &bad_profile), (1600, &bad_slot)],
+            1400,
+            "Profiles of m1400",
+        ),
+        (
+            vec![(2800, &name_of_10), (2900, &bad_slot)],
+            2800,
+            "Name:m10",
+        ),
+        (
+            vec![(2800, &name_of_10), (1600, &bad_slot)],
+            1600,
+            "param slot",
+        ),
+        (
+            vec![(2800, &name_of_10), (20, &bad_profile)],
+            20,
+            "Profiles of m20",
+        ),
+    ];
+    let before = snapshot(&s);
+    for (spoils, first, says) in cases {
+        let mut machines = fleet();
+        for (at, spoil) in &spoils {
+            spoil(&mut machines[*at]);
+        }
+        let e = s.machines().import(machines.clone()).unwrap_err();
+        assert!(e.to_string().contains(says), "{first}: {e}");
+        match s.write_bulk(Bulk {
+            machines,
+            ..Bulk::default()
+        }) {
+            Err(BulkError::Refused {
+                kind,
+                index,
+                source,
+            }) => {
+                assert_eq!((kind, index), (Kind::Machine, first), "{source}");
+                assert!(source.to_string().contains(says), "{first}: {source}");
+            }
+            other => panic!("{first}: {other:?}"),
+        }
+        assert_eq!(snapshot(&s), before, "{first}: a refused import wrote");
+    }
+    assert_eq!(s.machines().import(fleet()).unwrap(), (3000, 0));
     s.verify_indexes().unwrap();
 }
