@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use roaring::RoaringBitmap;
 
 use super::backend::Backend;
-use super::changelog::{self, Trim};
+use super::changelog::{self, LogLen, Trim};
 use super::layout::MACHINE_PREFIX;
 use super::layout::{decode, machine_key};
 use super::leases::LeaseTable;
@@ -66,7 +66,7 @@ enum Forward {
     Machines {
         rev: u64,
         next_id: u32,
-        log_len: usize,
+        log: LogLen,
         leases: LeaseTable,
         touched: RoaringBitmap,
         machines: Vec<(u32, Machine)>,
@@ -87,13 +87,13 @@ fn read_forward(db: &dyn Backend, st: &State) -> Result<Option<Forward>> {
     if changelog::logs_revision(db, st.rev + 1)? {
         let logged = logged_since(db, st)?;
         if logged.profiles.is_empty() && !logged.params {
-            let (next_id, log_len) = load_counters(db)?;
+            let (next_id, log) = load_counters(db, rev)?;
             let leases = LeaseTable::load(db)?;
             let machines = read_machines(db, &logged.machines, st.next_id)?;
             return Ok(Some(Forward::Machines {
                 rev,
                 next_id,
-                log_len,
+                log,
                 leases,
                 touched: logged.machines,
                 machines,
@@ -242,7 +242,7 @@ impl Store {
                 Forward::Machines {
                     rev,
                     next_id,
-                    log_len,
+                    log,
                     leases,
                     touched,
                     machines,
@@ -259,7 +259,7 @@ impl Store {
                         &machines,
                         next_id,
                     );
-                    st.log_len = log_len;
+                    st.log = log;
                     st.leases = leases;
                     st.rev = rev;
                     drop(st);

@@ -17,7 +17,8 @@
 //! each); `s:rev` → the store revision (kept by the engine, see
 //! [`super::backend`]); `s:intent` → the last small batch the sled engine
 //! committed (see [`super::sled_backend`]); `s:next` → the next machine id; `s:logn` → events
-//! in the change log; `s:secret` → the token signing secret.
+//! in the change log (u64) as of a revision (u64; see `super::changelog`,
+//! "Trimming"; before stop 42, the events alone, as of the last write); `s:secret` → the token signing secret.
 
 use serde_json::Value;
 use uuid::Uuid;

@@ -52,7 +52,7 @@ impl Store {
             machines: st.machines.universe().len(),
             profiles: st.profiles.len() as u64,
             params: st.params.len() as u64,
-            log_len: st.log_len as u64,
+            log_len: st.log.events as u64,
         }
     }
 }

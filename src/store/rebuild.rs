@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::backend::Backend;
+use super::changelog::{events_from, stored_len, LogLen};
 use super::layout::{
-    decode, machine_id_of, show_key, LOG_LEN_KEY, MACHINE_PREFIX, NEXT_ID_KEY, PARAM_PREFIX,
-    PROFILE_PREFIX,
+    decode, machine_id_of, show_key, LOG_LEN_KEY, LOG_PREFIX, MACHINE_PREFIX, NEXT_ID_KEY,
+    PARAM_PREFIX, PROFILE_PREFIX,
 };
 use super::open::Store;
 use super::state::{machine_entries, profile_entries, State};
@@ -26,7 +27,9 @@ const VERIFY_TRIES: u32 = 20;
 
 impl Store {
     /// Rebuilds every index from the stored documents and compares it with
-    /// the live one. An operator's and the test suite's check.
+    /// the live one, and checks the change log's length the writer trims
+    /// by against the log's records. An operator's and the test suite's
+    /// check.
     ///
     /// On an engine shared with other servers (etcd) the live state first
     /// catches up, and the documents are compared only when they were read
@@ -88,6 +91,17 @@ impl Store {
                 reason: index_diff(&rebuilt, &live.profile_index),
             });
         }
+        // The length the writer trims by, against the log's records.
+        let counted = events_from(&*backend, LOG_PREFIX)?;
+        if counted != live.log.events {
+            return Err(Error::Corrupt {
+                key: show_key(LOG_LEN_KEY),
+                reason: format!(
+                    "the change log holds {counted} events where its writer counts {}",
+                    live.log.events
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -122,8 +136,9 @@ pub(super) fn load_state(db: &dyn Backend) -> Result<State> {
 
 /// The state without machines: revision, counters, definitions and
 /// profiles (with their index), read whole — they are few.
-/// The next dense machine id and the change log's length as stored.
-pub(super) fn load_counters(db: &dyn Backend) -> Result<(u32, usize)> {
+/// The next dense machine id, and the change log's length at revision
+/// `rev` (the engine's).
+pub(super) fn load_counters(db: &dyn Backend, rev: u64) -> Result<(u32, LogLen)> {
     let next_id = match db.get(NEXT_ID_KEY)? {
         Some(b) => u32::from_be_bytes(b.as_slice().try_into().map_err(|_| Error::Corrupt {
             key: "s:next".into(),
@@ -131,19 +146,12 @@ pub(super) fn load_counters(db: &dyn Backend) -> Result<(u32, usize)> {
         })?),
         None => 0,
     };
-    let log_len = match db.get(LOG_LEN_KEY)? {
-        Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| Error::Corrupt {
-            key: "s:logn".into(),
-            reason: "not 8 bytes".into(),
-        })?) as usize,
-        None => 0,
-    };
-    Ok((next_id, log_len))
+    Ok((next_id, stored_len(db, rev)?))
 }
 
 pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
     let rev = db.revision()?;
-    let (next_id, log_len) = load_counters(db)?;
+    let (next_id, log) = load_counters(db, rev)?;
     let mut st = State {
         rev,
         next_id,
@@ -155,7 +163,7 @@ pub(super) fn load_definitions(db: &dyn Backend) -> Result<State> {
         profile_index: Index::default(),
         params: BTreeMap::new(),
         validators: FastMap::default(),
-        log_len,
+        log,
         leases: super::leases::LeaseTable::load(db)?,
         changed: super::snapshot::Changed::since(rev),
     };

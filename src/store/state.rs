@@ -31,8 +31,8 @@ pub(crate) struct State {
     pub(super) profile_index: Index,
     pub(super) params: BTreeMap<String, ParamDef>,
     pub(super) validators: FastMap<String, Arc<jsonschema::Validator>>,
-    /// Events in the persisted change log.
-    pub(super) log_len: usize,
+    /// The persisted change log's length.
+    pub(super) log: super::changelog::LogLen,
     /// Leases and what they hold.
     pub(super) leases: super::leases::LeaseTable,
     /// What changed since the checkpoint on disk (a store in a directory).

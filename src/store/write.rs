@@ -220,10 +220,10 @@ impl Store {
                 f(&st, st.rev + 1, &mut changes).map(|(mut batch, memory, out)| {
                     batch.expect = st.rev;
                     batch.rev = st.rev + 1;
-                    (batch, memory.into(), out, st.log_len)
+                    (batch, memory.into(), out, st.log)
                 })
             };
-            let (mut batch, memory, out, log_len): (_, Memory, _, _) = match planned {
+            let (mut batch, memory, out, log): (_, Memory, _, _) = match planned {
                 Ok(p) => p,
                 Err(e) if retry && !matches!(e, Error::Unavailable(_)) => {
                     if self.catch_up_locked(&mut w)? {
@@ -240,8 +240,10 @@ impl Store {
                 &mut w,
                 &mut batch,
                 &changes,
-                log_len,
+                log,
                 self.inner.options.log_retain,
+                // Other servers count the log from the length record.
+                shared,
             )?;
             // What a checkpoint no longer covers: the machines by their
             // records' keys (no lookup of each by Uuid after the apply).
@@ -336,7 +338,7 @@ impl Store {
             timing::mark("index apply: changed since checkpoint");
             let replay_cost = checkpoint::replay_cost(&st, &changes);
             st.rev = rev;
-            st.log_len = staged.log_len;
+            st.log = staged.log;
             timing::mark("index apply");
             break (rev, out, replay_cost, retired);
         };

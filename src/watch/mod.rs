@@ -18,7 +18,8 @@
 //! are logged too, as creates of
 //! [`Kind::Job`]: a watch of every kind sees them; a filter cannot apply to
 //! them. The log keeps at least the newest [`LOG_RETAIN`] events (it trims
-//! whole records of several events, see the store's `changelog`); a watch from an
+//! whole records of several events once it holds a 64th more, see the
+//! store's `changelog`); a watch from an
 //! older revision fails with [`Error::Compacted`] naming the oldest revision
 //! still kept, as etcd does.
 //!
