@@ -14,7 +14,10 @@ SELENIUM_VERSION=4.51.0
 source .ci/serve.sh "selenium==$SELENIUM_VERSION"
 start_server
 
-SE_OFFLINE=true "$WORK/venv/bin/python" tests/ui/browser.py "$URL" "$(cat "$WORK/db/admin.key")" "$BIN" "$WORK" "$@" || {
+# Chromium leaves its singleton socket's directory in TMPDIR when it is
+# stopped: keep it in the scratch directory, which the cleanup removes.
+mkdir -p "$WORK/tmp"
+TMPDIR="$WORK/tmp" SE_OFFLINE=true "$WORK/venv/bin/python" tests/ui/browser.py "$URL" "$(cat "$WORK/db/admin.key")" "$BIN" "$WORK" "$@" || {
     echo "== fleetkv serve log"
     cat "$WORK/serve.log"
     exit 1

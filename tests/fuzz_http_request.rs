@@ -12,5 +12,6 @@ mod replay;
 #[test]
 fn http_request_seeds_answer_in_drp_shape() {
     let n = replay::each_seed("http_request", |input: harness::Input| harness::run(&input));
+    harness::remove_creds_dir();
     assert!(n >= 10, "only {n} seeds replayed");
 }

@@ -392,14 +392,24 @@ pub struct Input {
 }
 
 /// The credentials directory (an admin key, no users): one per process.
+static CREDS: OnceLock<std::path::PathBuf> = OnceLock::new();
+
 fn creds_dir() -> &'static std::path::Path {
-    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+    CREDS.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("fleetkv-fuzz-http-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("credentials directory");
         std::fs::write(dir.join("admin.key"), format!("{ADMIN_KEY}\n")).expect("admin key");
         dir
     })
+}
+
+/// Removes the credentials directory, if this process made one: a replay
+/// of the seeds ends, a fuzzer's run does not (it leaves one directory).
+#[allow(dead_code)]
+pub fn remove_creds_dir() {
+    if let Some(dir) = CREDS.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
