@@ -634,9 +634,13 @@ impl Iterator for Events<'_> {
 mod tests {
     use serde_json::json;
 
+    use std::sync::Arc;
+
     use super::*;
     use crate::model::Machine;
     use crate::store::layout::log_position;
+    use crate::store::memory_backend::MemoryBackend;
+    use crate::store::stall;
     use crate::store::{Options, Store};
 
     fn stores(retain: usize) -> Vec<(&'static str, Store)> {
@@ -668,7 +672,6 @@ mod tests {
 
     #[test]
     fn another_writers_trims_drop_from_the_front_of_the_queue() {
-        use crate::store::memory_backend::MemoryBackend;
         let db = MemoryBackend::default();
         let keys: Vec<Vec<u8>> = (0..2000u64).map(|r| log_key(r, 0).to_vec()).collect();
         let mut rev = 0;
@@ -792,6 +795,21 @@ mod tests {
         }
     }
 
+    /// Options of a store in memory that keeps `retain` events.
+    fn memory_options(retain: usize) -> Options {
+        Options {
+            log_retain: retain,
+            durable: false,
+            ..Options::default()
+        }
+    }
+
+    /// A store started on the engine `db`, as an open starts one.
+    fn start_on(db: &Arc<MemoryBackend>, options: &Options) -> Result<Store> {
+        let guard = stall::Guard::inline(options.stall_timeout);
+        Store::start(db.clone(), guard, options.clone(), None, None)
+    }
+
     /// Rewrites the log of the store on `db` as the layout before records
     /// kept it: one event per 13-byte key.
     fn to_single_keys(db: &dyn Backend) {
@@ -813,19 +831,8 @@ mod tests {
 
     #[test]
     fn a_log_of_one_event_per_key_is_read_and_trimmed_beside_records() {
-        use std::sync::Arc;
-
-        use crate::store::memory_backend::MemoryBackend;
-        use crate::store::stall;
-        let options = Options {
-            log_retain: 40,
-            durable: false,
-            ..Options::default()
-        };
-        let start = |db: &Arc<MemoryBackend>| {
-            let guard = stall::Guard::inline(options.stall_timeout);
-            Store::start(db.clone(), guard, options.clone(), None, None).unwrap()
-        };
+        let options = memory_options(40);
+        let start = |db: &Arc<MemoryBackend>| start_on(db, &options).unwrap();
         let db = Arc::new(MemoryBackend::default());
         let s = start(&db);
         for round in 0..3 {
@@ -866,20 +873,9 @@ mod tests {
 
     #[test]
     fn the_log_length_is_written_with_trims_and_every_64th_and_counted_again_at_open() {
-        use std::sync::Arc;
-
-        use crate::store::memory_backend::MemoryBackend;
-        use crate::store::stall;
         let retain = 640;
-        let options = Options {
-            log_retain: retain,
-            durable: false,
-            ..Options::default()
-        };
-        let start = |db: &Arc<MemoryBackend>| {
-            let guard = stall::Guard::inline(options.stall_timeout);
-            Store::start(db.clone(), guard, options.clone(), None, None).unwrap()
-        };
+        let options = memory_options(retain);
+        let start = |db: &Arc<MemoryBackend>| start_on(db, &options).unwrap();
         let db = Arc::new(MemoryBackend::default());
         let s = start(&db);
         let m = s.machines().create(Machine::new("m")).unwrap();
@@ -949,8 +945,7 @@ mod tests {
         };
         b.put(LOG_LEN_KEY, vec![0; 12]);
         db.commit(b).unwrap();
-        let guard = stall::Guard::inline(options.stall_timeout);
-        match Store::start(db.clone(), guard, options.clone(), None, None) {
+        match start_on(&db, &options) {
             Err(Error::Corrupt { key, reason }) => {
                 assert_eq!(
                     (key.as_str(), reason.contains("12 bytes")),
@@ -963,7 +958,6 @@ mod tests {
 
     #[test]
     fn a_damaged_record_is_reported_not_read_past() {
-        use crate::store::memory_backend::MemoryBackend;
         let db = MemoryBackend::default();
         let event = br#"{"Revision":1}"#;
         let framed = |n: usize| {
@@ -1155,7 +1149,6 @@ mod tests {
 
     #[test]
     fn records_with_and_without_the_format_header_are_both_read() {
-        use crate::store::memory_backend::MemoryBackend;
         let db = MemoryBackend::default();
         let framed = |revs: [u64; 2]| {
             let mut v = Vec::new();
