@@ -523,3 +523,41 @@ fn a_server_paused_past_a_compaction_and_the_log_trim_catches_up() {
     assert_eq!(st, 200, "{v}");
     a.verify_indexes().unwrap();
 }
+
+#[test]
+fn a_store_shared_through_etcd_trims_its_log_every_write() {
+    // A store on an engine of its own trims its log in bursts of a 64th of
+    // the retention; on etcd a burst could exceed the operations one
+    // transaction takes (128), so a shared store trims every write: the
+    // log holds exactly the newest `retain` events, one per param write.
+    let etcd = Etcd::start();
+    let retain = 640;
+    let s = Store::open_etcd(
+        std::slice::from_ref(&etcd.url),
+        EtcdOptions {
+            prefix: "/trim/".into(),
+            ..EtcdOptions::default()
+        },
+        Options {
+            log_retain: retain,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let m = s.machines().create(Machine::new("m")).unwrap();
+    let first = |from: u64| s.watch(None, None, Some(from)).and_then(|mut w| w.poll());
+    for i in 0..retain + 40 {
+        s.machines().set_param(&m.name, "n", json!(i)).unwrap();
+        if i < retain + 20 {
+            continue;
+        }
+        let rev = s.revision();
+        let oldest = rev + 1 - retain as u64;
+        assert_eq!(first(oldest).unwrap().map(|e| e.revision), Some(oldest));
+        match first(oldest - 1) {
+            Err(Error::Compacted { oldest: o, .. }) => assert_eq!(o, oldest),
+            other => panic!("after write {i}: {other:?}"),
+        }
+    }
+    s.verify_indexes().unwrap();
+}

@@ -46,9 +46,11 @@
 //! ([`stored_len`]): a write that logs more than the slack since the
 //! record was written writes it too, so an open reads at most the slack's
 //! worth of keys (the log's length in a young store, which has never
-//! trimmed, is read the same way). A writer
-//! on an engine shared with other servers writes it every time, so their
-//! catch-ups read no log. The
+//! trimmed, is read the same way). A writer on an engine shared with
+//! other servers (etcd) trims every write and writes the length record
+//! every time: a burst of removes could exceed the operations one etcd
+//! transaction takes (128 by default), and the others' catch-ups read no
+//! log. The
 //! keys a trim removes come from [`Trim`], a queue of the log's oldest records, so a
 //! write's trim is a remove with no read of its own. The records this
 //! writer appends join the queue as they commit (their keys are known);
@@ -421,8 +423,10 @@ const TRIM_SLACK: usize = 64;
 /// Stages `changes` as the events of `batch`'s revision and, once the log
 /// holds more than [`TRIM_SLACK`] beyond `retain`, trims it to no fewer
 /// than `retain` events (the oldest records first: keys sort by revision).
-/// `log` is the log before the write; `save_len` writes the length record
-/// even when the write does not trim (a shared engine: see "Trimming").
+/// `log` is the log before the write. On an engine `shared` with other
+/// servers every write trims and writes the length record: a burst could
+/// exceed what one etcd transaction takes, and the others' catch-ups
+/// would read the log (see "Trimming").
 pub(super) fn stage(
     backend: &dyn Backend,
     trim: &mut Trim,
@@ -430,7 +434,7 @@ pub(super) fn stage(
     changes: &[Change],
     log: LogLen,
     retain: usize,
-    save_len: bool,
+    shared: bool,
 ) -> Result<Staged> {
     let rev = batch.rev;
     let too_many = || Error::invalid("write", "too many objects in one write");
@@ -468,10 +472,11 @@ pub(super) fn stage(
         close(batch, first, end, value);
     }
     timing::mark("log: event encode");
+    let slack = if shared { 0 } else { retain / TRIM_SLACK };
     let excess = (log.events + changes.len()).saturating_sub(retain);
     let mut trimmed = 0;
     let mut removed = 0;
-    if excess > retain / TRIM_SLACK {
+    if excess > slack {
         trim.fill(backend, excess)?;
         for r in trim.oldest(excess) {
             batch.remove(r.key());
@@ -481,7 +486,7 @@ pub(super) fn stage(
     }
     let events = log.events + changes.len() - removed;
     let unsaved = log.unsaved.saturating_add(changes.len());
-    let save = save_len || trimmed > 0 || unsaved > retain / TRIM_SLACK;
+    let save = trimmed > 0 || unsaved > slack;
     if save {
         batch.put(LOG_LEN_KEY, len_record(events, rev));
     }

@@ -242,7 +242,6 @@ impl Store {
                 &changes,
                 log,
                 self.inner.options.log_retain,
-                // Other servers count the log from the length record.
                 shared,
             )?;
             // What a checkpoint no longer covers: the machines by their
