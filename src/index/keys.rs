@@ -31,11 +31,12 @@
 //! [`Store::verify_indexes`]: crate::Store::verify_indexes
 
 use std::borrow::Cow;
+use std::io::Read;
 use std::sync::{Arc, OnceLock};
 
 use roaring::RoaringBitmap;
 
-use super::{FastMap, Postings, ValueKey};
+use super::{FastMap, Posting, Postings, ValueKey};
 use crate::filter::Key;
 
 /// Builds one key's postings from the records themselves, as they stand
@@ -100,6 +101,31 @@ impl Bytes {
         }
     }
 
+    /// Streams the section's bytes to `scan` (from its file in pieces, never
+    /// the whole section in memory), then checks that they were the bytes
+    /// the open checked: a scan's answer is only trusted after that.
+    pub(super) fn scan<T>(
+        &self,
+        scan: impl FnOnce(&mut dyn Read) -> Result<T, String>,
+    ) -> Result<T, String> {
+        match self {
+            Bytes::Held(b) => scan(&mut &b[..]),
+            Bytes::InFile(s) => {
+                let mut r = SectionReader {
+                    file: &s.file,
+                    at: s.offset,
+                    left: s.len,
+                    crc: crc32fast::Hasher::new(),
+                };
+                let found = scan(&mut r)?;
+                if r.left != 0 || r.crc.finalize() != s.crc {
+                    return Err("holds other bytes than the open checked".into());
+                }
+                Ok(found)
+            }
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Bytes::Held(b) => b.len(),
@@ -112,6 +138,26 @@ impl Bytes {
             Bytes::Held(b) => b.len(),
             Bytes::InFile(_) => 0,
         }
+    }
+}
+
+/// A section in its file as a stream, with the CRC-32 of what was read.
+struct SectionReader<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+    left: u32,
+    crc: crc32fast::Hasher,
+}
+
+impl Read for SectionReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.left as usize);
+        let got = std::os::unix::fs::FileExt::read_at(self.file, &mut buf[..n], self.at)?;
+        self.crc.update(&buf[..got]);
+        self.at += got as u64;
+        // At most `left`: `n` is.
+        self.left -= got as u32;
+        Ok(got)
     }
 }
 
@@ -315,6 +361,33 @@ impl Keys {
             .get(k)
             .map(|slot| slot.get(k, self.repair.as_ref()))
             .filter(|p| !p.values.is_empty())
+    }
+
+    /// The posting of each of `values` under `k`. A key still encoded with
+    /// nothing queued is scanned in its section, not decoded: an open that
+    /// replays a few machines' events looks their Uuids up this way, and a
+    /// decode of the Uuid key costs as much as the scan many times over. A
+    /// section that cannot be read or scanned is left to the decode, which
+    /// reports and repairs it.
+    pub(crate) fn find_each(&self, k: &Key, values: &[ValueKey]) -> Vec<Option<Posting>> {
+        let untouched = self
+            .map
+            .get(k)
+            .and_then(|slot| slot.pending())
+            .filter(|enc| enc.queued.is_empty());
+        if let Some(enc) = untouched {
+            let scanned = enc
+                .section
+                .scan(|bytes| super::codec::find_in_section(bytes, values));
+            if let Ok(found) = scanned {
+                return found;
+            }
+        }
+        let postings = self.get(k);
+        values
+            .iter()
+            .map(|v| postings.and_then(|p| p.values.get(v)).map(Cow::into_owned))
+            .collect()
     }
 
     /// Every key that holds a value; decodes only encoded keys with queued

@@ -142,6 +142,12 @@ impl Index {
         self.keys.get(key).and_then(|p| p.values.get(value))
     }
 
+    /// [`lookup`](Self::lookup) of each of `values`, without decoding a key
+    /// still encoded in a checkpoint ([`keys::Keys::find_each`]).
+    pub(crate) fn lookup_each(&self, key: &Key, values: &[ValueKey]) -> Vec<Option<Posting>> {
+        self.keys.find_each(key, values)
+    }
+
     pub(crate) fn insert(&mut self, id: u32, entries: &[(Key, ValueKey)], own: &[&str]) {
         self.universe.insert(id);
         self.add_entries(id, entries, own);

@@ -364,23 +364,24 @@ pub(super) fn bring_forward(
                 )))
             }
         }
+        let mut uuids = BTreeSet::new();
         for item in db.changes(ckpt.rev + 1, 0) {
             let (_, event) = item?;
             events += 1;
             match event_subject(&event)? {
                 (Kind::Machine, uuid) => {
-                    if let Some(id) = machines
-                        .lookup(&Key::Field(Field::Uuid), &ValueKey::str(&uuid))
-                        .and_then(|p| p.min())
-                    {
-                        touched.insert(id);
-                    }
+                    uuids.insert(uuid);
                 }
                 (Kind::Profile, name) => {
                     profiles.insert(name);
                 }
                 _ => {}
             }
+        }
+        // Looked up together: one scan of the Uuid key, which stays encoded.
+        let uuids: Vec<ValueKey> = uuids.iter().map(|u| ValueKey::str(u)).collect();
+        for posting in machines.lookup_each(&Key::Field(Field::Uuid), &uuids) {
+            touched.extend(posting.and_then(|p| p.min()));
         }
         if profiles.contains(GLOBAL_PROFILE) {
             return Ok(Err(format!(
