@@ -679,7 +679,10 @@ mod tests {
             ),
             (Key::Param("rack".into()), vec![num(3.0), num(9.0)]),
             (Key::Profiles, vec![ValueKey::str("cluster-1")]),
-            (Key::Meta("icon".into()), vec![ValueKey::Json("[1,2]".into())]),
+            (
+                Key::Meta("icon".into()),
+                vec![ValueKey::Json("[1,2]".into())],
+            ),
             (
                 Key::Field(Field::Runnable),
                 vec![ValueKey::Bool(true), ValueKey::Bool(false)],
@@ -696,13 +699,62 @@ mod tests {
         }
         assert_eq!(lazy.heap_bytes(), before, "a key was decoded");
 
+        // Writes queued on the keys are laid over what a scan finds: ids
+        // removed everywhere, a value changed, an object added.
+        let mut truth = ix.clone();
+        let mut lazy = Index::decode(&bytes[..], Some((file.clone(), 0))).unwrap();
+        for x in [&mut truth, &mut lazy] {
+            insert_sample(x, 300);
+            x.remove_everywhere(&[7u32, 8, 14].into_iter().collect());
+            x.update(
+                9,
+                (&[(name.clone(), ValueKey::str("node-0009"))], &[]),
+                (&[(name.clone(), ValueKey::str("renamed"))], &[]),
+            );
+        }
+        let before = lazy.heap_bytes();
+        let names: Vec<ValueKey> = [
+            "node-0007",
+            "node-0009",
+            "renamed",
+            "node-0300",
+            "node-0010",
+        ]
+        .into_iter()
+        .map(ValueKey::str)
+        .collect();
+        for (k, values) in [
+            (&name, &names[..]),
+            (&Key::Param("rack".into()), &[num(0.0), num(3.0)][..]),
+        ] {
+            let want: Vec<Option<Posting>> = values
+                .iter()
+                .map(|v| truth.lookup(k, v).map(std::borrow::Cow::into_owned))
+                .collect();
+            assert_eq!(lazy.lookup_each(k, values), want, "{k:?}");
+        }
+        assert_eq!(lazy.heap_bytes(), before, "a key was decoded");
+        // A key looked up more often is decoded: the scans add up.
+        for _ in 1..super::super::keys::SCANS_BEFORE_DECODE {
+            lazy.lookup(&name, &names[2]);
+        }
+        assert_eq!(lazy.heap_bytes(), before, "decoded before its last scan");
+        assert_eq!(
+            lazy.lookup(&name, &names[2]).map(|p| p.min()),
+            Some(Some(9))
+        );
+        assert!(lazy.heap_bytes() > before, "still scanned");
+        assert_eq!(lazy, truth);
+
         let mut lazy = Index::decode(&bytes[..], Some((file.clone(), 0))).unwrap();
         lazy.set_repair(repair_from(ix.clone()));
         damage(&file, &name_section(&lazy));
         let node7 = [ValueKey::str("node-0007")];
         assert_eq!(
             lazy.lookup_each(&name, &node7),
-            vec![ix.lookup(&name, &node7[0]).map(std::borrow::Cow::into_owned)]
+            vec![ix
+                .lookup(&name, &node7[0])
+                .map(std::borrow::Cow::into_owned)]
         );
     }
 

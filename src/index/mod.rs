@@ -137,13 +137,15 @@ impl Index {
         self.keys.compact();
     }
 
-    /// Objects whose `key` equals `value`.
+    /// Objects whose `key` equals `value`; a key still encoded in a
+    /// checkpoint is scanned, not decoded, by its first lookups
+    /// ([`keys::Keys::find_each`]).
     pub(crate) fn lookup(&self, key: &Key, value: &ValueKey) -> Option<Cow<'_, Posting>> {
-        self.keys.get(key).and_then(|p| p.values.get(value))
+        self.keys.find(key, value)
     }
 
-    /// [`lookup`](Self::lookup) of each of `values`, without decoding a key
-    /// still encoded in a checkpoint ([`keys::Keys::find_each`]).
+    /// [`lookup`](Self::lookup) of each of `values`, in one scan of a key
+    /// still encoded.
     pub(crate) fn lookup_each(&self, key: &Key, values: &[ValueKey]) -> Vec<Option<Posting>> {
         self.keys.find_each(key, values)
     }
