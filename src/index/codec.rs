@@ -215,6 +215,11 @@ pub(super) fn find_in_section(
     bytes: impl Read,
     wanted: &[ValueKey],
 ) -> Result<Vec<Option<Posting>>, DecodeError> {
+    /// A posting as found in the section: an id, or where a bitmap is.
+    enum Found {
+        One(u32),
+        Many(std::ops::Range<usize>),
+    }
     let mut at: super::FastMap<Vec<u8>, Vec<usize>> = super::FastMap::default();
     for (i, v) in wanted.iter().enumerate() {
         let mut enc = Vec::new();
@@ -222,51 +227,136 @@ pub(super) fn find_in_section(
         at.entry(enc).or_default().push(i);
     }
     let mut found = vec![None; wanted.len()];
-    let mut r = Stream {
-        r: std::io::BufReader::with_capacity(1 << 16, bytes),
-        pos: 0,
+    let mut r = Chunks {
+        r: bytes,
+        buf: Vec::new(),
+        at: 0,
+        end: false,
     };
-    let has = r.u32()?;
-    r.skip(has)?;
-    let mut value = Vec::new();
-    for _ in 0..r.u32()? {
-        value.clear();
-        let tag = r.u8()?;
-        value.push(tag);
-        let len = match tag {
-            0 => 0,
-            1 => 1,
-            2 => 8,
-            3 | 4 => {
-                let n = r.u32()?;
-                value.extend_from_slice(&n.to_le_bytes());
-                n
+    r.next_at(|r| {
+        let has = r.u32()? as usize;
+        r.take(has).map(drop)
+    })?;
+    for _ in 0..r.next_at(|r| r.u32())?.0 {
+        let ((value, posting), base) = r.next_at(|r| {
+            let start = r.pos;
+            match r.u8()? {
+                0 => {}
+                1 => {
+                    r.take(1)?;
+                }
+                2 => {
+                    r.take(8)?;
+                }
+                3 | 4 => {
+                    let n = r.u32()? as usize;
+                    r.take(n)?;
+                }
+                t => return Err(r.fail(&format!("value tag {t}"))),
             }
-            t => return Err(r.fail(&format!("value tag {t}"))),
+            let value = start..r.pos;
+            let posting = match r.u8()? {
+                0 => Found::One(r.u32()?),
+                1 => {
+                    let n = r.u32()? as usize;
+                    let start = r.pos;
+                    r.take(n)?;
+                    Found::Many(start..r.pos)
+                }
+                t => return Err(r.fail(&format!("posting tag {t}"))),
+            };
+            Ok((value, posting))
+        })?;
+        let Some(hit) = at.get(&r.buf[base + value.start..base + value.end]) else {
+            continue;
         };
-        r.append(&mut value, len)?;
-        let hit = at.get(&value);
-        let posting = match (r.u8()?, hit) {
-            (0, _) => Posting::One(r.u32()?),
-            (1, None) => {
-                let n = r.u32()?;
-                r.skip(n)?;
-                continue;
+        let posting = match posting {
+            Found::One(id) => Posting::One(id),
+            Found::Many(b) => {
+                let ids = RoaringBitmap::deserialize_from(&r.buf[base + b.start..base + b.end])
+                    .map_err(|e| format!("bitmap: {e}"))?;
+                Posting::from_bitmap(ids).ok_or("an empty posting")?
             }
-            (1, Some(_)) => {
-                let ids = r.bitmap()?;
-                Posting::from_bitmap(ids).ok_or_else(|| r.fail("an empty posting"))?
-            }
-            (t, _) => return Err(r.fail(&format!("posting tag {t}"))),
         };
-        for &i in hit.into_iter().flatten() {
+        for &i in hit {
             found[i] = Some(posting.clone());
         }
     }
-    if r.r.read(&mut [0]).map_err(|e| r.fail(&e.to_string()))? != 0 {
-        return Err(r.fail("trailing bytes"));
+    match r.at_end()? {
+        true => Ok(found),
+        false => Err("trailing bytes".into()),
     }
-    Ok(found)
+}
+
+/// What [`Chunks`] reads at least: tests read in tiny chunks, so that their
+/// sections' pieces are cut by a chunk's end everywhere.
+const CHUNK: usize = if cfg!(test) { 61 } else { 1 << 20 };
+
+/// A stream read a chunk at a time and parsed in place, each piece by a
+/// [`Reader`] over the bytes read so far: a piece cut by the chunk's end
+/// is parsed again once more bytes are in.
+struct Chunks<R> {
+    r: R,
+    buf: Vec<u8>,
+    /// Where the unparsed bytes start in `buf`.
+    at: usize,
+    /// The stream has no more bytes.
+    end: bool,
+}
+
+impl<R: Read> Chunks<R> {
+    /// The next piece, as `parse` reads it, and where in `buf` it starts
+    /// (the positions `parse` saw are from there).
+    fn next_at<T>(
+        &mut self,
+        mut parse: impl FnMut(&mut Reader<'_>) -> Result<T, DecodeError>,
+    ) -> Result<(T, usize), DecodeError> {
+        loop {
+            let mut r = Reader {
+                bytes: &self.buf[self.at..],
+                pos: 0,
+            };
+            match parse(&mut r) {
+                Ok(t) => {
+                    let start = self.at;
+                    self.at += r.pos;
+                    return Ok((t, start));
+                }
+                Err(e) if self.end => return Err(e),
+                Err(_) => self.fill()?,
+            }
+        }
+    }
+
+    /// Reads at least as many bytes again as are unparsed, and at least
+    /// [`CHUNK`].
+    fn fill(&mut self) -> Result<(), DecodeError> {
+        self.buf.drain(..self.at);
+        self.at = 0;
+        let mut got = self.buf.len();
+        self.buf.resize((2 * got).max(CHUNK), 0);
+        while got < self.buf.len() {
+            match self.r.read(&mut self.buf[got..]) {
+                Ok(0) => {
+                    self.end = true;
+                    break;
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        self.buf.truncate(got);
+        Ok(())
+    }
+
+    /// Whether every byte was parsed and the stream has no more.
+    fn at_end(&mut self) -> Result<bool, DecodeError> {
+        if self.at == self.buf.len() && !self.end {
+            self.fill()?;
+        }
+        Ok(self.at == self.buf.len())
+    }
 }
 
 fn put_len(out: &mut Vec<u8>, n: usize) {
@@ -334,7 +424,7 @@ fn put_value(out: &mut Vec<u8>, v: &ValueKey) {
     }
 }
 
-/// An encoded index, or one key's section, read from a stream.
+/// The top level of an encoded index, read from a stream.
 struct Stream<R> {
     r: R,
     pos: u64,
@@ -391,30 +481,6 @@ impl<R: Read> Stream<R> {
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    /// Appends the next `n` bytes to `out`.
-    fn append(&mut self, out: &mut Vec<u8>, n: u32) -> Result<(), DecodeError> {
-        let at = out.len();
-        // Bounded by the section: a length past its end fails the read, and
-        // a section is at most 4 GiB.
-        out.resize(at + n as usize, 0);
-        self.r
-            .read_exact(&mut out[at..])
-            .map_err(|e| self.fail(&format!("truncated ({e})")))?;
-        self.pos += u64::from(n);
-        Ok(())
-    }
-
-    /// Reads past the next `n` bytes.
-    fn skip(&mut self, n: u32) -> Result<(), DecodeError> {
-        let got = std::io::copy(&mut (&mut self.r).take(u64::from(n)), &mut std::io::sink())
-            .map_err(|e| self.fail(&e.to_string()))?;
-        self.pos += got;
-        match got == u64::from(n) {
-            true => Ok(()),
-            false => Err(self.fail("truncated")),
-        }
     }
 
     fn string(&mut self) -> Result<String, DecodeError> {
@@ -872,6 +938,23 @@ mod tests {
         }
     }
 
+    /// Every key and value [`entries`] makes, and one of each key it never
+    /// makes.
+    fn every_value() -> Vec<(Key, Vec<ValueKey>)> {
+        let strs = |f: &dyn Fn(u32) -> String, n| (0..n).map(|i| ValueKey::str(&f(i))).collect();
+        vec![
+            (Key::Field(Field::Name), strs(&|i| format!("n{i}"), 9)),
+            (
+                Key::Param("rack".into()),
+                (0..5)
+                    .map(|v| ValueKey::Num(NumKey::new(f64::from(v))))
+                    .collect(),
+            ),
+            (Key::Profiles, strs(&|i| format!("c{i}"), 4)),
+            (Key::Meta("m".into()), strs(&|i| format!("{i}"), 3)),
+        ]
+    }
+
     fn change() -> impl Strategy<Value = Change> {
         prop_oneof![
             4 => (0..40u32, any::<u8>(), 0..8u8).prop_map(|(i, v, n)| Change::Insert(i, v, n)),
@@ -897,6 +980,15 @@ mod tests {
             for c in &after {
                 apply(&mut plain, c);
                 apply(&mut lazy, c);
+            }
+            // Looked up before anything decodes them, keys still encoded
+            // answer from their sections with the queued changes laid over.
+            for (k, values) in every_value() {
+                let want: Vec<Option<Posting>> = values
+                    .iter()
+                    .map(|v| plain.lookup(&k, v).map(std::borrow::Cow::into_owned))
+                    .collect();
+                prop_assert_eq!(lazy.lookup_each(&k, &values), want);
             }
             // Encoding a lazy index (raw sections and queued ones) and
             // reading it back is the same index too.
