@@ -30,7 +30,9 @@
 //! profiles changed after the checkpoint's revision; those machines, the
 //! members (as the checkpoint has them) of every changed profile, and every
 //! machine created since (ids from the checkpoint's next id on) are removed
-//! from every posting and indexed again from their current records.
+//! from every posting and indexed again from their current records. The
+//! changed machines' ids are found in one scan of the checkpoint's Uuid
+//! section, which stays encoded ([`Index::lookup_each`]).
 //! Definitions do not shape postings (defaults are virtual), and a change
 //! of the `global` profile touches every machine, so it means a rebuild.
 //!
