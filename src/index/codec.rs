@@ -209,8 +209,8 @@ pub(super) fn decode_section(bytes: &[u8]) -> Result<Postings, DecodeError> {
 /// read as a stream), found by comparing encoded values, without decoding
 /// the section: a value's encoding is canonical (equal values encode to
 /// equal bytes), so comparing bytes is comparing values. A decode builds
-/// every value: for the Uuid key of a million machines, that took about
-/// 180 ms of an open that replays one machine's event.
+/// every value: for the Uuid key of a million machines, 180–230 ms of an
+/// open that replays one machine's event, where this scan takes 15–18 ms.
 pub(super) fn find_in_section(
     bytes: impl Read,
     wanted: &[ValueKey],

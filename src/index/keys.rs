@@ -51,11 +51,11 @@ pub(crate) type Repair = Arc<dyn Fn(&Key) -> Result<Postings, String> + Send + S
 const MAX_QUEUED: usize = 4096;
 
 /// Lookups of an encoded key answered by scanning its section before the
-/// next decodes it. A scan costs about a fifth of a decode (1M Uuids: 35
-/// against 180–230 ms), so scanning until the scans have cost what the
-/// decode would (the ski-rental rule) never costs more than twice what
-/// decoding at the first lookup would have, and a process that looks up
-/// once or twice (a CLI write, an open's replay) pays a fifth.
+/// next decodes it. A scan costs about a twelfth of a decode (the Uuid key
+/// of 1M machines: 15–18 against 180–230 ms), so four scans and then the
+/// decode cost at most about 1.3× what decoding at the first lookup would
+/// have, while a process that looks up once or twice (a CLI write, an
+/// open's replay) pays a twelfth.
 pub(super) const SCANS_BEFORE_DECODE: u32 = 4;
 
 /// A change to one key's postings.
@@ -310,6 +310,46 @@ impl Postings {
     }
 }
 
+/// `values`' postings from `slot`'s section, if it is still encoded, within
+/// its scans, and reads back.
+fn scanned(slot: &Slot, values: &[ValueKey]) -> Option<Vec<Option<Posting>>> {
+    let enc = slot.pending()?;
+    if enc.scans.fetch_add(1, Ordering::Relaxed) >= SCANS_BEFORE_DECODE {
+        return None;
+    }
+    let mut found = enc
+        .section
+        .scan(|bytes| super::codec::find_in_section(bytes, values))
+        .ok()?;
+    for op in &enc.queued {
+        match op {
+            Op::Add(v, id) => {
+                for (f, _) in found.iter_mut().zip(values).filter(|(_, w)| *w == v) {
+                    match f {
+                        Some(p) => p.insert(*id),
+                        None => *f = Some(Posting::One(*id)),
+                    }
+                }
+            }
+            Op::Sub(v, id) => {
+                for (f, _) in found.iter_mut().zip(values).filter(|(_, w)| *w == v) {
+                    if f.as_mut().is_some_and(|p| p.remove(*id)) {
+                        *f = None;
+                    }
+                }
+            }
+            Op::RemoveAll(ids) => {
+                for f in found.iter_mut() {
+                    if f.as_mut().is_some_and(|p| p.remove_all(ids)) {
+                        *f = None;
+                    }
+                }
+            }
+        }
+    }
+    Some(found)
+}
+
 pub(super) fn is_set(k: &Key) -> bool {
     matches!(k, Key::Profiles)
 }
@@ -397,62 +437,26 @@ impl Keys {
     /// decoded. A section that cannot be read or scanned is left to the
     /// decode, which reports and repairs it.
     pub(crate) fn find_each(&self, k: &Key, values: &[ValueKey]) -> Vec<Option<Posting>> {
-        if let Some(found) = self.scanned(k, values) {
+        let Some(slot) = self.map.get(k) else {
+            return vec![None; values.len()];
+        };
+        if let Some(found) = scanned(slot, values) {
             return found;
         }
-        let postings = self.get(k);
+        let postings = slot.get(k, self.repair.as_ref());
         values
             .iter()
-            .map(|v| postings.and_then(|p| p.values.get(v)).map(Cow::into_owned))
+            .map(|v| postings.values.get(v).map(Cow::into_owned))
             .collect()
     }
 
     /// [`find_each`](Self::find_each) of one value.
     pub(crate) fn find(&self, k: &Key, v: &ValueKey) -> Option<Cow<'_, Posting>> {
-        match self.scanned(k, std::slice::from_ref(v)) {
+        let slot = self.map.get(k)?;
+        match scanned(slot, std::slice::from_ref(v)) {
             Some(found) => found.into_iter().next().flatten().map(Cow::Owned),
-            None => self.get(k).and_then(|p| p.values.get(v)),
+            None => slot.get(k, self.repair.as_ref()).values.get(v),
         }
-    }
-
-    /// `values`' postings from `k`'s section, if it is still encoded, within
-    /// its scans, and reads back.
-    fn scanned(&self, k: &Key, values: &[ValueKey]) -> Option<Vec<Option<Posting>>> {
-        let enc = self.map.get(k)?.pending()?;
-        if enc.scans.fetch_add(1, Ordering::Relaxed) >= SCANS_BEFORE_DECODE {
-            return None;
-        }
-        let mut found = enc
-            .section
-            .scan(|bytes| super::codec::find_in_section(bytes, values))
-            .ok()?;
-        for op in &enc.queued {
-            match op {
-                Op::Add(v, id) => {
-                    for (f, _) in found.iter_mut().zip(values).filter(|(_, w)| *w == v) {
-                        match f {
-                            Some(p) => p.insert(*id),
-                            None => *f = Some(Posting::One(*id)),
-                        }
-                    }
-                }
-                Op::Sub(v, id) => {
-                    for (f, _) in found.iter_mut().zip(values).filter(|(_, w)| *w == v) {
-                        if f.as_mut().is_some_and(|p| p.remove(*id)) {
-                            *f = None;
-                        }
-                    }
-                }
-                Op::RemoveAll(ids) => {
-                    for f in found.iter_mut() {
-                        if f.as_mut().is_some_and(|p| p.remove_all(ids)) {
-                            *f = None;
-                        }
-                    }
-                }
-            }
-        }
-        Some(found)
     }
 
     /// Every key that holds a value; decodes only encoded keys with queued
