@@ -647,6 +647,14 @@ mod tests {
         }
     }
 
+    /// A file holding `bytes`, as a checkpoint's holds its index.
+    fn in_a_file(bytes: &[u8]) -> Arc<std::fs::File> {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        Arc::new(file)
+    }
+
     /// Changes a byte in the middle of `section`, as a failing disk or
     /// another writer would.
     fn damage(file: &std::fs::File, section: &FileSection) {
@@ -687,14 +695,10 @@ mod tests {
     /// when it is read again, not other postings.
     #[test]
     fn sections_left_in_their_file_read_back_and_are_checked_again() {
-        use std::io::Write;
         let ix = sample(0..300);
         let bytes = encoded(&ix);
-        let mut file = tempfile::tempfile().unwrap();
         // A prefix, as a checkpoint's header sits before the index.
-        file.write_all(b"header!").unwrap();
-        file.write_all(&bytes).unwrap();
-        let file = Arc::new(file);
+        let file = in_a_file(&[&b"header!"[..], &bytes[..]].concat());
         let lazy = Index::decode(&bytes[..], Some((file.clone(), 7))).unwrap();
         let held = Index::decode(&bytes[..], None).unwrap();
         assert!(lazy.heap_bytes() + 4000 < held.heap_bytes());
@@ -723,12 +727,9 @@ mod tests {
     /// open is left to the decode, which takes it from the repair.
     #[test]
     fn values_looked_up_in_a_section_answer_as_the_decoded_key_and_decode_nothing() {
-        use std::io::Write;
         let ix = sample(0..300);
         let bytes = encoded(&ix);
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(&bytes).unwrap();
-        let file = Arc::new(file);
+        let file = in_a_file(&bytes);
         let lazy = Index::decode(&bytes[..], Some((file.clone(), 0))).unwrap();
         let before = lazy.heap_bytes();
         let num = |n: f64| ValueKey::Num(NumKey::new(n));
@@ -832,12 +833,9 @@ mod tests {
     /// share it).
     #[test]
     fn a_damaged_section_is_repaired_before_a_checkpoints_copy_is_taken() {
-        use std::io::Write;
         let ix = sample(0..300);
         let bytes = encoded(&ix);
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(&bytes).unwrap();
-        let file = Arc::new(file);
+        let file = in_a_file(&bytes);
         let mut lazy = Index::decode(&bytes[..], Some((file.clone(), 0))).unwrap();
         let mut truth = ix.clone();
         insert_sample(&mut truth, 300);
