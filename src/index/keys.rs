@@ -321,20 +321,28 @@ fn scanned(slot: &Slot, values: &[ValueKey]) -> Option<Vec<Option<Posting>>> {
         .section
         .scan(|bytes| super::codec::find_in_section(bytes, values))
         .ok()?;
+    // Where each asked value is: an open's replay asks for many at once.
+    let mut at: FastMap<&ValueKey, Vec<usize>> = FastMap::default();
+    if !enc.queued.is_empty() {
+        for (i, v) in values.iter().enumerate() {
+            at.entry(v).or_default().push(i);
+        }
+    }
+    let asked = |v: &ValueKey| at.get(v).map_or(&[][..], Vec::as_slice);
     for op in &enc.queued {
         match op {
             Op::Add(v, id) => {
-                for (f, _) in found.iter_mut().zip(values).filter(|(_, w)| *w == v) {
-                    match f {
+                for &i in asked(v) {
+                    match &mut found[i] {
                         Some(p) => p.insert(*id),
-                        None => *f = Some(Posting::One(*id)),
+                        f @ None => *f = Some(Posting::One(*id)),
                     }
                 }
             }
             Op::Sub(v, id) => {
-                for (f, _) in found.iter_mut().zip(values).filter(|(_, w)| *w == v) {
-                    if f.as_mut().is_some_and(|p| p.remove(*id)) {
-                        *f = None;
+                for &i in asked(v) {
+                    if found[i].as_mut().is_some_and(|p| p.remove(*id)) {
+                        found[i] = None;
                     }
                 }
             }
