@@ -646,7 +646,7 @@ impl Store {
             checkpoint_after: None,
             ..options
         };
-        let guard = stall::Guard::new(options.stall_timeout)?;
+        let guard = stall::Guard::remote(options.stall_timeout)?;
         let eps = endpoints.to_vec();
         let backend = Arc::new(guard.run("open", move || {
             super::etcd_backend::EtcdBackend::connect(&eps, etcd)

@@ -19,11 +19,14 @@
 //!
 //! # The handoff
 //! A write hands its commit over and waits for it, so a park and a wake on
-//! each side would cost two thread wake-ups per write (about 15 µs on a
-//! 2-core VM, measured: `docs/write-path.md`). Both sides therefore poll
-//! for up to [`SPIN`] before they park: the storage thread for its next
-//! call, the caller for its result. Polling yields the CPU between looks,
-//! so other threads still run; it changes nothing about the stall limit,
+//! each side would cost two thread wake-ups per write (15 µs to over 100 µs
+//! each on a 2-core VM, depending on the host: `docs/write-path.md`). Both
+//! sides therefore poll before they park: the storage thread for its next
+//! call for [`SPIN`], a writer for its commit's answer for [`COMMIT_SPIN`],
+//! which outlasts a wake-up of the storage thread, so that a thread that
+//! parked between two writes costs the next write one wake-up, not two
+//! for every write after it. Polling yields the CPU between looks, so
+//! other threads still run; it changes nothing about the stall limit,
 //! which counts from the hand-over as before.
 //!
 //! # Work after the answer
@@ -55,19 +58,32 @@ use crate::error::{Error, Result};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// How long either side of a handoff polls before it parks: longer than a
-/// typical commit (the caller's wait) and than the gap between two writes'
-/// commits (the storage thread's wait for the next).
+/// How long the storage thread polls for its next call before it parks
+/// (longer than the gap between two writes' commits), and a caller for
+/// the answer to a call that is not a commit (a flush, an open).
 pub(crate) const SPIN: Duration = Duration::from_micros(100);
 
-/// Polls `ready` (yielding between looks) until it gives `Some`, or `SPIN`.
-fn poll<T>(mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+/// How long a writer polls for its commit's answer before it parks
+/// ([`Pending::wait_commit`]) on a local engine: longer than waking a
+/// parked storage thread takes. A commit's answer is microseconds away
+/// once the thread runs, but a thread that had parked first needs a
+/// wake-up, 100 µs or more on a 2-core VM whose other vCPU halted. A
+/// writer that parked after [`SPIN`] then needed a wake-up of its own,
+/// came back after the storage thread had parked again, and every later
+/// write paid both: 160–320 µs a param write instead of 17–30 µs, for the
+/// rest of the run (`docs/write-path.md`, stop 45). An engine whose commit
+/// is a network round trip (etcd: about a millisecond) answers after any
+/// such poll, so its writer polls [`SPIN`] (`Guard::remote`).
+pub(crate) const COMMIT_SPIN: Duration = Duration::from_millis(1);
+
+/// Polls `ready` (yielding between looks) until it gives `Some`, or `spin`.
+fn poll<T>(spin: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(t) = ready() {
             return Some(t);
         }
-        if start.elapsed() >= SPIN {
+        if start.elapsed() >= spin {
             return None;
         }
         std::thread::yield_now();
@@ -79,6 +95,8 @@ pub(crate) struct Guard {
     /// The storage thread's queue; `None` for an inline guard.
     jobs: Option<Mutex<Sender<Job>>>,
     limit: Duration,
+    /// How long a writer polls for its commit's answer.
+    commit_spin: Duration,
     /// What the storage thread runs (or ran last): a call stuck behind
     /// another's work is reported with the name of the work that is stuck.
     running: Arc<Mutex<&'static str>>,
@@ -89,6 +107,9 @@ pub(crate) struct Guard {
     failed: Arc<Mutex<Option<Failure>>>,
     #[cfg(debug_assertions)]
     fault: Option<(String, Mutex<u64>)>,
+    /// How long the last caller that parked had polled first.
+    #[cfg(test)]
+    parked_after: Mutex<Option<Duration>>,
 }
 
 /// Why the store refuses writes: the first failure, and whether it was a
@@ -117,14 +138,26 @@ struct Slot<R> {
 }
 
 impl Guard {
-    /// Starts the storage thread.
+    /// Starts the storage thread, for a local engine (a writer polls its
+    /// commit for [`COMMIT_SPIN`]).
     pub(crate) fn new(limit: Duration) -> Result<Guard> {
         Guard::spawn(
             "fleetkv-storage",
             limit,
+            COMMIT_SPIN,
             Arc::new(OnceLock::new()),
             Arc::new(Mutex::new(None)),
         )
+    }
+
+    /// Starts the storage thread, for an engine across the network (a
+    /// writer polls its commit for [`SPIN`]).
+    #[cfg(any(feature = "etcd", test))]
+    pub(crate) fn remote(limit: Duration) -> Result<Guard> {
+        Ok(Guard {
+            commit_spin: SPIN,
+            ..Guard::new(limit)?
+        })
     }
 
     /// A guard that runs calls on the caller's thread: for an engine that
@@ -133,11 +166,14 @@ impl Guard {
         Guard {
             jobs: None,
             limit,
+            commit_spin: SPIN,
             running: Arc::new(Mutex::new("")),
             stalled: Arc::new(OnceLock::new()),
             failed: Arc::new(Mutex::new(None)),
             #[cfg(debug_assertions)]
             fault: None,
+            #[cfg(test)]
+            parked_after: Mutex::new(None),
         }
     }
 
@@ -153,12 +189,19 @@ impl Guard {
                 ..Guard::inline(self.limit)
             });
         }
-        Guard::spawn(name, self.limit, self.stalled.clone(), self.failed.clone())
+        Guard::spawn(
+            name,
+            self.limit,
+            self.commit_spin,
+            self.stalled.clone(),
+            self.failed.clone(),
+        )
     }
 
     fn spawn(
         name: &str,
         limit: Duration,
+        commit_spin: Duration,
         stalled: Arc<OnceLock<(String, Duration)>>,
         failed: Arc<Mutex<Option<Failure>>>,
     ) -> Result<Guard> {
@@ -166,7 +209,7 @@ impl Guard {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || loop {
-                let job = match poll(|| match rx.try_recv() {
+                let job = match poll(SPIN, || match rx.try_recv() {
                     Ok(job) => Some(Some(job)),
                     Err(TryRecvError::Empty) => None,
                     Err(TryRecvError::Disconnected) => Some(None),
@@ -183,6 +226,7 @@ impl Guard {
         Ok(Guard {
             jobs: Some(Mutex::new(tx)),
             limit,
+            commit_spin,
             running: Arc::new(Mutex::new("")),
             stalled,
             failed,
@@ -191,6 +235,8 @@ impl Guard {
                 let (op, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
                 (op.to_string(), Mutex::new(n.parse().unwrap_or(1)))
             }),
+            #[cfg(test)]
+            parked_after: Mutex::new(None),
         })
     }
 
@@ -374,15 +420,33 @@ impl Guard {
 impl<R> Pending<'_, R> {
     /// The call's result, or [`Error::Stalled`] once it has run for the limit.
     pub(crate) fn wait(self) -> Result<R> {
+        self.wait_polling(SPIN)
+    }
+
+    /// [`wait`](Self::wait) for a commit: polls for [`COMMIT_SPIN`] (on an
+    /// engine across the network, `Guard::remote`: [`SPIN`]) before it
+    /// parks.
+    pub(crate) fn wait_commit(self) -> Result<R> {
+        let spin = self.guard.commit_spin;
+        self.wait_polling(spin)
+    }
+
+    fn wait_polling(self, spin: Duration) -> Result<R> {
         let deadline = self.started + self.guard.limit;
         let slot = &*self.slot;
-        if let Some(r) = poll(|| {
+        #[cfg(test)]
+        let polling = Instant::now();
+        if let Some(r) = poll(spin, || {
             slot.filled
                 .load(Ordering::Acquire)
                 .then(|| slot.result.lock().take())
                 .flatten()
         }) {
             return Ok(r);
+        }
+        #[cfg(test)]
+        {
+            *self.guard.parked_after.lock() = Some(polling.elapsed());
         }
         let mut done = slot.result.lock();
         loop {
@@ -457,6 +521,44 @@ mod tests {
             "{e}"
         );
         drop(tx);
+    }
+
+    /// A writer whose commit is answered after the storage thread woke up
+    /// must not park first, or it needs a wake-up of its own (see
+    /// [`COMMIT_SPIN`]); other calls, and commits across the network, park
+    /// sooner.
+    #[test]
+    fn a_commit_is_polled_for_longer_than_a_wake_up_takes_before_the_writer_parks() {
+        let g = Guard::new(Duration::from_secs(60)).unwrap();
+        let remote = Guard::remote(Duration::from_secs(60)).unwrap();
+        for (g, spin, commit) in [
+            (&g, SPIN, false),
+            (&g, COMMIT_SPIN, true),
+            (&remote, SPIN, true),
+        ] {
+            *g.parked_after.lock() = None;
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let pending = g.submit("commit", move || rx.recv().is_ok()).unwrap();
+            let answer = std::thread::scope(|s| {
+                // The answer comes only once the caller has parked.
+                s.spawn(|| {
+                    while g.parked_after.lock().is_none() {
+                        std::thread::yield_now();
+                    }
+                    let _ = tx.send(());
+                });
+                match commit {
+                    true => pending.wait_commit(),
+                    false => pending.wait(),
+                }
+            });
+            assert!(answer.unwrap());
+            let polled = g.parked_after.lock().unwrap();
+            assert!(polled >= spin, "polled {polled:?}, at least {spin:?}");
+        }
+        // A writer across the network parks after the short poll: its
+        // answer takes a round trip anyway.
+        assert_eq!(remote.commit_spin, SPIN);
     }
 
     #[test]

@@ -281,7 +281,7 @@ impl Store {
                     Ready::Swap(swap)
                 }
             };
-            let (ran, r) = committing.wait()?;
+            let (ran, r) = committing.wait_commit()?;
             if let (Some(t0), Some(t1)) = ran {
                 timing::mark_at("handoff to storage thread", t0);
                 timing::mark_at("engine commit", t1);
