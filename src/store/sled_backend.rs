@@ -429,7 +429,7 @@ mod tests {
         db.db.insert(b"c", b"changed after").unwrap();
         db.flush().unwrap();
         drop(db);
-        let db = SledBackend::open(Some(dir.path().into())).unwrap();
+        let db = reopen(dir.path()).unwrap();
         assert_eq!(db.revision().unwrap(), 4);
         assert_eq!(
             db.get(b"c").unwrap().as_deref(),
