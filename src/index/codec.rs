@@ -20,6 +20,7 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 
 use super::keys::{Bytes, FileSection, Keys, Released, Repacked, Section};
+use super::value::ValueRef;
 use super::values::Values;
 use super::{Index, NumKey, Posting, Postings, ValueKey};
 use crate::filter::{Field, Key};
@@ -163,9 +164,9 @@ impl Index {
 fn encode_section(out: &mut Vec<u8>, p: &Postings) {
     put_bitmap(out, &p.has);
     put_len(out, p.values.len());
-    for (value, posting) in p.values.iter() {
-        put_value(out, &value);
-        match &*posting {
+    p.values.for_each(|value, posting| {
+        put_value(out, value);
+        match posting {
             Posting::One(id) => {
                 out.push(0);
                 out.extend_from_slice(&id.to_le_bytes());
@@ -175,7 +176,7 @@ fn encode_section(out: &mut Vec<u8>, p: &Postings) {
                 put_bitmap(out, ids);
             }
         }
-    }
+    });
 }
 
 /// One key's postings from its section (all of `bytes`).
@@ -223,7 +224,7 @@ pub(super) fn find_in_section(
     let mut at: super::FastMap<Vec<u8>, Vec<usize>> = super::FastMap::default();
     for (i, v) in wanted.iter().enumerate() {
         let mut enc = Vec::new();
-        put_value(&mut enc, v);
+        put_value(&mut enc, v.view());
         at.entry(enc).or_default().push(i);
     }
     let mut found = vec![None; wanted.len()];
@@ -402,22 +403,28 @@ fn put_key(out: &mut Vec<u8>, k: &Key) {
     }
 }
 
-fn put_value(out: &mut Vec<u8>, v: &ValueKey) {
+fn put_value(out: &mut Vec<u8>, v: ValueRef<'_>) {
     match v {
-        ValueKey::Null => out.push(0),
-        ValueKey::Bool(b) => {
+        ValueRef::Null => out.push(0),
+        ValueRef::Bool(b) => {
             out.push(1);
-            out.push(u8::from(*b));
+            out.push(u8::from(b));
         }
-        ValueKey::Num(n) => {
+        ValueRef::Num(n) => {
             out.push(2);
-            out.extend_from_slice(&n.0 .0.to_bits().to_le_bytes());
+            out.extend_from_slice(&n.to_bits().to_le_bytes());
         }
-        ValueKey::Str(s) => {
+        ValueRef::Str(s) => {
             out.push(3);
-            put_str(out, &s.as_str());
+            put_str(out, s);
         }
-        ValueKey::Json(s) => {
+        // A string, written out as one (a key holds a UUID as its bytes).
+        ValueRef::Uuid(u) => {
+            out.push(3);
+            let mut buf = [0; uuid::fmt::Hyphenated::LENGTH];
+            put_str(out, u.hyphenated().encode_lower(&mut buf));
+        }
+        ValueRef::Json(s) => {
             out.push(4);
             put_str(out, s);
         }
@@ -673,6 +680,78 @@ mod tests {
             decode(&encoded(&Index::default())).unwrap(),
             Index::default()
         );
+    }
+
+    /// A section as written value by value from built keys, as
+    /// `encode_section` wrote it before it read packed values in place.
+    fn section_from_keys(p: &Postings) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_bitmap(&mut out, &p.has);
+        put_len(&mut out, p.values.len());
+        for (value, posting) in p.values.iter() {
+            put_value(&mut out, value.view());
+            match &*posting {
+                Posting::One(id) => {
+                    out.push(0);
+                    out.extend_from_slice(&id.to_le_bytes());
+                }
+                Posting::Many(ids) => {
+                    out.push(1);
+                    put_bitmap(&mut out, ids);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_packed_key_read_in_place_encodes_as_its_built_values_do() {
+        let mut values: Vec<ValueKey> = vec![
+            ValueKey::Null,
+            ValueKey::Bool(false),
+            ValueKey::Bool(true),
+            ValueKey::Json("[1,2]".into()),
+            ValueKey::Json("{\"a\":1}".into()),
+        ];
+        for i in 0..600u32 {
+            values.push(ValueKey::str(&format!("node-{i:05}")));
+            values.push(ValueKey::uuid(uuid::Uuid::from_u128(
+                u128::from(i) * 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835,
+            )));
+            values.push(ValueKey::Num(NumKey::new(f64::from(i) * -1.5 + 7.25)));
+        }
+        values.push(ValueKey::str(
+            "a text longer than an inline string's 24 bytes",
+        ));
+        values.sort();
+        values.dedup();
+        // Nearly all held by one id each (so the key packs), some by many.
+        let entries: Vec<(ValueKey, Posting)> = values
+            .into_iter()
+            .zip(0u32..)
+            .map(|(v, i)| match i % 20 {
+                0 => (v, Posting::from_bitmap((i..i + 3).collect()).unwrap()),
+                _ => (v, Posting::One(i)),
+            })
+            .collect();
+        let n = entries.len() as u32;
+        let p = Postings {
+            values: Values::from_sorted(entries),
+            has: (0..n + 2).collect(),
+        };
+        assert!(matches!(p.values, Values::Packed(_)));
+        let mut read_in_place = Vec::new();
+        encode_section(&mut read_in_place, &p);
+        assert_eq!(read_in_place, section_from_keys(&p));
+        let back = decode_section(&read_in_place).unwrap();
+        assert!(back.values == p.values && back.has == p.has);
+        // A UUID is written as the string it stands for.
+        let mut uuid = Vec::new();
+        put_value(&mut uuid, ValueKey::uuid(uuid::Uuid::nil()).view());
+        let text = uuid::Uuid::nil().to_string();
+        assert_eq!(uuid[0], 3);
+        assert_eq!(uuid[1..5], (text.len() as u32).to_le_bytes());
+        assert_eq!(&uuid[5..], text.as_bytes());
     }
 
     #[test]

@@ -97,6 +97,34 @@ impl ValueKey {
     }
 }
 
+/// A value read where it is stored, without building a [`ValueKey`]: from
+/// a key of a tree, or from a packed block's encoding in place (see
+/// `values::Values::for_each`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ValueRef<'a> {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(&'a str),
+    /// A string in a UUID's canonical form, as its 16 bytes.
+    Uuid(uuid::Uuid),
+    Json(&'a str),
+}
+
+impl ValueKey {
+    /// This key, borrowed as a [`ValueRef`].
+    pub(crate) fn view(&self) -> ValueRef<'_> {
+        match self {
+            ValueKey::Null => ValueRef::Null,
+            ValueKey::Bool(b) => ValueRef::Bool(*b),
+            ValueKey::Num(NumKey(Num(f))) => ValueRef::Num(*f),
+            ValueKey::Str(Text::Compact(s)) => ValueRef::Str(s.as_str()),
+            ValueKey::Str(Text::Uuid(u)) => ValueRef::Uuid(*u),
+            ValueKey::Json(s) => ValueRef::Json(s),
+        }
+    }
+}
+
 /// A string value's text, kept off the heap where it can be: up to 24
 /// bytes inline (compact_str), and a UUID in its canonical form (36
 /// characters, lowercase, hyphenated: every machine's `Uuid`) as its 16

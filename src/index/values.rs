@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
-use super::value::{NumKey, Text};
+use super::value::{NumKey, Text, ValueRef};
 use super::{Posting, ValueKey};
 
 /// A key with fewer values stays a tree.
@@ -140,6 +140,18 @@ impl Values {
     /// Every value in order.
     pub(crate) fn iter(&self) -> Range<'_> {
         self.range(RangeBound::Unbounded, RangeBound::Unbounded)
+    }
+
+    /// Every value in order with its posting, as [`iter`](Self::iter)
+    /// yields them, but borrowed: a packed value is read from its block's
+    /// encoding in place, with no [`ValueKey`] built for it. Writing a
+    /// checkpoint walks every value of every key: building each value took
+    /// most of the time of encoding a packed key.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(ValueRef<'_>, &Posting)) {
+        match self {
+            Values::Tree(t) => t.iter().for_each(|(v, p)| f(v.view(), p)),
+            Values::Packed(p) => p.blocks.values().for_each(|b| b.for_each(&mut f)),
+        }
     }
 
     /// The values between `lo` and `hi`, in order.
@@ -654,6 +666,25 @@ impl Block {
         (first.unwrap_or(ValueKey::Null), block)
     }
 
+    /// Each entry's value, read in place, and posting, in order.
+    fn for_each(&self, f: &mut impl FnMut(ValueRef<'_>, &Posting)) {
+        let bytes = &self.bytes;
+        let mut value = Vec::new();
+        let mut pos = 0;
+        while let Some(&shared) = bytes.get(pos) {
+            pos += 1;
+            let rest = get_varint(bytes, &mut pos) as usize;
+            value.truncate(usize::from(shared));
+            value.extend_from_slice(&bytes[pos..pos + rest]);
+            pos += rest;
+            let v = view_value(&value);
+            match Slot::of(get_varint(bytes, &mut pos)) {
+                Slot::One(id) => f(v, &Posting::One(id)),
+                Slot::Many(i) => f(v, &self.many[i]),
+            }
+        }
+    }
+
     fn iter(&self) -> BlockIter<'_> {
         BlockIter {
             block: self,
@@ -982,12 +1013,24 @@ fn encode_value(out: &mut Vec<u8>, v: &ValueKey) {
 }
 
 fn decode_value(bytes: &[u8]) -> ValueKey {
+    match view_value(bytes) {
+        ValueRef::Null => ValueKey::Null,
+        ValueRef::Bool(b) => ValueKey::Bool(b),
+        ValueRef::Num(f) => ValueKey::Num(NumKey::new(f)),
+        ValueRef::Str(s) => ValueKey::Str(Text::Compact(s.into())),
+        ValueRef::Uuid(u) => ValueKey::Str(Text::Uuid(u)),
+        ValueRef::Json(s) => ValueKey::Json(s.into()),
+    }
+}
+
+/// The value a block encoding holds, borrowed from it.
+fn view_value(bytes: &[u8]) -> ValueRef<'_> {
     let (tag, rest) = bytes.split_first().expect("a block value has a tag");
     let text = || std::str::from_utf8(rest).expect("a block holds the text it was given");
     match *tag {
-        NULL => ValueKey::Null,
-        FALSE => ValueKey::Bool(false),
-        TRUE => ValueKey::Bool(true),
+        NULL => ValueRef::Null,
+        FALSE => ValueRef::Bool(false),
+        TRUE => ValueRef::Bool(true),
         NUM => {
             let raw = rest.try_into().expect("a block number is 8 bytes");
             let ordered = u64::from_be_bytes(raw);
@@ -996,14 +1039,14 @@ fn decode_value(bytes: &[u8]) -> ValueKey {
             } else {
                 !ordered
             };
-            ValueKey::Num(NumKey::new(f64::from_bits(bits)))
+            ValueRef::Num(f64::from_bits(bits))
         }
-        STR => ValueKey::Str(Text::Compact(text().into())),
+        STR => ValueRef::Str(text()),
         UUID => {
             let raw = rest.try_into().expect("a block UUID is 16 bytes");
-            ValueKey::Str(Text::Uuid(uuid::Uuid::from_bytes(raw)))
+            ValueRef::Uuid(uuid::Uuid::from_bytes(raw))
         }
-        JSON => ValueKey::Json(text().into()),
+        JSON => ValueRef::Json(text()),
         t => unreachable!("block value tag {t}"),
     }
 }
