@@ -14,7 +14,7 @@
 //! its byte length and roaring's portable serialization; a string is its
 //! byte length and UTF-8.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -33,46 +33,104 @@ pub(crate) type DecodeError = String;
 /// byte.
 pub(crate) type InFile = (Arc<std::fs::File>, u64);
 
+/// Why an index could not be written out.
+#[derive(Debug)]
+pub(crate) enum EncodeError {
+    /// A key still in the last checkpoint file no longer reads back, and
+    /// there is no repair for it.
+    Key(DecodeError),
+    /// Where the encoding went refused it.
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for EncodeError {
+    fn from(e: std::io::Error) -> EncodeError {
+        EncodeError::Io(e)
+    }
+}
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EncodeError::Key(why) => why.fmt(f),
+            EncodeError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
 impl Index {
-    /// Appends this index's encoding to `out`. An untouched section still
+    /// Appends this index's encoding to `out`: [`encode_head`], the key
+    /// count, then [`encode_keys`].
+    ///
+    /// [`encode_head`]: Self::encode_head
+    /// [`encode_keys`]: Self::encode_keys
+    #[cfg(test)]
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.encode_head(out)?;
+        let count_at = out.len();
+        put_len(out, 0);
+        let count = self.encode_keys(out)?;
+        out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        Ok(())
+    }
+
+    /// Writes what comes before the key count: the universe and the
+    /// own-param bitmaps.
+    pub(crate) fn encode_head(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let mut head = Vec::new();
+        put_bitmap(&mut head, &self.universe);
+        put_len(&mut head, self.own.len());
+        for (name, ids) in &self.own {
+            put_str(&mut head, name);
+            put_bitmap(&mut head, ids);
+        }
+        out.write_all(&head)
+    }
+
+    /// Writes every key's section, in order, and returns how many it wrote
+    /// (the count the encoding holds before them, known only now: a key
+    /// whose repair finds it empty is left out). An untouched section still
     /// in a checkpoint file is copied as it is; one that no longer reads
     /// back as the open checked it is taken from its repair instead, and
     /// only without a repair (tests) does the encoding fail.
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
-        put_bitmap(out, &self.universe);
-        put_len(out, self.own.len());
-        for (name, ids) in &self.own {
-            put_str(out, name);
-            put_bitmap(out, ids);
-        }
-        let count_at = out.len();
-        put_len(out, 0);
+    pub(crate) fn encode_keys(&self, out: &mut impl Write) -> Result<u32, EncodeError> {
         let mut count = 0u32;
-        for (key, section) in self.keys.for_encoding() {
-            let key_at = out.len();
-            put_key(out, key);
-            let at = out.len();
-            put_len(out, 0);
-            match section {
-                Section::Raw(bytes) => match bytes.read() {
-                    Ok(raw) => out.extend_from_slice(&raw),
+        let (mut key_bytes, mut section) = (Vec::new(), Vec::new());
+        for (key, found) in self.keys.for_encoding() {
+            section.clear();
+            let raw;
+            let bytes: &[u8] = match found {
+                Section::Raw(b) => match b.read() {
+                    Ok(r) => {
+                        raw = r;
+                        &raw
+                    }
                     Err(why) => match self.keys.repaired(key) {
-                        Some(p) if !p.values.is_empty() => encode_section(out, p),
-                        Some(_) => {
-                            out.truncate(key_at);
-                            continue;
+                        Some(p) if !p.values.is_empty() => {
+                            encode_section(&mut section, p);
+                            &section
                         }
-                        None => return Err(format!("index checkpoint key {key:?} {why}")),
+                        Some(_) => continue,
+                        None => {
+                            return Err(EncodeError::Key(format!(
+                                "key {key:?} of the last checkpoint {why}"
+                            )))
+                        }
                     },
                 },
-                Section::Decoded(p) => encode_section(out, p),
-            }
-            let len = (out.len() - at - 4) as u32;
-            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                Section::Decoded(p) => {
+                    encode_section(&mut section, p);
+                    &section
+                }
+            };
+            key_bytes.clear();
+            put_key(&mut key_bytes, key);
+            put_len(&mut key_bytes, bytes.len());
+            out.write_all(&key_bytes)?;
+            out.write_all(bytes)?;
             count += 1;
         }
-        out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
-        Ok(())
+        Ok(count)
     }
 
     /// A copy to encode a checkpoint from without holding the state's lock:

@@ -34,6 +34,7 @@ use super::stall;
 use super::state::State;
 use super::write::{record, Apply};
 use crate::error::{Error, Result};
+use crate::index::EncodeError;
 use crate::model::{Profile, GLOBAL_PROFILE};
 use crate::watch::LOG_RETAIN;
 
@@ -229,24 +230,25 @@ impl Checkpoints {
         };
         #[cfg(test)]
         tests::encoding(&self.dir);
-        let mut bytes = checkpoint::encode(digest, &copy, rev, next_id);
+        let mut written = checkpoint::write_file(&self.dir, digest, &copy, rev, next_id);
         // Keys an import or the API grew as trees are packed from the copy
         // here, and adopted below where no write changed them since.
-        let repacked = (repack && bytes.is_ok()).then(|| copy.repack());
+        let repacked = (repack && written.is_ok()).then(|| copy.repack());
         drop(copy);
-        if bytes.is_err() {
+        if let Err(EncodeError::Key(_)) = written {
+            // From the state's own index instead, under its read lock.
             let st = state.read();
             rev = st.rev;
-            bytes = checkpoint::encode(digest, &st.machines, st.rev, st.next_id);
+            written = checkpoint::write_file(&self.dir, digest, &st.machines, st.rev, st.next_id);
         }
-        let bytes = bytes.map_err(|e| {
+        let written = written.map_err(|e| {
             Error::Storage(format!(
-                "encoding the index checkpoint in {}: a key of the last checkpoint {e}",
+                "writing the index checkpoint in {}: {e}",
                 self.dir.display()
             ))
         })?;
         flush()?;
-        checkpoint::write(&self.dir, &bytes).map_err(|e| {
+        written.install().map_err(|e| {
             Error::Storage(format!(
                 "writing the index checkpoint in {}: {e}",
                 self.dir.display()
