@@ -190,8 +190,8 @@ pub(super) struct Checkpoints {
 }
 
 impl Checkpoints {
-    /// Encodes `state`'s index, makes its revision durable with `flush`,
-    /// then writes the file.
+    /// Encodes `state`'s index into the temporary file, makes its revision
+    /// durable with `flush`, then puts the file in place.
     ///
     /// The encoding works on a copy taken under the state's read lock that
     /// shares every key with the index ([`Index::for_checkpoint`]): writes
@@ -203,8 +203,8 @@ impl Checkpoints {
     /// values grown as a tree (by imports or API writes) is a map of one
     /// entry per machine, so copying it costs far more: hence `repack`.
     /// Only when a section of the last checkpoint no longer reads back is
-    /// the index encoded under the lock, where the key is built from the
-    /// records.
+    /// the index encoded (and its file written) under the lock, where the
+    /// key is built from the records.
     ///
     /// With `repack`, keys grown as trees whose values call for packed
     /// blocks are packed from the copy after the encoding and adopted
