@@ -11,6 +11,8 @@
 
 #[path = "../benches/support/fleet.rs"]
 mod fleet;
+#[path = "../benches/support/watchdog.rs"]
+mod watchdog;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -660,23 +662,10 @@ fn group_figures(store: &Store, sql: &fleet::Sqlite) -> Vec<ChartRow> {
 }
 
 /// Resident set size from /proc (0 where there is none).
-/// CPU time of the whole process (every thread, user and system) so far,
-/// from `/proc/self/stat` (in USER_HZ ticks: 100 a second on Linux).
+/// CPU time of this process (every thread, user and system) so far, in
+/// seconds (`/proc/self/stat` counts USER_HZ ticks: 100 a second on Linux).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
+    watchdog::cpu_ticks(std::process::id()) as f64 / 100.0
 }
 
 fn rss_bytes() -> i64 {

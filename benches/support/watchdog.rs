@@ -1,6 +1,7 @@
 //! Watching a child process for a hang, shared by `examples/stress_import.rs`
 //! and `tests/import_hang.rs`: its CPU time (a deadlocked process uses
-//! none) and, when it is stuck, every thread's stack from gdb.
+//! none) and, when it is stuck, every thread's stack from gdb. The
+//! membership report reads its own CPU time here too.
 #![allow(dead_code)]
 
 use std::process::{Command, Stdio};
