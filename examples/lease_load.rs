@@ -11,6 +11,9 @@
 //!
 //! `cargo run --release --example lease_load -- [--leases N] [--seconds D]`
 
+#[path = "../benches/support/watchdog.rs"]
+mod watchdog;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,14 +30,10 @@ fn arg(name: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
-/// User + system CPU seconds of this process so far.
+/// User + system CPU seconds of this process so far (USER_HZ ticks: 100
+/// a second on Linux).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the `)`.
-    (ticks(11) + ticks(12)) / 100.0
+    watchdog::cpu_ticks(std::process::id()) as f64 / 100.0
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
