@@ -668,19 +668,11 @@ impl Block {
 
     /// Each entry's value, read in place, and posting, in order.
     fn for_each(&self, f: &mut impl FnMut(ValueRef<'_>, &Posting)) {
-        let bytes = &self.bytes;
-        let mut value = Vec::new();
-        let mut pos = 0;
-        while let Some(&shared) = bytes.get(pos) {
-            pos += 1;
-            let rest = get_varint(bytes, &mut pos) as usize;
-            value.truncate(usize::from(shared));
-            value.extend_from_slice(&bytes[pos..pos + rest]);
-            pos += rest;
-            let v = view_value(&value);
-            match Slot::of(get_varint(bytes, &mut pos)) {
-                Slot::One(id) => f(v, &Posting::One(id)),
-                Slot::Many(i) => f(v, &self.many[i]),
+        let mut entries = self.iter();
+        while let Some((value, slot)) = entries.next_encoded() {
+            match slot {
+                Slot::One(id) => f(view_value(value), &Posting::One(id)),
+                Slot::Many(i) => f(view_value(value), &self.many[i]),
             }
         }
     }
@@ -939,7 +931,9 @@ struct BlockIter<'a> {
 }
 
 impl BlockIter<'_> {
-    fn next_raw(&mut self) -> Option<(ValueKey, Slot)> {
+    /// Steps to the next entry: its value's encoding (borrowed until the
+    /// next step) and its posting's slot.
+    fn next_encoded(&mut self) -> Option<(&[u8], Slot)> {
         let bytes = &self.block.bytes;
         let shared = *bytes.get(self.pos)? as usize;
         self.pos += 1;
@@ -948,14 +942,13 @@ impl BlockIter<'_> {
         self.value
             .extend_from_slice(&bytes[self.pos..self.pos + rest]);
         self.pos += rest;
-        let v = decode_value(&self.value);
-        let post = get_varint(bytes, &mut self.pos);
-        let slot = if post & 1 == 0 {
-            Slot::One((post >> 1) as u32)
-        } else {
-            Slot::Many((post >> 1) as usize)
-        };
-        Some((v, slot))
+        let slot = Slot::of(get_varint(bytes, &mut self.pos));
+        Some((&self.value, slot))
+    }
+
+    fn next_raw(&mut self) -> Option<(ValueKey, Slot)> {
+        self.next_encoded()
+            .map(|(value, slot)| (decode_value(value), slot))
     }
 }
 
