@@ -774,7 +774,7 @@ mod tests {
         for i in 0..600u32 {
             values.push(ValueKey::str(&format!("node-{i:05}")));
             values.push(ValueKey::uuid(uuid::Uuid::from_u128(
-                u128::from(i) * 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835,
+                u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
             )));
             values.push(ValueKey::Num(NumKey::new(f64::from(i) * -1.5 + 7.25)));
         }
