@@ -1,8 +1,8 @@
 //! Prints fleetkv's membership figures next to its peers, measured in one run
 //! on one machine: count and list for five queries against a reference scan,
 //! SQLite with expression indexes, and raw roaring bitmaps (the floor); then
-//! bulk import against raw sled batches, rebuild on open, index memory and
-//! write costs.
+//! bulk import against raw sled batches (time and CPU time), rebuild on
+//! open, index memory, the index checkpoint and write costs.
 //!
 //! `cargo run --release --example membership_report -- --machines 100000`
 //! (`--help` for the options; `--features write-timing` adds the per-stage
