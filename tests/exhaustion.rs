@@ -580,7 +580,10 @@ fn a_write_readers_were_shown_survives_its_failed_flush_and_recover() {
     // A reader is shown the write whose flush failed.
     let name = format!("m-{i}");
     assert_eq!(store.machines().get(&name).unwrap().name, name);
-    assert!(store.failure().is_some());
+    assert!(
+        store.failure().is_some(),
+        "the write's failure ({e}) left the store accepting writes"
+    );
 
     std::fs::remove_file(ballast).unwrap();
     assert!(store.recover().unwrap());
