@@ -241,19 +241,15 @@ impl Checkpoints {
             rev = st.rev;
             written = checkpoint::write_file(&self.dir, digest, &st.machines, st.rev, st.next_id);
         }
-        let written = written.map_err(|e| {
+        let failed = |e: &dyn std::fmt::Display| {
             Error::Storage(format!(
                 "writing the index checkpoint in {}: {e}",
                 self.dir.display()
             ))
-        })?;
+        };
+        let written = written.map_err(|e| failed(&e))?;
         flush()?;
-        written.install().map_err(|e| {
-            Error::Storage(format!(
-                "writing the index checkpoint in {}: {e}",
-                self.dir.display()
-            ))
-        })?;
+        written.install().map_err(|e| failed(&e))?;
         self.pending.fetch_sub(
             covered.min(self.pending.load(Ordering::Acquire)),
             Ordering::AcqRel,
