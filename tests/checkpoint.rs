@@ -320,6 +320,50 @@ fn a_checkpoint_the_trimmed_log_cannot_bridge_is_refused() {
     s.verify_indexes().unwrap();
 }
 
+/// Until the next checkpoint is in place, the log keeps every record after
+/// the one in place, however far past its retention: the next open (here
+/// after a close that writes none) brings that checkpoint forward instead
+/// of reading every machine. Once the log holds four times its retention
+/// it lets go (a checkpoint that keeps failing must not grow it for good),
+/// and the open rebuilds.
+#[test]
+fn the_log_keeps_what_the_checkpoint_in_place_needs_up_to_four_times_its_retention() {
+    for (writes, bridged) in [(30, true), (60, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        fleet(dir.path());
+        {
+            // Checkpoints after a million machines' writes: none is written.
+            let s = open_with(
+                dir.path(),
+                Options {
+                    log_retain: 10,
+                    checkpoint_after: Some(1_000_000),
+                    ..Options::default()
+                },
+            );
+            for i in 0..writes {
+                s.machines()
+                    .set_param("node-0001", "rack", json!(i % 7))
+                    .unwrap();
+            }
+        }
+        let s = open(dir.path());
+        match bridged {
+            true => assert!(
+                matches!(s.recovery(), Recovery::Checkpoint { events, .. } if *events == writes),
+                "{writes} writes: {:?}",
+                s.recovery()
+            ),
+            false => assert!(
+                matches!(s.recovery(), Recovery::Rebuilt { refused: Some(why) } if why.contains("change log")),
+                "{writes} writes: {:?}",
+                s.recovery()
+            ),
+        }
+        s.verify_indexes().unwrap();
+    }
+}
+
 /// An open reads the checkpoint while the engine opens, before it has the
 /// directory's lock; a checkpoint written meanwhile by the store holding
 /// the lock is the one it uses (the one it read first is past the trimmed
@@ -386,10 +430,10 @@ fn a_section_changed_on_disk_after_the_open_is_built_from_the_records() {
     s.verify_indexes().unwrap();
 }
 
-/// A running store writes a checkpoint itself once the log is half way to
-/// forgetting the last one.
+/// A running store writes a checkpoint itself once what the next open
+/// would replay reaches the log's retention.
 #[test]
-fn a_busy_store_checkpoints_before_its_log_forgets() {
+fn a_busy_store_checkpoints_once_its_replay_reaches_the_retention() {
     let dir = tempfile::tempdir().unwrap();
     fleet(dir.path());
     let s = open_with(
@@ -406,8 +450,8 @@ fn a_busy_store_checkpoints_before_its_log_forgets() {
             .set_param("node-0001", "rack", json!(i % 7))
             .unwrap();
     }
-    // Before any close, in the background: a checkpoint the log still
-    // bridges to (its header holds its revision at bytes 28..36).
+    // Before any close, in the background: a checkpoint at most the
+    // retention behind (its header holds its revision at bytes 28..36).
     let bridged = |at: u64| at > start && s.revision() - at <= 200;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let at = loop {

@@ -66,8 +66,10 @@ pub struct Options {
     /// only. The next open reads the checkpoint and replays the writes after
     /// it instead of reading every machine. `None`: never write one (an open
     /// still uses one that exists). A running store also writes one when
-    /// the count reaches half the change log's retention, so that the log
-    /// can always bridge from the last checkpoint.
+    /// the count reaches the change log's retention, and until it is in
+    /// place the log keeps every record after the last one (until it holds
+    /// four times its retention), so that the next open can always bridge
+    /// from it.
     pub checkpoint_after: Option<u64>,
     /// The longest TTL a lease may be granted ([`crate::Leases::grant`]).
     pub max_lease_ttl: std::time::Duration,
@@ -183,6 +185,10 @@ pub(super) struct Checkpoints {
     /// in machines to index again ([`checkpoint::replay_cost`]; a large
     /// number when there is no checkpoint this store can use).
     pending: AtomicU64,
+    /// The revision of the checkpoint in place that the log must bridge
+    /// from, [`NO_PIN`] when none: the log keeps every record after it
+    /// ([`Inner::log_pin`]).
+    pinned: AtomicU64,
     /// A background checkpoint is under way.
     running: AtomicBool,
     /// One checkpoint encoded and written at a time, in revision order.
@@ -250,6 +256,7 @@ impl Checkpoints {
         let written = written.map_err(|e| failed(&e))?;
         flush()?;
         written.install().map_err(|e| failed(&e))?;
+        self.pinned.store(rev, Ordering::Release);
         self.pending.fetch_sub(
             covered.min(self.pending.load(Ordering::Acquire)),
             Ordering::AcqRel,
@@ -268,6 +275,17 @@ impl Checkpoints {
 
 /// `pending` when no usable checkpoint exists: due at the first chance.
 const NO_CHECKPOINT: u64 = u64::MAX / 4;
+
+/// `pinned` when the log need not bridge from any checkpoint.
+const NO_PIN: u64 = u64::MAX;
+
+/// What `pinned` starts as after an open's recovery.
+fn pin_of(recovery: &Recovery) -> u64 {
+    match recovery {
+        Recovery::Checkpoint { revision, .. } => *revision,
+        Recovery::Rebuilt { .. } => NO_PIN,
+    }
+}
 
 impl Drop for Inner {
     /// Closed already when the users' last handle dropped; again here for
@@ -346,6 +364,20 @@ impl Inner {
 }
 
 impl Inner {
+    /// The revision after which a write's trim keeps every log record: the
+    /// checkpoint's in place, which the next open brings forward by
+    /// replaying them. Only for a store that writes checkpoints and whose
+    /// engine it does not share (each etcd transaction stays within its
+    /// operation limit by trimming every write); [`NO_PIN`] otherwise.
+    pub(super) fn log_pin(&self) -> u64 {
+        match &self.checkpoints {
+            Some(c) if !self.shared && self.options.checkpoint_after.is_some() => {
+                c.pinned.load(Ordering::Acquire)
+            }
+            _ => NO_PIN,
+        }
+    }
+
     fn checkpoint_due(&self, after: Option<u64>) -> bool {
         match (&self.checkpoints, after) {
             (Some(c), Some(after)) => {
@@ -703,6 +735,7 @@ impl Store {
             Recovery::Checkpoint { events, .. } => events,
             Recovery::Rebuilt { .. } => NO_CHECKPOINT,
         };
+        let pinned = pin_of(&recovery);
         let rev = state.rev;
         let shared = backend.shared();
         let flusher = guard.sibling("fleetkv-flush")?;
@@ -721,6 +754,7 @@ impl Store {
                 Arc::new(Checkpoints {
                     dir,
                     pending: AtomicU64::new(pending),
+                    pinned: AtomicU64::new(pinned),
                     running: AtomicBool::new(false),
                     writing: Mutex::new(()),
                 })
@@ -958,6 +992,7 @@ impl Store {
                 Recovery::Rebuilt { .. } => NO_CHECKPOINT,
             };
             c.pending.store(pending, Ordering::Release);
+            c.pinned.store(pin_of(&recovery), Ordering::Release);
         }
         *st = state;
         *trim = changelog::Trim::default();
@@ -1001,9 +1036,11 @@ impl Store {
     }
 
     /// Counts a write's replay cost toward the next checkpoint, and starts
-    /// one in the background when the cost reaches half the change log's
-    /// retention (by then the log may soon no longer bridge from the last).
-    /// The write that crosses the mark does not wait for it.
+    /// one in the background when the cost reaches the change log's
+    /// retention: what the next open would replay stays bounded. The log
+    /// bridges from the last checkpoint however long this one takes: it
+    /// keeps the records after it ([`Inner::log_pin`]). The write that
+    /// crosses the mark does not wait for it.
     pub(super) fn note_written(&self, cost: u64) {
         let inner = &self.inner;
         let Some(c) = &inner.checkpoints else {
@@ -1011,7 +1048,7 @@ impl Store {
         };
         c.pending.fetch_add(cost, Ordering::Relaxed);
         let mark =
-            (inner.options.log_retain as u64 / 2).max(inner.options.checkpoint_after.unwrap_or(0));
+            (inner.options.log_retain as u64).max(inner.options.checkpoint_after.unwrap_or(0));
         if inner.options.checkpoint_after.is_none()
             || !inner.checkpoint_due(Some(mark))
             || c.running.swap(true, Ordering::AcqRel)

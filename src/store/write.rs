@@ -241,8 +241,11 @@ impl Store {
                 &mut batch,
                 &changes,
                 log,
-                self.inner.options.log_retain,
-                shared,
+                changelog::Retention {
+                    retain: self.inner.options.log_retain,
+                    pin: self.inner.log_pin(),
+                    shared,
+                },
             )?;
             // What a checkpoint no longer covers: the machines by their
             // records' keys (no lookup of each by Uuid after the apply).
