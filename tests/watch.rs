@@ -18,6 +18,7 @@ on_each_engine!(
     count_wait_is_a_barrier,
     wait_machine_wakes_when_it_matches,
     concurrent_writers_and_watchers_lose_nothing,
+    a_create_reads_back_as_it_was_however_the_machine_changed_since,
 );
 
 fn member(name: &str, profile: &str) -> Machine {
@@ -321,5 +322,56 @@ fn concurrent_writers_and_watchers_lose_nothing(e: Engine) {
             Some(f) => assert_eq!(&names, f, "every watcher sees one order"),
             None => first = Some(names),
         }
+    }
+}
+
+/// A machine's create event names its record rather than copying it: a
+/// watch behind it still gets each machine as it was created, whether the
+/// machine is unchanged, changed by a param write (logged as an undo
+/// patch), replaced, deleted, or deleted and created again.
+fn a_create_reads_back_as_it_was_however_the_machine_changed_since(e: Engine) {
+    let s = e.store();
+    let start = s.revision() + 1;
+    let machine = |i: u128, rack: i64| {
+        let mut m = Machine::new(format!("n{i}"));
+        m.uuid = uuid::Uuid::from_u128(0xfeed_0000_0000_4000_8000_0000_0000_0000 | i);
+        m.params.insert("rack".into(), json!(rack));
+        m
+    };
+    s.machines()
+        .import((0..5).map(|i| machine(i, i as i64)).collect())
+        .unwrap();
+    s.machines().create(machine(5, 5)).unwrap();
+    let as_created: Vec<serde_json::Value> = (0..6)
+        .map(|i| serde_json::to_value(s.machines().get(&format!("n{i}")).unwrap()).unwrap())
+        .collect();
+    s.machines().set_param("n1", "rack", json!(11)).unwrap();
+    s.machines().replace("n2", machine(2, 22)).unwrap();
+    s.machines().delete("n3").unwrap();
+    s.machines().delete("n4").unwrap();
+    let again = s.machines().create(machine(4, 44)).unwrap();
+    s.machines().set_param("n5", "rack", json!(55)).unwrap();
+    s.machines().remove_param("n5", "rack").unwrap();
+    // Twice: a watch that reads all at once, and one read again from each
+    // create (the second starts past the changes it resolves through).
+    let mut w = s.watch(Some(Kind::Machine), None, Some(start)).unwrap();
+    let mut creates = Vec::new();
+    while let Some(e) = w.poll().unwrap() {
+        if e.action == Action::Create {
+            creates.push(e);
+        }
+    }
+    let mut want = as_created.clone();
+    want.push(serde_json::to_value(&again).unwrap());
+    let got: Vec<serde_json::Value> = creates.iter().map(|e| e.object.clone()).collect();
+    assert_eq!(got, want);
+    for (c, want) in creates.iter().zip(&want) {
+        let mut w = s
+            .watch(Some(Kind::Machine), None, Some(c.revision))
+            .unwrap();
+        let e = std::iter::from_fn(|| w.poll().unwrap())
+            .find(|e| (e.revision, e.seq) == (c.revision, c.seq))
+            .unwrap();
+        assert_eq!(&e.object, want, "{}", c.key);
     }
 }

@@ -12,8 +12,10 @@
 //! # Records
 //! A write's events are stored in records of consecutive events of its
 //! revision, each at most [`RECORD_BYTES`] unless one event alone is larger:
-//! a param write is one record of one event, an import of 10,000 of the
-//! report's machines (about 500 bytes an event) about 850 records. The
+//! a param write is one record of one event, an import of 10,000 new
+//! machines about 200 (a machine's create names its record, about 125
+//! bytes an event: `crate::watch`), of 10,000 replaced ones more (each
+//! update holds the machine after and before). The
 //! engine's cost of a write follows its records, not its events (a 100k
 //! import committed in 0.9–1.4 s more than its index build took with one
 //! record per event, 0.06–0.11 s more with records; `docs/write-path.md`,
@@ -23,11 +25,12 @@
 //! length (u32, big-endian). A store written before records had one event per key,
 //! without a count; both are read, and the old ones leave as they are
 //! trimmed. A record of 2 KiB of events or more is stored compressed, as
-//! one LZ4 block ([`packed`]): an import's events repeat its machines'
-//! records, and compressed they add about a fifth to the bytes the import
-//! writes instead of doubling them (a 100k import in raw sled batches:
-//! documents 0.86–1.13 s, with plain records 1.29–1.40 s, with compressed
-//! ones 1.12–1.23 s). LZ4 because it compresses at memory speed (lz4_flex,
+//! one LZ4 block ([`packed`]): an import's events repeated its machines'
+//! records before creates named them, and compressed they added about a
+//! fifth to the bytes the import writes instead of doubling them (a 100k
+//! import in raw sled batches: documents 0.86–1.13 s, with plain records
+//! 1.29–1.40 s, with compressed ones 1.12–1.23 s); a replacing import's
+//! updates still do. LZ4 because it compresses at memory speed (lz4_flex,
 //! in safe Rust); what a better ratio would save is smaller than what the
 //! slower compressor would cost on the writer's critical path.
 //!
@@ -1098,14 +1101,19 @@ mod tests {
         let machines: Vec<Machine> = (0..200)
             .map(|i| {
                 let mut m = Machine::new(format!("node-{i:04}"));
+                m.uuid = uuid::Uuid::from_u128(i + 1);
                 m.params.insert("rack".into(), json!(i % 7));
                 m
             })
             .collect();
+        // Created, then replaced: creates name their records, and the
+        // replacing import's updates hold each machine twice.
+        s.machines().import(machines.clone()).unwrap();
+        let replacing = s.revision() + 1;
         s.machines().import(machines).unwrap();
         let stored: Vec<Vec<u8>> = s
             .backend()
-            .scan(LOG_PREFIX, LOG_PREFIX)
+            .scan(LOG_PREFIX, &log_key(replacing, 0))
             .map(|kv| kv.unwrap().1)
             .collect();
         assert!(stored.len() > 2, "{} records", stored.len());
@@ -1122,10 +1130,13 @@ mod tests {
             "{packed_bytes} of {events} bytes"
         );
         // Every machine's event comes back from the log, in order.
-        let logged: Vec<Vec<u8>> = s.backend().changes(0, 0).map(|e| e.unwrap().1).collect();
-        // (The store's first write, before the import, made `global`.)
-        assert_eq!(logged.len(), 201);
-        for (i, event) in logged[1..].iter().enumerate() {
+        let logged: Vec<Vec<u8>> = s
+            .backend()
+            .changes(replacing, 0)
+            .map(|e| e.unwrap().1)
+            .collect();
+        assert_eq!(logged.len(), 200);
+        for (i, event) in logged.iter().enumerate() {
             let name = format!("node-{i:04}");
             assert!(
                 event.windows(name.len()).any(|w| w == name.as_bytes()),
@@ -1271,14 +1282,20 @@ mod tests {
     #[test]
     fn a_revision_trimmed_in_part_is_not_replayed() {
         for (name, s) in stores(6) {
-            // Events of about 2.2 KB: two to a record.
-            let big = json!("x".repeat(1_900));
+            // Update events of about 2.2 KB (the machine after and before
+            // the write): two to a record.
+            let big = json!("x".repeat(900));
             let machines = (0..8).map(|i| {
                 let mut m = Machine::new(format!("m{i}"));
+                m.uuid = uuid::Uuid::from_u128(i + 1);
                 m.params.insert("big".into(), big.clone());
                 m
             });
-            s.machines().import(machines.collect()).unwrap();
+            // Created, then replaced: the replacing import's updates hold
+            // each machine whole.
+            let machines: Vec<Machine> = machines.collect();
+            s.machines().import(machines.clone()).unwrap();
+            s.machines().import(machines).unwrap();
             let split = s.revision();
             let counts: Vec<u32> = records(&s)
                 .iter()

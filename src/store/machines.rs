@@ -60,6 +60,17 @@ impl Store {
         Ok((decode(&key, &bytes)?, bytes))
     }
 
+    /// Machine `id`'s record and the revision of the write that wrote it
+    /// (its `Revision`), if there is one.
+    pub(crate) fn machine_record_of(&self, id: u32) -> Result<Option<(Vec<u8>, u64)>> {
+        let key = machine_key(id);
+        let Some(bytes) = self.backend().get(&key)? else {
+            return Ok(None);
+        };
+        let revision = MachineDoc::scan(&key, &bytes)?.revision;
+        Ok(Some((bytes, revision)))
+    }
+
     /// The record of an indexed machine, under `key`.
     fn machine_record(&self, key: &[u8]) -> Result<Vec<u8>> {
         let got = self.backend().get(key)?;

@@ -15,7 +15,7 @@
 use super::backend::Batch;
 use super::changelog;
 use super::checkpoint;
-use super::layout::{encode, kind_of_key};
+use super::layout::{encode, kind_of_key, machine_id_of};
 use super::open::Store;
 use super::rebuild::load_state;
 use super::snapshot::Changed;
@@ -23,7 +23,7 @@ use super::state::State;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::timing;
-use crate::watch::{Action, Change, Previous};
+use crate::watch::{Action, Change, Object, Previous};
 
 /// How many times a write on a shared engine is planned before a lost
 /// revision race is returned ([`Error::RevisionMismatch`]).
@@ -121,7 +121,8 @@ pub(super) fn record<T: serde::Serialize>(
 /// Stages an object's new record (`bytes`) and its change event, given
 /// what the event keeps of the previous object (`None`: a create): the
 /// previous record's bytes as read, not a second encoding of the old
-/// object, or the patch that undoes the write.
+/// object, or the patch that undoes the write. A machine's create event
+/// names its record instead of holding a copy of it (`watch::created`).
 pub(super) fn stage(
     batch: &mut Batch,
     log: &mut Vec<Change>,
@@ -130,15 +131,16 @@ pub(super) fn stage(
     bytes: Vec<u8>,
     previous: Option<Previous>,
 ) {
+    let (action, object) = match (&previous, machine_id_of(key)) {
+        (Some(_), _) => (Action::Update, Object::Bytes(bytes.clone())),
+        (None, Some(id)) => (Action::Create, Object::Record(id)),
+        (None, None) => (Action::Create, Object::Bytes(bytes.clone())),
+    };
     log.push(Change {
         kind: kind_of_key(key),
         key: name.to_string(),
-        action: if previous.is_some() {
-            Action::Update
-        } else {
-            Action::Create
-        },
-        object: bytes.clone(),
+        action,
+        object,
         previous,
     });
     batch.put(key, bytes);
@@ -157,7 +159,7 @@ pub(super) fn erase<T: serde::Serialize>(
         kind: kind_of_key(key),
         key: name.to_string(),
         action: Action::Delete,
-        object: encode(old),
+        object: Object::Bytes(encode(old)),
         previous: None,
     });
 }

@@ -194,8 +194,11 @@ struct Head<'a> {
     key: std::borrow::Cow<'a, str>,
     #[serde(rename = "Action")]
     action: Action,
-    #[serde(rename = "Object", borrow)]
-    object: &'a RawValue,
+    #[serde(rename = "Object", borrow, default)]
+    object: Option<&'a RawValue>,
+    /// A machine's create logged by reference ([`super::created`]).
+    #[serde(rename = "Record", default)]
+    record: Option<u32>,
     #[serde(rename = "Previous", borrow, default)]
     previous: Option<&'a RawValue>,
     #[serde(rename = "Undo", borrow, default)]
@@ -375,11 +378,13 @@ impl MemberWatch {
             return Ok(Some(out));
         }
         let start = (after + 1, 0);
-        let backend = self.store()?.backend();
+        let store = self.store()?;
+        let backend = store.backend();
+        let mut later = super::created::Later::default();
         let mut first = true;
         for item in backend.changes(start.0, 0) {
             let (k, v) = item?;
-            let Some((rev, _)) = log_position(&k) else {
+            let Some((rev, seq)) = log_position(&k) else {
                 continue;
             };
             if first && (rev, 0) != start && !self.reaches(start)? {
@@ -402,12 +407,30 @@ impl MemberWatch {
                 Kind::Profile | Kind::Param => Uuid::nil(),
             };
             let machine = head.kind == Kind::Machine;
+            let corrupt = |reason: String| Error::Corrupt {
+                key: format!("change log {rev}.{seq}"),
+                reason,
+            };
+            let object = match (machine, head.object, head.record) {
+                (false, _, _) => RawValue::NULL.to_owned(),
+                (true, Some(object), None) => object.to_owned(),
+                (true, None, Some(id)) => {
+                    let object =
+                        super::created::object(store, id, &head.key, (rev, seq), &mut later)?;
+                    serde_json::value::to_raw_value(&object).map_err(|e| corrupt(e.to_string()))?
+                }
+                (true, _, _) => {
+                    return Err(corrupt(
+                        "an event needs exactly one of Object and Record".into(),
+                    ))
+                }
+            };
             out.push(Logged {
                 rev,
                 kind: head.kind,
                 uuid,
                 action: head.action,
-                object: if machine { head.object } else { RawValue::NULL }.to_owned(),
+                object,
                 previous: head.previous.filter(|_| machine).map(RawValue::to_owned),
                 undo: head.undo.filter(|_| machine).map(RawValue::to_owned),
             });

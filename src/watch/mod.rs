@@ -14,7 +14,10 @@
 //! keys it by revision and sequence), holding the object after the write and
 //! (for updates and deletes) before it: whole, or for a machine's param
 //! write as the patch that undoes it (`Undo`), which the log's
-//! reader applies so an [`Event`] always carries it whole. Jobs
+//! reader applies so an [`Event`] always carries it whole. A machine's
+//! create names the machine's record instead of holding a copy, and the
+//! reader reads the object back from the record or from the machine's
+//! next event ([`created`]). Jobs
 //! are logged too, as creates of
 //! [`Kind::Job`]: a watch of every kind sees them; a filter cannot apply to
 //! them. The log keeps at least the newest [`LOG_RETAIN`] events (it trims
@@ -31,6 +34,7 @@
 //! moves machines in or out of a filter through their effective params is
 //! one profile event, not one event per machine.
 
+mod created;
 mod members;
 
 use std::time::{Duration, Instant};
@@ -92,8 +96,18 @@ pub(crate) struct Change {
     pub(crate) kind: Kind,
     pub(crate) key: String,
     pub(crate) action: Action,
-    pub(crate) object: Vec<u8>,
+    pub(crate) object: Object,
     pub(crate) previous: Option<Previous>,
+}
+
+/// What an event keeps of the object after the write.
+pub(crate) enum Object {
+    /// Its stored bytes.
+    Bytes(Vec<u8>),
+    /// A machine's create: the number of its record (its id), which the
+    /// same batch writes; the log's reader reads the object from there, or
+    /// from the machine's next event once it changed ([`created`]).
+    Record(u32),
 }
 
 /// What an update's event keeps of the object before the write.
@@ -121,8 +135,10 @@ struct Stored {
     key: String,
     #[serde(rename = "Action")]
     action: Action,
-    #[serde(rename = "Object")]
-    object: Value,
+    #[serde(rename = "Object", default)]
+    object: Option<Value>,
+    #[serde(rename = "Record", default)]
+    record: Option<u32>,
     #[serde(rename = "Previous", default)]
     previous: Option<Value>,
     #[serde(rename = "Undo", default)]
@@ -139,8 +155,10 @@ fn undone(mut object: Value, undo: &json_patch::Patch) -> std::result::Result<Va
 
 /// Reads an event as the change log stores it (`key`: its log key, named
 /// in errors). An update stored with the patch that undoes it gets its
-/// previous object back by applying the patch to a copy of its object.
-pub(crate) fn decode_event(key: &[u8], bytes: &[u8]) -> Result<Event> {
+/// previous object back by applying the patch to a copy of its object. A
+/// machine's create logged by reference comes back with a null object and
+/// its record's number, for [`created::object`] to read.
+pub(crate) fn decode_event(key: &[u8], bytes: &[u8]) -> Result<(Event, Option<u32>)> {
     let corrupt = |reason: String| Error::Corrupt {
         key: match log_position(key) {
             Some((rev, seq)) => format!("change log {rev}.{seq}"),
@@ -149,20 +167,30 @@ pub(crate) fn decode_event(key: &[u8], bytes: &[u8]) -> Result<Event> {
         reason,
     };
     let s: Stored = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let (object, record) = match (s.object, s.record) {
+        (Some(object), None) => (object, None),
+        (None, Some(id)) if s.action == Action::Create && s.kind == Kind::Machine => {
+            (Value::Null, Some(id))
+        }
+        (None, Some(_)) => return Err(corrupt("only a machine's create names its record".into())),
+        (None, None) => return Err(corrupt("an event without its object".into())),
+        (Some(_), Some(_)) => return Err(corrupt("an event holds both Object and Record".into())),
+    };
     let previous = match (s.previous, s.undo) {
         (previous, None) => previous,
-        (None, Some(undo)) => Some(undone(s.object.clone(), &undo).map_err(corrupt)?),
+        (None, Some(undo)) => Some(undone(object.clone(), &undo).map_err(corrupt)?),
         (Some(_), Some(_)) => return Err(corrupt("an event holds both Previous and Undo".into())),
     };
-    Ok(Event {
+    let event = Event {
         revision: s.revision,
         seq: s.seq,
         kind: s.kind,
         key: s.key,
         action: s.action,
-        object: s.object,
+        object,
         previous,
-    })
+    };
+    Ok((event, record))
 }
 
 /// The kind and key of an encoded event, reading nothing else (index
@@ -219,12 +247,24 @@ pub(crate) fn encode_event_into(out: &mut Vec<u8>, rev: u64, seq: u32, c: &Chang
         Some(Previous::Doc(b) | Previous::Undo(b)) => b.len(),
         None => 0,
     };
-    out.reserve(96 + c.key.len() + c.object.len() + previous);
+    let object = match &c.object {
+        Object::Bytes(b) => b.len(),
+        Object::Record(_) => 0,
+    };
+    out.reserve(96 + c.key.len() + object + previous);
     // Writing a struct of numbers, strings and unit enums into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, &head);
     out.pop(); // its closing brace
-    out.extend_from_slice(b",\"Object\":");
-    out.extend_from_slice(&c.object);
+    match &c.object {
+        Object::Bytes(b) => {
+            out.extend_from_slice(b",\"Object\":");
+            out.extend_from_slice(b);
+        }
+        Object::Record(id) => {
+            out.extend_from_slice(b",\"Record\":");
+            out.extend_from_slice(id.to_string().as_bytes());
+        }
+    }
     match &c.previous {
         Some(Previous::Doc(p)) => {
             out.extend_from_slice(b",\"Previous\":");
@@ -315,6 +355,9 @@ pub struct Watch {
     filter: Option<(Filter, Bound)>,
     /// The next (revision, seq) to deliver.
     next: (u64, u32),
+    /// Where the machine events after a create it delivers are, once one
+    /// of those machines changed since its create ([`created`]).
+    later: created::Later,
 }
 
 impl Store {
@@ -366,6 +409,7 @@ impl Store {
             kind,
             filter,
             next: (from, 0),
+            later: created::Later::default(),
         })
     }
 
@@ -466,8 +510,13 @@ impl Watch {
             if std::mem::take(&mut first) && log_position(&k) != Some(self.next) {
                 self.check_not_trimmed()?;
             }
-            let e = decode_event(&k, &v)?;
+            let (mut e, record) = decode_event(&k, &v)?;
             self.next = (e.revision, e.seq + 1);
+            // Read only for a watch of machines' events.
+            if let Some(id) = record.filter(|_| self.kind.is_none_or(|k| k == e.kind)) {
+                let at = (e.revision, e.seq);
+                e.object = created::object(&self.store, id, &e.key, at, &mut self.later)?;
+            }
             if self.wanted(&e) {
                 found = Some(e);
                 break;
@@ -482,7 +531,11 @@ impl Watch {
                     self.next = at;
                 }
             }
-            None => self.next = self.next.max((current + 1, 0)),
+            None => {
+                self.next = self.next.max((current + 1, 0));
+                // Caught up: later creates are read from their records.
+                self.later = created::Later::default();
+            }
         }
         Ok(found)
     }
@@ -547,10 +600,11 @@ mod tests {
             kind: Kind::Machine,
             key: "k\"1".into(),
             action: Action::Update,
-            object: br#"{"Name":"a","Params":{"x":2}}"#.to_vec(),
+            object: Object::Bytes(br#"{"Name":"a","Params":{"x":2}}"#.to_vec()),
             previous: Some(Previous::Doc(br#"{"Name":"a","Params":{"x":1}}"#.to_vec())),
         };
-        let e = decode_event(&log_key(7, 3), &encode_event(7, 3, &c)).unwrap();
+        let (e, record) = decode_event(&log_key(7, 3), &encode_event(7, 3, &c)).unwrap();
+        assert_eq!(record, None);
         assert_eq!(
             e,
             Event {
@@ -568,7 +622,7 @@ mod tests {
             action: Action::Create,
             ..c
         };
-        let e = decode_event(&log_key(8, 0), &encode_event(8, 0, &created)).unwrap();
+        let (e, _) = decode_event(&log_key(8, 0), &encode_event(8, 0, &created)).unwrap();
         assert_eq!((e.action, e.previous), (Action::Create, None));
     }
 
@@ -579,7 +633,7 @@ mod tests {
             kind: Kind::Machine,
             key: "k".into(),
             action: Action::Update,
-            object: br#"{"Name":"a","Params":{"x":2,"y":3}}"#.to_vec(),
+            object: Object::Bytes(br#"{"Name":"a","Params":{"x":2,"y":3}}"#.to_vec()),
             previous: Some(Previous::Undo(undo.to_vec())),
         };
         let bytes = encode_event(9, 0, &c);
@@ -588,7 +642,7 @@ mod tests {
             stored.contains("\"Undo\":") && !stored.contains("\"Previous\""),
             "{stored}"
         );
-        let e = decode_event(&log_key(9, 0), &bytes).unwrap();
+        let (e, _) = decode_event(&log_key(9, 0), &bytes).unwrap();
         assert_eq!(e.object, json!({"Name": "a", "Params": {"x": 2, "y": 3}}));
         assert_eq!(e.previous, Some(json!({"Name": "a", "Params": {"x": 1}})));
         // Serialized as before: the whole previous object, no patch.
@@ -598,12 +652,53 @@ mod tests {
     }
 
     #[test]
+    fn a_machine_create_names_its_record_and_nothing_else_may() {
+        let c = Change {
+            kind: Kind::Machine,
+            key: "u".into(),
+            action: Action::Create,
+            object: Object::Record(42),
+            previous: None,
+        };
+        let bytes = encode_event(3, 1, &c);
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"Object\""));
+        let (e, record) = decode_event(&log_key(3, 1), &bytes).unwrap();
+        assert_eq!(
+            (e.action, e.object, record),
+            (Action::Create, Value::Null, Some(42))
+        );
+        let head = r#"{"Revision":3,"Seq":1,"Kind":"machines","Key":"u","#;
+        for (tail, why) in [
+            (
+                r#""Action":"update","Record":4}"#,
+                "only a machine's create",
+            ),
+            (r#""Action":"create"}"#, "without its object"),
+            (
+                r#""Action":"create","Object":{},"Record":4}"#,
+                "both Object and Record",
+            ),
+        ] {
+            match decode_event(&log_key(3, 1), format!("{head}{tail}").as_bytes()) {
+                Err(Error::Corrupt { reason, .. }) => assert!(reason.contains(why), "{reason}"),
+                other => panic!("{tail}: {other:?}"),
+            }
+        }
+        let profile =
+            r#"{"Revision":3,"Seq":1,"Kind":"profiles","Key":"p","Action":"create","Record":4}"#;
+        assert!(matches!(
+            decode_event(&log_key(3, 1), profile.as_bytes()),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
     fn an_undo_patch_that_does_not_apply_is_reported_as_corrupt() {
         let c = Change {
             kind: Kind::Machine,
             key: "k".into(),
             action: Action::Update,
-            object: br#"{"Name":"a","Params":{}}"#.to_vec(),
+            object: Object::Bytes(br#"{"Name":"a","Params":{}}"#.to_vec()),
             previous: Some(Previous::Undo(
                 br#"[{"op":"remove","path":"/Params/gone"}]"#.to_vec(),
             )),
