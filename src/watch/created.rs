@@ -28,6 +28,13 @@ use crate::index::FastMap;
 use crate::model::Kind;
 use crate::store::{log_position, Store};
 
+/// How many events past the one a lookup reads it keeps at hand: the
+/// creates a reader resolves in order tend to find their machines' next
+/// events in order too (an import, then a write that replaced the same
+/// machines), and a read from the middle of a large revision first skips
+/// its records before that point.
+const READ_ON: usize = 256;
+
 /// Positions of the log's machine events in a span of it, by machine key,
 /// each machine's in order: what a reader that resolves many creates (a
 /// watch behind an import whose machines changed since) reads the log for
@@ -38,7 +45,12 @@ pub(crate) struct Later {
     /// up to the second (exclusive: where the next scan starts).
     span: Option<((u64, u32), (u64, u32))>,
     at: FastMap<String, Vec<(u64, u32)>>,
+    /// The events last read, in order.
+    read: Vec<Read>,
 }
+
+/// An event as read: its position, log key and bytes.
+type Read = ((u64, u32), Vec<u8>, Vec<u8>);
 
 impl Later {
     /// The position of machine `key`'s first event after `after`, if the
@@ -77,6 +89,28 @@ impl Later {
         self.span = Some((from, end));
         Ok(())
     }
+
+    /// The event at position `at` as the log stores it (its log key and
+    /// bytes), `None` if the log no longer holds it: from the events last
+    /// read, else read with the [`READ_ON`] after it.
+    fn event(&mut self, store: &Store, at: (u64, u32)) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let found = |read: &[Read]| {
+            read.binary_search_by(|(p, _, _)| p.cmp(&at))
+                .ok()
+                .map(|i| (read[i].1.clone(), read[i].2.clone()))
+        };
+        if let Some(event) = found(&self.read) {
+            return Ok(Some(event));
+        }
+        self.read.clear();
+        for item in store.backend().changes(at.0, at.1).take(READ_ON + 1) {
+            let (k, v) = item?;
+            if let Some(pos) = log_position(&k) {
+                self.read.push((pos, k, v));
+            }
+        }
+        Ok(found(&self.read))
+    }
 }
 
 /// The object of the create event at `at` of machine `key`, logged by
@@ -109,8 +143,7 @@ pub(crate) fn object(
             "machine {key}'s record changed after its create, and no later event says how"
         )));
     };
-    let read = store.backend().changes(next.0, next.1).next().transpose()?;
-    let Some((k, v)) = read.filter(|(k, _)| log_position(k) == Some(next)) else {
+    let Some((k, v)) = later.event(store, next)? else {
         // Trimmed since the scan: so was the create, oldest first.
         return Err(Error::Compacted {
             requested: at.0,
