@@ -19,6 +19,7 @@ on_each_engine!(
     wait_machine_wakes_when_it_matches,
     concurrent_writers_and_watchers_lose_nothing,
     a_create_reads_back_as_it_was_however_the_machine_changed_since,
+    a_watch_reads_revisions_of_many_events_whole_and_in_order,
 );
 
 fn member(name: &str, profile: &str) -> Machine {
@@ -374,4 +375,56 @@ fn a_create_reads_back_as_it_was_however_the_machine_changed_since(e: Engine) {
             .unwrap();
         assert_eq!(&e.object, want, "{}", c.key);
     }
+}
+
+/// A watch reads the log some hundreds of events at a time: revisions of
+/// more events than that, read through a filter and one event per poll,
+/// come whole, in order, once; the revision to resume from is always the
+/// next one not delivered.
+fn a_watch_reads_revisions_of_many_events_whole_and_in_order(e: Engine) {
+    let s = e.store();
+    let start = s.revision() + 1;
+    for round in 0..3 {
+        let machines = (0..700).map(|i| {
+            let mut m = Machine::new(format!("r{round}-{i:03}"));
+            m.params.insert("rack".into(), json!(i % 2));
+            m
+        });
+        s.machines().import(machines.collect()).unwrap();
+    }
+    s.machines().set_param("r0-001", "rack", json!(0)).unwrap();
+    let mut all = s.watch(Some(Kind::Machine), None, Some(start)).unwrap();
+    let mut got = Vec::new();
+    while let Some(e) = all.poll().unwrap() {
+        let last_of_its_revision = e.seq == 699 || e.revision == start + 3;
+        let resume = e.revision + u64::from(last_of_its_revision);
+        assert_eq!(
+            all.next_revision(),
+            resume,
+            "after {}.{}",
+            e.revision,
+            e.seq
+        );
+        got.push((e.revision, e.seq));
+    }
+    let want: Vec<(u64, u32)> = (0..3)
+        .flat_map(|r| (0..700).map(move |q| (start + r, q)))
+        .chain([(start + 3, 0)])
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(all.next_revision(), s.revision() + 1);
+    // Filtered: the odd racks' creates, then the write that moved r0-001.
+    let odd = Filter::parse("rack Eq 1").unwrap();
+    let mut w = s
+        .watch(Some(Kind::Machine), Some(odd), Some(start))
+        .unwrap();
+    let names: Vec<String> = std::iter::from_fn(|| w.poll().unwrap())
+        .map(|e| e.object["Name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 3 * 350 + 1);
+    assert_eq!(names.last().map(String::as_str), Some("r0-001"));
+    // Resumed from the middle of a revision's events: from its start.
+    let mut again = s.watch(Some(Kind::Machine), None, Some(start + 1)).unwrap();
+    let first = again.poll().unwrap().unwrap();
+    assert_eq!((first.revision, first.seq), (start + 1, 0));
 }

@@ -37,6 +37,7 @@
 mod created;
 mod members;
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -358,7 +359,12 @@ pub struct Watch {
     /// Where the machine events after a create it delivers are, once one
     /// of those machines changed since its create ([`created`]).
     later: created::Later,
+    /// Events read from the log and not yet looked at, from `next` on.
+    ahead: VecDeque<(Vec<u8>, Vec<u8>)>,
 }
+
+/// How many events a watch reads from the log at a time.
+const READ_AHEAD: usize = 256;
 
 impl Store {
     /// Events of `kind` (all kinds when `None`) whose object matches `filter`
@@ -410,6 +416,7 @@ impl Store {
             filter,
             next: (from, 0),
             later: created::Later::default(),
+            ahead: VecDeque::new(),
         })
     }
 
@@ -497,47 +504,62 @@ impl Watch {
     /// fell so far behind that the log was trimmed past it fails with
     /// [`Error::Compacted`] rather than skip the events it never saw.
     pub fn poll(&mut self) -> Result<Option<Event>> {
-        // Read the revision before scanning: every event up to it is already
-        // in the log (a write lands its batch before it publishes its
-        // revision), so skipping ahead to it afterwards loses nothing.
-        let current = self.store.revision();
-        let mut first = true;
-        let mut found = None;
-        let backend = self.store.backend();
-        let mut items = backend.changes(self.next.0, self.next.1).fuse();
-        for item in items.by_ref() {
-            let (k, v) = item?;
-            if std::mem::take(&mut first) && log_position(&k) != Some(self.next) {
-                self.check_not_trimmed()?;
+        loop {
+            if self.ahead.is_empty() && !self.read_ahead()? {
+                return Ok(None);
             }
+            let Some((k, v)) = self.ahead.pop_front() else {
+                return Ok(None);
+            };
             let (mut e, record) = decode_event(&k, &v)?;
             self.next = (e.revision, e.seq + 1);
+            // Where the next poll starts: the next event's own position
+            // when there is one (`self.next` is then always an event that
+            // existed, or a revision not yet seen).
+            match self.ahead.front().and_then(|(k, _)| log_position(k)) {
+                Some(at) => self.next = at,
+                None => {
+                    self.read_ahead()?;
+                }
+            }
             // Read only for a watch of machines' events.
             if let Some(id) = record.filter(|_| self.kind.is_none_or(|k| k == e.kind)) {
                 let at = (e.revision, e.seq);
                 e.object = created::object(&self.store, id, &e.key, at, &mut self.later)?;
             }
             if self.wanted(&e) {
-                found = Some(e);
-                break;
+                return Ok(Some(e));
             }
         }
-        // Where the next poll starts: the next event's own position when
-        // there is one, so that a trim of it is noticed (`self.next` is
-        // then always an event that existed, or a revision not yet seen).
-        match items.next() {
-            Some(item) => {
-                if let Some(at) = log_position(&item?.0) {
-                    self.next = at;
-                }
+    }
+
+    /// Reads up to [`READ_AHEAD`] events from `next` on into `ahead`
+    /// (empty before): a read of the log starts at the first record of
+    /// its revision, so reading one event at a time through a revision of
+    /// many records would skip its records again for each. `false` when
+    /// there are none yet: then `next` moves past the revision the store
+    /// was at before the read.
+    fn read_ahead(&mut self) -> Result<bool> {
+        // Read the revision before scanning: every event up to it is already
+        // in the log (a write lands its batch before it publishes its
+        // revision), so skipping ahead to it afterwards loses nothing.
+        let current = self.store.revision();
+        let backend = self.store.backend();
+        for item in backend.changes(self.next.0, self.next.1).take(READ_AHEAD) {
+            let (k, v) = item?;
+            if self.ahead.is_empty() && log_position(&k) != Some(self.next) {
+                self.check_not_trimmed()?;
             }
-            None => {
-                self.next = self.next.max((current + 1, 0));
-                // Caught up: later creates are read from their records.
-                self.later = created::Later::default();
-            }
+            self.ahead.push_back((k, v));
         }
-        Ok(found)
+        if let Some(at) = self.ahead.front().and_then(|(k, _)| log_position(k)) {
+            self.next = at;
+            return Ok(true);
+        }
+        self.next = self.next.max((current + 1, 0));
+        // Caught up: later creates are read from their records.
+        self.later = created::Later::default();
+        Ok(false)
     }
 
     /// Fails with [`Error::Compacted`] when the log no longer reaches back
