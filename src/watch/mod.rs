@@ -263,7 +263,7 @@ pub(crate) fn encode_event_into(out: &mut Vec<u8>, rev: u64, seq: u32, c: &Chang
         }
         Object::Record(id) => {
             out.extend_from_slice(b",\"Record\":");
-            out.extend_from_slice(id.to_string().as_bytes());
+            let _ = serde_json::to_writer(&mut *out, id);
         }
     }
     match &c.previous {
@@ -505,13 +505,21 @@ impl Watch {
     /// [`Error::Compacted`] rather than skip the events it never saw.
     pub fn poll(&mut self) -> Result<Option<Event>> {
         loop {
+            // Read whole before the event leaves the queue: a failure
+            // (reading a create's record, say) leaves it to the next poll.
             if self.ahead.is_empty() && !self.read_ahead()? {
                 return Ok(None);
             }
-            let Some((k, v)) = self.ahead.pop_front() else {
-                return Ok(None);
+            let Some((k, v)) = self.ahead.front() else {
+                continue;
             };
-            let (mut e, record) = decode_event(&k, &v)?;
+            let (mut e, record) = decode_event(k, v)?;
+            // Read only for a watch of machines' events.
+            if let Some(id) = record.filter(|_| self.kind.is_none_or(|k| k == e.kind)) {
+                let at = (e.revision, e.seq);
+                e.object = created::object(&self.store, id, &e.key, at, &mut self.later)?;
+            }
+            self.ahead.pop_front();
             self.next = (e.revision, e.seq + 1);
             // Where the next poll starts: the next event's own position
             // when there is one (`self.next` is then always an event that
@@ -521,11 +529,6 @@ impl Watch {
                 None => {
                     self.read_ahead()?;
                 }
-            }
-            // Read only for a watch of machines' events.
-            if let Some(id) = record.filter(|_| self.kind.is_none_or(|k| k == e.kind)) {
-                let at = (e.revision, e.seq);
-                e.object = created::object(&self.store, id, &e.key, at, &mut self.later)?;
             }
             if self.wanted(&e) {
                 return Ok(Some(e));
