@@ -37,6 +37,28 @@ impl Posting {
         }
     }
 
+    /// [`insert`](Self::insert)s each of `ids`: the bitmap is unshared
+    /// once and keeps its place between ids (ascending ones are cheapest).
+    pub(crate) fn extend(&mut self, ids: impl IntoIterator<Item = u32>) {
+        let mut ids = ids.into_iter();
+        loop {
+            match self {
+                Posting::One(x) => match ids.next() {
+                    None => return,
+                    Some(id) if id == *x => {}
+                    Some(id) => {
+                        let b: RoaringBitmap = [*x, id].into_iter().collect();
+                        *self = Posting::Many(Arc::new(b));
+                    }
+                },
+                Posting::Many(b) => {
+                    Arc::make_mut(b).extend(ids);
+                    return;
+                }
+            }
+        }
+    }
+
     /// Removes `id`; true when nothing is left.
     pub(crate) fn remove(&mut self, id: u32) -> bool {
         match self {
@@ -168,5 +190,31 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert!(!q.remove_all(&[1].into_iter().collect()));
         assert_eq!(q, Posting::One(5));
+    }
+
+    /// Extending inserts each id as `insert` does, and leaves a bitmap a
+    /// copy shares unchanged.
+    #[test]
+    fn extending_is_inserting_each() {
+        let cases: [&[u32]; 5] = [&[], &[7], &[7, 7], &[2, 9, 70_000, 9, 1], &[7, 8]];
+        for start in [
+            Posting::One(7),
+            Posting::Many(Arc::new([1, 7].into_iter().collect())),
+        ] {
+            for ids in cases {
+                let mut each = start.clone();
+                ids.iter().for_each(|id| each.insert(*id));
+                let mut extended = start.clone();
+                extended.extend(ids.iter().copied());
+                assert_eq!(extended, each, "{start:?} + {ids:?}");
+                assert_eq!(extended.len(), each.len());
+                assert_eq!(matches!(extended, Posting::One(_)), each.len() == 1);
+            }
+        }
+        let shared = Arc::new([1, 2].into_iter().collect::<RoaringBitmap>());
+        let mut p = Posting::Many(shared.clone());
+        p.extend([3]);
+        assert_eq!(shared.len(), 2);
+        assert_eq!(p.len(), 3);
     }
 }

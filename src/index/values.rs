@@ -184,7 +184,7 @@ impl Values {
             Values::Tree(t) => {
                 for run in items.chunk_by(|a, b| a.0 == b.0) {
                     match t.get_mut(run[0].0) {
-                        Some(post) => run.iter().for_each(|(_, id)| post.insert(*id)),
+                        Some(post) => post.extend(run.iter().map(|(_, id)| *id)),
                         None => {
                             t.insert(run[0].0.clone(), posting_of(run));
                         }
@@ -273,9 +273,7 @@ impl Values {
 /// The posting of a run of one value's items.
 fn posting_of(run: &[(&ValueKey, u32)]) -> Posting {
     let mut post = Posting::One(run[0].1);
-    for (_, id) in &run[1..] {
-        post.insert(*id);
-    }
+    post.extend(run[1..].iter().map(|(_, id)| *id));
     post
 }
 

@@ -55,16 +55,26 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// hold its state lock, which the writer holds across the commit.
     fn commit(&self, batch: Batch) -> Result<()>;
 
-    /// Finishes work a commit may leave after its commit point (sled: a
-    /// small batch's record inserts, see `super::sled_backend`), so that
-    /// it need not delay the writer. Reads see a committed batch whether
+    /// Finishes work a commit may leave for after the writer's answer
+    /// (sled: a small batch's record inserts after its intent, a large
+    /// batch whole; see `super::sled_backend`), so that it need not delay
+    /// the writer. Reads see a committed batch whether
     /// or not it is settled; the next commit settles first. The store
     /// calls this on its storage thread once the writer has its answer.
     fn settle(&self) -> Result<()> {
         Ok(())
     }
 
-    /// Makes every committed batch durable.
+    /// Whether a commit leaves the engine's work on a large batch to
+    /// [`settle`](Self::settle) (sled: see `super::sled_backend`), so that
+    /// the writer has its answer at once and the engine's work runs beside
+    /// whatever the writer and the next one do; else a commit returns once
+    /// the engine holds the batch (the writer may work beside it).
+    fn settles_later(&self) -> bool {
+        false
+    }
+
+    /// Makes every committed batch durable (settling it first).
     fn flush(&self) -> Result<()>;
 
     /// The store's last flush before its handles drop: makes every

@@ -26,7 +26,7 @@ use super::state::{
     machine_diff, machine_entries, machine_entries_into, machine_entries_with, own_keys,
     param_diff, EntryDiff, Pending, State,
 };
-use super::write::{erase, record, stage, Apply, Prepare, Swap};
+use super::write::{erase, record, stage, Apply, Prepare, Retired, Swap};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::GroupCount;
@@ -842,6 +842,9 @@ enum Plan {
     /// Beside the engine's commit, into a copy of the machine index (see
     /// [`MachinePlan::prepare`]).
     Beside(Vec<Planned>),
+    /// In place once the batch committed, on an engine that settles it
+    /// later: the engine's work on the batch runs beside this one.
+    After(Vec<Planned>),
 }
 
 /// The entries of `planned`, a replaced machine's old ones with today's
@@ -869,7 +872,9 @@ impl MachinePlan {
     /// of the machine index (its keys are shared until written, so the copy
     /// costs the keys this write touches) while the engine commits; the
     /// returned apply puts the copy in place. Any other applies in place
-    /// once committed, as a create does.
+    /// once committed, as a create does ([`Plan::After`]: working the
+    /// entries out there too), and hands the machines back to be freed
+    /// outside the state's lock.
     pub(super) fn prepare(self, st: &State) -> Swap {
         let next = self.next;
         let planned = match self.planned {
@@ -878,6 +883,17 @@ impl MachinePlan {
                     index_into(indexed, &mut st.machines);
                     st.next_id = next;
                     None
+                });
+            }
+            Plan::After(planned) => {
+                return Box::new(move |st: &mut State| {
+                    let State {
+                        machines, profiles, ..
+                    } = st;
+                    index_planned(&planned, |n| profiles.get(n), machines);
+                    timing::mark("index entries (after the commit)");
+                    st.next_id = next;
+                    Some(Box::new(planned) as Retired)
                 });
             }
             Plan::Beside(planned) => planned,
@@ -889,7 +905,7 @@ impl MachinePlan {
         timing::mark("free the planned machines (beside the commit)");
         Box::new(move |st: &mut State| {
             st.next_id = next;
-            Some(std::mem::replace(&mut st.machines, index))
+            Some(Box::new(std::mem::replace(&mut st.machines, index)) as Retired)
         })
     }
 }
@@ -1130,15 +1146,20 @@ pub(super) fn plan_machines(
     if let Some((batch, _)) = &mut out {
         batch.put(NEXT_ID_KEY, next.to_be_bytes());
     }
-    // With a commit in flight and enough machines to repay a copy of the
-    // index, their entries are worked out beside the commit (only a write
-    // without profiles of its own: those move machines' postings first).
-    // Else now, outside the state's write lock (profiles cannot change: the
-    // writer lock is held), with the write's profiles laid over the state's.
-    let beside = pending.profiles.is_empty()
+    // On an engine that settles the batch after the answer, the entries
+    // are worked out in place once it committed, while the engine applies
+    // it. Else, with a commit in flight and enough machines to repay a copy
+    // of the index, beside the commit. Either only for a write without
+    // profiles of its own (those move machines' postings first). Else now,
+    // outside the state's write lock (profiles cannot change: the writer
+    // lock is held), with the write's profiles laid over the state's.
+    let own_profiles = !pending.profiles.is_empty();
+    let beside = !own_profiles
         && !store.inner.guard.is_inline()
         && (planned.len() as u64) * COPY_REPAID_PER_MACHINE >= st.machines.universe().len();
-    let planned = if beside {
+    let planned = if !own_profiles && store.backend().settles_later() {
+        Plan::After(planned)
+    } else if beside {
         Plan::Beside(planned)
     } else {
         Plan::Entries(index_entries(planned, |n| pending.profile(st, n)))

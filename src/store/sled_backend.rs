@@ -54,6 +54,20 @@
 //! that fails keeps the batch unsettled (reads still see it, the intent
 //! still holds it) and the next commit, which settles first, reports the
 //! error.
+//!
+//! # Large batches settle whole, after the answer too
+//! A large batch's commit stores it as the unsettled batch and nothing
+//! else: its settle applies it as one `sled::Batch`, with `s:rev`. The
+//! writer has its answer at once, and sled's work on an import chunk
+//! (about as long as the chunk's planning and indexing) runs while the
+//! writer indexes it and plans the next one, where the two used to take
+//! turns. Reads see the batch as they see a small one (a point read
+//! finds a key by binary search in the batch's ops, sorted once by the
+//! first read that needs it), and a flush settles it before flushing, so
+//! a durable write, a checkpoint's flush and a close find it on disk. The
+//! engine holds none of it until the settle, and all of it after (sled's
+//! batches are atomic across a crash): a crash in between loses the batch
+//! whole, as it loses a buffered write sled had not flushed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,14 +89,50 @@ pub(crate) const INTENT_MOST_BYTES: usize = 256 * 1024;
 /// A batch's records: `(key, Some(value))` puts, `(key, None)` removes.
 type Ops = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// A committed batch whose records may not all be in the tree yet.
+struct Unsettled {
+    ops: Ops,
+    /// A large batch's revision: nothing of it is in the tree until its
+    /// settle applies it whole, as one `sled::Batch`. `None` for a small
+    /// batch, whose intent holds it (its records go in one by one).
+    whole: Option<u64>,
+    /// `ops`' positions by key (a later op on the same key after an
+    /// earlier one), for a large batch's reads: built by the first.
+    by_key: std::sync::OnceLock<Vec<u32>>,
+}
+
+impl Unsettled {
+    /// The last op on `key`, if the batch has one.
+    fn find(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        if self.whole.is_none() {
+            return self
+                .ops
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v);
+        }
+        let by_key = self.by_key.get_or_init(|| {
+            let mut order: Vec<u32> = (0..self.ops.len() as u32).collect();
+            // Stable: equal keys keep their order, the last op last.
+            order.sort_by(|a, b| self.ops[*a as usize].0.cmp(&self.ops[*b as usize].0));
+            order
+        });
+        let after = by_key.partition_point(|i| self.ops[*i as usize].0.as_slice() <= key);
+        let last = by_key.get(after.checked_sub(1)?)?;
+        let (k, v) = &self.ops[*last as usize];
+        (k == key).then_some(v)
+    }
+}
+
 /// A sled database.
 pub(crate) struct SledBackend {
     db: sled::Db,
     /// The revision as committed; held across check and apply.
     rev: Mutex<u64>,
-    /// The last small batch when its intent is stored and its records may
-    /// not all be inserted yet (see "Settling after the answer").
-    unsettled: Mutex<Option<Arc<Ops>>>,
+    /// The last batch when its records may not all be in the tree yet
+    /// (see "Settling after the answer").
+    unsettled: Mutex<Option<Arc<Unsettled>>>,
     /// Held while a thread inserts the unsettled batch's records.
     settling: Mutex<()>,
 }
@@ -254,11 +304,9 @@ impl<'a> Reader<'a> {
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(ops) = &*self.unsettled.lock() {
-            // A later op on the same key wins.
-            if let Some((_, v)) = ops.iter().rev().find(|(k, _)| k == key) {
-                return Ok(v.clone());
-            }
+        let unsettled = self.unsettled.lock().clone();
+        if let Some(v) = unsettled.as_ref().and_then(|u| u.find(key)) {
+            return Ok(v.clone());
         }
         Ok(self.db.get(key).map_err(storage)?.map(|v| v.to_vec()))
     }
@@ -298,35 +346,60 @@ impl Backend for SledBackend {
             self.db
                 .insert(INTENT_KEY, Intent::encode(&batch, size))
                 .map_err(storage)?;
-            *self.unsettled.lock() = Some(Arc::new(batch.ops));
+            *self.unsettled.lock() = Some(Arc::new(Unsettled {
+                ops: batch.ops,
+                whole: None,
+                by_key: Default::default(),
+            }));
             *rev = batch.rev;
             return Ok(());
         }
-        let mut b = sled::Batch::default();
-        for (k, v) in batch.ops {
-            match v {
-                Some(v) => b.insert(k, v),
-                None => b.remove(k),
-            }
-        }
-        b.insert(REV_KEY, &batch.rev.to_be_bytes());
-        self.db.apply_batch(b).map_err(storage)?;
+        *self.unsettled.lock() = Some(Arc::new(Unsettled {
+            ops: batch.ops,
+            whole: Some(batch.rev),
+            by_key: Default::default(),
+        }));
         *rev = batch.rev;
         Ok(())
     }
 
     fn settle(&self) -> Result<()> {
         let _one = self.settling.lock();
-        let Some(ops) = self.unsettled.lock().clone() else {
+        let Some(unsettled) = self.unsettled.lock().clone() else {
             return Ok(());
         };
-        apply_ops(&self.db, &ops)?;
+        match unsettled.whole {
+            None => apply_ops(&self.db, &unsettled.ops)?,
+            Some(rev) => {
+                let mut b = sled::Batch::default();
+                for (k, v) in &unsettled.ops {
+                    match v {
+                        Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                        None => b.remove(k.as_slice()),
+                    }
+                }
+                b.insert(REV_KEY, &rev.to_be_bytes());
+                self.db.apply_batch(b).map_err(storage)?;
+            }
+        }
         // Only a commit sets a new batch, and it settles this one first.
         *self.unsettled.lock() = None;
         Ok(())
     }
 
+    fn settles_later(&self) -> bool {
+        true
+    }
+
     fn flush(&self) -> Result<()> {
+        let whole = self
+            .unsettled
+            .lock()
+            .as_ref()
+            .is_some_and(|u| u.whole.is_some());
+        if whole {
+            self.settle()?;
+        }
         self.db.flush().map_err(storage)?;
         Ok(())
     }
@@ -515,6 +588,83 @@ mod tests {
             Some(&b"4"[..]),
             "a close settles"
         );
+    }
+
+    /// A large batch is read from the moment its commit returns, though
+    /// nothing of it is in the tree until a settle applies it whole: the
+    /// storage thread's, a scan's, a flush's or the next commit's. Dropped
+    /// before any of those (a crash before sled saw it), none of it is
+    /// there, and the batches before it all are.
+    #[test]
+    fn a_large_batch_is_read_before_it_settles_and_lands_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = INTENT_MOST_OPS as u32 * 4;
+        let key = |i: u32| [b"k".as_slice(), &i.to_be_bytes()].concat();
+        let sled_has = |db: &SledBackend, k: &[u8]| db.db.get(k).unwrap().map(|v| v.to_vec());
+        // Every key tagged, then the first removed and the second put again:
+        // a later op on a key wins.
+        let large = |expect: u64, tag: &[u8]| -> Batch {
+            let mut ops: Ops = (0..n).map(|i| (key(i), Some(tag.to_vec()))).collect();
+            ops.push((key(0), None));
+            ops.push((key(1), Some(b"last".to_vec())));
+            Batch {
+                expect,
+                rev: expect + 1,
+                ops,
+            }
+        };
+        let reads = |db: &SledBackend, tag: &[u8]| {
+            assert_eq!(db.get(&key(0)).unwrap(), None, "{tag:?}");
+            assert_eq!(db.get(&key(1)).unwrap().as_deref(), Some(&b"last"[..]));
+            for i in 2..n {
+                assert_eq!(db.get(&key(i)).unwrap().as_deref(), Some(tag), "{i}");
+            }
+            assert_eq!(db.get(&key(n)).unwrap(), None);
+        };
+        {
+            let db = SledBackend::open(Some(dir.path().into())).unwrap();
+            db.commit(batch(0, &[(b"small", Some(b"1"))])).unwrap();
+            db.commit(large(1, b"a")).unwrap();
+            assert_eq!(sled_has(&db, &key(5)), None, "in the tree before a settle");
+            assert_eq!(db.revision().unwrap(), 2);
+            reads(&db, b"a");
+            assert_eq!(db.get(b"small").unwrap().as_deref(), Some(&b"1"[..]));
+            db.settle().unwrap();
+            assert_eq!(sled_has(&db, &key(5)).as_deref(), Some(&b"a"[..]));
+            assert_eq!(sled_has(&db, &key(0)), None);
+            assert_eq!(sled_has(&db, REV_KEY), Some(2u64.to_be_bytes().to_vec()));
+            reads(&db, b"a");
+
+            db.commit(large(2, b"b")).unwrap();
+            reads(&db, b"b");
+            let scanned: Vec<_> = db.scan(b"k", b"k").map(|r| r.unwrap()).collect();
+            assert_eq!(scanned.len(), n as usize - 1, "a scan settles first");
+            assert_eq!(sled_has(&db, &key(5)).as_deref(), Some(&b"b"[..]));
+
+            db.commit(large(3, b"c")).unwrap();
+            db.flush().unwrap();
+            assert_eq!(
+                sled_has(&db, &key(5)).as_deref(),
+                Some(&b"c"[..]),
+                "flushed"
+            );
+
+            db.commit(large(4, b"d")).unwrap();
+            db.commit(large(5, b"e")).unwrap();
+            assert_eq!(
+                sled_has(&db, &key(5)).as_deref(),
+                Some(&b"d"[..]),
+                "settled first"
+            );
+            reads(&db, b"e");
+            assert_eq!(db.revision().unwrap(), 6);
+            // A crash: what sled holds is on disk, the last batch never
+            // reached it.
+            db.db.flush().unwrap();
+        }
+        let db = reopen(dir.path()).unwrap();
+        assert_eq!(db.revision().unwrap(), 5);
+        reads(&db, b"d");
     }
 
     /// A clean close leaves the engine's files as its flush left them: a

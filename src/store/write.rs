@@ -10,7 +10,11 @@
 //! The engine commits first and memory follows: a failed or stalled commit
 //! leaves the indexes equal to what is stored. A write with a large index
 //! change (an import) builds it while the engine commits, on a copy that
-//! replaces the index only once the commit succeeded ([`Prepare`]).
+//! replaces the index only once the commit succeeded ([`Prepare`]); on an
+//! engine that settles a batch after the answer (sled,
+//! [`Backend::settles_later`](super::backend::Backend::settles_later)) the
+//! commit returns at once and the change is built in place after it,
+//! while the engine applies the batch.
 
 use super::backend::Batch;
 use super::changelog;
@@ -21,7 +25,6 @@ use super::rebuild::load_state;
 use super::snapshot::Changed;
 use super::state::State;
 use crate::error::{Error, Result};
-use crate::index::Index;
 use crate::timing;
 use crate::watch::{Action, Change, Object, Previous};
 
@@ -41,10 +44,14 @@ pub(super) type Apply = Box<dyn FnOnce(&mut State)>;
 /// leaves memory as it was.
 pub(super) type Prepare = Box<dyn FnOnce(&State) -> Swap>;
 
-/// A prepared change's apply: returns the machine index it replaced, freed
-/// once the state's lock is let go (the keys the write copied: at a million
-/// machines, tens of milliseconds readers would otherwise wait).
-pub(super) type Swap = Box<dyn FnOnce(&mut State) -> Option<Index>>;
+/// A prepared change's apply: returns what it replaced or used up (the
+/// machine index a copy replaced, an import's machines), freed once the
+/// state's lock is let go (at a million machines, tens of milliseconds
+/// readers would otherwise wait).
+pub(super) type Swap = Box<dyn FnOnce(&mut State) -> Option<Retired>>;
+
+/// What a [`Swap`] hands back to be freed outside the state's lock.
+pub(super) type Retired = Box<dyn std::any::Any>;
 
 /// What a write's plan returns for memory: see [`Apply`] and [`Prepare`].
 pub(super) enum Memory {
@@ -350,7 +357,7 @@ impl Store {
         // flush that covers this write may cover theirs too.
         drop(w);
         drop(retired);
-        timing::mark("free the replaced index");
+        timing::mark("free what the apply replaced");
         let durable = if self.inner.options.durable {
             let r = self.sync_to(rev);
             timing::mark("flush");
@@ -452,12 +459,21 @@ mod tests {
         (gated, s)
     }
 
-    /// An import whose entries are worked out beside its commit (new
-    /// machines and replaced ones, under profiles) leaves the indexes a
-    /// rebuild would build.
+    /// An import whose entries are worked out beside its commit, or after
+    /// it while sled settles the batch (new machines and replaced ones,
+    /// under profiles), leaves the indexes a rebuild would build.
     #[test]
-    fn an_import_beside_its_commit_indexes_as_a_rebuild_does() {
-        let (_, s) = threaded(Options::default());
+    fn an_import_beside_or_after_its_commit_indexes_as_a_rebuild_does() {
+        let (_gated, beside) = threaded(Options::default());
+        assert!(!beside.backend().settles_later());
+        let after = Store::temporary().unwrap();
+        assert!(after.backend().settles_later());
+        for s in [beside, after] {
+            imports_index_as_a_rebuild_does(s);
+        }
+    }
+
+    fn imports_index_as_a_rebuild_does(s: Store) {
         let mut p = crate::model::Profile::new("p");
         p.params.insert("zone".into(), serde_json::json!("a"));
         s.profiles().create(p).unwrap();
