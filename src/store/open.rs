@@ -49,7 +49,8 @@ pub struct Options {
     /// writers share flushes (group commit). `false` is unsafe: a crash
     /// loses the writes of up to the last half second (sled flushes on its
     /// own about every 500 ms, and on [`Store::flush`] / drop), including
-    /// acknowledged ones.
+    /// acknowledged ones, and an import chunk sled was still applying after
+    /// its answer (whole: never part of one).
     pub durable: bool,
     /// How many change events the log keeps at least, for resuming
     /// watches (it trims whole records: fewer than this plus one record's

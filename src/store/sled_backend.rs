@@ -342,21 +342,17 @@ impl Backend for SledBackend {
             .iter()
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
             .sum();
-        if batch.ops.len() <= INTENT_MOST_OPS && size <= INTENT_MOST_BYTES {
+        // A small batch's commit point is its intent; a large one has none
+        // until its settle applies it whole.
+        let small = batch.ops.len() <= INTENT_MOST_OPS && size <= INTENT_MOST_BYTES;
+        if small {
             self.db
                 .insert(INTENT_KEY, Intent::encode(&batch, size))
                 .map_err(storage)?;
-            *self.unsettled.lock() = Some(Arc::new(Unsettled {
-                ops: batch.ops,
-                whole: None,
-                by_key: Default::default(),
-            }));
-            *rev = batch.rev;
-            return Ok(());
         }
         *self.unsettled.lock() = Some(Arc::new(Unsettled {
             ops: batch.ops,
-            whole: Some(batch.rev),
+            whole: (!small).then_some(batch.rev),
             by_key: Default::default(),
         }));
         *rev = batch.rev;
