@@ -84,6 +84,20 @@ impl<'a> Bulk<'a> {
             self.own.push(at, name, id);
         }
     }
+
+    /// New object `id` with its entries already worked out (`entries`,
+    /// own params `own`): [`object`](Self::object), then each entry.
+    pub(crate) fn object_with(
+        &mut self,
+        id: u32,
+        entries: &'a [(Key, ValueKey)],
+        own: impl IntoIterator<Item = &'a str>,
+    ) {
+        self.object(id, own);
+        for (k, v) in entries {
+            self.entry(KeyRef::from(k), v.clone());
+        }
+    }
 }
 
 impl<'a> EntrySink<'a> for Bulk<'a> {

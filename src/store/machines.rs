@@ -30,7 +30,7 @@ use super::write::{erase, record, stage, Apply, Prepare, Retired, Swap};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::GroupCount;
-use crate::index::{Bulk, Defaults, Entries, EntrySink, FastMap, Index, KeyRef, ValueKey};
+use crate::index::{Bulk, Defaults, Entries, FastMap, Index, ValueKey};
 use crate::model::{profile_layers, Kind, Machine, Profile};
 use crate::telemetry::WriteKind;
 use crate::timing;
@@ -921,12 +921,7 @@ fn index_into(indexed: Vec<Indexed>, index: &mut Index) {
                 Some((oe, own_keys(old_params))),
                 Some((ne, own_keys(params))),
             ),
-            None => {
-                created.object(*id, params.keys().map(String::as_str));
-                for (k, v) in ne {
-                    created.entry(KeyRef::from(k), v.clone());
-                }
-            }
+            None => created.object_with(*id, ne, params.keys().map(String::as_str)),
         }
     }
     index.insert_bulk(created);
