@@ -795,9 +795,21 @@ fn as_json(mut f: impl FnMut(&mut Value) -> Result<()>) -> impl FnMut(&mut Machi
 
 /// Canonical forms the filter language relies on (IP text).
 fn normalize_machine(m: &mut Machine) {
-    if let Ok(ip) = m.address.parse::<std::net::IpAddr>() {
-        m.address = ip.to_string();
+    use std::io::Write;
+    let Ok(ip) = m.address.parse::<std::net::IpAddr>() else {
+        return;
+    };
+    // Most addresses come canonical: compared on the stack, they keep
+    // their String (45 bytes hold the longest IPv6 text).
+    let mut text = [0u8; 48];
+    let mut rest = &mut text[..];
+    if write!(rest, "{ip}").is_ok() {
+        let len = 48 - rest.len();
+        if text[..len] == *m.address.as_bytes() {
+            return;
+        }
     }
+    m.address = ip.to_string();
 }
 
 /// How many indexed machines one planned machine repays the copy of (see
@@ -1166,4 +1178,30 @@ pub(super) fn plan_machines(
         created,
         replaced,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_stored_in_its_canonical_text() {
+        for (given, stored) in [
+            ("10.0.0.1", "10.0.0.1"),
+            ("2001:DB8:0:0::1", "2001:db8::1"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("::ffff:10.1.2.3", "::ffff:10.1.2.3"),
+            (
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:FFFF",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ),
+            ("not an address", "not an address"),
+            ("", ""),
+        ] {
+            let mut m = Machine::new("m");
+            m.address = given.into();
+            normalize_machine(&mut m);
+            assert_eq!(m.address, stored, "given {given:?}");
+        }
+    }
 }
