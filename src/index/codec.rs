@@ -93,23 +93,23 @@ impl Index {
     /// in a checkpoint file is copied as it is; one that no longer reads
     /// back as the open checked it is taken from its repair instead, and
     /// only without a repair (tests) does the encoding fail.
-    pub(crate) fn encode_keys(&self, out: &mut impl Write) -> Result<u32, EncodeError> {
+    pub(crate) fn encode_keys(&self, out: &mut impl SectionWrite) -> Result<u32, EncodeError> {
         let mut count = 0u32;
-        let (mut key_bytes, mut section) = (Vec::new(), Vec::new());
+        let mut key_bytes = Vec::new();
         for (key, found) in self.keys.for_encoding() {
-            section.clear();
-            let raw;
-            let bytes: &[u8] = match found {
+            key_bytes.clear();
+            put_key(&mut key_bytes, key);
+            let postings = match found {
                 Section::Raw(b) => match b.read() {
-                    Ok(r) => {
-                        raw = r;
-                        &raw
+                    Ok(raw) => {
+                        put_len(&mut key_bytes, raw.len());
+                        out.write_all(&key_bytes)?;
+                        out.write_all(&raw)?;
+                        count += 1;
+                        continue;
                     }
                     Err(why) => match self.keys.repaired(key) {
-                        Some(p) if !p.values.is_empty() => {
-                            encode_section(&mut section, p);
-                            &section
-                        }
+                        Some(p) if !p.values.is_empty() => p,
                         Some(_) => continue,
                         None => {
                             return Err(EncodeError::Key(format!(
@@ -118,16 +118,10 @@ impl Index {
                         }
                     },
                 },
-                Section::Decoded(p) => {
-                    encode_section(&mut section, p);
-                    &section
-                }
+                Section::Decoded(p) => p,
             };
-            key_bytes.clear();
-            put_key(&mut key_bytes, key);
-            put_len(&mut key_bytes, bytes.len());
             out.write_all(&key_bytes)?;
-            out.write_all(bytes)?;
+            out.length_then(|out| encode_section(out, postings))?;
             count += 1;
         }
         Ok(count)
@@ -219,22 +213,71 @@ impl Index {
     }
 }
 
-fn encode_section(out: &mut Vec<u8>, p: &Postings) {
-    put_bitmap(out, &p.has);
-    put_len(out, p.values.len());
+/// Where [`Index::encode_keys`] writes: a stream that can write a section
+/// before its length is known. A checkpoint's sections go straight to the
+/// file: gathering a section first cost a million machines' Uuid key its
+/// tens of MB of fresh pages and copies, at every checkpoint.
+pub(crate) trait SectionWrite: Write {
+    /// Writes a length (4 bytes, little-endian), then what `body` writes,
+    /// the length being of what `body` wrote.
+    fn length_then(
+        &mut self,
+        body: impl FnOnce(&mut Self) -> std::io::Result<()>,
+    ) -> std::io::Result<()>;
+}
+
+impl SectionWrite for Vec<u8> {
+    fn length_then(
+        &mut self,
+        body: impl FnOnce(&mut Self) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let at = self.len();
+        self.extend_from_slice(&[0; 4]);
+        body(self)?;
+        let len = section_len((self.len() - at - 4) as u64)?;
+        self[at..at + 4].copy_from_slice(&len);
+        Ok(())
+    }
+}
+
+/// A section's length as it is written before it.
+pub(crate) fn section_len(len: u64) -> std::io::Result<[u8; 4]> {
+    u32::try_from(len).map(u32::to_le_bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a key's section of {len} bytes is over the format's 4 GiB"),
+        )
+    })
+}
+
+/// Writes `p`'s section to `out`, a piece at a time.
+fn encode_section(out: &mut impl Write, p: &Postings) -> std::io::Result<()> {
+    const PIECE: usize = 1 << 16;
+    let mut piece = Vec::with_capacity(PIECE + 64);
+    put_bitmap(&mut piece, &p.has);
+    put_len(&mut piece, p.values.len());
+    let mut written = Ok(());
     p.values.for_each(|value, posting| {
-        put_value(out, value);
+        put_value(&mut piece, value);
         match posting {
             Posting::One(id) => {
-                out.push(0);
-                out.extend_from_slice(&id.to_le_bytes());
+                piece.push(0);
+                piece.extend_from_slice(&id.to_le_bytes());
             }
             Posting::Many(ids) => {
-                out.push(1);
-                put_bitmap(out, ids);
+                piece.push(1);
+                put_bitmap(&mut piece, ids);
             }
         }
+        if piece.len() >= PIECE {
+            if written.is_ok() {
+                written = out.write_all(&piece);
+            }
+            piece.clear();
+        }
     });
+    written?;
+    out.write_all(&piece)
 }
 
 /// One key's postings from its section (all of `bytes`).
@@ -799,7 +842,7 @@ mod tests {
         };
         assert!(matches!(p.values, Values::Packed(_)));
         let mut read_in_place = Vec::new();
-        encode_section(&mut read_in_place, &p);
+        encode_section(&mut read_in_place, &p).unwrap();
         assert_eq!(read_in_place, section_from_keys(&p));
         let back = decode_section(&read_in_place).unwrap();
         assert!(back.values == p.values && back.has == p.has);

@@ -66,7 +66,7 @@ use super::snapshot::Changed;
 use super::state::{machine_entries, own_keys, State};
 use crate::error::Result;
 use crate::filter::{Field, Key};
-use crate::index::{EncodeError, Index, ValueKey};
+use crate::index::{section_len, EncodeError, Index, SectionWrite, ValueKey};
 use crate::model::{Kind, Machine, Profile, GLOBAL_PROFILE};
 use crate::watch::{event_subject, Change};
 
@@ -189,19 +189,43 @@ impl Written {
 }
 
 /// Bytes on their way to a file, their CRC-32 and count taken on the way.
+/// A section's length is written as zeros ahead of the section and filled
+/// in place at the end (`lengths`), its CRC-32 combined in where it lies.
 struct Hashing<W> {
     inner: W,
     crc: crc32fast::Hasher,
     len: u64,
+    /// Where the next byte lands in the file.
+    at: u64,
+    /// Lengths to write at their place in the file, once it is written.
+    lengths: Vec<(u64, [u8; 4])>,
 }
 
-impl<W> Hashing<W> {
+impl<W: Write> Hashing<W> {
+    fn new(inner: W) -> Hashing<W> {
+        Hashing {
+            inner,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            at: 0,
+            lengths: Vec::new(),
+        }
+    }
+
     /// The CRC-32 and length of what was written since the last call.
     fn take(&mut self) -> (crc32fast::Hasher, u64) {
         (
             std::mem::take(&mut self.crc),
             std::mem::replace(&mut self.len, 0),
         )
+    }
+
+    /// Writes `bytes` outside the checksum: the header and the key count,
+    /// both written again in place at the end.
+    fn unhashed(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(bytes)?;
+        self.at += bytes.len() as u64;
+        Ok(())
     }
 }
 
@@ -210,6 +234,7 @@ impl<W: Write> Write for Hashing<W> {
         let n = self.inner.write(buf)?;
         self.crc.update(&buf[..n]);
         self.len += n as u64;
+        self.at += n as u64;
         Ok(n)
     }
 
@@ -218,14 +243,37 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+impl<W: Write> SectionWrite for Hashing<W> {
+    fn length_then(
+        &mut self,
+        body: impl FnOnce(&mut Self) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let (mut crc, before) = self.take();
+        let at = self.at;
+        self.unhashed(&[0; 4])?;
+        body(self)?;
+        let (section, len) = self.take();
+        let length = section_len(len)?;
+        let mut length_crc = crc32fast::Hasher::new();
+        length_crc.update(&length);
+        crc.combine(&length_crc);
+        crc.combine(&section);
+        self.crc = crc;
+        self.len = before + 4 + len;
+        self.lengths.push((at, length));
+        Ok(())
+    }
+}
+
 /// Writes the checkpoint of a machine index at revision `rev` (`next_id`
 /// the next free machine id then) to `dir`'s temporary checkpoint file.
 /// The encoding goes straight to the file through a buffer: holding all of
 /// it in memory first (120 MB at a million machines) cost its fresh pages
-/// and a copy, about as much as the encoding itself. The body's length and
-/// CRC-32 are known only at the end, and so is the key count near its
-/// start: the header and the count are written in place last, the count's
-/// CRC-32 combined with those of the bytes around it. `Err` when a key
+/// and a copy, about as much as the encoding itself; so does each key's
+/// section. The body's length and CRC-32 are known only at the end, and so
+/// are the key count near its start and each section's length before it:
+/// those are written in place last, their CRC-32s combined with those of
+/// the bytes around them. `Err` when a key
 /// still in the last checkpoint file cannot be read again, or the file
 /// cannot be written.
 pub(super) fn write_file(
@@ -238,15 +286,11 @@ pub(super) fn write_file(
     use std::os::unix::fs::FileExt;
     let tmp = dir.join(format!("{FILE}.tmp"));
     let file = std::fs::File::create(&tmp)?;
-    let mut out = Hashing {
-        inner: std::io::BufWriter::with_capacity(1 << 20, file),
-        crc: crc32fast::Hasher::new(),
-        len: 0,
-    };
-    out.inner.write_all(&[0; HEADER])?;
+    let mut out = Hashing::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    out.unhashed(&[0; HEADER])?;
     index.encode_head(&mut out)?;
     let (mut crc, head_len) = out.take();
-    out.inner.write_all(&[0; 4])?;
+    out.unhashed(&[0; 4])?;
     let count = index.encode_keys(&mut out)?.to_le_bytes();
     let (keys_crc, keys_len) = out.take();
     let mut count_crc = crc32fast::Hasher::new();
@@ -255,6 +299,9 @@ pub(super) fn write_file(
     crc.combine(&keys_crc);
     let body_len = head_len + 4 + keys_len;
     let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+    for (at, length) in &out.lengths {
+        file.write_all_at(length, *at)?;
+    }
     file.write_all_at(&count, (HEADER as u64) + head_len)?;
     let mut header = Vec::with_capacity(HEADER);
     for part in [
