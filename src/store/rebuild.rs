@@ -283,7 +283,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::layout::MACHINE_PREFIX;
 
     /// Machines of several shapes: shared and unique values, own params
     /// and none, with and without an address, meta and profiles.
