@@ -520,14 +520,17 @@ fn put_value(out: &mut Vec<u8>, v: ValueRef<'_>) {
             out.push(2);
             out.extend_from_slice(&n.to_bits().to_le_bytes());
         }
-        ValueRef::Str(s) => match Text::new(s) {
-            // Equal values encode alike, however the text was held.
-            Text::Uuid(u) => put_uuid(out, u),
-            Text::Compact(_) => {
-                out.push(3);
-                put_str(out, s);
+        // Equal values encode alike, however the text was held (only a
+        // UUID's length is worth the check: a longer text would allocate).
+        ValueRef::Str(s) => {
+            match (s.len() == uuid::fmt::Hyphenated::LENGTH).then(|| Text::new(s)) {
+                Some(Text::Uuid(u)) => put_uuid(out, u),
+                _ => {
+                    out.push(3);
+                    put_str(out, s);
+                }
             }
-        },
+        }
         ValueRef::Uuid(u) => put_uuid(out, u),
         ValueRef::Json(s) => {
             out.push(4);
