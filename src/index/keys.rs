@@ -452,9 +452,11 @@ impl Keys {
             return found;
         }
         let postings = slot.get(k, self.repair.as_ref());
-        values
-            .iter()
-            .map(|v| postings.values.get(v).map(Cow::into_owned))
+        postings
+            .values
+            .get_each(values)
+            .into_iter()
+            .map(|p| p.map(Cow::into_owned))
             .collect()
     }
 

@@ -144,8 +144,8 @@ impl Index {
         self.keys.find(key, value)
     }
 
-    /// [`lookup`](Self::lookup) of each of `values`, in one scan of a key
-    /// still encoded.
+    /// [`lookup`](Self::lookup) of each of `values`, found together: in one
+    /// scan of a key still encoded, in one walk of a packed one.
     pub(crate) fn lookup_each(&self, key: &Key, values: &[ValueKey]) -> Vec<Option<Posting>> {
         self.keys.find_each(key, values)
     }

@@ -137,6 +137,24 @@ impl Values {
         }
     }
 
+    /// [`get`](Self::get) of each of `values`, answered in their order. A
+    /// packed key is walked in value order: each block the values land in
+    /// is found and scanned once for all of them (an import's Names and
+    /// Uuids: a tree search and a block scan apiece, one at a time).
+    pub(crate) fn get_each(&self, values: &[ValueKey]) -> Vec<Option<Cow<'_, Posting>>> {
+        let Values::Packed(p) = self else {
+            return values.iter().map(|v| self.get(v)).collect();
+        };
+        let mut order: Vec<usize> = (0..values.len()).collect();
+        order.sort_unstable_by(|&a, &b| values[a].cmp(&values[b]));
+        let sorted: Vec<&ValueKey> = order.iter().map(|&i| &values[i]).collect();
+        let mut out = vec![None; values.len()];
+        for (i, found) in order.into_iter().zip(p.get_sorted(&sorted)) {
+            out[i] = found;
+        }
+        out
+    }
+
     /// Every value in order.
     pub(crate) fn iter(&self) -> Range<'_> {
         self.range(RangeBound::Unbounded, RangeBound::Unbounded)
@@ -420,6 +438,49 @@ impl Packed {
             }
         }
         None
+    }
+
+    /// [`get`](Self::get) of each of `values` (ascending), in their order.
+    fn get_sorted(&self, values: &[&ValueKey]) -> Vec<Option<Cow<'_, Posting>>> {
+        let mut out = Vec::with_capacity(values.len());
+        let mut rest = values;
+        let mut value = Vec::new();
+        while let Some(&v) = rest.first() {
+            let mut blocks = self
+                .blocks
+                .range::<ValueKey, _>((RangeBound::Unbounded, RangeBound::Included(v)));
+            let Some((_, block)) = blocks.next_back() else {
+                // Below the first block's first value.
+                out.push(None);
+                rest = &rest[1..];
+                continue;
+            };
+            // The values below the next block's first value are this one's.
+            let here = self
+                .blocks
+                .range::<ValueKey, _>((RangeBound::Excluded(v), RangeBound::Unbounded))
+                .next()
+                .map_or(rest.len(), |(next, _)| rest.partition_point(|x| *x < next));
+            let (run, later) = rest.split_at(here.max(1));
+            rest = later;
+            let mut scan = RawScan::new(&block.bytes);
+            let mut entry = scan.next();
+            for v in run {
+                value.clear();
+                encode_value(&mut value, v);
+                out.push(loop {
+                    let Some(e) = &entry else {
+                        break None;
+                    };
+                    match cmp_encoded(&scan.cur, &value) {
+                        std::cmp::Ordering::Less => entry = scan.next(),
+                        std::cmp::Ordering::Equal => break Some(block.posting(e.slot)),
+                        std::cmp::Ordering::Greater => break None,
+                    }
+                });
+            }
+        }
+        out
     }
 
     fn range(&self, lo: RangeBound<&ValueKey>, hi: RangeBound<&ValueKey>) -> PackedRange<'_> {
@@ -904,6 +965,7 @@ fn find_encoded(bytes: &[u8], target: &[u8]) -> Option<Option<Slot>> {
 }
 
 /// A block's entry's posting before it is borrowed.
+#[derive(Clone, Copy)]
 enum Slot {
     One(u32),
     Many(usize),
@@ -1212,6 +1274,11 @@ mod tests {
             assert_eq!(&**gk, *wk);
             assert_eq!(&**gp, *wp);
         }
+        // Together, as an import asks: in any order, with repeats.
+        let keys: Vec<ValueKey> = probes.iter().map(|p| key(*p)).collect();
+        for (k, got) in keys.iter().zip(v.get_each(&keys)) {
+            assert_eq!(got.as_deref(), truth.get(k), "get_each {k:?}");
+        }
         for p in probes {
             let k = key(*p);
             assert_eq!(v.get(&k).as_deref(), truth.get(&k), "get {k:?}");
@@ -1285,9 +1352,13 @@ mod tests {
             .iter()
             .cloned()
             .chain(["".into(), "n".into(), long.clone(), "z".into()]);
-        for n in probes {
-            let v = ValueKey::str(&n);
-            assert_eq!(packed.get(&v).as_deref(), truth.get(&v), "{n}");
+        let probes: Vec<ValueKey> = probes.map(|n| ValueKey::str(&n)).collect();
+        for v in &probes {
+            assert_eq!(packed.get(v).as_deref(), truth.get(v), "{v:?}");
+        }
+        let packed = Values::Packed(packed);
+        for (v, got) in probes.iter().zip(packed.get_each(&probes)) {
+            assert_eq!(got.as_deref(), truth.get(v), "get_each {v:?}");
         }
     }
 

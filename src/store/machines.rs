@@ -30,7 +30,7 @@ use super::write::{erase, record, stage, Apply, Prepare, Retired, Swap};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::GroupCount;
-use crate::index::{Bulk, Defaults, Entries, FastMap, Index, ValueKey};
+use crate::index::{Bulk, Defaults, Entries, FastMap, Index, Posting, ValueKey};
 use crate::model::{profile_layers, Kind, Machine, Profile};
 use crate::telemetry::WriteKind;
 use crate::timing;
@@ -970,9 +970,9 @@ const ONE_THREAD_MOST: usize = 1_024;
 
 /// `f` of each of `planned`, in order: on the caller's thread, or for a
 /// large write the second half on a thread of its own.
-fn each_machine<T: Send>(
-    planned: &[Planned],
-    f: impl Fn(&Planned) -> Result<T> + Sync,
+fn each_machine<P: Sync, T: Send>(
+    planned: &[P],
+    f: impl Fn(&P) -> Result<T> + Sync,
 ) -> Vec<Result<T>> {
     let two = planned.len() > ONE_THREAD_MOST
         && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
@@ -996,20 +996,32 @@ fn each_machine<T: Send>(
     })
 }
 
+/// What a write has assigned so far, as [`assign_machine`] goes through
+/// its machines in order.
+struct Assigned {
+    /// The stored ids of the write's given Uuids, looked up together.
+    stored: FastMap<Uuid, u32>,
+    /// The write's Names and Uuids so far.
+    names: FastMap<String, Uuid>,
+    uuids: HashSet<Uuid, foldhash::fast::RandomState>,
+    /// The next free machine id.
+    next: u32,
+}
+
 /// A machine of a write given its Uuid (a new one, or with `by_name` the
 /// stored machine's of its Name) and its id, with the stored machine it
 /// replaces: refused if another of the write's machines has its Name or
-/// Uuid (`names`, `uuids`: the write's so far), or if ids run out.
+/// Uuid, or if ids run out. A Uuid given is found in `a.stored`, one made
+/// here in the index.
 fn assign_machine(
     store: &Store,
     st: &State,
     by_name: bool,
-    names: &mut FastMap<String, Uuid>,
-    uuids: &mut HashSet<Uuid, foldhash::fast::RandomState>,
-    next: &mut u32,
+    a: &mut Assigned,
     m: &mut Machine,
 ) -> Result<(u32, Option<Machine>)> {
-    if m.uuid.is_nil() {
+    let given = !m.uuid.is_nil();
+    if !given {
         m.uuid = match by_name {
             true => st
                 .machines
@@ -1022,7 +1034,7 @@ fn assign_machine(
         };
     }
     normalize_machine(m);
-    if names
+    if a.names
         .insert(m.name.clone(), m.uuid)
         .is_some_and(|u| u != m.uuid)
     {
@@ -1031,21 +1043,25 @@ fn assign_machine(
             key: format!("Name:{}", m.name),
         });
     }
-    if !uuids.insert(m.uuid) {
+    if !a.uuids.insert(m.uuid) {
         return Err(Error::invalid(
             format!("machine Uuid of {}", m.name),
             format!("Uuid {} is given twice in one write", m.uuid),
         ));
     }
-    let existing = st
-        .machines
-        .lookup(&Key::Field(Field::Uuid), &ValueKey::uuid(m.uuid))
-        .and_then(|b| b.min());
+    let existing = match given {
+        true => a.stored.get(&m.uuid).copied(),
+        false => st
+            .machines
+            .lookup(&Key::Field(Field::Uuid), &ValueKey::uuid(m.uuid))
+            .and_then(|b| b.min()),
+    };
     Ok(match existing {
         Some(id) => (id, Some(store.load_machine(id)?)),
         None => {
-            let id = *next;
-            *next = next
+            let id = a.next;
+            a.next = a
+                .next
                 .checked_add(1)
                 .ok_or_else(|| Error::invalid("machine", "the store has run out of machine ids"))?;
             (id, None)
@@ -1073,21 +1089,30 @@ pub(super) fn plan_machines(
     by_name: bool,
     at: &mut usize,
 ) -> Result<MachinePlan> {
-    let mut names: FastMap<String, Uuid> = FastMap::default();
-    let mut uuids: HashSet<Uuid, foldhash::fast::RandomState> = HashSet::default();
-    names.reserve(machines.len());
-    uuids.reserve(machines.len());
-    let mut next = st.next_id;
     let mut planned: Vec<Planned> = Vec::with_capacity(machines.len());
     let (mut created, mut replaced) = (0, 0);
     // In order, what needs the write's earlier machines: Uuids, names
     // unique within the write, ids. The first machine refused here ends
     // the pass; an earlier one the checks below refuse comes first.
     let mut refused: Option<(usize, Error)> = None;
+    // The Uuids given are looked up together: one walk of the Uuid key.
+    let given: Vec<&Machine> = machines.iter().filter(|m| !m.uuid.is_nil()).collect();
+    let values: Vec<ValueKey> = given.iter().map(|m| ValueKey::uuid(m.uuid)).collect();
+    let mut a = Assigned {
+        stored: given
+            .iter()
+            .zip(st.machines.lookup_each(&Key::Field(Field::Uuid), &values))
+            .filter_map(|(m, found)| Some((m.uuid, found?.min()?)))
+            .collect(),
+        names: FastMap::default(),
+        uuids: HashSet::default(),
+        next: st.next_id,
+    };
+    drop((given, values));
+    a.names.reserve(machines.len());
+    a.uuids.reserve(machines.len());
     for (i, mut m) in machines.into_iter().enumerate() {
-        match assign_machine(
-            store, st, by_name, &mut names, &mut uuids, &mut next, &mut m,
-        ) {
+        match assign_machine(store, st, by_name, &mut a, &mut m) {
             Ok((id, old)) => {
                 match old {
                     Some(_) => replaced += 1,
@@ -1107,8 +1132,16 @@ pub(super) fn plan_machines(
     // the checks against the state and its record's encoding (the caller's
     // second core is otherwise idle until the commit starts).
     let staging = out.is_some();
-    let checked = each_machine(&planned, |(id, old, m)| {
-        st.check_machine_in(pending, Some(*id), old.as_ref(), m)
+    // The Names too: one walk of the Name key.
+    let names: Vec<ValueKey> = planned
+        .iter()
+        .map(|(_, _, m)| ValueKey::str(&m.name))
+        .collect();
+    let holders = st.machines.lookup_each(&Key::Field(Field::Name), &names);
+    drop(names);
+    let with_holders: Vec<(&Planned, Option<Posting>)> = planned.iter().zip(holders).collect();
+    let checked = each_machine(&with_holders, |((id, old, m), holders)| {
+        st.check_machine_in(pending, Some(*id), old.as_ref(), m, holders.as_ref())
             .map_err(|e| match e {
                 Error::Invalid { what, reason } => {
                     Error::invalid(format!("{what} of {}", m.name), reason)
@@ -1151,7 +1184,7 @@ pub(super) fn plan_machines(
     }
     timing::mark("plan: stage");
     if let Some((batch, _)) = &mut out {
-        batch.put(NEXT_ID_KEY, next.to_be_bytes());
+        batch.put(NEXT_ID_KEY, a.next.to_be_bytes());
     }
     // On an engine that settles the batch after the answer, the entries
     // are worked out in place once it committed, while the engine applies
@@ -1174,7 +1207,7 @@ pub(super) fn plan_machines(
     timing::mark("plan: index entries");
     Ok(MachinePlan {
         planned,
-        next,
+        next: a.next,
         created,
         replaced,
     })

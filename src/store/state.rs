@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::filter::{Field, Key, ParamTypes};
-use crate::index::{Defaults, Entries, EntrySink, FastMap, Index, KeyRef, ValueKey};
+use crate::index::{Defaults, Entries, EntrySink, FastMap, Index, KeyRef, Posting, ValueKey};
 use crate::model::{Effective, Kind, Machine, Object, ParamDef, Profile};
 
 /// Everything kept in memory, replaced only under the state's write lock.
@@ -128,23 +128,25 @@ impl State {
         old: Option<&Machine>,
         m: &Machine,
     ) -> Result<()> {
-        self.check_machine_in(&Pending::default(), id, old, m)
+        let holders = self
+            .machines
+            .lookup(&Key::Field(Field::Name), &ValueKey::str(&m.name));
+        self.check_machine_in(&Pending::default(), id, old, m, holders.as_deref())
     }
 
     /// [`check_machine`](Self::check_machine) against the profiles and
-    /// definitions as a bulk write sees them.
+    /// definitions as a bulk write sees them; `name_holders` are the stored
+    /// machines of `m`'s Name (a bulk write looks its Names up together).
     pub(super) fn check_machine_in(
         &self,
         pending: &Pending,
         id: Option<u32>,
         old: Option<&Machine>,
         m: &Machine,
+        name_holders: Option<&Posting>,
     ) -> Result<()> {
         m.check()?;
-        if let Some(b) = self
-            .machines
-            .lookup(&Key::Field(Field::Name), &ValueKey::str(&m.name))
-        {
+        if let Some(b) = name_holders {
             if b.iter().any(|other| Some(other) != id) {
                 return Err(Error::AlreadyExists {
                     kind: Kind::Machine,
