@@ -1,9 +1,11 @@
 //! One key's distinct values in order, each with the ids holding it.
 //!
-//! Owns: how a key's values sit in memory, and the ordered reads (a value,
+//! Owns: how a key's values sit in memory, the ordered reads (a value,
 //! a range, all of them) and writes (an id in, out, many out) that both
-//! forms answer alike. Must not: know keys or queries, or the checkpoint's
-//! bytes (a key's section lists its values whichever form holds them).
+//! forms answer alike, and the bytes of a block, which a checkpoint
+//! carries as they are ([`Values::blocks`], [`Values::from_blocks`], which
+//! checks them). Must not: know keys or queries, or how a checkpoint
+//! frames a key's section (`codec`).
 //!
 //! Two forms, chosen when a key is built in bulk (a rebuild, an import, a
 //! key decoded from a checkpoint: [`Values::from_sorted`]):
@@ -108,6 +110,56 @@ impl Values {
             let entries = t.iter().map(|(v, p)| (v.clone(), p.clone())).collect();
             Values::Packed(Packed::from_sorted(entries))
         })
+    }
+
+    /// A packed key's blocks in order, as a checkpoint carries them (a
+    /// tree has none: `None`).
+    pub(crate) fn blocks(&self) -> Option<(usize, impl Iterator<Item = BlockParts<'_>>)> {
+        let Values::Packed(p) = self else {
+            return None;
+        };
+        let parts = p.blocks.values().map(|b| BlockParts {
+            len: b.len,
+            bytes: &b.bytes,
+            many: &b.many,
+        });
+        Some((p.blocks.len(), parts))
+    }
+
+    /// A packed key from the blocks a checkpoint carried, each checked to
+    /// be exactly as [`Block::build`] writes one (bytes that parse, values
+    /// valid, ascending across blocks and front-coded as far as they share
+    /// bytes): the lookups compare bytes and rely on it. `Err` says what
+    /// is wrong.
+    pub(crate) fn from_blocks(
+        blocks: Vec<(u16, Box<[u8]>, Vec<Posting>)>,
+    ) -> Result<Values, String> {
+        let mut packed = Packed::default();
+        let mut last: Vec<u8> = Vec::new();
+        for (i, (len, bytes, many)) in blocks.into_iter().enumerate() {
+            let mut first = None;
+            let walked = walk_block(&bytes, many.len(), |value, _| {
+                if first.is_some() {
+                    return true; // the walk checks the order within a block
+                }
+                first = Some(decode_value(value));
+                last.is_empty() || cmp_encoded(&last, value).is_lt()
+            })
+            .map_err(|why| format!("block {i}: {why}"))?;
+            let Some((count, end)) = walked else {
+                return Err(format!("block {i} is empty"));
+            };
+            if count != len || usize::from(len) > BLOCK_MAX {
+                return Err(format!("block {i} holds {count} values, says {len}"));
+            }
+            last = end;
+            let first = first.unwrap_or(ValueKey::Null);
+            packed.len += usize::from(len);
+            packed
+                .blocks
+                .insert(first, Arc::new(Block { bytes, many, len }));
+        }
+        Ok(Values::Packed(packed))
     }
 
     /// Held again in the form its values now call for, packed full.
@@ -1022,8 +1074,9 @@ impl<'a> Iterator for BlockIter<'a> {
 }
 
 // The encoding of a value inside a block: a tag, then what the tag needs
-// (its length is the entry's). Only this module writes or reads it, so a
-// malformed one is a bug here, never input. Encodings order as their
+// (its length is the entry's). Only this module writes or reads it; a
+// checkpoint carries it, and [`walk_block`] checks what one read back
+// holds, so past that a malformed one is a bug here. Encodings order as their
 // values do ([`cmp_encoded`]), so that a write finds its place in a block
 // without decoding it.
 const NULL: u8 = 0;
@@ -1144,6 +1197,132 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
         n >>= 7;
     }
     out.push(n as u8);
+}
+
+/// One block of a packed key as a checkpoint carries it: how many values,
+/// the entries' bytes as held, and the postings its entries share.
+pub(crate) struct BlockParts<'a> {
+    pub(crate) len: u16,
+    pub(crate) bytes: &'a [u8],
+    pub(crate) many: &'a [Posting],
+}
+
+/// Where a block entry's posting is: one id, or one of the block's shared
+/// postings (by index).
+pub(crate) enum BlockSlot {
+    One(u32),
+    Many(usize),
+}
+
+/// Walks bytes that claim to be a block's entries (read from a file), with
+/// every check the unchecked walks of this module leave out: each entry
+/// parses within the bytes, shares with the one before exactly the bytes
+/// they have in common (up to 255), holds a valid value encoding above the
+/// one before, and names an id or one of the block's `many` shared
+/// postings. `f` sees each value's encoding and slot, and says whether the
+/// first value is in order after what came before the block. Returns how
+/// many entries there were and the last value's encoding (`None`: none).
+pub(crate) fn walk_block(
+    bytes: &[u8],
+    many: usize,
+    mut f: impl FnMut(&[u8], BlockSlot) -> bool,
+) -> Result<Option<(u16, Vec<u8>)>, String> {
+    let mut pos = 0;
+    let mut prev: Vec<u8> = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    let mut count: u16 = 0;
+    while let Some(&shared) = bytes.get(pos) {
+        pos += 1;
+        let shared = usize::from(shared);
+        let rest = checked_varint(bytes, &mut pos)?;
+        let end = usize::try_from(rest)
+            .ok()
+            .and_then(|r| pos.checked_add(r))
+            .filter(|end| *end <= bytes.len())
+            .ok_or("an entry runs past the block")?;
+        if shared > prev.len() || (count == 0 && shared != 0) {
+            return Err("an entry shares more than the value before it".into());
+        }
+        cur.clear();
+        cur.extend_from_slice(&prev[..shared]);
+        cur.extend_from_slice(&bytes[pos..end]);
+        pos = end;
+        check_value(&cur)?;
+        if count > 0 {
+            let common = prev
+                .iter()
+                .zip(&cur)
+                .take(usize::from(u8::MAX))
+                .take_while(|(a, b)| a == b)
+                .count();
+            if common != shared {
+                return Err("an entry is not front-coded as a block is built".into());
+            }
+            if !cmp_encoded(&prev, &cur).is_lt() {
+                return Err("values out of order or repeated".into());
+            }
+        }
+        let slot = match checked_varint(bytes, &mut pos)? {
+            n if n & 1 == 0 => BlockSlot::One(u32::try_from(n >> 1).map_err(|_| "an id past u32")?),
+            n => match usize::try_from(n >> 1) {
+                Ok(i) if i < many => BlockSlot::Many(i),
+                _ => return Err("an entry names a shared posting the block lacks".into()),
+            },
+        };
+        if !f(&cur, slot) {
+            return Err("values out of order or repeated".into());
+        }
+        count = count.checked_add(1).ok_or("too many entries")?;
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    Ok((count > 0).then_some((count, prev)))
+}
+
+/// Checks that `bytes` are a value's encoding as [`encode_value`] writes
+/// it: a known tag, and what it needs (a number's 8 bytes, a UUID's 16,
+/// text in UTF-8).
+fn check_value(bytes: &[u8]) -> Result<(), String> {
+    let Some((&tag, rest)) = bytes.split_first() else {
+        return Err("an empty value".into());
+    };
+    let ok = match tag {
+        NULL | FALSE | TRUE => rest.is_empty(),
+        NUM => rest.len() == 8,
+        UUID => rest.len() == 16,
+        STR | JSON => std::str::from_utf8(rest).is_ok(),
+        _ => false,
+    };
+    match ok {
+        true => Ok(()),
+        false => Err(format!("a value of tag {tag} and {} bytes", rest.len())),
+    }
+}
+
+/// The order of the values two block encodings stand for.
+pub(crate) fn cmp_block_values(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    cmp_encoded(a, b)
+}
+
+/// A value's encoding in a block, for comparing with [`walk_block`]'s.
+pub(crate) fn block_encoding(v: &ValueKey) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_value(&mut out, v);
+    out
+}
+
+/// [`get_varint`] for bytes read from a file: `Err` past their end or past
+/// 64 bits.
+fn checked_varint(bytes: &[u8], pos: &mut usize) -> Result<u64, String> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*pos).ok_or("a number runs past the block")?;
+        *pos += 1;
+        n |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(n);
+        }
+    }
+    Err("a number of more than 64 bits".into())
 }
 
 fn get_varint(bytes: &[u8], pos: &mut usize) -> u64 {
@@ -1360,6 +1539,41 @@ mod tests {
         for (v, got) in probes.iter().zip(packed.get_each(&probes)) {
             assert_eq!(got.as_deref(), truth.get(v), "get_each {v:?}");
         }
+    }
+
+    /// Blocks read back are taken only as a block is built: an entry that
+    /// shares fewer bytes with the one before than they have in common
+    /// reads as the same value, but a lookup that skips by shared bytes
+    /// would miss it.
+    #[test]
+    fn blocks_read_back_are_taken_only_as_built() {
+        let entry = |shared: u8, rest: &[u8], id: u8| {
+            let mut e = vec![shared, rest.len() as u8];
+            e.extend_from_slice(rest);
+            e.push(id << 1);
+            e
+        };
+        let built = [entry(0, &[STR, b'a', b'a'], 1), entry(2, b"b", 2)].concat();
+        let loose = [entry(0, &[STR, b'a', b'a'], 1), entry(1, b"ab", 2)].concat();
+        let truth = Values::from_sorted(vec![
+            (ValueKey::str("aa"), Posting::One(1)),
+            (ValueKey::str("ab"), Posting::One(2)),
+        ]);
+        let back = Values::from_blocks(vec![(2, built.into(), Vec::new())]).unwrap();
+        assert_eq!(back, truth);
+        let refused = Values::from_blocks(vec![(2, loose.into(), Vec::new())]).unwrap_err();
+        assert!(refused.contains("front-coded"), "{refused}");
+        // Out of order across blocks, a count that differs, a shared
+        // posting the block lacks.
+        let a = || [entry(0, &[STR, b'a'], 1)].concat().into_boxed_slice();
+        let b = || [entry(0, &[STR, b'b'], 2)].concat().into_boxed_slice();
+        assert!(Values::from_blocks(vec![(1, b(), Vec::new()), (1, a(), Vec::new())]).is_err());
+        assert!(Values::from_blocks(vec![(2, a(), Vec::new())]).is_err());
+        let many = [entry(0, &[STR, b'a'], 0)].concat();
+        let mut many = many;
+        let last = many.len() - 1;
+        many[last] = 1; // shared posting 0, of none
+        assert!(Values::from_blocks(vec![(1, many.into(), Vec::new())]).is_err());
     }
 
     /// Blocks split as one grows past its bound, and go when emptied.

@@ -75,8 +75,9 @@ pub(super) const FILE: &str = "fleetkv.index";
 
 const MAGIC: &[u8; 8] = b"FKVINDEX";
 /// Bumped whenever the header or the index encoding changes (2: a UUID
-/// value as its 16 bytes, no longer its text).
-pub(super) const VERSION: u32 = 2;
+/// value as its 16 bytes, no longer its text; 3: a packed key as its
+/// blocks).
+pub(super) const VERSION: u32 = 3;
 /// magic, version, store digest, revision, next id, body length, body CRC.
 const HEADER: usize = 8 + 4 + 16 + 8 + 4 + 8 + 4;
 
