@@ -30,7 +30,7 @@ use super::write::{erase, record, stage, Apply, Prepare, Retired, Swap};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::GroupCount;
-use crate::index::{Bulk, Defaults, Entries, FastMap, Index, Posting, ValueKey};
+use crate::index::{Bulk, Defaults, Entries, FastMap, Index, ValueKey};
 use crate::model::{profile_layers, Kind, Machine, Profile};
 use crate::telemetry::WriteKind;
 use crate::timing;
@@ -968,28 +968,25 @@ fn index_planned<'p>(
 /// thread 27–36 µs, measured on this project's 2-core machine kind).
 const ONE_THREAD_MOST: usize = 1_024;
 
-/// `f` of each of `planned`, in order: on the caller's thread, or for a
-/// large write the second half on a thread of its own.
-fn each_machine<P: Sync, T: Send>(
-    planned: &[P],
-    f: impl Fn(&P) -> Result<T> + Sync,
-) -> Vec<Result<T>> {
+/// `f` of `planned` whole, on the caller's thread, or for a large write of
+/// each half, the second on a thread of its own: the answers in order.
+fn each_half<P: Sync, T: Send>(planned: &[P], f: impl Fn(&[P]) -> Vec<T> + Sync) -> Vec<T> {
     let two = planned.len() > ONE_THREAD_MOST
         && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
     if !two {
-        return planned.iter().map(&f).collect();
+        return f(planned);
     }
     let (first, second) = planned.split_at(planned.len() / 2);
     std::thread::scope(|scope| {
         let f = &f;
         let other = std::thread::Builder::new()
             .name("fleetkv-plan".into())
-            .spawn_scoped(scope, move || second.iter().map(f).collect::<Vec<_>>());
-        let mut out: Vec<Result<T>> = first.iter().map(f).collect();
+            .spawn_scoped(scope, move || f(second));
+        let mut out = f(first);
         match other.map(|h| h.join()) {
             Ok(Ok(rest)) => out.extend(rest),
             // No thread to be had: this one does the rest.
-            Err(_) => out.extend(second.iter().map(f)),
+            Err(_) => out.extend(f(second)),
             Ok(Err(panic)) => std::panic::resume_unwind(panic),
         }
         out
@@ -1132,23 +1129,26 @@ pub(super) fn plan_machines(
     // the checks against the state and its record's encoding (the caller's
     // second core is otherwise idle until the commit starts).
     let staging = out.is_some();
-    // The Names too: one walk of the Name key.
-    let names: Vec<ValueKey> = planned
-        .iter()
-        .map(|(_, _, m)| ValueKey::str(&m.name))
-        .collect();
-    let holders = st.machines.lookup_each(&Key::Field(Field::Name), &names);
-    drop(names);
-    let with_holders: Vec<(&Planned, Option<Posting>)> = planned.iter().zip(holders).collect();
-    let checked = each_machine(&with_holders, |((id, old, m), holders)| {
-        st.check_machine_in(pending, Some(*id), old.as_ref(), m, holders.as_ref())
-            .map_err(|e| match e {
-                Error::Invalid { what, reason } => {
-                    Error::invalid(format!("{what} of {}", m.name), reason)
-                }
-                other => other,
-            })?;
-        Ok(staging.then(|| (encode(m), old.as_ref().map(encode))))
+    let checked = each_half(&planned, |half| {
+        // Their Names looked up together: one walk of the Name key.
+        let names: Vec<ValueKey> = half
+            .iter()
+            .map(|(_, _, m)| ValueKey::str(&m.name))
+            .collect();
+        let holders = st.machines.lookup_each(&Key::Field(Field::Name), &names);
+        half.iter()
+            .zip(holders)
+            .map(|((id, old, m), holders)| {
+                st.check_machine_in(pending, Some(*id), old.as_ref(), m, holders.as_ref())
+                    .map_err(|e| match e {
+                        Error::Invalid { what, reason } => {
+                            Error::invalid(format!("{what} of {}", m.name), reason)
+                        }
+                        other => other,
+                    })?;
+                Ok(staging.then(|| (encode(m), old.as_ref().map(encode))))
+            })
+            .collect()
     });
     timing::mark("plan: check and encode");
     let mut records = Vec::with_capacity(checked.len());
