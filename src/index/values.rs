@@ -33,6 +33,7 @@
 //! Equality is by content, never by form.
 
 use std::borrow::Cow;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::ops::Bound as RangeBound;
 use std::sync::Arc;
@@ -252,11 +253,15 @@ impl Values {
     pub(crate) fn add_sorted(&mut self, items: &[(&ValueKey, u32)]) {
         match self {
             Values::Tree(t) => {
+                // One search a value: a value new to the key (every one of
+                // an import's Names) is placed where the search ended.
                 for run in items.chunk_by(|a, b| a.0 == b.0) {
-                    match t.get_mut(run[0].0) {
-                        Some(post) => post.extend(run.iter().map(|(_, id)| *id)),
-                        None => {
-                            t.insert(run[0].0.clone(), posting_of(run));
+                    match t.entry(run[0].0.clone()) {
+                        Entry::Occupied(mut post) => {
+                            post.get_mut().extend(run.iter().map(|(_, id)| *id))
+                        }
+                        Entry::Vacant(slot) => {
+                            slot.insert(posting_of(run));
                         }
                     }
                 }
