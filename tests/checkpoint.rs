@@ -83,6 +83,57 @@ fn a_clean_close_leaves_a_checkpoint_the_next_open_reads_whole() {
     assert_eq!(counts(&s)[..2], [1200, 300]);
 }
 
+/// Keys held packed (a key decoded from a checkpoint packs Name, Uuid and
+/// Address) are written as their blocks by the next checkpoint and read
+/// back from them: the open after it finds every machine by Name and by
+/// Uuid, counts as before and equals a rebuild.
+#[test]
+fn packed_keys_written_as_blocks_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    fleet(dir.path());
+    let uuids: Vec<String> = {
+        let s = open(dir.path());
+        // An import decodes every key it adds to (packed, once decoded).
+        let more: Vec<Machine> = (1200..1300).map(|i| machine(i, &["cluster-1"])).collect();
+        s.machines().import(more).unwrap();
+        s.checkpoint().unwrap();
+        (0..1300)
+            .step_by(7)
+            .map(|i| {
+                s.machines()
+                    .get(&format!("node-{i:04}"))
+                    .unwrap()
+                    .uuid
+                    .to_string()
+            })
+            .collect()
+    };
+    let s = open(dir.path());
+    assert!(
+        matches!(s.recovery(), Recovery::Checkpoint { events: 0, .. }),
+        "{:?}",
+        s.recovery()
+    );
+    for (i, uuid) in (0..1300).step_by(7).zip(&uuids) {
+        let by_name = s.machines().get(&format!("Name:node-{i:04}")).unwrap();
+        assert_eq!(&by_name.uuid.to_string(), uuid);
+        assert!(s.machines().exists(&format!("Uuid:{uuid}")).unwrap());
+    }
+    assert!(!s.machines().exists("Name:node-1300").unwrap());
+    assert_eq!(counts(&s)[..2], [1300, 400]);
+    s.verify_indexes().unwrap();
+    drop(s);
+    // Every key of the file decodes as it is (a key that does not is
+    // built from the records, which the open above would not show).
+    released(dir.path());
+    let (code, out, err) = common::embedded(dir.path(), &["check"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains("damage") && !err.contains("index checkpoint key"),
+        "{out}{err}"
+    );
+}
+
 /// A process killed between writing a checkpoint's or a snapshot's
 /// temporary file and renaming it leaves the file; the next open of the
 /// store removes it (and reads the checkpoint the rename never replaced).
