@@ -961,6 +961,19 @@ mod tests {
         out
     }
 
+    /// `p`'s values held in a tree, whatever form holds them.
+    fn as_tree(p: &Postings) -> Postings {
+        Postings {
+            values: Values::Tree(
+                p.values
+                    .iter()
+                    .map(|(v, p)| (v.into_owned(), p.into_owned()))
+                    .collect(),
+            ),
+            has: p.has.clone(),
+        }
+    }
+
     #[test]
     fn a_key_written_as_blocks_or_as_entries_reads_back_equal() {
         let mut values: Vec<ValueKey> = vec![
@@ -1003,15 +1016,7 @@ mod tests {
         assert!(back.values == p.values && back.has == p.has);
         // A tree of the same values is written value by value, read in
         // place as its built values are.
-        let tree = Postings {
-            values: Values::Tree(
-                p.values
-                    .iter()
-                    .map(|(v, p)| (v.into_owned(), p.into_owned()))
-                    .collect(),
-            ),
-            has: p.has.clone(),
-        };
+        let tree = as_tree(&p);
         let mut read_in_place = Vec::new();
         encode_section(&mut read_in_place, &tree).unwrap();
         assert_eq!(read_in_place, section_from_keys(&tree));
@@ -1085,15 +1090,7 @@ mod tests {
     fn a_packed_key_is_written_as_its_blocks_and_reads_back_equal() {
         let ix = packed_sample();
         let name = ix.keys.get(&Key::Field(Field::Name)).unwrap().clone();
-        let as_tree = Postings {
-            values: Values::Tree(
-                name.values
-                    .iter()
-                    .map(|(v, p)| (v.into_owned(), p.into_owned()))
-                    .collect(),
-            ),
-            has: name.has.clone(),
-        };
+        let as_tree = as_tree(&name);
         let (mut blocks, mut entries) = (Vec::new(), Vec::new());
         encode_section(&mut blocks, &name).unwrap();
         encode_section(&mut entries, &as_tree).unwrap();
