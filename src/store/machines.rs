@@ -1093,19 +1093,22 @@ pub(super) fn plan_machines(
     // the pass; an earlier one the checks below refuse comes first.
     let mut refused: Option<(usize, Error)> = None;
     // The Uuids given are looked up together: one walk of the Uuid key.
-    let given: Vec<&Machine> = machines.iter().filter(|m| !m.uuid.is_nil()).collect();
-    let values: Vec<ValueKey> = given.iter().map(|m| ValueKey::uuid(m.uuid)).collect();
+    let given: Vec<Uuid> = machines
+        .iter()
+        .map(|m| m.uuid)
+        .filter(|u| !u.is_nil())
+        .collect();
+    let values: Vec<ValueKey> = given.iter().map(|u| ValueKey::uuid(*u)).collect();
     let mut a = Assigned {
         stored: given
-            .iter()
+            .into_iter()
             .zip(st.machines.lookup_each(&Key::Field(Field::Uuid), &values))
-            .filter_map(|(m, found)| Some((m.uuid, found?.min()?)))
+            .filter_map(|(u, found)| Some((u, found?.min()?)))
             .collect(),
         names: FastMap::default(),
         uuids: HashSet::default(),
         next: st.next_id,
     };
-    drop((given, values));
     a.names.reserve(machines.len());
     a.uuids.reserve(machines.len());
     for (i, mut m) in machines.into_iter().enumerate() {
