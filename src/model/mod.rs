@@ -366,7 +366,9 @@ pub(crate) fn profile_layers<'a>(
 /// gives its value and a definition's default fills a name none holds.
 /// Borrows every value, so the index can walk them without copying.
 pub(crate) struct Effective<'a> {
-    layers: Vec<&'a Map<String, Value>>,
+    /// Inline: a machine has its own map, a profile or two and `global`
+    /// (a heap vector was one allocation per machine an import indexes).
+    layers: smallvec::SmallVec<[&'a Map<String, Value>; 4]>,
 }
 
 impl<'a> Effective<'a> {
@@ -385,7 +387,7 @@ impl<'a> Effective<'a> {
     /// An object whose only explicit params are its own (a profile).
     pub(crate) fn own(params: &'a Map<String, Value>) -> Self {
         Effective {
-            layers: vec![params],
+            layers: smallvec::smallvec![params],
         }
     }
 

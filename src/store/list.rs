@@ -56,7 +56,8 @@ impl Store {
             _ => {
                 let none = Map::new();
                 let own = doc.get("Params").and_then(Value::as_object);
-                Effective::own(own.unwrap_or(&none)).resolve(st.defaults())
+                let effective = Effective::own(own.unwrap_or(&none));
+                effective.resolve(st.defaults())
             }
         };
         match doc.as_object() {
