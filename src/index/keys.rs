@@ -39,6 +39,7 @@ use std::sync::{Arc, OnceLock};
 
 use roaring::RoaringBitmap;
 
+use super::posting::add_ids;
 use super::{FastMap, Posting, Postings, ValueKey};
 use crate::filter::Key;
 
@@ -293,7 +294,7 @@ impl Postings {
     fn add_sorted(&mut self, items: &[(&ValueKey, u32)], set: bool) {
         self.values.add_sorted(items);
         if !set {
-            self.has.extend(items.iter().map(|(_, id)| *id));
+            add_ids(&mut self.has, items.iter().map(|(_, id)| *id));
         }
     }
 

@@ -23,6 +23,21 @@ impl PartialEq for Posting {
     }
 }
 
+/// Adds `ids` to `b`. Ids that ascend above its largest (an import's new
+/// machines, in the order their ids were given) are appended without the
+/// search of a container `insert` makes for each; otherwise each is
+/// inserted (those appended before an id out of order, again: a no-op).
+pub(crate) fn add_ids<I>(b: &mut RoaringBitmap, ids: I)
+where
+    I: IntoIterator<Item = u32>,
+    I::IntoIter: Clone,
+{
+    let ids = ids.into_iter();
+    if b.append(ids.clone()).is_err() {
+        b.extend(ids);
+    }
+}
+
 impl Posting {
     pub(crate) fn insert(&mut self, id: u32) {
         match self {
@@ -38,8 +53,13 @@ impl Posting {
     }
 
     /// [`insert`](Self::insert)s each of `ids`: the bitmap is unshared
-    /// once and keeps its place between ids (ascending ones are cheapest).
-    pub(crate) fn extend(&mut self, ids: impl IntoIterator<Item = u32>) {
+    /// once, and ids that ascend above its largest are appended
+    /// ([`add_ids`]).
+    pub(crate) fn extend<I>(&mut self, ids: I)
+    where
+        I: IntoIterator<Item = u32>,
+        I::IntoIter: Clone,
+    {
         let mut ids = ids.into_iter();
         loop {
             match self {
@@ -52,7 +72,7 @@ impl Posting {
                     }
                 },
                 Posting::Many(b) => {
-                    Arc::make_mut(b).extend(ids);
+                    add_ids(Arc::make_mut(b), ids);
                     return;
                 }
             }
@@ -196,7 +216,18 @@ mod tests {
     /// copy shares unchanged.
     #[test]
     fn extending_is_inserting_each() {
-        let cases: [&[u32]; 5] = [&[], &[7], &[7, 7], &[2, 9, 70_000, 9, 1], &[7, 8]];
+        // Ascending above the largest (appended), out of order after an
+        // appended start, at or below the largest.
+        let cases: [&[u32]; 8] = [
+            &[],
+            &[7],
+            &[7, 7],
+            &[2, 9, 70_000, 9, 1],
+            &[7, 8],
+            &[8, 9, 70_000, 200_000],
+            &[8, 70_000, 9, 3],
+            &[8, 8],
+        ];
         for start in [
             Posting::One(7),
             Posting::Many(Arc::new([1, 7].into_iter().collect())),
