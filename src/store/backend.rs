@@ -47,6 +47,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The revision of the last committed batch (0 for a new store).
     fn revision(&self) -> Result<u64>;
 
+    /// Work on `batch` that needs no call into the engine (sled: building
+    /// its own batch from the records), done by the writer before the
+    /// commit is handed to the storage thread: that thread's work on an
+    /// import chunk is what the import's rate waits on, and the writer
+    /// would otherwise wait for it. A batch not prepared commits all the
+    /// same.
+    fn prepare(&self, batch: &mut Batch) {
+        let _ = batch;
+    }
+
     /// Applies `batch` atomically if the store is at `batch.expect`, moving
     /// it to `batch.rev`; otherwise writes nothing and returns
     /// [`Error::RevisionMismatch`]. Atomic as a reopen sees it: after a
@@ -132,6 +142,18 @@ pub(crate) struct Batch {
     /// `(key, Some(value))` puts, `(key, None)` removes; a later op on the
     /// same key wins.
     pub(crate) ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The engine's own form of `ops`, which [`Backend::prepare`] may build
+    /// (taking `ops`); its commit then takes this instead.
+    pub(crate) prepared: Option<Prepared>,
+}
+
+/// An engine's own form of a batch's records ([`Backend::prepare`]).
+pub(crate) struct Prepared(pub(crate) Box<dyn std::any::Any + Send>);
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prepared(..)")
+    }
 }
 
 impl Batch {
@@ -145,12 +167,16 @@ impl Batch {
         self.ops.push((key.into(), None));
     }
 
-    /// A copy, to commit again (a batch is otherwise moved, never copied).
+    /// A copy of its records, to commit again (a batch is otherwise moved,
+    /// never copied). Taken before [`Backend::prepare`], which may move
+    /// them into the engine's form.
     pub(crate) fn copy(&self) -> Batch {
+        debug_assert!(self.prepared.is_none(), "a prepared batch is copied");
         Batch {
             expect: self.expect,
             rev: self.rev,
             ops: self.ops.clone(),
+            prepared: None,
         }
     }
 }

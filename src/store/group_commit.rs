@@ -190,6 +190,7 @@ mod tests {
                 expect: rev - 1,
                 rev,
                 ops: vec![(vec![b'k'], Some(vec![rev as u8]))],
+                prepared: None,
             });
             sync.committed(rev);
         }

@@ -61,9 +61,12 @@
 //! writer has its answer at once, and sled's work on an import chunk
 //! (about as long as the chunk's planning and indexing) runs while the
 //! writer indexes it and plans the next one, where the two used to take
-//! turns. Reads see the batch as they see a small one (a point read
-//! finds a key by binary search in the batch's ops, sorted once by the
-//! first read that needs it), and a flush settles it before flushing, so
+//! turns. The writer builds the chunk's `sled::Batch` before it hands the
+//! commit over ([`Backend::prepare`]), so the storage thread, whose work
+//! the import's rate waits on, only applies it; reads see the batch as
+//! they see a small one (a point read looks the key up in that batch,
+//! which sled applies by reference: vendor patch 11), and a flush settles
+//! it before flushing, so
 //! a durable write, a checkpoint's flush and a close find it on disk. The
 //! engine holds none of it until the settle, and all of it after (sled's
 //! batches are atomic across a crash): a crash in between loses the batch
@@ -90,39 +93,53 @@ pub(crate) const INTENT_MOST_BYTES: usize = 256 * 1024;
 type Ops = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// A committed batch whose records may not all be in the tree yet.
-struct Unsettled {
-    ops: Ops,
-    /// A large batch's revision: nothing of it is in the tree until its
-    /// settle applies it whole, as one `sled::Batch`. `None` for a small
-    /// batch, whose intent holds it (its records go in one by one).
-    whole: Option<u64>,
-    /// `ops`' positions by key (a later op on the same key after an
-    /// earlier one), for a large batch's reads: built by the first.
-    by_key: std::sync::OnceLock<Vec<u32>>,
+enum Unsettled {
+    /// A small batch, whose intent holds it: its records go in one by one.
+    Small(Ops),
+    /// A large batch, with `s:rev`: nothing of it is in the tree until its
+    /// settle applies it whole.
+    Whole(sled::Batch),
 }
 
 impl Unsettled {
     /// The last op on `key`, if the batch has one.
-    fn find(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
-        if self.whole.is_none() {
-            return self
-                .ops
+    fn find(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        match self {
+            Unsettled::Small(ops) => ops
                 .iter()
                 .rev()
                 .find(|(k, _)| k == key)
-                .map(|(_, v)| v);
+                .map(|(_, v)| v.clone()),
+            Unsettled::Whole(b) => b.get(key).map(|v| v.map(|v| v.to_vec())),
         }
-        let by_key = self.by_key.get_or_init(|| {
-            let mut order: Vec<u32> = (0..self.ops.len() as u32).collect();
-            // Stable: equal keys keep their order, the last op last.
-            order.sort_by(|a, b| self.ops[*a as usize].0.cmp(&self.ops[*b as usize].0));
-            order
-        });
-        let after = by_key.partition_point(|i| self.ops[*i as usize].0.as_slice() <= key);
-        let last = by_key.get(after.checked_sub(1)?)?;
-        let (k, v) = &self.ops[*last as usize];
-        (k == key).then_some(v)
     }
+}
+
+/// A large batch's records as one `sled::Batch`, with the revision it
+/// moves the store to ([`Backend::prepare`]).
+struct Prepared(sled::Batch);
+
+/// Whether `ops` commit through an intent (see "Small batches").
+fn is_small(ops: &Ops) -> bool {
+    let size: usize = ops
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    ops.len() <= INTENT_MOST_OPS && size <= INTENT_MOST_BYTES
+}
+
+/// `ops`, then `s:rev` = `rev`, as one `sled::Batch` (a later op on a key
+/// replaces an earlier one, as in the tree).
+fn whole_batch(ops: Ops, rev: u64) -> sled::Batch {
+    let mut b = sled::Batch::default();
+    for (k, v) in ops {
+        match v {
+            Some(v) => b.insert(k.as_slice(), v.as_slice()),
+            None => b.remove(k.as_slice()),
+        }
+    }
+    b.insert(REV_KEY, &rev.to_be_bytes());
+    b
 }
 
 /// A sled database.
@@ -227,7 +244,12 @@ struct Intent {
 }
 
 impl Intent {
-    fn encode(batch: &Batch, size: usize) -> Vec<u8> {
+    fn encode(batch: &Batch) -> Vec<u8> {
+        let size: usize = batch
+            .ops
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
         let mut out = Vec::with_capacity(16 + size + 9 * batch.ops.len());
         out.extend_from_slice(&batch.expect.to_be_bytes());
         out.extend_from_slice(&batch.rev.to_be_bytes());
@@ -306,7 +328,7 @@ impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let unsettled = self.unsettled.lock().clone();
         if let Some(v) = unsettled.as_ref().and_then(|u| u.find(key)) {
-            return Ok(v.clone());
+            return Ok(v);
         }
         Ok(self.db.get(key).map_err(storage)?.map(|v| v.to_vec()))
     }
@@ -331,30 +353,46 @@ impl Backend for SledBackend {
         Ok(*self.rev.lock())
     }
 
-    fn commit(&self, batch: Batch) -> Result<()> {
+    /// A large batch's `sled::Batch` is built here, by the writer: a copy
+    /// of every record and a hash-map insert each, a tenth of the storage
+    /// thread's work on an import chunk.
+    fn prepare(&self, batch: &mut Batch) {
+        if batch.prepared.is_none() && !is_small(&batch.ops) {
+            let ops = std::mem::take(&mut batch.ops);
+            batch.prepared = Some(super::backend::Prepared(Box::new(Prepared(whole_batch(
+                ops, batch.rev,
+            )))));
+        }
+    }
+
+    fn commit(&self, mut batch: Batch) -> Result<()> {
         let mut rev = self.rev.lock();
         check_revision(*rev, &batch)?;
         // The intent below overwrites the last one, and a large batch's
         // revision covers it: its records must all be in first.
         self.settle()?;
-        let size: usize = batch
-            .ops
-            .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-            .sum();
+        let prepared = match batch.prepared.take().map(|p| p.0.downcast::<Prepared>()) {
+            None => None,
+            Some(Ok(p)) => Some(p.0),
+            Some(Err(_)) => {
+                return Err(Error::Storage(
+                    "internal: a batch prepared for another engine".into(),
+                ))
+            }
+        };
         // A small batch's commit point is its intent; a large one has none
         // until its settle applies it whole.
-        let small = batch.ops.len() <= INTENT_MOST_OPS && size <= INTENT_MOST_BYTES;
-        if small {
-            self.db
-                .insert(INTENT_KEY, Intent::encode(&batch, size))
-                .map_err(storage)?;
-        }
-        *self.unsettled.lock() = Some(Arc::new(Unsettled {
-            ops: batch.ops,
-            whole: (!small).then_some(batch.rev),
-            by_key: Default::default(),
-        }));
+        let unsettled = match prepared {
+            Some(whole) => Unsettled::Whole(whole),
+            None if is_small(&batch.ops) => {
+                self.db
+                    .insert(INTENT_KEY, Intent::encode(&batch))
+                    .map_err(storage)?;
+                Unsettled::Small(batch.ops)
+            }
+            None => Unsettled::Whole(whole_batch(batch.ops, batch.rev)),
+        };
+        *self.unsettled.lock() = Some(Arc::new(unsettled));
         *rev = batch.rev;
         Ok(())
     }
@@ -364,19 +402,9 @@ impl Backend for SledBackend {
         let Some(unsettled) = self.unsettled.lock().clone() else {
             return Ok(());
         };
-        match unsettled.whole {
-            None => apply_ops(&self.db, &unsettled.ops)?,
-            Some(rev) => {
-                let mut b = sled::Batch::default();
-                for (k, v) in &unsettled.ops {
-                    match v {
-                        Some(v) => b.insert(k.as_slice(), v.as_slice()),
-                        None => b.remove(k.as_slice()),
-                    }
-                }
-                b.insert(REV_KEY, &rev.to_be_bytes());
-                self.db.apply_batch(b).map_err(storage)?;
-            }
+        match &*unsettled {
+            Unsettled::Small(ops) => apply_ops(&self.db, ops)?,
+            Unsettled::Whole(b) => self.db.apply_batch_ref(b).map_err(storage)?,
         }
         // Only a commit sets a new batch, and it settles this one first.
         *self.unsettled.lock() = None;
@@ -392,7 +420,7 @@ impl Backend for SledBackend {
             .unsettled
             .lock()
             .as_ref()
-            .is_some_and(|u| u.whole.is_some());
+            .is_some_and(|u| matches!(**u, Unsettled::Whole(_)));
         if whole {
             self.settle()?;
         }
@@ -430,13 +458,14 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
                 .collect(),
+            prepared: None,
         }
     }
 
     #[test]
     fn an_intent_decodes_to_the_batch_it_encodes_and_damage_is_an_error() {
         let b = batch(7, &[(b"k1", Some(b"v1")), (b"k2", None), (b"", Some(b""))]);
-        let bytes = Intent::encode(&b, 8);
+        let bytes = Intent::encode(&b);
         let back = Intent::decode(&bytes).unwrap();
         assert_eq!((back.expect, back.rev), (7, 8));
         assert_eq!(back.ops, b.ops);
@@ -474,7 +503,7 @@ mod tests {
             // Revision 2's intent and its first record only, as a crash
             // between the two inserts would leave them.
             let b = batch(1, &[(b"a", Some(b"2")), (b"b", None), (b"c", Some(b"2"))]);
-            db.db.insert(INTENT_KEY, Intent::encode(&b, 6)).unwrap();
+            db.db.insert(INTENT_KEY, Intent::encode(&b)).unwrap();
             db.db.insert(b"a", b"2").unwrap();
             db.flush().unwrap();
         }
@@ -493,6 +522,7 @@ mod tests {
             expect: 3,
             rev: 4,
             ops: big,
+            prepared: None,
         })
         .unwrap();
         db.db.insert(b"c", b"changed after").unwrap();
@@ -586,6 +616,13 @@ mod tests {
         );
     }
 
+    /// `b` in the engine's own form, as the writer commits it.
+    fn prepared(db: &SledBackend, mut b: Batch) -> Batch {
+        db.prepare(&mut b);
+        assert!(b.prepared.is_some() && b.ops.is_empty(), "not prepared");
+        b
+    }
+
     /// A large batch is read from the moment its commit returns, though
     /// nothing of it is in the tree until a settle applies it whole: the
     /// storage thread's, a scan's, a flush's or the next commit's. Dropped
@@ -607,6 +644,7 @@ mod tests {
                 expect,
                 rev: expect + 1,
                 ops,
+                prepared: None,
             }
         };
         let reads = |db: &SledBackend, tag: &[u8]| {
@@ -631,7 +669,8 @@ mod tests {
             assert_eq!(sled_has(&db, REV_KEY), Some(2u64.to_be_bytes().to_vec()));
             reads(&db, b"a");
 
-            db.commit(large(2, b"b")).unwrap();
+            // Prepared by the writer, as the store does: read the same.
+            db.commit(prepared(&db, large(2, b"b"))).unwrap();
             reads(&db, b"b");
             let scanned: Vec<_> = db.scan(b"k", b"k").map(|r| r.unwrap()).collect();
             assert_eq!(scanned.len(), n as usize - 1, "a scan settles first");
@@ -645,7 +684,7 @@ mod tests {
                 "flushed"
             );
 
-            db.commit(large(4, b"d")).unwrap();
+            db.commit(prepared(&db, large(4, b"d"))).unwrap();
             db.commit(large(5, b"e")).unwrap();
             assert_eq!(
                 sled_has(&db, &key(5)).as_deref(),
@@ -697,6 +736,7 @@ mod tests {
                 expect: rev,
                 rev: rev + 1,
                 ops,
+                prepared: None,
             })
             .unwrap();
         }
@@ -717,7 +757,7 @@ mod tests {
             db.db.insert(REV_KEY, &3u64.to_be_bytes()).unwrap();
             let mut b = batch(1, &[(b"a", Some(b"1"))]);
             b.rev = 5;
-            db.db.insert(INTENT_KEY, Intent::encode(&b, 2)).unwrap();
+            db.db.insert(INTENT_KEY, Intent::encode(&b)).unwrap();
             db.flush().unwrap();
         }
         match reopen(dir.path()) {

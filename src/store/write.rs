@@ -263,13 +263,16 @@ impl Store {
                 .checkpoints
                 .as_ref()
                 .map(|_| Changed::written_machines(&batch));
+            let backend = self.backend();
+            // Until a flush covers it, for `Store::recover` to commit again.
+            let kept = (self.inner.options.durable && !shared).then(|| batch.copy());
+            // Off the storage thread, and before readers wait for the lock.
+            backend.prepare(&mut batch);
+            timing::mark("engine prepare");
             // The engine commits first, memory follows: a failed or stalled
             // commit leaves the indexes equal to what is stored.
             let mut st = self.inner.state.write();
             timing::mark("state write lock");
-            let backend = self.backend();
-            // Until a flush covers it, for `Store::recover` to commit again.
-            let kept = (self.inner.options.durable && !shared).then(|| batch.copy());
             let settling = backend.clone();
             let committing = self.inner.guard.submit_then(
                 "commit",

@@ -51,6 +51,12 @@ impl Batch {
         self.writes.insert(key.into(), Some(value.into()));
     }
 
+    /// The write this batch holds for `key`: `Some(None)` a remove, `None`
+    /// when it has none (fleetkv patch 11).
+    pub fn get(&self, key: &[u8]) -> Option<Option<&IVec>> {
+        self.writes.get(key).map(Option::as_ref)
+    }
+
     /// Remove a key
     pub fn remove<K>(&mut self, key: K)
     where

@@ -379,6 +379,22 @@ impl Tree {
         self.apply_batch_inner(batch, &mut guard)
     }
 
+    /// [`apply_batch`](Self::apply_batch), the batch left with the caller,
+    /// who may keep reading it while its writes go in (fleetkv patch 11).
+    pub fn apply_batch_ref(&self, batch: &Batch) -> Result<()> {
+        let _cc = concurrency_control::write();
+        let mut guard = pin();
+        let peg = self.context.pin_log(&guard)?;
+        for (k, v_opt) in &batch.writes {
+            loop {
+                if self.insert_inner(k, v_opt.clone(), &mut guard)?.is_ok() {
+                    break;
+                }
+            }
+        }
+        peg.seal_batch()
+    }
+
     pub(crate) fn apply_batch_inner(
         &self,
         batch: Batch,
