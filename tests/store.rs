@@ -29,6 +29,7 @@ on_each_engine!(
     global_listed_in_profiles_ranks_at_its_place,
     a_param_write_answering_its_value_writes_what_set_param_writes,
     a_large_import_refuses_its_first_bad_machine,
+    a_large_import_of_new_and_replaced_machines_indexes_as_a_rebuild,
 );
 
 fn member(name: &str, profiles: &[&str]) -> Machine {
@@ -1025,4 +1026,49 @@ fn a_large_import_refuses_its_first_bad_machine(e: Engine) {
     }
     assert_eq!(s.machines().import(fleet()).unwrap(), (3000, 0));
     s.verify_indexes().unwrap();
+}
+
+/// An import large enough to be planned on two threads indexes its new
+/// machines from what both threads gathered and its replaced ones one by
+/// one, new and replaced interleaved across both halves: the index equals
+/// a rebuild, and every machine is found by its params, own and inherited.
+fn a_large_import_of_new_and_replaced_machines_indexes_as_a_rebuild(e: Engine) {
+    let s = e.store();
+    for r in ["rack-a", "rack-b"] {
+        let mut p = Profile::new(r);
+        p.params.insert("row".into(), json!(r));
+        s.profiles().create(p).unwrap();
+    }
+    let machine = |i: usize, round: i64| {
+        let mut m = member(&format!("m{i:05}"), &[["rack-a", "rack-b"][i % 2]]);
+        m.uuid = uuid::Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0000 | i as u128);
+        m.address = format!("10.0.{}.{}", i / 250, i % 250);
+        m.params.insert("slot".into(), json!(i as i64 * round));
+        if i.is_multiple_of(3) {
+            m.params.insert(format!("only-{}", i % 7), json!(round));
+        }
+        m
+    };
+    assert_eq!(
+        s.machines()
+            .import((0..3000).step_by(2).map(|i| machine(i, 1)).collect())
+            .unwrap(),
+        (1500, 0)
+    );
+    assert_eq!(
+        s.machines()
+            .import((0..3000).map(|i| machine(i, 2)).collect())
+            .unwrap(),
+        (1500, 1500)
+    );
+    s.verify_indexes().unwrap();
+    let count = |f: &str| s.machines().count(&Filter::parse(f).unwrap()).unwrap();
+    assert_eq!(count("row Eq rack-b"), 1500);
+    assert_eq!(count("slot Gte 0"), 3000);
+    assert_eq!(count("slot Eq 5998"), 1);
+    let only_3 = (0..3000u64)
+        .filter(|i| i.is_multiple_of(3) && i % 7 == 3)
+        .count() as u64;
+    assert_eq!(count("only-3 Eq 2"), only_3);
+    assert_eq!(count("Address Eq 10.0.11.249"), 1);
 }

@@ -111,23 +111,93 @@ impl<'a> EntrySink<'a> for Bulk<'a> {
     }
 }
 
+impl<'a> Bulk<'a> {
+    /// The objects gathered so far, owning their keys' names: what a
+    /// write's planning threads gather is indexed after the commit, once
+    /// the objects it borrowed from have moved on.
+    pub(crate) fn gathered(self) -> Gathered {
+        Gathered {
+            keys: self
+                .keys
+                .groups
+                .into_iter()
+                .map(|(k, items)| (k.to_key(), items))
+                .collect(),
+            own: self
+                .own
+                .groups
+                .into_iter()
+                .map(|(name, ids)| (name.to_string(), ids))
+                .collect(),
+            ids: self.ids,
+        }
+    }
+}
+
+/// A [`Bulk`]'s objects by key, the keys owned ([`Bulk::gathered`]).
+#[derive(Default)]
+pub(crate) struct Gathered {
+    keys: Vec<(Key, Vec<(ValueKey, u32)>)>,
+    own: Vec<(String, Vec<u32>)>,
+    ids: Vec<u32>,
+}
+
+impl Gathered {
+    /// `self`, then `later`'s objects (whose ids are all larger).
+    fn append(&mut self, later: Gathered) {
+        fn merge<K: Eq + std::hash::Hash + Clone, T>(
+            into: &mut Vec<(K, Vec<T>)>,
+            from: Vec<(K, Vec<T>)>,
+        ) {
+            let mut at: FastMap<K, usize> = into
+                .iter()
+                .zip(0..)
+                .map(|((k, _), i)| (k.clone(), i))
+                .collect();
+            for (k, mut items) in from {
+                match at.get(&k) {
+                    Some(&i) => into[i].1.append(&mut items),
+                    None => {
+                        at.insert(k.clone(), into.len());
+                        into.push((k, items));
+                    }
+                }
+            }
+        }
+        merge(&mut self.keys, later.keys);
+        merge(&mut self.own, later.own);
+        self.ids.extend(later.ids);
+    }
+}
+
 impl Index {
     /// Indexes the objects of `bulk` ([`insert`](Self::insert) for many
-    /// new objects): each key's items are sorted and added at once, so a
+    /// new objects): see [`insert_gathered`](Self::insert_gathered).
+    pub(crate) fn insert_bulk(&mut self, bulk: Bulk<'_>) {
+        self.insert_gathered(vec![bulk.gathered()]);
+    }
+
+    /// Indexes the objects of `parts`, each part's ids all larger than the
+    /// one's before: each key's items are sorted and added at once, so a
     /// packed key's blocks are built again once per write rather than
     /// spliced per object (see [`super::values::Values::add_sorted`]).
-    pub(crate) fn insert_bulk(&mut self, bulk: Bulk<'_>) {
-        add_ids(&mut self.universe, bulk.ids.iter().copied());
-        for (k, items) in bulk.keys.groups {
+    pub(crate) fn insert_gathered(&mut self, parts: Vec<Gathered>) {
+        let mut parts = parts.into_iter();
+        let mut all = parts.next().unwrap_or_default();
+        for later in parts {
+            all.append(later);
+        }
+        add_ids(&mut self.universe, all.ids.iter().copied());
+        for (k, items) in all.keys {
             let mut items: Vec<(&ValueKey, u32)> = items.iter().map(|(v, id)| (v, *id)).collect();
             sort_by_value(&mut items);
-            self.keys.add_sorted(&k.to_key(), &items);
+            self.keys.add_sorted(&k, &items);
         }
-        for (name, ids) in bulk.own.groups {
-            match self.own.get_mut(name) {
+        for (name, ids) in all.own {
+            match self.own.get_mut(&name) {
                 Some(b) => add_ids(b, ids.iter().copied()),
                 None => {
-                    self.own.insert(name.to_string(), ids.into_iter().collect());
+                    self.own.insert(name, ids.into_iter().collect());
                 }
             }
         }

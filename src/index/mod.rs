@@ -33,7 +33,7 @@ use roaring::RoaringBitmap;
 use serde_json::Value;
 
 use crate::filter::{Bound, BoundPred, Key, Ordinal, Test};
-pub(crate) use bulk::{Bulk, EntrySink, KeyRef};
+pub(crate) use bulk::{Bulk, EntrySink, Gathered, KeyRef};
 pub(crate) use codec::{section_len, EncodeError, InFile, SectionWrite};
 pub(crate) use keys::Repair;
 pub(crate) use posting::Posting;

@@ -30,7 +30,7 @@ use super::write::{erase, record, stage, Apply, Prepare, Retired, Swap};
 use crate::error::{Error, Result};
 use crate::filter::{Field, Filter, Key, Subject};
 use crate::index::GroupCount;
-use crate::index::{Bulk, Defaults, Entries, FastMap, Index, ValueKey};
+use crate::index::{Bulk, Defaults, Entries, FastMap, Gathered, Index, ValueKey};
 use crate::model::{profile_layers, Kind, Machine, Profile};
 use crate::telemetry::WriteKind;
 use crate::timing;
@@ -855,8 +855,14 @@ enum Plan {
     /// [`MachinePlan::prepare`]).
     Beside(Vec<Planned>),
     /// In place once the batch committed, on an engine that settles it
-    /// later: the engine's work on the batch runs beside this one.
-    After(Vec<Planned>),
+    /// later: the engine's work on the batch runs beside this one. The new
+    /// machines' entries were gathered while they were planned (one part
+    /// per planning thread, in id order); replaced ones are worked out
+    /// then.
+    After {
+        planned: Vec<Planned>,
+        gathered: Vec<Gathered>,
+    },
 }
 
 /// The entries of `planned`, a replaced machine's old ones with today's
@@ -897,12 +903,13 @@ impl MachinePlan {
                     None
                 });
             }
-            Plan::After(planned) => {
+            Plan::After { planned, gathered } => {
                 return Box::new(move |st: &mut State| {
                     let State {
                         machines, profiles, ..
                     } = st;
-                    index_planned(&planned, |n| profiles.get(n), machines);
+                    index_replaced(&planned, |n| profiles.get(n), machines);
+                    machines.insert_gathered(gathered);
                     timing::mark("index entries (after the commit)");
                     st.next_id = next;
                     Some(Box::new(planned) as Retired)
@@ -939,6 +946,24 @@ fn index_into(indexed: Vec<Indexed>, index: &mut Index) {
     index.insert_bulk(created);
 }
 
+/// The replaced machines of `planned`, one by one (the new ones were
+/// gathered while planned: [`Plan::After`]).
+fn index_replaced<'p>(
+    planned: &'p [Planned],
+    profile: impl Fn(&str) -> Option<&'p Profile> + Copy,
+    index: &mut Index,
+) {
+    for (id, old, m) in planned {
+        if let Some(o) = old {
+            index.replace_entries(
+                *id,
+                Some((&machine_entries_with(o, profile), own_keys(&o.params))),
+                Some((&machine_entries_with(m, profile), own_keys(&m.params))),
+            );
+        }
+    }
+}
+
 /// [`index_into`] straight from the planned machines: a new machine's
 /// entries go to the bulk as they are worked out, borrowing its keys.
 fn index_planned<'p>(
@@ -969,12 +994,13 @@ fn index_planned<'p>(
 const ONE_THREAD_MOST: usize = 1_024;
 
 /// `f` of `planned` whole, on the caller's thread, or for a large write of
-/// each half, the second on a thread of its own: the answers in order.
-fn each_half<P: Sync, T: Send>(planned: &[P], f: impl Fn(&[P]) -> Vec<T> + Sync) -> Vec<T> {
+/// each half, the second on a thread of its own: the answers in order,
+/// one for each part.
+fn each_half<P: Sync, T: Send>(planned: &[P], f: impl Fn(&[P]) -> T + Sync) -> Vec<T> {
     let two = planned.len() > ONE_THREAD_MOST
         && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
     if !two {
-        return f(planned);
+        return vec![f(planned)];
     }
     let (first, second) = planned.split_at(planned.len() / 2);
     std::thread::scope(|scope| {
@@ -982,14 +1008,13 @@ fn each_half<P: Sync, T: Send>(planned: &[P], f: impl Fn(&[P]) -> Vec<T> + Sync)
         let other = std::thread::Builder::new()
             .name("fleetkv-plan".into())
             .spawn_scoped(scope, move || f(second));
-        let mut out = f(first);
+        let first = f(first);
         match other.map(|h| h.join()) {
-            Ok(Ok(rest)) => out.extend(rest),
+            Ok(Ok(rest)) => vec![first, rest],
             // No thread to be had: this one does the rest.
-            Err(_) => out.extend(f(second)),
+            Err(_) => vec![first, f(second)],
             Ok(Err(panic)) => std::panic::resume_unwind(panic),
         }
-        out
     })
 }
 
@@ -1130,39 +1155,55 @@ pub(super) fn plan_machines(
     timing::mark("plan: assign");
     // Then what each machine needs alone, on two threads for a large write:
     // the checks against the state and its record's encoding (the caller's
-    // second core is otherwise idle until the commit starts).
+    // second core is otherwise idle until the commit starts). Where the
+    // index is built after the commit (below), the new machines' entries
+    // are gathered here too, while each machine is in its thread's cache:
+    // the caller's thread, whose work after the commit an import waits on,
+    // then only sorts and adds them.
     let staging = out.is_some();
-    let checked = each_half(&planned, |half| {
+    let own_profiles = !pending.profiles.is_empty();
+    let after = !own_profiles && store.backend().settles_later();
+    let gather = staging && after;
+    let halves = each_half(&planned, |half| {
         // Their Names looked up together: one walk of the Name key.
         let names: Vec<ValueKey> = half
             .iter()
             .map(|(_, _, m)| ValueKey::str(&m.name))
             .collect();
         let holders = st.machines.lookup_each(&Key::Field(Field::Name), &names);
-        half.iter()
-            .zip(holders)
-            .map(|((id, old, m), holders)| {
-                st.check_machine_in(pending, Some(*id), old.as_ref(), m, holders.as_ref())
-                    .map_err(|e| match e {
-                        Error::Invalid { what, reason } => {
-                            Error::invalid(format!("{what} of {}", m.name), reason)
-                        }
-                        other => other,
-                    })?;
-                Ok(staging.then(|| (encode(m), old.as_ref().map(encode))))
-            })
-            .collect()
+        let mut created = Bulk::default();
+        let mut checked = Vec::with_capacity(half.len());
+        for ((id, old, m), holders) in half.iter().zip(holders) {
+            let check = st
+                .check_machine_in(pending, Some(*id), old.as_ref(), m, holders.as_ref())
+                .map_err(|e| match e {
+                    Error::Invalid { what, reason } => {
+                        Error::invalid(format!("{what} of {}", m.name), reason)
+                    }
+                    other => other,
+                });
+            if gather && old.is_none() && check.is_ok() {
+                created.object(*id, m.params.keys().map(String::as_str));
+                machine_entries_into(m, |n| pending.profile(st, n), &mut created);
+            }
+            checked.push(check.map(|()| staging.then(|| (encode(m), old.as_ref().map(encode)))));
+        }
+        (checked, created.gathered())
     });
     timing::mark("plan: check and encode");
-    let mut records = Vec::with_capacity(checked.len());
-    for (i, c) in checked.into_iter().enumerate() {
-        match c {
-            Ok(r) => records.push(r),
-            Err(e) => {
-                *at = i;
-                return Err(e);
+    let mut records = Vec::with_capacity(planned.len());
+    let mut gathered = Vec::with_capacity(halves.len());
+    for (checked, created) in halves {
+        for c in checked {
+            match c {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    *at = records.len();
+                    return Err(e);
+                }
             }
         }
+        gathered.push(created);
     }
     if let Some((i, e)) = refused {
         *at = i;
@@ -1196,12 +1237,11 @@ pub(super) fn plan_machines(
     // profiles of its own (those move machines' postings first). Else now,
     // outside the state's write lock (profiles cannot change: the writer
     // lock is held), with the write's profiles laid over the state's.
-    let own_profiles = !pending.profiles.is_empty();
     let beside = !own_profiles
         && !store.inner.guard.is_inline()
         && (planned.len() as u64) * COPY_REPAID_PER_MACHINE >= st.machines.universe().len();
-    let planned = if !own_profiles && store.backend().settles_later() {
-        Plan::After(planned)
+    let planned = if after {
+        Plan::After { planned, gathered }
     } else if beside {
         Plan::Beside(planned)
     } else {
