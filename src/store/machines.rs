@@ -820,8 +820,10 @@ fn normalize_machine(m: &mut Machine) {
 /// between 100 and 300 machines at 100k, between 1,000 and 3,000 at 1M.
 const COPY_REPAID_PER_MACHINE: u64 = 512;
 
-/// A machine of a write: its id, the stored machine it replaces, the new.
-type Planned = (u32, Option<Machine>, Machine);
+/// A machine of a write: its id, the stored machine it replaces (boxed: an
+/// import mostly creates, and each planned machine is moved into a vector
+/// of these), the new.
+type Planned = (u32, Option<Box<Machine>>, Machine);
 
 /// A machine's index entries and own params, before (if it replaces one)
 /// and after.
@@ -1144,7 +1146,7 @@ pub(super) fn plan_machines(
                     None => created += 1,
                 }
                 m.revision = rev;
-                planned.push((id, old, m));
+                planned.push((id, old.map(Box::new), m));
             }
             Err(e) => {
                 refused = Some((i, e));
@@ -1175,7 +1177,7 @@ pub(super) fn plan_machines(
         let mut checked = Vec::with_capacity(half.len());
         for ((id, old, m), holders) in half.iter().zip(holders) {
             let check = st
-                .check_machine_in(pending, Some(*id), old.as_ref(), m, holders.as_ref())
+                .check_machine_in(pending, Some(*id), old.as_deref(), m, holders.as_ref())
                 .map_err(|e| match e {
                     Error::Invalid { what, reason } => {
                         Error::invalid(format!("{what} of {}", m.name), reason)
@@ -1186,7 +1188,7 @@ pub(super) fn plan_machines(
                 created.object(*id, m.params.keys().map(String::as_str));
                 machine_entries_into(m, |n| pending.profile(st, n), &mut created);
             }
-            checked.push(check.map(|()| staging.then(|| (encode(m), old.as_ref().map(encode)))));
+            checked.push(check.map(|()| staging.then(|| (encode(m), old.as_deref().map(encode)))));
         }
         (checked, created.gathered())
     });
