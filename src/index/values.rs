@@ -28,7 +28,10 @@
 //! the API or imported is packed by the next checkpoint (from its copy:
 //! [`Values::repacked`]), open or rebuild. Packing a growing tree as it
 //! grows would make every later write of a bulk build a block re-encode
-//! instead of a tree insert. Both forms answer
+//! instead of a tree insert. One exception: a new key whose first bulk
+//! add brings enough values held one each and ascending with their ids
+//! (an import's names) is packed from the start, since its later values
+//! append blocks. Both forms answer
 //! every read and write the same, so the form is memory and speed only.
 //! Equality is by content, never by form.
 
@@ -252,6 +255,14 @@ impl Values {
     /// alone (an import's names and UUIDs: a block scan apiece).
     pub(crate) fn add_sorted(&mut self, items: &[(&ValueKey, u32)]) {
         match self {
+            Values::Tree(t) if t.is_empty() && arrive_in_order(items) => {
+                *self = Values::Packed(Packed::from_sorted(
+                    items
+                        .iter()
+                        .map(|(v, id)| ((*v).clone(), Posting::One(*id)))
+                        .collect(),
+                ));
+            }
             Values::Tree(t) => {
                 // One search a value: a value new to the key (every one of
                 // an import's Names) is placed where the search ended.
@@ -350,6 +361,18 @@ fn posting_of(run: &[(&ValueKey, u32)]) -> Posting {
     let mut post = Posting::One(run[0].1);
     post.extend(run[1..].iter().map(|(_, id)| *id));
     post
+}
+
+/// Whether a key's first `items` call for packed blocks at once: enough
+/// values, each held by one object, ascending as the objects' ids do
+/// (names, serial numbers, sequential UUIDs as an import numbers its
+/// machines). Later values of such a key likely ascend past these, and
+/// appending them to blocks costs less than growing a tree, which would be
+/// packed by the next checkpoint anyway. A key whose values come in
+/// another order (random UUIDs, addresses) stays a tree until then: its
+/// later values would land in every block.
+fn arrive_in_order(items: &[(&ValueKey, u32)]) -> bool {
+    items.len() >= PACK_MIN && items.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
 }
 
 /// At most this many items landing in one block are spliced in one by one
@@ -1509,6 +1532,46 @@ mod tests {
             again.compact();
             check(&truth, &again, &probes);
         }
+    }
+
+    /// A new key's first bulk add of values held one each and ascending
+    /// with their ids is packed at once; values appended after them, and
+    /// values landing between them, read back as a tree built one by one
+    /// holds them. Values whose ids come in another order stay a tree.
+    #[test]
+    fn a_new_keys_values_in_order_are_packed_as_they_come() {
+        let names = |r: std::ops::Range<u32>, tail: &str| -> Vec<(ValueKey, u32)> {
+            r.map(|i| (ValueKey::str(&format!("node-{i:07}{tail}")), i))
+                .collect()
+        };
+        fn items(v: &[(ValueKey, u32)]) -> Vec<(&ValueKey, u32)> {
+            v.iter().map(|(k, id)| (k, *id)).collect()
+        }
+        let first = names(0..2000, "");
+        let mut packed = Values::Tree(BTreeMap::new());
+        packed.add_sorted(&items(&first));
+        assert!(matches!(packed, Values::Packed(_)), "not packed at once");
+        let appended = names(2000..5000, "");
+        packed.add_sorted(&items(&appended));
+        let between = names(1000..1300, "x");
+        packed.add_sorted(&items(&between));
+        let truth: BTreeMap<ValueKey, Posting> = [first, appended, between]
+            .concat()
+            .into_iter()
+            .map(|(k, id)| (k, Posting::One(id)))
+            .collect();
+        check(&truth, &packed, &[]);
+        assert_eq!(
+            packed.get(&ValueKey::str("node-0001100x")).as_deref(),
+            Some(&Posting::One(1100))
+        );
+
+        let shuffled: Vec<(ValueKey, u32)> = (0..2000u32)
+            .map(|i| (ValueKey::str(&format!("node-{i:07}")), (i * 389) % 2000))
+            .collect();
+        let mut tree = Values::Tree(BTreeMap::new());
+        tree.add_sorted(&items(&shuffled));
+        assert!(matches!(tree, Values::Tree(_)), "packed out of order");
     }
 
     /// Lookups that skip entries by their shared prefix find what a
