@@ -892,9 +892,9 @@ impl MachinePlan {
     /// of the machine index (its keys are shared until written, so the copy
     /// costs the keys this write touches) while the engine commits; the
     /// returned apply puts the copy in place. Any other applies in place
-    /// once committed, as a create does ([`Plan::After`]: working the
-    /// entries out there too), and hands the machines back to be freed
-    /// outside the state's lock.
+    /// once committed, as a create does ([`Plan::After`]: adding the new
+    /// machines' gathered entries and working the replaced ones' out), and
+    /// hands the machines back to be freed outside the state's lock.
     pub(super) fn prepare(self, st: &State) -> Swap {
         let next = self.next;
         let planned = match self.planned {
@@ -1233,8 +1233,8 @@ pub(super) fn plan_machines(
         batch.put(NEXT_ID_KEY, a.next.to_be_bytes());
     }
     // On an engine that settles the batch after the answer, the entries
-    // are worked out in place once it committed, while the engine applies
-    // it. Else, with a commit in flight and enough machines to repay a copy
+    // (gathered above for new machines) go in place once it committed,
+    // while the engine applies it. Else, with a commit in flight and enough machines to repay a copy
     // of the index, beside the commit. Either only for a write without
     // profiles of its own (those move machines' postings first). Else now,
     // outside the state's write lock (profiles cannot change: the writer
