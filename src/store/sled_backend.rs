@@ -119,13 +119,16 @@ impl Unsettled {
 /// moves the store to ([`Backend::prepare`]).
 struct Prepared(sled::Batch);
 
+/// The key and value bytes of `ops`.
+fn ops_size(ops: &Ops) -> usize {
+    ops.iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum()
+}
+
 /// Whether `ops` commit through an intent (see "Small batches").
 fn is_small(ops: &Ops) -> bool {
-    let size: usize = ops
-        .iter()
-        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-        .sum();
-    ops.len() <= INTENT_MOST_OPS && size <= INTENT_MOST_BYTES
+    ops.len() <= INTENT_MOST_OPS && ops_size(ops) <= INTENT_MOST_BYTES
 }
 
 /// `ops`, then `s:rev` = `rev`, as one `sled::Batch` (a later op on a key
@@ -245,12 +248,7 @@ struct Intent {
 
 impl Intent {
     fn encode(batch: &Batch) -> Vec<u8> {
-        let size: usize = batch
-            .ops
-            .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-            .sum();
-        let mut out = Vec::with_capacity(16 + size + 9 * batch.ops.len());
+        let mut out = Vec::with_capacity(16 + ops_size(&batch.ops) + 9 * batch.ops.len());
         out.extend_from_slice(&batch.expect.to_be_bytes());
         out.extend_from_slice(&batch.rev.to_be_bytes());
         for (k, v) in &batch.ops {
