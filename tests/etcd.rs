@@ -105,6 +105,25 @@ fn an_import_of_a_hundred_machines_is_one_etcd_transaction() {
         other => panic!("{other:?}"),
     }
     assert_eq!(a.revision(), from);
+    // Half of them replaced (by Uuid, their rack moved) and fifty new, in
+    // one write: planned beside the commit, into a copy of the index.
+    let mut again: Vec<Machine> = machines(50, "imp")
+        .into_iter()
+        .map(|mut m| {
+            m.uuid = a.machines().get(&m.name).unwrap().uuid;
+            m.params.insert("rack".into(), json!(9));
+            m
+        })
+        .collect();
+    again.extend(machines(50, "new"));
+    assert_eq!(a.machines().import(again).unwrap(), (50, 50));
+    until_at(&b, from + 1);
+    for s in [&a, &b] {
+        let count = |f: &str| s.machines().count(&Filter::parse(f).unwrap()).unwrap();
+        assert_eq!(count("rack Eq 9"), 50);
+        assert_eq!(count("Name Re ^new-"), 50);
+        assert_eq!(count("Name Re ^imp-"), 100);
+    }
     a.verify_indexes().unwrap();
     b.verify_indexes().unwrap();
 }

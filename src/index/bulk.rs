@@ -282,11 +282,7 @@ fn shared_text_len<'v>(values: impl Iterator<Item = &'v ValueKey>) -> usize {
             }
         }
     }
-    if shared == usize::MAX {
-        0
-    } else {
-        shared
-    }
+    first.map_or(0, |_| shared)
 }
 
 /// Orders values as [`ValueKey`]'s `Ord` does wherever it differs: the

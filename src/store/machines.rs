@@ -966,26 +966,29 @@ fn index_replaced<'p>(
     }
 }
 
-/// [`index_into`] straight from the planned machines: a new machine's
-/// entries go to the bulk as they are worked out, borrowing its keys.
+/// A new machine `m` (`id`) and its entries, written to `bulk`, borrowing
+/// its keys.
+fn gather_new<'a>(
+    bulk: &mut Bulk<'a>,
+    id: u32,
+    m: &'a Machine,
+    profile: impl Fn(&str) -> Option<&'a Profile>,
+) {
+    bulk.object(id, m.params.keys().map(String::as_str));
+    machine_entries_into(m, profile, bulk);
+}
+
+/// [`index_into`] straight from the planned machines: the replaced ones
+/// one by one, the new ones gathered and inserted together.
 fn index_planned<'p>(
     planned: &'p [Planned],
     profile: impl Fn(&str) -> Option<&'p Profile> + Copy,
     index: &mut Index,
 ) {
+    index_replaced(planned, profile, index);
     let mut created = Bulk::default();
-    for (id, old, m) in planned {
-        match old {
-            Some(o) => index.replace_entries(
-                *id,
-                Some((&machine_entries_with(o, profile), own_keys(&o.params))),
-                Some((&machine_entries_with(m, profile), own_keys(&m.params))),
-            ),
-            None => {
-                created.object(*id, m.params.keys().map(String::as_str));
-                machine_entries_into(m, profile, &mut created);
-            }
-        }
+    for (id, _, m) in planned.iter().filter(|(_, old, _)| old.is_none()) {
+        gather_new(&mut created, *id, m, profile);
     }
     index.insert_bulk(created);
 }
@@ -1185,8 +1188,7 @@ pub(super) fn plan_machines(
                     other => other,
                 });
             if gather && old.is_none() && check.is_ok() {
-                created.object(*id, m.params.keys().map(String::as_str));
-                machine_entries_into(m, |n| pending.profile(st, n), &mut created);
+                gather_new(&mut created, *id, m, |n| pending.profile(st, n));
             }
             checked.push(check.map(|()| staging.then(|| (encode(m), old.as_deref().map(encode)))));
         }
@@ -1234,11 +1236,12 @@ pub(super) fn plan_machines(
     }
     // On an engine that settles the batch after the answer, the entries
     // (gathered above for new machines) go in place once it committed,
-    // while the engine applies it. Else, with a commit in flight and enough machines to repay a copy
-    // of the index, beside the commit. Either only for a write without
-    // profiles of its own (those move machines' postings first). Else now,
-    // outside the state's write lock (profiles cannot change: the writer
-    // lock is held), with the write's profiles laid over the state's.
+    // while the engine applies it. Else, with a commit in flight and
+    // enough machines to repay a copy of the index, beside the commit.
+    // Either only for a write without profiles of its own (those move
+    // machines' postings first). Else now, outside the state's write lock
+    // (profiles cannot change: the writer lock is held), with the write's
+    // profiles laid over the state's.
     let beside = !own_profiles
         && !store.inner.guard.is_inline()
         && (planned.len() as u64) * COPY_REPAID_PER_MACHINE >= st.machines.universe().len();

@@ -66,11 +66,11 @@
 //! the import's rate waits on, only applies it; reads see the batch as
 //! they see a small one (a point read looks the key up in that batch,
 //! which sled applies by reference: vendor patch 11), and a flush settles
-//! it before flushing, so
-//! a durable write, a checkpoint's flush and a close find it on disk. The
-//! engine holds none of it until the settle, and all of it after (sled's
-//! batches are atomic across a crash): a crash in between loses the batch
-//! whole, as it loses a buffered write sled had not flushed.
+//! it before flushing, so a durable write, a checkpoint's flush and a
+//! close find it on disk. The engine holds none of it until the settle,
+//! and all of it after (sled's batches are atomic across a crash): a
+//! crash in between loses the batch whole, as it loses a buffered write
+//! sled had not flushed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
