@@ -182,7 +182,7 @@ fn ratio(a: Duration, b: Duration) -> String {
 }
 
 const HELP: &str =
-    "membership_report [--machines N] [--random-uuids] [--writes-only] [--cli PATH] [--keep DIR] [--svg PATH]
+    "membership_report [--machines N] [--random-uuids] [--writes-only] [--cli PATH] [--keep DIR] [--import-rounds K] [--svg PATH]
 
   --machines N     fleet size (default 100000)
   --random-uuids   give each machine a random (v4) UUID, as real fleets
@@ -195,6 +195,8 @@ const HELP: &str =
                    opened) beside one sqlite3 process, and an open after
                    SIGKILL mid-import
   --keep DIR       build the store in DIR (which must not exist) and keep it
+  --import-rounds K  alternated rounds of bulk import and raw sled batches
+                   (default 3); the medians are compared
   --svg PATH       also write the count and group-by medians (fleetkv, SQLite,
                    floor) as an SVG bar chart on a log time axis to PATH
                    (not with --writes-only, which measures no queries)
@@ -245,6 +247,22 @@ fn import_child(dir: &str, file: &str) {
     .unwrap();
 }
 
+/// One alternated round of the import comparison: wall and CPU seconds
+/// (all threads) of the import, then of raw sled's batches.
+struct Round {
+    import: (Duration, f64),
+    raw: (Duration, f64),
+}
+
+impl Round {
+    /// The median of `f` over `rounds` (not empty).
+    fn median<T: PartialOrd>(rounds: &[Round], f: impl Fn(&Round) -> T) -> T {
+        let mut v: Vec<T> = rounds.iter().map(f).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v.swap_remove(v.len() / 2)
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
@@ -272,12 +290,23 @@ fn main() {
         eprintln!("--svg: ignored with --writes-only (no queries are measured)");
     }
 
-    // Bulk import vs raw sled batches of the same encoded bytes.
-    // `--keep DIR`: build the store there and leave it (DIR must not exist).
+    // Bulk import vs raw sled batches of the same encoded bytes, in
+    // alternated rounds (`--import-rounds K`): one pair is not a figure.
+    // Rounds of one process swung from 31% to 108% at 100k (stop 53), raw
+    // sled alone taking 0.33–0.83 s and the import 0.63–1.44 s; until stop
+    // 52 the report timed one pair, the import first in a fresh process.
+    // Each round imports into a fresh store, then, with that store still
+    // open, writes raw sled into a fresh directory; the round's store is
+    // closed before the next round. The last round's store is the one the
+    // rest of the report measures.
+    // `--keep DIR`: build that store there and leave it (DIR must not exist).
     let kept = arg(&args, "--keep").map(std::path::PathBuf::from);
     let tmp = tempfile::tempdir().unwrap();
     let dir = kept.as_deref().unwrap_or(tmp.path());
-    let store = fleet::fleetkv(0, Some(dir));
+    let rounds: usize = arg(&args, "--import-rounds")
+        .map(|r| r.parse().expect("--import-rounds: a number"))
+        .unwrap_or(3)
+        .max(1);
     let random_uuids = args.iter().any(|a| a == "--random-uuids");
     let machine = |i: usize| {
         let mut m = fleet::machine(i);
@@ -286,73 +315,104 @@ fn main() {
         }
         m
     };
-    // The batches are built before the clock starts, as raw sled's encoded
-    // documents are: building the caller's machines is not the import's
-    // work (cloning them inside the timed loop took 0.16–0.51 s of a 100k
-    // import's 1.7–2.5 s in a scratch program).
-    let mut batches: Vec<Vec<Machine>> = Vec::with_capacity(n.div_ceil(10_000));
-    for i in 0..n {
-        if i % 10_000 == 0 {
-            batches.push(Vec::with_capacity(10_000));
-        }
-        if let Some(batch) = batches.last_mut() {
-            batch.push(machine(i));
-        }
-    }
-    let (t, cpu) = (Instant::now(), cpu_seconds());
-    for batch in batches {
-        store.machines().import(batch).unwrap();
-    }
-    store.flush().unwrap();
-    let import = t.elapsed();
-    let import_cpu = cpu_seconds() - cpu;
-    let raw_dir = tempfile::tempdir().unwrap();
-    let raw = sled::open(raw_dir.path()).unwrap();
     let docs: Vec<Vec<u8>> = (0..n)
         .map(|i| serde_json::to_vec(&machine(i)).unwrap())
         .collect();
-    let (t, cpu) = (Instant::now(), cpu_seconds());
-    for (c, chunk) in docs.chunks(10_000).enumerate() {
-        let mut b = sled::Batch::default();
-        for (j, d) in chunk.iter().enumerate() {
-            b.insert(&((c * 10_000 + j) as u32).to_be_bytes(), d.as_slice());
+    let mut taken: Vec<Round> = Vec::with_capacity(rounds);
+    let mut raw_insert = Duration::ZERO;
+    let mut last: Option<(Store, Option<tempfile::TempDir>)> = None;
+    for r in 0..rounds {
+        // The previous round's store closes first (its checkpoint and
+        // flush are not this round's work).
+        drop(last.take());
+        let own_dir = (r + 1 < rounds).then(|| tempfile::tempdir().unwrap());
+        let store = fleet::fleetkv(0, Some(own_dir.as_ref().map_or(dir, |d| d.path())));
+        // The batches are built before the clock starts, as raw sled's
+        // encoded documents are: building the caller's machines is not the
+        // import's work (cloning them inside the timed loop took 0.16–0.51 s
+        // of a 100k import's 1.7–2.5 s in a scratch program).
+        let mut batches: Vec<Vec<Machine>> = Vec::with_capacity(n.div_ceil(10_000));
+        for i in 0..n {
+            if i % 10_000 == 0 {
+                batches.push(Vec::with_capacity(10_000));
+            }
+            if let Some(batch) = batches.last_mut() {
+                batch.push(machine(i));
+            }
         }
-        raw.apply_batch(b).unwrap();
+        let (t, cpu) = (Instant::now(), cpu_seconds());
+        for batch in batches {
+            store.machines().import(batch).unwrap();
+        }
+        store.flush().unwrap();
+        let import = (t.elapsed(), cpu_seconds() - cpu);
+        // The checkpoint the import's last writes started in the background
+        // must not share the cores with raw sled's timed run: waited out
+        // (`checkpoint` waits for it, then writes one more), untimed.
+        store.checkpoint().unwrap();
+        let raw_dir = tempfile::tempdir().unwrap();
+        let raw = sled::open(raw_dir.path()).unwrap();
+        let (t, cpu) = (Instant::now(), cpu_seconds());
+        for (c, chunk) in docs.chunks(10_000).enumerate() {
+            let mut b = sled::Batch::default();
+            for (j, d) in chunk.iter().enumerate() {
+                b.insert(&((c * 10_000 + j) as u32).to_be_bytes(), d.as_slice());
+            }
+            raw.apply_batch(b).unwrap();
+        }
+        raw.flush().unwrap();
+        let raw_taken = (t.elapsed(), cpu_seconds() - cpu);
+        if r + 1 == rounds {
+            // sled's own insert of the bytes one param write stores for its
+            // machine.
+            let doc42 = docs[42].clone();
+            raw_insert = median(201, || {
+                raw.insert(42u32.to_be_bytes(), doc42.as_slice()).unwrap();
+            });
+        }
+        drop(raw);
+        taken.push(Round {
+            import,
+            raw: raw_taken,
+        });
+        last = Some((store, own_dir));
     }
-    raw.flush().unwrap();
-    let raw_time = t.elapsed();
-    let raw_cpu = cpu_seconds() - cpu;
-    // sled's own insert of the bytes one param write stores for its machine.
-    let doc42 = docs[42].clone();
-    let raw_insert = median(201, || {
-        raw.insert(42u32.to_be_bytes(), doc42.as_slice()).unwrap();
-    });
-    drop(raw);
     drop(docs);
+    let (store, _own_dir) = last.expect("--import-rounds is at least 1");
     println!();
     println!("| figure | value |");
     println!("|---|---:|");
+    let import = Round::median(&taken, |r| r.import.0);
+    let raw_time = Round::median(&taken, |r| r.raw.0);
+    let per_round =
+        |f: &dyn Fn(&Round) -> String| taken.iter().map(f).collect::<Vec<_>>().join(", ");
     println!(
-        "| bulk import (fleetkv, batches of 10k) | {} ({:.0} machines/s) |",
+        "| bulk import (fleetkv, batches of 10k), median of {rounds} rounds | {} ({:.0} machines/s; rounds: {}) |",
         fmt(import),
-        n as f64 / import.as_secs_f64()
+        n as f64 / import.as_secs_f64(),
+        per_round(&|r| fmt(r.import.0))
     );
     println!(
-        "| raw sled batched insert, same bytes | {} ({:.0} machines/s) |",
+        "| raw sled batched insert, same bytes, median of the same rounds | {} ({:.0} machines/s; rounds: {}) |",
         fmt(raw_time),
-        n as f64 / raw_time.as_secs_f64()
+        n as f64 / raw_time.as_secs_f64(),
+        per_round(&|r| fmt(r.raw.0))
     );
     println!(
-        "| import / raw sled rate | {:.0}% |",
-        100.0 * raw_time.as_secs_f64() / import.as_secs_f64()
+        "| import / raw sled rate, of the medians | {:.0}% (each round: {}) |",
+        100.0 * raw_time.as_secs_f64() / import.as_secs_f64(),
+        per_round(&|r| format!(
+            "{:.0}%",
+            100.0 * r.raw.0.as_secs_f64() / r.import.0.as_secs_f64()
+        ))
     );
     // Both use more than one core (sled's IO threads; the import's index
     // build beside its commits): on a 2-core machine the CPU time bounds
     // the rate more than the overlap does.
+    let import_cpu = Round::median(&taken, |r| r.import.1);
+    let raw_cpu = Round::median(&taken, |r| r.raw.1);
     println!(
-        "| CPU time, all threads: import / raw sled | {:.2} s / {:.2} s ({:.2}×; {:.1} / {:.1} cores busy) |",
-        import_cpu,
-        raw_cpu,
+        "| CPU time, all threads, medians: import / raw sled | {import_cpu:.2} s / {raw_cpu:.2} s ({:.2}×; {:.1} / {:.1} cores busy) |",
         import_cpu / raw_cpu,
         import_cpu / import.as_secs_f64(),
         raw_cpu / raw_time.as_secs_f64()
