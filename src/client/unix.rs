@@ -4,7 +4,7 @@
 //!
 //! ureq 2 connects over TCP only, so requests on the socket are written
 //! here: one request per connection (`Connection: close`), the answer's head
-//! read up to [`MAX_HEAD`] bytes, its body by `Content-Length`, chunked
+//! read up to `MAX_HEAD` bytes, its body by `Content-Length`, chunked
 //! transfer coding or to the end. That is the whole of HTTP a client needs
 //! from its own server.
 //!

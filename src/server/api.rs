@@ -2,7 +2,7 @@
 //!
 //! One generic set of handlers serves `machines`, `profiles` and `params`
 //! (the `{kind}` path segment). Reads call the store directly (µs-fast);
-//! writes go through [`App::write`], which moves durable (fsyncing) writes
+//! writes go through `App::write`, which moves durable (fsyncing) writes
 //! off the async workers.
 
 use std::sync::Arc;

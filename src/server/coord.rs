@@ -4,7 +4,7 @@
 //!
 //! Owns: these routes, their authorization and the bound on concurrent
 //! waiters. Must not: implement waiting or election itself — it calls the
-//! library ([`Store::count_wait`], [`Store::watch`], [`Cluster::elect`], …)
+//! library ([`Store::count_wait`](crate::Store::count_wait), [`Store::watch`](crate::Store::watch), [`Cluster::elect`], …)
 //! on the blocking pool so that no async worker ever blocks.
 //!
 //! | method | path | what | claim |

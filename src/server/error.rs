@@ -1,7 +1,7 @@
 //! DRP-shaped error responses: `{"Model","Key","Type","Messages":[..],"Code"}`.
 //!
 //! Every failure the server answers with goes through [`ApiError`], including
-//! axum's and tower's own rejections (see [`shape`]), so a client never
+//! axum's and tower's own rejections (see `shape`), so a client never
 //! sees a bare text body or a 500 for something it sent.
 
 use axum::body::Body;

@@ -7,7 +7,7 @@
 //! change, under one lock), object addressing, effective params, listing and
 //! counting. Must not: parse filters (see [`crate::filter`]) or evaluate them
 //! on bitmaps (see `crate::index`), or reach an engine other than through
-//! [`backend::Backend`].
+//! `backend::Backend`.
 //!
 //! # Files
 //! - `backend` — the storage boundary: the trait and its batch;

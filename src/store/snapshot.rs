@@ -450,7 +450,7 @@ pub(super) fn forget(dir: &Path) -> Result<()> {
 
 /// A cleanly closed store's machine index and definitions, read without
 /// opening the store: [`count`](Self::count) and
-/// [`group_count`](Self::group_count) answer as [`crate::Machines`] would
+/// [`group_count`](Self::group_count) answer as [`Machines`](super::Machines) would
 /// have at the close.
 ///
 /// ```
@@ -581,7 +581,7 @@ impl Snapshot {
     }
 
     /// How many machines match `filter`, as
-    /// [`Machines::count`](crate::Machines::count) answered at the close.
+    /// [`Machines::count`](super::Machines::count) answered at the close.
     pub fn count(&self, filter: &Filter) -> Result<u64> {
         let st = &self.state;
         let bound = filter.bind(Kind::Machine, st)?;
@@ -589,7 +589,7 @@ impl Snapshot {
         self.undamaged().map(|()| n)
     }
 
-    /// [`Machines::group_count`](crate::Machines::group_count) at the close.
+    /// [`Machines::group_count`](super::Machines::group_count) at the close.
     pub fn group_count(&self, filter: &Filter, by: &[String]) -> Result<Vec<GroupCount>> {
         let keys = group_keys(Kind::Machine, by)?;
         let st = &self.state;

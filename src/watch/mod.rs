@@ -6,7 +6,7 @@
 //! [`Store::wait_machine`] and [`Store::count_wait`] — that wake on the write
 //! that satisfies them instead of sleeping. Must not: decide what is written;
 //! the store's write pipeline hands every write's changes here
-//! ([`Change`]) and they land in the same atomic batch as the write. Reads
+//! (`Change`) and they land in the same atomic batch as the write. Reads
 //! the log only through the storage boundary's feed of committed changes.
 //!
 //! # The log
@@ -17,7 +17,7 @@
 //! reader applies so an [`Event`] always carries it whole. A machine's
 //! create names the machine's record instead of holding a copy, and the
 //! reader reads the object back from the record or from the machine's
-//! next event ([`created`]). Jobs
+//! next event (`created`). Jobs
 //! are logged too, as creates of
 //! [`Kind::Job`]: a watch of every kind sees them; a filter cannot apply to
 //! them. The log keeps at least the newest [`LOG_RETAIN`] events (it trims

@@ -8,7 +8,7 @@
 //! claims (every page asks [`Authenticator::authorize`](super::auth::Authenticator::authorize)
 //! as the API does), or keep state beyond [`session::Sessions`].
 //!
-//! No JavaScript is built: pages are rendered on the server ([`pages`]);
+//! No JavaScript is built: pages are rendered on the server (`pages`);
 //! htmx swaps the cluster page's live part with the HTML each event-stream
 //! message carries (`sse-swap`), so nothing polls and nothing reloads.
 
