@@ -115,8 +115,8 @@ impl Unsettled {
     }
 }
 
-/// A large batch's records as one `sled::Batch`, with the revision it
-/// moves the store to ([`Backend::prepare`]).
+/// A large batch's records as one `sled::Batch`, `s:rev` among them set to
+/// the revision it moves the store to ([`Backend::prepare`]).
 struct Prepared(sled::Batch);
 
 /// The key and value bytes of `ops`.
