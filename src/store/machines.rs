@@ -1190,7 +1190,12 @@ pub(super) fn plan_machines(
             if gather && old.is_none() && check.is_ok() {
                 gather_new(&mut created, *id, m, |n| pending.profile(st, n));
             }
+            // The half's first refusal ends it: nothing after it is used.
+            let refused = check.is_err();
             checked.push(check.map(|()| staging.then(|| (encode(m), old.as_deref().map(encode)))));
+            if refused {
+                break;
+            }
         }
         (checked, created.gathered())
     });
