@@ -303,10 +303,14 @@ fn main() {
     let kept = arg(&args, "--keep").map(std::path::PathBuf::from);
     let tmp = tempfile::tempdir().unwrap();
     let dir = kept.as_deref().unwrap_or(tmp.path());
-    let rounds: usize = arg(&args, "--import-rounds")
-        .map(|r| r.parse().expect("--import-rounds: a number"))
-        .unwrap_or(3)
-        .max(1);
+    let rounds = match arg(&args, "--import-rounds").map(|r| r.parse::<usize>()) {
+        None => 3,
+        Some(Ok(k)) if k > 0 => k,
+        Some(_) => {
+            eprintln!("--import-rounds: a number of rounds, 1 or more\n\n{HELP}");
+            std::process::exit(2);
+        }
+    };
     let random_uuids = args.iter().any(|a| a == "--random-uuids");
     let machine = |i: usize| {
         let mut m = fleet::machine(i);

@@ -4,8 +4,9 @@
 //!
 //! Owns: these routes, their authorization and the bound on concurrent
 //! waiters. Must not: implement waiting or election itself — it calls the
-//! library ([`Store::count_wait`](crate::Store::count_wait), [`Store::watch`](crate::Store::watch), [`Cluster::elect`], …)
-//! on the blocking pool so that no async worker ever blocks.
+//! library ([`Store::count_wait`](crate::Store::count_wait),
+//! [`Store::watch`](crate::Store::watch), [`Cluster::elect`], …) on the
+//! blocking pool so that no async worker ever blocks.
 //!
 //! | method | path | what | claim |
 //! |---|---|---|---|

@@ -85,7 +85,8 @@ impl Profiles<'_> {
         })
     }
 
-    /// Compare-and-set of param `key` (see [`Machines::set_param_if`](super::Machines::set_param_if)).
+    /// Compare-and-set of param `key` (see
+    /// [`Machines::set_param_if`](super::Machines::set_param_if)).
     pub fn set_param_if(
         &self,
         name: &str,
